@@ -1,0 +1,1 @@
+"""The key/value state machine and its command codec (stdlib only)."""

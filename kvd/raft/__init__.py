@@ -1,0 +1,1 @@
+"""The Raft protocol as a pure, deterministic state machine (stdlib only)."""

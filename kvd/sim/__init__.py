@@ -1,0 +1,1 @@
+"""A deterministic simulator that runs real Raft cores over a faulty simulated network and disk."""

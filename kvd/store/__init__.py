@@ -1,0 +1,1 @@
+"""Durable storage of the Raft log, hard state and snapshots in LMDB."""

@@ -1,0 +1,1 @@
+"""The peer transport: Raft messages over Twisted AMP."""
