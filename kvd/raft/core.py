@@ -1,0 +1,943 @@
+# -*- test-case-name: tests.raft.test_core -*-
+"""
+The Raft protocol as a deterministic state machine (etcd-io/raft's
+Step/Ready design, in Python).
+
+Inputs: ``tick()``, ``step(message)``, ``propose(data)``, ``read_index(ctx)``,
+membership and leadership-transfer requests, ``compact(...)``.
+Outputs, collected by ``ready()`` and acknowledged by ``advance(ready)``:
+hard state and entries to persist, a snapshot to install, committed entries
+to apply, messages to send, read states to serve.
+
+The core never does I/O, never reads a clock (time is a count of ticks) and
+draws randomness only from the ``random.Random`` it is given, so the same
+inputs always give the same outputs: that is what lets ``kvd.sim`` replay a
+run from its seed.
+
+The persistence contract (the embedder's loop, see ``Ready``):
+
+1. send ``ready.messages``: appends and heartbeats of a leader, which may
+   travel while the leader persists its own entries (thesis §10.2.1);
+2. persist ``hard_state``, ``entries`` and ``snapshot`` (sync if
+   ``must_sync``);
+3. only then send ``ready.persisted_messages``: votes, append
+   acknowledgements and everything else whose meaning is "I have it on disk";
+4. restore ``snapshot`` into the state machine, apply ``committed``;
+5. call ``advance(ready)``.  A leader counts its own entries toward a
+   majority only from here, when they are durable.
+
+Allowed imports: the standard library and kvd.raft.* (never twisted, lmdb,
+sockets, time, or the module-level random functions).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from kvd.raft.log import RaftLog
+from kvd.raft.messages import (
+    AppendEntries,
+    AppendEntriesReply,
+    Configuration,
+    Entry,
+    EntryKind,
+    HardState,
+    Heartbeat,
+    HeartbeatReply,
+    InstallSnapshot,
+    Message,
+    NodeId,
+    PreVote,
+    PreVoteReply,
+    ReadIndexReply,
+    ReadIndexRequest,
+    ReadState,
+    RequestVote,
+    RequestVoteReply,
+    Role,
+    Snapshot,
+    TimeoutNow,
+)
+from kvd.raft.progress import Progress, ProgressState
+
+
+class NotLeader(Exception):
+    """This node cannot take the request; ``leader`` is the node that can, if known."""
+
+    def __init__(self, leader: Optional[NodeId]):
+        super().__init__("not the leader (leader: %s)" % (leader or "unknown"))
+        self.leader = leader
+
+
+class ProposalDropped(Exception):
+    """The leader refuses the proposal for now (e.g. a leadership transfer is under way)."""
+
+
+class ConfigChangeRejected(Exception):
+    """A membership change was refused; the message says why."""
+
+
+@dataclass
+class Options:
+    election_ticks: int = 10
+    heartbeat_ticks: int = 1
+    append_bytes_max: int = 48 * 1024  # per AppendEntries (at least one entry is always sent)
+    inflight_max: int = 64  # pipelined appends per follower
+    check_quorum: bool = True
+    pre_vote: bool = True
+    promote_learners: bool = True  # the leader promotes a learner once it has caught up
+    snapshot_retry_ticks: int = 0  # 0: 2 * election_ticks
+
+    def validate(self) -> None:
+        if self.heartbeat_ticks < 1 or self.election_ticks <= self.heartbeat_ticks:
+            raise ValueError("need 1 <= heartbeat_ticks < election_ticks")
+        if self.inflight_max < 1 or self.append_bytes_max < 1:
+            raise ValueError("inflight_max and append_bytes_max must be positive")
+
+
+@dataclass
+class Ready:
+    """What the embedder must do, in the order given in the module docstring."""
+
+    hard_state: Optional[HardState] = None
+    entries: List[Entry] = field(default_factory=list)  # stored entries >= entries[0].index are replaced
+    snapshot: Optional[Snapshot] = None  # from the leader: persist, drop the whole log, restore
+    committed: List[Entry] = field(default_factory=list)
+    messages: List[Message] = field(default_factory=list)
+    persisted_messages: List[Message] = field(default_factory=list)
+    read_states: List[ReadState] = field(default_factory=list)
+    must_sync: bool = False
+    soft_state: Optional[Tuple[Role, Optional[NodeId], int]] = None  # (role, leader, term) when changed
+
+
+# Messages a leader may send before its own entries are durable.
+_LEADER_EARLY = (AppendEntries, Heartbeat, InstallSnapshot, TimeoutNow, ReadIndexReply)
+
+
+def bootstrap(config: Configuration) -> Tuple[HardState, List[Entry]]:
+    """
+    The initial durable state of every founding member: one configuration
+    entry at index 1, term 1.  All founders must be given the same
+    configuration, so their logs agree from the start.
+    """
+    return HardState(term=1, vote=None, commit=0), [Entry(1, 1, EntryKind.CONFIG, config.encode())]
+
+
+class RaftCore:
+    def __init__(
+        self,
+        node_id: NodeId,
+        options: Options,
+        rng: random.Random,
+        hard_state: HardState = HardState(),
+        snapshot: Optional[Snapshot] = None,
+        entries: Sequence[Entry] = (),
+    ):
+        options.validate()
+        self.id = node_id
+        self.options = options
+        self.rng = rng
+        snapshot = snapshot or Snapshot()
+        self.log = RaftLog(snapshot, entries)
+        self.term = hard_state.term
+        self.vote = hard_state.vote
+        self.commit = max(hard_state.commit, snapshot.index)
+        assert self.commit <= self.log.last_index(), "durable commit index beyond the durable log"
+        # The embedder restores its state machine from ``snapshot`` before starting us.
+        self.applied = snapshot.index
+        self.persisted_index = self.log.last_index()
+        self.latest_snapshot = snapshot
+
+        # Configurations take effect when appended: the latest one in the log rules.
+        self.base_config = snapshot.config
+        self.configs: List[Tuple[int, Configuration]] = []
+        for e in self.log.entries:
+            self._note_config(e)
+
+        self.role = Role.FOLLOWER
+        self.leader: Optional[NodeId] = None
+        self.progress: Dict[NodeId, Progress] = {}
+        self.votes: Dict[NodeId, bool] = {}
+        self.election_elapsed = 0
+        self.heartbeat_elapsed = 0
+        self.randomized_timeout = 0
+        self.lead_transferee: Optional[NodeId] = None
+        self.transfer_elapsed = 0
+        self.noop_index = 0  # a leader's first entry of its term
+        self.pending_config_index = 0  # last config entry appended by this leader
+
+        # ReadIndex (thesis §6.4): reads wait for a heartbeat round that starts after they arrive.
+        self.read_round = 0  # id of the round in flight, 0 if none
+        self.read_round_index = 0
+        self.read_round_acks: set = set()
+        self.read_round_reqs: List[Tuple[bytes, NodeId]] = []
+        self.read_waiting: List[Tuple[bytes, NodeId]] = []  # for the next round
+        self.read_round_seq = 0
+
+        self.msgs: List[Message] = []
+        self.msgs_after: List[Message] = []
+        self.read_states: List[ReadState] = []
+        self.received_snapshot: Optional[Snapshot] = None
+        self.broadcast_pending = False
+        self.prev_hard = HardState(self.term, self.vote, self.commit)
+        self.prev_soft: Tuple[Role, Optional[NodeId], int] = (self.role, None, self.term)
+        self.outstanding: Optional[Ready] = None
+        self._become_follower(self.term, None)
+
+    # ============================================================ public API
+    @property
+    def config(self) -> Configuration:
+        return self.configs[-1][1] if self.configs else self.base_config
+
+    def is_leader(self) -> bool:
+        return self.role is Role.LEADER
+
+    def tick(self) -> None:
+        if self.role is Role.LEADER:
+            self._tick_leader()
+        else:
+            self._tick_election()
+
+    def campaign(self) -> None:
+        """Start an election now (tests, and a lone founder that need not wait)."""
+        if self.role is not Role.LEADER:
+            self._campaign(pre=False)
+
+    def propose(self, data: bytes, kind: EntryKind = EntryKind.NORMAL) -> Tuple[int, int]:
+        """Append a command to the leader's log; returns (term, index) to watch for."""
+        return self.propose_many([data], kind)[0]
+
+    def propose_many(self, datas: Sequence[bytes], kind: EntryKind = EntryKind.NORMAL) -> List[Tuple[int, int]]:
+        """Append several commands at once; they travel to followers in the same batches."""
+        self._check_can_propose()
+        if kind is EntryKind.CONFIG:
+            raise ValueError("use the membership methods for configuration changes")
+        start = self.log.last_index() + 1
+        self._append_own([Entry(start + i, self.term, kind, d) for i, d in enumerate(datas)])
+        return [(self.term, start + i) for i in range(len(datas))]
+
+    def read_index(self, ctx: bytes) -> None:
+        """
+        Ask for a linearizable read point; a ReadState(index, ctx) comes out
+        in a later Ready once leadership is confirmed.  Raises NotLeader when
+        no leader is known (the read would only wait).
+        """
+        if self.role is Role.LEADER:
+            self._leader_read(ctx, self.id)
+        elif self.leader is None:
+            raise NotLeader(None)
+        else:
+            self._send(ReadIndexRequest(self.term, self.id, self.leader, ctx))
+
+    def add_learner(self, node: NodeId, address: str) -> int:
+        if node in self.config.members:
+            raise ConfigChangeRejected("%s is already a member" % node)
+        return self._propose_config(self.config.with_learner(node, address))
+
+    def promote(self, node: NodeId) -> int:
+        if node not in self.config.learners:
+            raise ConfigChangeRejected("%s is not a learner" % node)
+        return self._propose_config(self.config.with_voter(node))
+
+    def remove(self, node: NodeId) -> int:
+        if node not in self.config.members:
+            raise ConfigChangeRejected("%s is not a member" % node)
+        if self.config.voters == (node,):
+            raise ConfigChangeRejected("cannot remove the last voter")
+        return self._propose_config(self.config.without(node))
+
+    def transfer_leadership(self, target: Optional[NodeId] = None) -> Optional[NodeId]:
+        """Hand leadership to ``target`` (default: the most up-to-date voter); returns it."""
+        if self.role is not Role.LEADER:
+            raise NotLeader(self.leader)
+        if target is None:
+            others = [v for v in self.config.voters if v != self.id and v in self.progress]
+            if not others:
+                return None
+            target = max(sorted(others), key=lambda v: self.progress[v].match)
+        if target == self.id or target not in self.config.voters or target not in self.progress:
+            raise ConfigChangeRejected("cannot transfer leadership to %s" % target)
+        self.lead_transferee = target
+        self.transfer_elapsed = 0
+        if self.progress[target].match == self.log.last_index():
+            self._send(TimeoutNow(self.term, self.id, target))
+        else:
+            self._send_append(target)
+        return target
+
+    def compact(self, index: int, data: bytes, keep_entries: int = 0) -> Snapshot:
+        """
+        Record a snapshot of the state machine as of ``index`` (which must be
+        applied) and forget log entries up to ``index - keep_entries``.  The
+        embedder persists the returned snapshot.
+        """
+        assert self.log.snapshot_index <= index <= self.applied, "snapshot of an unapplied index"
+        snap = Snapshot(index, self.log.term_at(index), self._config_at(index), data)
+        self.latest_snapshot = snap
+        cut = max(self.log.snapshot_index, index - keep_entries)
+        if cut > self.log.snapshot_index:
+            base = self._config_at(cut)
+            self.log.compact(cut, self.log.term_at(cut))
+            self.base_config = base
+            self.configs = [(i, c) for i, c in self.configs if i > cut]
+        return snap
+
+    def report_unreachable(self, node: NodeId) -> None:
+        pr = self.progress.get(node)
+        if pr is not None and pr.state is ProgressState.REPLICATE:
+            pr.become_probe()
+
+    def report_snapshot(self, node: NodeId, ok: bool) -> None:
+        pr = self.progress.get(node)
+        if pr is not None and pr.state is ProgressState.SNAPSHOT:
+            if not ok:
+                pr.pending_snapshot = 0
+            pr.become_probe()
+
+    def status(self) -> dict:
+        return {
+            "id": self.id,
+            "role": self.role.value,
+            "term": self.term,
+            "leader": self.leader,
+            "vote": self.vote,
+            "commit_index": self.commit,
+            "applied_index": self.applied,
+            "last_index": self.log.last_index(),
+            "first_index": self.log.first_index(),
+            "snapshot_index": self.latest_snapshot.index,
+            "voters": list(self.config.voters),
+            "learners": list(self.config.learners),
+            "progress": {
+                n: {"match": p.match, "next": p.next, "state": p.state.value, "active": p.recent_active}
+                for n, p in sorted(self.progress.items())
+            },
+        }
+
+    # ------------------------------------------------------------ Ready
+    def has_ready(self) -> bool:
+        return bool(
+            self.msgs
+            or self.msgs_after
+            or self.read_states
+            or self.received_snapshot
+            or self.broadcast_pending
+            or self.log.unstable_from <= self.log.last_index()
+            or self.commit > self.applied
+            or self._hard_state() != self.prev_hard
+            or self._soft_state() != self.prev_soft
+        )
+
+    def ready(self) -> Ready:
+        assert self.outstanding is None, "ready() called twice without advance()"
+        if self.broadcast_pending:
+            self.broadcast_pending = False
+            self._broadcast_append()
+        rd = Ready()
+        hs = self._hard_state()
+        if hs != self.prev_hard:
+            rd.hard_state = hs
+            rd.must_sync = hs.term != self.prev_hard.term or hs.vote != self.prev_hard.vote
+        rd.snapshot = self.received_snapshot
+        rd.entries = self.log.take_unstable()
+        rd.must_sync = rd.must_sync or bool(rd.entries) or rd.snapshot is not None
+        start = max(self.applied, rd.snapshot.index if rd.snapshot else 0)
+        if self.commit > start:
+            rd.committed = self.log.slice(start + 1, self.commit + 1)
+        rd.messages, self.msgs = self.msgs, []
+        rd.persisted_messages, self.msgs_after = self.msgs_after, []
+        rd.read_states, self.read_states = self.read_states, []
+        soft = self._soft_state()
+        if soft != self.prev_soft:
+            rd.soft_state = soft
+            self.prev_soft = soft
+        self.received_snapshot = None
+        self.outstanding = rd
+        return rd
+
+    def advance(self, rd: Ready) -> None:
+        assert rd is self.outstanding, "advance() with a Ready that is not the outstanding one"
+        self.outstanding = None
+        if rd.hard_state is not None:
+            self.prev_hard = rd.hard_state
+        if rd.snapshot is not None:
+            self.applied = max(self.applied, rd.snapshot.index)
+            self.persisted_index = max(self.persisted_index, rd.snapshot.index)
+        if rd.entries:
+            self.persisted_index = rd.entries[-1].index
+        if rd.committed:
+            self.applied = rd.committed[-1].index
+        if self.role is Role.LEADER and rd.entries:
+            # Our own entries are durable now and count toward a majority.
+            if self._maybe_commit():
+                self.broadcast_pending = True
+
+    # ============================================================ stepping
+    def step(self, m: Message) -> None:
+        if m.dst != self.id or not _well_formed(m):
+            return
+        if m.term > self.term:
+            if isinstance(m, (PreVote, RequestVote)):
+                forced = isinstance(m, RequestVote) and m.transfer
+                if not forced and self._in_leader_lease():
+                    # Thesis §4.2.3: we heard from a live leader within the
+                    # minimum election timeout, so ignore a disruptive candidate.
+                    return
+            if isinstance(m, PreVote) or (isinstance(m, PreVoteReply) and m.granted):
+                pass  # a pre-vote's term is hypothetical: never adopt it
+            else:
+                leader = m.src if isinstance(m, (AppendEntries, Heartbeat, InstallSnapshot)) else None
+                self._become_follower(m.term, leader)
+        elif m.term < self.term:
+            if isinstance(m, (AppendEntries, Heartbeat)):
+                # A deposed leader: tell it our term so it steps down (it may
+                # never hear a vote request of ours when pre-vote is on).
+                self._send(AppendEntriesReply(self.term, self.id, m.src, False, 0))
+            elif isinstance(m, PreVote):
+                self._send(PreVoteReply(self.term, self.id, m.src, False))
+            return
+
+        if isinstance(m, (PreVote, RequestVote)):
+            self._handle_vote_request(m)
+        elif self.role is Role.LEADER:
+            self._step_leader(m)
+        elif self.role in (Role.CANDIDATE, Role.PRE_CANDIDATE):
+            self._step_candidate(m)
+        else:
+            self._step_follower(m)
+
+    def _handle_vote_request(self, m) -> None:
+        pre = isinstance(m, PreVote)
+        reply = PreVoteReply if pre else RequestVoteReply
+        if self._can_grant_vote(m):
+            if not pre:
+                self.vote = m.src
+                self.election_elapsed = 0
+            self._send(reply(m.term, self.id, m.src, True))
+        else:
+            self._send(reply(self.term, self.id, m.src, False))
+
+    def _can_grant_vote(self, m) -> bool:
+        can_vote = (
+            self.vote == m.src
+            or (self.vote is None and self.leader is None)
+            or (isinstance(m, PreVote) and m.term > self.term)
+        )
+        return can_vote and self.log.is_up_to_date(m.last_log_index, m.last_log_term)
+
+    def _step_leader(self, m: Message) -> None:
+        pr = self.progress.get(m.src)
+        if isinstance(m, ReadIndexRequest):
+            if pr is not None:
+                pr.recent_active = True
+                self._leader_read(m.ctx, m.src)
+            return
+        if pr is None:
+            return
+        if isinstance(m, AppendEntriesReply):
+            pr.recent_active = True
+            self._handle_append_reply(m, pr)
+        elif isinstance(m, HeartbeatReply):
+            pr.recent_active = True
+            self._handle_heartbeat_reply(m, pr)
+
+    def _step_candidate(self, m: Message) -> None:
+        if isinstance(m, (AppendEntries, Heartbeat, InstallSnapshot)):
+            # Someone won this term (Raft §5.2).
+            self._become_follower(self.term, m.src)
+            self._step_follower(m)
+        elif isinstance(m, PreVoteReply) and self.role is Role.PRE_CANDIDATE:
+            self._tally(m.src, m.granted)
+        elif isinstance(m, RequestVoteReply) and self.role is Role.CANDIDATE:
+            self._tally(m.src, m.granted)
+
+    def _step_follower(self, m: Message) -> None:
+        if isinstance(m, (AppendEntries, Heartbeat, InstallSnapshot)):
+            self.election_elapsed = 0
+            self.leader = m.src
+            if isinstance(m, AppendEntries):
+                self._handle_append(m)
+            elif isinstance(m, Heartbeat):
+                self._commit_to(min(m.commit, self.log.last_index()))
+                self._send(HeartbeatReply(self.term, self.id, m.src, m.ctx))
+            else:
+                self._handle_snapshot(m)
+        elif isinstance(m, TimeoutNow):
+            if self._promotable():
+                self._campaign(pre=False, transfer=True)
+        elif isinstance(m, ReadIndexReply):
+            if m.index > 0:
+                self.read_states.append(ReadState(m.index, m.ctx))
+
+    # ============================================================ follower side
+    def _handle_append(self, m: AppendEntries) -> None:
+        if m.prev_index < self.commit:
+            self._send(AppendEntriesReply(self.term, self.id, m.src, True, self.commit))
+            return
+        if not self.log.matches(m.prev_index, m.prev_term):
+            self._reject_append(m)
+            return
+        last_new = m.prev_index + len(m.entries)
+        conflict = self.log.find_conflict(m.entries)
+        if conflict is not None:
+            assert conflict.index > self.commit, "leader overwrites a committed entry"
+            if conflict.index <= self.log.last_index():
+                self._truncate(conflict.index)
+            self._append(m.entries[conflict.index - m.entries[0].index :])
+        self._commit_to(min(m.commit, last_new))
+        self._send(AppendEntriesReply(self.term, self.id, m.src, True, last_new))
+
+    def _reject_append(self, m: AppendEntries) -> None:
+        if m.prev_index > self.log.last_index():
+            hint_index, hint_term = self.log.last_index() + 1, 0
+        else:
+            hint_term = self.log.term_at(m.prev_index)
+            hint_index = self.log.first_index_of_term(m.prev_index)
+        self._send(AppendEntriesReply(self.term, self.id, m.src, False, m.prev_index, hint_index, hint_term))
+
+    def _handle_snapshot(self, m: InstallSnapshot) -> None:
+        snap = m.snapshot
+        if snap.index <= self.commit:
+            self._send(AppendEntriesReply(self.term, self.id, m.src, True, self.commit))
+            return
+        if self.log.matches(snap.index, snap.term):
+            # We already hold the snapshot's entries: just learn they are committed.
+            self._commit_to(snap.index)
+        else:
+            self.log.reset_to(snap)
+            self.commit = snap.index
+            self.persisted_index = min(self.persisted_index, snap.index)
+            self.base_config = snap.config
+            self.configs = []
+            self.latest_snapshot = snap
+            self.received_snapshot = snap
+            self._refresh_role()
+        self._send(AppendEntriesReply(self.term, self.id, m.src, True, snap.index))
+
+    # ============================================================ leader side
+    def _handle_append_reply(self, m: AppendEntriesReply, pr: Progress) -> None:
+        if not m.success:
+            if m.index == 0 and m.conflict_index == 0:
+                return  # a stale-term notice, handled by the term check
+            hint = self._hint_next(m)
+            if pr.maybe_decrease(m.index, hint):
+                self._send_append(m.src)
+            return
+        was_paused = pr.is_paused()
+        if pr.update(m.index):
+            if pr.state is ProgressState.PROBE:
+                pr.become_replicate()
+            elif pr.state is ProgressState.SNAPSHOT and pr.match >= pr.pending_snapshot:
+                pr.become_probe()
+                pr.become_replicate()
+            if self._maybe_commit():
+                self._broadcast_append()
+            elif was_paused or pr.state is ProgressState.REPLICATE:
+                self._send_all_available(m.src)
+            if m.src == self.lead_transferee and pr.match == self.log.last_index():
+                self._send(TimeoutNow(self.term, self.id, m.src))
+        elif was_paused and not pr.is_paused():
+            self._send_all_available(m.src)
+
+    def _hint_next(self, m: AppendEntriesReply) -> int:
+        if m.conflict_term:
+            last = self.log.last_index_of_term(m.conflict_term)
+            if last:
+                return last + 1
+        return max(1, m.conflict_index)
+
+    def _handle_heartbeat_reply(self, m: HeartbeatReply, pr: Progress) -> None:
+        pr.probe_sent = False
+        if pr.state is ProgressState.REPLICATE and pr.is_paused():
+            pr.inflight.popleft()  # an ack may have been lost; let one more through
+        if pr.match < self.log.last_index():
+            self._send_append(m.src, allow_empty=True)
+        if self.read_round and m.ctx == self._round_ctx(self.read_round):
+            self.read_round_acks.add(m.src)
+            self._maybe_release_reads()
+
+    def _maybe_commit(self) -> bool:
+        """Advance the commit index to what a majority of voters hold (Raft §5.3, §5.4.2)."""
+        voters = self.config.voters
+        if not voters:
+            return False
+        matches = sorted((self._match_of(v) for v in voters), reverse=True)
+        n = matches[self.config.quorum() - 1]
+        if n > self.commit and self.log.term_at(n) == self.term:
+            self._commit_to(n)
+            return True
+        return False
+
+    def _match_of(self, node: NodeId) -> int:
+        if node == self.id:
+            return self.persisted_index
+        pr = self.progress.get(node)
+        return pr.match if pr else 0
+
+    def _send_append(self, to: NodeId, allow_empty: bool = True) -> bool:
+        """Send the next batch to ``to`` if flow control allows; True if something was sent."""
+        pr = self.progress[to]
+        if pr.is_paused() and not allow_empty:
+            return False
+        if pr.state is ProgressState.SNAPSHOT:
+            return False
+        prev = pr.next - 1
+        prev_term = self.log.term_at(prev)
+        if prev_term is None or pr.next < self.log.first_index():
+            return self._send_snapshot(to, pr)
+        entries = self.log.slice(pr.next, self.log.last_index() + 1, self.options.append_bytes_max)
+        if not entries and not allow_empty:
+            return False
+        if pr.is_paused() and entries:
+            entries = []
+        self._send(AppendEntries(self.term, self.id, to, prev, prev_term, tuple(entries), self.commit))
+        pr.sent(entries[-1].index if entries else prev, len(entries))
+        return True
+
+    def _send_all_available(self, to: NodeId) -> None:
+        pr = self.progress[to]
+        while pr.next <= self.log.last_index() and not pr.is_paused():
+            if not self._send_append(to, allow_empty=False):
+                break
+            if pr.state is not ProgressState.REPLICATE:
+                break  # a probe carries one batch and waits for the answer
+
+    def _send_snapshot(self, to: NodeId, pr: Progress) -> bool:
+        snap = self.latest_snapshot
+        if snap.index == 0:
+            return False
+        self._send(InstallSnapshot(self.term, self.id, to, snap))
+        pr.become_snapshot(snap.index)
+        return True
+
+    def _broadcast_append(self) -> None:
+        for peer in sorted(self.progress):
+            pr = self.progress[peer]
+            if pr.is_paused():
+                continue
+            if pr.next <= self.log.last_index():
+                self._send_all_available(peer)
+            else:
+                self._send_append(peer, allow_empty=True)  # carries the new commit index
+
+    def _broadcast_heartbeat(self, ctx: bytes = b"") -> None:
+        for peer in sorted(self.progress):
+            commit = min(self.progress[peer].match, self.commit)
+            self._send(Heartbeat(self.term, self.id, peer, commit, ctx))
+
+    def _tick_leader(self) -> None:
+        self.heartbeat_elapsed += 1
+        self.election_elapsed += 1
+        for peer in sorted(self.progress):
+            pr = self.progress[peer]
+            if pr.state is ProgressState.SNAPSHOT:
+                pr.snapshot_ticks += 1
+                if pr.snapshot_ticks > (self.options.snapshot_retry_ticks or 2 * self.options.election_ticks):
+                    # The snapshot or its acknowledgement was lost: start over.
+                    pr.pending_snapshot = 0
+                    pr.become_probe()
+        if self.lead_transferee is not None:
+            self.transfer_elapsed += 1
+            if self.transfer_elapsed >= self.options.election_ticks:
+                self.lead_transferee = None  # the transfer failed; serve again
+        if self.election_elapsed >= self.options.election_ticks:
+            self.election_elapsed = 0
+            if self.options.check_quorum and not self._quorum_active():
+                self._become_follower(self.term, None)
+                return
+            for pr in self.progress.values():
+                pr.recent_active = False
+        if self.heartbeat_elapsed >= self.options.heartbeat_ticks:
+            self.heartbeat_elapsed = 0
+            ctx = self._round_ctx(self.read_round) if self.read_round else b""
+            self._broadcast_heartbeat(ctx)
+        self._maybe_promote_learner()
+
+    def _quorum_active(self) -> bool:
+        """CheckQuorum: have a majority of voters (counting us) been heard from this window?"""
+        active = sum(1 for v in self.config.voters if v == self.id or (v in self.progress and self.progress[v].recent_active))
+        return active >= self.config.quorum()
+
+    def _maybe_promote_learner(self) -> None:
+        if not self.options.promote_learners or not self.config.learners:
+            return
+        if not self._can_change_config():
+            return
+        for node in self.config.learners:
+            pr = self.progress.get(node)
+            if pr is not None and pr.match >= self.commit and pr.recent_active:
+                self.promote(node)
+                return
+
+    # ============================================================ ReadIndex
+    def _leader_read(self, ctx: bytes, requester: NodeId) -> None:
+        self.read_waiting.append((ctx, requester))
+        self._maybe_start_read_round()
+
+    def _maybe_start_read_round(self) -> None:
+        if self.read_round or not self.read_waiting:
+            return
+        if not self._committed_in_term():
+            return  # our commit index may lag the cluster's until our no-op commits
+        self.read_round_seq += 1
+        self.read_round = self.read_round_seq
+        self.read_round_index = self.commit
+        self.read_round_reqs, self.read_waiting = self.read_waiting, []
+        self.read_round_acks = {self.id}
+        if not self._maybe_release_reads():
+            self._broadcast_heartbeat(self._round_ctx(self.read_round))
+
+    def _maybe_release_reads(self) -> bool:
+        acks = sum(1 for v in self.config.voters if v in self.read_round_acks)
+        if acks < self.config.quorum():
+            return False
+        for ctx, requester in self.read_round_reqs:
+            if requester == self.id:
+                self.read_states.append(ReadState(self.read_round_index, ctx))
+            else:
+                self._send(ReadIndexReply(self.term, self.id, requester, ctx, self.read_round_index))
+        self.read_round = 0
+        self.read_round_reqs = []
+        self._maybe_start_read_round()
+        return True
+
+    def _round_ctx(self, round_id: int) -> bytes:
+        return b"r%d" % round_id
+
+    def _committed_in_term(self) -> bool:
+        return self.noop_index > 0 and self.commit >= self.noop_index
+
+    # ============================================================ membership
+    def _can_change_config(self) -> bool:
+        return (
+            self.role is Role.LEADER
+            and self.lead_transferee is None
+            and self._committed_in_term()  # Ongaro 2015: no change before an entry of this term commits
+            and self.pending_config_index <= self.commit  # one change at a time
+        )
+
+    def _propose_config(self, new: Configuration) -> int:
+        if self.role is not Role.LEADER:
+            raise NotLeader(self.leader)
+        if not self._can_change_config():
+            raise ConfigChangeRejected("a membership change is in progress or this leader has not committed yet")
+        old = self.config
+        if len(set(old.voters) ^ set(new.voters)) > 1:
+            raise ConfigChangeRejected("only one voter may be added or removed at a time")
+        index = self.log.last_index() + 1
+        self._append_own([Entry(index, self.term, EntryKind.CONFIG, new.encode())])
+        return index
+
+    def _config_at(self, index: int) -> Configuration:
+        config = self.base_config
+        for i, c in self.configs:
+            if i <= index:
+                config = c
+        return config
+
+    def _note_config(self, e: Entry) -> None:
+        if e.kind is EntryKind.CONFIG:
+            self.configs.append((e.index, Configuration.decode(e.data)))
+
+    def _apply_config_to_role(self) -> None:
+        """A configuration entry was appended or truncated away: adjust peers and role."""
+        config = self.config
+        if self.role is Role.LEADER:
+            for node in config.members:
+                if node != self.id and node not in self.progress:
+                    self.progress[node] = Progress(self.log.last_index() + 1, self.options.inflight_max)
+            for node in list(self.progress):
+                if node not in config.members:
+                    del self.progress[node]
+            if self.lead_transferee is not None and self.lead_transferee not in config.voters:
+                self.lead_transferee = None
+        else:
+            self._refresh_role()
+
+    def _refresh_role(self) -> None:
+        if self.role in (Role.FOLLOWER, Role.LEARNER):
+            self.role = Role.LEARNER if self.id in self.config.learners else Role.FOLLOWER
+
+    def _maybe_step_down_removed(self) -> None:
+        # Thesis §4.2.2: a leader not in the configuration steps down once it is committed.
+        if self.role is Role.LEADER and self.id not in self.config.voters:
+            last_config_index = self.configs[-1][0] if self.configs else 0
+            if self.commit >= last_config_index:
+                self._become_follower(self.term, None)
+
+    # ============================================================ elections
+    def _tick_election(self) -> None:
+        self.election_elapsed += 1
+        if self._promotable() and self.election_elapsed >= self.randomized_timeout:
+            self.election_elapsed = 0
+            self._campaign(pre=self.options.pre_vote)
+
+    def _promotable(self) -> bool:
+        return self.id in self.config.voters
+
+    def _in_leader_lease(self) -> bool:
+        return self.options.check_quorum and self.leader is not None and self.election_elapsed < self.options.election_ticks
+
+    def _campaign(self, pre: bool, transfer: bool = False) -> None:
+        if not self._promotable():
+            return
+        if pre:
+            self.role = Role.PRE_CANDIDATE
+            self.leader = None
+            term = self.term + 1
+        else:
+            self._reset(self.term + 1)
+            self.role = Role.CANDIDATE
+            self.vote = self.id
+            term = self.term
+        self.votes = {self.id: True}
+        self.election_elapsed = 0
+        self._randomize_timeout()
+        if self._vote_result() == "won":
+            self._won(pre)
+            return
+        last_index, last_term = self.log.last_index(), self.log.last_term()
+        for peer in self.config.voters:
+            if peer == self.id:
+                continue
+            if pre:
+                self._send(PreVote(term, self.id, peer, last_index, last_term))
+            else:
+                self._send(RequestVote(term, self.id, peer, last_index, last_term, transfer))
+
+    def _tally(self, node: NodeId, granted: bool) -> None:
+        self.votes.setdefault(node, granted)
+        result = self._vote_result()
+        if result == "won":
+            self._won(self.role is Role.PRE_CANDIDATE)
+        elif result == "lost":
+            self._become_follower(self.term, None)
+
+    def _vote_result(self) -> str:
+        voters = self.config.voters
+        yes = sum(1 for v in voters if self.votes.get(v) is True)
+        no = sum(1 for v in voters if self.votes.get(v) is False)
+        if yes >= self.config.quorum():
+            return "won"
+        if no > len(voters) - self.config.quorum():
+            return "lost"
+        return "pending"
+
+    def _won(self, pre: bool) -> None:
+        if pre:
+            self._campaign(pre=False)
+        else:
+            self._become_leader()
+
+    def _randomize_timeout(self) -> None:
+        et = self.options.election_ticks
+        self.randomized_timeout = self.rng.randint(et, 2 * et - 1)
+
+    # ============================================================ transitions
+    def _reset(self, term: int) -> None:
+        if term != self.term:
+            self.term = term
+            self.vote = None
+        self.leader = None
+        self.election_elapsed = 0
+        self.heartbeat_elapsed = 0
+        self._randomize_timeout()
+        self.votes = {}
+        self.progress = {}
+        self.lead_transferee = None
+        self.noop_index = 0
+        self.pending_config_index = 0
+        self.read_round = 0
+        self.read_round_reqs = []
+        self.read_waiting = []
+
+    def _become_follower(self, term: int, leader: Optional[NodeId]) -> None:
+        self._reset(term)
+        self.leader = leader
+        self.role = Role.FOLLOWER
+        self._refresh_role()
+
+    def _become_leader(self) -> None:
+        assert self.role is Role.CANDIDATE
+        self.role = Role.LEADER
+        self.leader = self.id
+        self.progress = {
+            n: Progress(self.log.last_index() + 1, self.options.inflight_max) for n in self.config.members if n != self.id
+        }
+        for pr in self.progress.values():
+            pr.recent_active = True  # give everyone a full CheckQuorum window
+        # No membership change until everything before us has committed.
+        self.pending_config_index = self.log.last_index()
+        self.noop_index = self.log.last_index() + 1
+        self._append_own([Entry(self.noop_index, self.term, EntryKind.NOOP)])
+
+    # ============================================================ log helpers
+    def _check_can_propose(self) -> None:
+        if self.role is not Role.LEADER:
+            raise NotLeader(self.leader)
+        if self.lead_transferee is not None:
+            raise ProposalDropped("leadership transfer to %s in progress" % self.lead_transferee)
+
+    def _append_own(self, entries: List[Entry]) -> None:
+        self._append(entries)
+        for e in entries:
+            if e.kind is EntryKind.CONFIG:
+                self.pending_config_index = e.index
+        self.broadcast_pending = True
+        # A lone voter commits as soon as its entries are durable (in advance()).
+
+    def _append(self, entries: Sequence[Entry]) -> None:
+        self.log.append(entries)
+        changed = False
+        for e in entries:
+            if e.kind is EntryKind.CONFIG:
+                self._note_config(e)
+                changed = True
+        if changed:
+            self._apply_config_to_role()
+
+    def _truncate(self, index: int) -> None:
+        self.log.truncate_from(index)
+        self.persisted_index = min(self.persisted_index, index - 1)
+        before = len(self.configs)
+        self.configs = [(i, c) for i, c in self.configs if i < index]
+        if len(self.configs) != before:
+            self._apply_config_to_role()
+
+    def _commit_to(self, index: int) -> None:
+        if index > self.commit:
+            self.commit = index
+            if self.role is Role.LEADER:
+                self._maybe_step_down_removed()
+                self._maybe_start_read_round()
+
+    def _hard_state(self) -> HardState:
+        return HardState(self.term, self.vote, self.commit)
+
+    def _soft_state(self) -> Tuple[Role, Optional[NodeId], int]:
+        return (self.role, self.leader, self.term)
+
+    def _send(self, m: Message) -> None:
+        if self.role is Role.LEADER and isinstance(m, _LEADER_EARLY):
+            self.msgs.append(m)
+        else:
+            self.msgs_after.append(m)
+
+
+def _well_formed(m: Message) -> bool:
+    """Drop what a buggy or hostile peer could send to break our invariants."""
+    if m.term < 0:
+        return False
+    if isinstance(m, AppendEntries):
+        if m.prev_index < 0 or m.commit < 0:
+            return False
+        for i, e in enumerate(m.entries):
+            if e.index != m.prev_index + 1 + i or e.term > m.term or e.term < 1:
+                return False
+        if m.entries and m.entries[0].term < m.prev_term:
+            return False
+    if isinstance(m, InstallSnapshot):
+        return m.snapshot.index > 0 and 0 < m.snapshot.term <= m.term
+    return True
