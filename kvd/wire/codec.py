@@ -1,0 +1,514 @@
+# -*- test-case-name: tests.wire.test_codec -*-
+"""
+The AMP vocabulary of the peer transport and the conversion of Raft messages
+to and from it.
+
+Each of the twelve Raft messages has one one-way AMP command
+(``requiresAnswer = False``) whose typed arguments are exactly the message's
+dataclass fields; entries and snapshots travel as compact binary arguments.
+Three request/response commands (``Hello``, ``Forward``, ``Join``) serve the
+connection handshake and follower-to-leader forwarding.
+
+AMP caps every value at 65,535 bytes.  A message whose box would break the
+cap (a batch holding a 1 MiB entry, a big snapshot) is packed into one
+*blob* - the command name plus the whole argument box, length-prefixed with
+32-bit lengths - and the blob is sent as a run of ``Chunk`` commands that the
+receiver's ``ChunkAssembler`` stages (within a byte budget) and turns back
+into the original box.  Forwarded payloads and results too big for one value
+use the same chunks with a raw-bytes blob.
+
+Everything here is pure (no sockets, no reactor) so that it can be tested
+with real AMP boxes but without connections.
+
+Allowed imports: ``twisted.protocols.amp``, the standard library,
+``kvd.raft.messages`` and ``kvd.wire.errors`` (never kvd.raft.core,
+kvd.store or kvd.node).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple, Type
+
+from twisted.protocols import amp
+
+from kvd.raft import messages as m
+from kvd.raft.messages import Configuration, Entry, EntryKind, Message, Snapshot
+from kvd.wire.errors import ForwardError, HelloRefused, ProtocolViolation
+
+#: Bumped whenever a command or an argument encoding below changes incompatibly.
+PROTOCOL_VERSION = 1
+
+#: The largest value AMP can carry.
+MAX_VALUE_LENGTH = amp.MAX_VALUE_LENGTH
+#: Payload bytes per Chunk: under the cap with room to spare.
+CHUNK_DATA_SIZE = 60 * 1024
+
+#: Default bound on the bytes one connection may hold in staged blobs.
+DEFAULT_MAX_STAGED_BYTES = 64 * 1024 * 1024
+#: Default bound on the number of blobs staged at once on one connection.
+DEFAULT_MAX_STAGED_BLOBS = 256
+
+# Blob kinds: the first byte of every blob.
+BLOB_MESSAGE = 0
+BLOB_BYTES = 1
+
+_MAX_U64 = (1 << 64) - 1
+_ENTRY_COUNT = struct.Struct(">I")
+# index, term, kind, data length; the data follows.
+_ENTRY_HEAD = struct.Struct(">QQBI")
+# index, term, configuration length; configuration then data follow.
+_SNAPSHOT_HEAD = struct.Struct(">QQI")
+_U8 = struct.Struct(">B")
+_U32 = struct.Struct(">I")
+
+
+# ------------------------------------------------------- binary arguments
+
+
+class Entries(amp.Argument):
+    """A tuple of ``Entry`` as one binary value: a u32 count then fixed headers and data."""
+
+    def toString(self, entries) -> bytes:
+        parts = [_ENTRY_COUNT.pack(len(entries))]
+        for entry in entries:
+            if not (0 <= entry.index <= _MAX_U64 and 0 <= entry.term <= _MAX_U64):
+                raise ValueError(f"entry index/term out of range: {entry.index}/{entry.term}")
+            data = bytes(entry.data)
+            parts.append(_ENTRY_HEAD.pack(entry.index, entry.term, int(entry.kind), len(data)))
+            parts.append(data)
+        return b"".join(parts)
+
+    def fromString(self, value: bytes):
+        return decode_entries(value)
+
+
+def decode_entries(value: bytes) -> Tuple[Entry, ...]:
+    value = bytes(value)
+    if len(value) < _ENTRY_COUNT.size:
+        raise ValueError("entries value shorter than its count")
+    (count,) = _ENTRY_COUNT.unpack_from(value)
+    offset = _ENTRY_COUNT.size
+    # Every entry needs at least a header: refuse absurd counts before looping.
+    if count * _ENTRY_HEAD.size > len(value) - offset:
+        raise ValueError(f"entries value too short for {count} entries")
+    entries = []
+    for _ in range(count):
+        if len(value) - offset < _ENTRY_HEAD.size:
+            raise ValueError("entries value truncated in a header")
+        index, term, kind, length = _ENTRY_HEAD.unpack_from(value, offset)
+        offset += _ENTRY_HEAD.size
+        if len(value) - offset < length:
+            raise ValueError("entries value truncated in data")
+        entries.append(Entry(index=index, term=term, kind=EntryKind(kind), data=value[offset : offset + length]))
+        offset += length
+    if offset != len(value):
+        raise ValueError(f"entries value has {len(value) - offset} trailing bytes")
+    return tuple(entries)
+
+
+class SnapshotArgument(amp.Argument):
+    """A ``Snapshot`` as one binary value: fixed header, configuration, data."""
+
+    def toString(self, snapshot: Snapshot) -> bytes:
+        if not (0 <= snapshot.index <= _MAX_U64 and 0 <= snapshot.term <= _MAX_U64):
+            raise ValueError(f"snapshot index/term out of range: {snapshot.index}/{snapshot.term}")
+        config = snapshot.config.encode()
+        return _SNAPSHOT_HEAD.pack(snapshot.index, snapshot.term, len(config)) + config + bytes(snapshot.data)
+
+    def fromString(self, value: bytes) -> Snapshot:
+        value = bytes(value)
+        if len(value) < _SNAPSHOT_HEAD.size:
+            raise ValueError("snapshot value shorter than its header")
+        index, term, config_len = _SNAPSHOT_HEAD.unpack_from(value)
+        start = _SNAPSHOT_HEAD.size
+        if len(value) - start < config_len:
+            raise ValueError("snapshot value truncated in its configuration")
+        config = Configuration.decode(value[start : start + config_len])
+        return Snapshot(index=index, term=term, config=config, data=value[start + config_len :])
+
+
+# -------------------------------------------------------- message commands
+
+
+class _MessageCommand(amp.Command):
+    """A one-way Raft message; a reply, if any, is another message."""
+
+    requiresAnswer = False
+
+
+def _common():
+    return [(b"term", amp.Integer()), (b"src", amp.Unicode()), (b"dst", amp.Unicode())]
+
+
+class PreVoteCommand(_MessageCommand):
+    commandName = b"PreVote"
+    arguments = _common() + [(b"last_log_index", amp.Integer()), (b"last_log_term", amp.Integer())]
+
+
+class PreVoteReplyCommand(_MessageCommand):
+    commandName = b"PreVoteReply"
+    arguments = _common() + [(b"granted", amp.Boolean())]
+
+
+class RequestVoteCommand(_MessageCommand):
+    commandName = b"RequestVote"
+    arguments = _common() + [
+        (b"last_log_index", amp.Integer()),
+        (b"last_log_term", amp.Integer()),
+        (b"transfer", amp.Boolean()),
+    ]
+
+
+class RequestVoteReplyCommand(_MessageCommand):
+    commandName = b"RequestVoteReply"
+    arguments = _common() + [(b"granted", amp.Boolean())]
+
+
+class AppendEntriesCommand(_MessageCommand):
+    commandName = b"AppendEntries"
+    arguments = _common() + [
+        (b"prev_index", amp.Integer()),
+        (b"prev_term", amp.Integer()),
+        (b"entries", Entries()),
+        (b"commit", amp.Integer()),
+    ]
+
+
+class AppendEntriesReplyCommand(_MessageCommand):
+    commandName = b"AppendEntriesReply"
+    arguments = _common() + [
+        (b"success", amp.Boolean()),
+        (b"index", amp.Integer()),
+        (b"conflict_index", amp.Integer()),
+        (b"conflict_term", amp.Integer()),
+    ]
+
+
+class HeartbeatCommand(_MessageCommand):
+    commandName = b"Heartbeat"
+    arguments = _common() + [(b"commit", amp.Integer()), (b"ctx", amp.String())]
+
+
+class HeartbeatReplyCommand(_MessageCommand):
+    commandName = b"HeartbeatReply"
+    arguments = _common() + [(b"ctx", amp.String())]
+
+
+class InstallSnapshotCommand(_MessageCommand):
+    commandName = b"InstallSnapshot"
+    arguments = _common() + [(b"snapshot", SnapshotArgument())]
+
+
+class TimeoutNowCommand(_MessageCommand):
+    commandName = b"TimeoutNow"
+    arguments = _common()
+
+
+class ReadIndexRequestCommand(_MessageCommand):
+    commandName = b"ReadIndexRequest"
+    arguments = _common() + [(b"ctx", amp.String())]
+
+
+class ReadIndexReplyCommand(_MessageCommand):
+    commandName = b"ReadIndexReply"
+    arguments = _common() + [(b"ctx", amp.String()), (b"index", amp.Integer())]
+
+
+#: Raft message type -> its AMP command.
+COMMAND_FOR_MESSAGE: Dict[type, Type[amp.Command]] = {
+    m.PreVote: PreVoteCommand,
+    m.PreVoteReply: PreVoteReplyCommand,
+    m.RequestVote: RequestVoteCommand,
+    m.RequestVoteReply: RequestVoteReplyCommand,
+    m.AppendEntries: AppendEntriesCommand,
+    m.AppendEntriesReply: AppendEntriesReplyCommand,
+    m.Heartbeat: HeartbeatCommand,
+    m.HeartbeatReply: HeartbeatReplyCommand,
+    m.InstallSnapshot: InstallSnapshotCommand,
+    m.TimeoutNow: TimeoutNowCommand,
+    m.ReadIndexRequest: ReadIndexRequestCommand,
+    m.ReadIndexReply: ReadIndexReplyCommand,
+}
+#: AMP command -> the Raft message type it carries.
+MESSAGE_FOR_COMMAND: Dict[Type[amp.Command], type] = {c: t for t, c in COMMAND_FOR_MESSAGE.items()}
+#: Wire name -> message command.
+MESSAGE_COMMANDS_BY_NAME: Dict[bytes, Type[amp.Command]] = {c.commandName: c for c in MESSAGE_FOR_COMMAND}
+
+
+# ------------------------------------------------- request/response commands
+
+
+class Chunk(amp.Command):
+    """One slice of a blob too big for a single AMP value."""
+
+    commandName = b"Chunk"
+    arguments = [
+        (b"blob_id", amp.Integer()),
+        (b"seq", amp.Integer()),
+        (b"last", amp.Boolean()),
+        (b"data", amp.String()),
+    ]
+    requiresAnswer = False
+
+
+class Hello(amp.Command):
+    """First command on every connection: who is calling, from which cluster."""
+
+    commandName = b"Hello"
+    arguments = [
+        (b"cluster_id", amp.Unicode()),
+        (b"node_id", amp.Unicode()),
+        (b"protocol_version", amp.Integer()),
+    ]
+    # The answer names the listener so the caller can tell it reached the
+    # node it meant to (addresses get reused).
+    response = [
+        (b"accepted", amp.Boolean()),
+        (b"cluster_id", amp.Unicode()),
+        (b"node_id", amp.Unicode()),
+        (b"protocol_version", amp.Integer()),
+    ]
+    fatalErrors = {HelloRefused: b"HELLO_REFUSED"}
+
+
+class Forward(amp.Command):
+    """
+    A follower hands an opaque client command to the leader.  A payload or
+    result too big for one value travels as chunks sent just before, named
+    by ``blob_id``/``result_blob``.
+    """
+
+    commandName = b"Forward"
+    arguments = [(b"payload", amp.String()), (b"blob_id", amp.Integer(optional=True))]
+    response = [(b"result", amp.String()), (b"result_blob", amp.Integer(optional=True))]
+    errors = {ForwardError: b"FORWARD_ERROR"}
+
+
+class Join(amp.Command):
+    """A node asks to be added to the cluster (carried for the CLI)."""
+
+    commandName = b"Join"
+    arguments = [(b"node_id", amp.Unicode()), (b"address", amp.Unicode())]
+    response = [(b"result", amp.String())]
+    errors = {ForwardError: b"FORWARD_ERROR"}
+
+
+# ------------------------------------------------------ message <-> AMP
+
+
+def message_to_arguments(message: Message) -> Tuple[Type[amp.Command], Dict[str, Any]]:
+    """The command for ``message`` and its keyword arguments (for ``callRemote``)."""
+    try:
+        command = COMMAND_FOR_MESSAGE[type(message)]
+    except KeyError:
+        raise TypeError(f"not a Raft message: {message!r}") from None
+    return command, {f.name: getattr(message, f.name) for f in dataclasses.fields(message)}
+
+
+def arguments_to_message(command: Type[amp.Command], arguments: Mapping[str, Any]) -> Message:
+    """Inverse of :func:`message_to_arguments`."""
+    try:
+        message_type = MESSAGE_FOR_COMMAND[command]
+    except KeyError:
+        raise TypeError(f"not a message command: {command!r}") from None
+    return message_type(**arguments)
+
+
+def encode_message(message: Message) -> Tuple[bytes, amp.AmpBox]:
+    """The wire name and the serialized argument box of ``message`` (values may exceed the cap)."""
+    command, arguments = message_to_arguments(message)
+    return command.commandName, command.makeArguments(arguments, None)
+
+
+def decode_message(name: bytes, strings: Mapping[bytes, bytes]) -> Message:
+    """
+    Inverse of :func:`encode_message`.  Raises ``ProtocolViolation`` for an
+    unknown command or any argument that does not parse.
+    """
+    command = MESSAGE_COMMANDS_BY_NAME.get(name)
+    if command is None:
+        raise ProtocolViolation(f"unknown message command {name!r}")
+    try:
+        return arguments_to_message(command, command.parseArguments(amp.AmpBox(strings), None))
+    except Exception as e:
+        raise ProtocolViolation(f"malformed {name.decode('ascii', 'replace')} box: {e!r}") from None
+
+
+def fits_in_one_box(strings: Mapping[bytes, bytes]) -> bool:
+    return all(len(v) <= MAX_VALUE_LENGTH for v in strings.values())
+
+
+# ---------------------------------------------------------------- blobs
+
+
+def pack_message_blob(name: bytes, strings: Mapping[bytes, bytes]) -> bytes:
+    """A box as one blob: kind, name, then (u8 key length, key, u32 value length, value)*."""
+    parts = [_U8.pack(BLOB_MESSAGE), _U8.pack(len(name)), name]
+    for key, value in strings.items():
+        parts += [_U8.pack(len(key)), key, _U32.pack(len(value)), value]
+    return b"".join(parts)
+
+
+def pack_bytes_blob(data: bytes) -> bytes:
+    return _U8.pack(BLOB_BYTES) + data
+
+
+def unpack_blob(blob: bytes) -> Tuple[int, Optional[bytes], Any]:
+    """
+    ``(BLOB_MESSAGE, name, strings)`` or ``(BLOB_BYTES, None, data)``;
+    raises ``ProtocolViolation`` if the blob is malformed.
+    """
+    if not blob:
+        raise ProtocolViolation("empty blob")
+    kind = blob[0]
+    if kind == BLOB_BYTES:
+        return kind, None, blob[1:]
+    if kind != BLOB_MESSAGE:
+        raise ProtocolViolation(f"unknown blob kind {kind}")
+    view = memoryview(blob)
+    try:
+        name_len = view[1]
+        name = bytes(view[2 : 2 + name_len])
+        if len(name) != name_len:
+            raise IndexError
+        offset = 2 + name_len
+        strings: Dict[bytes, bytes] = {}
+        while offset < len(blob):
+            key_len = view[offset]
+            key = bytes(view[offset + 1 : offset + 1 + key_len])
+            offset += 1 + key_len
+            (value_len,) = _U32.unpack_from(blob, offset)
+            offset += _U32.size
+            value = bytes(view[offset : offset + value_len])
+            if len(key) != key_len or len(value) != value_len:
+                raise IndexError
+            offset += value_len
+            strings[key] = value
+    except (IndexError, struct.error):
+        raise ProtocolViolation("truncated message blob") from None
+    return kind, name, strings
+
+
+def chunk_arguments(blob_id: int, blob: bytes) -> Iterator[Dict[str, Any]]:
+    """The ``Chunk`` keyword arguments that carry ``blob``, in order."""
+    count = max(1, -(-len(blob) // CHUNK_DATA_SIZE))
+    for seq in range(count):
+        yield {
+            "blob_id": blob_id,
+            "seq": seq,
+            "last": seq == count - 1,
+            "data": blob[seq * CHUNK_DATA_SIZE : (seq + 1) * CHUNK_DATA_SIZE],
+        }
+
+
+Frame = Tuple[bytes, amp.AmpBox]
+
+
+def message_frames(message: Message, blob_id: int) -> List[Frame]:
+    """
+    The boxes (wire name, serialized arguments) that carry ``message``: one
+    box of its own command when it fits, else ``Chunk`` boxes for ``blob_id``
+    (which the caller then must not reuse on this connection).
+    """
+    name, strings = encode_message(message)
+    if fits_in_one_box(strings):
+        return [(name, strings)]
+    return bytes_frames(pack_message_blob(name, strings), blob_id)
+
+
+def bytes_frames(blob: bytes, blob_id: int) -> List[Frame]:
+    """``Chunk`` boxes carrying an already packed blob."""
+    return [(Chunk.commandName, Chunk.makeArguments(kw, None)) for kw in chunk_arguments(blob_id, blob)]
+
+
+# ------------------------------------------------------------ reassembly
+
+
+class ChunkAssembler:
+    """
+    Stages the chunks of one connection's incoming blobs.
+
+    A blob's chunks arrive in order (one TCP stream) but may interleave with
+    other blobs' chunks.  The bytes held at once - partial blobs plus complete
+    raw-bytes blobs not yet claimed by a Forward - are bounded; breaking the
+    bound, or sending chunks out of order, raises ``ProtocolViolation`` and
+    the caller drops the connection.
+    """
+
+    def __init__(self, max_bytes: int = DEFAULT_MAX_STAGED_BYTES, max_blobs: int = DEFAULT_MAX_STAGED_BLOBS):
+        self.max_bytes = max_bytes
+        self.max_blobs = max_blobs
+        self._partial: Dict[int, Tuple[int, List[bytes]]] = {}  # blob_id -> (next seq, parts)
+        self._held: Dict[int, bytes] = {}
+        self.staged_bytes = 0
+
+    def add(self, blob_id: int, seq: int, last: bool, data: bytes) -> Optional[bytes]:
+        """Stage one chunk; return the whole blob when ``last`` completes it."""
+        if blob_id in self._held:
+            raise ProtocolViolation(f"chunk for blob {blob_id}, which is already complete")
+        expected, parts = self._partial.get(blob_id, (0, []))
+        if seq != expected:
+            raise ProtocolViolation(f"chunk {seq} of blob {blob_id} where chunk {expected} was due")
+        if self.staged_bytes + len(data) > self.max_bytes:
+            raise ProtocolViolation(
+                f"staging blob {blob_id} would hold {self.staged_bytes + len(data)} bytes, "
+                f"over the {self.max_bytes}-byte limit"
+            )
+        if seq == 0 and len(self._partial) + len(self._held) >= self.max_blobs:
+            raise ProtocolViolation(f"more than {self.max_blobs} blobs staged at once")
+        parts.append(bytes(data))
+        self.staged_bytes += len(data)
+        if not last:
+            self._partial[blob_id] = (seq + 1, parts)
+            return None
+        self._partial.pop(blob_id, None)
+        blob = b"".join(parts)
+        self.staged_bytes -= len(blob)
+        return blob
+
+    def hold(self, blob_id: int, data: bytes) -> None:
+        """Keep a complete raw-bytes blob until a Forward (or its answer) claims it."""
+        if self.staged_bytes + len(data) > self.max_bytes:
+            raise ProtocolViolation(f"holding blob {blob_id} would exceed the {self.max_bytes}-byte limit")
+        self._held[blob_id] = data
+        self.staged_bytes += len(data)
+
+    def claim(self, blob_id: int) -> bytes:
+        try:
+            data = self._held.pop(blob_id)
+        except KeyError:
+            raise ProtocolViolation(f"no complete blob {blob_id} to claim") from None
+        self.staged_bytes -= len(data)
+        return data
+
+    def clear(self) -> None:
+        self._partial.clear()
+        self._held.clear()
+        self.staged_bytes = 0
+
+
+class MessageDecoder:
+    """
+    Turns the boxes received on one connection back into Raft messages:
+    feed it each message box or chunk; it returns a message when one is
+    complete.  Raw-bytes blobs (Forward payloads/results) are held in the
+    assembler for :meth:`ChunkAssembler.claim`.
+    """
+
+    def __init__(self, assembler: Optional[ChunkAssembler] = None):
+        self.assembler = assembler if assembler is not None else ChunkAssembler()
+
+    def message_box(self, name: bytes, strings: Mapping[bytes, bytes]) -> Message:
+        return decode_message(name, strings)
+
+    def chunk(self, blob_id: int, seq: int, last: bool, data: bytes) -> Optional[Message]:
+        blob = self.assembler.add(blob_id, seq, last, data)
+        if blob is None:
+            return None
+        kind, name, payload = unpack_blob(blob)
+        if kind == BLOB_BYTES:
+            self.assembler.hold(blob_id, payload)
+            return None
+        return decode_message(name, payload)

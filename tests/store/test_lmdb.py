@@ -1,0 +1,464 @@
+# -*- test-case-name: tests.store.test_lmdb -*-
+"""Tests for kvd.store.lmdb and kvd.store.schema."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from kvd.raft.messages import Configuration, Entry, EntryKind, HardState, Snapshot
+from kvd.store import bench, schema
+from kvd.store.lmdb import (
+    CorruptStorage,
+    DataDirMismatch,
+    LmdbStorage,
+    StorageError,
+    StorageFull,
+)
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+KiB = 1 << 10
+MiB = 1 << 20
+
+
+def make_entries(first, last, term=1, size=10):
+    return [
+        Entry(index=i, term=term, kind=EntryKind.NORMAL, data=bytes([i % 256]) * size) for i in range(first, last + 1)
+    ]
+
+
+def make_config():
+    return Configuration.make(["n1", "n2", "n3"], ["n4"], {"n1": "127.0.0.1:7001", "n4": "127.0.0.4:7001"})
+
+
+@pytest.fixture
+def storage(tmp_path):
+    s = LmdbStorage(str(tmp_path / "node"), sync=False)
+    s.open("c1", "n1")
+    yield s
+    s.close()
+
+
+# ------------------------------------------------------------------ schema
+
+
+def test_schema_entry_round_trip_all_kinds():
+    """Entries of every kind, empty and binary data, survive encode/decode."""
+    rng = random.Random(7)
+    for kind in EntryKind:
+        for data in (b"", b"\x00\xff" * 3, bytes(rng.getrandbits(8) for _ in range(300))):
+            entry = Entry(index=rng.randrange(1, 1 << 63), term=rng.randrange(0, 1 << 63), kind=kind, data=data)
+            assert schema.decode_entry(schema.encode_entry(entry)) == entry
+
+
+def test_schema_hard_state_and_snapshot_round_trip():
+    """Hard states with and without a (non-ASCII) vote, and snapshots, round-trip."""
+    for hs in (HardState(), HardState(term=5, vote="n2", commit=9), HardState(term=1, vote="nœud-é", commit=0)):
+        assert schema.decode_hard_state(schema.encode_hard_state(hs)) == hs
+    snap = Snapshot(index=42, term=7, config=make_config(), data=b"state" * 100)
+    assert schema.decode_snapshot(schema.encode_snapshot(snap)) == snap
+
+
+def test_schema_log_keys_sort_in_index_order():
+    """Big-endian keys make LMDB's byte order equal to index order."""
+    indexes = [1, 2, 255, 256, 65536, 1 << 40]
+    keys = [schema.log_key(i) for i in indexes]
+    assert sorted(keys) == keys
+    assert [schema.log_index(k) for k in keys] == indexes
+
+
+def test_schema_rejects_corrupt_records():
+    """Truncated or nonsensical records raise CorruptRecord, not garbage."""
+    good = schema.encode_entry(Entry(index=1, term=1, data=b"x"))
+    with pytest.raises(schema.CorruptRecord):
+        schema.decode_entry(good[:5])
+    with pytest.raises(schema.CorruptRecord):
+        schema.decode_entry(good[:16] + b"\x09" + b"x")  # unknown kind
+    with pytest.raises(schema.CorruptRecord):
+        schema.decode_hard_state(schema.encode_hard_state(HardState(term=1))[:-1] + b"\x02")
+    with pytest.raises(schema.CorruptRecord):
+        schema.decode_snapshot(schema.encode_snapshot(Snapshot(index=1, config=make_config()))[:30])
+    with pytest.raises(ValueError):
+        schema.encode_entry(Entry(index=-1, term=1))
+
+
+# ----------------------------------------------------------------- storage
+
+
+def test_fresh_storage_loads_empty(storage):
+    """A new data dir restores the zero hard state, no snapshot, no entries."""
+    restored = storage.load()
+    assert restored.hard_state == HardState()
+    assert restored.snapshot is None
+    assert restored.entries == []
+
+
+def test_save_and_load_round_trip(storage):
+    """A saved hard state and entries of every kind come back identically."""
+    entries = [
+        Entry(index=1, term=1, kind=EntryKind.NOOP),
+        Entry(index=2, term=1, kind=EntryKind.CONFIG, data=make_config().encode()),
+        Entry(index=3, term=2, kind=EntryKind.NORMAL, data=b"\x00set k v\xff"),
+    ]
+    hs = HardState(term=2, vote="n3", commit=2)
+    storage.save(hs, entries, None, sync=True)
+    restored = storage.load()
+    assert restored.hard_state == hs
+    assert restored.entries == entries
+    assert restored.snapshot is None
+
+
+def test_save_hard_state_only_keeps_log(storage):
+    """Saving only a hard state replaces it and leaves the log alone."""
+    storage.save(HardState(term=1, vote="n1"), make_entries(1, 3), None, sync=False)
+    storage.save(HardState(term=1, vote="n1", commit=3), [], None, sync=False)
+    restored = storage.load()
+    assert restored.hard_state == HardState(term=1, vote="n1", commit=3)
+    assert [e.index for e in restored.entries] == [1, 2, 3]
+
+
+def test_save_truncates_conflicting_suffix(storage):
+    """Entries overwrite the stored suffix from their first index on, including later ones."""
+    storage.save(None, make_entries(1, 5, term=1), None, sync=False)
+    storage.save(None, make_entries(3, 4, term=2), None, sync=False)
+    restored = storage.load()
+    assert [(e.index, e.term) for e in restored.entries] == [(1, 1), (2, 1), (3, 2), (4, 2)]
+
+
+def test_save_rejects_a_gap_and_writes_nothing(storage):
+    """Entries that would leave a hole raise ValueError; the hard state of that batch is not written."""
+    storage.save(HardState(term=1), make_entries(1, 3), None, sync=False)
+    with pytest.raises(ValueError, match="next index is 4"):
+        storage.save(HardState(term=9), make_entries(6, 7), None, sync=False)
+    with pytest.raises(ValueError, match="not contiguous"):
+        storage.save(None, [Entry(index=4, term=1), Entry(index=6, term=1)], None, sync=False)
+    restored = storage.load()
+    assert restored.hard_state == HardState(term=1)
+    assert [e.index for e in restored.entries] == [1, 2, 3]
+
+
+def test_first_entries_must_start_at_one(storage):
+    """Without a snapshot the log starts at index 1."""
+    with pytest.raises(ValueError, match="next index is 1"):
+        storage.save(None, make_entries(2, 3), None, sync=False)
+    assert storage.load().entries == []
+
+
+def test_snapshot_install_drops_whole_log(storage):
+    """Installing a snapshot discards every entry, even those past its index."""
+    storage.save(HardState(term=1), make_entries(1, 10), None, sync=False)
+    snap = Snapshot(index=5, term=3, config=make_config(), data=b"sm-state")
+    storage.save(HardState(term=3, commit=5), [], snap, sync=True)
+    restored = storage.load()
+    assert restored.snapshot == snap
+    assert restored.entries == []
+    assert restored.hard_state == HardState(term=3, commit=5)
+    assert storage.snapshot() == snap
+    # The log continues right after the snapshot, and not before it.
+    with pytest.raises(ValueError):
+        storage.save(None, make_entries(5, 6, term=3), None, sync=False)
+    storage.save(None, make_entries(6, 7, term=3), None, sync=False)
+    assert [e.index for e in storage.load().entries] == [6, 7]
+
+
+def test_snapshot_and_entries_in_one_batch(storage):
+    """A snapshot followed by entries in the same save keeps the new entries."""
+    storage.save(None, make_entries(1, 4), None, sync=False)
+    snap = Snapshot(index=8, term=2, config=make_config())
+    storage.save(HardState(term=2), make_entries(9, 10, term=2), snap, sync=True)
+    restored = storage.load()
+    assert restored.snapshot == snap
+    assert [e.index for e in restored.entries] == [9, 10]
+
+
+def test_compact_keeps_entries_after_snapshot(storage):
+    """compact stores the snapshot and drops only the entries it covers."""
+    storage.save(HardState(term=1, commit=10), make_entries(1, 10), None, sync=False)
+    snap = Snapshot(index=4, term=1, config=make_config(), data=b"x" * 1000)
+    storage.compact(snap)
+    restored = storage.load()
+    assert restored.snapshot == snap
+    assert [e.index for e in restored.entries] == list(range(5, 11))
+    stats = storage.stats()
+    assert (stats["entries"], stats["first_index"], stats["last_index"], stats["snapshot_index"]) == (6, 5, 10, 4)
+
+
+def test_older_snapshot_is_refused(storage):
+    """A snapshot older than the stored one is a caller bug and changes nothing."""
+    storage.save(None, make_entries(1, 10), None, sync=False)
+    storage.compact(Snapshot(index=6, term=1, config=make_config()))
+    with pytest.raises(ValueError, match="older"):
+        storage.compact(Snapshot(index=3, term=1, config=make_config()))
+    with pytest.raises(ValueError, match="older"):
+        storage.save(None, [], Snapshot(index=3, term=1), sync=False)
+    assert storage.snapshot().index == 6
+    assert [e.index for e in storage.load().entries] == [7, 8, 9, 10]
+
+
+def test_reopen_recovers_everything(tmp_path):
+    """Closing and reopening the data dir restores hard state, snapshot and log."""
+    path = str(tmp_path / "node")
+    first = LmdbStorage(path)
+    first.open("c1", "n1")
+    snap = Snapshot(index=3, term=1, config=make_config(), data=b"snap")
+    first.save(HardState(term=1, vote="n1"), make_entries(1, 6), None, sync=True)
+    first.compact(snap)
+    first.save(HardState(term=2, vote="n2", commit=6), make_entries(5, 7, term=2), None, sync=True)
+    expected = first.load()
+    first.close()
+
+    second = LmdbStorage(path)
+    second.open("c1", "n1")
+    try:
+        restored = second.load()
+        assert restored == expected
+        assert restored.hard_state == HardState(term=2, vote="n2", commit=6)
+        assert [(e.index, e.term) for e in restored.entries] == [(4, 1), (5, 2), (6, 2), (7, 2)]
+    finally:
+        second.close()
+
+
+class _SyncCountingEnv:
+    """Delegates to an lmdb Environment, counting calls to sync()."""
+
+    def __init__(self, env):
+        self._env = env
+        self.syncs = 0
+
+    def sync(self, force=False):
+        self.syncs += 1
+        return self._env.sync(force)
+
+    def __getattr__(self, name):
+        return getattr(self._env, name)
+
+
+def test_save_syncs_once_per_batch(tmp_path):
+    """A 128-entry durable save flushes exactly once; a non-durable save never does."""
+    s = LmdbStorage(str(tmp_path / "node"), sync=True)
+    s.open("c1", "n1")
+    spy = _SyncCountingEnv(s._env)
+    s._env = spy
+    try:
+        s.save(HardState(term=1), make_entries(1, 128), None, sync=True)
+        assert spy.syncs == 1
+        s.save(HardState(term=1, commit=5), [], None, sync=False)
+        assert spy.syncs == 1
+        s.save(None, make_entries(129, 130), None, sync=True)
+        assert spy.syncs == 2
+    finally:
+        s._env = spy._env
+        s.close()
+
+
+def test_sync_modes_are_durable_across_reopen(tmp_path):
+    """Both sync modes write data that a reopen reads back."""
+    for mode in ("ordered", "single"):
+        path = str(tmp_path / mode)
+        s = LmdbStorage(path, sync_mode=mode)
+        s.open("c1", "n1")
+        s.save(HardState(term=4), make_entries(1, 3), None, sync=True)
+        s.close()
+        s = LmdbStorage(path, sync_mode=mode)
+        s.open("c1", "n1")
+        assert s.load().hard_state.term == 4
+        s.close()
+    with pytest.raises(ValueError):
+        LmdbStorage(str(tmp_path / "x"), sync_mode="sometimes")
+
+
+def test_map_grows_when_full(tmp_path):
+    """Writing more than the initial map doubles it transparently, and the size survives a reopen."""
+    path = str(tmp_path / "node")
+    s = LmdbStorage(path, map_size_bytes=256 * KiB, map_size_max_bytes=64 * MiB, sync=False)
+    s.open("c1", "n1")
+    index = 0
+    for _ in range(8):  # 8 batches of 64 x 4 KiB = 2 MiB in total
+        batch = [Entry(index=index + i + 1, term=1, data=os.urandom(4 * KiB)) for i in range(64)]
+        index += 64
+        s.save(HardState(term=1, commit=index), batch, None, sync=False)
+    assert s.stats()["map_size"] >= 2 * MiB
+    restored = s.load()
+    assert len(restored.entries) == 512 and restored.hard_state.commit == 512
+    s.close()
+
+    s = LmdbStorage(path, map_size_bytes=256 * KiB, map_size_max_bytes=64 * MiB, sync=False)
+    s.open("c1", "n1")
+    stats = s.stats()
+    # Reopened with headroom over the pages in use, not back at 256 KiB.
+    assert stats["map_size"] >= 2 * stats["bytes_used"] > 2 * MiB
+    assert len(s.load().entries) == 512
+    s.save(None, make_entries(513, 600, size=4 * KiB), None, sync=False)
+    assert s.stats()["last_index"] == 600
+    s.close()
+
+
+def test_storage_full_leaves_no_partial_write(tmp_path):
+    """Past map_size_max_bytes save raises StorageFull and the previous state is intact."""
+    s = LmdbStorage(str(tmp_path / "node"), map_size_bytes=256 * KiB, map_size_max_bytes=512 * KiB, sync=False)
+    s.open("c1", "n1")
+    try:
+        s.save(HardState(term=1, commit=1), make_entries(1, 1), None, sync=False)
+        batch = [Entry(index=i, term=2, data=b"y" * (100 * KiB)) for i in range(2, 12)]  # ~1 MiB
+        with pytest.raises(StorageFull, match="map_size_max_bytes=524288"):
+            s.save(HardState(term=2, commit=11), batch, None, sync=True)
+        restored = s.load()
+        assert restored.hard_state == HardState(term=1, commit=1)
+        assert [e.index for e in restored.entries] == [1]
+        # The store is still usable for batches that fit.
+        s.save(HardState(term=2, commit=2), make_entries(2, 2, term=2), None, sync=False)
+        assert [e.index for e in s.load().entries] == [1, 2]
+    finally:
+        s.close()
+
+
+def test_data_dir_from_other_cluster_is_refused(tmp_path):
+    """Opening with another cluster id raises DataDirMismatch naming both clusters."""
+    path = str(tmp_path / "node")
+    s = LmdbStorage(path)
+    s.open("alpha", "n1")
+    s.close()
+    other = LmdbStorage(path)
+    with pytest.raises(DataDirMismatch) as info:
+        other.open("beta", "n1")
+    assert "'alpha'" in str(info.value) and "'beta'" in str(info.value)
+    # The failed open did not leave the env half-open: a correct open works.
+    other.open("alpha", "n1")
+    other.close()
+
+
+def test_data_dir_from_other_node_is_refused(tmp_path):
+    """Opening with another node id raises DataDirMismatch naming both node ids."""
+    path = str(tmp_path / "node")
+    s = LmdbStorage(path)
+    s.open("alpha", "n1")
+    s.close()
+    with pytest.raises(DataDirMismatch) as info:
+        LmdbStorage(path).open("alpha", "n2")
+    assert "'n1'" in str(info.value) and "'n2'" in str(info.value)
+
+
+def test_use_before_open_and_double_open(tmp_path):
+    """Using a storage before open, or opening it twice, raises StorageError."""
+    s = LmdbStorage(str(tmp_path / "node"))
+    with pytest.raises(StorageError, match="not open"):
+        s.load()
+    s.open("c1", "n1")
+    with pytest.raises(StorageError, match="already open"):
+        s.open("c1", "n1")
+    s.close()
+
+
+def test_load_detects_a_gap(storage):
+    """A log with a hole (which save never writes) is reported as corruption."""
+    storage.save(None, make_entries(1, 5), None, sync=False)
+    with storage._env.begin(write=True) as txn:
+        txn.delete(schema.log_key(3), db=storage._db_log)
+    with pytest.raises(CorruptStorage, match="gap"):
+        storage.load()
+
+
+# -------------------------------------------------------------- crash tests
+
+_CHILD = textwrap.dedent(
+    """
+    import os, sys
+    from kvd.raft.messages import Entry, HardState
+    from kvd.store.lmdb import LmdbStorage
+
+    path, mode, batches = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    s = LmdbStorage(path, sync=(mode == "sync"))
+    s.open("c1", "n1")
+    index = 0
+    for b in range(batches):
+        entries = [Entry(index=index + i + 1, term=1 + b // 10, data=b"%d" % (index + i + 1) * 20)
+                   for i in range(16)]
+        index += 16
+        # commit == last index in the same transaction: a torn batch would show.
+        s.save(HardState(term=1 + b // 10, vote="n1", commit=index), entries, None, sync=(mode == "sync"))
+        print(index, flush=True)
+    # Leave without close(): like a crash after the last commit returned.
+    os._exit(0)
+    """
+)
+
+
+def _spawn_child(path, mode, batches):
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT)
+    return subprocess.Popen(
+        [sys.executable, "-c", _CHILD, path, mode, str(batches)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=REPO_ROOT,
+    )
+
+
+def _check_consistent_prefix(path, at_least):
+    s = LmdbStorage(path, sync=False)
+    s.open("c1", "n1")
+    try:
+        restored = s.load()
+    finally:
+        s.close()
+    indexes = [e.index for e in restored.entries]
+    assert indexes == list(range(1, len(indexes) + 1))
+    assert len(indexes) % 16 == 0, "a batch was torn"
+    assert len(indexes) >= at_least
+    assert restored.hard_state.commit == len(indexes)
+    for e in restored.entries:
+        assert e.data == b"%d" % e.index * 20
+    return len(indexes)
+
+
+def test_unsynced_writes_survive_process_exit(tmp_path):
+    """Committed sync=False saves are visible to a fresh process after the writer dies without close()."""
+    path = str(tmp_path / "node")
+    child = _spawn_child(path, "nosync", 20)
+    out, err = child.communicate(timeout=60)
+    assert child.returncode == 0, err.decode()
+    assert out.split()[-1] == b"320"
+    assert _check_consistent_prefix(path, at_least=320) == 320
+
+
+def test_sigkill_mid_loop_leaves_a_consistent_prefix(tmp_path):
+    """SIGKILL while saving leaves whole batches only, at least every batch the child reported."""
+    path = str(tmp_path / "node")
+    child = _spawn_child(path, "sync", 100000)
+    reported = 0
+    deadline = time.monotonic() + 60
+    try:
+        while reported < 16 * 50 and time.monotonic() < deadline:
+            line = child.stdout.readline()
+            if not line:
+                break
+            reported = int(line)
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.stdout.close()
+        child.stderr.close()
+    assert child.returncode == -signal.SIGKILL
+    assert reported >= 16 * 50
+    _check_consistent_prefix(path, at_least=reported)
+
+
+# ------------------------------------------------------------------ bench
+
+
+def test_bench_runs_and_reports_every_batch_size(tmp_path, capsys):
+    """The benchmark prints one row per mode and batch size."""
+    assert bench.main(["--dir", str(tmp_path), "--rounds", "3"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.split()[-1].isdigit() and "mode" not in line]
+    assert len(rows) == len(bench.MODES) * len(bench.BATCH_SIZES)
+    assert not [p for p in os.listdir(tmp_path) if p.startswith("kvd-bench-")]
