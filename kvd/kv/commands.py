@@ -1,0 +1,317 @@
+# -*- test-case-name: tests.kv.test_commands -*-
+"""
+The commands of the key/value machine and the codec of what goes in the log.
+
+Write commands (``Set``, ``Delete``, ``MSet``, ``IncrBy``) change the state
+and are proposed to Raft inside an ``Envelope``; read ops (``Get``, ``MGet``,
+``Exists``, ``Keys``, ``Scan``, ``DbSize``) are served by ``KVMachine.read``
+and never logged.  Each is a frozen dataclass that validates itself, so an
+invalid command cannot be built, encoded or decoded.
+
+The envelope carries the exactly-once bookkeeping of the Raft thesis §6.3:
+``client_id`` and ``seq`` name the command, ``ack_below`` tells the machine
+that every response with a smaller seq has reached the client, and
+``stamp_ms`` is the proposing leader's clock, the only time the machine sees.
+Sequence numbers start at 1 and ``ack_below`` starts at 1 (nothing received).
+
+Wire format, version 1 (all integers varints, see kvd.kv.codec)::
+
+    version=1  client_id:blob  seq  ack_below  stamp_ms  tag:byte  body
+    tag 1 Set     key:blob value:blob flags:byte [ifeq:blob]
+                  flags: bits 0-1 cond (0 none, 1 NX, 2 XX), bit 2 IFEQ, bit 3 GET
+    tag 2 Delete  n keys...
+    tag 3 MSet    n (key value)...
+    tag 4 IncrBy  key:blob delta:zigzag
+
+Keys and values are arbitrary bytes; neither pickle nor JSON is involved.
+
+Allowed imports: the standard library and kvd.kv.codec.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Tuple, Union
+
+from kvd.kv.codec import INT64_MAX, INT64_MIN, U64_MAX, CodecError, Reader, Writer
+
+__all__ = [
+    "CodecError", "Set", "Delete", "MSet", "IncrBy", "Envelope", "Get", "MGet", "Exists", "Keys",
+    "Scan", "DbSize", "WriteCommand", "ReadOp", "WRITE_COMMANDS", "READ_OPS", "ENVELOPE_VERSION",
+    "encode_envelope", "decode_envelope", "parse_int64", "INT64_MIN", "INT64_MAX",
+]
+
+ENVELOPE_VERSION = 1
+
+
+def parse_int64(data: bytes) -> Optional[int]:
+    """
+    Redis's ``string2ll``: a canonical signed 64-bit decimal, or None.  No
+    sign '+', no leading zeros, no spaces, no "-0"; what INCR accepts as a
+    stored value and what commands accept as integer arguments.
+    """
+    if not 0 < len(data) <= 20:
+        return None
+    if data == b"0":
+        return 0
+    digits = data[1:] if data[:1] == b"-" else data
+    if not digits.isdigit() or digits[0] == 0x30:
+        return None
+    value = int(data)
+    return value if INT64_MIN <= value <= INT64_MAX else None
+
+
+def _bytes(name: str, value) -> None:
+    if not isinstance(value, bytes):
+        raise TypeError("%s must be bytes, not %s" % (name, type(value).__name__))
+
+
+def _int(name: str, value, low: int, high: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError("%s must be an int, not %s" % (name, type(value).__name__))
+    if not low <= value <= high:
+        raise ValueError("%s out of range: %d" % (name, value))
+
+
+def _key_tuple(obj, name: str, allow_empty: bool = False) -> None:
+    keys = getattr(obj, name)
+    if isinstance(keys, (bytes, str)):
+        raise TypeError("%s must be a sequence of bytes, not a single %s" % (name, type(keys).__name__))
+    keys = tuple(keys)
+    if not keys and not allow_empty:
+        raise ValueError("%s must not be empty" % (name,))
+    for k in keys:
+        _bytes("each of " + name, k)
+    object.__setattr__(obj, name, keys)
+
+
+# ------------------------------------------------------------------ writes
+
+
+@dataclass(frozen=True)
+class Set:
+    """SET key value [NX|XX|IFEQ ifeq] [GET]; IFEQ excludes NX and XX, as in Valkey 8.1."""
+
+    key: bytes
+    value: bytes
+    cond: Optional[str] = None
+    ifeq: Optional[bytes] = None
+    get: bool = False
+
+    def __post_init__(self):
+        _bytes("key", self.key)
+        _bytes("value", self.value)
+        if self.cond not in (None, "NX", "XX"):
+            raise ValueError("cond must be None, 'NX' or 'XX', not %r" % (self.cond,))
+        if self.ifeq is not None:
+            _bytes("ifeq", self.ifeq)
+            if self.cond is not None:
+                raise ValueError("IFEQ cannot be combined with NX or XX")
+        if not isinstance(self.get, bool):
+            raise TypeError("get must be a bool")
+
+
+@dataclass(frozen=True)
+class Delete:
+    keys: Tuple[bytes, ...]
+
+    def __post_init__(self):
+        _key_tuple(self, "keys")
+
+
+@dataclass(frozen=True)
+class MSet:
+    """Every pair is set or none is: one log entry."""
+
+    pairs: Tuple[Tuple[bytes, bytes], ...]
+
+    def __post_init__(self):
+        if isinstance(self.pairs, (bytes, str)):
+            raise TypeError("pairs must be a sequence of (key, value)")
+        pairs = tuple(tuple(p) for p in self.pairs)
+        if not pairs:
+            raise ValueError("pairs must not be empty")
+        for p in pairs:
+            if len(p) != 2:
+                raise ValueError("each pair must be (key, value)")
+            _bytes("key", p[0])
+            _bytes("value", p[1])
+        object.__setattr__(self, "pairs", pairs)
+
+
+@dataclass(frozen=True)
+class IncrBy:
+    """INCR, DECR, INCRBY, DECRBY: add ``delta`` to the integer stored at ``key``."""
+
+    key: bytes
+    delta: int
+
+    def __post_init__(self):
+        _bytes("key", self.key)
+        _int("delta", self.delta, INT64_MIN, INT64_MAX)
+
+
+WriteCommand = Union[Set, Delete, MSet, IncrBy]
+WRITE_COMMANDS = (Set, Delete, MSet, IncrBy)
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """What is proposed to Raft: a write command and its exactly-once bookkeeping."""
+
+    client_id: bytes
+    seq: int
+    ack_below: int
+    stamp_ms: int
+    command: WriteCommand
+
+    def __post_init__(self):
+        _bytes("client_id", self.client_id)
+        _int("seq", self.seq, 0, U64_MAX)
+        _int("ack_below", self.ack_below, 0, U64_MAX)
+        _int("stamp_ms", self.stamp_ms, 0, U64_MAX)
+        if not isinstance(self.command, WRITE_COMMANDS):
+            raise TypeError("command must be a write command, not %s" % (type(self.command).__name__,))
+
+
+# ------------------------------------------------------------------- reads
+
+
+@dataclass(frozen=True)
+class Get:
+    key: bytes
+
+    def __post_init__(self):
+        _bytes("key", self.key)
+
+
+@dataclass(frozen=True)
+class MGet:
+    keys: Tuple[bytes, ...]
+
+    def __post_init__(self):
+        _key_tuple(self, "keys")
+
+
+@dataclass(frozen=True)
+class Exists:
+    """How many of ``keys`` exist, counting a repeated key each time (as Redis does)."""
+
+    keys: Tuple[bytes, ...]
+
+    def __post_init__(self):
+        _key_tuple(self, "keys")
+
+
+@dataclass(frozen=True)
+class Keys:
+    pattern: bytes
+
+    def __post_init__(self):
+        _bytes("pattern", self.pattern)
+
+
+@dataclass(frozen=True)
+class Scan:
+    cursor: int = 0
+    match: Optional[bytes] = None
+    count: int = 10
+
+    def __post_init__(self):
+        _int("cursor", self.cursor, 0, U64_MAX)
+        if self.match is not None:
+            _bytes("match", self.match)
+        _int("count", self.count, 1, INT64_MAX)
+
+
+@dataclass(frozen=True)
+class DbSize:
+    pass
+
+
+ReadOp = Union[Get, MGet, Exists, Keys, Scan, DbSize]
+READ_OPS = (Get, MGet, Exists, Keys, Scan, DbSize)
+
+
+# ------------------------------------------------------------------- codec
+
+_TAG_SET, _TAG_DELETE, _TAG_MSET, _TAG_INCRBY = 1, 2, 3, 4
+_COND_CODE = {None: 0, "NX": 1, "XX": 2}
+_CODE_COND = {v: k for k, v in _COND_CODE.items()}
+_FLAG_IFEQ, _FLAG_GET = 0x04, 0x08
+
+
+def encode_envelope(env: Envelope) -> bytes:
+    if not isinstance(env, Envelope):
+        raise TypeError("expected an Envelope, not %s" % (type(env).__name__,))
+    w = Writer()
+    w.byte(ENVELOPE_VERSION)
+    w.blob(env.client_id)
+    w.uint(env.seq)
+    w.uint(env.ack_below)
+    w.uint(env.stamp_ms)
+    cmd = env.command
+    if isinstance(cmd, Set):
+        w.byte(_TAG_SET)
+        w.blob(cmd.key)
+        w.blob(cmd.value)
+        flags = _COND_CODE[cmd.cond] | (_FLAG_IFEQ if cmd.ifeq is not None else 0) | (_FLAG_GET if cmd.get else 0)
+        w.byte(flags)
+        if cmd.ifeq is not None:
+            w.blob(cmd.ifeq)
+    elif isinstance(cmd, Delete):
+        w.byte(_TAG_DELETE)
+        w.uint(len(cmd.keys))
+        for k in cmd.keys:
+            w.blob(k)
+    elif isinstance(cmd, MSet):
+        w.byte(_TAG_MSET)
+        w.uint(len(cmd.pairs))
+        for k, v in cmd.pairs:
+            w.blob(k)
+            w.blob(v)
+    else:
+        w.byte(_TAG_INCRBY)
+        w.blob(cmd.key)
+        w.sint(cmd.delta)
+    return w.getvalue()
+
+
+def decode_envelope(data: bytes) -> Envelope:
+    """The inverse of ``encode_envelope``; raises ``CodecError`` and nothing else on bad input."""
+    r = Reader(data)
+    version = r.byte()
+    if version != ENVELOPE_VERSION:
+        raise CodecError("unknown envelope version %d" % (version,))
+    client_id = r.blob()
+    seq = r.uint()
+    ack_below = r.uint()
+    stamp_ms = r.uint()
+    command = _decode_command(r)
+    r.expect_end()
+    try:
+        return Envelope(client_id, seq, ack_below, stamp_ms, command)
+    except (TypeError, ValueError) as e:
+        raise CodecError("invalid envelope: %s" % (e,)) from None
+
+
+def _decode_command(r: Reader) -> WriteCommand:
+    tag = r.byte()
+    try:
+        if tag == _TAG_SET:
+            key, value, flags = r.blob(), r.blob(), r.byte()
+            if flags & ~(0x03 | _FLAG_IFEQ | _FLAG_GET) or (flags & 0x03) not in _CODE_COND:
+                raise CodecError("invalid SET flags 0x%02x" % (flags,))
+            ifeq = r.blob() if flags & _FLAG_IFEQ else None
+            return Set(key, value, _CODE_COND[flags & 0x03], ifeq, bool(flags & _FLAG_GET))
+        if tag == _TAG_DELETE:
+            return Delete(tuple(r.blob() for _ in range(r.count())))
+        if tag == _TAG_MSET:
+            return MSet(tuple((r.blob(), r.blob()) for _ in range(r.count(2))))
+        if tag == _TAG_INCRBY:
+            return IncrBy(r.blob(), r.sint())
+    except (TypeError, ValueError) as e:
+        if isinstance(e, CodecError):
+            raise
+        raise CodecError("invalid command: %s" % (e,)) from None
+    raise CodecError("unknown command tag %d" % (tag,))

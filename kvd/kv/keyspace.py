@@ -1,0 +1,238 @@
+# -*- test-case-name: tests.kv.test_machine -*-
+"""
+The keyspace: a dict for point lookups plus an ordered index for SCAN.
+
+SCAN order.  Keys are kept sorted by ``(position(key), key)`` where
+``position`` is a 63-bit BLAKE2b hash of the key, never 0.  A SCAN cursor is
+simply the position to resume from, so it:
+
+* fits in a signed 64-bit integer (redis-cli and most clients parse cursors
+  as 64-bit numbers; a cursor that encodes the key itself would not fit);
+* is exact under concurrent change: a key present for a whole iteration has a
+  fixed position, the cursor only moves forward, so it is returned exactly
+  once, whatever is inserted or deleted between calls (Redis only promises
+  "at least once");
+* means the same thing on every replica and after a snapshot restore, since
+  the hash is keyed by nothing but the bytes of the key, so a client can keep
+  iterating after a failover.
+
+A plain lexicographic order cannot give all three with a 64-bit cursor: an
+index into the sorted keys shifts when earlier keys are deleted (keys are
+missed), and a key prefix makes batches unbounded when many keys share it.
+KEYS still answers in lexicographic order, since it visits every key anyway.
+
+The index.  ``_SortedChunks`` is a list of sorted chunks of at most
+``2 * load`` entries plus the list of each chunk's maximum (the layout of
+``sortedcontainers.SortedList``).  Adding or removing one key costs a bisect
+over the chunk maxima and a memmove inside one chunk, O(log n + load), so a
+SET of a new key into a million-key store does not touch a million pointers,
+and SCAN is a bisect plus a walk of ``count`` entries: nothing is ever
+re-sorted in steady state.  Entries are ``position.to_bytes(8) + key``, one
+bytes object each, so comparisons are a single memcmp.
+
+Allowed imports: the standard library and kvd.kv.glob.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right, insort
+from hashlib import blake2b
+from typing import Dict, Iterable, Iterator, List, Optional, Tuple
+
+from kvd.kv.glob import Pattern
+
+_MASK63 = (1 << 63) - 1
+MAX_CURSOR = _MASK63
+
+
+def scan_position(key: bytes) -> int:
+    """Where ``key`` sits in SCAN order: an integer in [1, 2**63 - 1]."""
+    return int.from_bytes(blake2b(key, digest_size=8).digest(), "big") & _MASK63 or 1
+
+
+def _entry(key: bytes) -> bytes:
+    return scan_position(key).to_bytes(8, "big") + key
+
+
+class _SortedChunks:
+    """A sorted multiset of bytes in chunks; see the module docstring."""
+
+    __slots__ = ("_load", "_chunks", "_maxes", "_len")
+
+    def __init__(self, load: int = 512):
+        self._load = load
+        self._chunks: List[List[bytes]] = []
+        self._maxes: List[bytes] = []
+        self._len = 0
+
+    @classmethod
+    def from_sorted(cls, entries: List[bytes], load: int = 512) -> "_SortedChunks":
+        self = cls(load)
+        for i in range(0, len(entries), load):
+            chunk = entries[i:i + load]
+            self._chunks.append(chunk)
+            self._maxes.append(chunk[-1])
+        self._len = len(entries)
+        return self
+
+    def __len__(self) -> int:
+        return self._len
+
+    def add(self, entry: bytes) -> None:
+        if not self._maxes:
+            self._chunks.append([entry])
+            self._maxes.append(entry)
+            self._len = 1
+            return
+        pos = bisect_right(self._maxes, entry)
+        if pos == len(self._maxes):
+            pos -= 1
+            self._chunks[pos].append(entry)
+            self._maxes[pos] = entry
+        else:
+            insort(self._chunks[pos], entry)
+        self._len += 1
+        chunk = self._chunks[pos]
+        if len(chunk) > 2 * self._load:
+            tail = chunk[self._load:]
+            del chunk[self._load:]
+            self._maxes[pos] = chunk[-1]
+            self._chunks.insert(pos + 1, tail)
+            self._maxes.insert(pos + 1, tail[-1])
+
+    def remove(self, entry: bytes) -> None:
+        pos = bisect_left(self._maxes, entry)
+        if pos == len(self._maxes):
+            raise KeyError(entry)
+        chunk = self._chunks[pos]
+        idx = bisect_left(chunk, entry)
+        if chunk[idx] != entry:
+            raise KeyError(entry)
+        del chunk[idx]
+        self._len -= 1
+        if not chunk:
+            del self._chunks[pos]
+            del self._maxes[pos]
+            return
+        self._maxes[pos] = chunk[-1]
+        # Merge a chunk that has shrunk a lot into its successor so that mass
+        # deletions do not leave a long tail of tiny chunks to walk over.
+        if len(chunk) < self._load // 4 and pos + 1 < len(self._chunks):
+            chunk.extend(self._chunks[pos + 1])
+            del self._chunks[pos + 1]
+            del self._maxes[pos]
+            if len(chunk) > 2 * self._load:
+                tail = chunk[self._load:]
+                del chunk[self._load:]
+                self._chunks.insert(pos + 1, tail)
+                self._maxes.insert(pos, chunk[-1])
+            # else the merged chunk's max is the successor's, already in place
+
+    def iter_from(self, start: bytes) -> Iterator[bytes]:
+        """Entries >= start, in order.  The structure must not change meanwhile."""
+        pos = bisect_left(self._maxes, start)
+        if pos == len(self._maxes):
+            return
+        chunk = self._chunks[pos]
+        yield from chunk[bisect_left(chunk, start):]
+        for i in range(pos + 1, len(self._chunks)):
+            yield from self._chunks[i]
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self._chunks:
+            yield from chunk
+
+    def check(self) -> None:
+        """Assert the invariants; for tests."""
+        flat = list(self)
+        assert flat == sorted(flat), "entries out of order"
+        assert len(flat) == self._len, "length out of sync"
+        assert self._maxes == [c[-1] for c in self._chunks], "maxes out of sync"
+        assert all(self._chunks), "empty chunk"
+
+
+class Keyspace:
+    """Keys to values, with SCAN and KEYS; no notion of sessions or logs."""
+
+    __slots__ = ("_data", "_index")
+
+    def __init__(self, load: int = 512):
+        self._data: Dict[bytes, bytes] = {}
+        self._index = _SortedChunks(load)
+
+    @classmethod
+    def from_items(cls, items: Iterable[Tuple[bytes, bytes]], load: int = 512) -> "Keyspace":
+        """Bulk-load; last value wins for repeated keys.  O(n) for input already in SCAN order."""
+        self = cls(load)
+        data = self._data
+        for key, value in items:
+            data[key] = value
+        entries = [_entry(k) for k in data]
+        entries.sort()  # Timsort: linear when the input came from items_in_order()
+        self._index = _SortedChunks.from_sorted(entries, load)
+        return self
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __contains__(self, key: bytes) -> bool:
+        return key in self._data
+
+    def get(self, key: bytes) -> Optional[bytes]:
+        return self._data.get(key)
+
+    def put(self, key: bytes, value: bytes) -> None:
+        if key not in self._data:
+            self._index.add(_entry(key))
+        self._data[key] = value
+
+    def delete(self, key: bytes) -> bool:
+        if key not in self._data:
+            return False
+        del self._data[key]
+        self._index.remove(_entry(key))
+        return True
+
+    def scan(self, cursor: int, match: Optional[Pattern], count: int) -> Tuple[int, List[bytes]]:
+        """
+        Visit up to ``count`` keys from ``cursor`` on; return (next cursor,
+        the visited keys that match).  As in Redis, COUNT bounds the work, not
+        the reply, so a MATCH can yield an empty page with a non-zero cursor.
+        Keys sharing a position (a 63-bit collision) are never split across
+        pages, so a page may exceed ``count`` by those.  Cursor 0 starts and
+        ends an iteration.
+        """
+        if cursor > MAX_CURSOR:
+            return 0, []
+        found: List[bytes] = []
+        visited = 0
+        last = b""
+        for entry in self._index.iter_from(cursor.to_bytes(8, "big")):
+            position = entry[:8]
+            if visited >= count and position != last:
+                return int.from_bytes(position, "big"), found
+            visited += 1
+            last = position
+            key = entry[8:]
+            if match is None or match.matches(key):
+                found.append(key)
+        return 0, found
+
+    def keys(self, pattern: Pattern) -> List[bytes]:
+        """Every key matching ``pattern``, sorted bytewise."""
+        literal = pattern.literal
+        if literal is not None:
+            return [literal] if literal in self._data else []
+        return sorted(k for k in self._data if pattern.matches(k))
+
+    def items_in_order(self) -> Iterator[Tuple[bytes, bytes]]:
+        """(key, value) pairs in SCAN order: a function of the key set alone."""
+        data = self._data
+        for entry in self._index:
+            key = entry[8:]
+            yield key, data[key]
+
+    def check(self) -> None:
+        """Assert the index matches the dict; for tests."""
+        self._index.check()
+        assert sorted(e[8:] for e in self._index) == sorted(self._data), "index and data disagree"

@@ -1,0 +1,264 @@
+# -*- test-case-name: tests.kv.test_machine -*-
+"""
+The replicated key/value state machine.
+
+``KVMachine`` is fed committed log entries in index order (``apply`` for a
+normal entry, ``apply_noop`` for anything else) and answers reads.  It is a
+pure function of the entries it was given: no clock, no randomness, no
+iteration over anything whose order depends on history, so every replica and
+every restore from a snapshot reaches the same state and the same answers.
+
+Exactly-once (Raft thesis §6.3).  Each client session remembers the responses
+the client has not acknowledged yet.  A retried (client_id, seq) gets the
+remembered response without being applied again; a seq below the session's
+``ack_below`` gets ``ERR_STALE_SEQ``; an envelope from an unknown client whose
+``ack_below`` is above 1 (it has had answers from a session that was since
+forgotten) gets ``ERR_SESSION_EXPIRED``.  Time is the largest ``stamp_ms``
+seen so far (leaders' clocks may disagree; the maximum keeps it monotonic), and
+a session is forgotten once that time exceeds its last activity by
+``session_ttl_ms``.  Sessions are kept in order of last activity, which is
+also order of last stamp, so expiry only ever looks at the oldest ones.
+``session_ttl_ms`` is part of the machine's definition: every replica must
+use the same value.
+
+Allowed imports: the standard library and kvd.kv.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import OrderedDict
+from typing import Dict
+
+from kvd.kv.codec import CodecError, Reader, Writer
+from kvd.kv.commands import (
+    INT64_MAX, INT64_MIN, READ_OPS, DbSize, Delete, Exists, Get, IncrBy, Keys, MGet, MSet, ReadOp, Scan, Set,
+    WriteCommand, decode_envelope, parse_int64,
+)
+from kvd.kv.glob import Pattern
+from kvd.kv.keyspace import Keyspace
+from kvd.kv.results import (
+    ERR_NOT_INTEGER, ERR_OVERFLOW, ERR_SESSION_EXPIRED, ERR_STALE_SEQ, OK, KVError, Result, decode_result,
+    encode_result,
+)
+
+DEFAULT_SESSION_TTL_MS = 60 * 60 * 1000
+SNAPSHOT_MAGIC = b"KVDS"
+SNAPSHOT_VERSION = 1
+
+
+class _Session:
+    __slots__ = ("last_stamp_ms", "ack_below", "responses")
+
+    def __init__(self, last_stamp_ms: int, ack_below: int):
+        self.last_stamp_ms = last_stamp_ms
+        self.ack_below = ack_below
+        self.responses: Dict[int, Result] = {}
+
+    def acknowledge(self, ack_below: int) -> None:
+        if ack_below > self.ack_below:
+            self.ack_below = ack_below
+            for seq in [s for s in self.responses if s < ack_below]:
+                del self.responses[seq]
+
+
+class KVMachine:
+    def __init__(self, session_ttl_ms: int = DEFAULT_SESSION_TTL_MS):
+        if session_ttl_ms <= 0:
+            raise ValueError("session_ttl_ms must be positive")
+        self.session_ttl_ms = session_ttl_ms
+        self.applied_index = 0
+        self._clock_ms = 0
+        self._keyspace = Keyspace()
+        self._sessions: "OrderedDict[bytes, _Session]" = OrderedDict()
+
+    @property
+    def clock_ms(self) -> int:
+        """The largest stamp_ms applied so far: the machine's notion of now."""
+        return self._clock_ms
+
+    @property
+    def session_count(self) -> int:
+        return len(self._sessions)
+
+    def __len__(self) -> int:
+        return len(self._keyspace)
+
+    # ------------------------------------------------------------ log entries
+
+    def _advance(self, index: int) -> None:
+        if index <= self.applied_index:
+            raise ValueError("entry %d applied out of order (applied index is %d)" % (index, self.applied_index))
+        self.applied_index = index
+
+    def apply_noop(self, index: int) -> None:
+        self._advance(index)
+
+    def apply(self, index: int, data: bytes) -> Result:
+        """
+        Apply the normal entry at ``index``.  Bad data is still an applied
+        entry; it answers an error rather than raising, since raising would
+        stop every replica at the same poisoned entry.
+        """
+        self._advance(index)
+        try:
+            env = decode_envelope(data)
+        except CodecError as e:
+            return KVError("ERR undecodable command: %s" % (e,))
+        if env.stamp_ms > self._clock_ms:
+            self._clock_ms = env.stamp_ms
+        self._expire_sessions()
+        session = self._sessions.get(env.client_id)
+        if session is None:
+            if env.ack_below > 1:
+                return ERR_SESSION_EXPIRED
+            session = self._sessions[env.client_id] = _Session(self._clock_ms, 0)
+        else:
+            self._sessions.move_to_end(env.client_id)
+            session.last_stamp_ms = self._clock_ms
+        session.acknowledge(env.ack_below)
+        if env.seq < session.ack_below:
+            return ERR_STALE_SEQ
+        if env.seq in session.responses:
+            return session.responses[env.seq]
+        result = self._execute(env.command)
+        session.responses[env.seq] = result
+        return result
+
+    def _expire_sessions(self) -> None:
+        deadline = self._clock_ms - self.session_ttl_ms
+        sessions = self._sessions
+        while sessions:
+            oldest = next(iter(sessions.values()))
+            if oldest.last_stamp_ms >= deadline:
+                return
+            sessions.popitem(last=False)
+
+    def _execute(self, cmd: WriteCommand) -> Result:
+        ks = self._keyspace
+        if isinstance(cmd, Set):
+            old = ks.get(cmd.key)
+            if cmd.cond == "NX":
+                do_set = old is None
+            elif cmd.cond == "XX":
+                do_set = old is not None
+            elif cmd.ifeq is not None:
+                do_set = old is not None and old == cmd.ifeq
+            else:
+                do_set = True
+            if do_set:
+                ks.put(cmd.key, cmd.value)
+            if cmd.get:
+                return old
+            return OK if do_set else None
+        if isinstance(cmd, Delete):
+            return sum(1 for k in dict.fromkeys(cmd.keys) if ks.delete(k))
+        if isinstance(cmd, MSet):
+            for k, v in cmd.pairs:
+                ks.put(k, v)
+            return OK
+        if isinstance(cmd, IncrBy):
+            old = ks.get(cmd.key)
+            current = 0 if old is None else parse_int64(old)
+            if current is None:
+                return ERR_NOT_INTEGER
+            value = current + cmd.delta
+            if not INT64_MIN <= value <= INT64_MAX:
+                return ERR_OVERFLOW
+            ks.put(cmd.key, b"%d" % value)
+            return value
+        raise TypeError("not a write command: %r" % (cmd,))
+
+    # ------------------------------------------------------------------ reads
+
+    def read(self, op: ReadOp) -> Result:
+        ks = self._keyspace
+        if isinstance(op, Get):
+            return ks.get(op.key)
+        if isinstance(op, MGet):
+            return [ks.get(k) for k in op.keys]
+        if isinstance(op, Exists):
+            return sum(1 for k in op.keys if k in ks)
+        if isinstance(op, Keys):
+            return ks.keys(Pattern(op.pattern))
+        if isinstance(op, Scan):
+            match = None if op.match is None or op.match == b"*" else Pattern(op.match)
+            cursor, keys = ks.scan(op.cursor, match, op.count)
+            return [b"%d" % cursor, keys]
+        if isinstance(op, DbSize):
+            return len(ks)
+        raise TypeError("not a read op: %r (expected one of %s)" % (op, ", ".join(t.__name__ for t in READ_OPS)))
+
+    # -------------------------------------------------------------- snapshots
+
+    def snapshot(self) -> bytes:
+        """
+        The whole state as bytes; equal states give equal bytes.  Layout::
+
+            "KVDS" version applied_index clock_ms
+            n_sessions (client_id last_stamp_ms ack_below n (seq result)...)...
+            n_keys (key value)...            in SCAN order
+            crc32 of all the above, 4 bytes big-endian
+        """
+        w = Writer()
+        w.raw(SNAPSHOT_MAGIC)
+        w.byte(SNAPSHOT_VERSION)
+        w.uint(self.applied_index)
+        w.uint(self._clock_ms)
+        w.uint(len(self._sessions))
+        for client_id, session in self._sessions.items():
+            w.blob(client_id)
+            w.uint(session.last_stamp_ms)
+            w.uint(session.ack_below)
+            w.uint(len(session.responses))
+            for seq in sorted(session.responses):
+                w.uint(seq)
+                encode_result(w, session.responses[seq])
+        w.uint(len(self._keyspace))
+        for key, value in self._keyspace.items_in_order():
+            w.blob(key)
+            w.blob(value)
+        body = w.getvalue()
+        return body + zlib.crc32(body).to_bytes(4, "big")
+
+    def restore(self, data: bytes) -> None:
+        """Replace the whole state; on bad data raise CodecError and change nothing."""
+        if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) < len(SNAPSHOT_MAGIC) + 5:
+            raise CodecError("snapshot too short")
+        data = bytes(data)
+        body, crc = data[:-4], data[-4:]
+        if not body.startswith(SNAPSHOT_MAGIC):
+            raise CodecError("not a kvd snapshot")
+        if zlib.crc32(body).to_bytes(4, "big") != crc:
+            raise CodecError("snapshot checksum mismatch")
+        r = Reader(body)
+        r.raw(len(SNAPSHOT_MAGIC))
+        version = r.byte()
+        if version != SNAPSHOT_VERSION:
+            raise CodecError("unknown snapshot version %d" % (version,))
+        applied_index = r.uint()
+        clock_ms = r.uint()
+        sessions: "OrderedDict[bytes, _Session]" = OrderedDict()
+        n_sessions = r.count(4)
+        for _ in range(n_sessions):
+            client_id = r.blob()
+            session = _Session(r.uint(), r.uint())
+            for _ in range(r.count(2)):
+                seq = r.uint()
+                session.responses[seq] = decode_result(r)
+            sessions[client_id] = session
+        n_keys = r.count(2)
+        keyspace = Keyspace.from_items((r.blob(), r.blob()) for _ in range(n_keys))
+        r.expect_end()
+        if len(keyspace) != n_keys or len(sessions) != n_sessions:
+            raise CodecError("snapshot repeats a key or a client id")
+        self.applied_index = applied_index
+        self._clock_ms = clock_ms
+        self._sessions = sessions
+        self._keyspace = keyspace
+
+    def check(self) -> None:
+        """Assert the internal invariants; for tests."""
+        self._keyspace.check()
+        stamps = [s.last_stamp_ms for s in self._sessions.values()]
+        assert stamps == sorted(stamps), "sessions out of activity order"

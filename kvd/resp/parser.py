@@ -1,0 +1,295 @@
+# -*- test-case-name: tests.resp.test_parser -*-
+"""
+An incremental parser of Redis requests: RESP2 multibulk and inline commands.
+
+``RespParser.feed(data)`` returns every request completed by ``data`` as a
+list of byte strings, in order, interleaved with ``ProtocolError`` items for
+bad input.  It does no I/O and keeps no more than one partial request.
+
+Each error says whether the stream can be resynchronised:
+
+* recoverable: the bad request was a whole inline line (unbalanced quotes,
+  too many words); parsing continues with the next line;
+* fatal: a bad multibulk header, bulk length, oversized bulk or line, binary
+  bytes where text was expected.  The framing can no longer be trusted, so
+  the parser stops (later ``feed`` calls return nothing) and the connection
+  should be closed after the error is sent, as Redis does.
+
+Messages are Redis's own (``Protocol error: invalid bulk length`` ...).
+
+Inline commands are split like redis-cli and Redis's ``sdssplitargs``:
+words separated by spaces or tabs, ``"double quotes"`` with ``\\n \\r \\t
+\\b \\a \\xHH`` escapes, ``'single quotes'`` with ``\\'``, and a closing quote
+must be followed by a space or the end of the line.  Control bytes other than
+tab and CR in an inline request mean the peer is not speaking text (a TLS
+handshake, a binary protocol) and are rejected as soon as they arrive rather
+than when a newline happens to come.
+
+Allowed imports: the standard library and kvd.kv.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Union
+
+from kvd.kv.commands import parse_int64
+
+DEFAULT_MAX_INLINE_BYTES = 64 * 1024
+# Values are limited to 1 MiB; a key or a SET argument is never larger.
+DEFAULT_MAX_BULK_BYTES = 1024 * 1024
+DEFAULT_MAX_ARGS = 1024 * 1024
+DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
+# "*<count>" and "$<length>" lines: 20 digits and a sign are plenty.
+_MAX_HEADER_BYTES = 32
+
+
+@dataclass(frozen=True)
+class ProtocolError:
+    message: str
+    recoverable: bool
+
+
+Item = Union[List[bytes], ProtocolError]
+
+_CONTROL = bytes(b for b in range(256) if b < 0x20 and b not in (0x09, 0x0D) or b == 0x7F)
+_TEXT = bytes(b for b in range(256) if b not in _CONTROL)
+_SPACES = frozenset(b" \t\r\n\x0b\x0c")  # C isspace()
+_ESCAPES = {ord("n"): 0x0A, ord("r"): 0x0D, ord("t"): 0x09, ord("b"): 0x08, ord("a"): 0x07}
+_HEX = frozenset(b"0123456789abcdefABCDEF")
+_DQUOTE, _SQUOTE, _BACKSLASH = 0x22, 0x27, 0x5C
+
+_NEED_MORE = object()
+_SKIP = object()
+
+
+def _fatal(message: str) -> ProtocolError:
+    return ProtocolError("Protocol error: " + message, recoverable=False)
+
+
+def split_inline_args(line: bytes) -> Optional[List[bytes]]:
+    """Split an inline request like ``sdssplitargs``; None on unbalanced quotes."""
+    if _DQUOTE not in line and _SQUOTE not in line:
+        return line.split()
+    args: List[bytes] = []
+    i, n = 0, len(line)
+    while True:
+        while i < n and line[i] in _SPACES:
+            i += 1
+        if i >= n:
+            return args
+        current = bytearray()
+        in_double = in_single = False
+        while True:
+            if i >= n:
+                if in_double or in_single:
+                    return None
+                break
+            c = line[i]
+            if in_double:
+                if c == _BACKSLASH and i + 3 < n and line[i + 1] == 0x78 and _HEX.issuperset(line[i + 2:i + 4]):
+                    current.append(int(line[i + 2:i + 4], 16))
+                    i += 4
+                elif c == _BACKSLASH and i + 1 < n:
+                    current.append(_ESCAPES.get(line[i + 1], line[i + 1]))
+                    i += 2
+                elif c == _DQUOTE:
+                    if i + 1 < n and line[i + 1] not in _SPACES:
+                        return None
+                    i += 1
+                    break
+                else:
+                    current.append(c)
+                    i += 1
+            elif in_single:
+                if c == _BACKSLASH and i + 1 < n and line[i + 1] == _SQUOTE:
+                    current.append(_SQUOTE)
+                    i += 2
+                elif c == _SQUOTE:
+                    if i + 1 < n and line[i + 1] not in _SPACES:
+                        return None
+                    i += 1
+                    break
+                else:
+                    current.append(c)
+                    i += 1
+            elif c in (0x20, 0x0A, 0x0D, 0x09):
+                i += 1
+                break
+            elif c == _DQUOTE:
+                in_double = True
+                i += 1
+            elif c == _SQUOTE:
+                in_single = True
+                i += 1
+            else:
+                current.append(c)
+                i += 1
+        args.append(bytes(current))
+
+
+class RespParser:
+    def __init__(
+        self,
+        max_inline_bytes: int = DEFAULT_MAX_INLINE_BYTES,
+        max_bulk_bytes: int = DEFAULT_MAX_BULK_BYTES,
+        max_args: int = DEFAULT_MAX_ARGS,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+    ):
+        self.max_inline_bytes = max_inline_bytes
+        self.max_bulk_bytes = max_bulk_bytes
+        self.max_args = max_args
+        self.max_request_bytes = max_request_bytes
+        self._buf = bytearray()
+        self._pos = 0
+        # Bytes after _pos already searched for a newline (and checked for
+        # binary data): keeps a line trickling in byte by byte linear.
+        self._scanned = 0
+        self._failed = False
+        # The multibulk request being read: arguments still expected, those
+        # read so far, their total size, and the length of the bulk whose
+        # "$<len>" line has been read (-1 while expecting that line).
+        self._expect = 0
+        self._args: List[bytes] = []
+        self._request_bytes = 0
+        self._bulk_len = -1
+
+    @property
+    def failed(self) -> bool:
+        """True once a fatal error was returned: the stream cannot be parsed further."""
+        return self._failed
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held for a request not yet complete."""
+        return len(self._buf) - self._pos
+
+    def feed(self, data: bytes) -> List[Item]:
+        if self._failed:
+            return []
+        self._buf += data
+        out: List[Item] = []
+        while True:
+            item = self._next()
+            if item is _NEED_MORE:
+                break
+            out.append(item)
+            if isinstance(item, ProtocolError) and not item.recoverable:
+                self._failed = True
+                self._buf = bytearray()
+                self._pos = 0
+                return out
+        if self._pos:
+            del self._buf[:self._pos]
+            self._pos = 0
+        return out
+
+    # ------------------------------------------------------------ internals
+
+    def _next(self):
+        while True:
+            if self._expect == 0:
+                if self._pos >= len(self._buf):
+                    return _NEED_MORE
+                if self._buf[self._pos] == 0x2A:  # '*'
+                    item = self._multibulk_header()
+                else:
+                    item = self._inline()
+                if item is _SKIP:
+                    continue
+                if item is not None:
+                    return item
+                # else a multibulk header was read: fall through to its bulks
+            return self._bulks()
+
+    def _line(self, limit: int, check_text: bool = False):
+        """The next line without its '\\n', or _NEED_MORE, or None when longer than ``limit``."""
+        buf, start = self._buf, self._pos
+        scan_from = start + self._scanned
+        nl = buf.find(b"\n", scan_from)
+        end = len(buf) if nl < 0 else nl
+        if check_text and bytes(buf[scan_from:end]).translate(None, _TEXT):
+            return _fatal("binary data in inline request")
+        if nl < 0:
+            if end - start > limit:
+                return None
+            self._scanned = end - start
+            return _NEED_MORE
+        self._scanned = 0
+        if nl - start > limit:
+            return None
+        self._pos = nl + 1
+        return bytes(buf[start:nl])
+
+    def _inline(self):
+        line = self._line(self.max_inline_bytes, check_text=True)
+        if line is None:
+            return _fatal("too big inline request")
+        if line is _NEED_MORE or isinstance(line, ProtocolError):
+            return line
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        args = split_inline_args(line)
+        if args is None:
+            return ProtocolError("Protocol error: unbalanced quotes in request", recoverable=True)
+        if not args:
+            return _SKIP
+        if len(args) > self.max_args:
+            return ProtocolError("Protocol error: too many arguments in inline request", recoverable=True)
+        return args
+
+    def _header_number(self, too_big: str):
+        """The number on a "*N" or "$N" line, _NEED_MORE, or a fatal ProtocolError."""
+        line = self._line(_MAX_HEADER_BYTES)
+        if line is None:
+            return _fatal(too_big)
+        if line is _NEED_MORE:
+            return line
+        if not line.endswith(b"\r"):
+            return None
+        return parse_int64(line[1:-1])
+
+    def _multibulk_header(self):
+        count = self._header_number("too big mbulk count string")
+        if count is _NEED_MORE or isinstance(count, ProtocolError):
+            return count
+        if count is None or count < -1 or count > self.max_args:
+            return _fatal("invalid multibulk length")
+        if count <= 0:
+            return _SKIP  # "*0" and "*-1" are empty requests, ignored as Redis does
+        self._expect = count
+        self._args = []
+        self._request_bytes = 0
+        self._bulk_len = -1
+        return None
+
+    def _bulks(self):
+        buf = self._buf
+        while self._expect:
+            if self._bulk_len < 0:
+                if self._pos >= len(buf):
+                    return _NEED_MORE
+                first = buf[self._pos]
+                if first != 0x24:  # '$'
+                    shown = bytes((first,)).decode("utf-8", "surrogateescape")
+                    return _fatal("expected '$', got '%s'" % (shown,))
+                length = self._header_number("too big bulk count string")
+                if length is _NEED_MORE or isinstance(length, ProtocolError):
+                    return length
+                if length is None or length < 0 or length > self.max_bulk_bytes:
+                    return _fatal("invalid bulk length")
+                self._request_bytes += length
+                if self._request_bytes > self.max_request_bytes:
+                    return _fatal("request too large")
+                self._bulk_len = length
+            end = self._pos + self._bulk_len
+            if len(buf) < end + 2:
+                return _NEED_MORE
+            if buf[end:end + 2] != b"\r\n":
+                return _fatal("expected CRLF after bulk data")
+            self._args.append(bytes(buf[self._pos:end]))
+            self._pos = end + 2
+            self._bulk_len = -1
+            self._expect -= 1
+        args, self._args = self._args, []
+        return args

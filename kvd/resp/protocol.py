@@ -1,0 +1,276 @@
+# -*- test-case-name: tests.resp.test_protocol -*-
+"""
+The Redis client port: RESP2 and inline requests in, replies out, in order.
+
+``RespFactory(executor)`` builds one ``RespProtocol`` per connection.  Each
+parsed request becomes, in arrival order, a reply slot; local commands (see
+kvd.resp.session) and errors fill theirs at once, everything else goes to
+
+    executor.execute(request, session) -> reply value, or a Deferred firing with one
+
+where ``request`` is a ``Write``, ``Read`` or non-local ``Admin`` from
+kvd.resp.commands.  Replies are written as soon as every earlier slot is
+filled, so pipelined requests get their answers in order even when their
+Deferreds fire out of order.  A ``RespError`` (raised or as a failure) is
+sent as ``-PREFIX message``; any other exception is logged and sent as
+``-ERR internal error``: the connection survives executor bugs.
+
+Backpressure, so that no client can grow the node's memory without bound:
+
+* at most ``max_inflight`` slots per connection; when that many are waiting
+  the protocol stops reading from the socket (``transport.pauseProducing``)
+  and resumes when they drain to half, keeping already-parsed requests in a
+  backlog no bigger than one read;
+* the protocol is registered as a streaming producer of the transport's
+  output: when a client does not read its replies, the transport pauses us,
+  and we stop dispatching requests and stop reading new ones until it
+  resumes us.
+
+QUIT and fatal protocol errors reply, then close once every earlier reply has
+been written.  After the connection is lost, results still arriving from the
+executor are dropped (the executor's work is not cancelled: a write may
+commit anyway, as with Redis).
+
+Allowed imports: the standard library, Twisted, kvd.kv and kvd.resp.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from typing import Any, Deque, List, Optional
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from kvd.resp.commands import parse_request
+from kvd.resp.encoder import encode, encode_error
+from kvd.resp.errors import RespError
+from kvd.resp.parser import DEFAULT_MAX_BULK_BYTES, ProtocolError, RespParser
+from kvd.resp.session import Session, execute_local, is_local
+
+DEFAULT_MAX_INFLIGHT = 1024
+INTERNAL_ERROR = encode_error("ERR", "internal error")
+
+
+class _Slot:
+    """The place of one reply in the pipeline."""
+
+    __slots__ = ("data", "close_after")
+
+    def __init__(self):
+        self.data: Optional[bytes] = None
+        self.close_after = False
+
+
+def _address(addr) -> str:
+    host, port = getattr(addr, "host", None), getattr(addr, "port", None)
+    return str(addr) if host is None else "%s:%s" % (host, port)
+
+
+@implementer(IPushProducer)
+class RespProtocol(Protocol):
+    log = Logger()
+
+    def __init__(self, executor, session: Session, max_inflight: int = DEFAULT_MAX_INFLIGHT,
+                 parser: Optional[RespParser] = None):
+        if max_inflight < 1:
+            raise ValueError("max_inflight must be at least 1")
+        self.executor = executor
+        self.session = session
+        self.max_inflight = max_inflight
+        self._resume_below = max(1, max_inflight // 2)
+        self._parser = parser or RespParser()
+        self._pending: Deque[_Slot] = deque()
+        self._backlog: Deque[Any] = deque()  # parsed, not yet dispatched
+        self._dispatching = False
+        self._closing = False  # QUIT or a fatal error is queued: read nothing more
+        self._lost = False
+        self._output_paused = False  # the transport paused us: the client is not reading
+        self._input_paused = False  # we paused the transport: it is not reading
+        self._producing = False  # registered as the transport's producer
+
+    # ------------------------------------------------------- connection
+
+    def connectionMade(self):
+        self.session.peer = _address(self.transport.getPeer())
+        self.session.local = _address(self.transport.getHost())
+        self.transport.registerProducer(self, True)
+        self._producing = True
+
+    def connectionLost(self, reason=None):
+        self._lost = True
+        self._pending.clear()
+        self._backlog.clear()
+        self._producing = False
+
+    def dataReceived(self, data: bytes):
+        if self._closing or self._lost:
+            return
+        self._backlog.extend(self._parser.feed(data))
+        self._pump()
+
+    # ------------------------------------------- IPushProducer (our output)
+
+    def pauseProducing(self):
+        self._output_paused = True
+        self._update_input()
+
+    def resumeProducing(self):
+        self._output_paused = False
+        self._pump()
+
+    def stopProducing(self):
+        self._output_paused = True
+        self._producing = False
+
+    # --------------------------------------------------------- pipeline
+
+    @property
+    def inflight(self) -> int:
+        """Replies owed to the client, answered or not, oldest first."""
+        return len(self._pending)
+
+    def _pump(self):
+        """Dispatch what the limits allow, write what is ready, and adjust reading."""
+        if self._dispatching or self._lost:
+            return
+        self._dispatching = True
+        try:
+            while self._backlog and not self._closing and not self._output_paused:
+                if len(self._pending) >= self.max_inflight:
+                    # Answered slots only leave the queue when written.
+                    self._flush()
+                    if len(self._pending) >= self.max_inflight:
+                        break
+                    continue
+                self._dispatch(self._backlog.popleft())
+            self._flush()
+        finally:
+            self._dispatching = False
+        self._update_input()
+
+    def _dispatch(self, item):
+        slot = _Slot()
+        self._pending.append(slot)
+        if isinstance(item, ProtocolError):
+            slot.data = encode_error("ERR", item.message)
+            if not item.recoverable:
+                self._close_after(slot)
+            return
+        request = item
+        try:
+            request = parse_request(item)
+            if isinstance(request, RespError):
+                slot.data = encode(request)
+            elif is_local(request):
+                slot.data = encode(execute_local(request, self.session))
+                if request.name == "quit":
+                    self._close_after(slot)
+            else:
+                self._execute(slot, request)
+        except Exception:
+            # Our own bug: same treatment as an executor's, the connection survives.
+            self._fill_failure(slot, Failure(), request)
+
+    def _close_after(self, slot: _Slot):
+        slot.close_after = True
+        self._closing = True
+        self._backlog.clear()
+
+    def _execute(self, slot: _Slot, request):
+        try:
+            result = self.executor.execute(request, self.session)
+        except Exception:
+            self._fill_failure(slot, Failure(), request)
+            return
+        if isinstance(result, Deferred):
+            result.addCallbacks(
+                self._deferred_result, self._deferred_failure,
+                callbackArgs=(slot, request), errbackArgs=(slot, request),
+            )
+        else:
+            self._fill(slot, result, request)
+
+    def _deferred_result(self, result, slot: _Slot, request):
+        self._fill(slot, result, request)
+        self._pump()
+
+    def _deferred_failure(self, failure: Failure, slot: _Slot, request):
+        self._fill_failure(slot, failure, request)
+        self._pump()
+
+    def _fill(self, slot: _Slot, result, request):
+        try:
+            slot.data = encode(result)
+        except Exception:
+            self._fill_failure(slot, Failure(), request)
+
+    def _fill_failure(self, slot: _Slot, failure: Failure, request):
+        if failure.check(RespError):
+            slot.data = encode(failure.value)
+            return
+        self.log.failure(
+            "Executor failed on {request!r} from {session!r}", failure=failure, request=request, session=self.session
+        )
+        slot.data = INTERNAL_ERROR
+
+    def _flush(self):
+        ready: List[bytes] = []
+        pending = self._pending
+        while pending and pending[0].data is not None:
+            slot = pending.popleft()
+            ready.append(slot.data)
+            if slot.close_after:
+                self.transport.write(b"".join(ready))
+                self._close()
+                return
+        if ready:
+            self.transport.write(b"".join(ready))
+
+    def _close(self):
+        self._pending.clear()
+        # A registered but paused producer would keep the transport open
+        # after loseConnection (it waits for us to resume), so unregister.
+        if self._producing:
+            self._producing = False
+            self.transport.unregisterProducer()
+        self.transport.loseConnection()
+
+    def _update_input(self):
+        if self._lost or self._closing:
+            return
+        busy = len(self._pending)
+        if not self._input_paused:
+            if self._output_paused or self._backlog or busy >= self.max_inflight:
+                self._input_paused = True
+                self.transport.pauseProducing()
+        elif not self._output_paused and not self._backlog and busy < self._resume_below:
+            self._input_paused = False
+            self.transport.resumeProducing()
+
+
+class RespFactory(Factory):
+    """
+    Builds the Redis port's protocols; ``executor`` serves every connection.
+    ``value_bytes_max`` bounds every bulk argument (so keys and values);
+    ``parser_factory``, when given, overrides it with a parser of its own.
+    """
+
+    def __init__(self, executor, max_inflight: int = DEFAULT_MAX_INFLIGHT,
+                 value_bytes_max: int = DEFAULT_MAX_BULK_BYTES, parser_factory=None):
+        self.executor = executor
+        self.max_inflight = max_inflight
+        self.value_bytes_max = value_bytes_max
+        self.parser_factory = parser_factory or (lambda: RespParser(max_bulk_bytes=self.value_bytes_max))
+        self._ids = itertools.count(1)
+
+    def buildProtocol(self, addr):
+        session = Session(next(self._ids), peer=_address(addr))
+        protocol = RespProtocol(self.executor, session, self.max_inflight, self.parser_factory())
+        protocol.factory = self
+        return protocol

@@ -1,0 +1,102 @@
+# -*- test-case-name: tests.resp.test_protocol -*-
+"""
+Per-connection state, and the commands answered from it alone.
+
+A ``Session`` is what an executor sees of a connection: ``id``, ``name``
+(CLIENT SETNAME), ``readonly`` (READONLY/READWRITE, which an executor may
+use to allow possibly stale reads from a follower), the peer address and
+the client library's self-description.
+
+PING, ECHO, SELECT, QUIT, READONLY, READWRITE, CLIENT ... and COMMAND ...
+concern the connection or the static command table, so the protocol answers
+them itself with ``execute_local`` and never bothers the executor (nor the
+cluster) with them; they still take their turn in the pipeline.
+
+Allowed imports: the standard library, kvd.kv and kvd.resp.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from kvd.kv.results import OK
+from kvd.resp.commands import COMMANDS, Admin, command_info
+from kvd.resp.encoder import PONG
+
+LOCAL_COMMANDS = frozenset({
+    "ping", "echo", "select", "quit", "readonly", "readwrite",
+    "client|setname", "client|getname", "client|id", "client|info", "client|setinfo",
+    "command", "command|count", "command|docs", "command|info", "command|list",
+})
+
+
+class Session:
+    def __init__(self, id: int, peer: str = "", local: str = ""):
+        self.id = id
+        self.peer = peer
+        self.local = local
+        self.name: Optional[bytes] = None
+        self.readonly = False
+        self.lib_name: Optional[bytes] = None
+        self.lib_ver: Optional[bytes] = None
+
+    def client_info(self) -> bytes:
+        """One line in the style of Redis's CLIENT INFO / CLIENT LIST."""
+        return b"id=%d addr=%s laddr=%s name=%s db=0 flags=%s lib-name=%s lib-ver=%s\n" % (
+            self.id,
+            self.peer.encode(),
+            self.local.encode(),
+            self.name or b"",
+            b"r" if self.readonly else b"N",
+            self.lib_name or b"",
+            self.lib_ver or b"",
+        )
+
+    def __repr__(self) -> str:
+        return "<Session id=%d peer=%s name=%r readonly=%s>" % (self.id, self.peer, self.name, self.readonly)
+
+
+def is_local(request) -> bool:
+    return isinstance(request, Admin) and request.name in LOCAL_COMMANDS
+
+
+def execute_local(request: Admin, session: Session) -> Any:
+    """The reply to a local command; may change ``session``."""
+    name, args = request.name, request.args
+    if name == "ping":
+        return args[0] if args else PONG
+    if name == "echo":
+        return args[0]
+    if name in ("select", "quit"):
+        return OK
+    if name in ("readonly", "readwrite"):
+        session.readonly = name == "readonly"
+        return OK
+    if name == "client|setname":
+        session.name = args[0] or None
+        return OK
+    if name == "client|getname":
+        return session.name
+    if name == "client|id":
+        return session.id
+    if name == "client|info":
+        return session.client_info()
+    if name == "client|setinfo":
+        if args[0] == b"LIB-NAME":
+            session.lib_name = args[1]
+        else:
+            session.lib_ver = args[1]
+        return OK
+    if name in ("command", "command|info"):
+        if not args:
+            return [spec.info() for spec in COMMANDS.values()]
+        return [command_info(arg) for arg in args]
+    if name == "command|count":
+        return len(COMMANDS)
+    if name == "command|docs":
+        # redis-cli >= 7 asks for docs to build its hints; an empty map
+        # (an empty array in RESP2) makes it fall back to its built-in help.
+        return []
+    if name == "command|list":
+        return [spec.name.encode() for spec in COMMANDS.values()]
+    raise ValueError("not a local command: %r" % (name,))
