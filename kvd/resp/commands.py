@@ -262,6 +262,9 @@ _COMMANDS = [
     _spec("readonly", 1, "loading stale fast"),
     _spec("readwrite", 1, "loading stale fast"),
     _spec("kvd.members", 1, "loading stale"),
+    _spec("kvd.cluster", 1, "loading stale fast"),
+    _spec("kvd.join", 3, "admin noscript"),
+    _spec("kvd.remove", 2, "admin noscript"),
     _spec("command", -1, "loading stale", subcommands=(
         _spec("command|count", 2, "loading stale"),
         _spec("command|docs", -2, "loading stale"),

@@ -1,0 +1,604 @@
+# -*- test-case-name: tests.node.test_node -*-
+"""
+The node: wires the pure Raft core to the reactor, to LMDB, to the peer
+transport and to the key/value state machine.
+
+This module is the only place that knows the order of the Ready loop
+(kvd.raft.core's docstring): leader appends out, persist, acknowledgements
+out, apply, advance.  Because that order lives here alone, "vote and
+acknowledge only after fsync" holds by construction.
+
+Everything that arrives in one reactor turn (client commands, peer
+messages, a tick) is folded into one Ready: one LMDB transaction, one sync
+and one append message per follower for the whole batch.
+
+Allowed imports: twisted, kvd.raft, kvd.kv, kvd.store, kvd.wire, kvd.address,
+kvd.results (never kvd.cli or kvd.sim).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass, replace
+from typing import Callable, Dict, List, Optional, Tuple
+
+from twisted.application import service
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from kvd.address import MemberAddress
+from kvd.kv.codec import Reader, Writer
+from kvd.kv.commands import Envelope, decode_envelope, encode_envelope
+from kvd.kv.results import decode_result, encode_result
+from kvd.raft.core import ConfigChangeRejected, NotLeader, Options, ProposalDropped, RaftCore, bootstrap
+from kvd.raft.messages import Configuration, EntryKind, Role
+from kvd.wire.errors import ForwardError
+
+
+class NodeError(Exception):
+    """
+    A request failed.  ``code`` tells the client whether it may have taken
+    effect: NOLEADER and TRYAGAIN only when it certainly did not, TIMEOUT when
+    the outcome is unknown.
+    """
+
+    def __init__(self, code: str, message: str):
+        super().__init__("%s %s" % (code, message))
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class NodeConfig:
+    node_id: str
+    cluster_id: str
+    address: MemberAddress
+    data_dir: str
+    initial_cluster: Optional[Dict[str, str]] = None  # node id -> host:client:peer, for a static bootstrap
+    bootstrap_expect: int = 0  # >0: this is a seed that forms the cluster once this many nodes have joined
+    tick_s: float = 0.1
+    election_ticks: int = 10
+    heartbeat_ticks: int = 1
+    sync: bool = True
+    snapshot_entries: int = 10000
+    snapshot_keep_entries: int = 1000
+    request_timeout_s: float = 5.0
+    value_bytes_max: int = 1024 * 1024
+
+
+def encode_result_bytes(result) -> bytes:
+    w = Writer()
+    encode_result(w, result)
+    return w.getvalue()
+
+
+def decode_result_bytes(data: bytes):
+    return decode_result(Reader(data))
+
+
+class _Retry(Exception):
+    """Internal: the attempt certainly did not apply the command; try again."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class NodeService(service.Service):
+    log = Logger()
+
+    def __init__(self, config: NodeConfig, storage, machine, clock, rng: Optional[random.Random] = None):
+        """
+        The peer transport is attached as ``peers`` before the service
+        starts (it needs this node's callbacks, and tests hand in a fake).
+        """
+        self.config = config
+        self.storage = storage
+        self.machine = machine
+        self.clock = clock
+        self.rng = rng or random.Random(int.from_bytes(os.urandom(8), "big"))
+        self.core: Optional[RaftCore] = None
+        self.peers = None
+        self.ticker: Optional[task.LoopingCall] = None
+        self.drain_call = None
+        self.proposals: Dict[int, Tuple[int, defer.Deferred]] = {}
+        self.reads: Dict[bytes, list] = {}  # ctx -> [op, deferred, index or None]
+        self.read_seq = 0
+        self.leader_waiters: List[defer.Deferred] = []
+        self.pending_joins: Dict[str, str] = {}  # before bootstrap: node id -> member address
+        # Exactly-once (thesis §6.3): this node is one client of the state machine.
+        self.client_id = ("%s/%s" % (config.node_id, os.urandom(6).hex())).encode()
+        self.next_seq = 1
+        self.outstanding_seqs: set = set()
+        self.stats = {"leader_changes": 0, "elections": 0, "proposals": 0, "reads": 0, "snapshots": 0}
+        self.stopping = False
+
+    # ============================================================ lifecycle
+    def startService(self):
+        super().startService()
+        self.storage.open(self.config.cluster_id, self.config.node_id)
+        restored = self.storage.load()
+        hard_state, snapshot, entries = restored.hard_state, restored.snapshot, restored.entries
+        if hard_state.term == 0 and not entries and snapshot is None and self.config.initial_cluster:
+            config = Configuration.make(voters=self.config.initial_cluster, addresses=self.config.initial_cluster)
+            hard_state, entries = bootstrap(config)
+            self.storage.save(hard_state, entries, None, sync=True)
+            self.log.info("{node} bootstrapped a cluster of {n} from the initial member list", node=self.config.node_id, n=len(config.voters))
+        if snapshot is not None:
+            self.machine.restore(snapshot.data)
+        self._make_core(hard_state, snapshot, entries)
+        self.ticker = task.LoopingCall(self._tick)
+        self.ticker.clock = self.clock
+        self.ticker.start(self.config.tick_s, now=False)
+        self.log.info(
+            "{node} started: term {term}, {n} log entries, members {members}",
+            node=self.config.node_id,
+            term=hard_state.term,
+            n=len(entries),
+            members=list(self.core.config.members),
+        )
+        if self._is_lone_voter():
+            self.core.campaign()
+            self._schedule_drain()
+
+    def _make_core(self, hard_state, snapshot, entries):
+        options = Options(
+            election_ticks=self.config.election_ticks,
+            heartbeat_ticks=self.config.heartbeat_ticks,
+        )
+        self.core = RaftCore(self.config.node_id, options, self.rng, hard_state, snapshot, entries)
+
+    def _is_lone_voter(self) -> bool:
+        return self.core.config.voters == (self.config.node_id,)
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        """Hand leadership over, answer what is pending, close the store."""
+        self.stopping = True
+        if self.core is not None and self.core.is_leader() and len(self.core.config.voters) > 1:
+            try:
+                target = self.core.transfer_leadership()
+                self._drain()
+                self.log.info("{node} is stopping: transferring leadership to {target}", node=self.config.node_id, target=target)
+                deadline = self.clock.seconds() + self.config.tick_s * self.config.election_ticks * 2
+                while self.core.is_leader() and self.clock.seconds() < deadline:
+                    yield task.deferLater(self.clock, self.config.tick_s, lambda: None)
+            except (NotLeader, ConfigChangeRejected):
+                pass
+        if self.ticker is not None and self.ticker.running:
+            self.ticker.stop()
+        if self.drain_call is not None and self.drain_call.active():
+            self.drain_call.cancel()
+        self._fail_all(NodeError("TRYAGAIN", "the node is shutting down"))
+        if self.peers is not None:
+            yield defer.maybeDeferred(self.peers.stop)
+        self.storage.close()
+        super().stopService()
+
+    def _fail_all(self, error: NodeError):
+        proposals, self.proposals = self.proposals, {}
+        for _, d in proposals.values():
+            # We cannot know whether a proposed entry will still commit.
+            d.errback(NodeError("TIMEOUT", "the node stopped before the outcome was known"))
+        reads, self.reads = self.reads, {}
+        for op, d, _ in reads.values():
+            d.errback(error)
+        waiters, self.leader_waiters = self.leader_waiters, []
+        for d in waiters:
+            d.errback(error)
+
+    # ============================================================ inputs
+    def _tick(self):
+        self.core.tick()
+        self._drain()
+
+    def message_received(self, message) -> None:
+        """A Raft message from a peer (already validated by the transport)."""
+        if self.core is None:
+            return
+        self.core.step(message)
+        self._schedule_drain()
+
+    def peer_unreachable(self, node_id: str) -> None:
+        if self.core is not None:
+            self.core.report_unreachable(node_id)
+
+    def is_known_peer(self, node_id: str) -> bool:
+        members = self.core.config.members if self.core else ()
+        # A node that has not been given a configuration yet (a joiner, or a
+        # seed still gathering its founders) accepts the cluster's nodes.
+        return not members or node_id in members or node_id in self.pending_joins
+
+    def peer_address(self, node_id: str) -> Optional[Tuple[str, int]]:
+        text = self.core.config.address_of(node_id) if self.core else None
+        text = text or self.pending_joins.get(node_id)
+        if not text:
+            return None
+        address = MemberAddress.parse(text)
+        return (address.host, address.peer_port)
+
+    def _schedule_drain(self):
+        if self.drain_call is None or not self.drain_call.active():
+            self.drain_call = self.clock.callLater(0, self._drain)
+
+    # ============================================================ the Ready loop
+    def _drain(self):
+        if self.drain_call is not None and self.drain_call.active():
+            self.drain_call.cancel()
+        self.drain_call = None
+        core = self.core
+        while core.has_ready():
+            rd = core.ready()
+            if rd.messages:
+                self.peers.send_many(rd.messages)
+            if rd.hard_state is not None or rd.entries or rd.snapshot is not None:
+                self.storage.save(rd.hard_state, rd.entries, rd.snapshot, sync=rd.must_sync and self.config.sync)
+            if rd.persisted_messages:
+                self.peers.send_many(rd.persisted_messages)
+            if rd.snapshot is not None:
+                self.machine.restore(rd.snapshot.data)
+                self.stats["snapshots_installed"] = self.stats.get("snapshots_installed", 0) + 1
+                self.log.info("{node} installed a snapshot at index {index}", node=self.config.node_id, index=rd.snapshot.index)
+                self._retry_superseded(rd.snapshot.index)
+            for entry in rd.committed:
+                self._apply(entry)
+            for rs in rd.read_states:
+                pending = self.reads.get(rs.ctx)
+                if pending is not None:
+                    pending[2] = rs.index
+            core.advance(rd)
+            if rd.soft_state is not None:
+                self._soft_state_changed(*rd.soft_state)
+        self._serve_reads()
+        self._maybe_snapshot()
+
+    def _apply(self, entry):
+        if entry.kind is EntryKind.NORMAL:
+            result = self.machine.apply(entry.index, entry.data)
+        else:
+            self.machine.apply_noop(entry.index)
+            result = None
+            if entry.kind is EntryKind.CONFIG:
+                self.log.info("{node}: membership is now {members}", node=self.config.node_id, members=self._members_text())
+        pending = self.proposals.pop(entry.index, None)
+        if pending is not None:
+            term, d = pending
+            if term == entry.term:
+                d.callback(result)
+            else:
+                d.errback(_Retry("TRYAGAIN", "the entry was replaced by a new leader"))
+
+    def _retry_superseded(self, index: int):
+        """A snapshot jumped over pending proposals: let them retry (sessions make it safe)."""
+        for i in sorted(k for k in self.proposals if k <= index):
+            _, d = self.proposals.pop(i)
+            d.errback(_Retry("TRYAGAIN", "overtaken by a snapshot"))
+
+    def _soft_state_changed(self, role: Role, leader: Optional[str], term: int):
+        self.log.info("{node} is {role} at term {term}, leader {leader}", node=self.config.node_id, role=role.value, term=term, leader=leader or "unknown")
+        if role is Role.CANDIDATE:
+            self.stats["elections"] += 1
+        self.stats["leader_changes"] += 1
+        if leader is not None:
+            waiters, self.leader_waiters = self.leader_waiters, []
+            for d in waiters:
+                d.callback(leader)
+        # Reads that had not got their index yet were dropped with the old
+        # leadership; ask again.
+        for ctx in [c for c, r in self.reads.items() if r[2] is None]:
+            op, d, _ = self.reads.pop(ctx)
+            self._request_read_index(op, d)
+
+    def _serve_reads(self):
+        applied = self.core.applied
+        for ctx in [c for c, r in self.reads.items() if r[2] is not None and r[2] <= applied]:
+            op, d, _ = self.reads.pop(ctx)
+            try:
+                d.callback(self.machine.read(op))
+            except Exception as e:  # a bug in a read op must not stop the loop
+                self.log.failure("read failed", None)
+                d.errback(e)
+
+    def _maybe_snapshot(self):
+        core = self.core
+        if core.applied - core.latest_snapshot.index < self.config.snapshot_entries:
+            return
+        if self.machine.applied_index != core.applied:
+            return
+        snap = core.compact(core.applied, self.machine.snapshot(), keep_entries=self.config.snapshot_keep_entries)
+        self.storage.compact(snap)
+        self.stats["snapshots"] += 1
+        self.log.info("{node} took a snapshot at index {index}", node=self.config.node_id, index=snap.index)
+
+    # ============================================================ waiting for a leader
+    def _when_leader(self) -> defer.Deferred:
+        """Fires with the leader's id once one is known, or fails with NOLEADER."""
+        if self.core.leader is not None:
+            return defer.succeed(self.core.leader)
+        if self.stopping:
+            return defer.fail(NodeError("TRYAGAIN", "the node is shutting down"))
+        d = defer.Deferred()
+        self.leader_waiters.append(d)
+        wait_s = self.config.tick_s * self.config.election_ticks * 3
+
+        def give_up():
+            if d in self.leader_waiters:
+                self.leader_waiters.remove(d)
+                d.errback(NodeError("NOLEADER", "no leader: this node cannot reach a majority of the cluster; the command was not applied"))
+
+        call = self.clock.callLater(wait_s, give_up)
+        d.addBoth(lambda r: (call.active() and call.cancel(), r)[1])
+        return d
+
+    # ============================================================ writes
+    def submit(self, command) -> defer.Deferred:
+        """Replicate a kv write command; fires with its result once applied."""
+        seq = self.next_seq
+        self.next_seq += 1
+        self.outstanding_seqs.add(seq)
+        env = Envelope(self.client_id, seq, min(self.outstanding_seqs), 0, command)
+        d = self._submit_with_retries(env, self.clock.seconds() + self.config.request_timeout_s)
+
+        def done(result):
+            self.outstanding_seqs.discard(seq)
+            return result
+
+        return d.addBoth(done)
+
+    @defer.inlineCallbacks
+    def _submit_with_retries(self, env: Envelope, deadline: float):
+        maybe_applied = False
+        last = NodeError("NOLEADER", "no leader")
+        while self.clock.seconds() < deadline and not self.stopping:
+            try:
+                leader = yield self._when_leader()
+            except NodeError as e:
+                last = e
+                break
+            try:
+                if leader == self.config.node_id:
+                    result = yield self._propose_here(env, deadline)
+                else:
+                    maybe_applied = True
+                    result = yield self.peers.forward(leader, encode_envelope(env))
+                    result = self._decode_forwarded(result)
+                return result
+            except _Retry as e:
+                last = NodeError(e.code, e.message)
+            except (NodeError, ForwardError) as e:
+                if e.code == "TIMEOUT":
+                    maybe_applied = True
+                last = NodeError(e.code, e.message)
+                if e.code not in ("NOLEADER", "TRYAGAIN", "TIMEOUT"):
+                    raise last
+            except Exception as e:  # the link to the leader broke mid-request
+                last = NodeError("TIMEOUT", "lost the connection to the leader (%s)" % e.__class__.__name__)
+            yield task.deferLater(self.clock, self.config.tick_s, lambda: None)
+        if maybe_applied or last.code == "TIMEOUT":
+            raise NodeError("TIMEOUT", "the outcome is unknown: %s" % last.message)
+        raise last
+
+    def _propose_here(self, env: Envelope, deadline: float) -> defer.Deferred:
+        # The leader stamps the time: the only clock the state machine sees.
+        env = replace(env, stamp_ms=int(self.clock.seconds() * 1000))
+        try:
+            term, index = self.core.propose(encode_envelope(env))
+        except NotLeader:
+            raise _Retry("TRYAGAIN", "leadership moved")
+        except ProposalDropped as e:
+            raise _Retry("TRYAGAIN", str(e))
+        self.stats["proposals"] += 1
+        d = defer.Deferred()
+        self.proposals[index] = (term, d)
+        self._schedule_drain()
+
+        def timed_out():
+            if self.proposals.get(index, (None, None))[1] is d:
+                del self.proposals[index]
+                d.errback(NodeError("TIMEOUT", "not committed in time (the entry may still commit)"))
+
+        call = self.clock.callLater(max(0.0, deadline - self.clock.seconds()), timed_out)
+        d.addBoth(lambda r: (call.active() and call.cancel(), r)[1])
+        return d
+
+    def forwarded(self, src: str, payload: bytes) -> defer.Deferred:
+        """A follower forwards a client's envelope to us, the leader."""
+        try:
+            env = decode_envelope(payload)
+        except Exception:
+            return defer.fail(ForwardError("INTERNAL", "malformed forwarded command"))
+        if not self.core.is_leader():
+            return defer.fail(ForwardError("TRYAGAIN", "%s is not the leader" % self.config.node_id))
+        deadline = self.clock.seconds() + self.config.request_timeout_s
+        d = defer.maybeDeferred(self._propose_here, env, deadline)
+        d.addCallback(self._encode_forwarded)
+
+        def convert(f):
+            f.trap(_Retry, NodeError)
+            raise ForwardError(f.value.code, f.value.message)
+
+        return d.addErrback(convert)
+
+    def join_received(self, node_id: str, address: str) -> defer.Deferred:
+        """A Join over the peer transport (answers bytes, refuses with ForwardError)."""
+        d = defer.maybeDeferred(self.join, node_id, address)
+        d.addCallback(lambda word: word.encode())
+
+        def convert(f):
+            f.trap(NodeError)
+            raise ForwardError("TRYAGAIN" if f.value.code in ("NOLEADER", "MOVED") else "INTERNAL", f.value.message)
+
+        return d.addErrback(convert)
+
+    def _encode_forwarded(self, result) -> bytes:
+        return encode_result_bytes(result)
+
+    def _decode_forwarded(self, data: bytes):
+        return decode_result_bytes(data)
+
+    # ============================================================ reads
+    def read(self, op, linearizable: bool = True) -> defer.Deferred:
+        """Serve a read op; linearizable by ReadIndex unless the client asked for READONLY."""
+        if not linearizable:
+            return defer.maybeDeferred(self.machine.read, op)
+        self.stats["reads"] += 1
+        d = defer.Deferred()
+        self._request_read_index(op, d)
+        call = self.clock.callLater(self.config.request_timeout_s, self._read_timed_out, d)
+        d.addBoth(lambda r: (call.active() and call.cancel(), r)[1])
+        return d
+
+    def _read_timed_out(self, d):
+        for ctx, r in list(self.reads.items()):
+            if r[1] is d:
+                del self.reads[ctx]
+        if not d.called:
+            d.errback(NodeError("TIMEOUT", "could not confirm a linearizable read in time (no quorum?)"))
+
+    def _request_read_index(self, op, d):
+        if d.called:
+            return
+        if self.core.leader is None:
+
+            def retry(_):
+                self._request_read_index(op, d)
+
+            def fail(f):
+                if not d.called:
+                    d.errback(f)
+
+            self._when_leader().addCallbacks(retry, fail)
+            return
+        self.read_seq += 1
+        ctx = b"%s/%d" % (self.client_id, self.read_seq)
+        try:
+            self.core.read_index(ctx)
+        except NotLeader:
+            self._when_leader().addCallbacks(lambda _: self._request_read_index(op, d), d.errback)
+            return
+        self.reads[ctx] = [op, d, None]
+        self._schedule_drain()
+
+    # ============================================================ membership
+    def join(self, node_id: str, address: str) -> defer.Deferred:
+        """
+        Add a node.  Before bootstrap (a seed with bootstrap_expect) it is
+        counted toward the founders; afterwards the leader adds it as a
+        learner, and the core promotes it once it has caught up.
+        """
+        MemberAddress.parse(address)
+        if not self.core.config.members and self.config.bootstrap_expect:
+            return defer.succeed(self._gather_founder(node_id, address))
+        return self._leader_call(lambda: self.core.add_learner(node_id, address), "joining")
+
+    def remove(self, node_id: str) -> defer.Deferred:
+        return self._leader_call(lambda: self.core.remove(node_id), "removed")
+
+    @defer.inlineCallbacks
+    def _leader_call(self, change: Callable[[], int], word: str):
+        deadline = self.clock.seconds() + self.config.request_timeout_s * 2
+        while True:
+            if not self.core.is_leader():
+                leader = self.core.leader
+                if leader is None:
+                    raise NodeError("NOLEADER", "no leader; try again when the cluster has one")
+                raise NodeError("MOVED", self._client_address(leader) or leader)
+            try:
+                index = change()
+                break
+            except ConfigChangeRejected as e:
+                if "in progress" not in str(e) or self.clock.seconds() > deadline:
+                    raise NodeError("ERR", str(e))
+            yield task.deferLater(self.clock, self.config.tick_s, lambda: None)
+        self._schedule_drain()
+        while self.core.applied < index:
+            if self.clock.seconds() > deadline:
+                raise NodeError("TIMEOUT", "membership change not committed in time")
+            yield task.deferLater(self.clock, self.config.tick_s, lambda: None)
+        return word
+
+    def _gather_founder(self, node_id: str, address: str) -> str:
+        self.pending_joins[node_id] = address
+        founders = dict(self.pending_joins)
+        founders[self.config.node_id] = str(self.config.address)
+        if len(founders) < self.config.bootstrap_expect:
+            self.log.info("{node}: {n} of {expect} founders have joined", node=self.config.node_id, n=len(founders), expect=self.config.bootstrap_expect)
+            return "waiting for %d more node(s) to bootstrap" % (self.config.bootstrap_expect - len(founders))
+        config = Configuration.make(voters=founders, addresses=founders)
+        hard_state, entries = bootstrap(config)
+        self.storage.save(hard_state, entries, None, sync=True)
+        self._make_core(hard_state, None, entries)
+        self.pending_joins = {}
+        self.log.info("{node} bootstrapped the cluster with {members}", node=self.config.node_id, members=sorted(founders))
+        if self._is_lone_voter():
+            self.core.campaign()
+        self._schedule_drain()
+        return "bootstrapped"
+
+    # ============================================================ views
+    def _client_address(self, node_id: Optional[str]) -> str:
+        if node_id is None:
+            return ""
+        text = self.core.config.address_of(node_id)
+        return MemberAddress.parse(text).client if text else ""
+
+    def _members_text(self) -> str:
+        c = self.core.config
+        return ", ".join(["%s (voter)" % v for v in c.voters] + ["%s (learner)" % v for v in c.learners])
+
+    def role_name(self) -> str:
+        if self.core.role is Role.PRE_CANDIDATE:
+            return "candidate"
+        if self.core.role is Role.FOLLOWER and self.config.node_id not in self.core.config.members:
+            return "learner" if self.core.config.members else "joining"
+        return self.core.role.value
+
+    def members(self) -> List[dict]:
+        """The membership as this node sees it (a leader adds replication progress)."""
+        status = self.core.status()
+        out = []
+        for node_id in self.core.config.members:
+            address = MemberAddress.parse(self.core.config.address_of(node_id))
+            row = {
+                "id": node_id,
+                "client": address.client,
+                "peer": address.peer,
+                "voter": node_id in self.core.config.voters,
+                "leader": node_id == self.core.leader,
+            }
+            progress = status["progress"].get(node_id)
+            if node_id == self.config.node_id:
+                row["match"] = self.core.log.last_index()
+                row["up"] = True
+            elif progress is not None:
+                row["match"] = progress["match"]
+                row["up"] = progress["active"]
+            out.append(row)
+        return out
+
+    def info(self) -> Dict[str, object]:
+        core = self.core
+        return {
+            "raft_node_id": self.config.node_id,
+            "raft_cluster_id": self.config.cluster_id,
+            "raft_role": self.role_name(),
+            "raft_term": core.term,
+            "raft_leader": self._client_address(core.leader),
+            "raft_leader_id": core.leader or "",
+            "raft_commit_index": core.commit,
+            "raft_applied_index": core.applied,
+            "raft_last_index": core.log.last_index(),
+            "raft_snapshot_index": core.latest_snapshot.index,
+            "raft_members": ",".join(core.config.members),
+            "raft_voters": ",".join(core.config.voters),
+            "raft_learners": ",".join(core.config.learners),
+            "raft_client_address": self.config.address.client,
+            "raft_peer_address": self.config.address.peer,
+            "raft_leader_changes": self.stats["leader_changes"],
+            "raft_elections": self.stats["elections"],
+            "raft_proposals": self.stats["proposals"],
+            "raft_reads": self.stats["reads"],
+            "raft_snapshots": self.stats["snapshots"],
+        }

@@ -1,0 +1,178 @@
+# -*- test-case-name: tests.node.test_tap -*-
+"""
+``twistd kvd``: command-line options and the service tree of one node.
+
+    twistd -n kvd --listen 127.0.0.1:7001 --initial-cluster 127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003
+
+Every option may also come from an INI file (``--config etc/kvd.conf``,
+section ``[kvd]``, keys spelled like the long options); the command line
+wins over the file.
+
+Allowed imports: twisted.application, twisted.python.usage, kvd.node and the
+edges it wires (kvd.store, kvd.wire, kvd.resp, kvd.kv); never kvd.cli or kvd.sim.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+from typing import Dict, Optional
+
+from twisted.application import service, strports
+from twisted.python import usage
+
+from kvd.address import AddressError, MemberAddress
+
+
+def parse_initial_cluster(text: str) -> Dict[str, str]:
+    """
+    ``"127.0.0.1:7001,127.0.0.1:7002"`` or ``"n1=127.0.0.1:7001,n2=..."``
+    (an optional ``:peer_port`` after the client port) -> {node id: member address}.
+    A member without an explicit id is named by its client address.
+    """
+    members: Dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        node_id, _, spec = item.rpartition("=")
+        parts = spec.split(":")
+        if len(parts) == 3:
+            address = MemberAddress(parts[0], int(parts[1]), int(parts[2]))
+        else:
+            address = MemberAddress.from_client(spec)
+        members[node_id or address.client] = str(address)
+    return members
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Run one kvd node. Clients speak the Redis protocol on the client port "
+        "(redis-cli, telnet, netcat); nodes speak Raft over AMP on the peer port "
+        "(default: client port + 10000)."
+    )
+
+    optParameters = [
+        ["config", "c", None, "INI file with a [kvd] section holding any of these options."],
+        ["listen", "l", "127.0.0.1:7001", "host:port of the client (Redis protocol) port; also the node's default id."],
+        ["peer-port", None, "0", "Raft peer port (AMP). 0 means client port + 10000."],
+        ["node-id", None, None, "This node's id (default: its client address host:port)."],
+        ["cluster-id", None, "kvd", "Cluster name; a node refuses peers and data dirs of another cluster."],
+        ["data-dir", "d", None, "Where LMDB keeps the log, hard state and snapshots (default: ./.kvd/data/<host>-<port>)."],
+        ["initial-cluster", None, "", "Static founding members, comma separated: host:port[:peer_port] or id=host:port[:peer_port]. Must be identical on every founder."],
+        ["bootstrap-expect", None, "0", "Seed mode: form the cluster once this many nodes (this one included) have joined."],
+        ["sync", None, "fsync", "Durability: 'fsync' (sync before acknowledging; the default) or 'none' (faster, loses recent writes on power loss)."],
+        ["snapshot-entries", None, "10000", "Take a snapshot and compact the log every this many applied entries."],
+        ["value-max-bytes", None, str(1024 * 1024), "Largest value (and request bulk) a client may send."],
+        ["tick-ms", None, "100", "Raft clock tick in milliseconds."],
+        ["election-ticks", None, "10", "Election timeout in ticks (randomized between this and twice this)."],
+        ["heartbeat-ticks", None, "1", "Heartbeat interval in ticks."],
+        ["request-timeout", None, "5", "Seconds a client command may wait for commit before -TIMEOUT."],
+    ]
+
+    def parseOptions(self, options=None):
+        import sys
+
+        argv = list(sys.argv[1:] if options is None else options)
+        config_path = None
+        for i, arg in enumerate(argv):
+            if arg in ("-c", "--config") and i + 1 < len(argv):
+                config_path = argv[i + 1]
+            elif arg.startswith("--config="):
+                config_path = arg.split("=", 1)[1]
+        if config_path:
+            self._load_config_file(config_path)
+        return super().parseOptions(argv)
+
+    def _load_config_file(self, path: str) -> None:
+        parser = configparser.ConfigParser()
+        if not parser.read(path):
+            raise usage.UsageError("cannot read config file %s" % path)
+        if not parser.has_section("kvd"):
+            raise usage.UsageError("config file %s has no [kvd] section" % path)
+        known = {p[0] for p in self.optParameters}
+        for key, value in parser.items("kvd"):
+            if key not in known:
+                raise usage.UsageError("config file %s: unknown option %r" % (path, key))
+            self[key] = value
+
+    def postOptions(self):
+        try:
+            self["address"] = MemberAddress.from_client(self["listen"], int(self["peer-port"]))
+            self["initial"] = parse_initial_cluster(self["initial-cluster"]) if self["initial-cluster"] else None
+        except (AddressError, ValueError) as e:
+            raise usage.UsageError(str(e))
+        for name in ("bootstrap-expect", "snapshot-entries", "value-max-bytes", "tick-ms", "election-ticks", "heartbeat-ticks"):
+            try:
+                self[name] = int(self[name])
+            except ValueError:
+                raise usage.UsageError("--%s must be a whole number" % name)
+        try:
+            self["request-timeout"] = float(self["request-timeout"])
+        except ValueError:
+            raise usage.UsageError("--request-timeout must be a number of seconds")
+        if self["sync"] not in ("fsync", "none"):
+            raise usage.UsageError("--sync must be 'fsync' or 'none'")
+        if self["heartbeat-ticks"] < 1 or self["election-ticks"] <= self["heartbeat-ticks"]:
+            raise usage.UsageError("need 1 <= --heartbeat-ticks < --election-ticks")
+        address = self["address"]
+        self["node-id"] = self["node-id"] or address.client
+        if self["initial"] is not None and self["node-id"] not in self["initial"]:
+            raise usage.UsageError("--initial-cluster does not include this node (%s)" % self["node-id"])
+        if not self["data-dir"]:
+            self["data-dir"] = os.path.join(".kvd", "data", "%s-%d" % (address.host, address.client_port))
+
+
+def node_config(options: Options):
+    from kvd.node import NodeConfig
+
+    return NodeConfig(
+        node_id=options["node-id"],
+        cluster_id=options["cluster-id"],
+        address=options["address"],
+        data_dir=options["data-dir"],
+        initial_cluster=options["initial"],
+        bootstrap_expect=options["bootstrap-expect"],
+        tick_s=options["tick-ms"] / 1000.0,
+        election_ticks=options["election-ticks"],
+        heartbeat_ticks=options["heartbeat-ticks"],
+        sync=options["sync"] == "fsync",
+        snapshot_entries=options["snapshot-entries"],
+        request_timeout_s=options["request-timeout"],
+        value_bytes_max=options["value-max-bytes"],
+    )
+
+
+def makeService(options: Options, reactor=None) -> service.MultiService:
+    if reactor is None:
+        from twisted.internet import reactor
+    from kvd.executor import ClientExecutor
+    from kvd.kv.machine import KVMachine
+    from kvd.node import NodeService
+    from kvd.resp.protocol import RespFactory
+    from kvd.store.lmdb import LmdbStorage
+    from kvd.wire.peers import PeerTransport
+
+    config = node_config(options)
+    os.makedirs(config.data_dir, exist_ok=True)
+    storage = LmdbStorage(config.data_dir, sync=config.sync)
+    node = NodeService(config, storage, KVMachine(), reactor)
+    node.peers = PeerTransport(
+        config.node_id,
+        config.cluster_id,
+        node.peer_address,
+        node.message_received,
+        reactor,
+        bind_host=config.address.host,
+        on_unreachable=node.peer_unreachable,
+        is_known=node.is_known_peer,
+        forward_handler=node.forwarded,
+        join_handler=node.join_received,
+    )
+    top = service.MultiService()
+    node.setServiceParent(top)
+    host = config.address.host
+    # Listeners start after the node (it must have opened its store first) and stop before it.
+    peer_port = strports.service("tcp:%d:interface=%s" % (config.address.peer_port, host), node.peers.server_factory())
+    peer_port.setServiceParent(top)
+    client_factory = RespFactory(ClientExecutor(node), value_bytes_max=config.value_bytes_max)
+    strports.service("tcp:%d:interface=%s" % (config.address.client_port, host), client_factory).setServiceParent(top)
+    return top

@@ -1,0 +1,26 @@
+"""Packaging for kvd; ``pip install .`` also installs the twistd dropin."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="kvd",
+    version="0.1.0",
+    description="A replicated key/value store kept consistent by Raft, on Twisted",
+    long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=find_packages(include=["kvd", "kvd.*"]) + ["twisted.plugins"],
+    package_data={"twisted": ["plugins/kvd_plugin.py"]},
+    py_modules=["mgmt"],
+    install_requires=[
+        "twisted>=22.10,<27",
+        "lmdb>=1.4,<4",
+        "txaio>=23.1,<27",
+        "click>=8.1,<9",
+        "redis>=4.5,<9",
+    ],
+    extras_require={
+        "test": ["pytest>=7,<10", "pytest-twisted>=1.14,<2"],
+    },
+    entry_points={"console_scripts": ["kvd-mgmt=kvd.cli:main"]},
+)
