@@ -241,6 +241,7 @@ _R, _W = "readonly fast", "write denyoom"
 
 _COMMANDS = [
     _spec("ping", -1, "fast stale", parse=_parse_ping),
+    _spec("hello", -1, "noscript loading stale fast"),
     _spec("echo", 2, "fast stale"),
     _spec("get", 2, _R, (1, 1, 1), lambda a: Read(Get(a[1]))),
     _spec("set", -3, _W, (1, 1, 1), _parse_set),
@@ -292,9 +293,6 @@ def parse_request(args: List[bytes]) -> Parsed:
     if not args:
         return CommandError("ERR", "empty command")
     name = args[0].lower()
-    if name == b"hello":
-        # Answer like a server that has no RESP3: clients fall back to RESP2.
-        return CommandError("NOPROTO", "sorry, this protocol version is not supported")
     spec = COMMANDS.get(name)
     if spec is None:
         return unknown_command(args)

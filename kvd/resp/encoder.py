@@ -1,6 +1,7 @@
 # -*- test-case-name: tests.resp.test_protocol -*-
 """
-RESP2 encoding of replies.
+RESP2 encoding of replies, and the RESP3 variant a client asks for with
+``HELLO 3`` (redis-py 8 does so by default).
 
 Python values map onto RESP2 types as follows::
 
@@ -11,6 +12,10 @@ Python values map onto RESP2 types as follows::
     str                              -> bulk string of its UTF-8 bytes
     None                             -> $-1                   nil bulk
     list, tuple                      -> *N ...                array, nested freely
+    RespMap                          -> %N ... (RESP3) or a flat *2N array (RESP2)
+
+The two protocols differ only where kvd uses it: RESP3 writes nil as ``_``
+and has a map type.
 
 Simple strings and errors are single lines: CR and LF inside them are
 replaced by spaces, as Redis does, so no reply can desynchronise a client.
@@ -41,6 +46,11 @@ class SimpleString:
 PONG = SimpleString("PONG")
 
 
+@dataclass(frozen=True)
+class RespMap:
+    pairs: tuple  # ((key, value), ...)
+
+
 def _line(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape").translate(_LINE_FIX)
 
@@ -49,16 +59,16 @@ def encode_error(prefix: str, message: str) -> bytes:
     return b"-" + _line("%s %s" % (prefix, message)) + CRLF
 
 
-def encode(value: Any) -> bytes:
-    """The RESP2 bytes of one reply; TypeError for anything that is not a reply."""
+def encode(value: Any, resp3: bool = False) -> bytes:
+    """The RESP2 (or RESP3) bytes of one reply; TypeError for anything that is not a reply."""
     out: List[bytes] = []
-    _encode(value, out)
+    _encode(value, out, resp3)
     return b"".join(out)
 
 
-def _encode(value: Any, out: List[bytes]) -> None:
+def _encode(value: Any, out: List[bytes], resp3: bool = False) -> None:
     if value is None:
-        out.append(NIL)
+        out.append(b"_\r\n" if resp3 else NIL)
     elif value is OK:
         out.append(b"+OK\r\n")
     elif isinstance(value, bytes):
@@ -70,11 +80,16 @@ def _encode(value: Any, out: List[bytes]) -> None:
     elif isinstance(value, (list, tuple)):
         out.append(b"*%d\r\n" % len(value))
         for item in value:
-            _encode(item, out)
+            _encode(item, out, resp3)
     elif isinstance(value, str):
-        _encode(value.encode("utf-8", "surrogateescape"), out)
+        _encode(value.encode("utf-8", "surrogateescape"), out, resp3)
     elif isinstance(value, (bytearray, memoryview)):
         _encode(bytes(value), out)
+    elif isinstance(value, RespMap):
+        out.append(b"%%%d\r\n" % len(value.pairs) if resp3 else b"*%d\r\n" % (2 * len(value.pairs)))
+        for k, v in value.pairs:
+            _encode(k, out, resp3)
+            _encode(v, out, resp3)
     elif isinstance(value, SimpleString):
         out.append(b"+" + _line(value.text) + CRLF)
     elif isinstance(value, KVError):

@@ -168,7 +168,7 @@ class RespProtocol(Protocol):
             if isinstance(request, RespError):
                 slot.data = encode(request)
             elif is_local(request):
-                slot.data = encode(execute_local(request, self.session))
+                slot.data = encode(execute_local(request, self.session), self.session.protocol == 3)
                 if request.name == "quit":
                     self._close_after(slot)
             else:
@@ -206,7 +206,7 @@ class RespProtocol(Protocol):
 
     def _fill(self, slot: _Slot, result, request):
         try:
-            slot.data = encode(result)
+            slot.data = encode(result, self.session.protocol == 3)
         except Exception:
             self._fill_failure(slot, Failure(), request)
 

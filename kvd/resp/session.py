@@ -21,10 +21,11 @@ from typing import Any, Optional
 
 from kvd.kv.results import OK
 from kvd.resp.commands import COMMANDS, Admin, command_info
-from kvd.resp.encoder import PONG
+from kvd.resp.encoder import PONG, RespMap
+from kvd.resp.errors import RespError
 
 LOCAL_COMMANDS = frozenset({
-    "ping", "echo", "select", "quit", "readonly", "readwrite",
+    "hello", "ping", "echo", "select", "quit", "readonly", "readwrite",
     "client|setname", "client|getname", "client|id", "client|info", "client|setinfo",
     "command", "command|count", "command|docs", "command|info", "command|list",
 })
@@ -39,6 +40,7 @@ class Session:
         self.readonly = False
         self.lib_name: Optional[bytes] = None
         self.lib_ver: Optional[bytes] = None
+        self.protocol = 2  # HELLO 3 switches the connection to RESP3
 
     def client_info(self) -> bytes:
         """One line in the style of Redis's CLIENT INFO / CLIENT LIST."""
@@ -63,6 +65,8 @@ def is_local(request) -> bool:
 def execute_local(request: Admin, session: Session) -> Any:
     """The reply to a local command; may change ``session``."""
     name, args = request.name, request.args
+    if name == "hello":
+        return _hello(args, session)
     if name == "ping":
         return args[0] if args else PONG
     if name == "echo":
@@ -100,3 +104,36 @@ def execute_local(request: Admin, session: Session) -> Any:
     if name == "command|list":
         return [spec.name.encode() for spec in COMMANDS.values()]
     raise ValueError("not a local command: %r" % (name,))
+
+
+def _hello(args, session: Session) -> Any:
+    """HELLO [protover [AUTH user pass] [SETNAME name]]: choose RESP2 or RESP3."""
+    if args:
+        try:
+            version = int(args[0])
+        except ValueError:
+            raise RespError("ERR", "Protocol version is not an integer or out of range")
+        if version not in (2, 3):
+            raise RespError("NOPROTO", "sorry, this protocol version is not supported")
+        rest = list(args[1:])
+        name = None
+        while rest:
+            option = rest.pop(0).lower()
+            if option == b"auth" and len(rest) >= 2:
+                raise RespError("ERR", "AUTH is not supported: kvd has no users or passwords")
+            if option == b"setname" and rest:
+                name = rest.pop(0)
+            else:
+                raise RespError("ERR", "Syntax error in HELLO option '%s'" % option.decode("utf-8", "replace"))
+        session.protocol = version
+        if name is not None:
+            session.name = name or None
+    return RespMap((
+        ("server", "redis"),
+        ("version", "7.0.0"),
+        ("proto", session.protocol),
+        ("id", session.id),
+        ("mode", "standalone"),
+        ("role", "master"),
+        ("modules", []),
+    ))

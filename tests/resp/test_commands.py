@@ -177,11 +177,10 @@ def test_unknown_subcommand_text():
     assert req(b"command nope") == err("unknown subcommand 'nope'. Try COMMAND HELP.")
 
 
-def test_hello_answers_noproto():
-    """HELLO is refused the way a RESP2-only server does, so clients fall back to RESP2."""
-    result = req(b"HELLO 3")
-    assert result.prefix == "NOPROTO"
-    assert req(b"hello") == result
+def test_hello_is_an_admin_request():
+    """HELLO is parsed for the session to answer (it picks RESP2 or RESP3)."""
+    assert req(b"HELLO 3") == Admin("hello", (b"3",))
+    assert req(b"hello") == Admin("hello", ())
 
 
 def test_empty_request():
@@ -289,7 +288,7 @@ def test_table_has_every_supported_command():
     assert set(COMMANDS) == {
         b"ping", b"echo", b"get", b"set", b"del", b"exists", b"mget", b"mset", b"incr", b"decr", b"incrby",
         b"decrby", b"keys", b"scan", b"dbsize", b"info", b"role", b"select", b"command", b"quit", b"readonly",
-        b"readwrite", b"client", b"kvd.members",
+        b"readwrite", b"client", b"kvd.members", b"kvd.cluster", b"kvd.join", b"kvd.remove", b"hello",
     }
 
 

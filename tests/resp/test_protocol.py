@@ -276,18 +276,34 @@ def test_each_connection_gets_its_own_session_id():
 
 
 def test_redis_py_connect_handshake():
-    """The CLIENT SETINFO calls redis-py makes on connect, and HELLO fallback, get the answers it expects."""
+    """The CLIENT SETINFO calls redis-py makes on connect get the answers it expects; an unknown HELLO version is refused."""
     proto, transport = connect(ScriptedExecutor())
     proto.dataReceived(
         packed("CLIENT", "SETINFO", "LIB-NAME", "redis-py")
         + packed("CLIENT", "SETINFO", "LIB-VER", "8.1.0")
-        + packed("HELLO", 3)
+        + packed("HELLO", 4)
     )
     first, second, third = redis_py_replies(transport.value(), 3)
     assert first == second == b"OK"
     assert isinstance(third, ResponseError) and "protocol version is not supported" in str(third)
     assert transport.value().splitlines()[2].startswith(b"-NOPROTO ")
     assert proto.session.lib_name == b"redis-py" and proto.session.lib_ver == b"8.1.0"
+    assert proto.session.protocol == 2
+
+
+def test_hello_3_switches_to_resp3():
+    """HELLO 3 answers a RESP3 map and later nils are RESP3 nulls; HELLO 2 answers a flat array."""
+    proto, transport = connect(ScriptedExecutor())
+    proto.dataReceived(packed("HELLO", 2))
+    assert transport.value().startswith(b"*14\r\n$6\r\nserver\r\n")
+    transport.clear()
+    proto.dataReceived(packed("HELLO", 3, "SETNAME", "me"))
+    reply = transport.value()
+    assert reply.startswith(b"%7\r\n$6\r\nserver\r\n") and b"$5\r\nproto\r\n:3\r\n" in reply
+    assert proto.session.protocol == 3 and proto.session.name == b"me"
+    transport.clear()
+    proto.dataReceived(packed("CLIENT", "GETNAME") + packed("CLIENT", "SETNAME", "") + packed("CLIENT", "GETNAME"))
+    assert transport.value() == b"$2\r\nme\r\n+OK\r\n_\r\n"
 
 
 def test_command_info_reply():
