@@ -1,0 +1,166 @@
+"""
+NodeService over Twisted's fake clock: three real nodes (core, LMDB, KV
+machine) wired by an in-memory network (tests/node/fakes.py).
+"""
+
+import pytest
+from twisted.python.failure import Failure
+
+from kvd.kv.commands import Delete, Get, IncrBy, Set
+from kvd.kv.results import OK
+from kvd.node import NodeError
+from tests.node.fakes import leaders, make_cluster, make_node, run
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    clock, network = make_cluster(tmp_path)
+    for node in network.nodes.values():
+        node.startService()
+    run(clock, 5)
+    yield clock, network
+    for node in network.nodes.values():
+        if node.running:
+            node.stopService()
+            run(clock, 3)
+
+
+def result_of(clock, d, seconds=5):
+    out = []
+    d.addBoth(out.append)
+    run(clock, seconds)
+    assert out, "no answer within %s fake seconds" % seconds
+    if isinstance(out[0], Failure):
+        out[0].raiseException()
+    return out[0]
+
+
+def test_one_leader_is_elected(cluster):
+    """Three nodes from a static initial cluster elect exactly one leader, known to all."""
+    clock, network = cluster
+    (leader,) = leaders(network)
+    for node in network.nodes.values():
+        assert node.core.leader == leader.config.node_id
+
+
+def test_write_on_follower_is_readable_everywhere(cluster):
+    """A follower forwards the write to the leader; every node then reads it linearizably."""
+    clock, network = cluster
+    follower = next(n for n in network.nodes.values() if not n.core.is_leader())
+    assert result_of(clock, follower.submit(Set(b"k", b"v"))) is OK
+    for node in network.nodes.values():
+        assert result_of(clock, node.read(Get(b"k"))) == b"v"
+
+
+def test_batched_writes_share_one_append(cluster):
+    """Commands submitted in one reactor turn travel in one AppendEntries per follower."""
+    clock, network = cluster
+    (leader,) = leaders(network)
+    network.sent.clear()
+    ds = [leader.submit(IncrBy(b"n", 1)) for _ in range(50)]
+    run(clock, 1)
+    assert [d.result for d in ds] == list(range(1, 51))
+    appends = [m for m in network.sent if type(m).__name__ == "AppendEntries" and m.entries]
+    assert len(appends) == 2, appends  # one per follower for all 50 entries
+    assert sum(len(m.entries) for m in appends) == 100
+
+
+def test_minority_fails_fast_with_noleader(cluster):
+    """An isolated follower answers NOLEADER (certainly not applied), not a hang."""
+    clock, network = cluster
+    follower = next(n for n in network.nodes.values() if not n.core.is_leader())
+    network.isolate(follower.config.node_id)
+    run(clock, 5)  # its leader's heartbeats stop; pre-vote keeps it from disturbing anyone
+    with pytest.raises(NodeError) as e:
+        result_of(clock, follower.submit(Set(b"x", b"1")), seconds=10)
+    assert e.value.code in ("NOLEADER", "TIMEOUT")
+    with pytest.raises(NodeError):
+        result_of(clock, follower.read(Get(b"x")), seconds=10)
+
+
+def test_isolated_leader_never_serves_a_stale_read(cluster):
+    """An old leader cut off from the majority cannot confirm a read; the majority moves on."""
+    clock, network = cluster
+    (old,) = leaders(network)
+    assert result_of(clock, old.submit(Set(b"k", b"1"))) is OK
+    network.isolate(old.config.node_id)
+    read = old.read(Get(b"k"))
+    run(clock, 5)
+    (new,) = [n for n in leaders(network) if n is not old]
+    assert result_of(clock, new.submit(Set(b"k", b"2"))) is OK
+    with pytest.raises(NodeError):
+        result_of(clock, read, seconds=10)
+    network.heal()
+    run(clock, 5)
+    assert result_of(clock, old.read(Get(b"k"))) == b"2"
+
+
+def test_leader_loss_elects_a_new_one_and_keeps_writes(cluster, tmp_path):
+    """Stopping the leader (graceful: it transfers leadership) keeps the cluster writable."""
+    clock, network = cluster
+    (leader,) = leaders(network)
+    assert result_of(clock, leader.submit(Set(b"a", b"1"))) is OK
+    d = leader.stopService()
+    run(clock, 3)
+    assert d.called
+    (new,) = leaders(network)
+    assert new is not leader
+    assert result_of(clock, new.submit(Set(b"b", b"2"))) is OK
+    assert result_of(clock, new.read(Get(b"a"))) == b"1"
+
+
+def test_restart_recovers_from_lmdb(tmp_path):
+    """A whole cluster stopped and started again on its data dirs has every acknowledged write."""
+    clock, network = make_cluster(tmp_path)
+    for node in network.nodes.values():
+        node.startService()
+    run(clock, 5)
+    (leader,) = leaders(network)
+    for i in range(20):
+        leader.submit(Set(b"k%d" % i, b"v%d" % i))
+    run(clock, 2)
+    assert result_of(clock, leader.submit(Delete((b"k0",)))) == 1
+    for node in list(network.nodes.values()):
+        node.stopService()
+        run(clock, 2)
+    initial = {nid: str(n.config.address) for nid, n in network.nodes.items()}
+    for i, nid in enumerate(sorted(initial)):
+        network.nodes[nid] = make_node(tmp_path, network, nid, initial, seed=10 + i)
+        network.nodes[nid].startService()
+    run(clock, 5)
+    (leader,) = leaders(network)
+    assert result_of(clock, leader.read(Get(b"k0"))) is None
+    assert result_of(clock, leader.read(Get(b"k19"))) == b"v19"
+
+
+def test_snapshot_and_catch_up(tmp_path):
+    """A node that was down while the log was compacted catches up by snapshot."""
+    clock, network = make_cluster(tmp_path, snapshot_entries=20, snapshot_keep_entries=0)
+    for node in network.nodes.values():
+        node.startService()
+    run(clock, 5)
+    (leader,) = leaders(network)
+    lagger = next(n for n in network.nodes.values() if n is not leader)
+    network.isolate(lagger.config.node_id)
+    for i in range(100):
+        leader.submit(Set(b"k%d" % i, b"v%d" % i))
+    run(clock, 3)
+    assert leader.core.latest_snapshot.index > 50
+    network.heal()
+    run(clock, 5)
+    assert lagger.core.applied >= leader.core.commit - 1
+    assert lagger.machine.read(Get(b"k99")) == b"v99"
+    assert lagger.stats.get("snapshots_installed", 0) >= 1
+
+
+def test_exactly_once_when_a_forward_is_retried(cluster):
+    """The same envelope forwarded twice (a retry after a lost answer) is applied once."""
+    clock, network = cluster
+    from kvd.kv.commands import Envelope, encode_envelope
+
+    (leader,) = leaders(network)
+    env = encode_envelope(Envelope(b"client-x", 1, 1, 0, IncrBy(b"n", 5)))
+    first = result_of(clock, leader.forwarded("someone", env))
+    second = result_of(clock, leader.forwarded("someone", env))
+    assert first == second
+    assert result_of(clock, leader.read(Get(b"n"))) == b"5"
