@@ -61,6 +61,7 @@ class Options(usage.Options):
         ["bootstrap-expect", None, "0", "Seed mode: form the cluster once this many nodes (this one included) have joined."],
         ["sync", None, "fsync", "Durability: 'fsync' (sync before acknowledging; the default) or 'none' (faster, loses recent writes on power loss)."],
         ["snapshot-entries", None, "10000", "Take a snapshot and compact the log every this many applied entries."],
+        ["snapshot-keep-entries", None, "1000", "Log entries kept behind a snapshot, so a briefly absent follower catches up without one."],
         ["value-max-bytes", None, str(1024 * 1024), "Largest value (and request bulk) a client may send."],
         ["tick-ms", None, "100", "Raft clock tick in milliseconds."],
         ["election-ticks", None, "10", "Election timeout in ticks (randomized between this and twice this)."],
@@ -100,7 +101,7 @@ class Options(usage.Options):
             self["initial"] = parse_initial_cluster(self["initial-cluster"]) if self["initial-cluster"] else None
         except (AddressError, ValueError) as e:
             raise usage.UsageError(str(e))
-        for name in ("bootstrap-expect", "snapshot-entries", "value-max-bytes", "tick-ms", "election-ticks", "heartbeat-ticks"):
+        for name in ("bootstrap-expect", "snapshot-entries", "snapshot-keep-entries", "value-max-bytes", "tick-ms", "election-ticks", "heartbeat-ticks"):
             try:
                 self[name] = int(self[name])
             except ValueError:
@@ -136,6 +137,7 @@ def node_config(options: Options):
         heartbeat_ticks=options["heartbeat-ticks"],
         sync=options["sync"] == "fsync",
         snapshot_entries=options["snapshot-entries"],
+        snapshot_keep_entries=options["snapshot-keep-entries"],
         request_timeout_s=options["request-timeout"],
         value_bytes_max=options["value-max-bytes"],
     )
