@@ -150,12 +150,21 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
     from kvd.kv.machine import KVMachine
     from kvd.node import NodeService
     from kvd.resp.protocol import RespFactory
-    from kvd.store.lmdb import LmdbStorage
+    from kvd.store.lmdb import LmdbStorage, StorageError
     from kvd.wire.peers import PeerTransport
 
     config = node_config(options)
     os.makedirs(config.data_dir, exist_ok=True)
     storage = LmdbStorage(config.data_dir, sync=config.sync)
+    try:
+        # Refuse a data dir of another cluster or node here, with a plain
+        # message, before twistd daemonizes.  It is closed again because an
+        # LMDB environment must not cross the daemonizing fork.
+        storage.open(config.cluster_id, config.node_id)
+    except StorageError as e:
+        raise SystemExit("kvd: cannot use data dir %s: %s" % (config.data_dir, e))
+    finally:
+        storage.close()
     node = NodeService(config, storage, KVMachine(), reactor)
     node.peers = PeerTransport(
         config.node_id,

@@ -1,0 +1,82 @@
+"""`twistd kvd` options, the config file, the port rule and the service tree."""
+
+import pytest
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python import usage
+
+from kvd.address import AddressError, MemberAddress, split_host_port
+from kvd.tap import Options, makeService, parse_initial_cluster
+
+
+def parse(*argv):
+    options = Options()
+    options.parseOptions(list(argv))
+    return options
+
+
+def test_ports_follow_the_client_port():
+    """The peer port is the client port + 10000 unless given; the node id is the client address."""
+    o = parse("--listen", "127.0.0.2:7005")
+    assert o["address"] == MemberAddress("127.0.0.2", 7005, 17005)
+    assert o["node-id"] == "127.0.0.2:7005"
+    assert parse("--listen", "127.0.0.1:7005", "--peer-port", "9000")["address"].peer_port == 9000
+
+
+def test_initial_cluster_forms():
+    """Members may be plain client addresses, carry an explicit peer port, or be named."""
+    assert parse_initial_cluster("127.0.0.1:7001, n2=127.0.0.1:7002:9002") == {
+        "127.0.0.1:7001": "127.0.0.1:7001:17001",
+        "n2": "127.0.0.1:7002:9002",
+    }
+
+
+def test_bad_options_are_usage_errors():
+    """Bad values are refused with a message, never a traceback."""
+    with pytest.raises(usage.UsageError, match="port"):
+        parse("--listen", "127.0.0.1:99999")
+    with pytest.raises(usage.UsageError, match="does not include this node"):
+        parse("--listen", "127.0.0.1:7001", "--initial-cluster", "127.0.0.1:7002")
+    with pytest.raises(usage.UsageError, match="sync"):
+        parse("--sync", "sometimes")
+    with pytest.raises(usage.UsageError, match="heartbeat"):
+        parse("--heartbeat-ticks", "10", "--election-ticks", "5")
+
+
+def test_config_file_and_command_line(tmp_path):
+    """The [kvd] section supplies options; the command line wins; unknown keys are refused."""
+    conf = tmp_path / "kvd.conf"
+    conf.write_text("[kvd]\nlisten = 127.0.0.1:7100\ntick-ms = 20\nsync = none\n")
+    o = parse("--config", str(conf), "--tick-ms", "30")
+    assert o["address"].client_port == 7100 and o["tick-ms"] == 30 and o["sync"] == "none"
+    conf.write_text("[kvd]\nlisen = 127.0.0.1:7100\n")
+    with pytest.raises(usage.UsageError, match="unknown option"):
+        parse("--config", str(conf))
+
+
+def test_shipped_example_config_parses():
+    """etc/kvd.conf, the commented example, is a valid configuration."""
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "etc", "kvd.conf")
+    o = parse("--config", path)
+    assert o["initial"] and o["node-id"] in o["initial"]
+
+
+def test_service_tree_and_data_dir_refusal(tmp_path):
+    """makeService builds node + peer + client listeners; a data dir of another cluster is refused plainly."""
+    o = parse("--listen", "127.0.0.1:7001", "--data-dir", str(tmp_path / "d"), "--cluster-id", "one")
+    top = makeService(o, reactor=MemoryReactorClock())
+    assert len(list(top)) == 3
+    o = parse("--listen", "127.0.0.1:7001", "--data-dir", str(tmp_path / "d"), "--cluster-id", "two")
+    with pytest.raises(SystemExit, match="belongs to cluster 'one'"):
+        makeService(o, reactor=MemoryReactorClock())
+
+
+def test_address_parsing():
+    """host:port parsing and the stored member form round-trip; junk is an AddressError."""
+    assert split_host_port("7001") == ("127.0.0.1", 7001)
+    assert MemberAddress.parse("10.0.0.1:7001:17001").client == "10.0.0.1:7001"
+    with pytest.raises(AddressError):
+        MemberAddress.parse("nonsense")
+    with pytest.raises(AddressError):
+        split_host_port("host:port")
