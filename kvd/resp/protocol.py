@@ -47,7 +47,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from kvd.resp.commands import parse_request
+from kvd.resp.commands import Read, Write, parse_request
 from kvd.resp.encoder import encode, encode_error
 from kvd.resp.errors import RespError
 from kvd.resp.parser import DEFAULT_MAX_BULK_BYTES, ProtocolError, RespParser
@@ -55,6 +55,15 @@ from kvd.resp.session import Session, execute_local, is_local
 
 DEFAULT_MAX_INFLIGHT = 1024
 INTERNAL_ERROR = encode_error("ERR", "internal error")
+
+
+class _Parsed:
+    """A request already parsed (while deciding whether it must wait)."""
+
+    __slots__ = ("request",)
+
+    def __init__(self, request):
+        self.request = request
 
 
 class _Slot:
@@ -93,6 +102,12 @@ class RespProtocol(Protocol):
         self._output_paused = False  # the transport paused us: the client is not reading
         self._input_paused = False  # we paused the transport: it is not reading
         self._producing = False  # registered as the transport's producer
+        # Redis runs one connection's commands in order.  Reads may run
+        # together, and so may writes (the log keeps their order), but a read
+        # must not overtake an earlier write on the connection, nor a write an
+        # earlier read: a switch between the two waits for the running ones.
+        self._running_kind: Optional[type] = None
+        self._running = 0
 
     # ------------------------------------------------------- connection
 
@@ -148,11 +163,24 @@ class RespProtocol(Protocol):
                     if len(self._pending) >= self.max_inflight:
                         break
                     continue
+                if self._must_wait(self._backlog[0]):
+                    break
                 self._dispatch(self._backlog.popleft())
             self._flush()
         finally:
             self._dispatching = False
         self._update_input()
+
+    def _must_wait(self, item) -> bool:
+        if isinstance(item, list):
+            item = self._backlog[0] = _Parsed(parse_request(item))
+        kind = type(item.request) if isinstance(item, _Parsed) else None
+        if kind not in (Read, Write):
+            return False
+        if self._running and self._running_kind is not kind:
+            return True
+        self._running_kind = kind
+        return False
 
     def _dispatch(self, item):
         slot = _Slot()
@@ -164,7 +192,7 @@ class RespProtocol(Protocol):
             return
         request = item
         try:
-            request = parse_request(item)
+            request = item.request if isinstance(item, _Parsed) else parse_request(item)
             if isinstance(request, RespError):
                 slot.data = encode(request)
             elif is_local(request):
@@ -189,12 +217,19 @@ class RespProtocol(Protocol):
             self._fill_failure(slot, Failure(), request)
             return
         if isinstance(result, Deferred):
+            if isinstance(request, (Read, Write)):
+                self._running += 1
+                result.addBoth(self._finished)
             result.addCallbacks(
                 self._deferred_result, self._deferred_failure,
                 callbackArgs=(slot, request), errbackArgs=(slot, request),
             )
         else:
             self._fill(slot, result, request)
+
+    def _finished(self, result):
+        self._running -= 1
+        return result
 
     def _deferred_result(self, result, slot: _Slot, request):
         self._fill(slot, result, request)

@@ -605,3 +605,27 @@ def test_value_size_limit_is_configurable():
     proto.dataReceived(packed("SET", "k", "x" * 11))
     assert transport.value() == b"+OK\r\n-ERR Protocol error: invalid bulk length\r\n"
     assert transport.disconnecting and len(executor.calls) == 1
+
+
+def test_a_read_waits_for_an_earlier_write_on_the_connection():
+    """Pipelined SET, SET, GET, SET: the writes run together, the GET only after them, the last SET after the GET."""
+    executor = ScriptedExecutor()
+    proto, transport = connect(executor)
+    proto.dataReceived(packed("SET", "a", 1) + packed("SET", "b", 2) + packed("GET", "a") + packed("SET", "a", 3))
+    assert [type(r).__name__ for r, _ in executor.calls] == ["Write", "Write"]
+    executor.deferreds[0].callback(OK)
+    assert len(executor.calls) == 2  # one write still running
+    executor.deferreds[1].callback(OK)
+    assert [type(r).__name__ for r, _ in executor.calls] == ["Write", "Write", "Read"]
+    executor.deferreds[2].callback(b"1")
+    assert [type(r).__name__ for r, _ in executor.calls] == ["Write", "Write", "Read", "Write"]
+    executor.deferreds[3].callback(OK)
+    assert transport.value() == b"+OK\r\n+OK\r\n$1\r\n1\r\n+OK\r\n"
+
+
+def test_admin_commands_do_not_wait_for_running_writes():
+    """PING answers in its turn without holding later reads behind an unrelated barrier."""
+    executor = ScriptedExecutor()
+    proto, transport = connect(executor)
+    proto.dataReceived(packed("GET", "a") + packed("PING") + packed("GET", "b"))
+    assert [type(r).__name__ for r, _ in executor.calls] == ["Read", "Read"]
