@@ -348,6 +348,14 @@ class RaftCore:
             rd.committed = self.log.slice(start + 1, self.commit + 1)
         rd.messages, self.msgs = self.msgs, []
         rd.persisted_messages, self.msgs_after = self.msgs_after, []
+        if rd.hard_state is not None and (hs.term != self.prev_hard.term or hs.vote != self.prev_hard.vote):
+            # Nothing may leave under a term or vote that is not durable yet.
+            # A leader elected by its own vote alone (a single voter) has sent
+            # no vote request, so its appends could otherwise travel before
+            # its term is on disk; after a crash it could campaign in the same
+            # term again and send different entries under it.
+            rd.persisted_messages = rd.messages + rd.persisted_messages
+            rd.messages = []
         rd.read_states, self.read_states = self.read_states, []
         soft = self._soft_state()
         if soft != self.prev_soft:
@@ -753,6 +761,11 @@ class RaftCore:
                     del self.progress[node]
             if self.lead_transferee is not None and self.lead_transferee not in config.voters:
                 self.lead_transferee = None
+            if self.read_round:
+                # The quorum changed: a read round waiting for acknowledgements
+                # from a voter that is gone may be complete now (and would wait
+                # forever if we were now the only voter: nobody else replies).
+                self._maybe_release_reads()
         else:
             self._refresh_role()
 
@@ -775,7 +788,15 @@ class RaftCore:
             self._campaign(pre=self.options.pre_vote)
 
     def _promotable(self) -> bool:
-        return self.id in self.config.voters
+        # Thesis §4.2.2: a server that is not part of its own latest
+        # configuration should still start elections while that configuration
+        # is uncommitted, for it may hold the only copy of the entry that
+        # removes it (a leader that removed itself and then lost leadership);
+        # it just does not count its own vote.  Learners never campaign.
+        config = self.config
+        if self.id in config.voters:
+            return True
+        return self.id not in config.members and self.id in self._config_at(self.commit).voters
 
     def _in_leader_lease(self) -> bool:
         return self.options.check_quorum and self.leader is not None and self.election_elapsed < self.options.election_ticks

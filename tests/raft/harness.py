@@ -141,3 +141,28 @@ class Env:
 
     def leaders(self):
         return [i for i, n in self.nodes.items() if n.core.role is Role.LEADER]
+
+
+def entry_data(index: int, term: int) -> bytes:
+    """The payload of a hand-built entry: the same (index, term) always carries the same bytes."""
+    return b"%d/%d" % (index, term)
+
+
+def env_with_logs(logs: Dict[str, List[int]], options: Optional[Options] = None, seed: int = 1, terms: Optional[Dict[str, int]] = None) -> Env:
+    """
+    An Env whose nodes start from hand-built logs (Figure 7 style): ``logs``
+    maps a node to the terms of its entries from index 2 on (index 1 is the
+    shared bootstrap configuration).  Each node's durable term is the last
+    term in its log, unless ``terms`` says otherwise.
+    """
+    from kvd.raft.messages import Entry, HardState
+
+    current = terms
+    env = Env(ids=tuple(sorted(logs)), options=options, seed=seed)
+    for node_id, terms in logs.items():
+        node = env.nodes[node_id]
+        entries = [node.entries[1]] + [Entry(i + 2, t, EntryKind.NORMAL, entry_data(i + 2, t)) for i, t in enumerate(terms)]
+        node.entries = {e.index: e for e in entries}
+        node.hard_state = HardState(term=(current or {}).get(node_id, max([1] + list(terms))))
+        node.core = RaftCore(node_id, env.options, random.Random(node.seed), node.hard_state, None, entries)
+    return env

@@ -1,0 +1,133 @@
+# -*- test-case-name: tests.sim.test_sim -*-
+"""
+The simulated disk of one node.
+
+Each Ready becomes one write (hard state, snapshot, entries), applied
+atomically like one LMDB transaction.  Writes are first only *written*; a
+``sync`` makes everything written so far durable.  A crash keeps the synced
+image and, of the writes not yet synced, a random prefix (the device may
+have flushed some of them on its own; writes land in order and whole): what
+the core did not ask to have synced may or may not survive, and nothing else
+does.  A restarted node is rebuilt from ``load()`` only.
+
+The durable image itself is checked as it changes: the durable term never
+goes back, the durable vote never changes within a term (one vote per term),
+and the durable commit index never goes back.
+
+A sync may take simulated time (a slow disk); the node's embedder loop
+(kvd.sim.cluster.SimNode) waits for it.
+
+Allowed imports: the standard library, kvd.raft.messages, kvd.sim.checks.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import List, Optional, Tuple
+
+from kvd.raft.messages import Entry, HardState, Snapshot
+from kvd.sim.checks import Violation
+
+Write = Tuple[Optional[HardState], Optional[Snapshot], List[Entry]]
+
+
+class SimDisk:
+    def __init__(self, node_id: str, rng: random.Random, sync_delay_max: int = 0):
+        self.node_id = node_id
+        self.rng = rng
+        self.sync_delay_max = sync_delay_max  # 0: syncs are instant
+        # The durable image.
+        self.hard_state = HardState()
+        self.snapshot: Optional[Snapshot] = None
+        self.entries: List[Entry] = []  # contiguous, starting after the snapshot
+        # Written, not yet synced, oldest first.
+        self.pending: List[Write] = []
+        self.writes = 0
+        self.syncs = 0
+
+    # ----------------------------------------------------------- the node's side
+    def write(self, hard_state: Optional[HardState], snapshot: Optional[Snapshot], entries: List[Entry]) -> None:
+        if hard_state is None and snapshot is None and not entries:
+            return
+        self.writes += 1
+        self.pending.append((hard_state, snapshot, list(entries)))
+
+    def sync_delay(self) -> int:
+        """How long the next sync takes (time units)."""
+        if not self.sync_delay_max:
+            return 0
+        return self.rng.randint(1, self.sync_delay_max)
+
+    def sync(self) -> None:
+        self.syncs += 1
+        for w in self.pending:
+            self._make_durable(w)
+        self.pending = []
+
+    def save_snapshot(self, snap: Snapshot) -> None:
+        """A snapshot taken by compaction: written and synced at once, then the log before it is dropped."""
+        self.sync()
+        self._make_durable((None, snap, []))
+
+    # ----------------------------------------------------------- faults
+    def crash(self) -> int:
+        """Lose what was not synced, except a random prefix of whole writes; returns how many were lost."""
+        keep = self.rng.randint(0, len(self.pending))
+        for w in self.pending[:keep]:
+            self._make_durable(w)
+        lost = len(self.pending) - keep
+        self.pending = []
+        return lost
+
+    def load(self) -> Tuple[HardState, Optional[Snapshot], List[Entry]]:
+        assert not self.pending, "load() with writes in flight"
+        return self.hard_state, self.snapshot, list(self.entries)
+
+    def last_index(self) -> int:
+        base = self.snapshot.index if self.snapshot else 0
+        return base + len(self.entries)
+
+    # ----------------------------------------------------------- the image
+    def _make_durable(self, w: Write) -> None:
+        hs, snap, entries = w
+        if snap is not None:
+            if self.snapshot is not None and snap.index < self.snapshot.index:
+                raise Violation("disk", "%s: durable snapshot moves back from %d to %d" % (self.node_id, self.snapshot.index, snap.index))
+            # Keep the entries after the snapshot only if they continue it.
+            keep = [e for e in self.entries if e.index > snap.index]
+            if keep and not (keep[0].index == snap.index + 1 and self._term_at(snap.index) == snap.term):
+                keep = []
+            self.entries = keep
+            self.snapshot = snap
+            if snap.index > self.hard_state.commit:
+                # A snapshot holds only committed state: it carries the commit index with it.
+                self.hard_state = HardState(self.hard_state.term, self.hard_state.vote, snap.index)
+        if entries:
+            first = entries[0].index
+            base = self.snapshot.index if self.snapshot else 0
+            if first <= base:
+                raise Violation("disk", "%s: write replaces entry %d inside the snapshot (%d)" % (self.node_id, first, base))
+            if first > self.last_index() + 1:
+                raise Violation("disk", "%s: write at %d leaves a gap after %d" % (self.node_id, first, self.last_index()))
+            del self.entries[first - base - 1 :]
+            self.entries.extend(entries)
+        if hs is not None:
+            old = self.hard_state
+            if hs.term < old.term:
+                raise Violation("disk", "%s: durable term moves back from %d to %d" % (self.node_id, old.term, hs.term))
+            if hs.term == old.term and old.vote is not None and hs.vote != old.vote:
+                raise Violation(
+                    "one vote per term",
+                    "%s: durable vote in term %d changes from %s to %s" % (self.node_id, hs.term, old.vote, hs.vote),
+                )
+            if hs.commit < old.commit:
+                raise Violation("durable commit", "%s: durable commit index moves back from %d to %d" % (self.node_id, old.commit, hs.commit))
+            self.hard_state = hs
+
+    def _term_at(self, index: int) -> Optional[int]:
+        base = self.snapshot.index if self.snapshot else 0
+        if self.snapshot is not None and index == base:
+            return self.snapshot.term
+        if base < index <= self.last_index():
+            return self.entries[index - base - 1].term
+        return None

@@ -1,0 +1,136 @@
+"""
+Known bugs planted in the Raft core, for tests/sim/test_mutations.py: each
+is a context manager that monkeypatches ``RaftCore`` (and restores it).
+"""
+
+import contextlib
+
+from kvd.raft import core as core_mod
+from kvd.raft.core import RaftCore
+from kvd.raft.messages import AppendEntriesReply, PreVoteReply, RequestVoteReply, ReadState
+
+
+@contextlib.contextmanager
+def patched(cls, name, fn):
+    old = cls.__dict__[name]
+    setattr(cls, name, fn)
+    try:
+        yield
+    finally:
+        setattr(cls, name, old)
+
+
+def commit_by_counting():
+    """Commit any entry a majority holds, even one of an earlier term (Figure 8)."""
+
+    def _maybe_commit(self):
+        voters = self.config.voters
+        if not voters:
+            return False
+        matches = sorted((self._match_of(v) for v in voters), reverse=True)
+        n = matches[self.config.quorum() - 1]
+        if n > self.commit:
+            self._commit_to(n)
+            return True
+        return False
+
+    return patched(RaftCore, "_maybe_commit", _maybe_commit)
+
+
+def two_votes_per_term():
+    """Grant a vote to any candidate with an up-to-date log, even after voting for another in this term."""
+
+    def _can_grant_vote(self, m):
+        return self.log.is_up_to_date(m.last_log_index, m.last_log_term)
+
+    return patched(RaftCore, "_can_grant_vote", _can_grant_vote)
+
+
+def no_log_check_in_votes():
+    """Grant votes without the 'candidate's log is at least as up to date' rule (§5.4.1)."""
+
+    def _can_grant_vote(self, m):
+        from kvd.raft.messages import PreVote
+
+        return self.vote == m.src or (self.vote is None and self.leader is None) or (isinstance(m, PreVote) and m.term > self.term)
+
+    return patched(RaftCore, "_can_grant_vote", _can_grant_vote)
+
+
+def ack_before_persist():
+    """Send append acknowledgements in ready.messages, i.e. before the entries are durable."""
+    original = RaftCore._send
+
+    def _send(self, m):
+        if isinstance(m, AppendEntriesReply):
+            self.msgs.append(m)
+        else:
+            original(self, m)
+
+    return patched(RaftCore, "_send", _send)
+
+
+def vote_not_synced():
+    """Do not ask for a sync when only the term or vote changed: a granted vote may not survive a crash."""
+    original = RaftCore.ready
+
+    def ready(self):
+        rd = original(self)
+        rd.must_sync = bool(rd.entries) or rd.snapshot is not None
+        return rd
+
+    return patched(RaftCore, "ready", ready)
+
+
+def apply_before_commit():
+    """Hand out entries to apply as soon as they are in the log, before they commit."""
+    original = RaftCore.ready
+
+    def ready(self):
+        rd = original(self)
+        last = self.log.last_index()
+        start = rd.committed[-1].index if rd.committed else max(self.applied, rd.snapshot.index if rd.snapshot else 0)
+        if last > start and start >= self.log.snapshot_index:
+            rd.committed = rd.committed + self.log.slice(start + 1, last + 1)
+        return rd
+
+    return patched(RaftCore, "ready", ready)
+
+
+def config_change_before_term_commit():
+    """Allow a membership change before the leader has committed an entry of its term (Ongaro 2015)."""
+
+    def _can_change_config(self):
+        from kvd.raft.messages import Role
+
+        return self.role is Role.LEADER and self.lead_transferee is None and self.pending_config_index <= self.commit
+
+    return patched(RaftCore, "_can_change_config", _can_change_config)
+
+
+def read_without_heartbeat_round():
+    """Serve ReadIndex at once, without confirming leadership with a heartbeat round."""
+
+    def _maybe_start_read_round(self):
+        if not self.read_waiting or not self._committed_in_term():
+            return
+        reqs, self.read_waiting = self.read_waiting, []
+        for ctx, requester in reqs:
+            if requester == self.id:
+                self.read_states.append(ReadState(self.commit, ctx))
+            else:
+                self._send(core_mod.ReadIndexReply(self.term, self.id, requester, ctx, self.commit))
+
+    return patched(RaftCore, "_maybe_start_read_round", _maybe_start_read_round)
+
+
+MUTATIONS = {
+    "commit_by_counting": commit_by_counting,
+    "two_votes_per_term": two_votes_per_term,
+    "no_log_check_in_votes": no_log_check_in_votes,
+    "ack_before_persist": ack_before_persist,
+    "vote_not_synced": vote_not_synced,
+    "apply_before_commit": apply_before_commit,
+    "config_change_before_term_commit": config_change_before_term_commit,
+    "read_without_heartbeat_round": read_without_heartbeat_round,
+}
