@@ -108,6 +108,9 @@ class NodeService(service.Service):
         self.read_seq = 0
         self.leader_waiters: List[defer.Deferred] = []
         self.pending_joins: Dict[str, str] = {}  # before bootstrap: node id -> member address
+        # Addresses peers advertised when they connected: how a node that has
+        # no configuration yet (a joiner) can answer the nodes that call it.
+        self.advertised: Dict[str, str] = {}
         # Exactly-once (thesis §6.3): this node is one client of the state machine.
         self.client_id = ("%s/%s" % (config.node_id, os.urandom(6).hex())).encode()
         self.next_seq = 1
@@ -211,9 +214,18 @@ class NodeService(service.Service):
         # seed still gathering its founders) accepts the cluster's nodes.
         return not members or node_id in members or node_id in self.pending_joins
 
+    def peer_hello(self, node_id: str, address: str) -> None:
+        """An accepted peer told us where it listens."""
+        try:
+            MemberAddress.parse(address)
+        except ValueError:
+            self.log.warn("{peer} advertised a malformed address {address!r}", peer=node_id, address=address)
+            return
+        self.advertised[node_id] = address
+
     def peer_address(self, node_id: str) -> Optional[Tuple[str, int]]:
         text = self.core.config.address_of(node_id) if self.core else None
-        text = text or self.pending_joins.get(node_id)
+        text = text or self.pending_joins.get(node_id) or self.advertised.get(node_id)
         if not text:
             return None
         address = MemberAddress.parse(text)
@@ -541,7 +553,7 @@ class NodeService(service.Service):
     def _client_address(self, node_id: Optional[str]) -> str:
         if node_id is None:
             return ""
-        text = self.core.config.address_of(node_id)
+        text = self.core.config.address_of(node_id) or self.pending_joins.get(node_id) or self.advertised.get(node_id)
         return MemberAddress.parse(text).client if text else ""
 
     def _members_text(self) -> str:

@@ -53,6 +53,7 @@ class Options(usage.Options):
     optParameters = [
         ["config", "c", None, "INI file with a [kvd] section holding any of these options."],
         ["listen", "l", "127.0.0.1:7001", "host:port of the client (Redis protocol) port; also the node's default id."],
+        ["bind", None, None, "Interface the client and peer ports listen on and outgoing peer connections start from (default: the --listen host). A wildcard (0.0.0.0 or ::) listens everywhere and leaves the source address to the kernel, as a container needs: the node stays reachable on its loopback when its network is gone, and on a new address when it comes back with one."],
         ["peer-port", None, "0", "Raft peer port (AMP). 0 means client port + 10000."],
         ["node-id", None, None, "This node's id (default: its client address host:port)."],
         ["cluster-id", None, "kvd", "Cluster name; a node refuses peers and data dirs of another cluster."],
@@ -116,10 +117,16 @@ class Options(usage.Options):
             raise usage.UsageError("need 1 <= --heartbeat-ticks < --election-ticks")
         address = self["address"]
         self["node-id"] = self["node-id"] or address.client
+        self["bind"] = self["bind"] or address.host
         if self["initial"] is not None and self["node-id"] not in self["initial"]:
             raise usage.UsageError("--initial-cluster does not include this node (%s)" % self["node-id"])
         if not self["data-dir"]:
             self["data-dir"] = os.path.join(".kvd", "data", "%s-%d" % (address.host, address.client_port))
+
+
+def is_wildcard(host: str) -> bool:
+    """True for an address that means "every interface": 0.0.0.0, :: or empty."""
+    return host.strip("[]") in ("", "0.0.0.0", "::")
 
 
 def node_config(options: Options):
@@ -172,18 +179,20 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
         node.peer_address,
         node.message_received,
         reactor,
-        bind_host=config.address.host,
+        bind_host=None if is_wildcard(options["bind"]) else options["bind"],
         on_unreachable=node.peer_unreachable,
         is_known=node.is_known_peer,
         forward_handler=node.forwarded,
         join_handler=node.join_received,
+        advertise=str(config.address),
+        on_hello=node.peer_hello,
     )
     top = service.MultiService()
     node.setServiceParent(top)
-    host = config.address.host
+    interface = options["bind"].replace(":", "\\:")  # strports escapes the colons of an IPv6 address
     # Listeners start after the node (it must have opened its store first) and stop before it.
-    peer_port = strports.service("tcp:%d:interface=%s" % (config.address.peer_port, host), node.peers.server_factory())
+    peer_port = strports.service("tcp:%d:interface=%s" % (config.address.peer_port, interface), node.peers.server_factory())
     peer_port.setServiceParent(top)
     client_factory = RespFactory(ClientExecutor(node), value_bytes_max=config.value_bytes_max)
-    strports.service("tcp:%d:interface=%s" % (config.address.client_port, host), client_factory).setServiceParent(top)
+    strports.service("tcp:%d:interface=%s" % (config.address.client_port, interface), client_factory).setServiceParent(top)
     return top

@@ -261,6 +261,9 @@ class Hello(amp.Command):
         (b"cluster_id", amp.Unicode()),
         (b"node_id", amp.Unicode()),
         (b"protocol_version", amp.Integer()),
+        # Where the caller can be reached (an opaque member address).  A node
+        # that has no configuration yet (a joiner) learns its peers from it.
+        (b"address", amp.Unicode(optional=True)),
     ]
     # The answer names the listener so the caller can tell it reached the
     # node it meant to (addresses get reused).

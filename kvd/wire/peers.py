@@ -321,7 +321,7 @@ class PeerServerProtocol(_PeerProtocol):
         super().connectionLost(reason)
 
     @Hello.responder
-    def hello(self, cluster_id: str, node_id: str, protocol_version: int) -> Dict[str, Any]:
+    def hello(self, cluster_id: str, node_id: str, protocol_version: int, address: Optional[str] = None) -> Dict[str, Any]:
         factory = self.factory
         if self.peer_id is not None:
             reason = f"second Hello on a connection already opened by {self.peer_id!r}"
@@ -341,6 +341,8 @@ class PeerServerProtocol(_PeerProtocol):
             raise HelloRefused(reason)
         self.peer_id = node_id
         factory.register(self)
+        if address and factory.on_hello is not None:
+            factory.on_hello(node_id, address)
         self.log.info("inbound connection from {peer} accepted", peer=self.peer_label)
         return {
             "accepted": True,
@@ -410,7 +412,9 @@ class PeerServerFactory(Factory):
     who may connect; ``on_message(message)`` receives every Raft message;
     ``forward_handler(src_node_id, payload) -> Deferred[bytes]`` and
     ``join_handler(node_id, address) -> Deferred[bytes]`` serve the
-    request/response commands (raising ``ForwardError`` to refuse).
+    request/response commands (raising ``ForwardError`` to refuse);
+    ``on_hello(node_id, address)`` hears the address an accepted peer
+    advertises.
     """
 
     noisy = False
@@ -425,6 +429,7 @@ class PeerServerFactory(Factory):
         *,
         forward_handler: Optional[Callable[[str, bytes], Any]] = None,
         join_handler: Optional[Callable[[str, str], Any]] = None,
+        on_hello: Optional[Callable[[str, str], None]] = None,
         max_staged_bytes: int = DEFAULT_MAX_STAGED_BYTES,
         max_forward_bytes: int = DEFAULT_MAX_FORWARD_BYTES,
         tcp_user_timeout: float = DEFAULT_TCP_USER_TIMEOUT,
@@ -432,6 +437,7 @@ class PeerServerFactory(Factory):
         self.node_id = node_id
         self.cluster_id = cluster_id
         self.is_known = is_known
+        self.on_hello = on_hello
         self.on_message = on_message
         self.forward_handler = forward_handler
         self.join_handler = join_handler
@@ -486,7 +492,11 @@ class PeerClientProtocol(_PeerProtocol):
         super().connectionMade()
         owner = self.link.owner
         hello = self.callRemote(
-            Hello, cluster_id=owner.cluster_id, node_id=owner.node_id, protocol_version=PROTOCOL_VERSION
+            Hello,
+            cluster_id=owner.cluster_id,
+            node_id=owner.node_id,
+            protocol_version=PROTOCOL_VERSION,
+            address=owner.advertise,
         )
         hello.addCallbacks(self._hello_answered, self._hello_failed)
         # Something that accepts TCP but never answers (a wedged process,
@@ -661,6 +671,8 @@ class PeerTransport:
         is_known: Optional[Callable[[str], bool]] = None,
         forward_handler: Optional[Callable[[str, bytes], Any]] = None,
         join_handler: Optional[Callable[[str, str], Any]] = None,
+        advertise: Optional[str] = None,
+        on_hello: Optional[Callable[[str, str], None]] = None,
         connect_timeout: float = 3.0,
         backoff_initial: float = 0.1,
         backoff_max: float = 5.0,
@@ -682,6 +694,8 @@ class PeerTransport:
         self.is_known = is_known if is_known is not None else (lambda peer: resolve(peer) is not None)
         self.forward_handler = forward_handler
         self.join_handler = join_handler
+        self.advertise = advertise  # our address, told to every peer we dial
+        self.on_hello = on_hello
         self.connect_timeout = connect_timeout
         self.forward_timeout = forward_timeout
         self.max_pending_bytes = max_pending_bytes
@@ -711,6 +725,7 @@ class PeerTransport:
             self.on_message,
             forward_handler=self.forward_handler,
             join_handler=self.join_handler,
+            on_hello=self.on_hello,
             max_staged_bytes=self.max_staged_bytes,
             max_forward_bytes=self.max_forward_bytes,
             tcp_user_timeout=self.tcp_user_timeout,

@@ -164,3 +164,32 @@ def test_exactly_once_when_a_forward_is_retried(cluster):
     second = result_of(clock, leader.forwarded("someone", env))
     assert first == second
     assert result_of(clock, leader.read(Get(b"n"))) == b"5"
+
+
+def test_leader_removes_itself_and_steps_down(cluster):
+    """Removing the leader answers once committed; the leader steps down and the other two carry on."""
+    clock, network = cluster
+    (leader,) = leaders(network)
+    assert result_of(clock, leader.remove(leader.config.node_id)) == "removed"
+    run(clock, 5)
+    (new,) = leaders(network)
+    assert new is not leader
+    assert leader.config.node_id not in new.core.config.members
+    assert result_of(clock, new.submit(Set(b"after", b"1"))) is OK
+
+
+def test_joiner_learns_its_peers_and_becomes_a_voter(cluster, tmp_path):
+    """A node started empty is added as a learner, catches up and is promoted to voter."""
+    clock, network = cluster
+    (leader,) = leaders(network)
+    for i in range(30):
+        leader.submit(Set(b"k%d" % i, b"v"))
+    run(clock, 1)
+    joiner = make_node(tmp_path, network, "127.0.0.1:7009", None, seed=9)
+    network.nodes[joiner.config.node_id] = joiner
+    joiner.startService()
+    assert result_of(clock, leader.join(joiner.config.node_id, str(joiner.config.address))) == "joining"
+    run(clock, 5)
+    assert joiner.config.node_id in leader.core.config.voters
+    assert joiner.core.applied >= leader.core.commit - 1
+    assert joiner.machine.read(Get(b"k29")) == b"v"

@@ -131,6 +131,17 @@ def test_every_message_type_reaches_the_peer_after_hello(reactor, a, b):
     assert b.server.inbound["a"] is pump.server
 
 
+def test_hello_carries_the_advertised_address(reactor):
+    """The dialling node's advertised address reaches the listener's on_hello (how a joiner learns its peers)."""
+    heard = []
+    a = Node("a", reactor, advertise="127.0.0.1:7001:17001")
+    b = Node("b", reactor, on_hello=lambda node, address: heard.append((node, address)))
+    link_up(reactor, a, b)
+    assert heard == [("a", "127.0.0.1:7001:17001")]
+    link_up(reactor, b, a)  # b advertises nothing: a hears nothing, and nothing breaks
+    assert heard == [("a", "127.0.0.1:7001:17001")]
+
+
 def test_big_entry_and_big_snapshot_cross_the_connection(reactor, a, b):
     """A 1 MiB entry and a 3 MiB snapshot are chunked by a and reassembled by b."""
     pump = link_up(reactor, a, b)

@@ -1,0 +1,270 @@
+# -*- test-case-name: tests.node.test_cli -*-
+"""
+mgmt.py's command line: ``python3 mgmt.py -r <role> -c <command> [-h <host>]
+[-k <key>] [-v <value>]``, exactly as the seed document's table has it.
+
+This module parses and checks the arguments (click), prints the help (the
+seed's usage block and table, verbatim, then what the table does not say:
+extra options, KVD_HOME, exit codes) and turns every failure into ONE line
+on stderr with the exit code of its kind (kvd.cli_errors).  The work is done
+by kvd.cli_server (the server role) and kvd.cli_client (the client role).
+
+``-h`` is the host, as in the seed's table, so help is ``--help`` only.
+
+Allowed imports: click, redis, the standard library, kvd.address and the
+kvd.cli_* modules (never kvd.node, kvd.raft or kvd.store).
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from dataclasses import dataclass
+from typing import FrozenSet, List, Optional
+
+import click
+
+from kvd.cli_errors import EXIT_CODES, SERVER_ERROR, USAGE, CliError
+
+PROG = "python3 mgmt.py"
+USAGE_LINE = "Usage: python3 mgmt.py -r <role> -c <command> [-h <host>] [-k <key>] [-v <value>]"
+
+# The seed document's table, word for word: it is the user's interface.
+SEED_TABLE = [
+    ("-r server -c start -h <host>", "Start a seed node"),
+    ("-r server -c join -h <host>", "Join a node"),
+    ("-r server -c list", "List all available nodes"),
+    ("-r server -c kill -h <host>", "Kill a node"),
+    ("-r server -c stop -h <host>", "Stop a node"),
+    ("-r server -c restart -h <host>", "Restart a node"),
+    ("-r client -c read -h <host>", "Get all the keys and values"),
+    ("-r client -c read -h <host> -k <key>", "Read a value for a given key"),
+    ("-r client -c write -h <host> -k <key> -v <value>", "Write a value to a key"),
+    ("-r client -c update -h <host> -k <key> -v <value>", "Update a value for a key"),
+    ("-r client -c delete -h <host> -k <key>", "Delete a key"),
+]
+
+EXTRA_TABLE = [
+    ("-r server -c remove -h <host>", "Remove a node from the cluster, then stop it"),
+]
+
+OPTIONS_TEXT = """\
+More options:
+      --expect N        start: form the cluster once N nodes have joined (default 3;
+                        1 makes a one-node cluster at once).
+      --seed HOST:PORT  join: a node of the cluster to join (default: the seed `start` recorded).
+      --json            read, list: print JSON, for scripts.
+      --timeout SECS    client commands: how long to wait for an answer (default 10).
+      --tick-ms MS, --election-ticks N
+                        start, join: Raft timing (default 100 ms and 10 ticks; joiners copy the seed's).
+      --cluster-id ID   start: name the cluster (default: a random kvd-xxxxxxxx).
+      --help            this text.
+
+<host> is a node's client address, host:port (e.g. 127.0.0.1:7001; a bare port means 127.0.0.1).
+That address is the node's id; its Raft peer port is the client port + 10000.
+Any node answers client commands: followers forward writes to the leader.
+
+Node state (pid files, logs, data) lives under $KVD_HOME, default <repo>/.kvd;
+use a different KVD_HOME per cluster to run several side by side."""
+
+
+def help_text() -> str:
+    width = max(len(a) for a, _ in SEED_TABLE + EXTRA_TABLE)
+    lines = [
+        USAGE_LINE,
+        "Help:  Run the management system to control and execute tasks.",
+        "Options:",
+        "      -r                Role to be defined.",
+        "      -c                Command to be executed.",
+        "      -h                Host name, including address and port.",
+        "      -k                Key to be stored.",
+        "      -v                Value corresponding to the key.",
+        "",
+        "%s   %s" % ("Arguments".ljust(width), "Description"),
+        "%s   %s" % ("-" * width, "-" * len("Description")),
+    ]
+    lines += ["%s   %s" % (a.ljust(width), d) for a, d in SEED_TABLE]
+    lines += ["", "Beyond the table:"]
+    lines += ["%s   %s" % (a.ljust(width), d) for a, d in EXTRA_TABLE]
+    lines += ["", OPTIONS_TEXT, "", "Exit codes:"]
+    lines += ["  %d  %s" % (code, text) for code, text in EXIT_CODES]
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Spec:
+    required: FrozenSet[str]
+    allowed: FrozenSet[str]
+
+
+def _spec(required: str, optional: str = "") -> Spec:
+    req = frozenset(required.split())
+    return Spec(req, req | frozenset(optional.split()))
+
+
+TIMING = " tick_ms election_ticks"
+
+# Which options each command needs and accepts: anything else is a usage
+# error, so a typo like `read -v x` is reported instead of silently ignored.
+COMMANDS = {
+    "server": {
+        "start": _spec("host", "expect cluster_id" + TIMING),
+        "join": _spec("host", "seed" + TIMING),
+        "list": _spec("", "host as_json"),
+        "kill": _spec("host"),
+        "stop": _spec("host"),
+        "restart": _spec("host"),
+        "remove": _spec("host"),
+    },
+    "client": {
+        "read": _spec("host", "key as_json timeout"),
+        "write": _spec("host key value", "timeout"),
+        "update": _spec("host key value", "timeout"),
+        "delete": _spec("host key", "timeout"),
+    },
+}
+
+OPTION_NAMES = {
+    "host": "-h",
+    "key": "-k",
+    "value": "-v",
+    "expect": "--expect",
+    "seed": "--seed",
+    "as_json": "--json",
+    "timeout": "--timeout",
+    "tick_ms": "--tick-ms",
+    "election_ticks": "--election-ticks",
+    "cluster_id": "--cluster-id",
+}
+
+
+def check_arguments(role: Optional[str], command: Optional[str], given: dict) -> None:
+    """Raise a USAGE CliError unless role, command and the given options fit together."""
+    if not role:
+        raise CliError(USAGE, "missing -r <role> (server or client); see: %s --help" % PROG)
+    if role not in COMMANDS:
+        raise CliError(USAGE, "unknown role %r: use -r server or -r client; see: %s --help" % (role, PROG))
+    if not command:
+        raise CliError(USAGE, "missing -c <command>; for -r %s it is one of: %s" % (role, ", ".join(COMMANDS[role])))
+    if command not in COMMANDS[role]:
+        other = [r for r in COMMANDS if command in COMMANDS[r]]
+        hint = (" (it belongs to -r %s)" % other[0]) if other else ""
+        raise CliError(USAGE, "unknown command %r for -r %s%s: use one of %s" % (command, role, hint, ", ".join(COMMANDS[role])))
+    spec = COMMANDS[role][command]
+    present = {name for name, value in given.items() if value not in (None, False)}
+    missing = sorted(spec.required - present, key=list(OPTION_NAMES).index)
+    if missing:
+        raise CliError(USAGE, "-r %s -c %s needs %s; see: %s --help" % (role, command, " and ".join(_placeholder(m) for m in missing), PROG))
+    extra = sorted(present - spec.allowed, key=list(OPTION_NAMES).index)
+    if extra:
+        raise CliError(USAGE, "-r %s -c %s does not take %s; see: %s --help" % (role, command, ", ".join(OPTION_NAMES[e] for e in extra), PROG))
+
+
+def _placeholder(name: str) -> str:
+    return {"host": "-h <host>", "key": "-k <key>", "value": "-v <value>"}.get(name, OPTION_NAMES[name])
+
+
+def _print_help(ctx: click.Context, _param, value) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(help_text())
+        ctx.exit(0)
+
+
+@click.command(add_help_option=False, context_settings={"help_option_names": []})
+@click.option("-r", "--role", "role", metavar="<role>")
+@click.option("-c", "--command", "command_name", metavar="<command>")
+@click.option("-h", "--host", "host", metavar="<host>")
+@click.option("-k", "--key", "key", metavar="<key>")
+@click.option("-v", "--value", "value", metavar="<value>")
+@click.option("--expect", type=click.IntRange(min=1, max=99))
+@click.option("--seed")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--timeout", type=click.FloatRange(min=0.1, max=3600))
+@click.option("--tick-ms", type=click.IntRange(min=1, max=60000))
+@click.option("--election-ticks", type=click.IntRange(min=2, max=10000))
+@click.option("--cluster-id")
+@click.option("--help", is_flag=True, is_eager=True, expose_value=False, callback=_print_help)
+def command(role, command_name, **given) -> int:
+    check_arguments(role, command_name, given)
+    return run(role, command_name, **given)
+
+
+def run(role: str, command_name: str, host=None, key=None, value=None, expect=None, seed=None, as_json=False, timeout=None, tick_ms=None, election_ticks=None, cluster_id=None) -> int:
+    """Do one checked command; return 0 or raise CliError."""
+    # Imported here so that --help and usage errors never pay for redis.
+    from kvd import cli_client, cli_server
+    from kvd.cli_home import Home
+
+    echo = click.echo
+    if role == "server":
+        home = Home()
+        if command_name == "start":
+            cli_server.start(home, host, echo, expect=expect or 3, cluster_id=cluster_id, tick_ms=tick_ms, election_ticks=election_ticks)
+        elif command_name == "join":
+            cli_server.join(home, host, echo, seed=seed, tick_ms=tick_ms, election_ticks=election_ticks)
+        elif command_name == "list":
+            cli_server.list_nodes(home, host, echo, as_json=as_json)
+        else:
+            getattr(cli_server, command_name)(home, host, echo)
+        return 0
+    with cli_client.NodeClient(host, timeout=timeout or cli_client.DEFAULT_TIMEOUT_S) as client:
+        if command_name == "read" and key is None:
+            _echo_text(cli_client.format_pairs(cli_client.read_all(client), as_json))
+        elif command_name == "read":
+            found = cli_client.read_key(client, key)
+            if as_json:
+                import json
+
+                _echo_text(json.dumps({key: cli_client.to_text(found)}, ensure_ascii=False))
+            else:
+                _echo_text(cli_client.to_text(found))
+        elif command_name == "write":
+            cli_client.write_key(client, key, value)
+            echo("OK")
+        elif command_name == "update":
+            cli_client.update_key(client, key, value)
+            echo("OK")
+        elif command_name == "delete":
+            cli_client.delete_key(client, key)
+            echo("OK")
+    return 0
+
+
+def _echo_text(text: str) -> None:
+    # Values are arbitrary: never let a terminal's narrow encoding crash us.
+    stream = sys.stdout
+    encoding = getattr(stream, "encoding", None) or "utf-8"
+    click.echo(text.encode(encoding, errors="backslashreplace").decode(encoding, errors="replace"))
+
+
+def _fail(code: int, message: str) -> int:
+    click.echo("error: %s" % message, err=True)
+    return code
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run the CLI; return the exit code (never raise, never print a traceback)."""
+    # Library deprecation chatter would break the one-line-per-failure rule.
+    warnings.simplefilter("ignore")
+    args = sys.argv[1:] if argv is None else list(argv)
+    if not args:
+        return _fail(USAGE, "no arguments; %s; see: %s --help" % (USAGE_LINE[len("Usage: ") :], PROG))
+    try:
+        result = command.main(args=args, prog_name=PROG, standalone_mode=False)
+    except CliError as e:
+        return _fail(e.code, e.message)
+    except click.UsageError as e:
+        return _fail(USAGE, "%s; see: %s --help" % (e.format_message().rstrip("."), PROG))
+    except click.ClickException as e:
+        return _fail(USAGE, e.format_message())
+    except (click.Abort, KeyboardInterrupt):
+        return _fail(130, "interrupted")
+    except BrokenPipeError:
+        return 0  # `mgmt.py ... | head`: the reader had enough
+    except Exception as e:  # a bug: still one line, and say where to look
+        return _fail(SERVER_ERROR, "unexpected %s: %s; please report it" % (e.__class__.__name__, e))
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
