@@ -1,7 +1,7 @@
 """`pip install .` yields a working `twistd kvd` from any directory (the dropin is packaged)."""
 
 import os
-import site
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -25,8 +25,12 @@ def test_pip_install_gives_twistd_kvd(tmp_path):
     # processed, so kvd can only come from what pip installs below.
     with open(os.path.join(target, "deps.pth"), "w") as f:
         f.write(sysconfig.get_paths()["purelib"] + "\n")
+    # Build from a copy: a build in the work tree would leave build/ behind and race other builds.
+    source = tmp_path / "src"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".venv", ".kvd", "build", "dist", "*.egg-info", ".git",
+                                                                 "__pycache__", ".pytest_cache"))
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
-                    "--target", target, REPO], check=True, timeout=300, cwd=str(tmp_path))
+                    "--target", target, str(source)], check=True, timeout=300, cwd=str(tmp_path))
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     done = subprocess.run([python, "-c", "import sys; from twisted.scripts.twistd import run; sys.argv[0]='twistd'; run()",
