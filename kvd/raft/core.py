@@ -311,7 +311,14 @@ class RaftCore:
             "voters": list(self.config.voters),
             "learners": list(self.config.learners),
             "progress": {
-                n: {"match": p.match, "next": p.next, "state": p.state.value, "active": p.recent_active}
+                n: {
+                    "match": p.match,
+                    "next": p.next,
+                    "state": p.state.value,
+                    # Heard from within an election timeout; unlike recent_active
+                    # this does not flicker at the CheckQuorum window boundary.
+                    "active": p.idle_ticks < self.options.election_ticks,
+                }
                 for n, p in sorted(self.progress.items())
             },
         }
@@ -437,6 +444,8 @@ class RaftCore:
 
     def _step_leader(self, m: Message) -> None:
         pr = self.progress.get(m.src)
+        if pr is not None:
+            pr.idle_ticks = 0
         if isinstance(m, ReadIndexRequest):
             if pr is not None:
                 pr.recent_active = True
@@ -640,6 +649,7 @@ class RaftCore:
         self.election_elapsed += 1
         for peer in sorted(self.progress):
             pr = self.progress[peer]
+            pr.idle_ticks += 1
             if pr.state is ProgressState.SNAPSHOT:
                 pr.snapshot_ticks += 1
                 if pr.snapshot_ticks > (self.options.snapshot_retry_ticks or 2 * self.options.election_ticks):

@@ -40,6 +40,7 @@ class Progress:
         self.inflight: Deque[int] = deque()  # last index of each append in flight
         self.inflight_max = inflight_max
         self.recent_active = False  # heard from within the current CheckQuorum window
+        self.idle_ticks = 0  # leader ticks since this follower was last heard from
 
     def __repr__(self) -> str:
         return "Progress(%s match=%d next=%d inflight=%d)" % (self.state.value, self.match, self.next, len(self.inflight))

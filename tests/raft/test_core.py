@@ -615,3 +615,16 @@ def test_restarted_node_does_not_vote_twice_in_a_term():
     again.step(RequestVote(2, "c", "a", 1, 1))
     _, late = drain(again)
     assert [m.granted for m in late if isinstance(m, RequestVoteReply)] == [False]
+
+
+def test_status_active_is_steady_across_checkquorum_windows():
+    """A follower that answers every heartbeat is always reported active; a silent one turns inactive."""
+    env = Env()
+    env.elect("a")
+    for _ in range(3 * env.options.election_ticks):
+        env.tick()
+        assert all(p["active"] for p in env.core("a").status()["progress"].values())
+    env.cut |= {("b", "a")}
+    env.tick(env.options.election_ticks)
+    progress = env.core("a").status()["progress"]
+    assert progress["c"]["active"] and not progress["b"]["active"]
