@@ -19,17 +19,17 @@ $(STAMP): setup.py requirements.txt
 
 install: $(STAMP)
 
-# A local three-node cluster on 127.0.0.1:7001-7003, ready for redis-cli and mgmt.py.
+# A local three-node cluster on 127.0.0.1:7001-7003 (PORT=7101 moves it), ready for redis-cli and mgmt.py.
+PORT ?= 7001
+NODES := 127.0.0.1:$(PORT) 127.0.0.1:$(shell expr $(PORT) + 1) 127.0.0.1:$(shell expr $(PORT) + 2)
 run: install
-	$(PY) mgmt.py -r server -c start -h 127.0.0.1:7001
-	$(PY) mgmt.py -r server -c join -h 127.0.0.1:7002
-	$(PY) mgmt.py -r server -c join -h 127.0.0.1:7003
+	$(PY) mgmt.py -r server -c start -h $(word 1,$(NODES))
+	$(PY) mgmt.py -r server -c join -h $(word 2,$(NODES))
+	$(PY) mgmt.py -r server -c join -h $(word 3,$(NODES))
 	$(PY) mgmt.py -r server -c list
 
 stop: install
-	-$(PY) mgmt.py -r server -c stop -h 127.0.0.1:7003
-	-$(PY) mgmt.py -r server -c stop -h 127.0.0.1:7002
-	-$(PY) mgmt.py -r server -c stop -h 127.0.0.1:7001
+	-for node in $(NODES); do $(PY) mgmt.py -r server -c stop -h $$node; done
 
 status: install
 	$(PY) mgmt.py -r server -c list

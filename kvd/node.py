@@ -21,7 +21,8 @@ from __future__ import annotations
 import os
 import random
 from dataclasses import dataclass, replace
-from typing import Callable, Dict, List, Optional, Tuple
+from collections import deque
+from typing import Callable, Deque, Dict, List, Optional, Tuple
 
 from twisted.application import service
 from twisted.internet import defer, task
@@ -77,6 +78,25 @@ def decode_result_bytes(data: bytes):
     return decode_result(Reader(data))
 
 
+class _Proposal:
+    __slots__ = ("term", "deferred", "deadline")
+
+    def __init__(self, term: int, deferred: defer.Deferred, deadline: float):
+        self.term = term
+        self.deferred = deferred
+        self.deadline = deadline
+
+
+class _Read:
+    __slots__ = ("op", "deferred", "deadline", "index")
+
+    def __init__(self, op, deferred: defer.Deferred, deadline: float):
+        self.op = op
+        self.deferred = deferred
+        self.deadline = deadline
+        self.index: Optional[int] = None
+
+
 class _Retry(Exception):
     """Internal: the attempt certainly did not apply the command; try again."""
 
@@ -103,8 +123,11 @@ class NodeService(service.Service):
         self.peers = None
         self.ticker: Optional[task.LoopingCall] = None
         self.drain_call = None
-        self.proposals: Dict[int, Tuple[int, defer.Deferred]] = {}
-        self.reads: Dict[bytes, list] = {}  # ctx -> [op, deferred, index or None]
+        # Requests in flight, in the order they were made, so that one sweep
+        # per tick expires them (no timer per request: they are the hot path).
+        self.proposals: Dict[int, _Proposal] = {}  # by log index
+        self.reads: Dict[bytes, _Read] = {}  # by ReadIndex context
+        self.indexed_reads: Deque[_Read] = deque()  # reads that know their index, oldest first
         self.read_seq = 0
         self.leader_waiters: List[defer.Deferred] = []
         self.pending_joins: Dict[str, str] = {}  # before bootstrap: node id -> member address
@@ -182,12 +205,14 @@ class NodeService(service.Service):
 
     def _fail_all(self, error: NodeError):
         proposals, self.proposals = self.proposals, {}
-        for _, d in proposals.values():
+        for p in proposals.values():
             # We cannot know whether a proposed entry will still commit.
-            d.errback(NodeError("TIMEOUT", "the node stopped before the outcome was known"))
+            p.deferred.errback(NodeError("TIMEOUT", "the node stopped before the outcome was known"))
         reads, self.reads = self.reads, {}
-        for op, d, _ in reads.values():
-            d.errback(error)
+        self.indexed_reads.clear()
+        for r in reads.values():
+            if not r.deferred.called:
+                r.deferred.errback(error)
         waiters, self.leader_waiters = self.leader_waiters, []
         for d in waiters:
             d.errback(error)
@@ -196,6 +221,30 @@ class NodeService(service.Service):
     def _tick(self):
         self.core.tick()
         self._drain()
+        self._expire(self.clock.seconds())
+
+    def _expire(self, now: float):
+        """Fail the requests whose time is up (oldest first; they were made in order)."""
+        while self.proposals:
+            index = next(iter(self.proposals))
+            p = self.proposals[index]
+            if p.deadline > now:
+                break
+            del self.proposals[index]
+            p.deferred.errback(NodeError("TIMEOUT", "not committed in time (the entry may still commit)"))
+        while self.reads:
+            ctx = next(iter(self.reads))
+            r = self.reads[ctx]
+            if r.deadline > now:
+                break
+            del self.reads[ctx]
+            if not r.deferred.called:
+                r.deferred.errback(NodeError("TIMEOUT", "could not confirm a linearizable read in time (no quorum?)"))
+        ready = self.indexed_reads
+        while ready and ready[0].deadline <= now:
+            r = ready.popleft()
+            if not r.deferred.called:
+                r.deferred.errback(NodeError("TIMEOUT", "this node did not catch up with the read index in time"))
 
     def message_received(self, message) -> None:
         """A Raft message from a peer (already validated by the transport)."""
@@ -257,9 +306,10 @@ class NodeService(service.Service):
             for entry in rd.committed:
                 self._apply(entry)
             for rs in rd.read_states:
-                pending = self.reads.get(rs.ctx)
-                if pending is not None:
-                    pending[2] = rs.index
+                r = self.reads.pop(rs.ctx, None)
+                if r is not None:
+                    r.index = rs.index
+                    self.indexed_reads.append(r)
             core.advance(rd)
             if rd.soft_state is not None:
                 self._soft_state_changed(*rd.soft_state)
@@ -274,19 +324,17 @@ class NodeService(service.Service):
             result = None
             if entry.kind is EntryKind.CONFIG:
                 self.log.info("{node}: membership is now {members}", node=self.config.node_id, members=self._members_text())
-        pending = self.proposals.pop(entry.index, None)
-        if pending is not None:
-            term, d = pending
-            if term == entry.term:
-                d.callback(result)
+        p = self.proposals.pop(entry.index, None)
+        if p is not None:
+            if p.term == entry.term:
+                p.deferred.callback(result)
             else:
-                d.errback(_Retry("TRYAGAIN", "the entry was replaced by a new leader"))
+                p.deferred.errback(_Retry("TRYAGAIN", "the entry was replaced by a new leader"))
 
     def _retry_superseded(self, index: int):
         """A snapshot jumped over pending proposals: let them retry (sessions make it safe)."""
         for i in sorted(k for k in self.proposals if k <= index):
-            _, d = self.proposals.pop(i)
-            d.errback(_Retry("TRYAGAIN", "overtaken by a snapshot"))
+            self.proposals.pop(i).deferred.errback(_Retry("TRYAGAIN", "overtaken by a snapshot"))
 
     def _soft_state_changed(self, role: Role, leader: Optional[str], term: int):
         self.log.info("{node} is {role} at term {term}, leader {leader}", node=self.config.node_id, role=role.value, term=term, leader=leader or "unknown")
@@ -299,19 +347,24 @@ class NodeService(service.Service):
                 d.callback(leader)
         # Reads that had not got their index yet were dropped with the old
         # leadership; ask again.
-        for ctx in [c for c, r in self.reads.items() if r[2] is None]:
-            op, d, _ = self.reads.pop(ctx)
-            self._request_read_index(op, d)
+        waiting, self.reads = self.reads, {}
+        for r in waiting.values():
+            self._request_read_index(r)
 
     def _serve_reads(self):
         applied = self.core.applied
-        for ctx in [c for c, r in self.reads.items() if r[2] is not None and r[2] <= applied]:
-            op, d, _ = self.reads.pop(ctx)
+        ready = self.indexed_reads
+        while ready and ready[0].index <= applied:
+            r = ready.popleft()
+            if r.deferred.called:
+                continue  # timed out meanwhile
             try:
-                d.callback(self.machine.read(op))
+                result = self.machine.read(r.op)
             except Exception as e:  # a bug in a read op must not stop the loop
-                self.log.failure("read failed", None)
-                d.errback(e)
+                self.log.failure("read failed")
+                r.deferred.errback(e)
+            else:
+                r.deferred.callback(result)
 
     def _maybe_snapshot(self):
         core = self.core
@@ -351,13 +404,28 @@ class NodeService(service.Service):
         self.next_seq += 1
         self.outstanding_seqs.add(seq)
         env = Envelope(self.client_id, seq, min(self.outstanding_seqs), 0, command)
-        d = self._submit_with_retries(env, self.clock.seconds() + self.config.request_timeout_s)
+        deadline = self.clock.seconds() + self.config.request_timeout_s
+        d = None
+        if self.core.is_leader():
+            # The common case on the leader, without the retry machinery.
+            try:
+                d = self._propose_here(env, deadline)
+            except _Retry:
+                pass
+            else:
+                d.addErrback(self._retry_after, env, deadline)
+        if d is None:
+            d = self._submit_with_retries(env, deadline)
 
         def done(result):
             self.outstanding_seqs.discard(seq)
             return result
 
         return d.addBoth(done)
+
+    def _retry_after(self, failure, env: Envelope, deadline: float):
+        failure.trap(_Retry)
+        return self._submit_with_retries(env, deadline)
 
     @defer.inlineCallbacks
     def _submit_with_retries(self, env: Envelope, deadline: float):
@@ -403,16 +471,8 @@ class NodeService(service.Service):
             raise _Retry("TRYAGAIN", str(e))
         self.stats["proposals"] += 1
         d = defer.Deferred()
-        self.proposals[index] = (term, d)
+        self.proposals[index] = _Proposal(term, d, deadline)
         self._schedule_drain()
-
-        def timed_out():
-            if self.proposals.get(index, (None, None))[1] is d:
-                del self.proposals[index]
-                d.errback(NodeError("TIMEOUT", "not committed in time (the entry may still commit)"))
-
-        call = self.clock.callLater(max(0.0, deadline - self.clock.seconds()), timed_out)
-        d.addBoth(lambda r: (call.active() and call.cancel(), r)[1])
         return d
 
     def forwarded(self, src: str, payload: bytes) -> defer.Deferred:
@@ -456,41 +516,32 @@ class NodeService(service.Service):
         if not linearizable:
             return defer.maybeDeferred(self.machine.read, op)
         self.stats["reads"] += 1
-        d = defer.Deferred()
-        self._request_read_index(op, d)
-        call = self.clock.callLater(self.config.request_timeout_s, self._read_timed_out, d)
-        d.addBoth(lambda r: (call.active() and call.cancel(), r)[1])
-        return d
+        r = _Read(op, defer.Deferred(), self.clock.seconds() + self.config.request_timeout_s)
+        self._request_read_index(r)
+        return r.deferred
 
-    def _read_timed_out(self, d):
-        for ctx, r in list(self.reads.items()):
-            if r[1] is d:
-                del self.reads[ctx]
-        if not d.called:
-            d.errback(NodeError("TIMEOUT", "could not confirm a linearizable read in time (no quorum?)"))
-
-    def _request_read_index(self, op, d):
-        if d.called:
+    def _request_read_index(self, r: _Read):
+        if r.deferred.called:
+            return
+        if r.deadline <= self.clock.seconds():
+            r.deferred.errback(NodeError("TIMEOUT", "could not confirm a linearizable read in time (no quorum?)"))
             return
         if self.core.leader is None:
 
-            def retry(_):
-                self._request_read_index(op, d)
-
             def fail(f):
-                if not d.called:
-                    d.errback(f)
+                if not r.deferred.called:
+                    r.deferred.errback(f)
 
-            self._when_leader().addCallbacks(retry, fail)
+            self._when_leader().addCallbacks(lambda _: self._request_read_index(r), fail)
             return
         self.read_seq += 1
         ctx = b"%s/%d" % (self.client_id, self.read_seq)
         try:
             self.core.read_index(ctx)
         except NotLeader:
-            self._when_leader().addCallbacks(lambda _: self._request_read_index(op, d), d.errback)
+            self._when_leader().addCallbacks(lambda _: self._request_read_index(r), r.deferred.errback)
             return
-        self.reads[ctx] = [op, d, None]
+        self.reads[ctx] = r
         self._schedule_drain()
 
     # ============================================================ membership

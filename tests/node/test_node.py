@@ -193,3 +193,15 @@ def test_joiner_learns_its_peers_and_becomes_a_voter(cluster, tmp_path):
     assert joiner.config.node_id in leader.core.config.voters
     assert joiner.core.applied >= leader.core.commit - 1
     assert joiner.machine.read(Get(b"k29")) == b"v"
+
+
+def test_write_on_a_cut_off_leader_times_out_as_unknown(cluster):
+    """A write proposed by a leader that then loses its majority ends in TIMEOUT (outcome unknown), never OK."""
+    clock, network = cluster
+    (leader,) = leaders(network)
+    network.isolate(leader.config.node_id)
+    d = leader.submit(Set(b"lost", b"1"))
+    with pytest.raises(NodeError) as e:
+        result_of(clock, d, seconds=leader.config.request_timeout_s + 1)
+    assert e.value.code == "TIMEOUT"
+    assert not leader.proposals  # the sweep forgot it
