@@ -8,7 +8,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 export KVD_HOME ?= $(CURDIR)/.kvd
 
-.PHONY: install run stop status test test-fast sim bench clean
+.PHONY: install run stop status test test-fast sim bench clean clean-data
 
 $(STAMP): setup.py requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,10 +22,15 @@ install: $(STAMP)
 # A local three-node cluster on 127.0.0.1:7001-7003 (PORT=7101 moves it), ready for redis-cli and mgmt.py.
 PORT ?= 7001
 NODES := 127.0.0.1:$(PORT) 127.0.0.1:$(shell expr $(PORT) + 1) 127.0.0.1:$(shell expr $(PORT) + 2)
+# Run again, it restarts the same cluster on its data (`make clean-data` forgets it).
 run: install
-	$(PY) mgmt.py -r server -c start -h $(word 1,$(NODES))
-	$(PY) mgmt.py -r server -c join -h $(word 2,$(NODES))
-	$(PY) mgmt.py -r server -c join -h $(word 3,$(NODES))
+	@if [ -d "$(KVD_HOME)/nodes/127.0.0.1-$(PORT)" ]; then \
+		for node in $(NODES); do $(PY) mgmt.py -r server -c restart -h $$node || exit $$?; done; \
+	else \
+		$(PY) mgmt.py -r server -c start -h $(word 1,$(NODES)) && \
+		$(PY) mgmt.py -r server -c join -h $(word 2,$(NODES)) && \
+		$(PY) mgmt.py -r server -c join -h $(word 3,$(NODES)); \
+	fi
 	$(PY) mgmt.py -r server -c list
 
 stop: install
@@ -46,6 +51,9 @@ RUNS ?= 500
 SEED ?= 1
 sim: install
 	$(PY) -m kvd.sim --seed $(SEED) --runs $(RUNS)
+
+clean-data: stop
+	rm -rf $(KVD_HOME)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache
