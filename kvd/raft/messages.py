@@ -249,21 +249,6 @@ class ReadIndexReply:
     index: int  # 0 means the leader refused (e.g. it is not sure it leads)
 
 
-Message = Union[
-    PreVote,
-    PreVoteReply,
-    RequestVote,
-    RequestVoteReply,
-    AppendEntries,
-    AppendEntriesReply,
-    Heartbeat,
-    HeartbeatReply,
-    InstallSnapshot,
-    TimeoutNow,
-    ReadIndexRequest,
-    ReadIndexReply,
-]
-
 MESSAGE_TYPES = (
     PreVote,
     PreVoteReply,
@@ -278,3 +263,5 @@ MESSAGE_TYPES = (
     ReadIndexRequest,
     ReadIndexReply,
 )
+
+Message = Union[MESSAGE_TYPES]  # type: ignore[valid-type]

@@ -14,16 +14,6 @@ from kvd.resp.protocol import RespFactory
 from tests.node.fakes import leaders, make_cluster, run
 
 
-@pytest.fixture
-def cluster(tmp_path):
-    clock, network = make_cluster(tmp_path)
-    for node in network.nodes.values():
-        node.startService()
-    run(clock, 5)
-    yield clock, network
-    for node in network.nodes.values():
-        node.stopService()
-    run(clock, 3)
 
 
 def client_of(node):

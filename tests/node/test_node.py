@@ -12,17 +12,6 @@ from kvd.node import NodeError
 from tests.node.fakes import leaders, make_cluster, make_node, run
 
 
-@pytest.fixture
-def cluster(tmp_path):
-    clock, network = make_cluster(tmp_path)
-    for node in network.nodes.values():
-        node.startService()
-    run(clock, 5)
-    yield clock, network
-    for node in network.nodes.values():
-        if node.running:
-            node.stopService()
-            run(clock, 3)
 
 
 def result_of(clock, d, seconds=5):
