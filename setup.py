@@ -10,7 +10,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
     packages=find_packages(include=["kvd", "kvd.*"]) + ["twisted.plugins"],
-    package_data={"twisted": ["plugins/kvd_plugin.py"]},
+    package_data={"twisted": ["plugins/kvd_plugin.py"], "kvd": ["static/*"]},
     py_modules=["mgmt"],
     install_requires=[
         "twisted>=22.10,<27",
@@ -18,9 +18,10 @@ setup(
         "txaio>=23.1,<27",
         "click>=8.1,<9",
         "redis>=4.5,<9",
+        "prometheus_client>=0.16,<1",
     ],
     extras_require={
-        "test": ["pytest>=7,<10", "pytest-twisted>=1.14,<2"],
+        "test": ["pytest>=7,<10", "pytest-twisted>=1.14,<2", "dnspython>=2.3,<3", "selenium>=4.10,<5"],
     },
     entry_points={"console_scripts": ["kvd-mgmt=kvd.cli:main"]},
 )

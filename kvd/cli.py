@@ -58,11 +58,15 @@ More options:
       --tick-ms MS, --election-ticks N
                         start, join: Raft timing (default 100 ms and 10 ticks; joiners copy the seed's).
       --cluster-id ID   start: name the cluster (default: a random kvd-xxxxxxxx).
+      --dns HOST:PORT   client commands and list without -h: find a node through this DNS
+                        server (a node's DNS port, client port + 20000; or set $KVD_DNS).
       --help            this text.
 
 <host> is a node's client address, host:port (e.g. 127.0.0.1:7001; a bare port means 127.0.0.1).
 That address is the node's id; its Raft peer port is the client port + 10000.
 Any node answers client commands: followers forward writes to the leader.
+Client commands may leave out -h: they then use the leader that DNS names (--dns or $KVD_DNS),
+else the first node started from this KVD_HOME that answers.
 
 Node state (pid files, logs, data) lives under $KVD_HOME, default <repo>/.kvd;
 use a different KVD_HOME per cluster to run several side by side."""
@@ -110,17 +114,17 @@ COMMANDS = {
     "server": {
         "start": _spec("host", "expect cluster_id" + TIMING),
         "join": _spec("host", "seed" + TIMING),
-        "list": _spec("", "host as_json"),
+        "list": _spec("", "host as_json dns"),
         "kill": _spec("host"),
         "stop": _spec("host"),
         "restart": _spec("host"),
         "remove": _spec("host"),
     },
     "client": {
-        "read": _spec("host", "key as_json timeout"),
-        "write": _spec("host key value", "timeout"),
-        "update": _spec("host key value", "timeout"),
-        "delete": _spec("host key", "timeout"),
+        "read": _spec("", "host key as_json timeout dns"),
+        "write": _spec("key value", "host timeout dns"),
+        "update": _spec("key value", "host timeout dns"),
+        "delete": _spec("key", "host timeout dns"),
     },
 }
 
@@ -135,6 +139,7 @@ OPTION_NAMES = {
     "tick_ms": "--tick-ms",
     "election_ticks": "--election-ticks",
     "cluster_id": "--cluster-id",
+    "dns": "--dns",
 }
 
 
@@ -183,13 +188,14 @@ def _print_help(ctx: click.Context, _param, value) -> None:
 @click.option("--tick-ms", type=click.IntRange(min=1, max=60000))
 @click.option("--election-ticks", type=click.IntRange(min=2, max=10000))
 @click.option("--cluster-id")
+@click.option("--dns", metavar="HOST:PORT")
 @click.option("--help", is_flag=True, is_eager=True, expose_value=False, callback=_print_help)
 def command(role, command_name, **given) -> int:
     check_arguments(role, command_name, given)
     return run(role, command_name, **given)
 
 
-def run(role: str, command_name: str, host=None, key=None, value=None, expect=None, seed=None, as_json=False, timeout=None, tick_ms=None, election_ticks=None, cluster_id=None) -> int:
+def run(role: str, command_name: str, host=None, key=None, value=None, expect=None, seed=None, as_json=False, timeout=None, tick_ms=None, election_ticks=None, cluster_id=None, dns=None) -> int:
     """Do one checked command; return 0 or raise CliError."""
     # Imported here so that --help and usage errors never pay for redis.
     from kvd import cli_client, cli_server
@@ -203,10 +209,20 @@ def run(role: str, command_name: str, host=None, key=None, value=None, expect=No
         elif command_name == "join":
             cli_server.join(home, host, echo, seed=seed, tick_ms=tick_ms, election_ticks=election_ticks)
         elif command_name == "list":
+            if host is None and not home.records():
+                from kvd import cli_route
+
+                # Nothing started here: any member DNS names can tell the whole cluster.
+                host = next(iter(cli_route.candidates_for_list(home, dns)), None)
             cli_server.list_nodes(home, host, echo, as_json=as_json)
         else:
             getattr(cli_server, command_name)(home, host, echo)
         return 0
+    if host is None:
+        from kvd import cli_route
+        from kvd.cli_home import Home
+
+        host = cli_route.find_member(Home(), dns)
     with cli_client.NodeClient(host, timeout=timeout or cli_client.DEFAULT_TIMEOUT_S) as client:
         if command_name == "read" and key is None:
             _echo_text(cli_client.format_pairs(cli_client.read_all(client), as_json))

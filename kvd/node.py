@@ -31,7 +31,7 @@ from twisted.logger import Logger
 from kvd.address import MemberAddress
 from kvd.kv.codec import Reader, Writer
 from kvd.kv.commands import Envelope, decode_envelope, encode_envelope
-from kvd.kv.results import decode_result, encode_result
+from kvd.kv.results import ERR_SESSION_EXPIRED, decode_result, encode_result
 from kvd.raft.core import ConfigChangeRejected, NotLeader, Options, ProposalDropped, RaftCore, bootstrap
 from kvd.raft.messages import Configuration, EntryKind, Role
 from kvd.wire.errors import ForwardError
@@ -135,10 +135,13 @@ class NodeService(service.Service):
         # no configuration yet (a joiner) can answer the nodes that call it.
         self.advertised: Dict[str, str] = {}
         # Exactly-once (thesis §6.3): this node is one client of the state machine.
-        self.client_id = ("%s/%s" % (config.node_id, os.urandom(6).hex())).encode()
-        self.next_seq = 1
-        self.outstanding_seqs: set = set()
+        self._new_session()
         self.stats = {"leader_changes": 0, "elections": 0, "proposals": 0, "reads": 0, "snapshots": 0}
+        # The highest commit index a leader has told us (AppendEntries and
+        # Heartbeat carry it): how far behind the cluster this node's applied
+        # index is, for /v1/health and metrics.  A view only; Raft never reads it.
+        self.leader_commit_seen = 0
+        self.last_leader_seen: Optional[str] = None  # for counting leader changes (metrics)
         self.stopping = False
 
     # ============================================================ lifecycle
@@ -250,6 +253,9 @@ class NodeService(service.Service):
         """A Raft message from a peer (already validated by the transport)."""
         if self.core is None:
             return
+        commit = getattr(message, "commit", None)
+        if isinstance(commit, int) and commit > self.leader_commit_seen:
+            self.leader_commit_seen = commit
         self.core.step(message)
         self._schedule_drain()
 
@@ -341,6 +347,9 @@ class NodeService(service.Service):
         if role is Role.CANDIDATE:
             self.stats["elections"] += 1
         self.stats["leader_changes"] += 1
+        if leader is not None and leader != self.last_leader_seen:
+            self.stats["new_leaders"] = self.stats.get("new_leaders", 0) + 1
+            self.last_leader_seen = leader
         if leader is not None:
             waiters, self.leader_waiters = self.leader_waiters, []
             for d in waiters:
@@ -400,10 +409,26 @@ class NodeService(service.Service):
     # ============================================================ writes
     def submit(self, command) -> defer.Deferred:
         """Replicate a kv write command; fires with its result once applied."""
+        return self._submit_in_session(command, retry_expired=True)
+
+    def _new_session(self):
+        self.client_id = ("%s/%s" % (self.config.node_id, os.urandom(6).hex())).encode()
+        self.next_seq = 1
+        self.outstanding_seqs: set = set()
+        self.session_known = False  # has the machine applied a command of this session?
+
+    def _submit_in_session(self, command, retry_expired: bool) -> defer.Deferred:
+        client_id, outstanding = self.client_id, self.outstanding_seqs
         seq = self.next_seq
         self.next_seq += 1
-        self.outstanding_seqs.add(seq)
-        env = Envelope(self.client_id, seq, min(self.outstanding_seqs), 0, command)
+        outstanding.add(seq)
+        # Found by the Jepsen suite (tests/jepsen/test_node_regressions.py):
+        # the machine reads "unknown client, ack_below > 1" as an expired
+        # session.  Until a command of this session has been applied the
+        # machine does not know it, so seqs that failed before reaching the
+        # log (NOLEADER after a restart) must not count as answered, or every
+        # later write is refused with SESSIONEXPIRED.
+        env = Envelope(client_id, seq, min(outstanding) if self.session_known else 1, 0, command)
         deadline = self.clock.seconds() + self.config.request_timeout_s
         d = None
         if self.core.is_leader():
@@ -418,10 +443,21 @@ class NodeService(service.Service):
             d = self._submit_with_retries(env, deadline)
 
         def done(result):
-            self.outstanding_seqs.discard(seq)
+            outstanding.discard(seq)
             return result
 
-        return d.addBoth(done)
+        def applied(result):
+            if result == ERR_SESSION_EXPIRED and retry_expired:
+                # Not executed: the session expired (idle past the machine's
+                # TTL).  Start a new one, once, rather than fail every write.
+                if self.client_id == client_id:
+                    self._new_session()
+                return self._submit_in_session(command, retry_expired=False)
+            if self.client_id == client_id:
+                self.session_known = True
+            return result
+
+        return d.addBoth(done).addCallback(applied)
 
     def _retry_after(self, failure, env: Envelope, deadline: float):
         failure.trap(_Retry)
@@ -617,6 +653,29 @@ class NodeService(service.Service):
         if self.core.role is Role.FOLLOWER and self.config.node_id not in self.core.config.members:
             return "learner" if self.core.config.members else "joining"
         return self.core.role.value
+
+    def live_leader(self) -> Optional[str]:
+        """
+        The leader this node can vouch for right now, or None: itself while it
+        leads, else the leader it has heard from within an election timeout.
+        A follower whose leader has gone quiet stops naming it at once, before
+        its own election timer fires (DNS and /v1/status/leader use this, so a
+        dead leader is never handed out).
+        """
+        core = self.core
+        if core is None or core.leader is None:
+            return None
+        if core.leader == self.config.node_id:
+            return core.leader if core.is_leader() else None
+        if core.election_elapsed >= self.config.election_ticks:
+            return None
+        return core.leader
+
+    def leader_commit(self) -> int:
+        """The commit index of the cluster as far as this node knows (its own when it leads)."""
+        if self.core is None:
+            return 0
+        return max(self.core.commit, self.leader_commit_seen)
 
     def members(self) -> List[dict]:
         """The membership as this node sees it (a leader adds replication progress)."""

@@ -68,6 +68,9 @@ class Options(usage.Options):
         ["election-ticks", None, "10", "Election timeout in ticks (randomized between this and twice this)."],
         ["heartbeat-ticks", None, "1", "Heartbeat interval in ticks."],
         ["request-timeout", None, "5", "Seconds a client command may wait for commit before -TIMEOUT."],
+        ["dns-port", None, None, "DNS port, UDP and TCP (leader.kvd, _kvd._tcp.kvd, <node>.node.kvd). Default: client port + 20000; 0 turns DNS off."],
+        ["http-port", None, None, "HTTP port: /v1/status/leader, /v1/status/peers, /v1/health, /metrics and the cluster page at /. Default: client port + 30000; 0 turns HTTP off."],
+        ["domain", None, "kvd", "DNS domain this node answers for."],
     ]
 
     def parseOptions(self, options=None):
@@ -118,6 +121,12 @@ class Options(usage.Options):
         address = self["address"]
         self["node-id"] = self["node-id"] or address.client
         self["bind"] = self["bind"] or address.host
+        try:
+            from kvd.http_services import check_options
+
+            check_options(self)
+        except ValueError as e:
+            raise usage.UsageError(str(e))
         if self["initial"] is not None and self["node-id"] not in self["initial"]:
             raise usage.UsageError("--initial-cluster does not include this node (%s)" % self["node-id"])
         if not self["data-dir"]:
@@ -154,6 +163,7 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
     if reactor is None:
         from twisted.internet import reactor
     from kvd.executor import ClientExecutor
+    from kvd.http_services import add_services, make_metrics
     from kvd.kv.machine import KVMachine
     from kvd.node import NodeService
     from kvd.resp.protocol import RespFactory
@@ -172,7 +182,11 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
         raise SystemExit("kvd: cannot use data dir %s: %s" % (config.data_dir, e))
     finally:
         storage.close()
-    node = NodeService(config, storage, KVMachine(), reactor)
+    metrics = make_metrics()
+    machine = KVMachine()
+    if metrics is not None:  # time syncs and applies, count commits: nothing else changes
+        storage, machine = metrics.timed_storage(storage), metrics.counted_machine(machine)
+    node = NodeService(config, storage, machine, reactor)
     node.peers = PeerTransport(
         config.node_id,
         config.cluster_id,
@@ -194,5 +208,8 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
     peer_port = strports.service("tcp:%d:interface=%s" % (config.address.peer_port, interface), node.peers.server_factory())
     peer_port.setServiceParent(top)
     client_factory = RespFactory(ClientExecutor(node), value_bytes_max=config.value_bytes_max)
+    if metrics is not None:
+        client_factory = metrics.counting_factory(client_factory)
     strports.service("tcp:%d:interface=%s" % (config.address.client_port, interface), client_factory).setServiceParent(top)
+    add_services(top, node, options, metrics, reactor)  # DNS and HTTP (kvd.http_services)
     return top

@@ -189,7 +189,7 @@ def test_help_lists_every_exit_code(capsys):
         (["-c", "read", "-h", "127.0.0.1:7001"], "missing -r"),
         (["-r", "server", "-c", "read", "-h", "127.0.0.1:7001"], "belongs to -r client"),
         (["-r", "client", "-c", "write", "-h", "127.0.0.1:7001", "-k", "a"], "needs -v <value>"),
-        (["-r", "client", "-c", "delete", "-k", "a"], "needs -h <host>"),
+        (["-r", "client", "-c", "delete", "-h", "127.0.0.1:7001"], "needs -k <key>"),
         (["-r", "client", "-c", "read", "-h", "127.0.0.1:7001", "-v", "x"], "does not take -v"),
         (["-r", "server", "-c", "kill"], "needs -h <host>"),
         (["-r", "server", "-c", "start", "-h", "127.0.0.1:7001", "--seed", "127.0.0.1:7002"], "does not take --seed"),

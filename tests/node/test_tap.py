@@ -63,10 +63,10 @@ def test_shipped_example_config_parses():
 
 
 def test_service_tree_and_data_dir_refusal(tmp_path):
-    """makeService builds node + peer + client listeners; a data dir of another cluster is refused plainly."""
+    """makeService builds node + peer + client listeners + DNS/HTTP; a data dir of another cluster is refused plainly."""
     o = parse("--listen", "127.0.0.1:7001", "--data-dir", str(tmp_path / "d"), "--cluster-id", "one")
     top = makeService(o, reactor=MemoryReactorClock())
-    assert len(list(top)) == 3
+    assert len(list(top)) == 4  # node, peer port, client port, "discovery" (kvd.http_services)
     o = parse("--listen", "127.0.0.1:7001", "--data-dir", str(tmp_path / "d"), "--cluster-id", "two")
     with pytest.raises(SystemExit, match="belongs to cluster 'one'"):
         makeService(o, reactor=MemoryReactorClock())
@@ -80,3 +80,23 @@ def test_address_parsing():
         MemberAddress.parse("nonsense")
     with pytest.raises(AddressError):
         split_host_port("host:port")
+
+
+def test_bind_splits_listening_from_the_advertised_address(tmp_path):
+    """--bind defaults to the --listen host; a wildcard listens everywhere and does not pin the source address."""
+    from kvd.tap import is_wildcard
+
+    o = parse("--listen", "node1:7001", "--data-dir", str(tmp_path / "a"))
+    assert o["bind"] == "node1" and o["node-id"] == "node1:7001"
+    o = parse("--listen", "node1:7001", "--bind", "0.0.0.0", "--data-dir", str(tmp_path / "b"))
+    assert o["bind"] == "0.0.0.0" and o["node-id"] == "node1:7001" and o["address"].host == "node1"
+    assert is_wildcard("0.0.0.0") and is_wildcard("::") and is_wildcard("") and not is_wildcard("127.0.0.1")
+
+    top = makeService(o, reactor=MemoryReactorClock())
+    assert [s for s in top if hasattr(s, "peers")][0].peers.bind_host is None
+    listening = sorted((s.endpoint._port, s.endpoint._interface) for s in top if hasattr(s, "endpoint"))
+    assert listening == [(7001, "0.0.0.0"), (17001, "0.0.0.0")]
+
+    o = parse("--listen", "127.0.0.1:7001", "--bind", "127.0.0.2", "--data-dir", str(tmp_path / "c"))
+    top = makeService(o, reactor=MemoryReactorClock())
+    assert [s for s in top if hasattr(s, "peers")][0].peers.bind_host == "127.0.0.2"

@@ -1,0 +1,283 @@
+# -*- test-case-name: tests.discovery.test_http -*-
+"""
+The cluster as one node sees it, for the cluster page (``GET /v1/cluster``).
+
+A node knows its own numbers; a follower does not know the others' terms,
+indexes or whether they are up.  So the node asks every other member for
+``INFO raft`` on that member's client port (the Redis protocol: the one
+port every member's address names), all at once, each bounded by a short
+timeout, and puts the answers together:
+
+    {"node": "127.0.0.1:7001", "cluster_id": "kvd", "leader": "127.0.0.1:7002",
+     "leader_address": "127.0.0.1:7002", "term": 4, "commit": 120,
+     "members": [{"id": ..., "client": ..., "voter": true, "up": true,
+                  "role": "leader", "term": 4, "commit_index": 120,
+                  "applied_index": 120, "last_index": 120, "lag": 0,
+                  "self": false, "leader": true}, ...]}
+
+A member that does not answer in time is ``"up": false`` with its numbers
+unknown (null).  Concurrent requests share one round of questions and a
+round is reused for ``CACHE_S``, so many open pages cost the cluster no
+more than one.
+
+Allowed imports: twisted, the standard library, kvd.address.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Dict, List, Optional
+
+from twisted.internet import defer
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+
+from kvd.address import AddressError, MemberAddress
+
+#: Seconds to wait for one member's INFO.
+INFO_TIMEOUT_S = 1.0
+#: Seconds a gathered view is reused.
+CACHE_S = 0.4
+#: Largest INFO reply we accept.
+INFO_MAX_BYTES = 64 * 1024
+
+_log = Logger()
+
+
+class InfoError(Exception):
+    pass
+
+
+class _InfoProtocol(Protocol):
+    """Sends ``INFO raft`` and reads one RESP bulk string."""
+
+    def __init__(self):
+        self.done: defer.Deferred = defer.Deferred()
+        self.buffer = b""
+
+    def connectionMade(self):
+        self.transport.write(b"*2\r\n$4\r\nINFO\r\n$4\r\nraft\r\n")
+
+    def dataReceived(self, data):
+        if self.done.called:
+            return
+        self.buffer += data
+        try:
+            result = parse_bulk(self.buffer)
+        except InfoError as e:
+            self._finish(failure=e)
+            return
+        if result is not None:
+            self._finish(result=result)
+
+    def _finish(self, result=None, failure=None):
+        if not self.done.called:
+            if failure is not None:
+                self.done.errback(failure)
+            else:
+                self.done.callback(result)
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason=None):
+        if not self.done.called:
+            self.done.errback(InfoError("connection closed before the answer"))
+
+
+class _OneShot(Factory):
+    noisy = False  # one connection per member per page refresh: not worth a log line
+
+    def __init__(self, protocol):
+        self.protocol_instance = protocol
+
+    def buildProtocol(self, addr):
+        return self.protocol_instance
+
+
+def parse_bulk(data: bytes) -> Optional[bytes]:
+    """The payload of a complete RESP bulk string, None if more is needed; InfoError for anything else."""
+    if len(data) > INFO_MAX_BYTES:
+        raise InfoError("answer too large")
+    end = data.find(b"\r\n")
+    if end < 0:
+        return None
+    head = data[:end]
+    if head[:1] == b"-":
+        raise InfoError(head[1:].decode("utf-8", "replace"))
+    if head[:1] not in (b"$", b"="):  # RESP3 verbatim strings start with "="
+        raise InfoError("unexpected answer %r" % head[:20])
+    try:
+        length = int(head[1:])
+    except ValueError:
+        raise InfoError("bad length %r" % head[:20]) from None
+    if length < 0:
+        raise InfoError("no answer")
+    if len(data) < end + 2 + length + 2:
+        return None
+    return data[end + 2 : end + 2 + length]
+
+
+def parse_info(text: bytes) -> Dict[str, object]:
+    out: Dict[str, object] = {}
+    for line in text.decode("utf-8", "replace").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or ":" not in line:
+            continue
+        key, _, value = line.partition(":")
+        out[key] = int(value) if value.lstrip("-").isdigit() else value
+    return out
+
+
+def fetch_info(reactor, host: str, port: int, timeout_s: float = INFO_TIMEOUT_S) -> defer.Deferred:
+    """INFO raft of the node at host:port as a dict; fails after timeout_s."""
+    protocol = _InfoProtocol()
+    endpoint = HostnameEndpoint(reactor, host.strip("[]"), port, timeout=timeout_s)
+    connecting = endpoint.connect(_OneShot(protocol))
+
+    def connected(_):
+        return protocol.done
+
+    d = connecting.addCallback(connected)
+    d.addTimeout(timeout_s, reactor, onTimeoutCancel=lambda *_: _abort(protocol))
+    d.addCallback(parse_info)
+    return d
+
+
+def _abort(protocol: _InfoProtocol):
+    if protocol.transport is not None:
+        protocol.transport.abortConnection()
+    raise InfoError("no answer in time")
+
+
+class ClusterView:
+    """Gathers and caches the cluster view of ``node`` (a NodeService or a stand-in)."""
+
+    def __init__(self, node, reactor, fetch=None, cache_s: float = CACHE_S, clock=time.monotonic):
+        self.node = node
+        self.reactor = reactor
+        self.fetch = fetch or (lambda host, port: fetch_info(reactor, host, port))
+        self.cache_s = cache_s
+        self.clock = clock
+        self._last: Optional[dict] = None
+        self._last_at = 0.0
+        self._waiting: Optional[List[defer.Deferred]] = None
+
+    def get(self) -> defer.Deferred:
+        if self._last is not None and self.clock() - self._last_at < self.cache_s:
+            return defer.succeed(self._last)
+        d: defer.Deferred = defer.Deferred()
+        if self._waiting is not None:
+            self._waiting.append(d)
+            return d
+        self._waiting = [d]
+        self._gather().addBoth(self._deliver)
+        return d
+
+    def _deliver(self, result):
+        waiting, self._waiting = self._waiting or [], None
+        if isinstance(result, dict):
+            self._last, self._last_at = result, self.clock()
+        for d in waiting:
+            if isinstance(result, dict):
+                d.callback(result)
+            else:
+                d.errback(result)
+
+    def _members(self) -> List[tuple]:
+        node = self.node
+        config = node.core.config if node.core is not None else None
+        out = []
+        ids = list(config.members) if config is not None else []
+        if node.config.node_id not in ids:
+            ids.append(node.config.node_id)
+        for node_id in sorted(ids):
+            text = config.address_of(node_id) if config is not None else None
+            try:
+                address = MemberAddress.parse(text) if text else (node.config.address if node_id == node.config.node_id else None)
+            except (AddressError, ValueError):
+                address = None
+            voter = config is not None and node_id in config.voters
+            member = config is not None and node_id in config.members
+            out.append((node_id, address, voter, member))
+        return out
+
+    @defer.inlineCallbacks
+    def _gather(self):
+        node = self.node
+        me = node.config.node_id
+        members = self._members()
+        asks = {}
+        for node_id, address, _, _ in members:
+            if node_id != me and address is not None:
+                asks[node_id] = defer.maybeDeferred(self.fetch, address.host, address.client_port)
+        answers: Dict[str, Optional[dict]] = {}
+        for node_id, d in asks.items():
+            try:
+                answers[node_id] = yield d
+            except Exception:
+                answers[node_id] = None
+        return self.assemble(members, answers)
+
+    def assemble(self, members, answers: Dict[str, Optional[dict]]) -> dict:
+        node = self.node
+        me = node.config.node_id
+        own = node.info()
+        leader = node.live_leader()
+        progress = {}
+        if node.core is not None and node.core.is_leader():
+            progress = node.core.status().get("progress", {})
+        rows = []
+        for node_id, address, voter, member in members:
+            info = own if node_id == me else answers.get(node_id)
+            row = {
+                "id": node_id,
+                "client": address.client if address is not None else None,
+                "voter": voter,
+                "member": member,
+                "self": node_id == me,
+                "leader": node_id == leader,
+                "up": info is not None,
+                "role": None,
+                "term": None,
+                "commit_index": None,
+                "applied_index": None,
+                "last_index": None,
+                "leader_id": None,
+            }
+            if info is not None:
+                row.update(
+                    role=info.get("raft_role") or None,
+                    term=_int(info.get("raft_term")),
+                    commit_index=_int(info.get("raft_commit_index")),
+                    applied_index=_int(info.get("raft_applied_index")),
+                    last_index=_int(info.get("raft_last_index")),
+                    leader_id=info.get("raft_leader_id") or None,
+                )
+            if node_id in progress:
+                row["replicating"] = bool(progress[node_id]["active"])
+                row["match_index"] = progress[node_id]["match"]
+            rows.append(row)
+        commits = [r["commit_index"] for r in rows if r["commit_index"] is not None] + [node.leader_commit()]
+        cluster_commit = max(commits)
+        for row in rows:
+            row["lag"] = None if row["applied_index"] is None else max(0, cluster_commit - row["applied_index"])
+        leader_address = next((r["client"] for r in rows if r["id"] == leader), None)
+        return {
+            "node": me,
+            "cluster_id": node.config.cluster_id,
+            "role": own.get("raft_role"),
+            "leader": leader,
+            "leader_address": leader_address,
+            "term": own.get("raft_term"),
+            "commit": cluster_commit,
+            "voters": sum(1 for r in rows if r["voter"]),
+            "members": rows,
+            "time": time.time(),
+        }
+
+
+def _int(value) -> Optional[int]:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,282 @@
+# -*- test-case-name: tests.discovery.test_metrics -*-
+"""
+Prometheus metrics of one node (``GET /metrics`` on the HTTP port), in the
+text exposition format of ``prometheus_client``.
+
+Each node has its own registry (never the process-global one), so several
+nodes in one process (tests) do not mix.  Two kinds of numbers:
+
+- read from the node at scrape time (a custom collector): role, term, commit,
+  applied and last index, members, leader changes, elections, proposals and
+  reads, snapshots taken and installed, per-peer connection state, and on
+  the leader each peer's match index and replication lag, log size;
+- counted as things happen, by thin wrappers installed in kvd.tap around the
+  storage (sync latency), the state machine (apply latency, commits) and the
+  client port's factory (connections, bytes in and out), and by the DNS
+  server (answers by rcode, dropped packets).
+
+The wrappers only time and count; they change nothing the node sees.
+
+Allowed imports: prometheus_client, twisted, the standard library, kvd.dns,
+kvd.address (never kvd.node: the node is handed in).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Iterator, Optional
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from twisted.logger import Logger
+from twisted.names import dns
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+
+_log = Logger()
+
+ROLES = ("leader", "follower", "candidate", "learner", "joining")
+RCODES = {dns.OK: "NOERROR", dns.EFORMAT: "FORMERR", dns.ESERVER: "SERVFAIL", dns.ENAME: "NXDOMAIN", dns.ENOTIMP: "NOTIMP", dns.EREFUSED: "REFUSED"}
+
+SYNC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+APPLY_BUCKETS = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1)
+
+
+class NodeMetrics:
+    """The registry of one node, its event counters and the wrappers that feed them."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self, process: bool = True):
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.node = None
+        r = self.registry
+        self.sync_seconds = Histogram(
+            "kvd_storage_sync_seconds", "Seconds to write and fsync one batch of Raft state (one LMDB transaction).", buckets=SYNC_BUCKETS, registry=r
+        )
+        self.apply_seconds = Histogram(
+            "kvd_apply_seconds", "Seconds to apply one committed entry to the key/value state machine.", buckets=APPLY_BUCKETS, registry=r
+        )
+        self.commits = Counter("kvd_raft_commits", "Log entries committed and applied on this node since it started.", registry=r)
+        self.client_connections = Gauge("kvd_client_connections", "Client (Redis protocol) connections open now.", registry=r)
+        self.client_connections_total = Counter("kvd_client_connections_accepted", "Client connections accepted since the node started.", registry=r)
+        self.client_bytes_received = Counter("kvd_client_received_bytes", "Bytes received from clients on the client port.", registry=r)
+        self.client_bytes_sent = Counter("kvd_client_sent_bytes", "Bytes sent to clients on the client port.", registry=r)
+        self.dns_queries = Counter("kvd_dns_answers", "DNS answers sent, by response code.", ["rcode"], registry=r)
+        self.dns_drops = Counter("kvd_dns_dropped", "DNS packets dropped or answered FORMERR because they could not be decoded, and responses sent to us.", registry=r)
+        r.register(_NodeCollector(self))
+        if process:
+            try:
+                ProcessCollector(registry=r)
+            except Exception:  # pragma: no cover - no /proc: fine without
+                pass
+
+    def attach(self, node) -> "NodeMetrics":
+        self.node = node
+        return self
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    # ------------------------------------------------------------ DNS hooks
+    def dns_answered(self, rcode: int) -> None:
+        self.dns_queries.labels(RCODES.get(rcode, str(rcode))).inc()
+
+    def dns_dropped(self) -> None:
+        self.dns_drops.inc()
+
+    # ------------------------------------------------------------ wrappers
+    def timed_storage(self, storage) -> "TimedStorage":
+        return TimedStorage(storage, self)
+
+    def counted_machine(self, machine) -> "CountedMachine":
+        return CountedMachine(machine, self)
+
+    def counting_factory(self, factory) -> "CountingFactory":
+        return CountingFactory(factory, self)
+
+
+class TimedStorage:
+    """The node's storage, with each synced save timed (everything else passes through)."""
+
+    def __init__(self, storage, metrics: NodeMetrics):
+        self._storage = storage
+        self._metrics = metrics
+
+    def save(self, *args, **kwargs):
+        sync = kwargs.get("sync", args[3] if len(args) > 3 else False)
+        if not sync:
+            return self._storage.save(*args, **kwargs)
+        started = time.perf_counter()
+        try:
+            return self._storage.save(*args, **kwargs)
+        finally:
+            self._metrics.sync_seconds.observe(time.perf_counter() - started)
+
+    def __getattr__(self, name):
+        return getattr(self._storage, name)
+
+
+class CountedMachine:
+    """The node's state machine, with each applied entry counted and timed."""
+
+    def __init__(self, machine, metrics: NodeMetrics):
+        self._machine = machine
+        self._metrics = metrics
+
+    def apply(self, *args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return self._machine.apply(*args, **kwargs)
+        finally:
+            self._metrics.apply_seconds.observe(time.perf_counter() - started)
+            self._metrics.commits.inc()
+
+    def apply_noop(self, *args, **kwargs):
+        try:
+            return self._machine.apply_noop(*args, **kwargs)
+        finally:
+            self._metrics.commits.inc()
+
+    def __getattr__(self, name):
+        return getattr(self._machine, name)
+
+
+class _CountingProtocol(ProtocolWrapper):
+    def makeConnection(self, transport):
+        self.factory.metrics.client_connections.inc()
+        self.factory.metrics.client_connections_total.inc()
+        super().makeConnection(transport)
+
+    def dataReceived(self, data):
+        self.factory.metrics.client_bytes_received.inc(len(data))
+        super().dataReceived(data)
+
+    def write(self, data):
+        self.factory.metrics.client_bytes_sent.inc(len(data))
+        super().write(data)
+
+    def writeSequence(self, data):
+        self.factory.metrics.client_bytes_sent.inc(sum(len(d) for d in data))
+        super().writeSequence(data)
+
+    def connectionLost(self, reason):
+        self.factory.metrics.client_connections.dec()
+        super().connectionLost(reason)
+
+
+class CountingFactory(WrappingFactory):
+    """Wraps the client port's factory to count connections and bytes."""
+
+    protocol = _CountingProtocol
+    noisy = False
+
+    def __init__(self, wrapped, metrics: NodeMetrics):
+        super().__init__(wrapped)
+        self.metrics = metrics
+
+    def __getattr__(self, name):
+        # Let code that inspects the client factory (tests, tools) see the real one.
+        if name == "wrappedFactory":
+            raise AttributeError(name)
+        return getattr(self.wrappedFactory, name)
+
+
+# ================================================================ scrape-time numbers
+def _gauge(name: str, doc: str, value, labels=None, label_values=None) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, doc, labels=labels)
+    if labels:
+        family.add_metric(label_values, value)
+    else:
+        family.add_metric([], value)
+    return family
+
+
+class _NodeCollector:
+    def __init__(self, metrics: NodeMetrics):
+        self.metrics = metrics
+
+    def collect(self) -> Iterator:
+        node = self.metrics.node
+        if node is None or getattr(node, "core", None) is None:
+            return
+        try:
+            yield from self._collect(node)
+        except Exception:
+            # A scrape must never break the node; say so once per failure.
+            _log.failure("metrics: collecting the node's numbers failed")
+
+    def _collect(self, node) -> Iterator:
+        core = node.core
+        config = node.config
+        info = GaugeMetricFamily("kvd_node_info", "This node's identity (value 1).", labels=["node_id", "cluster_id", "client_address"])
+        info.add_metric([config.node_id, config.cluster_id, config.address.client], 1)
+        yield info
+        role = GaugeMetricFamily("kvd_raft_role", "1 for the role this node has now, 0 for the others.", labels=["role"])
+        current = node.role_name()
+        for name in ROLES:
+            role.add_metric([name], 1 if name == current else 0)
+        yield role
+        leader = node.live_leader()
+        yield _gauge("kvd_raft_has_leader", "1 while this node knows a live leader (itself included).", 1 if leader else 0)
+        yield _gauge("kvd_raft_is_leader", "1 while this node is the leader.", 1 if leader == config.node_id else 0)
+        yield _gauge("kvd_raft_term", "Current Raft term.", core.term)
+        yield _gauge("kvd_raft_commit_index", "Highest log index this node knows to be committed.", core.commit)
+        yield _gauge("kvd_raft_applied_index", "Highest log index applied to this node's state machine.", core.applied)
+        yield _gauge("kvd_raft_leader_commit_index", "The cluster's commit index as far as this node knows (its own on the leader).", node.leader_commit())
+        yield _gauge("kvd_raft_last_index", "Index of the last entry in this node's log.", core.log.last_index())
+        yield _gauge("kvd_raft_snapshot_index", "Index covered by this node's latest snapshot.", core.latest_snapshot.index)
+        yield _gauge("kvd_raft_log_entries", "Entries in the log (after the latest snapshot).", max(0, core.log.last_index() - core.log.first_index() + 1))
+        yield _gauge("kvd_raft_voters", "Voters in the configuration this node has.", len(core.config.voters))
+        yield _gauge("kvd_raft_learners", "Learners in the configuration this node has.", len(core.config.learners))
+        stats = node.stats
+        counters = [
+            ("kvd_raft_leader_changes", "Times this node saw a new leader.", stats.get("new_leaders", stats.get("leader_changes", 0))),
+            ("kvd_raft_state_changes", "Changes of this node's role, term or leader.", stats.get("leader_changes", 0)),
+            ("kvd_raft_elections", "Elections this node started (it became a candidate).", stats.get("elections", 0)),
+            ("kvd_raft_proposals", "Client commands this node proposed as leader.", stats.get("proposals", 0)),
+            ("kvd_raft_reads", "Linearizable reads this node served (ReadIndex).", stats.get("reads", 0)),
+            ("kvd_raft_snapshots_taken", "Snapshots this node took of its state machine.", stats.get("snapshots", 0)),
+            ("kvd_raft_snapshots_installed", "Snapshots this node installed from a leader.", stats.get("snapshots_installed", 0)),
+        ]
+        for name, doc, value in counters:
+            yield CounterMetricFamily(name, doc, value=value)
+        yield from self._peers(node)
+        yield from self._storage(node)
+
+    def _peers(self, node) -> Iterator:
+        core = node.core
+        me = node.config.node_id
+        peers = [p for p in core.config.members if p != me]
+        connected = GaugeMetricFamily("kvd_raft_peer_connected", "1 while this node's outgoing link to the peer is up.", labels=["peer"])
+        transport = getattr(node, "peers", None)
+        for peer in peers:
+            up = transport.is_connected(peer) if transport is not None and hasattr(transport, "is_connected") else False
+            connected.add_metric([peer], 1 if up else 0)
+        yield connected
+        if not core.is_leader():
+            return
+        status = core.status()
+        last = core.log.last_index()
+        active = GaugeMetricFamily("kvd_raft_peer_active", "Leader only: 1 if the peer answered within an election timeout.", labels=["peer"])
+        match = GaugeMetricFamily("kvd_raft_peer_match_index", "Leader only: highest log index known to be on the peer.", labels=["peer"])
+        lag = GaugeMetricFamily("kvd_raft_peer_lag_entries", "Leader only: entries the peer is behind the leader's log.", labels=["peer"])
+        for peer, progress in status["progress"].items():
+            active.add_metric([peer], 1 if progress["active"] else 0)
+            match.add_metric([peer], progress["match"])
+            lag.add_metric([peer], max(0, last - progress["match"]))
+        yield active
+        yield match
+        yield lag
+
+    def _storage(self, node) -> Iterator:
+        storage = getattr(node, "storage", None)
+        stats = getattr(storage, "stats", None)
+        if stats is None:
+            return
+        try:
+            numbers = stats()
+        except Exception:  # closed while stopping: no storage numbers this time
+            return
+        yield _gauge("kvd_storage_log_entries", "Log entries stored on disk.", numbers.get("entries", 0))
+        yield _gauge("kvd_storage_used_bytes", "Bytes the LMDB environment uses.", numbers.get("bytes_used", 0))
+        yield _gauge("kvd_storage_map_bytes", "Size of the LMDB memory map.", numbers.get("map_size", 0))
