@@ -57,3 +57,30 @@ clean-data: stop
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache
+
+# The kvd image, built on this machine without a registry: the local Debian base
+# (docker/build-base.sh, reused once built), kvd's wheels, then docker build.
+# KVD_IMAGE (kvd:latest) and KVD_BASE_IMAGE (kvd-base:bookworm) override the names.
+.PHONY: docker-image test-docker
+docker-image: install
+	docker/build-base.sh
+	docker/build-image.sh
+
+# Only the Docker tests: a compose cluster killed, restarted and partitioned.
+test-docker: install
+	$(PY) -m pytest -q -m docker tests/docker
+
+# Jepsen-style runs against real processes under faults, as long as asked:
+# `make torture DURATION=600 NEMESIS=all` (or a comma-separated list of
+# kill-leader kill-random pause-leader pause-random crash-all partition-random
+# partition-leader bridge one-way membership; groups process, partitions).
+# One summary line per run; an anomaly keeps the history and node logs under
+# TORTURE_OUT.  Partitions need root and nft.
+DURATION ?= 300
+NEMESIS ?= all
+RUN_SECONDS ?= 60
+TORTURE_NODES ?= 3
+TORTURE_OUT ?= $(KVD_HOME)/jepsen
+.PHONY: torture
+torture: install
+	$(PY) -m kvd.jepsen --duration $(DURATION) --nemesis $(NEMESIS) --run-seconds $(RUN_SECONDS) --nodes $(TORTURE_NODES) --out $(TORTURE_OUT)

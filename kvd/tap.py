@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import configparser
 import os
+import socket
 from typing import Dict, Optional
 
 from twisted.application import service, strports
@@ -120,7 +121,7 @@ class Options(usage.Options):
             raise usage.UsageError("need 1 <= --heartbeat-ticks < --election-ticks")
         address = self["address"]
         self["node-id"] = self["node-id"] or address.client
-        self["bind"] = self["bind"] or address.host
+        self["bind"] = resolve_bind(self["bind"] or address.host)
         try:
             from kvd.http_services import check_options
 
@@ -131,6 +132,26 @@ class Options(usage.Options):
             raise usage.UsageError("--initial-cluster does not include this node (%s)" % self["node-id"])
         if not self["data-dir"]:
             self["data-dir"] = os.path.join(".kvd", "data", "%s-%d" % (address.host, address.client_port))
+
+
+def resolve_bind(host: str) -> str:
+    """
+    The address to bind for ``host``: a name (``--listen node1:7001``) is
+    resolved once, here, because UDP listeners take only addresses and a name
+    in a connection's bind address would be resolved, blocking, on every dial.
+    """
+    bare = host.strip("[]")
+    if is_wildcard(bare):
+        return host
+    try:
+        socket.inet_pton(socket.AF_INET6 if ":" in bare else socket.AF_INET, bare)
+        return host
+    except OSError:
+        pass
+    try:
+        return socket.getaddrinfo(bare, None, socket.AF_INET, socket.SOCK_STREAM)[0][4][0]
+    except (OSError, IndexError):
+        raise usage.UsageError("cannot resolve the bind host %r; pass --bind with an address" % host)
 
 
 def is_wildcard(host: str) -> bool:

@@ -86,8 +86,8 @@ def test_bind_splits_listening_from_the_advertised_address(tmp_path):
     """--bind defaults to the --listen host; a wildcard listens everywhere and does not pin the source address."""
     from kvd.tap import is_wildcard
 
-    o = parse("--listen", "node1:7001", "--data-dir", str(tmp_path / "a"))
-    assert o["bind"] == "node1" and o["node-id"] == "node1:7001"
+    o = parse("--listen", "127.0.0.3:7001", "--data-dir", str(tmp_path / "a"))
+    assert o["bind"] == "127.0.0.3" and o["node-id"] == "127.0.0.3:7001"
     o = parse("--listen", "node1:7001", "--bind", "0.0.0.0", "--data-dir", str(tmp_path / "b"))
     assert o["bind"] == "0.0.0.0" and o["node-id"] == "node1:7001" and o["address"].host == "node1"
     assert is_wildcard("0.0.0.0") and is_wildcard("::") and is_wildcard("") and not is_wildcard("127.0.0.1")
@@ -100,3 +100,11 @@ def test_bind_splits_listening_from_the_advertised_address(tmp_path):
     o = parse("--listen", "127.0.0.1:7001", "--bind", "127.0.0.2", "--data-dir", str(tmp_path / "c"))
     top = makeService(o, reactor=MemoryReactorClock())
     assert [s for s in top if hasattr(s, "peers")][0].peers.bind_host == "127.0.0.2"
+
+
+def test_a_bind_name_is_resolved_once():
+    """--listen localhost:P binds the resolved address (UDP listeners and source binds need one); junk is refused."""
+    o = parse("--listen", "localhost:7001")
+    assert o["bind"] == "127.0.0.1" and o["node-id"] == "localhost:7001"
+    with pytest.raises(usage.UsageError, match="cannot resolve"):
+        parse("--listen", "no-such-host.invalid:7001")

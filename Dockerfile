@@ -1,0 +1,59 @@
+# kvd: one node of the replicated key/value store.
+#
+# On this machine (no registry): `make docker-image` builds the local Debian base
+# (docker/build-base.sh), puts kvd and its dependencies as wheels into
+# docker/wheels, and builds this file offline.  Elsewhere, any Python 3.9+ image
+# with venv works, and without docker/wheels the dependencies come from PyPI:
+#
+#   docker build --build-arg BASE=python:3.11-slim -t kvd .
+#
+#   docker run -d -p 7001:7001 -v kvd-data:/data kvd --initial-cluster <this node's --listen>,...
+#
+# The node runs as `twistd --nodaemon kvd` (PID 1, as user kvd), keeps its data in
+# the /data volume, stops gracefully on SIGTERM and is checked by PING on its client port.
+ARG BASE=kvd-base:bookworm
+
+FROM ${BASE} AS build
+LABEL kvd.image=build
+# Only what the install needs, so that edits elsewhere (Makefile, docs) keep the cache.
+COPY setup.py README.md mgmt.py /src/
+COPY twisted /src/twisted
+COPY kvd /src/kvd
+COPY docker/entrypoint.sh docker/healthcheck.py /src/docker/
+COPY docker/wheels /src/docker/wheels
+RUN set -eu; \
+    export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1; \
+    python3 -m venv /opt/kvd; \
+    if ls /src/docker/wheels/kvd-*.whl >/dev/null 2>&1; then \
+        /opt/kvd/bin/pip install --no-index --find-links /src/docker/wheels kvd; \
+    else \
+        /opt/kvd/bin/pip install /src; \
+    fi; \
+    /opt/kvd/bin/pip uninstall -y -q pip setuptools wheel 2>/dev/null || true; \
+    find /opt/kvd/lib -type d -path '*/site-packages/twisted/*' -name test -prune -exec rm -rf {} +; \
+    /opt/kvd/bin/python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"; \
+    /opt/kvd/bin/twistd kvd --help >/dev/null; \
+    install -m 0755 /src/docker/entrypoint.sh /opt/kvd/bin/kvd-entrypoint; \
+    install -m 0755 /src/docker/healthcheck.py /opt/kvd/bin/kvd-healthcheck; \
+    sed -i '1i #!/opt/kvd/bin/python' /opt/kvd/bin/kvd-healthcheck
+
+FROM ${BASE}
+LABEL kvd.image=node org.opencontainers.image.title=kvd \
+      org.opencontainers.image.description="A replicated key/value store on Raft and Twisted, speaking Redis"
+RUN set -eu; \
+    groupadd --system --gid 10001 kvd; \
+    useradd --system --uid 10001 --gid kvd --home-dir /data --no-create-home --shell /usr/sbin/nologin kvd; \
+    mkdir -p /data; \
+    chown kvd:kvd /data
+COPY --from=build /opt/kvd /opt/kvd
+ENV PATH=/opt/kvd/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    LANG=C.UTF-8
+VOLUME /data
+WORKDIR /data
+USER kvd
+EXPOSE 7001 17001
+STOPSIGNAL SIGTERM
+HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 CMD ["kvd-healthcheck"]
+ENTRYPOINT ["kvd-entrypoint"]

@@ -1,0 +1,102 @@
+#!/bin/sh
+# Build the local base image for kvd from Debian packages, with no registry:
+# debootstrap a minimal Debian root with Python 3 and import it into Docker.
+#
+#   docker/build-base.sh            # reuse the image if it exists, else build it
+#   docker/build-base.sh --force    # rebuild it anyway
+#
+# Environment (all optional):
+#   KVD_BASE_IMAGE  image to create        (default kvd-base:bookworm)
+#   DEBIAN_SUITE    Debian release         (default bookworm; Python 3.11)
+#   DEBIAN_MIRROR   Debian mirror          (default http://deb.debian.org/debian)
+#   DEBIAN_SECURITY security mirror        (default http://deb.debian.org/debian-security)
+#
+# Needs root (debootstrap, chroot) and the debootstrap package.  Elsewhere,
+# skip this script and build on an official image instead:
+#   docker build --build-arg BASE=python:3.11-slim -t kvd .
+set -eu
+
+IMAGE=${KVD_BASE_IMAGE:-kvd-base:bookworm}
+SUITE=${DEBIAN_SUITE:-bookworm}
+MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+SECURITY=${DEBIAN_SECURITY:-http://deb.debian.org/debian-security}
+FORCE=0
+[ "${1:-}" = "--force" ] && FORCE=1
+
+have_image() { docker image inspect "$IMAGE" >/dev/null 2>&1; }
+
+if [ "$FORCE" = 0 ] && have_image; then
+    echo "build-base: $IMAGE exists; reusing it (--force rebuilds)"
+    exit 0
+fi
+
+if ! docker info >/dev/null 2>&1; then
+    echo "build-base: the Docker engine is not reachable (docker info failed)" >&2
+    exit 1
+fi
+if [ "$(id -u)" != 0 ]; then
+    echo "build-base: debootstrap needs root; run as root, or build from an official image:" >&2
+    echo "  docker build --build-arg BASE=python:3.11-slim -t kvd ." >&2
+    exit 1
+fi
+if ! command -v debootstrap >/dev/null 2>&1; then
+    echo "build-base: debootstrap is not installed (apt-get install debootstrap)" >&2
+    exit 1
+fi
+
+# One build at a time: a second caller waits, then finds the image and reuses it.
+LOCK=${TMPDIR:-/tmp}/kvd-build-base.lock
+exec 9>"$LOCK"
+if command -v flock >/dev/null 2>&1; then
+    flock 9
+    if [ "$FORCE" = 0 ] && have_image; then
+        echo "build-base: $IMAGE was built meanwhile; reusing it"
+        exit 0
+    fi
+fi
+
+ROOT=$(mktemp -d /var/tmp/kvd-base.XXXXXX)
+chmod 755 "$ROOT"   # it becomes the image's /
+cleanup() {
+    for m in proc sys dev/pts dev; do umount "$ROOT/$m" 2>/dev/null || true; done
+    rm -rf "$ROOT"
+}
+trap cleanup EXIT INT TERM
+
+start=$(date +%s)
+echo "build-base: debootstrap $SUITE from $MIRROR into $ROOT"
+debootstrap --variant=minbase \
+    --include=python3,python3-venv,ca-certificates \
+    "$SUITE" "$ROOT" "$MIRROR" >"$ROOT.log" 2>&1 || { tail -30 "$ROOT.log" >&2; rm -f "$ROOT.log"; exit 1; }
+rm -f "$ROOT.log"
+echo "build-base: debootstrap took $(( $(date +%s) - start ))s"
+
+# Point apt at the release, its updates and security, and take the updates now.
+cat >"$ROOT/etc/apt/sources.list" <<SOURCES
+deb $MIRROR $SUITE main
+deb $MIRROR $SUITE-updates main
+deb $SECURITY $SUITE-security main
+SOURCES
+cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
+mount -t proc proc "$ROOT/proc"
+echo "build-base: applying $SUITE-updates and $SUITE-security"
+chroot "$ROOT" /usr/bin/env DEBIAN_FRONTEND=noninteractive sh -c \
+    'apt-get update -qq && apt-get -y -qq upgrade >/dev/null && apt-get clean'
+umount "$ROOT/proc"
+
+# Slim it: package lists, caches, docs, man pages, locales other than C.
+rm -rf "$ROOT"/var/lib/apt/lists/* "$ROOT"/var/cache/apt/*.bin "$ROOT"/var/cache/apt/archives/*.deb \
+       "$ROOT"/var/log/*.log "$ROOT"/var/log/apt/* "$ROOT"/tmp/* "$ROOT"/root/.cache \
+       "$ROOT"/usr/share/doc/* "$ROOT"/usr/share/man/* "$ROOT"/usr/share/info/* \
+       "$ROOT"/usr/share/locale/* "$ROOT"/usr/share/lintian/*
+: >"$ROOT/etc/resolv.conf"      # Docker supplies its own at run time
+echo "kvd-base" >"$ROOT/etc/hostname"
+
+echo "build-base: importing into $IMAGE"
+tar --numeric-owner -C "$ROOT" -c . | docker import \
+    --change 'ENV LANG=C.UTF-8' \
+    --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    --change 'CMD ["/bin/bash"]' \
+    --message "kvd base: debootstrap --variant=minbase $SUITE + python3, python3-venv, ca-certificates" \
+    - "$IMAGE" >/dev/null
+echo "build-base: $IMAGE built in $(( $(date +%s) - start ))s ($(docker image inspect -f '{{.Size}}' "$IMAGE" | awk '{printf "%.0f MB", $1/1e6}'))"
