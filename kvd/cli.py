@@ -60,6 +60,13 @@ More options:
       --cluster-id ID   start: name the cluster (default: a random kvd-xxxxxxxx).
       --dns HOST:PORT   client commands and list without -h: find a node through this DNS
                         server (a node's DNS port, client port + 20000; or set $KVD_DNS).
+      --docker [PROJECT]
+                        server commands act on containers of a compose project (default
+                        project kvd; or set $KVD_DOCKER=PROJECT): start and join create node
+                        containers on its network, kill/stop/restart are docker kill/stop/
+                        restart, list asks a member through its published port.  -h is
+                        name:port (e.g. node1:7001; published on 127.0.0.1:port) or the
+                        published host:port.  Needs the image: make docker-image.
       --help            this text.
 
 <host> is a node's client address, host:port (e.g. 127.0.0.1:7001; a bare port means 127.0.0.1).
@@ -189,10 +196,52 @@ def _print_help(ctx: click.Context, _param, value) -> None:
 @click.option("--election-ticks", type=click.IntRange(min=2, max=10000))
 @click.option("--cluster-id")
 @click.option("--dns", metavar="HOST:PORT")
+@click.option("--docker", "docker", metavar="[PROJECT]", is_flag=False, flag_value="", default=None)
 @click.option("--help", is_flag=True, is_eager=True, expose_value=False, callback=_print_help)
-def command(role, command_name, **given) -> int:
+def command(role, command_name, docker=None, **given) -> int:
     check_arguments(role, command_name, given)
+    project = docker_project(docker)
+    if project is not None:
+        check_docker_arguments(role, command_name, given)
+        return run_docker(project, role, command_name, **given)
     return run(role, command_name, **given)
+
+
+def docker_project(option: Optional[str]) -> Optional[str]:
+    """The compose project of ``--docker [PROJECT]`` or $KVD_DOCKER; None outside docker mode."""
+    import os
+
+    if option is None:
+        return os.environ.get("KVD_DOCKER") or None
+    return option or os.environ.get("KVD_DOCKER") or "kvd"
+
+
+def check_docker_arguments(role: str, command_name: str, given: dict) -> None:
+    """Raise a USAGE CliError for what --docker does not do."""
+    if role == "server" and command_name == "remove":
+        raise CliError(USAGE, "-c remove is not supported with --docker; use -c stop, then docker rm")
+    if given.get("dns"):
+        raise CliError(USAGE, "--dns does not go with --docker: nodes are found through the project's containers")
+
+
+def run_docker(project: str, role: str, command_name: str, host=None, as_json=False, **given) -> int:
+    """Do one checked command against the containers of a compose project."""
+    from kvd import cli_docker
+
+    echo = click.echo
+    if role == "server":
+        if command_name == "start":
+            cli_docker.start(project, host, echo, expect=given.get("expect") or 3, cluster_id=given.get("cluster_id"), tick_ms=given.get("tick_ms"), election_ticks=given.get("election_ticks"))
+        elif command_name == "join":
+            cli_docker.join(project, host, echo, seed=given.get("seed"), tick_ms=given.get("tick_ms"), election_ticks=given.get("election_ticks"))
+        elif command_name == "list":
+            cli_docker.list_nodes(project, host, echo, as_json=as_json)
+        else:
+            getattr(cli_docker, command_name)(project, host, echo)
+        return 0
+    # Client commands: the node's id, dialled through its published port.
+    host = cli_docker.route(project, host) if host else cli_docker.any_member(project)
+    return run(role, command_name, host=host, as_json=as_json, **given)
 
 
 def run(role: str, command_name: str, host=None, key=None, value=None, expect=None, seed=None, as_json=False, timeout=None, tick_ms=None, election_ticks=None, cluster_id=None, dns=None) -> int:

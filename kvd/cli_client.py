@@ -71,11 +71,17 @@ def normalize_host(text: str) -> Tuple[str, int, str]:
     return host, port, "%s:%d" % (host, port)
 
 
+#: Where to dial a node id instead of the id itself: ``"node1:7001"`` -> ``("127.0.0.1", 27001)``.
+#: Filled by ``mgmt.py --docker`` (kvd.cli_docker) with the containers' published ports.
+ROUTES: Dict[str, Tuple[str, int]] = {}
+
+
 class NodeClient:
     """One connection to one node; every failure comes out as a CliError."""
 
     def __init__(self, address: str, timeout: float = DEFAULT_TIMEOUT_S, connect_timeout: float = CONNECT_TIMEOUT_S):
         self.host, self.port, self.address = normalize_host(address)
+        self.host, self.port = ROUTES.get(self.address, (self.host, self.port))
         self.timeout = timeout
         self.connect_timeout = min(connect_timeout, timeout)
         self._conn: Optional[redis.Connection] = None

@@ -334,11 +334,20 @@ def join(home: Home, address: str, echo: Echo, seed: Optional[str] = None, tick_
     pid = launch(rec, echo)
     echo("started node %s (pid %d), joining cluster %s through %s" % (node_id, pid, cluster_id, via))
     _describe(rec, echo)
+    ask_to_join(node_id, rec.member_address, [via] + [c for c in candidates if c != via], echo)
+
+
+def ask_to_join(node_id: str, member_address: str, candidates: Sequence[str], echo: Echo) -> None:
+    """
+    The running node ``node_id`` asks the cluster (``candidates``, the node it learnt the
+    cluster id from first) to add it with KVD.JOIN, then reports its state.  Shared by
+    local processes and ``--docker`` containers (kvd.cli_docker).
+    """
     info = _info_or_empty(node_id)
     if node_id in info.get("raft_members", "").split(","):
         echo("  state:       already a member (%s)" % info.get("raft_role", "?"))
         return
-    _, status = leader_request([via] + [c for c in candidates if c != via], ("KVD.JOIN", node_id, rec.member_address))
+    _, status = leader_request(candidates, ("KVD.JOIN", node_id, member_address))
     if status.startswith("waiting"):
         echo("  state:       %s" % status)
         return

@@ -686,3 +686,38 @@ def test_remove_of_a_node_that_is_no_longer_a_member_just_cleans_up(capsys, home
     assert "not a member" in out and "moved to" in out
     assert not any(cmd[0] == b"KVD.REMOVE" for cmd in leader.seen)
     assert home.records() == []
+
+
+# ---------------------------------------------------------------- --docker (no engine needed)
+def test_docker_mode_arguments_without_docker(capsys, monkeypatch):
+    from kvd import cli_docker, docker_ops
+
+    monkeypatch.delenv("KVD_DOCKER", raising=False)
+    assert cli.docker_project(None) is None
+    assert cli.docker_project("") == "kvd"  # a bare --docker
+    assert cli.docker_project("proj") == "proj"
+    monkeypatch.setenv("KVD_DOCKER", "fromenv")
+    assert cli.docker_project(None) == "fromenv"
+    assert cli.docker_project("") == "fromenv"
+
+    # -h of start/join: name:port is the id (published on 127.0.0.1:port); IP:port names node<port>.
+    assert cli_docker.plan_node("node1:7001") == ("node1", "node1:7001", ("127.0.0.1", 7001))
+    assert cli_docker.plan_node("127.0.0.1:7005") == ("node7005", "node7005:7005", ("127.0.0.1", 7005))
+    with pytest.raises(CliError) as e:
+        cli_docker.plan_node("node1:60000")
+    assert e.value.code == cli_errors.USAGE
+
+    # What --docker does not do is a usage error, before Docker is asked anything.
+    asked = []
+    monkeypatch.setattr(docker_ops, "engine_problem", lambda *a, **k: asked.append(1) or "the docker command is not installed")
+    code, out, err = run_cli(capsys, "--docker", "p", "-r", "server", "-c", "remove", "-h", "node1:7001")
+    assert code == cli_errors.USAGE and len(err) == 1 and "--docker" in err[0]
+    code, out, err = run_cli(capsys, "--docker", "-r", "client", "-c", "read", "--dns", "127.0.0.1:27001")
+    assert code == cli_errors.USAGE and len(err) == 1
+    assert asked == []
+
+    # No Docker: one line, exit PROCESS; with the flag bare, and through $KVD_DOCKER alone.
+    for args in (["--docker", "p", "-r", "server", "-c", "start", "-h", "node1:7001"], ["--docker", "-r", "server", "-c", "list"], ["-r", "server", "-c", "kill", "-h", "node1:7001"]):
+        code, out, err = run_cli(capsys, *args)
+        assert code == cli_errors.PROCESS and len(err) == 1 and "Docker" in err[0] and "not installed" in err[0], (args, err)
+    assert len(asked) == 3
