@@ -72,7 +72,7 @@ test-docker: install
 
 # Jepsen-style runs against real processes under faults, as long as asked:
 # `make torture DURATION=600 NEMESIS=all` (or a comma-separated list of
-# kill-leader kill-random pause-leader pause-random crash-all partition-random
+# kill-leader kill-random stop-leader pause-leader pause-random crash-all partition-random
 # partition-leader bridge one-way membership; groups process, partitions).
 # One summary line per run; an anomaly keeps the history and node logs under
 # TORTURE_OUT.  Partitions need root and nft.

@@ -1,0 +1,19 @@
+"""
+A Jepsen-style test of a real kvd cluster: twistd processes on their own
+127.x.y.z addresses, concurrent clients recording every operation's
+invocation, completion and outcome, nemeses that kill, pause, partition,
+reconfigure and crash the cluster, then a linearizability check
+(kvd.check.linear) and a durability check (kvd.check.durability) of what the
+clients saw.
+
+    python -m kvd.jepsen --duration 600 --nemesis all      # make torture DURATION=600 NEMESIS=all
+    python -m kvd.jepsen check path/to/history.jsonl        # re-check a kept history
+
+Modules: ``resp`` (a minimal Redis client with exact outcomes), ``netfilter``
+(partitions with nftables on the nodes' addresses), ``cluster`` (the node
+processes), ``workload`` (clients and the history), ``nemesis`` (the faults),
+``run`` (one run from start to verdict), ``__main__`` (the torture loop).
+
+This package is test tooling: it runs on the machine that runs the nodes,
+as root for partitions, and ends only the processes it started, by PID.
+"""
