@@ -8,20 +8,8 @@ from twisted.python.failure import Failure
 
 from kvd.kv.commands import Get, Set
 from kvd.kv.results import ERR_SESSION_EXPIRED, OK
-from tests.node.fakes import leaders, make_cluster, run
-
-
-@pytest.fixture
-def cluster(tmp_path):
-    clock, network = make_cluster(tmp_path)
-    for node in network.nodes.values():
-        node.startService()
-    run(clock, 5)
-    yield clock, network
-    for node in network.nodes.values():
-        if node.running:
-            node.stopService()
-    run(clock, 3)
+from tests.node.conftest import cluster  # noqa: F401  (the shared fake-cluster fixture)
+from tests.node.fakes import leaders, run
 
 
 def outcome(clock, d, seconds=10):
