@@ -26,6 +26,7 @@ from typing import Callable, List, Optional
 
 import pytest
 
+from kvd.jepsen.cluster import _bindable as _bindable_on, _ephemeral_low
 from kvd.cli_home import looks_like_node, pid_alive, read_pid, wait_gone
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -36,22 +37,7 @@ CALL_TIMEOUT_S = 120.0
 
 
 def _bindable(port: int) -> bool:
-    s = socket.socket()
-    try:
-        s.bind(("127.0.0.1", port))
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
-
-
-def _ephemeral_low() -> int:
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            return int(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
+    return _bindable_on("127.0.0.1", port)
 
 
 def free_client_ports(n: int) -> List[int]:
