@@ -7,7 +7,7 @@ admin commands (INFO, ROLE, KVD.*) read the node's state.
 The RESP layer answers PING, ECHO, SELECT, CLIENT, COMMAND and QUIT by
 itself; only Write, Read and the Admin commands below arrive here.
 
-Allowed imports: twisted, kvd.node, kvd.resp, kvd.kv.
+Allowed imports: twisted, kvd.node, kvd.resp, kvd.kv, kvd.server_info.
 """
 
 from __future__ import annotations
@@ -18,9 +18,11 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from kvd.node import NodeError
+from kvd.kv.results import OK
 from kvd.resp.commands import Admin, Read, Write
 from kvd.resp.encoder import SimpleString
 from kvd.resp.errors import RespError
+from kvd.server_info import ServerInfo
 
 
 def _as_resp_error(failure):
@@ -31,8 +33,10 @@ def _as_resp_error(failure):
 class ClientExecutor:
     log = Logger()
 
-    def __init__(self, node):
+    def __init__(self, node, clients=None):
+        """``clients``: the client port's open sessions by id (RespFactory.sessions), for INFO."""
         self.node = node
+        self.server_info = ServerInfo(node, node.clock.seconds, clients)
 
     def execute(self, request, session):
         if isinstance(request, Write):
@@ -47,23 +51,19 @@ class ClientExecutor:
 
     # ------------------------------------------------------------ admin
     def _admin_info(self, args):
-        sections = {a.lower() for a in args}
-        info = self.node.info()
-        lines = []
-        wanted = lambda name: not sections or name in sections or b"all" in sections or b"everything" in sections  # noqa: E731
-        if wanted(b"server"):
-            lines += ["# Server", "redis_version:7.0.0", "kvd_version:0.1.0", "redis_mode:standalone",
-                      "tcp_port:%d" % self.node.config.address.client_port, ""]
-        if wanted(b"replication"):
-            role = "master" if info["raft_role"] == "leader" else "slave"
-            lines += ["# Replication", "role:%s" % role, ""]
-        if wanted(b"keyspace"):
-            lines += ["# Keyspace", "db0:keys=%d,expires=0,avg_ttl=0" % len(self.node.machine), ""]
-        if wanted(b"raft"):
-            lines.append("# Raft")
-            lines += ["%s:%s" % (k, v) for k, v in info.items()]
-            lines.append("")
-        return ("\r\n".join(lines)).encode()
+        return self.server_info.info(args)
+
+    def _admin_config_get(self, args):
+        return self.server_info.config_get(args)
+
+    def _admin_config_set(self, args):
+        raise RespError("ERR", "CONFIG SET is not supported: kvd's settings are twistd kvd options (twistd kvd --help)")
+
+    def _admin_config_resetstat(self, args):
+        return OK
+
+    def _admin_config_rewrite(self, args):
+        raise RespError("ERR", "CONFIG REWRITE is not supported: kvd has no redis.conf (see etc/kvd.conf)")
 
     def _admin_role(self, args):
         info = self.node.info()

@@ -27,6 +27,7 @@ from typing import Callable, Deque, Dict, List, Optional, Tuple
 from twisted.application import service
 from twisted.internet import defer, task
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from kvd.address import MemberAddress
 from kvd.kv.codec import Reader, Writer
@@ -88,13 +89,25 @@ class _Proposal:
 
 
 class _Read:
-    __slots__ = ("op", "deferred", "deadline", "index")
+    __slots__ = ("op", "deferred", "deadline", "index", "ctx", "asked_at")
 
     def __init__(self, op, deferred: defer.Deferred, deadline: float):
         self.op = op
         self.deferred = deferred
         self.deadline = deadline
         self.index: Optional[int] = None
+        self.ctx = b""  # the ReadIndex context while it waits for its index
+        self.asked_at = 0.0  # when its ReadIndex request was last sent
+
+
+class _Forward:
+    """A command forwarded to ``leader``, still unanswered."""
+
+    __slots__ = ("leader", "deferred")
+
+    def __init__(self, leader: str, deferred: defer.Deferred):
+        self.leader = leader
+        self.deferred = deferred
 
 
 class _Retry(Exception):
@@ -129,6 +142,7 @@ class NodeService(service.Service):
         self.reads: Dict[bytes, _Read] = {}  # by ReadIndex context
         self.indexed_reads: Deque[_Read] = deque()  # reads that know their index, oldest first
         self.read_seq = 0
+        self.forwards: List[_Forward] = []  # commands forwarded to a leader, unanswered
         self.leader_waiters: List[defer.Deferred] = []
         self.pending_joins: Dict[str, str] = {}  # before bootstrap: node id -> member address
         # Addresses peers advertised when they connected: how a node that has
@@ -224,7 +238,9 @@ class NodeService(service.Service):
     def _tick(self):
         self.core.tick()
         self._drain()
-        self._expire(self.clock.seconds())
+        now = self.clock.seconds()
+        self._expire(now)
+        self._ask_again(now - self.config.tick_s * max(3, 2 * self.config.heartbeat_ticks))
 
     def _expire(self, now: float):
         """Fail the requests whose time is up (oldest first; they were made in order)."""
@@ -257,6 +273,31 @@ class NodeService(service.Service):
         if isinstance(commit, int) and commit > self.leader_commit_seen:
             self.leader_commit_seen = commit
         self.core.step(message)
+        self._schedule_drain()
+
+    def peer_connected(self, node_id: str) -> None:
+        """Our link to ``node_id`` is up: if it leads, re-ask what may have been dropped while it was down."""
+        if self.core is not None and node_id == self.core.leader and not self.core.is_leader():
+            self._ask_again(self.clock.seconds())
+
+    def _ask_again(self, asked_before: float) -> None:
+        """
+        Send again the ReadIndex requests sent before ``asked_before`` that have
+        no answer.  A request to the leader is lost when the link is down (a
+        restarted follower's first reads go out before its connection is up)
+        or the leader restarted; without this, such a read would wait for the
+        whole request timeout in a healthy cluster.  A repeated context is
+        harmless: the first answer serves the read, later ones find nothing.
+        """
+        if self.core.leader is None or self.core.is_leader():
+            return
+        for r in list(self.reads.values()):
+            if r.asked_at < asked_before and not r.deferred.called:
+                try:
+                    self.core.read_index(r.ctx)
+                except NotLeader:
+                    return
+                r.asked_at = self.clock.seconds()
         self._schedule_drain()
 
     def peer_unreachable(self, node_id: str) -> None:
@@ -354,6 +395,7 @@ class NodeService(service.Service):
             waiters, self.leader_waiters = self.leader_waiters, []
             for d in waiters:
                 d.callback(leader)
+            self._redirect_forwards(leader)
         # Reads that had not got their index yet were dropped with the old
         # leadership; ask again.
         waiting, self.reads = self.reads, {}
@@ -387,8 +429,12 @@ class NodeService(service.Service):
         self.log.info("{node} took a snapshot at index {index}", node=self.config.node_id, index=snap.index)
 
     # ============================================================ waiting for a leader
-    def _when_leader(self) -> defer.Deferred:
-        """Fires with the leader's id once one is known, or fails with NOLEADER."""
+    def _when_leader(self, deadline: Optional[float] = None) -> defer.Deferred:
+        """
+        Fires with the leader's id once one is known, or fails with NOLEADER
+        after about three election timeouts, or at ``deadline`` (the request's
+        own) if that comes first.
+        """
         if self.core.leader is not None:
             return defer.succeed(self.core.leader)
         if self.stopping:
@@ -396,6 +442,8 @@ class NodeService(service.Service):
         d = defer.Deferred()
         self.leader_waiters.append(d)
         wait_s = self.config.tick_s * self.config.election_ticks * 3
+        if deadline is not None:
+            wait_s = max(0.0, min(wait_s, deadline - self.clock.seconds()))
 
         def give_up():
             if d in self.leader_waiters:
@@ -469,7 +517,7 @@ class NodeService(service.Service):
         last = NodeError("NOLEADER", "no leader")
         while self.clock.seconds() < deadline and not self.stopping:
             try:
-                leader = yield self._when_leader()
+                leader = yield self._when_leader(deadline)
             except NodeError as e:
                 last = e
                 break
@@ -478,7 +526,7 @@ class NodeService(service.Service):
                     result = yield self._propose_here(env, deadline)
                 else:
                     maybe_applied = True
-                    result = yield self.peers.forward(leader, encode_envelope(env))
+                    result = yield self._forward(leader, env, deadline)
                     result = self._decode_forwarded(result)
                 return result
             except _Retry as e:
@@ -495,6 +543,34 @@ class NodeService(service.Service):
         if maybe_applied or last.code == "TIMEOUT":
             raise NodeError("TIMEOUT", "the outcome is unknown: %s" % last.message)
         raise last
+
+    def _forward(self, leader: str, env: Envelope, deadline: float) -> defer.Deferred:
+        """
+        Forward ``env`` to ``leader``, waiting no longer than ``deadline``.  If
+        another leader appears first this fails with _Retry, and the caller
+        sends the same envelope to the new one: the old leader may have been
+        cut off with it, and the session (client id, seq) makes sure that it is
+        applied at most once whichever leader's copy commits.
+        """
+        d = defer.Deferred()
+        pending = _Forward(leader, d)
+        self.forwards.append(pending)
+
+        def settle(outcome):
+            if pending in self.forwards:
+                self.forwards.remove(pending)
+            if not d.called:
+                d.callback(outcome) if not isinstance(outcome, Failure) else d.errback(outcome)
+
+        timeout = max(0.0, deadline - self.clock.seconds())
+        self.peers.forward(leader, encode_envelope(env), timeout=timeout).addBoth(settle)
+        return d
+
+    def _redirect_forwards(self, leader: str) -> None:
+        for pending in [f for f in self.forwards if f.leader != leader]:
+            self.forwards.remove(pending)
+            if not pending.deferred.called:
+                pending.deferred.errback(_Retry("TRYAGAIN", "%s took over from %s" % (leader, pending.leader)))
 
     def _propose_here(self, env: Envelope, deadline: float) -> defer.Deferred:
         # The leader stamps the time: the only clock the state machine sees.
@@ -562,21 +638,21 @@ class NodeService(service.Service):
         if r.deadline <= self.clock.seconds():
             r.deferred.errback(NodeError("TIMEOUT", "could not confirm a linearizable read in time (no quorum?)"))
             return
+        def fail(f):
+            if not r.deferred.called:
+                r.deferred.errback(f)
+
         if self.core.leader is None:
-
-            def fail(f):
-                if not r.deferred.called:
-                    r.deferred.errback(f)
-
-            self._when_leader().addCallbacks(lambda _: self._request_read_index(r), fail)
+            self._when_leader(r.deadline).addCallbacks(lambda _: self._request_read_index(r), fail)
             return
         self.read_seq += 1
         ctx = b"%s/%d" % (self.client_id, self.read_seq)
         try:
             self.core.read_index(ctx)
         except NotLeader:
-            self._when_leader().addCallbacks(lambda _: self._request_read_index(r), r.deferred.errback)
+            self._when_leader(r.deadline).addCallbacks(lambda _: self._request_read_index(r), fail)
             return
+        r.ctx, r.asked_at = ctx, self.clock.seconds()
         self.reads[ctx] = r
         self._schedule_drain()
 

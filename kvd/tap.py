@@ -221,6 +221,8 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
         join_handler=node.join_received,
         advertise=str(config.address),
         on_hello=node.peer_hello,
+        on_connected=node.peer_connected,
+        forward_timeout=config.request_timeout_s,
     )
     top = service.MultiService()
     node.setServiceParent(top)
@@ -228,7 +230,9 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
     # Listeners start after the node (it must have opened its store first) and stop before it.
     peer_port = strports.service("tcp:%d:interface=%s" % (config.address.peer_port, interface), node.peers.server_factory())
     peer_port.setServiceParent(top)
-    client_factory = RespFactory(ClientExecutor(node), value_bytes_max=config.value_bytes_max)
+    executor = ClientExecutor(node)
+    client_factory = RespFactory(executor, value_bytes_max=config.value_bytes_max)
+    executor.server_info.clients = client_factory.sessions
     if metrics is not None:
         client_factory = metrics.counting_factory(client_factory)
     strports.service("tcp:%d:interface=%s" % (config.address.client_port, interface), client_factory).setServiceParent(top)

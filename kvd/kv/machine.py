@@ -84,6 +84,10 @@ class KVMachine:
     def __len__(self) -> int:
         return len(self._keyspace)
 
+    def key_count(self) -> int:
+        """How many keys there are (a method, so that wrappers such as the metrics' pass it on)."""
+        return len(self._keyspace)
+
     # ------------------------------------------------------------ log entries
 
     def _advance(self, index: int) -> None:

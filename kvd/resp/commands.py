@@ -266,6 +266,18 @@ _COMMANDS = [
     _spec("kvd.cluster", 1, "loading stale fast"),
     _spec("kvd.join", 3, "admin noscript"),
     _spec("kvd.remove", 2, "admin noscript"),
+    # No transactions yet: a connection in MULTI runs nothing until EXEC or DISCARD (kvd.resp.session).
+    _spec("multi", 1, "noscript loading stale fast allow_busy"),
+    _spec("exec", 1, "noscript loading stale skip_slowlog"),
+    _spec("discard", 1, "noscript loading stale fast allow_busy"),
+    _spec("watch", -2, "noscript loading stale fast allow_busy", (1, -1, 1)),
+    _spec("unwatch", 1, "noscript loading stale fast allow_busy"),
+    _spec("config", -2, "", subcommands=(
+        _spec("config|get", -3, "admin noscript loading stale"),
+        _spec("config|set", -4, "admin noscript loading stale"),
+        _spec("config|resetstat", 2, "admin noscript loading stale"),
+        _spec("config|rewrite", 2, "admin noscript loading stale"),
+    )),
     _spec("command", -1, "loading stale", subcommands=(
         _spec("command|count", 2, "loading stale"),
         _spec("command|docs", -2, "loading stale"),

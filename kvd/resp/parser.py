@@ -10,7 +10,11 @@ Each error says whether the stream can be resynchronised:
 
 * recoverable: the bad request was a whole inline line (unbalanced quotes,
   too many words); parsing continues with the next line;
-* fatal: a bad multibulk header, bulk length, oversized bulk or line, binary
+* recoverable too: a well-framed bulk over ``max_bulk_bytes`` (a value too
+  large for this node); the rest of that request is skipped as it arrives,
+  without being buffered, and one error stands for the whole request;
+* fatal: a bad multibulk header or bulk length, a request over
+  ``max_request_bytes``, an oversized line, binary
   bytes where text was expected.  The framing can no longer be trusted, so
   the parser stops (later ``feed`` calls return nothing) and the connection
   should be closed after the error is sent, as Redis does.
@@ -153,6 +157,11 @@ class RespParser:
         self._args: List[bytes] = []
         self._request_bytes = 0
         self._bulk_len = -1
+        # A request with a bulk over max_bulk_bytes: that bulk's length while
+        # the rest of the request is skipped, and how much of the current
+        # bulk (with its CRLF) has been skipped so far.
+        self._oversized: Optional[int] = None
+        self._skipped = 0
 
     @property
     def failed(self) -> bool:
@@ -261,6 +270,8 @@ class RespParser:
         self._args = []
         self._request_bytes = 0
         self._bulk_len = -1
+        self._oversized = None
+        self._skipped = 0
         return None
 
     def _bulks(self):
@@ -276,12 +287,28 @@ class RespParser:
                 length = self._header_number("too big bulk count string")
                 if length is _NEED_MORE or isinstance(length, ProtocolError):
                     return length
-                if length is None or length < 0 or length > self.max_bulk_bytes:
+                if length is None or length < 0 or length > self.max_request_bytes:
                     return _fatal("invalid bulk length")
                 self._request_bytes += length
                 if self._request_bytes > self.max_request_bytes:
                     return _fatal("request too large")
+                if length > self.max_bulk_bytes and self._oversized is None:
+                    # Framed correctly, only too big for us: skip the whole
+                    # request without buffering it, answer an error, keep the
+                    # connection (a client sees a reply, not a broken pipe).
+                    self._oversized = length
                 self._bulk_len = length
+            if self._oversized is not None:
+                # Discard this bulk and its CRLF as they arrive.
+                take = min(len(buf) - self._pos, self._bulk_len + 2 - self._skipped)
+                self._pos += take
+                self._skipped += take
+                if self._skipped < self._bulk_len + 2:
+                    return _NEED_MORE
+                self._skipped = 0
+                self._bulk_len = -1
+                self._expect -= 1
+                continue
             end = self._pos + self._bulk_len
             if len(buf) < end + 2:
                 return _NEED_MORE
@@ -292,4 +319,11 @@ class RespParser:
             self._bulk_len = -1
             self._expect -= 1
         args, self._args = self._args, []
+        if self._oversized is not None:
+            size, self._oversized = self._oversized, None
+            return ProtocolError(
+                "value of %d bytes is over this node's limit of %d bytes (--value-max-bytes); "
+                "the command was not run" % (size, self.max_bulk_bytes),
+                recoverable=True,
+            )
         return args

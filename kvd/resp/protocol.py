@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from typing import Any, Deque, List, Optional
+from typing import Any, Deque, Dict, List, Optional
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
@@ -112,12 +112,18 @@ class RespProtocol(Protocol):
     # ------------------------------------------------------- connection
 
     def connectionMade(self):
+        sessions = getattr(self.factory, "sessions", None)
+        if sessions is not None:
+            sessions[self.session.id] = self.session
         self.session.peer = _address(self.transport.getPeer())
         self.session.local = _address(self.transport.getHost())
         self.transport.registerProducer(self, True)
         self._producing = True
 
     def connectionLost(self, reason=None):
+        sessions = getattr(self.factory, "sessions", None)
+        if sessions is not None:
+            sessions.pop(self.session.id, None)
         self._lost = True
         self._pending.clear()
         self._backlog.clear()
@@ -193,8 +199,11 @@ class RespProtocol(Protocol):
         request = item
         try:
             request = item.request if isinstance(item, _Parsed) else parse_request(item)
+            refused = None if isinstance(request, RespError) else self.session.refuses(request)
             if isinstance(request, RespError):
                 slot.data = encode(request)
+            elif refused is not None:
+                slot.data = encode(refused)
             elif is_local(request):
                 slot.data = encode(execute_local(request, self.session), self.session.protocol == 3)
                 if request.name == "quit":
@@ -303,6 +312,7 @@ class RespFactory(Factory):
         self.value_bytes_max = value_bytes_max
         self.parser_factory = parser_factory or (lambda: RespParser(max_bulk_bytes=self.value_bytes_max))
         self._ids = itertools.count(1)
+        self.sessions: Dict[int, Session] = {}  # open connections by id (INFO clients)
 
     def buildProtocol(self, addr):
         session = Session(next(self._ids), peer=_address(addr))

@@ -28,7 +28,19 @@ LOCAL_COMMANDS = frozenset({
     "hello", "ping", "echo", "select", "quit", "readonly", "readwrite",
     "client|setname", "client|getname", "client|id", "client|info", "client|setinfo",
     "command", "command|count", "command|docs", "command|info", "command|list",
+    "multi", "exec", "discard", "watch", "unwatch",
 })
+
+# kvd has no transactions yet (they must apply as one log entry).  Running the
+# commands between MULTI and EXEC one by one would apply writes the client
+# is then told failed (redis-py's default pipeline sends MULTI ... EXEC), so a
+# connection in MULTI runs nothing: each command is refused, and EXEC answers
+# EXECABORT, which every client reports as a failed transaction.
+TRANSACTION_CONTROL = frozenset({"multi", "exec", "discard", "quit"})
+NOT_QUEUED = RespError("ERR", "command not run: kvd does not support transactions (MULTI/EXEC) yet; "
+                              "the transaction will be discarded")
+EXEC_ABORT = RespError("EXECABORT", "Transaction discarded because of previous errors. "
+                                    "(kvd does not support transactions yet: nothing was run)")
 
 
 class Session:
@@ -41,6 +53,13 @@ class Session:
         self.lib_name: Optional[bytes] = None
         self.lib_ver: Optional[bytes] = None
         self.protocol = 2  # HELLO 3 switches the connection to RESP3
+        self.in_multi = False  # between MULTI and EXEC/DISCARD: nothing runs
+
+    def refuses(self, request) -> Optional[RespError]:
+        """The error for a request this connection must not run now (inside MULTI), else None."""
+        if self.in_multi and not (isinstance(request, Admin) and request.name in TRANSACTION_CONTROL):
+            return NOT_QUEUED
+        return None
 
     def client_info(self) -> bytes:
         """One line in the style of Redis's CLIENT INFO / CLIENT LIST."""
@@ -72,6 +91,22 @@ def execute_local(request: Admin, session: Session) -> Any:
     if name == "echo":
         return args[0]
     if name in ("select", "quit"):
+        return OK
+    if name == "multi":
+        if session.in_multi:
+            raise RespError("ERR", "MULTI calls can not be nested")
+        session.in_multi = True
+        return OK
+    if name in ("exec", "discard"):
+        if not session.in_multi:
+            raise RespError("ERR", "%s without MULTI" % name.upper())
+        session.in_multi = False
+        if name == "exec":
+            raise EXEC_ABORT
+        return OK
+    if name == "watch":
+        raise RespError("ERR", "WATCH is not supported by kvd yet (there are no transactions)")
+    if name == "unwatch":
         return OK
     if name in ("readonly", "readwrite"):
         session.readonly = name == "readonly"

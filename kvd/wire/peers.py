@@ -637,6 +637,7 @@ class _PeerLink:
     def connection_up(self, protocol: PeerClientProtocol) -> None:
         self.handshake_failures = 0
         self.protocol = protocol
+        self.owner._report_connected(self.node_id)
 
     def connection_down(self, protocol: PeerClientProtocol) -> None:
         if self.protocol is protocol:
@@ -673,6 +674,7 @@ class PeerTransport:
         join_handler: Optional[Callable[[str, str], Any]] = None,
         advertise: Optional[str] = None,
         on_hello: Optional[Callable[[str, str], None]] = None,
+        on_connected: Optional[Callable[[str], None]] = None,
         connect_timeout: float = 3.0,
         backoff_initial: float = 0.1,
         backoff_max: float = 5.0,
@@ -696,6 +698,9 @@ class PeerTransport:
         self.join_handler = join_handler
         self.advertise = advertise  # our address, told to every peer we dial
         self.on_hello = on_hello
+        # Our link to a peer is up (Hello answered): what was dropped while it
+        # was down may be sent again now rather than at the next retry.
+        self.on_connected = on_connected
         self.connect_timeout = connect_timeout
         self.forward_timeout = forward_timeout
         self.max_pending_bytes = max_pending_bytes
@@ -758,18 +763,19 @@ class PeerTransport:
         for message in messages:
             self.send(message)
 
-    def forward(self, node_id: str, payload: bytes) -> Deferred:
+    def forward(self, node_id: str, payload: bytes, timeout: Optional[float] = None) -> Deferred:
         """
         Hand ``payload`` to ``node_id``'s forward handler; fires with its
         result bytes or fails with ``ForwardError`` (``TRYAGAIN`` when nothing
-        was sent, ``TIMEOUT`` when the outcome is unknown).
+        was sent, ``TIMEOUT`` when the outcome is unknown, at the latest after
+        ``timeout`` seconds: the caller's own deadline, else ``forward_timeout``).
         """
         if len(payload) > self.max_forward_bytes:
             return fail(ForwardError(errors.TOOBIG, f"payload of {len(payload)} bytes is over the forwarding limit"))
         protocol = self._connected(node_id)
         if protocol is None:
             return fail(ForwardError(errors.TRYAGAIN, f"no connection to node {node_id!r}"))
-        return self._bounded(protocol.call_forward(payload), node_id, "forward")
+        return self._bounded(protocol.call_forward(payload), node_id, "forward", timeout)
 
     def join(self, node_id: str, joiner_id: str, address: str) -> Deferred:
         """Ask ``node_id`` to add ``joiner_id`` at ``address``; fires with the handler's bytes."""
@@ -844,13 +850,22 @@ class PeerTransport:
         except Exception:
             self.log.failure("on_unreachable raised for {node}", node=node_id)
 
-    def _bounded(self, answer: Deferred, node_id: str, what: str) -> Deferred:
+    def _report_connected(self, node_id: str) -> None:
+        if self.on_connected is None:
+            return
+        try:
+            self.on_connected(node_id)
+        except Exception:
+            self.log.failure("on_connected raised for {node}", node=node_id)
+
+    def _bounded(self, answer: Deferred, node_id: str, what: str, timeout: Optional[float] = None) -> Deferred:
         """``answer`` with a timeout, and with every failure turned into a ForwardError."""
         result: Deferred = Deferred(lambda _: timer.cancel() if timer.active() else None)
+        seconds = self.forward_timeout if timeout is None else max(0.0, timeout)
 
         def on_timeout() -> None:
             result.errback(
-                ForwardError(errors.TIMEOUT, f"no answer to {what} from {node_id!r} within {self.forward_timeout}s")
+                ForwardError(errors.TIMEOUT, f"no answer to {what} from {node_id!r} within {seconds:g}s")
             )
 
         def settle(outcome):
@@ -872,7 +887,7 @@ class PeerTransport:
                 result.errback(ForwardError(errors.INTERNAL, f"{what} to {node_id!r} failed: {reason}"))
             return None
 
-        timer = self.reactor.callLater(self.forward_timeout, on_timeout)
+        timer = self.reactor.callLater(seconds, on_timeout)
         answer.addBoth(settle)
         return result
 

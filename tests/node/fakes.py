@@ -8,6 +8,7 @@ No sockets, no wall clock, no sleeps.
 from typing import Dict, Set, Tuple
 
 from twisted.internet import defer, task
+from twisted.python.failure import Failure
 
 from kvd.address import MemberAddress
 from kvd.kv.machine import KVMachine
@@ -22,6 +23,7 @@ class FakeNetwork:
         self.nodes: Dict[str, NodeService] = {}
         self.cut: Set[Tuple[str, str]] = set()
         self.sent = []
+        self.forwarded = []  # (from, to) of every forwarded command
 
     def reachable(self, src, dst) -> bool:
         node = self.nodes.get(dst)
@@ -48,10 +50,26 @@ class FakePeers:
                 target = self.network.nodes[m.dst]
                 self.network.clock.callLater(0, _deliver, self.network, target, m)
 
-    def forward(self, node_id, payload):
+    def forward(self, node_id, payload, timeout=10.0):
+        """As PeerTransport.forward: the answer, or TIMEOUT after ``timeout`` seconds (a late answer is dropped)."""
         if not self.network.reachable(self.node_id, node_id):
             return defer.fail(ForwardError("TRYAGAIN", "no connection to %s" % node_id))
-        return self.network.nodes[node_id].forwarded(self.node_id, payload)
+        self.network.forwarded.append((self.node_id, node_id))
+        answer = defer.Deferred()
+
+        def settle(outcome):
+            if timer.active():
+                timer.cancel()
+            if not answer.called:
+                answer.callback(outcome) if not isinstance(outcome, Failure) else answer.errback(outcome)
+
+        def time_out():
+            if not answer.called:
+                answer.errback(ForwardError("TIMEOUT", "no answer from %s within %gs" % (node_id, timeout)))
+
+        timer = self.network.clock.callLater(timeout, time_out)
+        self.network.nodes[node_id].forwarded(self.node_id, payload).addBoth(settle)
+        return answer
 
     def stop(self):
         return None

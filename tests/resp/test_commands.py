@@ -289,6 +289,7 @@ def test_table_has_every_supported_command():
         b"ping", b"echo", b"get", b"set", b"del", b"exists", b"mget", b"mset", b"incr", b"decr", b"incrby",
         b"decrby", b"keys", b"scan", b"dbsize", b"info", b"role", b"select", b"command", b"quit", b"readonly",
         b"readwrite", b"client", b"kvd.members", b"kvd.cluster", b"kvd.join", b"kvd.remove", b"hello",
+        b"config", b"multi", b"exec", b"discard", b"watch", b"unwatch",
     }
 
 

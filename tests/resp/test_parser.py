@@ -122,19 +122,50 @@ def test_bad_multibulk_is_fatal(data, message):
     assert parser.feed(b"*1\r\n$4\r\nPING\r\n") == []
 
 
-def test_bulk_over_limit_fails_before_data_arrives():
-    """An oversized bulk is refused at its header, without buffering the payload."""
+def over_limit(size, limit):
+    return ProtocolError(
+        "value of %d bytes is over this node's limit of %d bytes (--value-max-bytes); the command was not run"
+        % (size, limit),
+        recoverable=True,
+    )
+
+
+def test_bulk_over_limit_is_skipped_and_answered():
+    """An oversized value is an error for its request only: the rest of it is skipped, parsing goes on."""
     parser = RespParser(max_bulk_bytes=100)
-    assert parser.feed(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$101\r\n") == [fatal("invalid bulk length")]
+    assert parser.feed(b"*4\r\n$3\r\nSET\r\n$1\r\nk\r\n$101\r\n") == []
+    assert parser.feed(b"x" * 60) == []
+    assert parser.buffered == 0  # skipped as it arrives, never buffered
+    assert parser.feed(b"x" * 41 + b"\r\n$2\r\nNX\r\n*1\r\n$4\r\nPING\r\n") == [
+        over_limit(101, 100), [b"PING"]]
+    assert not parser.failed
     ok = RespParser(max_bulk_bytes=100)
     assert ok.feed(b"*1\r\n$100\r\n" + b"x" * 100 + b"\r\n") == [[b"x" * 100]]
 
 
+def test_oversized_bulk_skipped_byte_by_byte():
+    """The skip survives any split of the input, including inside the CRLF after the payload."""
+    data = b"*2\r\n$3\r\nSET\r\n$12\r\n" + b"y" * 12 + b"\r\nPING\r\n"
+    parser = RespParser(max_bulk_bytes=10)
+    items = []
+    for i in range(len(data)):
+        items += parser.feed(data[i:i + 1])
+    assert items == [over_limit(12, 10), [b"PING"]]
+
+
 def test_default_limit_admits_a_one_mebibyte_value():
-    """The default bulk limit lets a full 1 MiB value through and refuses one byte more."""
+    """The default bulk limit lets a full 1 MiB value through and refuses one byte more (not fatally)."""
     parser = RespParser()
     assert parser.feed(b"*1\r\n$%d\r\n" % (1024 * 1024)) == []
-    assert RespParser().feed(b"*1\r\n$%d\r\n" % (1024 * 1024 + 1)) == [fatal("invalid bulk length")]
+    big = RespParser()
+    assert big.feed(b"*1\r\n$%d\r\n" % (1024 * 1024 + 1) + b"z" * (1024 * 1024 + 1) + b"\r\n") == [
+        over_limit(1024 * 1024 + 1, 1024 * 1024)]
+
+
+def test_bulk_over_the_request_limit_is_fatal():
+    """A bulk length beyond any request we accept cannot be skipped safely: the framing is not trusted."""
+    parser = RespParser(max_bulk_bytes=10, max_request_bytes=1000)
+    assert parser.feed(b"*1\r\n$1001\r\n") == [fatal("invalid bulk length")]
 
 
 def test_too_many_args_is_fatal():

@@ -401,7 +401,7 @@ def test_unexpected_errors_become_internal_error_and_are_logged(mode, logged):
         (b"*1\r\n$-3\r\n", b"-ERR Protocol error: invalid bulk length\r\n"),
         (b"*1\r\n$x\r\n", b"-ERR Protocol error: invalid bulk length\r\n"),
         (b"*1\r\n$99999999999999999999\r\n", b"-ERR Protocol error: invalid bulk length\r\n"),
-        (b"*1\r\n$2000000\r\n", b"-ERR Protocol error: invalid bulk length\r\n"),
+        (b"*1\r\n$100000000\r\n", b"-ERR Protocol error: invalid bulk length\r\n"),
         (b"*1\r\nGET\r\n", b"-ERR Protocol error: expected '$', got 'G'\r\n"),
         (b"*9999999\r\n", b"-ERR Protocol error: invalid multibulk length\r\n"),
         (b"x" * 70000, b"-ERR Protocol error: too big inline request\r\n"),
@@ -597,14 +597,55 @@ def test_bugs_in_local_handling_do_not_drop_the_connection(logged, monkeypatch):
 
 
 def test_value_size_limit_is_configurable():
-    """value_bytes_max bounds bulk arguments: at the limit is served, one byte over is a fatal protocol error."""
+    """value_bytes_max bounds bulk arguments: at the limit is served; one byte over gets -ERR naming the
+    limit, runs nothing, and the connection goes on serving."""
     executor = ScriptedExecutor(lambda r, s: OK)
     proto, transport = connect(executor, value_bytes_max=10)
     proto.dataReceived(packed("SET", "k", "x" * 10))
     assert transport.value() == b"+OK\r\n"
-    proto.dataReceived(packed("SET", "k", "x" * 11))
-    assert transport.value() == b"+OK\r\n-ERR Protocol error: invalid bulk length\r\n"
-    assert transport.disconnecting and len(executor.calls) == 1
+    transport.clear()
+    proto.dataReceived(packed("SET", "k", "x" * 11) + packed("GET", "k"))
+    assert transport.value() == (
+        b"-ERR value of 11 bytes is over this node's limit of 10 bytes (--value-max-bytes); "
+        b"the command was not run\r\n+OK\r\n"
+    )
+    assert not transport.disconnecting
+    assert [type(r).__name__ for r, _ in executor.calls] == ["Write", "Read"]
+
+
+def test_a_connection_in_multi_runs_nothing():
+    """redis-py's default pipeline (MULTI, SET, INCR, EXEC): nothing reaches the executor, each queued
+    command says it was not run, and EXEC answers EXECABORT; the connection then works as before."""
+    executor = ScriptedExecutor(lambda r, s: OK)
+    proto, transport = connect(executor)
+    proto.dataReceived(packed("MULTI") + packed("SET", "a", 1) + packed("INCR", "n") + packed("PING") + packed("EXEC"))
+    replies = transport.value().split(b"\r\n")
+    assert replies[0] == b"+OK"
+    assert all(r.startswith(b"-ERR command not run: kvd does not support transactions") for r in replies[1:4])
+    assert replies[4].startswith(b"-EXECABORT Transaction discarded because of previous errors.")
+    assert executor.calls == []
+    transport.clear()
+    proto.dataReceived(packed("MULTI") + packed("MULTI") + packed("DISCARD") + packed("SET", "a", 1))
+    assert transport.value() == b"+OK\r\n-ERR MULTI calls can not be nested\r\n+OK\r\n+OK\r\n"
+    assert len(executor.calls) == 1
+
+
+def test_exec_and_discard_without_multi():
+    """EXEC and DISCARD outside a transaction are errors with Redis's texts."""
+    proto, transport = connect(ScriptedExecutor())
+    proto.dataReceived(packed("EXEC") + packed("DISCARD") + packed("UNWATCH"))
+    assert transport.value() == b"-ERR EXEC without MULTI\r\n-ERR DISCARD without MULTI\r\n+OK\r\n"
+
+
+def test_factory_tracks_open_sessions():
+    """The factory knows its open connections (INFO's connected_clients)."""
+    factory = RespFactory(ScriptedExecutor())
+    protos = [factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000 + i)) for i in range(3)]
+    for p in protos:
+        p.makeConnection(StringTransport())
+    assert len(factory.sessions) == 3
+    protos[1].connectionLost(None)
+    assert sorted(factory.sessions) == [protos[0].session.id, protos[2].session.id]
 
 
 def test_a_read_waits_for_an_earlier_write_on_the_connection():

@@ -1,0 +1,202 @@
+# -*- test-case-name: tests.node.test_server_info -*-
+"""
+What a Redis client learns about the server: ``INFO [section ...]`` and
+``CONFIG GET pattern [pattern ...]``.
+
+Tools read these before doing anything else (redis-cli's ``INFO``,
+redis-benchmark's ``CONFIG GET save`` and ``appendonly``, client libraries'
+``INFO server`` for the version), so every section Redis has and kvd can
+fill answers, with Redis's field names, and every value says what kvd
+really does.  kvd writes every command to the Raft log and fsyncs it
+(on a majority) before answering, so it is ``appendonly yes`` with
+``appendfsync always`` (``no`` under ``--sync none``); it takes no RDB
+snapshots (``save ""``); it has no memory limit and evicts nothing.
+
+The node is read through a handful of attributes (``config``, ``info()``,
+``stats``, ``machine.key_count()``); ``clients`` is the client port's
+``sessions`` mapping, when there is one.
+
+Allowed imports: the standard library, twisted, kvd.kv, kvd.resp.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import sys
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
+
+from kvd.kv.glob import Pattern
+from kvd.resp.encoder import RespMap
+
+REDIS_VERSION = "7.0.0"  # the protocol and command semantics kvd follows
+KVD_VERSION = "0.1.0"
+
+#: INFO's sections in Redis's order; "default" and "all" name every one of these.
+SECTIONS = ("server", "clients", "memory", "persistence", "stats", "replication", "cpu", "cluster", "keyspace", "raft")
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "K", "M", "G"):
+        if n < 1024 or unit == "G":
+            return ("%d%s" if unit == "B" else "%.2f%s") % (n, unit)
+        n /= 1024.0
+    return str(n)  # pragma: no cover
+
+
+class ServerInfo:
+    def __init__(self, node, now: Callable[[], float], clients: Optional[Mapping] = None):
+        self.node = node
+        self.now = now
+        self.clients = clients
+        self.started = now()
+
+    # ------------------------------------------------------------------ INFO
+    def info(self, args: Tuple[bytes, ...]) -> bytes:
+        wanted = {a.decode("utf-8", "replace").lower() for a in args}
+        if not wanted or wanted & {"default", "all", "everything"}:
+            wanted |= set(SECTIONS)
+        raft = self.node.info()
+        out: List[str] = []
+        for name in SECTIONS:
+            if name in wanted:
+                fields = getattr(self, "_" + name)(raft)
+                out.append("# " + ("Raft" if name == "raft" else name.capitalize()))
+                out += ["%s:%s" % kv for kv in fields]
+                out.append("")
+        return "\r\n".join(out).encode()
+
+    def _server(self, raft) -> List[Tuple[str, object]]:
+        config = self.node.config
+        uptime = max(0, int(self.now() - self.started))
+        return [
+            ("redis_version", REDIS_VERSION),
+            ("kvd_version", KVD_VERSION),
+            ("redis_mode", "standalone"),
+            ("os", "%s %s %s" % (platform.system(), platform.release(), platform.machine())),
+            ("arch_bits", 64 if sys.maxsize > 2**32 else 32),
+            ("multiplexing_api", "twisted"),
+            ("python_version", platform.python_version()),
+            ("process_id", os.getpid()),
+            ("run_id", raft["raft_node_id"]),
+            ("tcp_port", config.address.client_port),
+            ("server_time_usec", int(self.now() * 1e6)),
+            ("uptime_in_seconds", uptime),
+            ("uptime_in_days", uptime // 86400),
+            ("executable", sys.argv[0] if sys.argv else ""),
+            ("config_file", ""),
+        ]
+
+    def _clients(self, raft):
+        return [("connected_clients", len(self.clients) if self.clients is not None else 0),
+                ("maxclients", 0), ("blocked_clients", 0)]
+
+    def _memory(self, raft):
+        rss = _rss_bytes()
+        return [
+            ("used_memory", rss), ("used_memory_human", _human(rss)),
+            ("used_memory_rss", rss), ("used_memory_rss_human", _human(rss)),
+            ("maxmemory", 0), ("maxmemory_human", "0B"), ("maxmemory_policy", "noeviction"),
+        ]
+
+    def _persistence(self, raft):
+        sync = "always" if self.node.config.sync else "no"
+        return [
+            ("loading", 0),
+            ("rdb_changes_since_last_save", 0),
+            ("rdb_bgsave_in_progress", 0),
+            ("rdb_last_bgsave_status", "ok"),
+            ("aof_enabled", 1),
+            ("aof_rewrite_in_progress", 0),
+            ("aof_last_write_status", "ok"),
+            ("kvd_log_fsync", sync),
+            ("kvd_data_dir", self.node.config.data_dir),
+            ("kvd_snapshot_index", raft["raft_snapshot_index"]),
+            ("kvd_snapshots_taken", raft["raft_snapshots"]),
+        ]
+
+    def _stats(self, raft):
+        stats = self.node.stats
+        return [
+            ("total_commands_processed", stats.get("proposals", 0) + stats.get("reads", 0)),
+            ("kvd_writes_proposed", stats.get("proposals", 0)),
+            ("kvd_linearizable_reads", stats.get("reads", 0)),
+            ("expired_keys", 0),
+            ("evicted_keys", 0),
+        ]
+
+    def _replication(self, raft):
+        leader = raft["raft_role"] == "leader"
+        fields: List[Tuple[str, object]] = [("role", "master" if leader else "slave")]
+        if leader:
+            followers = [m for m in self.node.members() if m["id"] != raft["raft_node_id"]]
+            fields.append(("connected_slaves", sum(1 for m in followers if m.get("up"))))
+            for i, m in enumerate(followers):
+                host, _, port = m["client"].rpartition(":")
+                fields.append(("slave%d" % i, "ip=%s,port=%s,state=%s,offset=%d,lag=0" % (
+                    host, port, "online" if m.get("up") else "offline", m.get("match", 0))))
+        else:
+            host, _, port = (raft["raft_leader"] or ":0").rpartition(":")
+            fields += [("master_host", host), ("master_port", int(port or 0)),
+                       ("master_link_status", "up" if self.node.live_leader() else "down")]
+        fields += [("master_repl_offset", raft["raft_applied_index"])]
+        return fields
+
+    def _cpu(self, raft):
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return [("used_cpu_sys", "%.6f" % usage.ru_stime), ("used_cpu_user", "%.6f" % usage.ru_utime)]
+
+    def _cluster(self, raft):
+        return [("cluster_enabled", 0)]  # Redis Cluster's sharding, which kvd does not do
+
+    def _keyspace(self, raft):
+        keys = self.node.machine.key_count()
+        return [("db0", "keys=%d,expires=0,avg_ttl=0" % keys)] if keys else []
+
+    def _raft(self, raft):
+        return list(raft.items())
+
+    # ---------------------------------------------------------------- CONFIG
+    def config(self) -> Dict[str, str]:
+        """Every parameter CONFIG GET knows, as Redis names it, with kvd's real value."""
+        c = self.node.config
+        return {
+            "port": str(c.address.client_port),
+            "bind": c.address.host,
+            "dir": os.path.abspath(c.data_dir),
+            "databases": "1",
+            "save": "",
+            "dbfilename": "",
+            "appendonly": "yes",
+            "appendfsync": "always" if c.sync else "no",
+            "maxmemory": "0",
+            "maxmemory-policy": "noeviction",
+            "maxclients": "0",
+            "timeout": "0",
+            "tcp-keepalive": "0",
+            "proto-max-bulk-len": str(c.value_bytes_max),
+            "cluster-enabled": "no",
+            "replica-read-only": "yes",
+            "slave-read-only": "yes",
+            "lua-time-limit": "0",
+            "busy-reply-threshold": "0",
+            "notify-keyspace-events": "",
+            "protected-mode": "no",
+            "io-threads": "1",
+        }
+
+    def config_get(self, patterns: Tuple[bytes, ...]) -> RespMap:
+        """CONFIG GET: every parameter matching any pattern (case-insensitive), each once."""
+        params = self.config()
+        compiled = [Pattern(p.lower()) for p in patterns]
+        pairs = [(k, v) for k, v in params.items() if any(p.matches(k.encode()) for p in compiled)]
+        return RespMap(tuple(pairs))
