@@ -282,7 +282,7 @@ class NodeService(service.Service):
 
     def _ask_again(self, asked_before: float) -> None:
         """
-        Send again the ReadIndex requests sent before ``asked_before`` that have
+        Send again the ReadIndex requests sent at or before ``asked_before`` that have
         no answer.  A request to the leader is lost when the link is down (a
         restarted follower's first reads go out before its connection is up)
         or the leader restarted; without this, such a read would wait for the
@@ -292,7 +292,7 @@ class NodeService(service.Service):
         if self.core.leader is None or self.core.is_leader():
             return
         for r in list(self.reads.values()):
-            if r.asked_at < asked_before and not r.deferred.called:
+            if r.asked_at <= asked_before and not r.deferred.called:
                 try:
                     self.core.read_index(r.ctx)
                 except NotLeader:

@@ -34,6 +34,7 @@ REDIS_VERSION = "7.0.0"  # the protocol and command semantics kvd follows
 KVD_VERSION = "0.1.0"
 
 #: INFO's sections in Redis's order; "default" and "all" name every one of these.
+_TITLES = {"cpu": "CPU"}
 SECTIONS = ("server", "clients", "memory", "persistence", "stats", "replication", "cpu", "cluster", "keyspace", "raft")
 
 
@@ -70,7 +71,7 @@ class ServerInfo:
         for name in SECTIONS:
             if name in wanted:
                 fields = getattr(self, "_" + name)(raft)
-                out.append("# " + ("Raft" if name == "raft" else name.capitalize()))
+                out.append("# " + _TITLES.get(name, name.capitalize()))
                 out += ["%s:%s" % kv for kv in fields]
                 out.append("")
         return "\r\n".join(out).encode()
