@@ -10,9 +10,14 @@
 #   DEBIAN_SUITE    Debian release         (default bookworm; Python 3.11)
 #   DEBIAN_MIRROR   Debian mirror          (default http://deb.debian.org/debian)
 #   DEBIAN_SECURITY security mirror        (default http://deb.debian.org/debian-security)
+#   KVD_BASE_HOST_CA 1: the CA certificates this host's admin added (/usr/local/share/
+#                   ca-certificates/*.crt, e.g. a TLS-intercepting proxy's) are added to the
+#                   base's trust store too, so that pip in `docker build` reaches PyPI through
+#                   the same network as the host; 0 leaves them out   (default 1)
 #
-# Needs root (debootstrap, chroot) and the debootstrap package.  Elsewhere,
-# skip this script and build on an official image instead:
+# Needs root (debootstrap, chroot) and the debootstrap package (installed here with
+# apt-get when it is missing and we are root).  Elsewhere, skip this script and build
+# on an official image instead:
 #   docker build --build-arg BASE=python:3.11-slim -t kvd .
 set -eu
 
@@ -20,6 +25,7 @@ IMAGE=${KVD_BASE_IMAGE:-kvd-base:bookworm}
 SUITE=${DEBIAN_SUITE:-bookworm}
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 SECURITY=${DEBIAN_SECURITY:-http://deb.debian.org/debian-security}
+HOST_CA=${KVD_BASE_HOST_CA:-1}
 FORCE=0
 [ "${1:-}" = "--force" ] && FORCE=1
 
@@ -40,8 +46,19 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 if ! command -v debootstrap >/dev/null 2>&1; then
-    echo "build-base: debootstrap is not installed (apt-get install debootstrap)" >&2
-    exit 1
+    if ! command -v apt-get >/dev/null 2>&1; then
+        echo "build-base: debootstrap is not installed, and there is no apt-get to install it with;" >&2
+        echo "  install your distribution's debootstrap package, or build from an official image:" >&2
+        echo "  docker build --build-arg BASE=python:3.11-slim -t kvd ." >&2
+        exit 1
+    fi
+    echo "build-base: debootstrap is not installed; installing it: apt-get install -y debootstrap"
+    if ! { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null 2>&1 ||
+           { apt-get update -qq >/dev/null 2>&1 &&
+             DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null; }; }; then
+        echo "build-base: could not install debootstrap; run: apt-get update && apt-get install -y debootstrap" >&2
+        exit 1
+    fi
 fi
 
 # One build at a time: a second caller waits, then finds the image and reuses it.
@@ -78,11 +95,43 @@ deb $MIRROR $SUITE-updates main
 deb $SECURITY $SUITE-security main
 SOURCES
 cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
+
+# The host's own added CAs (not Debian's bundle, which the base has already): a network that
+# intercepts TLS is then trusted in `docker build` as on the host.  update-ca-certificates
+# runs in the step below either way (the upgrade may bring a new ca-certificates).
+CAS=""
+if [ "$HOST_CA" = 1 ] && [ -d /usr/local/share/ca-certificates ]; then
+    mkdir -p "$ROOT/usr/local/share/ca-certificates/host"
+    for ca in $(find /usr/local/share/ca-certificates -name '*.crt' -type f | sort); do
+        cp "$ca" "$ROOT/usr/local/share/ca-certificates/host/"
+        CAS="$CAS${CAS:+,}$(basename "$ca")"
+    done
+    if [ -n "$CAS" ]; then
+        echo "build-base: adding this host's CA certificates to the base's trust store: $CAS (KVD_BASE_HOST_CA=0 leaves them out)"
+    fi
+fi
+
+# apt in a chroot without a pty or apt-utils prints notices that read as failures but are not
+# ("E: Can not write log (Is /dev/pts mounted?)", "debconf: delaying package configuration",
+# tzdata's and update-ca-certificates' chatter): no pty is asked for (Dpkg::Use-Pty=0), the
+# known harmless lines are dropped, and anything else is shown; a failure shows it all.
+HARMLESS='^$|^debconf: delaying package configuration, since apt-utils is not installed|^debconf: (unable to initialize frontend|falling back to frontend|\(.*\))|^E: Can not write log \(Is /dev/pts mounted\?\)|^Current default time zone:|^Local time is now:|^Universal Time is now:|^Run .dpkg-reconfigure tzdata. if you wish to change it|^Updating certificates in /etc/ssl/certs|^rehash: warning: skipping ca-certificates.crt|^[0-9]+ added, [0-9]+ removed; done\.$|^Installing new version of config file|^Running hooks in /etc/ca-certificates/update\.d|^done\.$'
 mount -t proc proc "$ROOT/proc"
 echo "build-base: applying $SUITE-updates and $SUITE-security"
-chroot "$ROOT" /usr/bin/env DEBIAN_FRONTEND=noninteractive sh -c \
-    'apt-get update -qq && apt-get -y -qq upgrade >/dev/null && apt-get clean'
+APTLOG=$(mktemp)
+if ! chroot "$ROOT" /usr/bin/env DEBIAN_FRONTEND=noninteractive DEBCONF_NONINTERACTIVE_SEEN=true sh -c \
+        'apt-get -o Dpkg::Use-Pty=0 update -qq &&
+         apt-get -o Dpkg::Use-Pty=0 -y -qq upgrade &&
+         apt-get clean &&
+         update-ca-certificates' >"$APTLOG" 2>&1; then
+    umount "$ROOT/proc"
+    tail -40 "$APTLOG" >&2
+    rm -f "$APTLOG"
+    exit 1
+fi
 umount "$ROOT/proc"
+grep -Ev "$HARMLESS" "$APTLOG" | grep -Ev '^(Preconfiguring packages|\(Reading database|Preparing to unpack|Unpacking|Setting up|Processing triggers|Selecting previously unselected|Removing|Adding|Extracting templates)' | sed 's/^/build-base: apt: /' >&2 || true
+rm -f "$APTLOG"
 
 # Slim it: package lists, caches, docs, man pages, locales other than C.
 rm -rf "$ROOT"/var/lib/apt/lists/* "$ROOT"/var/cache/apt/*.bin "$ROOT"/var/cache/apt/archives/*.deb \
@@ -97,6 +146,7 @@ tar --numeric-owner -C "$ROOT" -c . | docker import \
     --change 'ENV LANG=C.UTF-8' \
     --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     --change 'CMD ["/bin/bash"]' \
+    --change "LABEL kvd.base.host-ca=${CAS:-none}" \
     --message "kvd base: debootstrap --variant=minbase $SUITE + python3, python3-venv, ca-certificates" \
     - "$IMAGE" >/dev/null
 echo "build-base: $IMAGE built in $(( $(date +%s) - start ))s ($(docker image inspect -f '{{.Size}}' "$IMAGE" | awk '{printf "%.0f MB", $1/1e6}'))"
