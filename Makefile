@@ -39,8 +39,10 @@ stop: install
 status: install
 	$(PY) mgmt.py -r server -c list
 
-# Every test: unit, simulator, real processes.
+# Every test: unit, simulator, real processes, Docker.  It first installs the Debian packages the
+# tests use (tests/debian-packages.sh: as root; otherwise it names the apt-get line and stops).
 test: install
+	sh tests/debian-packages.sh
 	$(PY) -m pytest -q
 
 test-fast: install
