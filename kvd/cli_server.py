@@ -522,7 +522,9 @@ def gather(home: Home, address: Optional[str] = None) -> Tuple[dict, Optional[Cl
             status = "up" if info else "down"
         if not info and rec is not None and rec.running_pid() is None:
             status = "stopped"
-        if m.get("leader"):
+        # Name a leader only if it answers as one: right after a leader dies
+        # the members' view may still point at it.
+        if m.get("leader") and status == "up" and info.get("raft_role") == "leader":
             leader_address = client_address
         cluster_id = cluster_id or info.get("raft_cluster_id")
         nodes.append(_row(m.get("id"), client_address, m.get("peer", ""), info, status, True, bool(m.get("voter")), rec))

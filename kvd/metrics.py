@@ -34,7 +34,7 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 
 _log = Logger()
 
-ROLES = ("leader", "follower", "candidate", "learner", "joining")
+ROLES = ("leader", "follower", "pre-candidate", "candidate", "learner", "joining")
 RCODES = {dns.OK: "NOERROR", dns.EFORMAT: "FORMERR", dns.ESERVER: "SERVFAIL", dns.ENAME: "NXDOMAIN", dns.ENOTIMP: "NOTIMP", dns.EREFUSED: "REFUSED"}
 
 SYNC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)

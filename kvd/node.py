@@ -182,6 +182,8 @@ class NodeService(service.Service):
             n=len(entries),
             members=list(self.core.config.members),
         )
+        if not self.core.config.members:
+            self.log.warn("{node}: {why}", node=self.config.node_id, why=self.waiting_for())
         if self._is_lone_voter():
             self.core.campaign()
             self._schedule_drain()
@@ -429,6 +431,24 @@ class NodeService(service.Service):
         self.log.info("{node} took a snapshot at index {index}", node=self.config.node_id, index=snap.index)
 
     # ============================================================ waiting for a leader
+    def _no_leader(self) -> NodeError:
+        """NOLEADER, saying why: an unformed node says what it waits for and how to form a cluster."""
+        if self.core is not None and not self.core.config.members:
+            return NodeError("NOLEADER", "the command was not applied: " + self.waiting_for())
+        return NodeError("NOLEADER", "no leader: this node cannot reach a majority of the cluster; the command was not applied")
+
+    def waiting_for(self) -> str:
+        """What a node that belongs to no cluster yet is waiting for, and how to give it one."""
+        if self.config.bootstrap_expect:
+            have = len(self.pending_joins) + 1
+            return ("this seed waits for %d of %d founding nodes to join before it forms the cluster "
+                    "(mgmt.py -r server -c join -h HOST:PORT, or KVD.JOIN <id> <address> on this node)"
+                    % (self.config.bootstrap_expect - have, self.config.bootstrap_expect))
+        return ("this node is not part of a cluster yet: start every founder with the same "
+                "--initial-cluster id1,id2,..., or add this node to a running cluster "
+                "(mgmt.py -r server -c join -h %s, or KVD.JOIN %s %s sent to a member)"
+                % (self.config.address.client, self.config.node_id, self.config.address))
+
     def _when_leader(self, deadline: Optional[float] = None) -> defer.Deferred:
         """
         Fires with the leader's id once one is known, or fails with NOLEADER
@@ -448,7 +468,7 @@ class NodeService(service.Service):
         def give_up():
             if d in self.leader_waiters:
                 self.leader_waiters.remove(d)
-                d.errback(NodeError("NOLEADER", "no leader: this node cannot reach a majority of the cluster; the command was not applied"))
+                d.errback(self._no_leader())
 
         call = self.clock.callLater(wait_s, give_up)
         d.addBoth(lambda r: (call.active() and call.cancel(), r)[1])
@@ -724,8 +744,7 @@ class NodeService(service.Service):
         return ", ".join(["%s (voter)" % v for v in c.voters] + ["%s (learner)" % v for v in c.learners])
 
     def role_name(self) -> str:
-        if self.core.role is Role.PRE_CANDIDATE:
-            return "candidate"
+        """The role as the log names it (pre-candidate too), or learner / joining for a non-voter."""
         if self.core.role is Role.FOLLOWER and self.config.node_id not in self.core.config.members:
             return "learner" if self.core.config.members else "joining"
         return self.core.role.value
@@ -764,7 +783,8 @@ class NodeService(service.Service):
                 "client": address.client,
                 "peer": address.peer,
                 "voter": node_id in self.core.config.voters,
-                "leader": node_id == self.core.leader,
+                # A leader we have stopped hearing from is not named (live_leader).
+                "leader": node_id == self.live_leader(),
             }
             progress = status["progress"].get(node_id)
             if node_id == self.config.node_id:

@@ -620,6 +620,22 @@ def test_list_shows_each_member_with_its_state(capsys, home, fake_nodes):
     assert [n["status"] for n in view["nodes"]] == ["up", "up", "down"]
 
 
+def test_list_does_not_name_a_dead_leader(capsys, home, fake_nodes):
+    """Right after the leader is killed a follower's view still flags it: the header must not name it."""
+    nodes = [fake_nodes(lambda args: b"-ERR not yet\r\n") for _ in range(3)]
+    ids = [n.address for n in nodes]
+    members = [{"id": a, "client": a, "peer": "127.0.0.1:%d" % i, "voter": True, "leader": i == 0}
+               for i, a in enumerate(ids)]
+    info = {a: {"raft_role": "follower", "raft_term": "4", "raft_cluster_id": "kvd-t"} for a in ids}
+    for node in nodes:
+        node.handler = _cluster_handler(node.address, members, info)
+    nodes[0].close()  # the leader is dead
+    code, out, _ = run_cli(capsys, "-r", "server", "-c", "list", "-h", ids[1])
+    assert out.splitlines()[0] == "cluster kvd-t: leader none, 3 voter(s), quorum 2"
+    code, out, _ = run_cli(capsys, "-r", "server", "-c", "list", "-h", ids[1], "--json")
+    assert json.loads(out)["leader"] is None
+
+
 def test_list_shows_recorded_nodes_that_are_stopped(capsys, home, fake_nodes):
     """Nodes started from KVD_HOME that no member lists (and that do not run) appear as stopped, not members."""
     leader = fake_nodes(lambda args: b"-ERR\r\n")

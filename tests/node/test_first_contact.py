@@ -154,3 +154,32 @@ def test_a_write_fails_within_the_request_timeout(tmp_path, timeout_s):
     for node in network.nodes.values():
         node.stopService()
     run(clock, 3)
+
+
+def test_an_unformed_node_says_what_it_waits_for(tmp_path):
+    """A node started with neither --initial-cluster nor a join answers NOLEADER saying how to form a cluster."""
+    from tests.node.fakes import FakeNetwork, make_node
+    from twisted.internet import task
+
+    clock = task.Clock()
+    network = FakeNetwork(clock)
+    node = network.nodes["127.0.0.1:7001"] = make_node(tmp_path, network, "127.0.0.1:7001", None)
+    node.startService()
+    result, took = answer_of(clock, node.submit(Set(b"k", b"v")), 10)
+    assert isinstance(result, Failure) and result.value.code == "NOLEADER"
+    assert "not part of a cluster yet" in result.value.message and "--initial-cluster" in result.value.message
+    assert "mgmt.py -r server -c join -h 127.0.0.1:7001" in result.value.message
+    assert node.role_name() == "joining"
+    node.stopService()
+
+
+def test_info_says_pre_candidate_as_the_log_does(wired_cluster):
+    """A follower cut off from the others campaigns with pre-votes: INFO says pre-candidate, not candidate."""
+    clock, network = wired_cluster
+    (leader,) = leaders(network)
+    follower = next(n for n in network.nodes.values() if n is not leader)
+    network.isolate(follower.config.node_id)
+    run(clock, 3)
+    assert follower.info()["raft_role"] == "pre-candidate"
+    members = {m["id"]: m for m in follower.members()}
+    assert not any(m["leader"] for m in members.values())  # the leader it no longer hears is not named
