@@ -47,8 +47,8 @@ FROM ${BASE}
 LABEL kvd.image=node org.opencontainers.image.title=kvd \
       org.opencontainers.image.description="A replicated key/value store on Raft and Twisted, speaking Redis"
 RUN set -eu; \
-    groupadd --system --gid 10001 kvd; \
-    useradd --system --uid 10001 --gid kvd --home-dir /data --no-create-home --shell /usr/sbin/nologin kvd; \
+    groupadd --gid 10001 kvd; \
+    useradd --uid 10001 --gid kvd --home-dir /data --no-create-home --shell /usr/sbin/nologin kvd; \
     mkdir -p /data; \
     chown kvd:kvd /data
 COPY --from=build /opt/kvd /opt/kvd

@@ -14,16 +14,41 @@ set -e
 if [ "$#" -gt 0 ] && [ "${1#-}" = "$1" ]; then
     exec "$@"
 fi
-listen=1 bind=1 data=1
+listen=1 bind=1 data=1 config=0 data_dir=${KVD_DATA_DIR:-/data} prev=
 for arg in "$@"; do
     case "$arg" in
-        -c|--config|--config=*) listen=0 bind=0 data=0 ;;
+        -c|--config|--config=*) listen=0 bind=0 data=0 config=1 ;;
         -l|--listen|--listen=*) listen=0 ;;
         --bind|--bind=*) bind=0 ;;
-        -d|--data-dir|--data-dir=*) data=0 ;;
+        -d|--data-dir) data=0 ;;
+        --data-dir=*) data=0 data_dir=${arg#--data-dir=} ;;
     esac
+    case "$prev" in -d|--data-dir) data_dir=$arg config=0 ;; esac
+    prev=$arg
 done
-[ "$data" = 1 ] && set -- --data-dir "${KVD_DATA_DIR:-/data}" "$@"
+# The data directory must be writable by this user (uid 10001 unless --user says otherwise): a
+# bind-mounted host directory keeps its host owner.  Say so in one line, with the fix, rather than
+# let LMDB fail with a traceback.  (With --config the node itself checks, with the same advice.)
+if [ "$config" = 0 ]; then
+    dir=$data_dir
+    while [ ! -e "$dir" ] && [ "$dir" != / ]; do dir=$(dirname "$dir"); done
+    if [ ! -w "$dir" ] || [ ! -x "$dir" ]; then
+        uid=$(id -u) gid=$(id -g)
+        # The mount's source as /proc/self/mountinfo names it (the host path, for a bind mount
+        # of a directory on the host's root filesystem), and whether it is read-only.
+        source=$(awk -v d="$dir" '$5 == d { print $4 }' /proc/self/mountinfo 2>/dev/null | tail -1)
+        options=$(awk -v d="$dir" '$5 == d { print $6 }' /proc/self/mountinfo 2>/dev/null | tail -1)
+        case ",$options," in
+            *,ro,*)
+                echo "kvd: the data directory $dir is mounted read-only (${source:-?}); mount it read-write (drop :ro)" >&2
+                exit 1 ;;
+        esac
+        owner=$(stat -c 'uid %u, gid %g, mode %a' "$dir" 2>/dev/null || echo "unknown owner")
+        echo "kvd: the data directory $dir is not writable by this container's user (uid $uid, gid $gid): it is owned by $owner; on the host run: chown -R $uid:$gid ${source:-<the host directory mounted on $dir>} (or docker run --user <its owner's uid:gid>)" >&2
+        exit 1
+    fi
+fi
+[ "$data" = 1 ] && set -- --data-dir "$data_dir" "$@"
 [ "$bind" = 1 ] && set -- --bind "${KVD_BIND:-0.0.0.0}" "$@"
 [ "$listen" = 1 ] && set -- --listen "${KVD_LISTEN:-$(hostname):7001}" "$@"
 exec twistd --nodaemon --pidfile= kvd "$@"

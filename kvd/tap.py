@@ -159,6 +159,43 @@ def is_wildcard(host: str) -> bool:
     return host.strip("[]") in ("", "0.0.0.0", "::")
 
 
+def data_dir_problem(path: str, force: bool = False) -> Optional[str]:
+    """
+    None if this process can create ``path`` and write it and LMDB's files in it; else one
+    line naming the owner, this process's uid and the chown that fixes it (a bind-mounted
+    directory of a container is the usual case).  ``force`` reports even when nothing
+    looks wrong here (LMDB refused anyway).
+    """
+    try:
+        os.makedirs(path, exist_ok=True)
+    except PermissionError:
+        pass
+    except OSError as e:
+        return "cannot create the data dir %s: %s" % (path, e.strerror or e)
+    culprit = None
+    for candidate in (path, os.path.join(path, "data.mdb"), os.path.join(path, "lock.mdb")):
+        if os.path.exists(candidate) and not os.access(candidate, os.W_OK):
+            culprit = candidate
+            break
+    if not os.path.exists(path):
+        culprit = os.path.dirname(os.path.abspath(path))
+        while not os.path.exists(culprit):
+            culprit = os.path.dirname(culprit)
+    if culprit is None and not force:
+        return None
+    culprit = culprit or path
+    uid, gid = os.geteuid(), os.getegid()
+    try:
+        if os.statvfs(culprit).f_flag & os.ST_RDONLY:
+            return "the data dir %s is on a read-only filesystem (a :ro mount?); kvd needs to write it" % path
+        st = os.stat(culprit)
+        owner = "owned by uid %d, gid %d, mode %o" % (st.st_uid, st.st_gid, st.st_mode & 0o7777)
+    except OSError as e:
+        owner = "unreadable: %s" % (e.strerror or e)
+    return "cannot write the data dir %s: %s is %s, and kvd runs as uid %d, gid %d; give it to that user: chown -R %d:%d %s" % (
+        path, culprit, owner, uid, gid, uid, gid, path if os.path.exists(path) else culprit)
+
+
 def node_config(options: Options):
     from kvd.node import NodeConfig
 
@@ -191,8 +228,12 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
     from kvd.store.lmdb import LmdbStorage, StorageError
     from kvd.wire.peers import PeerTransport
 
+    import lmdb
+
     config = node_config(options)
-    os.makedirs(config.data_dir, exist_ok=True)
+    problem = data_dir_problem(config.data_dir)
+    if problem is not None:
+        raise SystemExit("kvd: " + problem)
     storage = LmdbStorage(config.data_dir, sync=config.sync)
     try:
         # Refuse a data dir of another cluster or node here, with a plain
@@ -201,6 +242,8 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
         storage.open(config.cluster_id, config.node_id)
     except StorageError as e:
         raise SystemExit("kvd: cannot use data dir %s: %s" % (config.data_dir, e))
+    except (PermissionError, lmdb.ReadonlyError) as e:  # what data_dir_problem could not foresee
+        raise SystemExit("kvd: " + (data_dir_problem(config.data_dir, force=True) or str(e)))
     finally:
         storage.close()
     metrics = make_metrics()
