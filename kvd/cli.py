@@ -64,9 +64,14 @@ More options:
                         server commands act on containers of a compose project (default
                         project kvd; or set $KVD_DOCKER=PROJECT): start and join create node
                         containers on its network, kill/stop/restart are docker kill/stop/
-                        restart, list asks a member through its published port.  -h is
-                        name:port (e.g. node1:7001; published on 127.0.0.1:port) or the
-                        published host:port.  Needs the image: make docker-image.
+                        restart, remove takes the node out of the cluster and then deletes
+                        its container and data volume, list asks a member through its
+                        published port.  -h is name:port (e.g. node1:7001; published on
+                        127.0.0.1:port) or the published host:port.  Needs the image: make
+                        docker-image.  Tear a project down (containers, data volumes, network):
+                          docker rm -f $(docker ps -aq -f label=com.docker.compose.project=PROJECT)
+                          docker volume rm $(docker volume ls -q -f label=com.docker.compose.project=PROJECT)
+                          docker network rm PROJECT_kvd
       --help            this text.
 
 <host> is a node's client address, host:port (e.g. 127.0.0.1:7001; a bare port means 127.0.0.1).
@@ -218,8 +223,6 @@ def docker_project(option: Optional[str]) -> Optional[str]:
 
 def check_docker_arguments(role: str, command_name: str, given: dict) -> None:
     """Raise a USAGE CliError for what --docker does not do."""
-    if role == "server" and command_name == "remove":
-        raise CliError(USAGE, "-c remove is not supported with --docker; use -c stop, then docker rm")
     if given.get("dns"):
         raise CliError(USAGE, "--dns does not go with --docker: nodes are found through the project's containers")
 

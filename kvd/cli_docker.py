@@ -12,6 +12,9 @@ nodes are containers of a compose project instead of local twistd processes.
   (``--bootstrap-expect`` from --expect); join creates a node container and asks
   the cluster to add it with KVD.JOIN, through kvd.cli_server's own join code.
 - kill, stop, restart are docker kill, stop, restart of the node's container.
+- remove takes the node out of the membership through the cluster (KVD.REMOVE, as
+  kvd.cli_server.remove does), then stops and deletes its container and its data
+  volume (a named volume only; a bind-mounted host directory is left alone).
 - list asks a member through its published port, as for local nodes, and shows
   containers that are not running as stopped.
 
@@ -32,7 +35,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 from kvd import cli_client, cli_server, docker_ops
 from kvd.address import PEER_PORT_OFFSET
 from kvd.cli_client import NodeClient, normalize_host
-from kvd.cli_errors import LOCAL_STATE, PROCESS, UNREACHABLE, USAGE, CliError
+from kvd.cli_errors import LOCAL_STATE, PROCESS, TIMEOUT, UNREACHABLE, USAGE, CliError
 
 Echo = Callable[[str], None]
 
@@ -214,6 +217,52 @@ def restart(project: str, address: str, echo: Echo) -> None:
     p.refresh()  # a stopped container shows no published ports: route it now that it runs
     wait_answering(node["listen"], node["container"])
     echo("restarted node %s (docker restart %s) on its volume" % (node["listen"], node["container"]))
+
+
+def remove(project: str, address: str, echo: Echo) -> None:
+    """
+    Out of the membership first (through any running member, following the leader), then
+    the container: a stopped voter would otherwise stay in the membership, counting
+    toward the quorum and never answering.
+    """
+    p = Project(project)
+    node = p.find(address)
+    node_id = node["listen"] if node is not None else normalize_host(address)[2]
+    others = [n for n in p.running() if n != node_id]
+    candidates = others + ([node_id] if node_id in p.running() else [])
+    if not candidates:
+        raise CliError(UNREACHABLE, "docker project %s has no running node to ask for the removal of %s" % (project, node_id))
+    already = cli_server._confirm_removed(node_id, others, 0)
+    try:
+        if already is not None:
+            answered, status = already, "it was not a member"
+        else:
+            answered, status = cli_server.leader_request(candidates, ("KVD.REMOVE", node_id))
+    except CliError as e:
+        # A leader that removes itself steps down and may never see the change
+        # applied, so it answers TIMEOUT: ask the others what happened.
+        if e.code != TIMEOUT:
+            raise
+        answered = cli_server._confirm_removed(node_id, others, cli_server.SETTLE_TIMEOUT_S)
+        if answered is None:
+            raise CliError(TIMEOUT, "the removal of %s was not confirmed in time (%s); check with: python3 mgmt.py --docker %s -r server -c list" % (node_id, e.message, project)) from None
+        status = "the old leader stepped down; confirmed"
+    echo("removed %s from the cluster (%s, via %s)" % (node_id, status, answered))
+    if node is None:
+        echo("%s has no container in docker project %s; stop it where it runs" % (node_id, project))
+        return
+    try:
+        if node["state"] == "running":
+            docker_ops.stop(node["container"], grace=int(cli_server.STOP_TIMEOUT_S))
+        volumes = docker_ops.data_volumes(node["container"])
+        docker_ops.remove(node["container"])
+        for volume in volumes:
+            docker_ops.remove_volume(volume)
+    except docker_ops.DockerError as e:
+        raise CliError(PROCESS, "%s is out of the cluster, but its container was not deleted: %s" % (node_id, e)) from None
+    echo("deleted its container %s%s" % (node["container"], " and data volume " + ", ".join(volumes) if volumes else ""))
+    if node.get("compose"):
+        echo("  %s is a service of the compose file: `docker compose up` would create it again; take it out of the file" % node["service"])
 
 
 class _NoLocalNodes:

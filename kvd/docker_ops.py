@@ -23,7 +23,8 @@ timeout and raises :class:`DockerError` with docker's own message on failure.
 For ``mgmt.py --docker``: :func:`run_node` creates one node container on a
 compose project's network (start, join), :func:`project_nodes` lists the node
 containers of a project with their state, health and ports (list), and
-:func:`kill`, :func:`stop`, :func:`restart` are the server commands.
+:func:`kill`, :func:`stop`, :func:`restart` (and :func:`remove`, :func:`remove_volume`
+after the cluster let the node go) are the server commands.
 
 Allowed imports: the standard library.  (Never kvd.raft, kvd.sim, kvd.cli*.)
 """
@@ -247,6 +248,15 @@ def remove(container: str, volumes: bool = False) -> None:
     docker("rm", "-f", *(["-v"] if volumes else []), container)
 
 
+def data_volumes(container: str) -> List[str]:
+    """The named volume(s) mounted on the node's data directory (never a bind mount's host directory)."""
+    return [m["Name"] for m in inspect(container).get("Mounts") or [] if m.get("Type") == "volume" and m.get("Destination") == DATA_DIR and m.get("Name")]
+
+
+def remove_volume(volume: str) -> None:
+    docker("volume", "rm", volume, timeout=60)
+
+
 def disconnect(network: str, container: str) -> None:
     """Cut ``container`` off ``network``: its interface there (and that address) goes away."""
     docker("network", "disconnect", network, container)
@@ -402,8 +412,9 @@ def purge_project(project: str) -> None:
 def project_nodes(project: str) -> List[dict]:
     """
     Every node container of ``project`` (compose-made or run_node-made), sorted by name:
-    ``{"container", "service", "listen", "state", "health", "published"}`` where
-    ``published`` is the (host, port) of the client port or None.
+    ``{"container", "service", "listen", "state", "health", "published", "compose"}`` where
+    ``published`` is the (host, port) of the client port or None, and ``compose`` is True
+    for a service of a compose file (not made by :func:`run_node`).
     """
     out = docker("ps", "-a", "-q", "--filter", "label=com.docker.compose.project=%s" % project, timeout=30)
     nodes = []
@@ -422,6 +433,7 @@ def project_nodes(project: str) -> List[dict]:
             "listen": listen,
             "state": state["Status"],
             "health": (state.get("Health") or {}).get("Status", "none"),
+            "compose": "com.docker.compose.config-hash" in info["Config"]["Labels"],  # made by compose, not run_node
             "published": (bindings[0]["HostIp"] or "0.0.0.0", int(bindings[0]["HostPort"])) if bindings else None,
         })
     return sorted(nodes, key=lambda n: n["container"])
