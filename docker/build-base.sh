@@ -43,6 +43,9 @@ fi
 if [ "$(id -u)" != 0 ]; then
     echo "build-base: debootstrap needs root; run as root, or build from an official image:" >&2
     echo "  docker build --build-arg BASE=python:3.11-slim -t kvd ." >&2
+    if ! command -v debootstrap >/dev/null 2>&1; then
+        echo "build-base: debootstrap is not installed either; as root: apt-get install -y debootstrap" >&2
+    fi
     exit 1
 fi
 if ! command -v debootstrap >/dev/null 2>&1; then

@@ -345,6 +345,7 @@ def run_node(
     volume: Optional[str] = None,
     extra_args: Sequence[str] = (),
     restart_policy: str = "unless-stopped",
+    docker_args: Sequence[str] = (),
 ) -> str:
     """
     Create and start one node container in ``project`` (mgmt.py's start and join):
@@ -356,7 +357,8 @@ def run_node(
       with the project's label if missing, so :func:`purge_project` removes it);
     - its client port published on ``publish`` = (host ip, host port), if given;
     - labelled as part of the compose project (so ``Compose.down`` removes it) and with
-      ``io.kvd.node=<listen>`` (so :func:`project_nodes` finds it).
+      ``io.kvd.node=<listen>`` (so :func:`project_nodes` finds it);
+    - ``docker_args`` go to ``docker run`` itself (e.g. ``--health-interval 1s``).
 
     Seed a new cluster with ``bootstrap_expect`` (and join the others to it with
     ``KVD.JOIN``, as mgmt.py does), or give every founder the same ``initial_cluster``.
@@ -382,6 +384,7 @@ def run_node(
     ]
     if publish is not None:
         args += ["-p", "%s:%d:%s" % (publish[0], publish[1], port)]
+    args += list(docker_args)
     args += [image, "--listen", listen, "--cluster-id", cluster_id]
     if initial_cluster:
         args += ["--initial-cluster", initial_cluster]

@@ -16,10 +16,15 @@ acknowledges is remembered and checked again after each disruption.
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import socket
+import struct
 import time
-from typing import Callable, Dict, Iterable, Optional, TypeVar
+import urllib.error
+import urllib.request
+from typing import Callable, Dict, Iterable, List, Optional, TypeVar
 
 import pytest
 
@@ -55,10 +60,27 @@ def poll(what: str, probe: Callable[[], Optional[T]], timeout: float, interval: 
         time.sleep(interval)
 
 
+def free_ports(n: int) -> List[int]:
+    """n distinct host ports free now for TCP and UDP alike (a DNS port is published on both)."""
+    ports: List[int] = []
+    while len(ports) < n:
+        port = d.free_port()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
 class Cluster:
-    def __init__(self, compose: d.Compose, host_ports: Dict[str, int]) -> None:
+    def __init__(self, compose: d.Compose, host_ports: Dict[str, int], dns_ports: Optional[Dict[str, int]] = None, http_ports: Optional[Dict[str, int]] = None) -> None:
         self.compose = compose
         self.host_ports = host_ports
+        self.dns_ports = dns_ports or {}
+        self.http_ports = http_ports or {}
         self.acked: Dict[str, bytes] = {}  # every write the cluster acknowledged: key -> value
         self._containers: Dict[str, str] = {}
 
@@ -203,15 +225,19 @@ def cluster(request, tmp_path_factory):
     if built:
         print("built %s in %.0fs" % (d.DEFAULT_IMAGE, time.monotonic() - started))
     project = "kvdtest%d%s" % (os.getpid(), os.urandom(3).hex())
-    ports = {}
-    while len(set(ports.values())) < len(SERVICES):
-        ports = {service: d.free_port() for service in SERVICES}
+    free = free_ports(3 * len(SERVICES))
+    ports = dict(zip(SERVICES, free[0:3]))
+    dns_ports = dict(zip(SERVICES, free[3:6]))
+    http_ports = dict(zip(SERVICES, free[6:9]))
     env = {"KVD_CLUSTER_ID": project, "KVD_HOST_IP": "127.0.0.1", "KVD_IMAGE": d.DEFAULT_IMAGE}
-    env.update({"KVD_PORT_%d" % (i + 1): str(ports[s]) for i, s in enumerate(SERVICES)})
+    for i, s in enumerate(SERVICES):
+        env["KVD_PORT_%d" % (i + 1)] = str(ports[s])
+        env["KVD_DNS_PORT_%d" % (i + 1)] = str(dns_ports[s])
+        env["KVD_HTTP_PORT_%d" % (i + 1)] = str(http_ports[s])
     compose = d.Compose(project, env=env)
     try:
         compose.up(timeout=180)
-        c = Cluster(compose, ports)
+        c = Cluster(compose, ports, dns_ports, http_ports)
         c.leader(timeout=START_S)
         yield c
     finally:
@@ -349,3 +375,60 @@ def test_partition_the_leader(healed):
     assert c.ask_inside(cut, "EXISTS", "minority-write") == 0, "a write the minority never committed appeared"
     assert c.read(cut, "fence") == b"after", "through the published port again"
     c.check_acknowledged()
+
+
+def http_get(port: int, path: str):
+    """(status, body) of GET http://127.0.0.1:port/path from the host."""
+    try:
+        with urllib.request.urlopen("http://127.0.0.1:%d%s" % (port, path), timeout=10) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def dns_srv(port: int, name: str, tcp: bool):
+    """SRV records of ``name`` asked of 127.0.0.1:port over UDP or TCP: [(target, port)], or None on an error answer."""
+    from twisted.names import dns
+
+    query = dns.Message(id=int.from_bytes(os.urandom(2), "big"), recDes=0)
+    query.queries = [dns.Query(name.encode(), dns.SRV, dns.IN)]
+    wire = query.toStr()
+    if tcp:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(struct.pack("!H", len(wire)) + wire)
+            data = b""
+            while len(data) < 2 or len(data) < 2 + struct.unpack("!H", data[:2])[0]:
+                chunk = s.recv(65536)
+                if not chunk:
+                    raise OSError("DNS over TCP: connection closed")
+                data += chunk
+            data = data[2:]
+    else:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(5)
+            s.sendto(wire, ("127.0.0.1", port))
+            data = s.recv(65536)
+    answer = dns.Message()
+    answer.fromStr(data)
+    assert answer.id == query.id
+    if answer.rCode != dns.OK:
+        return None
+    return [(rr.payload.target.name.decode(), rr.payload.port) for rr in answer.answers if rr.type == dns.SRV]
+
+
+def test_http_and_dns_ports_are_published(healed):
+    """docker-compose.yml publishes each node's HTTP port (health, metrics, page) and its DNS port on UDP and TCP."""
+    c = healed
+    leader = c.leader()
+    for service in SERVICES:
+        status, body = poll("%s /v1/health 200" % service, lambda: (lambda r: r if r[0] == 200 else None)(http_get(c.http_ports[service], "/v1/health")), ELECTION_S)
+        view = json.loads(body)
+        assert view["healthy"] is True and view["node"] == c.node_id(service), view
+        status, body = http_get(c.http_ports[service], "/metrics")
+        assert status == 200 and b"kvd_raft_" in body
+        status, body = http_get(c.http_ports[service], "/")
+        assert status == 200 and b"<html" in body.lower()
+        for tcp in (False, True):
+            srv = poll("leader.kvd SRV from %s over %s" % (service, "TCP" if tcp else "UDP"),
+                       lambda: dns_srv(c.dns_ports[service], "leader.kvd", tcp) or None, ELECTION_S)
+            assert srv == [(leader, SERVICES[leader])] or c.leader() != leader, (service, srv)

@@ -122,3 +122,36 @@ def test_start_join_list_write_kill_restart(project):
     assert done.returncode == 8 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     done = mgmt(project, "-r", "server", "-c", "start", "-h", n1, check=False)
     assert done.returncode == 8 and "already exists" in done.stderr, done.stderr
+
+
+def test_remove_takes_the_node_out_then_deletes_its_container(project):
+    """
+    -c remove with --docker: the node leaves the membership through the cluster (the leader
+    itself here, the hardest case), then its container and data volume are gone; the two
+    left elect a leader among themselves and serve.  Stopped instead, it would stay a voter.
+    """
+    p1, p2, p3 = free_ports(3)
+    ids = ["n1:%d" % p1, "n2:%d" % p2, "n3:%d" % p3]
+    mgmt(project, "-r", "server", "-c", "start", "-h", ids[0])
+    for node_id in ids[1:]:
+        mgmt(project, "-r", "server", "-c", "join", "-h", node_id)
+    view = wait_for("one leader of three voters", lambda: (lambda v: v if len(leaders(v)) == 1 and v["voters"] == 3 else None)(listing(project)))
+    leader = leaders(view)[0]["id"]
+    container = "%s-%s" % (project, leader.split(":")[0])
+    volumes = d.data_volumes(container)
+    assert volumes == ["%s_%s-data" % (project, leader.split(":")[0])], volumes
+
+    out = mgmt(project, "-r", "server", "-c", "remove", "-h", leader).stdout
+    assert "removed %s from the cluster" % leader in out and "deleted its container %s" % container in out, out
+    assert not d.docker("ps", "-aq", "--filter", "name=^%s$" % container)
+    assert not d.docker("volume", "ls", "-q", "--filter", "name=^%s$" % volumes[0])
+
+    rest = [n for n in ids if n != leader]
+    view = wait_for("a leader of the two left", lambda: (lambda v: v if len(leaders(v)) == 1 and v["voters"] == 2 else None)(listing(project)))
+    assert sorted(n["id"] for n in view["nodes"]) == sorted(rest), view
+    mgmt(project, "-r", "client", "-c", "write", "-h", rest[0], "-k", "after-remove", "-v", "ok")
+    assert mgmt(project, "-r", "client", "-c", "read", "-h", rest[1], "-k", "after-remove").stdout.strip() == "ok"
+
+    # Removing it again: not a member any more, and no container to delete.
+    out = mgmt(project, "-r", "server", "-c", "remove", "-h", leader).stdout
+    assert "not a member" in out and "no container" in out, out

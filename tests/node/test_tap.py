@@ -108,3 +108,52 @@ def test_a_bind_name_is_resolved_once():
     assert o["bind"] == "127.0.0.1" and o["node-id"] == "localhost:7001"
     with pytest.raises(usage.UsageError, match="cannot resolve"):
         parse("--listen", "no-such-host.invalid:7001")
+
+
+def test_an_unwritable_data_dir_is_one_line_with_the_chown():
+    """
+    A data dir this process cannot write (a container's bind-mounted host directory with its host
+    owner): SystemExit with one line naming the uid and the chown to run, not an LMDB traceback.
+    Run in a child that drops root when the tests run as root (root writes anywhere).
+    """
+    import os
+    import shutil
+    import tempfile
+
+    # What makeService imports lazily, imported here: the child, once unprivileged, needs no file of the checkout.
+    import kvd.executor, kvd.http_services, kvd.kv.machine, kvd.node, kvd.resp.protocol, kvd.store.lmdb, kvd.wire.peers  # noqa: E401,F401
+    import lmdb  # noqa: F401
+
+    data = tempfile.mkdtemp(prefix="kvd-unwritable-")
+    os.chmod(data, 0o555)
+    try:
+        o = parse("--listen", "127.0.0.1:7001", "--data-dir", data)
+        reader, writer = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: report what makeService raised, then leave at once
+            try:
+                if os.geteuid() == 0:
+                    os.setgroups([])
+                    os.setgid(65534)
+                    os.setuid(65534)
+                try:
+                    makeService(o, reactor=MemoryReactorClock())
+                    outcome = "no error"
+                except SystemExit as e:
+                    outcome = "SystemExit: %s" % e
+                except BaseException as e:  # noqa: BLE001 - reported to the parent
+                    outcome = "%s: %s" % (type(e).__name__, e)
+                os.write(writer, outcome.encode())
+            finally:
+                os._exit(0)
+        os.close(writer)
+        with os.fdopen(reader, "rb") as f:
+            outcome = f.read().decode()
+        os.waitpid(pid, 0)
+    finally:
+        shutil.rmtree(data)
+    uid = 65534 if os.geteuid() == 0 else os.geteuid()
+    gid = 65534 if os.geteuid() == 0 else os.getegid()
+    assert outcome.startswith("SystemExit: kvd: cannot write the data dir %s" % data), outcome
+    assert "uid %d" % uid in outcome and "chown -R %d:%d %s" % (uid, gid, data) in outcome, outcome
+    assert "\n" not in outcome
