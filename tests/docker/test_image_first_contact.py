@@ -97,11 +97,17 @@ def test_a_fresh_clone_builds_with_no_other_step(tmp_path):
     subprocess.run(["git", "clone", "-q", REPO, str(clone)], check=True, timeout=120)
     assert not (clone / "docker" / "wheels").exists()
     tag = "kvd-fresh-clone-test:%s" % uuid.uuid4().hex[:8]
+    build_stage = None
     try:
         started = time.monotonic()
         done = subprocess.run(["docker", "build", "--force-rm", "--build-arg", "BASE=%s" % base, "-t", tag, "."],
                               cwd=str(clone), capture_output=True, text=True, timeout=900, env=dict(os.environ, DOCKER_BUILDKIT="0"))
         took = time.monotonic() - started
+        # The build stage's image (the last " ---> id" before the final stage's FROM), untagged: removed below.
+        lines = done.stdout.splitlines()
+        froms = [i for i, line in enumerate(lines) if line.startswith("Step ") and " : FROM " in line]
+        if len(froms) == 2:
+            build_stage = next((line.split()[-1] for line in reversed(lines[:froms[1]]) if line.startswith(" ---> ")), None)
         assert done.returncode == 0, "docker build of a fresh clone failed:\n%s" % (done.stdout + done.stderr)[-4000:]
         assert "no docker/wheels; installing the dependencies from PyPI" in done.stdout
         print("fresh clone: docker build took %.0fs" % took)
@@ -115,6 +121,8 @@ def test_a_fresh_clone_builds_with_no_other_step(tmp_path):
         assert d.image_exists(tag + "-compose")
     finally:
         d.docker("rmi", "-f", tag, tag + "-compose", check=False, timeout=120)
+        if build_stage:
+            d.docker("rmi", build_stage, check=False, timeout=120)  # not if something else uses it
 
 
 # ================================================================ 2. health = can serve
