@@ -112,6 +112,10 @@ class TimedStorage:
         finally:
             self._metrics.sync_seconds.observe(time.perf_counter() - started)
 
+    def write(self, hard_state, entries, snapshot, sync, done):
+        self.save(hard_state, entries, snapshot, sync)
+        done()
+
     def __getattr__(self, name):
         return getattr(self._storage, name)
 

@@ -21,8 +21,7 @@ from __future__ import annotations
 import os
 import random
 from dataclasses import dataclass, replace
-from collections import deque
-from typing import Callable, Deque, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from twisted.application import service
 from twisted.internet import defer, task
@@ -35,6 +34,7 @@ from kvd.kv.commands import Envelope, decode_envelope, encode_envelope
 from kvd.kv.results import ERR_SESSION_EXPIRED, decode_result, encode_result
 from kvd.raft.core import ConfigChangeRejected, NotLeader, Options, ProposalDropped, RaftCore, bootstrap
 from kvd.raft.messages import Configuration, EntryKind, Role
+from kvd.replica import Events, Overtaken, Replica, Superseded
 from kvd.wire.errors import ForwardError
 
 
@@ -80,10 +80,9 @@ def decode_result_bytes(data: bytes):
 
 
 class _Proposal:
-    __slots__ = ("term", "deferred", "deadline")
+    __slots__ = ("deferred", "deadline")
 
-    def __init__(self, term: int, deferred: defer.Deferred, deadline: float):
-        self.term = term
+    def __init__(self, deferred: defer.Deferred, deadline: float):
         self.deferred = deferred
         self.deadline = deadline
 
@@ -133,14 +132,13 @@ class NodeService(service.Service):
         self.clock = clock
         self.rng = rng or random.Random(int.from_bytes(os.urandom(8), "big"))
         self.core: Optional[RaftCore] = None
+        self.replica: Optional[Replica] = None  # the Ready loop (kvd.replica), once the core exists
         self.peers = None
         self.ticker: Optional[task.LoopingCall] = None
         self.drain_call = None
-        # Requests in flight, in the order they were made, so that one sweep
-        # per tick expires them (no timer per request: they are the hot path).
-        self.proposals: Dict[int, _Proposal] = {}  # by log index
-        self.reads: Dict[bytes, _Read] = {}  # by ReadIndex context
-        self.indexed_reads: Deque[_Read] = deque()  # reads that know their index, oldest first
+        # Proposals and reads in flight live in the replica, in the order they
+        # were made, so that one sweep per tick expires them (no timer per
+        # request: they are the hot path).
         self.read_seq = 0
         self.forwards: List[_Forward] = []  # commands forwarded to a leader, unanswered
         self.leader_waiters: List[defer.Deferred] = []
@@ -185,7 +183,7 @@ class NodeService(service.Service):
         if not self.core.config.members:
             self.log.warn("{node}: {why}", node=self.config.node_id, why=self.waiting_for())
         if self._is_lone_voter():
-            self.core.campaign()
+            self.replica.input(lambda core: core.campaign())
             self._schedule_drain()
 
     def _make_core(self, hard_state, snapshot, entries):
@@ -194,6 +192,23 @@ class NodeService(service.Service):
             heartbeat_ticks=self.config.heartbeat_ticks,
         )
         self.core = RaftCore(self.config.node_id, options, self.rng, hard_state, snapshot, entries)
+        self.replica = Replica(self.core, self.storage, _Peers(self), self.machine, _NodeEvents(self))
+
+    def _call_core(self, fn: Callable[[RaftCore], object]) -> defer.Deferred:
+        """Run ``fn(core)`` as an input of the loop (at once, or after an outstanding write); fires with its result."""
+        d = defer.Deferred()
+
+        def run(core):
+            try:
+                result = fn(core)
+            except Exception:
+                d.errback(Failure())
+            else:
+                d.callback(result)
+
+        self.replica.input(run)
+        self._schedule_drain()
+        return d
 
     def _is_lone_voter(self) -> bool:
         return self.core.config.voters == (self.config.node_id,)
@@ -204,7 +219,7 @@ class NodeService(service.Service):
         self.stopping = True
         if self.core is not None and self.core.is_leader() and len(self.core.config.voters) > 1:
             try:
-                target = self.core.transfer_leadership()
+                target = yield self._call_core(lambda core: core.transfer_leadership())
                 self._drain()
                 self.log.info("{node} is stopping: transferring leadership to {target}", node=self.config.node_id, target=target)
                 deadline = self.clock.seconds() + self.config.tick_s * self.config.election_ticks * 2
@@ -223,22 +238,24 @@ class NodeService(service.Service):
         super().stopService()
 
     def _fail_all(self, error: NodeError):
-        proposals, self.proposals = self.proposals, {}
-        for p in proposals.values():
-            # We cannot know whether a proposed entry will still commit.
-            p.deferred.errback(NodeError("TIMEOUT", "the node stopped before the outcome was known"))
-        reads, self.reads = self.reads, {}
-        self.indexed_reads.clear()
-        for r in reads.values():
-            if not r.deferred.called:
-                r.deferred.errback(error)
+        replica = self.replica
+        if replica is not None:
+            proposals, replica.proposals = replica.proposals, {}
+            for _, p in proposals.values():
+                # We cannot know whether a proposed entry will still commit.
+                p.deferred.errback(NodeError("TIMEOUT", "the node stopped before the outcome was known"))
+            reads = list(replica.reads.values()) + [r for _, r in replica.indexed_reads]
+            replica.reads, replica.indexed_reads = {}, []
+            for r in reads:
+                if not r.deferred.called:
+                    r.deferred.errback(error)
         waiters, self.leader_waiters = self.leader_waiters, []
         for d in waiters:
             d.errback(error)
 
     # ============================================================ inputs
     def _tick(self):
-        self.core.tick()
+        self.replica.tick()
         self._drain()
         now = self.clock.seconds()
         self._expire(now)
@@ -246,26 +263,32 @@ class NodeService(service.Service):
 
     def _expire(self, now: float):
         """Fail the requests whose time is up (oldest first; they were made in order)."""
-        while self.proposals:
-            index = next(iter(self.proposals))
-            p = self.proposals[index]
+        proposals = self.replica.proposals
+        while proposals:
+            index = next(iter(proposals))
+            _, p = proposals[index]
             if p.deadline > now:
                 break
-            del self.proposals[index]
+            del proposals[index]
             p.deferred.errback(NodeError("TIMEOUT", "not committed in time (the entry may still commit)"))
-        while self.reads:
-            ctx = next(iter(self.reads))
-            r = self.reads[ctx]
+        reads = self.replica.reads
+        while reads:
+            ctx = next(iter(reads))
+            r = reads[ctx]
             if r.deadline > now:
                 break
-            del self.reads[ctx]
+            del reads[ctx]
             if not r.deferred.called:
                 r.deferred.errback(NodeError("TIMEOUT", "could not confirm a linearizable read in time (no quorum?)"))
-        ready = self.indexed_reads
-        while ready and ready[0].deadline <= now:
-            r = ready.popleft()
-            if not r.deferred.called:
-                r.deferred.errback(NodeError("TIMEOUT", "this node did not catch up with the read index in time"))
+        indexed = self.replica.indexed_reads
+        if indexed and indexed[0][1].deadline <= now:
+            keep = []
+            for index, r in indexed:
+                if r.deadline > now:
+                    keep.append((index, r))
+                elif not r.deferred.called:
+                    r.deferred.errback(NodeError("TIMEOUT", "this node did not catch up with the read index in time"))
+            self.replica.indexed_reads = keep
 
     def message_received(self, message) -> None:
         """A Raft message from a peer (already validated by the transport)."""
@@ -274,7 +297,7 @@ class NodeService(service.Service):
         commit = getattr(message, "commit", None)
         if isinstance(commit, int) and commit > self.leader_commit_seen:
             self.leader_commit_seen = commit
-        self.core.step(message)
+        self.replica.step(message)
         self._schedule_drain()
 
     def peer_connected(self, node_id: str) -> None:
@@ -293,18 +316,25 @@ class NodeService(service.Service):
         """
         if self.core.leader is None or self.core.is_leader():
             return
-        for r in list(self.reads.values()):
-            if r.asked_at <= asked_before and not r.deferred.called:
+        now = self.clock.seconds()
+        again = [r for r in self.replica.reads.values() if r.asked_at <= asked_before and not r.deferred.called]
+        if not again:
+            return
+
+        def ask(core):
+            for r in again:
                 try:
-                    self.core.read_index(r.ctx)
+                    core.read_index(r.ctx)
                 except NotLeader:
-                    return
-                r.asked_at = self.clock.seconds()
+                    return  # the leader is gone: the next leadership asks all of them again
+                r.asked_at = now
+
+        self.replica.input(ask)
         self._schedule_drain()
 
     def peer_unreachable(self, node_id: str) -> None:
-        if self.core is not None:
-            self.core.report_unreachable(node_id)
+        if self.replica is not None:
+            self.replica.input(lambda core: core.report_unreachable(node_id))
 
     def is_known_peer(self, node_id: str) -> bool:
         members = self.core.config.members if self.core else ()
@@ -335,55 +365,20 @@ class NodeService(service.Service):
 
     # ============================================================ the Ready loop
     def _drain(self):
+        """Run the Ready loop (kvd.replica) over everything that arrived, then take a snapshot if due."""
         if self.drain_call is not None and self.drain_call.active():
             self.drain_call.cancel()
         self.drain_call = None
-        core = self.core
-        while core.has_ready():
-            rd = core.ready()
-            if rd.messages:
-                self.peers.send_many(rd.messages)
-            if rd.hard_state is not None or rd.entries or rd.snapshot is not None:
-                self.storage.save(rd.hard_state, rd.entries, rd.snapshot, sync=rd.must_sync and self.config.sync)
-            if rd.persisted_messages:
-                self.peers.send_many(rd.persisted_messages)
-            if rd.snapshot is not None:
-                self.machine.restore(rd.snapshot.data)
-                self.stats["snapshots_installed"] = self.stats.get("snapshots_installed", 0) + 1
-                self.log.info("{node} installed a snapshot at index {index}", node=self.config.node_id, index=rd.snapshot.index)
-                self._retry_superseded(rd.snapshot.index)
-            for entry in rd.committed:
-                self._apply(entry)
-            for rs in rd.read_states:
-                r = self.reads.pop(rs.ctx, None)
-                if r is not None:
-                    r.index = rs.index
-                    self.indexed_reads.append(r)
-            core.advance(rd)
-            if rd.soft_state is not None:
-                self._soft_state_changed(*rd.soft_state)
-        self._serve_reads()
+        self.replica.drain()
         self._maybe_snapshot()
 
-    def _apply(self, entry):
-        if entry.kind is EntryKind.NORMAL:
-            result = self.machine.apply(entry.index, entry.data)
-        else:
-            self.machine.apply_noop(entry.index)
-            result = None
-            if entry.kind is EntryKind.CONFIG:
-                self.log.info("{node}: membership is now {members}", node=self.config.node_id, members=self._members_text())
-        p = self.proposals.pop(entry.index, None)
-        if p is not None:
-            if p.term == entry.term:
-                p.deferred.callback(result)
-            else:
-                p.deferred.errback(_Retry("TRYAGAIN", "the entry was replaced by a new leader"))
+    def _applied(self, entry) -> None:
+        if entry.kind is EntryKind.CONFIG:
+            self.log.info("{node}: membership is now {members}", node=self.config.node_id, members=self._members_text())
 
-    def _retry_superseded(self, index: int):
-        """A snapshot jumped over pending proposals: let them retry (sessions make it safe)."""
-        for i in sorted(k for k in self.proposals if k <= index):
-            self.proposals.pop(i).deferred.errback(_Retry("TRYAGAIN", "overtaken by a snapshot"))
+    def _snapshot_installed(self, snapshot) -> None:
+        self.stats["snapshots_installed"] = self.stats.get("snapshots_installed", 0) + 1
+        self.log.info("{node} installed a snapshot at index {index}", node=self.config.node_id, index=snapshot.index)
 
     def _soft_state_changed(self, role: Role, leader: Optional[str], term: int):
         self.log.info("{node} is {role} at term {term}, leader {leader}", node=self.config.node_id, role=role.value, term=term, leader=leader or "unknown")
@@ -400,33 +395,27 @@ class NodeService(service.Service):
             self._redirect_forwards(leader)
         # Reads that had not got their index yet were dropped with the old
         # leadership; ask again.
-        waiting, self.reads = self.reads, {}
-        for r in waiting.values():
+        for _, r in self.replica.take_waiting_reads():
             self._request_read_index(r)
 
-    def _serve_reads(self):
-        applied = self.core.applied
-        ready = self.indexed_reads
-        while ready and ready[0].index <= applied:
-            r = ready.popleft()
-            if r.deferred.called:
-                continue  # timed out meanwhile
-            try:
-                result = self.machine.read(r.op)
-            except Exception as e:  # a bug in a read op must not stop the loop
-                self.log.failure("read failed")
-                r.deferred.errback(e)
-            else:
-                r.deferred.callback(result)
+    def _serve_read(self, r: "_Read") -> None:
+        if r.deferred.called:
+            return  # timed out meanwhile
+        try:
+            result = self.machine.read(r.op)
+        except Exception as e:  # a bug in a read op must not stop the loop
+            self.log.failure("read failed")
+            r.deferred.errback(e)
+        else:
+            r.deferred.callback(result)
 
     def _maybe_snapshot(self):
         core = self.core
         if core.applied - core.latest_snapshot.index < self.config.snapshot_entries:
             return
-        if self.machine.applied_index != core.applied:
-            return
-        snap = core.compact(core.applied, self.machine.snapshot(), keep_entries=self.config.snapshot_keep_entries)
-        self.storage.compact(snap)
+        self.replica.compact(self.config.snapshot_keep_entries, self.config.snapshot_entries, self._snapshot_taken)
+
+    def _snapshot_taken(self, snap) -> None:
         self.stats["snapshots"] += 1
         self.log.info("{node} took a snapshot at index {index}", node=self.config.node_id, index=snap.index)
 
@@ -501,12 +490,7 @@ class NodeService(service.Service):
         d = None
         if self.core.is_leader():
             # The common case on the leader, without the retry machinery.
-            try:
-                d = self._propose_here(env, deadline)
-            except _Retry:
-                pass
-            else:
-                d.addErrback(self._retry_after, env, deadline)
+            d = self._propose_here(env, deadline).addErrback(self._retry_after, env, deadline)
         if d is None:
             d = self._submit_with_retries(env, deadline)
 
@@ -593,17 +577,12 @@ class NodeService(service.Service):
                 pending.deferred.errback(_Retry("TRYAGAIN", "%s took over from %s" % (leader, pending.leader)))
 
     def _propose_here(self, env: Envelope, deadline: float) -> defer.Deferred:
+        """Propose on this node; fails with _Retry when it certainly was not applied (not leader, replaced)."""
         # The leader stamps the time: the only clock the state machine sees.
         env = replace(env, stamp_ms=int(self.clock.seconds() * 1000))
-        try:
-            term, index = self.core.propose(encode_envelope(env))
-        except NotLeader:
-            raise _Retry("TRYAGAIN", "leadership moved")
-        except ProposalDropped as e:
-            raise _Retry("TRYAGAIN", str(e))
         self.stats["proposals"] += 1
         d = defer.Deferred()
-        self.proposals[index] = _Proposal(term, d, deadline)
+        self.replica.propose(encode_envelope(env), _Proposal(d, deadline))
         self._schedule_drain()
         return d
 
@@ -666,15 +645,18 @@ class NodeService(service.Service):
             self._when_leader(r.deadline).addCallbacks(lambda _: self._request_read_index(r), fail)
             return
         self.read_seq += 1
-        ctx = b"%s/%d" % (self.client_id, self.read_seq)
-        try:
-            self.core.read_index(ctx)
-        except NotLeader:
-            self._when_leader(r.deadline).addCallbacks(lambda _: self._request_read_index(r), fail)
-            return
-        r.ctx, r.asked_at = ctx, self.clock.seconds()
-        self.reads[ctx] = r
+        r.ctx, r.asked_at = b"%s/%d" % (self.client_id, self.read_seq), self.clock.seconds()
+        self.replica.read_index(r.ctx, r)
         self._schedule_drain()
+
+    def _read_index_refused(self, r: "_Read") -> None:
+        """No leader known when the read was asked: wait for one, then ask again."""
+
+        def fail(f):
+            if not r.deferred.called:
+                r.deferred.errback(f)
+
+        self._when_leader(r.deadline).addCallbacks(lambda _: self._request_read_index(r), fail)
 
     # ============================================================ membership
     def join(self, node_id: str, address: str) -> defer.Deferred:
@@ -701,7 +683,7 @@ class NodeService(service.Service):
                     raise NodeError("NOLEADER", "no leader; try again when the cluster has one")
                 raise NodeError("MOVED", self._client_address(leader) or leader)
             try:
-                index = change()
+                index = yield self._call_core(lambda core: change())
                 break
             except ConfigChangeRejected as e:
                 if "in progress" not in str(e) or self.clock.seconds() > deadline:
@@ -728,7 +710,7 @@ class NodeService(service.Service):
         self.pending_joins = {}
         self.log.info("{node} bootstrapped the cluster with {members}", node=self.config.node_id, members=sorted(founders))
         if self._is_lone_voter():
-            self.core.campaign()
+            self.replica.input(lambda core: core.campaign())
         self._schedule_drain()
         return "bootstrapped"
 
@@ -820,3 +802,51 @@ class NodeService(service.Service):
             "raft_reads": self.stats["reads"],
             "raft_snapshots": self.stats["snapshots"],
         }
+
+
+class _Peers:
+    """The loop's transport: whatever ``node.peers`` is at the time of sending."""
+
+    def __init__(self, node: NodeService):
+        self.node = node
+
+    def send_many(self, messages) -> None:
+        self.node.peers.send_many(messages)
+
+
+class _NodeEvents(Events):
+    """What the node does at the loop's moments (kvd.replica.Events)."""
+
+    def __init__(self, node: NodeService):
+        self.node = node
+
+    def applied(self, entry, result) -> None:
+        self.node._applied(entry)
+
+    def snapshot_installed(self, snapshot) -> None:
+        self.node._snapshot_installed(snapshot)
+
+    def advanced(self, core, rd) -> None:
+        if rd.soft_state is not None:
+            self.node._soft_state_changed(*rd.soft_state)
+
+    def proposal_done(self, token: _Proposal, result, index: int) -> None:
+        token.deferred.callback(result)
+
+    def proposal_failed(self, token: _Proposal, error: Exception) -> None:
+        if isinstance(error, NotLeader):
+            retry = _Retry("TRYAGAIN", "leadership moved")
+        elif isinstance(error, Overtaken):
+            # Sessions make the retry safe whether or not it was applied.
+            retry = _Retry("TRYAGAIN", "overtaken by a snapshot")
+        elif isinstance(error, (ProposalDropped, Superseded)):
+            retry = _Retry("TRYAGAIN", str(error))
+        else:
+            retry = error
+        token.deferred.errback(retry)
+
+    def read_failed(self, token: _Read, error: Exception) -> None:
+        self.node._read_index_refused(token)
+
+    def read_ready(self, token: _Read) -> None:
+        self.node._serve_read(token)

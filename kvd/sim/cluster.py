@@ -1,8 +1,7 @@
 # -*- test-case-name: tests.sim.test_sim -*-
 """
-A whole simulated cluster: N real ``RaftCore``s, each behind the embedder
-loop the core's persistence contract prescribes, over a ``SimNetwork`` and
-``SimDisk``s, with clients, a nemesis that injects faults, and the checker
+A whole simulated cluster: N real ``RaftCore``s, each behind the node's own
+Ready loop (kvd.replica), over a ``SimNetwork`` and ``SimDisk``s, with clients, a nemesis that injects faults, and the checker
 of kvd.sim.checks run after every step.
 
 Everything is driven by one event queue in simulated time (1 unit ~ 1 ms;
@@ -16,8 +15,8 @@ then a *liveness* phase: faults heal, every member restarts, and within a
 bounded number of ticks a leader must be elected, a new write must commit
 and be acknowledged, every client must finish and every member catch up.
 
-Allowed imports: the standard library, kvd.raft, kvd.kv, kvd.sim (never a
-clock: time is the event queue's).
+Allowed imports: the standard library, kvd.raft, kvd.kv, kvd.replica,
+kvd.sim (never a clock: time is the event queue's).
 """
 
 from __future__ import annotations
@@ -26,12 +25,13 @@ import heapq
 import random
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Deque, Dict, FrozenSet, List, Optional, Tuple
+from typing import Callable, Deque, Dict, FrozenSet, List, Optional
 
 from kvd.kv.commands import Delete, Envelope, Get, IncrBy, MSet, Set, encode_envelope
 from kvd.kv.machine import KVMachine
 from kvd.raft.core import ConfigChangeRejected, NotLeader, Options, ProposalDropped, RaftCore, Ready, bootstrap
-from kvd.raft.messages import Configuration, EntryKind, Role
+from kvd.raft.messages import Configuration, Role
+from kvd.replica import Events, Overtaken, Replaced, Replica
 from kvd.sim.checks import Checker, Violation
 from kvd.sim.disk import SimDisk
 from kvd.sim.network import NetworkFaults, SimNetwork
@@ -120,11 +120,10 @@ class Swarm:
 # ============================================================ one node
 class SimNode:
     """
-    The embedder loop of one node, exactly as core.py's contract says:
-    after each input, while the core has a Ready: send ``messages`` at once,
-    write, sync if ``must_sync`` (which may take simulated time; meanwhile
-    the node's further inputs wait), then send ``persisted_messages``,
-    install the snapshot, apply committed entries, serve reads, ``advance``.
+    One simulated node: the real core behind the real Ready loop
+    (kvd.replica.Replica, the node's own), on a ``SimDisk`` and the simulated
+    network; this class only adds what the simulator needs around it: the
+    checker's hooks, the clients' bookkeeping, crashes and pauses.
     """
 
     def __init__(self, cluster: "Cluster", node_id: str, disk: SimDisk):
@@ -134,178 +133,68 @@ class SimNode:
         self.up = False
         self.decommissioned = False
         self.incarnation = 0
+        self.replica: Optional[Replica] = None
         self.core: Optional[RaftCore] = None
         self.machine: Optional[KVMachine] = None
-        self.busy = False
-        self.outstanding: Optional[Ready] = None
-        self.inbox: Deque[Callable] = deque()
-        self.tick_queued = False
-        self.proposals: Dict[int, tuple] = {}  # index -> (term, client, op_no, attempt)
-        self.reads: Dict[bytes, tuple] = {}  # ctx -> (client, op_no, attempt, key)
-        self.read_ready: List[Tuple[int, bytes]] = []
         self.tick_period = TICK  # a node whose clock runs slow or fast ticks at another rate
+
+    @property
+    def busy(self) -> bool:
+        """A write is outstanding or the node is paused: its inputs wait."""
+        return self.replica is not None and self.replica.busy
 
     # ------------------------------------------------------------ life
     def start(self) -> None:
         c = self.cluster
-        hs, snap, entries = self.disk.load()
+        restored = self.disk.load()
         self.machine = KVMachine()
-        if snap is not None:
-            self.machine.restore(snap.data)
-        self.core = RaftCore(self.id, c.swarm.raft, random.Random(c.rng_cores.getrandbits(64)), hs, snap, entries)
+        if restored.snapshot is not None:
+            self.machine.restore(restored.snapshot.data)
+        self.core = RaftCore(self.id, c.swarm.raft, random.Random(c.rng_cores.getrandbits(64)),
+                             restored.hard_state, restored.snapshot, restored.entries)
         self.incarnation += 1
+        self.replica = Replica(self.core, self.disk, _SimTransport(c), self.machine, _SimEvents(self))
         self.up = True
-        self.busy = False
-        self.outstanding = None
-        self.inbox.clear()
-        self.tick_queued = False
-        self.proposals, self.reads, self.read_ready = {}, {}, []
         c.checker.forget_node(self.id)
         c.checker.on_commit(self.id, self.core)
         c.event(self.id, "start", "term=%d commit=%d last=%d" % (self.core.term, self.core.commit, self.core.log.last_index()))
-        self.drain()
+        self.replica.drain()
 
     def crash(self) -> None:
         if not self.up:
             return
         lost = self.disk.crash()
         self.up = False
+        self.replica = None
         self.core = None
         self.machine = None
-        self.busy = False
-        self.outstanding = None
-        self.inbox.clear()
         self.cluster.event(self.id, "crash", "lost %d unsynced writes" % lost)
 
     # ------------------------------------------------------------ inputs
     def input(self, fn: Callable[[RaftCore], None]) -> None:
         if not self.up:
             return
-        if self.busy:
-            self.inbox.append(fn)
-            return
-        fn(self.core)
-        self.drain()
+        self.replica.input(fn)
+        self.replica.drain()
 
     def tick(self) -> None:
         if not self.up:
             return
-        if self.busy:
-            # A real event loop coalesces timer calls it could not run in time.
-            if not self.tick_queued:
-                self.tick_queued = True
-                self.inbox.append(self._queued_tick)
-            return
-        self.core.tick()
-        self.drain()
+        self.replica.tick()
+        self.replica.drain()
 
     def pause(self, duration: int) -> None:
         """Stop processing for a while (a VM pause, a long GC): inputs wait, timers coalesce."""
         if not self.up or self.busy:
             return
-        self.busy = True
+        self.replica.hold()
         self.cluster.event(self.id, "pause", "for %d" % duration)
         self.cluster.schedule(duration, self._unpause, self.incarnation)
 
     def _unpause(self, incarnation: int) -> None:
-        if not self.up or incarnation != self.incarnation or self.outstanding is not None:
+        if not self.up or incarnation != self.incarnation:
             return
-        self.busy = False
-        self.drain()
-
-    def _queued_tick(self, core: RaftCore) -> None:
-        self.tick_queued = False
-        core.tick()
-
-    # ------------------------------------------------------------ the Ready loop
-    def drain(self) -> None:
-        c = self.cluster
-        while self.up and not self.busy:
-            if not self.core.has_ready():
-                if not self.inbox:
-                    return
-                self.inbox.popleft()(self.core)
-                continue
-            rd = self.core.ready()
-            if rd.soft_state is not None:
-                role, leader, term = rd.soft_state
-                c.event(self.id, "role", "%s term=%d leader=%s" % (role.value, term, leader))
-            if rd.entries:
-                c.checker.on_entries(self.id, self.core, rd.entries)
-            c.checker.on_commit(self.id, self.core)
-            if self.core.role is Role.LEADER:
-                c.checker.on_leader_commit(self.id, self.core, c.disks(), c.live_cores())
-            for m in rd.messages:
-                c.send(m)
-            self.disk.write(rd.hard_state, rd.snapshot, rd.entries)
-            if rd.must_sync:
-                delay = self.disk.sync_delay()
-                if delay:
-                    self.busy = True
-                    self.outstanding = rd
-                    c.schedule(delay, self._sync_done, self.incarnation)
-                    return
-                self.disk.sync()
-            self._finish(rd)
-
-    def _sync_done(self, incarnation: int) -> None:
-        if not self.up or incarnation != self.incarnation or self.outstanding is None:
-            return  # crashed while syncing: the writes are gone (or partly kept by disk.crash)
-        self.disk.sync()
-        self.busy = False
-        rd, self.outstanding = self.outstanding, None
-        self._finish(rd)
-        self.drain()
-
-    def _finish(self, rd: Ready) -> None:
-        c = self.cluster
-        if rd.soft_state is not None and rd.soft_state[0] is Role.LEADER:
-            # Checked once the Ready is persisted: a leader elected by its own
-            # vote alone whose term never reached the disk was never seen by anyone.
-            c.checker.on_leader(self.id, self.incarnation, rd.soft_state[2], self.core)
-            c.stats["leaders"] += 1
-            c.nemesis_new_leader(self)
-        for m in rd.persisted_messages:
-            c.send(m)
-        if rd.snapshot is not None:
-            self.machine.restore(rd.snapshot.data)
-            c.stats["installs"] += 1
-            c.event(self.id, "install", "snapshot index=%d term=%d" % (rd.snapshot.index, rd.snapshot.term))
-        for e in rd.committed:
-            if e.kind is EntryKind.NORMAL:
-                result = self.machine.apply(e.index, e.data)
-            else:
-                self.machine.apply_noop(e.index)
-                result = None
-            c.checker.on_apply(self.id, e, result)
-            p = self.proposals.pop(e.index, None)
-            if p is not None:
-                term, client, op_no, attempt = p
-                if term == e.term:
-                    c.reply(client, op_no, attempt, "ok", (result, e.index))
-                else:
-                    c.reply(client, op_no, attempt, "retry", None)
-        for rs in rd.read_states:
-            if rs.ctx in self.reads:
-                self.read_ready.append((rs.index, rs.ctx))
-        self.core.advance(rd)
-        if self.read_ready:
-            self._serve_reads()
-
-    def _serve_reads(self) -> None:
-        applied = self.machine.applied_index
-        waiting = []
-        for index, ctx in self.read_ready:
-            if index > applied:
-                waiting.append((index, ctx))
-                continue
-            if ctx not in self.reads:
-                continue  # a duplicated ReadIndexReply: served already
-            client, op_no, attempt, key = self.reads.pop(ctx)
-            value = self.machine.read(Get(key))
-            self.cluster.checker.on_read_served(self.id, key, applied, value)
-            self.cluster.reply(client, op_no, attempt, "ok", (value, applied))
-        self.read_ready = waiting
+        self.replica.release()
 
     # ------------------------------------------------------------ client requests
     def client_write(self, client: "SimClient", op_no: int, attempt: int, envelope_args: tuple) -> None:
@@ -315,24 +204,14 @@ class SimNode:
                 return
             cid, seq, cmd = envelope_args
             data = encode_envelope(Envelope(cid, seq, seq, self.cluster.now, cmd))
-            try:
-                term, index = core.propose(data)
-            except (NotLeader, ProposalDropped):
-                self.cluster.reply(client, op_no, attempt, "redirect", core.leader)
-                return
-            self.proposals[index] = (term, client, op_no, attempt)
+            self.replica.propose(data, (client, op_no, attempt))
 
         self.input(fn)
 
     def client_read(self, client: "SimClient", op_no: int, attempt: int, key: bytes) -> None:
         def fn(core: RaftCore) -> None:
             ctx = b"%s/%d/%d/%d" % (client.id, op_no, attempt, self.incarnation)
-            try:
-                core.read_index(ctx)
-            except NotLeader:
-                self.cluster.reply(client, op_no, attempt, "redirect", core.leader)
-                return
-            self.reads[ctx] = (client, op_no, attempt, key)
+            self.replica.read_index(ctx, (client, op_no, attempt, key))
 
         self.input(fn)
 
@@ -342,12 +221,77 @@ class SimNode:
             if core.applied - core.log.snapshot_index < 4:
                 return
             assert self.machine.applied_index == core.applied, "machine and core disagree on the applied index"
-            snap = core.compact(core.applied, self.machine.snapshot(), keep_entries)
-            self.disk.save_snapshot(snap)
+            snap = self.replica.compact_now(keep_entries)
             self.cluster.stats["compactions"] += 1
             self.cluster.event(self.id, "compact", "index=%d keep=%d" % (snap.index, keep_entries))
 
         self.input(fn)
+
+
+class _SimTransport:
+    def __init__(self, cluster: "Cluster"):
+        self.cluster = cluster
+
+    def send_many(self, messages) -> None:
+        for m in messages:
+            self.cluster.send(m)
+
+
+class _SimEvents(Events):
+    """The checker's hooks and the clients' answers, at the loop's moments."""
+
+    def __init__(self, node: SimNode):
+        self.node = node
+        self.c = node.cluster
+
+    def ready(self, core: RaftCore, rd: Ready) -> None:
+        c, nid = self.c, self.node.id
+        if rd.soft_state is not None:
+            role, leader, term = rd.soft_state
+            c.event(nid, "role", "%s term=%d leader=%s" % (role.value, term, leader))
+        if rd.entries:
+            c.checker.on_entries(nid, core, rd.entries)
+        c.checker.on_commit(nid, core)
+        if core.role is Role.LEADER:
+            c.checker.on_leader_commit(nid, core, c.disks(), c.live_cores())
+
+    def persisted(self, core: RaftCore, rd: Ready) -> None:
+        if rd.soft_state is not None and rd.soft_state[0] is Role.LEADER:
+            # Checked once the Ready is persisted: a leader elected by its own
+            # vote alone whose term never reached the disk was never seen by anyone.
+            self.c.checker.on_leader(self.node.id, self.node.incarnation, rd.soft_state[2], core)
+            self.c.stats["leaders"] += 1
+            self.c.nemesis_new_leader(self.node)
+
+    def snapshot_installed(self, snapshot) -> None:
+        self.c.stats["installs"] += 1
+        self.c.event(self.node.id, "install", "snapshot index=%d term=%d" % (snapshot.index, snapshot.term))
+
+    def applied(self, entry, result) -> None:
+        self.c.checker.on_apply(self.node.id, entry, result)
+
+    def proposal_done(self, token, result, index: int) -> None:
+        client, op_no, attempt = token
+        self.c.reply(client, op_no, attempt, "ok", (result, index))
+
+    def proposal_failed(self, token, error: Exception) -> None:
+        client, op_no, attempt = token
+        if isinstance(error, Replaced):
+            self.c.reply(client, op_no, attempt, "retry", None)
+        elif not isinstance(error, Overtaken):  # overtaken: the client's own timeout retries
+            self.c.reply(client, op_no, attempt, "redirect", self.node.core.leader)
+
+    def read_failed(self, token, error: Exception) -> None:
+        client, op_no, attempt, _ = token
+        self.c.reply(client, op_no, attempt, "redirect", self.node.core.leader)
+
+    def read_ready(self, token) -> None:
+        client, op_no, attempt, key = token
+        machine = self.node.machine
+        applied = machine.applied_index
+        value = machine.read(Get(key))
+        self.c.checker.on_read_served(self.node.id, key, applied, value)
+        self.c.reply(client, op_no, attempt, "ok", (value, applied))
 
 
 # ============================================================ clients
@@ -487,7 +431,7 @@ class Cluster:
         hs, entries = bootstrap(config)
         for n in founders:
             node = self._new_node(n)
-            node.disk.write(hs, None, entries)
+            node.disk.put(hs, None, entries)
             node.disk.sync()
         for n in founders:
             self.nodes[n].start()
@@ -497,7 +441,7 @@ class Cluster:
     def _new_node(self, node_id: str) -> SimNode:
         slow = self.swarm.sync_delay_max["*"]
         delay = self.rng_disk.choice([0, slow]) if slow else 0
-        disk = SimDisk(node_id, random.Random(self.rng_disk.getrandbits(64)), delay)
+        disk = SimDisk(node_id, random.Random(self.rng_disk.getrandbits(64)), delay, self.schedule)
         node = self.nodes[node_id] = SimNode(self, node_id, disk)
         if self.swarm.skew:
             node.tick_period = self.rng_disk.choice([TICK, TICK, TICK * 7 // 10, TICK * 3 // 2, TICK * 2])

@@ -14,28 +14,35 @@ The durable image itself is checked as it changes: the durable term never
 goes back, the durable vote never changes within a term (one vote per term),
 and the durable commit index never goes back.
 
-A sync may take simulated time (a slow disk); the node's embedder loop
-(kvd.sim.cluster.SimNode) waits for it.
+It implements the Raft core's ``Storage`` protocol (kvd.raft.storage), the
+same method shapes as the LMDB store, so the one Ready loop (kvd.replica)
+runs on it.  A synced write may take simulated time (a slow disk): its
+``done`` then comes later, from the cluster's event queue, unless a crash
+came first, in which case it never comes.
 
-Allowed imports: the standard library, kvd.raft.messages, kvd.sim.checks.
+Allowed imports: the standard library, kvd.raft.messages, kvd.raft.storage, kvd.sim.checks.
 """
 
 from __future__ import annotations
 
 import random
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from kvd.raft.messages import Entry, HardState, Snapshot
+from kvd.raft.storage import Restored
 from kvd.sim.checks import Violation
 
 Write = Tuple[Optional[HardState], Optional[Snapshot], List[Entry]]
 
 
 class SimDisk:
-    def __init__(self, node_id: str, rng: random.Random, sync_delay_max: int = 0):
+    def __init__(self, node_id: str, rng: random.Random, sync_delay_max: int = 0,
+                 schedule: Optional[Callable[..., None]] = None):
         self.node_id = node_id
         self.rng = rng
         self.sync_delay_max = sync_delay_max  # 0: syncs are instant
+        self.schedule = schedule  # schedule(delay, fn, *args): the cluster's event queue, for slow syncs
+        self.epoch = 0  # a crash starts a new one: completions of the old one never come
         # The durable image.
         self.hard_state = HardState()
         self.snapshot: Optional[Snapshot] = None
@@ -45,8 +52,38 @@ class SimDisk:
         self.writes = 0
         self.syncs = 0
 
-    # ----------------------------------------------------------- the node's side
-    def write(self, hard_state: Optional[HardState], snapshot: Optional[Snapshot], entries: List[Entry]) -> None:
+    # ----------------------------------------------------------- Storage (kvd.raft.storage)
+    def load(self) -> Restored:
+        assert not self.pending, "load() with writes in flight"
+        return Restored(self.hard_state, self.snapshot, list(self.entries))
+
+    def write(self, hard_state: Optional[HardState], entries: Sequence[Entry], snapshot: Optional[Snapshot],
+              sync: bool, done: Callable[[], None]) -> None:
+        self.put(hard_state, snapshot, entries)
+        if not sync:
+            done()
+            return
+        delay = self.sync_delay()
+        if not delay:
+            self.sync()
+            done()
+            return
+        self.schedule(delay, self._synced_later, self.epoch, done)
+
+    def _synced_later(self, epoch: int, done: Callable[[], None]) -> None:
+        if epoch != self.epoch:
+            return  # the node crashed meanwhile: what was written is gone, or partly kept by crash()
+        self.sync()
+        done()
+
+    def compact(self, snap: Snapshot) -> None:
+        """A snapshot taken by compaction: written and synced at once, then the log before it is dropped."""
+        self.sync()
+        self._make_durable((None, snap, []))
+
+    # ----------------------------------------------------------- the image, piece by piece
+    def put(self, hard_state: Optional[HardState], snapshot: Optional[Snapshot], entries: Sequence[Entry]) -> None:
+        """Written, not yet synced."""
         if hard_state is None and snapshot is None and not entries:
             return
         self.writes += 1
@@ -64,11 +101,6 @@ class SimDisk:
             self._make_durable(w)
         self.pending = []
 
-    def save_snapshot(self, snap: Snapshot) -> None:
-        """A snapshot taken by compaction: written and synced at once, then the log before it is dropped."""
-        self.sync()
-        self._make_durable((None, snap, []))
-
     # ----------------------------------------------------------- faults
     def crash(self) -> int:
         """Lose what was not synced, except a random prefix of whole writes; returns how many were lost."""
@@ -77,11 +109,8 @@ class SimDisk:
             self._make_durable(w)
         lost = len(self.pending) - keep
         self.pending = []
+        self.epoch += 1
         return lost
-
-    def load(self) -> Tuple[HardState, Optional[Snapshot], List[Entry]]:
-        assert not self.pending, "load() with writes in flight"
-        return self.hard_state, self.snapshot, list(self.entries)
 
     def last_index(self) -> int:
         base = self.snapshot.index if self.snapshot else 0

@@ -27,19 +27,22 @@ How syncing works (measured with ``python -m kvd.store.bench``):
 The write path is single-threaded by design (the node calls it from one
 thread); LMDB itself forbids concurrent write transactions anyway.
 
-Allowed imports: ``lmdb``, the standard library, ``kvd.raft.messages`` and
-``kvd.store.schema`` (never twisted).
+It implements the Raft core's ``Storage`` protocol (kvd.raft.storage), as the
+simulator's disk does, so the one Ready loop (kvd.replica) runs on either.
+
+Allowed imports: ``lmdb``, the standard library, ``kvd.raft.messages``,
+``kvd.raft.storage`` and ``kvd.store.schema`` (never twisted).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
 import lmdb
 
 from kvd.raft.messages import Entry, HardState, Snapshot
+from kvd.raft.storage import Restored
 from kvd.store import schema
 from kvd.store.schema import CorruptRecord
 
@@ -63,16 +66,6 @@ class StorageFull(StorageError):
 
 class CorruptStorage(StorageError):
     """The stored state is internally inconsistent or cannot be decoded."""
-
-
-@dataclass(frozen=True)
-class Restored:
-    """Everything a node needs to rebuild its Raft core after a restart."""
-
-    hard_state: HardState
-    snapshot: Optional[Snapshot]
-    #: The entries after the snapshot index, in index order, without gaps.
-    entries: List[Entry] = field(default_factory=list)
 
 
 class LmdbStorage:
@@ -273,6 +266,18 @@ class LmdbStorage:
         if hard_state is None and not entries and snapshot is None:
             return
         self._write(apply, sync=sync)
+
+    def write(
+        self,
+        hard_state: Optional[HardState],
+        entries: Sequence[Entry],
+        snapshot: Optional[Snapshot],
+        sync: bool,
+        done: Callable[[], None],
+    ) -> None:
+        """The Ready loop's write (kvd.raft.storage.Storage): ``save``, then ``done()`` at once."""
+        self.save(hard_state, entries, snapshot, sync)
+        done()
 
     def compact(self, snapshot: Snapshot) -> None:
         """Store a locally taken snapshot and drop the entries it covers."""

@@ -193,4 +193,4 @@ def test_write_on_a_cut_off_leader_times_out_as_unknown(cluster):
     with pytest.raises(NodeError) as e:
         result_of(clock, d, seconds=leader.config.request_timeout_s + 1)
     assert e.value.code == "TIMEOUT"
-    assert not leader.proposals  # the sweep forgot it
+    assert not leader.replica.proposals  # the sweep forgot it

@@ -1,0 +1,299 @@
+# -*- test-case-name: tests.test_replica -*-
+"""
+The Ready loop, once: the order in which a node persists, sends and applies
+what the Raft core hands out.  The node (kvd.node, on the reactor) and the
+simulator (kvd.sim.cluster, on its simulated clock and disks) run this very
+object, so every change to the loop is checked by the simulator.
+
+For each Ready, in the order the core's persistence contract prescribes
+(kvd.raft.core):
+
+1. ``messages`` out at once (a leader's appends travel while it persists);
+2. ``storage.write(...)``, synced if ``must_sync``; it may complete later;
+3. when it has completed: ``persisted_messages`` out (votes, acknowledgements),
+   the snapshot restored into the machine, committed entries applied and
+   their proposals answered, read states recorded, ``core.advance``;
+4. reads whose index is applied are served.
+
+While a write is outstanding the core must not change (the Ready it gave
+describes it), so inputs wait in an inbox and run, one at a time, each
+followed by its own Ready, once the write has completed; ticks that could
+not run in time are coalesced into one, as a real event loop does.
+``hold()``/``release()`` stop the loop in the same way (the simulator's
+pauses).  Inputs never run the loop by themselves: the embedder calls
+``drain()`` when it wants the Ready (the node once per reactor turn, so that
+everything that arrived together shares one write; the simulator after each
+input).
+
+Proposals and reads carry an opaque ``token`` of the embedder's; what
+becomes of them is told through the ``Events`` it provides.
+
+Allowed imports: the standard library and kvd.raft.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
+
+from kvd.raft.core import NotLeader, ProposalDropped, RaftCore, Ready
+from kvd.raft.messages import Entry, EntryKind, Message, Snapshot
+from kvd.raft.storage import Protocol, Storage
+
+
+class Transport(Protocol):
+    def send_many(self, messages: Sequence[Message]) -> None:
+        """Send each message or drop it; never blocks (Raft retransmits)."""
+
+
+class Machine(Protocol):
+    applied_index: int
+
+    def apply(self, index: int, data: bytes) -> Any:
+        """Apply a normal entry; its result answers the proposal."""
+
+    def apply_noop(self, index: int) -> None:
+        """Advance over an entry that is not a command (no-op, configuration)."""
+
+    def restore(self, data: bytes) -> None:
+        """Replace the whole state with a snapshot's."""
+
+    def snapshot(self) -> bytes:
+        """The whole state, at ``applied_index``."""
+
+
+class Superseded(Exception):
+    """A proposal that will never be answered with a result: it was certainly not applied as proposed."""
+
+
+class Replaced(Superseded):
+    """Another leader's entry took the proposal's place in the log."""
+
+
+class Overtaken(Superseded):
+    """A snapshot from the leader jumped over the proposal's index; its fate is unknown here."""
+
+
+class Events:
+    """What the embedder hears from the loop; every method may be left as this no-op."""
+
+    def ready(self, core: RaftCore, rd: Ready) -> None:
+        """A Ready was taken, before anything of it happens."""
+
+    def persisted(self, core: RaftCore, rd: Ready) -> None:
+        """Its write completed, before the persisted messages leave."""
+
+    def applied(self, entry: Entry, result: Any) -> None:
+        """One committed entry was applied (``result`` is None for non-commands)."""
+
+    def snapshot_installed(self, snapshot: Snapshot) -> None:
+        """The machine was restored from a snapshot received from the leader."""
+
+    def advanced(self, core: RaftCore, rd: Ready) -> None:
+        """``core.advance(rd)`` returned: the Ready is done (``rd.soft_state`` tells a role change)."""
+
+    def proposal_done(self, token: Any, result: Any, index: int) -> None:
+        """The proposal committed at ``index`` and was applied with ``result``."""
+
+    def proposal_failed(self, token: Any, error: Exception) -> None:
+        """The proposal was certainly not applied as proposed: NotLeader, ProposalDropped or Superseded."""
+
+    def read_failed(self, token: Any, error: Exception) -> None:
+        """A read could not be given an index (NotLeader: no leader known)."""
+
+    def read_ready(self, token: Any) -> None:
+        """The read's index is applied: serve it from the machine now."""
+
+
+class Replica:
+    def __init__(self, core: RaftCore, storage: Storage, transport: Transport, machine: Machine,
+                 events: Optional[Events] = None):
+        self.core = core
+        self.storage = storage
+        self.transport = transport
+        self.machine = machine
+        self.events = events or Events()
+        self.writing: Optional[Ready] = None  # the Ready whose write has not completed
+        self.held = False
+        self.inbox: Deque[Callable[[RaftCore], None]] = deque()
+        self._tick_queued = False
+        self._draining = False
+        #: Proposals not answered yet, in the order made: log index -> (term, token).
+        self.proposals: Dict[int, Tuple[int, Any]] = {}
+        #: Reads waiting for their index: ReadIndex context -> token.
+        self.reads: Dict[bytes, Any] = {}
+        #: Reads that know their index, waiting for it to be applied, oldest first.
+        self.indexed_reads: List[Tuple[int, Any]] = []
+
+    @property
+    def busy(self) -> bool:
+        """Inputs wait: a write is outstanding, or the loop is held."""
+        return self.writing is not None or self.held
+
+    # ------------------------------------------------------------ inputs
+    def input(self, fn: Callable[[RaftCore], None]) -> None:
+        """Run ``fn(core)`` now, or once the outstanding write has completed."""
+        if self.busy:
+            self.inbox.append(fn)
+        else:
+            fn(self.core)
+
+    def tick(self) -> None:
+        if not self.busy:
+            self.core.tick()
+        elif not self._tick_queued:
+            self._tick_queued = True
+            self.inbox.append(self._queued_tick)
+
+    def _queued_tick(self, core: RaftCore) -> None:
+        self._tick_queued = False
+        core.tick()
+
+    def step(self, message: Message) -> None:
+        self.input(lambda core: core.step(message))
+
+    def propose(self, data: bytes, token: Any) -> None:
+        """Propose ``data``; the outcome reaches ``events.proposal_done`` or ``proposal_failed``."""
+        self.input(lambda core: self._propose(core, data, token))
+
+    def _propose(self, core: RaftCore, data: bytes, token: Any) -> None:
+        try:
+            term, index = core.propose(data)
+        except (NotLeader, ProposalDropped) as e:
+            self.events.proposal_failed(token, e)
+            return
+        self.proposals[index] = (term, token)
+
+    def read_index(self, ctx: bytes, token: Any) -> None:
+        """Ask for a linearizable read point; ``events.read_ready(token)`` once it is applied here."""
+        self.input(lambda core: self._read_index(core, ctx, token))
+
+    def _read_index(self, core: RaftCore, ctx: bytes, token: Any) -> None:
+        try:
+            core.read_index(ctx)
+        except NotLeader as e:
+            self.events.read_failed(token, e)
+            return
+        self.reads[ctx] = token
+
+    def compact(self, keep_entries: int, min_entries: int = 1,
+                then: Optional[Callable[[Snapshot], None]] = None) -> None:
+        """
+        Snapshot the machine and drop the log before it (keeping ``keep_entries``
+        for followers that lag a little), if at least ``min_entries`` were
+        applied since the last snapshot; ``then(snapshot)`` when it was taken.
+        """
+
+        def fn(core: RaftCore) -> None:
+            if core.applied - core.latest_snapshot.index < min_entries:
+                return
+            snap = self.compact_now(keep_entries)
+            if snap is not None and then is not None:
+                then(snap)
+
+        self.input(fn)
+
+    def compact_now(self, keep_entries: int) -> Optional[Snapshot]:
+        """The compaction itself, from inside an input (the core must not have a Ready outstanding)."""
+        assert self.writing is None, "compaction while a write is outstanding"
+        if self.machine.applied_index != self.core.applied:
+            return None
+        snap = self.core.compact(self.core.applied, self.machine.snapshot(), keep_entries=keep_entries)
+        self.storage.compact(snap)
+        return snap
+
+    def hold(self) -> None:
+        """Stop running inputs (a paused process): they wait in the inbox."""
+        self.held = True
+
+    def release(self) -> None:
+        self.held = False
+        self.drain()
+
+    # ------------------------------------------------------------ the loop
+    def drain(self) -> None:
+        """Run the loop until the core has nothing more, or a write is outstanding."""
+        if self._draining:
+            return  # a write completed inside storage.write: the running loop goes on
+        self._draining = True
+        try:
+            core = self.core
+            while not self.busy:
+                if not core.has_ready():
+                    if not self.inbox:
+                        break
+                    self.inbox.popleft()(core)
+                    continue
+                rd = core.ready()
+                self.events.ready(core, rd)
+                if rd.messages:
+                    self.transport.send_many(rd.messages)
+                if rd.hard_state is not None or rd.entries or rd.snapshot is not None:
+                    self.writing = rd
+                    self.storage.write(rd.hard_state, rd.entries, rd.snapshot, rd.must_sync,
+                                       lambda rd=rd: self._written(rd))
+                else:
+                    self._finish(rd)
+        finally:
+            self._draining = False
+
+    def _written(self, rd: Ready) -> None:
+        if self.writing is not rd:
+            return  # not ours any more (a node that crashed and restarted with a new Replica)
+        self.writing = None
+        self._finish(rd)
+        self.drain()
+
+    def _finish(self, rd: Ready) -> None:
+        core, events = self.core, self.events
+        events.persisted(core, rd)
+        if rd.persisted_messages:
+            self.transport.send_many(rd.persisted_messages)
+        if rd.snapshot is not None:
+            self.machine.restore(rd.snapshot.data)
+            for index in [i for i in self.proposals if i <= rd.snapshot.index]:
+                _, token = self.proposals.pop(index)
+                events.proposal_failed(token, Overtaken("overtaken by a snapshot from the leader"))
+            events.snapshot_installed(rd.snapshot)
+        for entry in rd.committed:
+            self._apply(entry)
+        for rs in rd.read_states:
+            token = self.reads.pop(rs.ctx, None)
+            if token is not None:
+                self.indexed_reads.append((rs.index, token))
+        core.advance(rd)
+        events.advanced(core, rd)
+        self._serve_reads()
+
+    def _apply(self, entry: Entry) -> None:
+        if entry.kind is EntryKind.NORMAL:
+            result = self.machine.apply(entry.index, entry.data)
+        else:
+            self.machine.apply_noop(entry.index)
+            result = None
+        self.events.applied(entry, result)
+        pending = self.proposals.pop(entry.index, None)
+        if pending is not None:
+            term, token = pending
+            if term == entry.term:
+                self.events.proposal_done(token, result, entry.index)
+            else:
+                self.events.proposal_failed(token, Replaced("the entry was replaced by a new leader's"))
+
+    def _serve_reads(self) -> None:
+        if not self.indexed_reads:
+            return
+        applied = self.machine.applied_index
+        waiting: List[Tuple[int, Any]] = []
+        for index, token in self.indexed_reads:
+            if index <= applied:
+                self.events.read_ready(token)
+            else:
+                waiting.append((index, token))
+        self.indexed_reads = waiting
+
+    # ------------------------------------------------------------ for the embedder
+    def take_waiting_reads(self) -> List[Tuple[bytes, Any]]:
+        """Forget the reads still waiting for an index (a new leadership drops them) and return them."""
+        waiting, self.reads = list(self.reads.items()), {}
+        return waiting
