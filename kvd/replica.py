@@ -229,13 +229,15 @@ class Replica:
                 if rd.messages:
                     self.transport.send_many(rd.messages)
                 if rd.hard_state is not None or rd.entries or rd.snapshot is not None:
-                    self.writing = rd
-                    self.storage.write(rd.hard_state, rd.entries, rd.snapshot, rd.must_sync,
-                                       lambda rd=rd: self._written(rd))
+                    self._write(rd)
                 else:
                     self._finish(rd)
         finally:
             self._draining = False
+
+    def _write(self, rd: Ready) -> None:
+        self.writing = rd
+        self.storage.write(rd.hard_state, rd.entries, rd.snapshot, rd.must_sync, lambda: self._written(rd))
 
     def _written(self, rd: Ready) -> None:
         if self.writing is not rd:

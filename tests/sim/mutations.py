@@ -1,6 +1,7 @@
 """
-Known bugs planted in the Raft core, for tests/sim/test_mutations.py: each
-is a context manager that monkeypatches ``RaftCore`` (and restores it).
+Known bugs planted in the Raft core and in the Ready loop the node and the
+simulator share (kvd.replica), for tests/sim/test_mutations.py: each is a
+context manager that monkeypatches ``RaftCore`` or ``Replica`` (and restores it).
 """
 
 import contextlib
@@ -8,6 +9,7 @@ import contextlib
 from kvd.raft import core as core_mod
 from kvd.raft.core import RaftCore
 from kvd.raft.messages import AppendEntriesReply, PreVoteReply, RequestVoteReply, ReadState
+from kvd.replica import Replica
 
 
 @contextlib.contextmanager
@@ -124,6 +126,20 @@ def read_without_heartbeat_round():
     return patched(RaftCore, "_maybe_start_read_round", _maybe_start_read_round)
 
 
+def loop_acks_before_write_completes():
+    """In the shared Ready loop (kvd.replica), send the acknowledgements and votes as soon as the write is
+    issued rather than when it has completed."""
+    original = Replica._write
+
+    def _write(self, rd):
+        early, rd.persisted_messages = rd.persisted_messages, []
+        if early:
+            self.transport.send_many(early)
+        original(self, rd)
+
+    return patched(Replica, "_write", _write)
+
+
 MUTATIONS = {
     "commit_by_counting": commit_by_counting,
     "two_votes_per_term": two_votes_per_term,
@@ -133,4 +149,5 @@ MUTATIONS = {
     "apply_before_commit": apply_before_commit,
     "config_change_before_term_commit": config_change_before_term_commit,
     "read_without_heartbeat_round": read_without_heartbeat_round,
+    "loop_acks_before_write_completes": loop_acks_before_write_completes,
 }

@@ -27,6 +27,9 @@ EXPECTED = {
     "vote_not_synced": {"persistence contract", "one vote per term", "one leader per term"},
     "apply_before_commit": {"state-machine safety", "durable commit", "linearizable read", "exactly once", "exception", "disk", "liveness"},
     "read_without_heartbeat_round": {"linearizable read"},
+    # In the loop itself, which the node runs too (kvd.replica).
+    "loop_acks_before_write_completes": {"persistence contract", "one vote per term", "leader completeness",
+                                         "state-machine safety"},
     # Ongaro's 2015 single-server-change bug needs a leader cut off with a
     # change only it holds, a successor that changes the membership before its
     # no-op commits, and a slow voter: rare (about 1 seed in 150 of the

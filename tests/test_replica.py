@@ -1,0 +1,139 @@
+"""
+The one Ready loop (kvd/replica.py), on its own: a storage whose writes
+complete when the test says so, a transport that records, a real core.
+And the promise that it is the only loop: nothing else calls ready()/advance().
+"""
+
+import pathlib
+import random
+import re
+
+from kvd.kv.commands import Envelope, Set, encode_envelope
+from kvd.kv.machine import KVMachine
+from kvd.raft.core import NotLeader, Options, RaftCore, bootstrap
+from kvd.raft.messages import AppendEntries, AppendEntriesReply, Configuration, Entry, EntryKind
+from kvd.replica import Events, Replica
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+class LaterStorage:
+    """Writes complete only when ``complete()`` is called, as a disk thread's would."""
+
+    def __init__(self):
+        self.writes = []  # [(hard_state, entries, snapshot, sync, done)]
+        self.compacted = []
+
+    def write(self, hard_state, entries, snapshot, sync, done):
+        self.writes.append((hard_state, list(entries), snapshot, sync, done))
+
+    def complete(self):
+        done = self.writes[-1][4]
+        done()
+
+    def compact(self, snapshot):
+        self.compacted.append(snapshot)
+
+
+class Recorder:
+    def __init__(self):
+        self.sent = []
+
+    def send_many(self, messages):
+        self.sent.extend(messages)
+
+
+class Heard(Events):
+    def __init__(self):
+        self.done, self.failed, self.reads = [], [], []
+
+    def proposal_done(self, token, result, index):
+        self.done.append((token, result, index))
+
+    def proposal_failed(self, token, error):
+        self.failed.append((token, type(error).__name__))
+
+    def read_ready(self, token):
+        self.reads.append(token)
+
+
+def follower_replica():
+    config = Configuration.make(voters=["a", "b", "c"], addresses={n: n for n in "abc"})
+    hs, entries = bootstrap(config)
+    core = RaftCore("b", Options(), random.Random(1), hs, None, entries)
+    storage, transport, events = LaterStorage(), Recorder(), Heard()
+    return Replica(core, storage, transport, KVMachine(), events), storage, transport, events
+
+
+def append_from_leader(term=2, index=2):
+    entry = Entry(index, term, EntryKind.NORMAL, encode_envelope(Envelope(b"c", 1, 1, 0, Set(b"k", b"v"))))
+    return AppendEntries(term, "a", "b", index - 1, 1, [entry], 0)
+
+
+def test_acknowledgement_waits_for_the_write_to_complete():
+    replica, storage, transport, _ = follower_replica()
+    replica.step(append_from_leader())
+    replica.drain()
+    assert len(storage.writes) == 1 and storage.writes[0][3] is True  # synced
+    assert not any(isinstance(m, AppendEntriesReply) for m in transport.sent)
+    storage.complete()
+    acks = [m for m in transport.sent if isinstance(m, AppendEntriesReply)]
+    assert len(acks) == 1 and acks[0].success and acks[0].index == 2
+
+
+def test_inputs_wait_while_a_write_is_outstanding_and_ticks_coalesce():
+    replica, storage, transport, _ = follower_replica()
+    replica.step(append_from_leader())
+    replica.drain()
+    assert replica.busy
+    term_before = replica.core.term
+    for _ in range(50):
+        replica.tick()  # fifty ticks missed while the disk is busy count as one
+    replica.step(append_from_leader(term=3, index=3))
+    replica.drain()
+    assert len(replica.inbox) == 2 and replica.core.term == term_before  # nothing ran
+    storage.complete()
+    assert not replica.inbox and replica.core.term == 3
+    assert replica.core.election_elapsed <= 1
+
+
+def test_a_completion_of_a_ready_no_longer_outstanding_is_ignored():
+    replica, storage, transport, _ = follower_replica()
+    replica.step(append_from_leader())
+    replica.drain()
+    stale_done = storage.writes[0][4]
+    storage.complete()
+    before = list(transport.sent)
+    stale_done()  # a disk thread that calls back twice, or for a write of a node since restarted
+    assert transport.sent == before
+
+
+def test_proposal_on_a_follower_fails_with_not_leader():
+    replica, _, _, events = follower_replica()
+    replica.propose(b"x", "token")
+    assert events.failed == [("token", NotLeader.__name__)]
+
+
+def test_hold_and_release():
+    replica, storage, _, _ = follower_replica()
+    replica.hold()
+    replica.step(append_from_leader())
+    replica.drain()
+    assert storage.writes == [] and len(replica.inbox) == 1
+    replica.release()
+    assert len(storage.writes) == 1
+
+
+def test_only_the_replica_runs_the_ready_loop():
+    """grep finds one Ready loop: no other module takes a Ready from the core or advances it."""
+    callers = []
+    for path in sorted((ROOT / "kvd").rglob("*.py")):
+        rel = str(path.relative_to(ROOT))
+        if rel.startswith("kvd/raft/"):
+            continue
+        text = path.read_text()
+        if re.search(r"\.ready\(\)|\.advance\(|\.has_ready\(\)", text):
+            callers.append(rel)
+    assert callers == ["kvd/replica.py"]
+    for embedder in ("kvd/node.py", "kvd/sim/cluster.py"):
+        assert "from kvd.replica import" in (ROOT / embedder).read_text()
