@@ -49,7 +49,7 @@ from twisted.names import dns, error, server
 from twisted.names.common import ResolverBase
 from twisted.protocols.policies import TimeoutMixin
 
-from kvd.address import AddressError, MemberAddress
+from kvd.address import MemberAddress
 
 #: DNS port = client port + this, unless --dns-port is given (Consul's default is 8600).
 DNS_PORT_OFFSET = 20000
@@ -99,11 +99,9 @@ class OutsideDomain(error.DNSQueryRefusedError):
 
 class ClusterAuthority(ResolverBase):
     """
-    The authority for ``domain``, answering from ``node``'s current view.
-
-    ``node`` is a kvd.node.NodeService or anything with the same read-only
-    views: ``config.node_id``, ``config.address``, ``core.config`` (voters,
-    learners, address_of), ``core.commit`` and ``live_leader()``.
+    The authority for ``domain``, answering from a node's current view
+    (kvd.node.NodeView: ``node_id``, ``voters()``, ``learners()``,
+    ``members()``, ``address_of()``, ``commit_index``, ``live_leader()``).
 
     ``lookup(name, type)`` answers synchronously with (answers, authority,
     additional) or raises: OutsideDomain (REFUSED),
@@ -112,9 +110,9 @@ class ClusterAuthority(ResolverBase):
     Deferreds, as every twisted.names resolver does.
     """
 
-    def __init__(self, node, domain: str = DEFAULT_DOMAIN, ttl: int = TTL):
+    def __init__(self, view, domain: str = DEFAULT_DOMAIN, ttl: int = TTL):
         super().__init__()
-        self.node = node
+        self.view = view
         self.domain = normalize_domain(domain)
         self.ttl = ttl
 
@@ -151,15 +149,14 @@ class ClusterAuthority(ResolverBase):
         if relative == "":
             records = [self._soa()] + self._ns()
         elif relative == "leader":
-            leader = self.node.live_leader()
+            leader = self.view.live_leader()
             address = self._address(leader) if leader is not None else None
             if address is None:
-                raise NoLeader("no live leader known to %s" % self.node.config.node_id)
+                raise NoLeader("no live leader known to %s" % self.view.node_id)
             records = self._host_records(owner, address.host) + [self._srv(owner, leader, address, 0)]
         elif relative in ("_kvd._tcp", "_kvd-learner._tcp"):
-            core = self.node.core
-            ids = core.config.voters if relative == "_kvd._tcp" else core.config.learners
-            leader = self.node.live_leader()
+            ids = self.view.voters() if relative == "_kvd._tcp" else self.view.learners()
+            leader = self.view.live_leader()
             records = []
             for node_id in ids:
                 address = self._address(node_id)
@@ -200,20 +197,14 @@ class ClusterAuthority(ResolverBase):
         return dns.RRHeader(name=name, type=payload.TYPE, cls=dns.IN, ttl=self.ttl, payload=payload, auth=True)
 
     def _address(self, node_id: Optional[str]) -> Optional[MemberAddress]:
-        if node_id is None:
+        if node_id is None or (node_id not in self.view.members() and node_id != self.view.node_id):
             return None
-        text = self.node.core.config.address_of(node_id) if self.node.core is not None else None
-        if text is None and node_id == self.node.config.node_id:
-            return self.node.config.address
-        try:
-            return MemberAddress.parse(text) if text else None
-        except (AddressError, ValueError):
-            return None
+        return self.view.address_of(node_id)
 
     def _known_ids(self) -> List[str]:
-        ids = list(self.node.core.config.members) if self.node.core is not None else []
-        if self.node.config.node_id not in ids:
-            ids.append(self.node.config.node_id)
+        ids = self.view.members()
+        if self.view.node_id not in ids:
+            ids.append(self.view.node_id)
         return sorted(ids)
 
     def _node_by_label(self, label: str) -> Optional[str]:
@@ -257,10 +248,9 @@ class ClusterAuthority(ResolverBase):
         return out
 
     def _soa(self) -> dns.RRHeader:
-        core = self.node.core
-        serial = (core.commit if core is not None else 0) & 0xFFFFFFFF
+        serial = (self.view.commit_index if self.view.started else 0) & 0xFFFFFFFF
         soa = dns.Record_SOA(
-            mname=self._node_name(self.node.config.node_id),
+            mname=self._node_name(self.view.node_id),
             rname=self._fqdn("hostmaster"),
             serial=serial,
             refresh=60,
@@ -272,7 +262,7 @@ class ClusterAuthority(ResolverBase):
         return self._rr(dns.Name(self._fqdn("")), soa)
 
     def _ns(self) -> List[dns.RRHeader]:
-        return [self._rr(dns.Name(self._fqdn("")), dns.Record_NS(self._node_name(self.node.config.node_id), ttl=self.ttl))]
+        return [self._rr(dns.Name(self._fqdn("")), dns.Record_NS(self._node_name(self.view.node_id), ttl=self.ttl))]
 
 
 def _name_text(name) -> Optional[str]:
@@ -467,9 +457,9 @@ class TCPProtocol(dns.DNSProtocol, TimeoutMixin):
             self.sendString(_encode(response, None))
 
 
-def make_dns(node, domain: str = DEFAULT_DOMAIN, metrics=None) -> Tuple[ClusterDNSFactory, UDPProtocol]:
-    """The TCP factory and the UDP protocol of one node's DNS server."""
-    authority = ClusterAuthority(node, domain)
+def make_dns(view, domain: str = DEFAULT_DOMAIN, metrics=None) -> Tuple[ClusterDNSFactory, UDPProtocol]:
+    """The TCP factory and the UDP protocol of one node's DNS server (``view``: kvd.node.NodeView)."""
+    authority = ClusterAuthority(view, domain)
     kwargs = {}
     if metrics is not None:
         kwargs = dict(on_answer=metrics.dns_answered, on_drop=metrics.dns_dropped)

@@ -4,10 +4,13 @@ Serves the Redis port's requests from the node: writes go through Raft,
 reads through ReadIndex (or locally on a READONLY connection), and the
 admin commands (INFO, ROLE, KVD.*) read the node's state.
 
+A failure is a kvd.errors.KvdError, which the RESP layer writes as
+``-CODE message`` as it is: nothing here translates it.
+
 The RESP layer answers PING, ECHO, SELECT, CLIENT, COMMAND and QUIT by
 itself; only Write, Read and the Admin commands below arrive here.
 
-Allowed imports: twisted, kvd.node, kvd.resp, kvd.kv, kvd.server_info.
+Allowed imports: twisted, kvd.address, kvd.node, kvd.resp, kvd.kv, kvd.server_info.
 """
 
 from __future__ import annotations
@@ -17,17 +20,11 @@ import json
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from kvd.node import NodeError
 from kvd.kv.results import OK
 from kvd.resp.commands import Admin, Read, Write
 from kvd.resp.encoder import SimpleString
 from kvd.resp.errors import RespError
 from kvd.server_info import ServerInfo
-
-
-def _as_resp_error(failure):
-    failure.trap(NodeError)
-    raise RespError(failure.value.code, failure.value.message)
 
 
 class ClientExecutor:
@@ -36,13 +33,13 @@ class ClientExecutor:
     def __init__(self, node, clients=None):
         """``clients``: the client port's open sessions by id (RespFactory.sessions), for INFO."""
         self.node = node
-        self.server_info = ServerInfo(node, node.clock.seconds, clients)
+        self.server_info = ServerInfo(node.view, node.clock.seconds, clients)
 
     def execute(self, request, session):
         if isinstance(request, Write):
-            return self.node.submit(request.command).addErrback(_as_resp_error)
+            return self.node.submit(request.command)
         if isinstance(request, Read):
-            return self.node.read(request.op, linearizable=not session.readonly).addErrback(_as_resp_error)
+            return self.node.read(request.op, linearizable=not session.readonly)
         if isinstance(request, Admin):
             handler = getattr(self, "_admin_" + request.name.replace(".", "_").replace("|", "_"), None)
             if handler is not None:
@@ -66,7 +63,7 @@ class ClientExecutor:
         raise RespError("ERR", "CONFIG REWRITE is not supported: kvd has no redis.conf (see etc/kvd.conf)")
 
     def _admin_role(self, args):
-        info = self.node.info()
+        info = self.node.view.info()
         if info["raft_role"] == "leader":
             return [b"master", info["raft_commit_index"], []]
         leader = info["raft_leader"] or ":0"
@@ -75,10 +72,10 @@ class ClientExecutor:
         return [b"slave", host.encode(), int(port or 0), state, info["raft_applied_index"]]
 
     def _admin_kvd_members(self, args):
-        return json.dumps(self.node.members(), sort_keys=True).encode()
+        return json.dumps(self.node.view.member_rows(), sort_keys=True).encode()
 
     def _admin_kvd_cluster(self, args):
-        return self.node.config.cluster_id.encode()
+        return self.node.view.cluster_id.encode()
 
     def _admin_kvd_join(self, args):
         node_id, address = (a.decode("utf-8", "replace") for a in args)
@@ -100,4 +97,4 @@ class ClientExecutor:
             raise RespError("ERR", str(f.value))
 
         d.addCallback(lambda word: SimpleString(word))
-        return d.addErrback(bad_address).addErrback(_as_resp_error)
+        return d.addErrback(bad_address)

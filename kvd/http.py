@@ -16,11 +16,10 @@ balancers, Prometheus metrics and a live cluster page.
 Port rule: the HTTP port is the client port + 30000 (``HTTP_PORT_OFFSET``)
 unless ``--http-port`` says otherwise; ``--http-port 0`` turns HTTP off.
 
-Everything here only reads the node.  No request is logged (the page polls
+Everything here only reads the node, through its ``NodeView`` (kvd.node.view).  No request is logged (the page polls
 every second); errors are.
 
-Allowed imports: twisted, the standard library, kvd.http_cluster,
-kvd.metrics, kvd.address.
+Allowed imports: twisted, the standard library, kvd.http_cluster, kvd.metrics.
 """
 
 from __future__ import annotations
@@ -35,7 +34,6 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.web import pages, resource, server
 
-from kvd.address import AddressError, MemberAddress
 from kvd.http_cluster import ClusterView
 
 #: HTTP port = client port + this, unless --http-port is given.
@@ -56,54 +54,40 @@ STATIC_FILES = {
 _log = Logger()
 
 
-def _client_address(node, node_id: Optional[str]) -> str:
-    if node_id is None or node.core is None:
-        return ""
-    text = node.core.config.address_of(node_id)
-    if not text:
-        return node.config.address.client if node_id == node.config.node_id else ""
-    try:
-        return MemberAddress.parse(text).client
-    except (AddressError, ValueError):
-        return ""
-
-
 # ================================================================ the views
-def leader_view(node) -> str:
-    return _client_address(node, node.live_leader())
+def leader_view(view) -> str:
+    return view.client_address(view.live_leader())
 
 
-def peers_view(node) -> list:
-    if node.core is None:
-        return []
-    return [a for a in (_client_address(node, v) for v in node.core.config.voters) if a]
+def peers_view(view) -> list:
+    return [a for a in (view.client_address(v) for v in view.voters()) if a]
 
 
-def health_view(node, max_lag: int = HEALTH_MAX_LAG) -> Tuple[int, dict]:
+def health_view(view, max_lag: int = HEALTH_MAX_LAG) -> Tuple[int, dict]:
     """(HTTP status, body): 200 while this node can serve, 503 with the reason otherwise."""
-    core = node.core
-    if core is None:
+    if not view.started:
         return 503, {"healthy": False, "reason": "starting"}
-    leader = node.live_leader()
-    cluster_commit = node.leader_commit()
-    lag = max(0, cluster_commit - core.applied)
+    leader = view.live_leader()
+    cluster_commit = view.leader_commit()
+    applied = view.applied_index
+    lag = max(0, cluster_commit - applied)
     body = {
-        "node": node.config.node_id,
-        "role": node.role_name(),
-        "term": core.term,
+        "node": view.node_id,
+        "role": view.role(),
+        "term": view.term,
         "leader": leader,
-        "leader_address": _client_address(node, leader) or None,
-        "applied_index": core.applied,
+        "leader_address": view.client_address(leader) or None,
+        "applied_index": applied,
         "commit_index": cluster_commit,
         "lag": lag,
         "max_lag": max_lag,
     }
-    if getattr(node, "stopping", False):
+    if view.stopping:
         reason = "stopping"
     elif leader is None:
         reason = "no leader: this node cannot reach a leader (election in progress, or no quorum)"
     elif lag > max_lag:
-        reason = "behind: applied %d, the cluster has committed %d" % (core.applied, cluster_commit)
+        reason = "behind: applied %d, the cluster has committed %d" % (applied, cluster_commit)
     else:
         reason = None
     body["healthy"] = reason is None
@@ -198,11 +182,12 @@ class _Tree(resource.Resource):
         return pages.notFound()
 
 
-def make_root(node, metrics=None, reactor=None, cluster_view: Optional[ClusterView] = None) -> resource.Resource:
+def make_root(view, metrics=None, reactor=None, cluster_view: Optional[ClusterView] = None) -> resource.Resource:
+    """The URL tree over a node's ``view`` (kvd.node.NodeView)."""
     if cluster_view is None:
         if reactor is None:
             from twisted.internet import reactor
-        cluster_view = ClusterView(node, reactor)
+        cluster_view = ClusterView(view, reactor)
 
     def health(request):
         max_lag = HEALTH_MAX_LAG
@@ -212,15 +197,15 @@ def make_root(node, metrics=None, reactor=None, cluster_view: Optional[ClusterVi
                 max_lag = max(0, int(raw))
             except ValueError:
                 return 400, {"error": "max_lag must be a whole number"}
-        return health_view(node, max_lag)
+        return health_view(view, max_lag)
 
     def node_info(request):
-        if node.core is None:
+        if not view.started:
             return 503, {"error": "starting"}
-        return 200, node.info()
+        return 200, view.info()
 
     def cluster(request):
-        if node.core is None:
+        if not view.started:
             return 503, {"error": "starting"}
         return cluster_view.get().addCallback(lambda view: (200, view))
 
@@ -232,8 +217,8 @@ def make_root(node, metrics=None, reactor=None, cluster_view: Optional[ClusterVi
     root.putChild(b"v1", v1)
     status = _Tree()
     v1.putChild(b"status", status)
-    status.putChild(b"leader", JSONResource(lambda request: (200, leader_view(node))))
-    status.putChild(b"peers", JSONResource(lambda request: (200, peers_view(node))))
+    status.putChild(b"leader", JSONResource(lambda request: (200, leader_view(view))))
+    status.putChild(b"peers", JSONResource(lambda request: (200, peers_view(view))))
     status.putChild(b"node", JSONResource(node_info))
     v1.putChild(b"health", JSONResource(health))
     v1.putChild(b"cluster", JSONResource(cluster))
@@ -249,8 +234,8 @@ class QuietSite(server.Site):
         pass
 
 
-def make_site(node, metrics=None, reactor=None) -> QuietSite:
-    site = QuietSite(make_root(node, metrics, reactor), timeout=HTTP_IDLE_TIMEOUT_S, reactor=reactor)
+def make_site(view, metrics=None, reactor=None) -> QuietSite:
+    site = QuietSite(make_root(view, metrics, reactor), timeout=HTTP_IDLE_TIMEOUT_S, reactor=reactor)
     site.displayTracebacks = False
     return site
 

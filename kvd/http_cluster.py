@@ -20,7 +20,7 @@ unknown (null).  Concurrent requests share one round of questions and a
 round is reused for ``CACHE_S``, so many open pages cost the cluster no
 more than one.
 
-Allowed imports: twisted, the standard library, kvd.address.
+Allowed imports: twisted, the standard library.
 """
 
 from __future__ import annotations
@@ -32,8 +32,6 @@ from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
-
-from kvd.address import AddressError, MemberAddress
 
 #: Seconds to wait for one member's INFO.
 INFO_TIMEOUT_S = 1.0
@@ -150,10 +148,10 @@ def _abort(protocol: _InfoProtocol):
 
 
 class ClusterView:
-    """Gathers and caches the cluster view of ``node`` (a NodeService or a stand-in)."""
+    """Gathers and caches the cluster as seen from a node's ``view`` (kvd.node.NodeView, or a stand-in)."""
 
-    def __init__(self, node, reactor, fetch=None, cache_s: float = CACHE_S, clock=time.monotonic):
-        self.node = node
+    def __init__(self, view, reactor, fetch=None, cache_s: float = CACHE_S, clock=time.monotonic):
+        self.view = view
         self.reactor = reactor
         self.fetch = fetch or (lambda host, port: fetch_info(reactor, host, port))
         self.cache_s = cache_s
@@ -184,27 +182,20 @@ class ClusterView:
                 d.errback(result)
 
     def _members(self) -> List[tuple]:
-        node = self.node
-        config = node.core.config if node.core is not None else None
+        view = self.view
+        members, voters = view.members(), view.voters()
         out = []
-        ids = list(config.members) if config is not None else []
-        if node.config.node_id not in ids:
-            ids.append(node.config.node_id)
+        ids = list(members)
+        if view.node_id not in ids:
+            ids.append(view.node_id)
         for node_id in sorted(ids):
-            text = config.address_of(node_id) if config is not None else None
-            try:
-                address = MemberAddress.parse(text) if text else (node.config.address if node_id == node.config.node_id else None)
-            except (AddressError, ValueError):
-                address = None
-            voter = config is not None and node_id in config.voters
-            member = config is not None and node_id in config.members
-            out.append((node_id, address, voter, member))
+            address = view.address_of(node_id) if node_id in members or node_id == view.node_id else None
+            out.append((node_id, address, node_id in voters, node_id in members))
         return out
 
     @defer.inlineCallbacks
     def _gather(self):
-        node = self.node
-        me = node.config.node_id
+        me = self.view.node_id
         members = self._members()
         asks = {}
         for node_id, address, _, _ in members:
@@ -219,13 +210,11 @@ class ClusterView:
         return self.assemble(members, answers)
 
     def assemble(self, members, answers: Dict[str, Optional[dict]]) -> dict:
-        node = self.node
-        me = node.config.node_id
-        own = node.info()
-        leader = node.live_leader()
-        progress = {}
-        if node.core is not None and node.core.is_leader():
-            progress = node.core.status().get("progress", {})
+        view = self.view
+        me = view.node_id
+        own = view.info()
+        leader = view.live_leader()
+        progress = view.progress()
         rows = []
         for node_id, address, voter, member in members:
             info = own if node_id == me else answers.get(node_id)
@@ -257,14 +246,14 @@ class ClusterView:
                 row["replicating"] = bool(progress[node_id]["active"])
                 row["match_index"] = progress[node_id]["match"]
             rows.append(row)
-        commits = [r["commit_index"] for r in rows if r["commit_index"] is not None] + [node.leader_commit()]
+        commits = [r["commit_index"] for r in rows if r["commit_index"] is not None] + [view.leader_commit()]
         cluster_commit = max(commits)
         for row in rows:
             row["lag"] = None if row["applied_index"] is None else max(0, cluster_commit - row["applied_index"])
         leader_address = next((r["client"] for r in rows if r["id"] == leader), None)
         return {
             "node": me,
-            "cluster_id": node.config.cluster_id,
+            "cluster_id": view.cluster_id,
             "role": own.get("raft_role"),
             "leader": leader,
             "leader_address": leader_address,

@@ -76,7 +76,7 @@ def add_services(top: service.MultiService, node, options, metrics, reactor) -> 
     service named "discovery" (after the node: they read its state).
     """
     if metrics is not None:
-        metrics.attach(node)
+        metrics.attach(node.view)
     group = service.MultiService()
     group.setName("discovery")
     group.setServiceParent(top)
@@ -85,7 +85,7 @@ def add_services(top: service.MultiService, node, options, metrics, reactor) -> 
     if dns_port is None:
         _log.warn("DNS is off: client port + {offset} is past 65535; pass --dns-port", offset=DNS_PORT_OFFSET)
     elif dns_port:
-        factory, udp = make_dns(node, options["domain"], metrics)
+        factory, udp = make_dns(node.view, options["domain"], metrics)
         required = options["dns-port-required"]
         OptionalPort("DNS (UDP)", lambda: reactor.listenUDP(dns_port, udp, interface=interface), dns_port, "--dns-port", required).setServiceParent(group)
         OptionalPort("DNS (TCP)", lambda: reactor.listenTCP(dns_port, factory, interface=interface), dns_port, "--dns-port", required).setServiceParent(group)
@@ -93,5 +93,5 @@ def add_services(top: service.MultiService, node, options, metrics, reactor) -> 
     if http_port is None:
         _log.warn("HTTP is off: client port + {offset} is past 65535; pass --http-port", offset=HTTP_PORT_OFFSET)
     elif http_port:
-        site = make_site(node, metrics, reactor)
+        site = make_site(node.view, metrics, reactor)
         OptionalPort("HTTP", lambda: reactor.listenTCP(http_port, site, interface=interface), http_port, "--http-port", options["http-port-required"]).setServiceParent(group)

@@ -24,7 +24,7 @@ kvd.address (never kvd.node: the node is handed in).
 from __future__ import annotations
 
 import time
-from typing import Iterator, Optional
+from typing import Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -48,7 +48,7 @@ class NodeMetrics:
 
     def __init__(self, process: bool = True):
         self.registry = CollectorRegistry(auto_describe=False)
-        self.node = None
+        self.view = None
         r = self.registry
         self.sync_seconds = Histogram(
             "kvd_storage_sync_seconds", "Seconds to write and fsync one batch of Raft state (one LMDB transaction).", buckets=SYNC_BUCKETS, registry=r
@@ -70,8 +70,9 @@ class NodeMetrics:
             except Exception:  # pragma: no cover - no /proc: fine without
                 pass
 
-    def attach(self, node) -> "NodeMetrics":
-        self.node = node
+    def attach(self, view) -> "NodeMetrics":
+        """Read the node's numbers at each scrape through ``view`` (kvd.node.NodeView)."""
+        self.view = view
         return self
 
     def render(self) -> bytes:
@@ -200,39 +201,37 @@ class _NodeCollector:
         self.metrics = metrics
 
     def collect(self) -> Iterator:
-        node = self.metrics.node
-        if node is None or getattr(node, "core", None) is None:
+        view = self.metrics.view
+        if view is None or not view.started:
             return
         try:
-            yield from self._collect(node)
+            yield from self._collect(view)
         except Exception:
             # A scrape must never break the node; say so once per failure.
             _log.failure("metrics: collecting the node's numbers failed")
 
-    def _collect(self, node) -> Iterator:
-        core = node.core
-        config = node.config
+    def _collect(self, view) -> Iterator:
         info = GaugeMetricFamily("kvd_node_info", "This node's identity (value 1).", labels=["node_id", "cluster_id", "client_address"])
-        info.add_metric([config.node_id, config.cluster_id, config.address.client], 1)
+        info.add_metric([view.node_id, view.cluster_id, view.address.client], 1)
         yield info
         role = GaugeMetricFamily("kvd_raft_role", "1 for the role this node has now, 0 for the others.", labels=["role"])
-        current = node.role_name()
+        current = view.role()
         for name in ROLES:
             role.add_metric([name], 1 if name == current else 0)
         yield role
-        leader = node.live_leader()
+        leader = view.live_leader()
         yield _gauge("kvd_raft_has_leader", "1 while this node knows a live leader (itself included).", 1 if leader else 0)
-        yield _gauge("kvd_raft_is_leader", "1 while this node is the leader.", 1 if leader == config.node_id else 0)
-        yield _gauge("kvd_raft_term", "Current Raft term.", core.term)
-        yield _gauge("kvd_raft_commit_index", "Highest log index this node knows to be committed.", core.commit)
-        yield _gauge("kvd_raft_applied_index", "Highest log index applied to this node's state machine.", core.applied)
-        yield _gauge("kvd_raft_leader_commit_index", "The cluster's commit index as far as this node knows (its own on the leader).", node.leader_commit())
-        yield _gauge("kvd_raft_last_index", "Index of the last entry in this node's log.", core.log.last_index())
-        yield _gauge("kvd_raft_snapshot_index", "Index covered by this node's latest snapshot.", core.latest_snapshot.index)
-        yield _gauge("kvd_raft_log_entries", "Entries in the log (after the latest snapshot).", max(0, core.log.last_index() - core.log.first_index() + 1))
-        yield _gauge("kvd_raft_voters", "Voters in the configuration this node has.", len(core.config.voters))
-        yield _gauge("kvd_raft_learners", "Learners in the configuration this node has.", len(core.config.learners))
-        stats = node.stats
+        yield _gauge("kvd_raft_is_leader", "1 while this node is the leader.", 1 if leader == view.node_id else 0)
+        yield _gauge("kvd_raft_term", "Current Raft term.", view.term)
+        yield _gauge("kvd_raft_commit_index", "Highest log index this node knows to be committed.", view.commit_index)
+        yield _gauge("kvd_raft_applied_index", "Highest log index applied to this node's state machine.", view.applied_index)
+        yield _gauge("kvd_raft_leader_commit_index", "The cluster's commit index as far as this node knows (its own on the leader).", view.leader_commit())
+        yield _gauge("kvd_raft_last_index", "Index of the last entry in this node's log.", view.last_index)
+        yield _gauge("kvd_raft_snapshot_index", "Index covered by this node's latest snapshot.", view.snapshot_index)
+        yield _gauge("kvd_raft_log_entries", "Entries in the log (after the latest snapshot).", max(0, view.last_index - view.first_index + 1))
+        yield _gauge("kvd_raft_voters", "Voters in the configuration this node has.", len(view.voters()))
+        yield _gauge("kvd_raft_learners", "Learners in the configuration this node has.", len(view.learners()))
+        stats = view.stats()
         counters = [
             ("kvd_raft_leader_changes", "Times this node saw a new leader.", stats.get("new_leaders", stats.get("leader_changes", 0))),
             ("kvd_raft_state_changes", "Changes of this node's role, term or leader.", stats.get("leader_changes", 0)),
@@ -244,27 +243,23 @@ class _NodeCollector:
         ]
         for name, doc, value in counters:
             yield CounterMetricFamily(name, doc, value=value)
-        yield from self._peers(node)
-        yield from self._storage(node)
+        yield from self._peers(view)
+        yield from self._storage(view)
 
-    def _peers(self, node) -> Iterator:
-        core = node.core
-        me = node.config.node_id
-        peers = [p for p in core.config.members if p != me]
+    def _peers(self, view) -> Iterator:
+        me = view.node_id
+        peers = [p for p in view.members() if p != me]
         connected = GaugeMetricFamily("kvd_raft_peer_connected", "1 while this node's outgoing link to the peer is up.", labels=["peer"])
-        transport = getattr(node, "peers", None)
         for peer in peers:
-            up = transport.is_connected(peer) if transport is not None and hasattr(transport, "is_connected") else False
-            connected.add_metric([peer], 1 if up else 0)
+            connected.add_metric([peer], 1 if view.peer_connected(peer) else 0)
         yield connected
-        if not core.is_leader():
+        if not view.is_leader():
             return
-        status = core.status()
-        last = core.log.last_index()
+        last = view.last_index
         active = GaugeMetricFamily("kvd_raft_peer_active", "Leader only: 1 if the peer answered within an election timeout.", labels=["peer"])
         match = GaugeMetricFamily("kvd_raft_peer_match_index", "Leader only: highest log index known to be on the peer.", labels=["peer"])
         lag = GaugeMetricFamily("kvd_raft_peer_lag_entries", "Leader only: entries the peer is behind the leader's log.", labels=["peer"])
-        for peer, progress in status["progress"].items():
+        for peer, progress in view.progress().items():
             active.add_metric([peer], 1 if progress["active"] else 0)
             match.add_metric([peer], progress["match"])
             lag.add_metric([peer], max(0, last - progress["match"]))
@@ -272,14 +267,9 @@ class _NodeCollector:
         yield match
         yield lag
 
-    def _storage(self, node) -> Iterator:
-        storage = getattr(node, "storage", None)
-        stats = getattr(storage, "stats", None)
-        if stats is None:
-            return
-        try:
-            numbers = stats()
-        except Exception:  # closed while stopping: no storage numbers this time
+    def _storage(self, view) -> Iterator:
+        numbers = view.storage_stats()
+        if not numbers:
             return
         yield _gauge("kvd_storage_log_entries", "Log entries stored on disk.", numbers.get("entries", 0))
         yield _gauge("kvd_storage_used_bytes", "Bytes the LMDB environment uses.", numbers.get("bytes_used", 0))

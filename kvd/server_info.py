@@ -12,9 +12,8 @@ really does.  kvd writes every command to the Raft log and fsyncs it
 ``appendfsync always`` (``no`` under ``--sync none``); it takes no RDB
 snapshots (``save ""``); it has no memory limit and evicts nothing.
 
-The node is read through a handful of attributes (``config``, ``info()``,
-``stats``, ``machine.key_count()``); ``clients`` is the client port's
-``sessions`` mapping, when there is one.
+The node is read through its ``NodeView`` (kvd.node.view); ``clients`` is the
+client port's ``sessions`` mapping, when there is one.
 
 Allowed imports: the standard library, twisted, kvd.kv, kvd.resp.
 """
@@ -55,8 +54,8 @@ def _human(n: int) -> str:
 
 
 class ServerInfo:
-    def __init__(self, node, now: Callable[[], float], clients: Optional[Mapping] = None):
-        self.node = node
+    def __init__(self, view, now: Callable[[], float], clients: Optional[Mapping] = None):
+        self.view = view
         self.now = now
         self.clients = clients
         self.started = now()
@@ -66,7 +65,7 @@ class ServerInfo:
         wanted = {a.decode("utf-8", "replace").lower() for a in args}
         if not wanted or wanted & {"default", "all", "everything"}:
             wanted |= set(SECTIONS)
-        raft = self.node.info()
+        raft = self.view.info()
         out: List[str] = []
         for name in SECTIONS:
             if name in wanted:
@@ -77,7 +76,7 @@ class ServerInfo:
         return "\r\n".join(out).encode()
 
     def _server(self, raft) -> List[Tuple[str, object]]:
-        config = self.node.config
+        config = self.view.config
         uptime = max(0, int(self.now() - self.started))
         return [
             ("redis_version", REDIS_VERSION),
@@ -110,7 +109,7 @@ class ServerInfo:
         ]
 
     def _persistence(self, raft):
-        sync = "always" if self.node.config.sync else "no"
+        sync = "always" if self.view.config.sync else "no"
         return [
             ("loading", 0),
             ("rdb_changes_since_last_save", 0),
@@ -120,13 +119,13 @@ class ServerInfo:
             ("aof_rewrite_in_progress", 0),
             ("aof_last_write_status", "ok"),
             ("kvd_log_fsync", sync),
-            ("kvd_data_dir", self.node.config.data_dir),
+            ("kvd_data_dir", self.view.config.data_dir),
             ("kvd_snapshot_index", raft["raft_snapshot_index"]),
             ("kvd_snapshots_taken", raft["raft_snapshots"]),
         ]
 
     def _stats(self, raft):
-        stats = self.node.stats
+        stats = self.view.stats()
         return [
             ("total_commands_processed", stats.get("proposals", 0) + stats.get("reads", 0)),
             ("kvd_writes_proposed", stats.get("proposals", 0)),
@@ -139,7 +138,7 @@ class ServerInfo:
         leader = raft["raft_role"] == "leader"
         fields: List[Tuple[str, object]] = [("role", "master" if leader else "slave")]
         if leader:
-            followers = [m for m in self.node.members() if m["id"] != raft["raft_node_id"]]
+            followers = [m for m in self.view.member_rows() if m["id"] != raft["raft_node_id"]]
             fields.append(("connected_slaves", sum(1 for m in followers if m.get("up"))))
             for i, m in enumerate(followers):
                 host, _, port = m["client"].rpartition(":")
@@ -148,7 +147,7 @@ class ServerInfo:
         else:
             host, _, port = (raft["raft_leader"] or ":0").rpartition(":")
             fields += [("master_host", host), ("master_port", int(port or 0)),
-                       ("master_link_status", "up" if self.node.live_leader() else "down")]
+                       ("master_link_status", "up" if self.view.live_leader() else "down")]
         fields += [("master_repl_offset", raft["raft_applied_index"])]
         return fields
 
@@ -160,7 +159,7 @@ class ServerInfo:
         return [("cluster_enabled", 0)]  # Redis Cluster's sharding, which kvd does not do
 
     def _keyspace(self, raft):
-        keys = self.node.machine.key_count()
+        keys = self.view.key_count()
         return [("db0", "keys=%d,expires=0,avg_ttl=0" % keys)] if keys else []
 
     def _raft(self, raft):
@@ -169,7 +168,7 @@ class ServerInfo:
     # ---------------------------------------------------------------- CONFIG
     def config(self) -> Dict[str, str]:
         """Every parameter CONFIG GET knows, as Redis names it, with kvd's real value."""
-        c = self.node.config
+        c = self.view.config
         return {
             "port": str(c.address.client_port),
             "bind": c.address.host,
@@ -184,7 +183,7 @@ class ServerInfo:
             "maxclients": "0",
             "timeout": "0",
             "tcp-keepalive": "0",
-            "proto-max-bulk-len": str(c.value_bytes_max),
+            "proto-max-bulk-len": str(c.value_max_bytes),
             "cluster-enabled": "no",
             "replica-read-only": "yes",
             "slave-read-only": "yes",

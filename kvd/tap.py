@@ -213,7 +213,7 @@ def node_config(options: Options):
         snapshot_entries=options["snapshot-entries"],
         snapshot_keep_entries=options["snapshot-keep-entries"],
         request_timeout_s=options["request-timeout"],
-        value_bytes_max=options["value-max-bytes"],
+        value_max_bytes=options["value-max-bytes"],
     )
 
 
@@ -274,7 +274,7 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
     peer_port = strports.service("tcp:%d:interface=%s" % (config.address.peer_port, interface), node.peers.server_factory())
     peer_port.setServiceParent(top)
     executor = ClientExecutor(node)
-    client_factory = RespFactory(executor, value_bytes_max=config.value_bytes_max)
+    client_factory = RespFactory(executor, value_max_bytes=config.value_max_bytes)
     executor.server_info.clients = client_factory.sessions
     if metrics is not None:
         client_factory = metrics.counting_factory(client_factory)

@@ -19,7 +19,7 @@ FORBIDDEN = {
     "kvd/wire/": ["kvd.raft.core", "kvd.store", "kvd.node", "kvd.resp", "kvd.cli"],
     "kvd/resp/": ["kvd.raft", "kvd.store", "kvd.node", "kvd.wire", "kvd.cli"],
     "kvd/sim/": ["kvd.store", "kvd.wire", "kvd.resp", "kvd.node", "kvd.cli"],
-    "kvd/node.py": ["kvd.cli", "kvd.sim", "kvd.tap"],
+    "kvd/node/": ["kvd.cli", "kvd.sim", "kvd.tap", "kvd.store", "kvd.wire.peers"],
     "kvd/cli": ["kvd.node", "kvd.raft", "kvd.store", "kvd.wire", "kvd.sim"],
     "twisted/plugins/": ["kvd"],
 }

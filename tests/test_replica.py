@@ -135,5 +135,5 @@ def test_only_the_replica_runs_the_ready_loop():
         if re.search(r"\.ready\(\)|\.advance\(|\.has_ready\(\)", text):
             callers.append(rel)
     assert callers == ["kvd/replica.py"]
-    for embedder in ("kvd/node.py", "kvd/sim/cluster.py"):
+    for embedder in ("kvd/node/service.py", "kvd/sim/cluster.py"):
         assert "from kvd.replica import" in (ROOT / embedder).read_text()

@@ -76,7 +76,15 @@ class ProposalDropped(Exception):
 
 
 class ConfigChangeRejected(Exception):
-    """A membership change was refused; the message says why."""
+    """
+    A membership change was refused; the message says why.  ``in_progress``:
+    only because another change (or the leader's first commit) is still
+    pending, so the same request may succeed a little later.
+    """
+
+    def __init__(self, message: str, in_progress: bool = False):
+        super().__init__(message)
+        self.in_progress = in_progress
 
 
 @dataclass
@@ -740,7 +748,7 @@ class RaftCore:
         if self.role is not Role.LEADER:
             raise NotLeader(self.leader)
         if not self._can_change_config():
-            raise ConfigChangeRejected("a membership change is in progress or this leader has not committed yet")
+            raise ConfigChangeRejected("a membership change is in progress or this leader has not committed yet", in_progress=True)
         old = self.config
         if len(set(old.voters) ^ set(new.voters)) > 1:
             raise ConfigChangeRejected("only one voter may be added or removed at a time")

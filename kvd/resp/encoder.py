@@ -6,7 +6,7 @@ RESP2 encoding of replies, and the RESP3 variant a client asks for with
 Python values map onto RESP2 types as follows::
 
     kvd.kv OK, SimpleString("PONG")  -> +OK / +PONG           simple string
-    KVError, RespError               -> -ERR message          error
+    KVError, RespError, KvdError     -> -ERR message          error (KvdError: -CODE message)
     int (bool too)                   -> :42                   integer
     bytes, bytearray, memoryview     -> $3 abc                bulk string
     str                              -> bulk string of its UTF-8 bytes
@@ -22,7 +22,7 @@ replaced by spaces, as Redis does, so no reply can desynchronise a client.
 Text from the client (e.g. an unknown command name) is kept byte for byte by
 decoding it with ``surrogateescape``, which this module reverses.
 
-Allowed imports: the standard library, kvd.kv and kvd.resp.errors.
+Allowed imports: the standard library, kvd.errors, kvd.kv and kvd.resp.errors.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, List
 
+from kvd.errors import KvdError
 from kvd.kv.results import OK, KVError
 from kvd.resp.errors import RespError
 
@@ -96,5 +97,7 @@ def _encode(value: Any, out: List[bytes], resp3: bool = False) -> None:
         out.append(b"-" + _line(value.message) + CRLF)
     elif isinstance(value, RespError):
         out.append(encode_error(value.prefix, value.message))
+    elif isinstance(value, KvdError):
+        out.append(encode_error(value.code.value, value.message))
     else:
         raise TypeError("cannot encode %r as a RESP reply" % (value,))

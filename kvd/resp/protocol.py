@@ -11,8 +11,8 @@ kvd.resp.session) and errors fill theirs at once, everything else goes to
 where ``request`` is a ``Write``, ``Read`` or non-local ``Admin`` from
 kvd.resp.commands.  Replies are written as soon as every earlier slot is
 filled, so pipelined requests get their answers in order even when their
-Deferreds fire out of order.  A ``RespError`` (raised or as a failure) is
-sent as ``-PREFIX message``; any other exception is logged and sent as
+Deferreds fire out of order.  A ``RespError`` or a ``kvd.errors.KvdError``
+(raised or as a failure) is sent as ``-PREFIX message``; any other exception is logged and sent as
 ``-ERR internal error``: the connection survives executor bugs.
 
 Backpressure, so that no client can grow the node's memory without bound:
@@ -31,7 +31,7 @@ been written.  After the connection is lost, results still arriving from the
 executor are dropped (the executor's work is not cancelled: a write may
 commit anyway, as with Redis).
 
-Allowed imports: the standard library, Twisted, kvd.kv and kvd.resp.
+Allowed imports: the standard library, Twisted, kvd.errors, kvd.kv and kvd.resp.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from kvd.errors import KvdError
 from kvd.resp.commands import Read, Write, parse_request
 from kvd.resp.encoder import encode, encode_error
 from kvd.resp.errors import RespError
@@ -255,7 +256,7 @@ class RespProtocol(Protocol):
             self._fill_failure(slot, Failure(), request)
 
     def _fill_failure(self, slot: _Slot, failure: Failure, request):
-        if failure.check(RespError):
+        if failure.check(RespError, KvdError):
             slot.data = encode(failure.value)
             return
         self.log.failure(
@@ -301,16 +302,16 @@ class RespProtocol(Protocol):
 class RespFactory(Factory):
     """
     Builds the Redis port's protocols; ``executor`` serves every connection.
-    ``value_bytes_max`` bounds every bulk argument (so keys and values);
+    ``value_max_bytes`` bounds every bulk argument (so keys and values);
     ``parser_factory``, when given, overrides it with a parser of its own.
     """
 
     def __init__(self, executor, max_inflight: int = DEFAULT_MAX_INFLIGHT,
-                 value_bytes_max: int = DEFAULT_MAX_BULK_BYTES, parser_factory=None):
+                 value_max_bytes: int = DEFAULT_MAX_BULK_BYTES, parser_factory=None):
         self.executor = executor
         self.max_inflight = max_inflight
-        self.value_bytes_max = value_bytes_max
-        self.parser_factory = parser_factory or (lambda: RespParser(max_bulk_bytes=self.value_bytes_max))
+        self.value_max_bytes = value_max_bytes
+        self.parser_factory = parser_factory or (lambda: RespParser(max_bulk_bytes=self.value_max_bytes))
         self._ids = itertools.count(1)
         self.sessions: Dict[int, Session] = {}  # open connections by id (INFO clients)
 

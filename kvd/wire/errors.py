@@ -8,53 +8,46 @@ leader and re-raised, with the same code and message, from the follower's
 description is ``"CODE: message"``; AMP rebuilds the exception from that one
 string, which is why the constructor also accepts it.
 
-Allowed imports: the standard library only.
+Allowed imports: the standard library and kvd.errors.
 """
 
 from __future__ import annotations
 
 import re
 
-#: No leader is known (or the receiver is not the leader any more).
-NOLEADER = "NOLEADER"
-#: Nothing was done; the client may retry the same command.
-TRYAGAIN = "TRYAGAIN"
-#: No answer in time or the link broke after the request left: the outcome is unknown.
-TIMEOUT = "TIMEOUT"
-#: The payload or result exceeds what the transport will stage.
-TOOBIG = "TOOBIG"
-#: The remote handler failed with an unexpected exception.
-INTERNAL = "INTERNAL"
+from kvd.errors import Code, KvdError
+
+# The codes are kvd's one vocabulary (kvd.errors); these names stay for the wire's callers.
+NOLEADER = Code.NOLEADER
+TRYAGAIN = Code.TRYAGAIN
+TIMEOUT = Code.TIMEOUT
+TOOBIG = Code.TOOBIG
+INTERNAL = Code.INTERNAL
 
 _CODE = re.compile(r"^[A-Z][A-Z0-9_]*$")
 
 
-class ForwardError(Exception):
-    """A forwarded command failed; ``code`` is machine-readable, ``message`` is for humans."""
+class ForwardError(KvdError):
+    """
+    A ``KvdError`` that crossed the wire.  AMP rebuilds a remote error from its
+    description alone, ``"CODE: message"``, which is why the constructor also
+    accepts that one string; a code this version does not know is INTERNAL.
+    """
 
-    def __init__(self, code: str, message: str = "") -> None:
-        if not message and not _CODE.match(code):
-            # AMP builds remote errors from the description alone.
-            code, message = _parse_description(code)
-        if not _CODE.match(code):
-            raise ValueError(f"ForwardError code must match {_CODE.pattern}, got {code!r}")
+    def __init__(self, code, message: str = "") -> None:
+        if not isinstance(code, Code):
+            if not message and not _CODE.match(code):
+                code, message = _parse_description(code)
+            if not _CODE.match(code):
+                raise ValueError(f"ForwardError code must match {_CODE.pattern}, got {code!r}")
+            code = Code.parse(code)
         super().__init__(code, message)
-        self.code = code
-        self.message = message
 
     def __str__(self) -> str:
-        return f"{self.code}: {self.message}" if self.message else self.code
+        return f"{self.code.value}: {self.message}" if self.message else self.code.value
 
     def __repr__(self) -> str:
-        return f"ForwardError({self.code!r}, {self.message!r})"
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, ForwardError):
-            return NotImplemented
-        return (self.code, self.message) == (other.code, other.message)
-
-    def __hash__(self) -> int:
-        return hash((self.code, self.message))
+        return f"ForwardError({self.code.value!r}, {self.message!r})"
 
 
 def _parse_description(description: str):
@@ -62,7 +55,7 @@ def _parse_description(description: str):
     if _CODE.match(code):
         return code, message
     # Not our format (e.g. a peer running other code): keep the text.
-    return INTERNAL, description
+    return INTERNAL.value, description
 
 
 class HelloRefused(Exception):

@@ -1,6 +1,8 @@
 """
-A stand-in for kvd.node.NodeService with just the read-only views that DNS,
-HTTP and metrics use, set by hand: no reactor, no storage, no sockets.
+A stand-in for kvd.node.NodeService whose state is set by hand (no reactor,
+no storage, no sockets), read through the real NodeView as DNS, HTTP and the
+metrics read a node; only the view's role, live leader and cluster commit
+come straight from the fields the tests set.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from types import SimpleNamespace
 from typing import Dict, Optional
 
 from kvd.address import MemberAddress
+from kvd.node.view import NodeView
 from kvd.raft.messages import Configuration
 
 
@@ -80,6 +83,9 @@ class FakeNode:
         self.stats = {"leader_changes": 4, "elections": 1, "proposals": 7, "reads": 3, "snapshots": 1, "new_leaders": 2}
         self.peers = FakePeers()
         self.storage = FakeStorage()
+        self.membership = SimpleNamespace(pending_joins={}, waiting_for=lambda: "")
+        self.advertised: Dict[str, str] = {}
+        self.view = FakeView(self)
 
     def live_leader(self):
         return self.leader
@@ -106,3 +112,16 @@ class FakeNode:
             "raft_applied_index": core.applied,
             "raft_last_index": core.log.last_index(),
         }
+
+
+class FakeView(NodeView):
+    """The real NodeView, but role, live leader and the cluster's commit are the fake's fields."""
+
+    def role(self):
+        return self._node.core.role
+
+    def live_leader(self):
+        return self._node.leader
+
+    def leader_commit(self):
+        return max(self._node.core.commit, self._node.cluster_commit)

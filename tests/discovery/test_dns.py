@@ -30,7 +30,7 @@ def node():
 
 
 def lookup(node, name, qtype, domain="kvd"):
-    return ClusterAuthority(node, domain).lookup(name.encode(), qtype)
+    return ClusterAuthority(node.view, domain).lookup(name.encode(), qtype)
 
 
 def records(section):
@@ -95,7 +95,7 @@ def test_outside_the_domain_is_refused(node):
     for name in ("example.com", "kvd.example.com", "evilkvd", "leader.kvdx", ""):
         with pytest.raises(OutsideDomain):
             lookup(node, name, tdns.A)
-    authority = ClusterAuthority(node)
+    authority = ClusterAuthority(node.view)
     with pytest.raises(OutsideDomain):
         authority.lookup(b"leader.kvd", tdns.A, cls=tdns.CH)  # CHAOS class (version.bind and the like)
     with pytest.raises(OutsideDomain):
@@ -150,7 +150,7 @@ def test_domains():
 
 
 def test_the_resolver_interface_answers_in_deferreds(node):
-    authority = ClusterAuthority(node)
+    authority = ClusterAuthority(node.view)
     results = []
     authority.lookupService(b"_kvd._tcp.kvd").addCallback(results.append)
     assert len(results[0][0]) == 3
@@ -170,7 +170,7 @@ class FakeUDPTransport:
 
 @pytest.fixture
 def udp(node):
-    factory, protocol = make_dns(node)
+    factory, protocol = make_dns(node.view)
     protocol.transport = FakeUDPTransport()
     return protocol
 
@@ -236,7 +236,7 @@ def test_big_answers_are_truncated_over_udp_unless_the_asker_allows_more():
     voters = ["10.1.%d.%d:7001" % (i // 250, i % 250) for i in range(30)]
     node = FakeNode(node_id=voters[0], voters=voters, learners=[], addresses={v: member(v.rpartition(":")[0], 7001) for v in voters})
     node.set_leader(voters[0])
-    factory, udp = make_dns(node)
+    factory, udp = make_dns(node.view)
     udp.transport = FakeUDPTransport()
     plain = ask_udp(udp, dns.message.make_query("_kvd._tcp.kvd.", "SRV").to_wire())
     assert plain.flags & dns.flags.TC and not plain.answer
@@ -245,7 +245,7 @@ def test_big_answers_are_truncated_over_udp_unless_the_asker_allows_more():
     assert edns.edns == 0 and edns.payload == 1232
     small = FakeNode()
     small.set_leader("127.0.0.1:7001")
-    _, udp = make_dns(small)
+    _, udp = make_dns(small.view)
     udp.transport = FakeUDPTransport()
     assert not ask_udp(udp, dns.message.make_query("_kvd._tcp.kvd.", "SRV", use_edns=0).to_wire()).flags & dns.flags.TC
     # Over TCP the whole answer goes out.
@@ -286,13 +286,13 @@ def test_an_unwritable_address_is_ignored(node):
         def write(self, data, address):
             raise OSError("EPERM")
 
-    _, udp = make_dns(node)
+    _, udp = make_dns(node.view)
     udp.transport = Refusing()
     udp.datagramReceived(dns.message.make_query("leader.kvd.", "A").to_wire(), ("255.255.255.255", 0))
 
 
 def test_tcp_garbage_and_oversize(node, logged_errors):
-    factory, _ = make_dns(node)
+    factory, _ = make_dns(node.view)
     tcp = TCPProtocol(factory)
     transport = StringTransport()
     tcp.makeConnection(transport)
@@ -314,7 +314,7 @@ def test_tcp_garbage_and_oversize(node, logged_errors):
 def test_tcp_connections_are_capped(node):
     from kvd import dns as kdns
 
-    factory, _ = make_dns(node)
+    factory, _ = make_dns(node.view)
     protocols = []
     for _ in range(kdns.TCP_MAX_CONNECTIONS):
         p = factory.buildProtocol(None)

@@ -68,8 +68,8 @@ def fetcher():
 
 @pytest.fixture
 def root(node, fetcher):
-    metrics = NodeMetrics(process=False).attach(node)
-    return make_root(node, metrics, cluster_view=ClusterView(node, reactor=None, fetch=fetcher, cache_s=0))
+    metrics = NodeMetrics(process=False).attach(node.view)
+    return make_root(node.view, metrics, cluster_view=ClusterView(node.view, reactor=None, fetch=fetcher, cache_s=0))
 
 
 def get(root, path, args=None):
@@ -174,7 +174,7 @@ def test_cluster_view_puts_every_members_numbers_together(root, fetcher):
 def test_cluster_view_on_the_leader_adds_replication_progress(node, fetcher):
     node.set_leader("127.0.0.1:7001")
     node.core.progress = {"127.0.0.1:7002": {"match": 12, "active": True}, "127.0.0.1:7003": {"match": 3, "active": False}}
-    view = ClusterView(node, reactor=None, fetch=fetcher, cache_s=0)
+    view = ClusterView(node.view, reactor=None, fetch=fetcher, cache_s=0)
     result = []
     view.get().addCallback(result.append)
     rows = {m["id"]: m for m in result[0]["members"]}
@@ -184,7 +184,7 @@ def test_cluster_view_on_the_leader_adds_replication_progress(node, fetcher):
 
 def test_concurrent_page_requests_share_one_round_and_a_round_is_reused(node, fetcher):
     now = [100.0]
-    view = ClusterView(node, reactor=None, fetch=fetcher, cache_s=0.5, clock=lambda: now[0])
+    view = ClusterView(node.view, reactor=None, fetch=fetcher, cache_s=0.5, clock=lambda: now[0])
     fetcher.pending = []
     first, second = [], []
     view.get().addCallback(first.append)

@@ -26,7 +26,7 @@ def test_a_follower_exports_its_raft_numbers():
     node = FakeNode()
     node.set_leader("127.0.0.1:7002")
     node.peers.connected = {"127.0.0.1:7002"}
-    s = scrape(NodeMetrics(process=False).attach(node))
+    s = scrape(NodeMetrics(process=False).attach(node.view))
     assert value(s, "kvd_raft_role", role="follower") == 1 and value(s, "kvd_raft_role", role="leader") == 0
     assert value(s, "kvd_raft_term") == 3 and value(s, "kvd_raft_commit_index") == 10 and value(s, "kvd_raft_applied_index") == 10
     assert value(s, "kvd_raft_has_leader") == 1 and value(s, "kvd_raft_is_leader") == 0
@@ -46,7 +46,7 @@ def test_the_leader_exports_replication_lag_per_peer():
     node.set_leader("127.0.0.1:7001")
     node.core.log.last = 50
     node.core.progress = {"127.0.0.1:7002": {"match": 50, "active": True}, "127.0.0.1:7003": {"match": 20, "active": False}}
-    s = scrape(NodeMetrics(process=False).attach(node))
+    s = scrape(NodeMetrics(process=False).attach(node.view))
     assert value(s, "kvd_raft_peer_lag_entries", peer="127.0.0.1:7002") == 0
     assert value(s, "kvd_raft_peer_lag_entries", peer="127.0.0.1:7003") == 30
     assert value(s, "kvd_raft_peer_active", peer="127.0.0.1:7003") == 0
@@ -56,7 +56,7 @@ def test_the_leader_exports_replication_lag_per_peer():
 def test_a_broken_view_does_not_break_the_scrape():
     node = FakeNode()
     node.role_name = lambda: 1 / 0
-    s = scrape(NodeMetrics(process=False).attach(node))
+    s = scrape(NodeMetrics(process=False).attach(node.view))
     assert value(s, "kvd_raft_commits_total") == 0  # the event counters are still there
 
 

@@ -25,13 +25,23 @@ class ThreadedDNS:
     """kvd.dns's UDP and TCP protocols behind real sockets on 127.0.0.1, served by a thread."""
 
     def __init__(self, node):
-        self.factory, self.udp = make_dns(node)
-        self.usock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.usock.bind(("127.0.0.1", 0))
-        self.port = self.usock.getsockname()[1]
-        self.tsock = socket.socket()
-        self.tsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.tsock.bind(("127.0.0.1", self.port))
+        self.factory, self.udp = make_dns(node.view)
+        # One port number for UDP and TCP: the kernel picks a free UDP port,
+        # which TCP may hold already (another test's connection); pick again.
+        for attempt in range(50):
+            self.usock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self.usock.bind(("127.0.0.1", 0))
+            self.port = self.usock.getsockname()[1]
+            self.tsock = socket.socket()
+            self.tsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                self.tsock.bind(("127.0.0.1", self.port))
+                break
+            except OSError:
+                self.usock.close()
+                self.tsock.close()
+        else:
+            raise AssertionError("no port free for both UDP and TCP after 50 tries")
         self.tsock.listen(4)
         self.tcp_questions = 0
         sock = self.usock

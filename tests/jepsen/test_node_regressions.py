@@ -50,7 +50,7 @@ def test_a_node_whose_session_expired_starts_a_new_one(cluster):
     assert outcome(clock, follower.submit(Set(b"k", b"1"))) is OK
     # Forget the follower's session everywhere, as expiry would.
     for node in network.nodes.values():
-        node.machine._sessions.pop(follower.client_id, None)
+        node.machine._sessions.pop(follower.session.client_id, None)
     result = outcome(clock, follower.submit(Set(b"k", b"2")))
     assert result is OK, result
     assert outcome(clock, leader.read(Get(b"k"))) == b"2"

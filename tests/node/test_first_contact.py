@@ -11,7 +11,7 @@ from twisted.python.failure import Failure
 from kvd.kv.commands import Get, IncrBy, Set
 from kvd.kv.results import OK
 from kvd.metrics import NodeMetrics
-from kvd.node import NodeError
+from kvd.errors import KvdError
 from kvd.raft.messages import ReadIndexRequest
 from tests.node.fakes import leaders, make_cluster, run
 from tests.node.test_executor import ask, client_of
@@ -146,7 +146,7 @@ def test_a_write_fails_within_the_request_timeout(tmp_path, timeout_s):
     follower = next(n for n in network.nodes.values() if n is not leader)
     network.isolate(follower.config.node_id)
     result, took = answer_of(clock, follower.submit(Set(b"x", b"1")), timeout_s * 3)
-    assert isinstance(result, Failure) and result.check(NodeError), result
+    assert isinstance(result, Failure) and result.check(KvdError), result
     assert result.value.code in ("NOLEADER", "TIMEOUT", "TRYAGAIN")
     assert took <= timeout_s + 0.11, took
     result, took = answer_of(clock, follower.read(Get(b"x")), timeout_s * 3)
@@ -169,7 +169,7 @@ def test_an_unformed_node_says_what_it_waits_for(tmp_path):
     assert isinstance(result, Failure) and result.value.code == "NOLEADER"
     assert "not part of a cluster yet" in result.value.message and "--initial-cluster" in result.value.message
     assert "mgmt.py -r server -c join -h 127.0.0.1:7001" in result.value.message
-    assert node.role_name() == "joining"
+    assert node.view.role() == "joining"
     node.stopService()
 
 
@@ -180,6 +180,6 @@ def test_info_says_pre_candidate_as_the_log_does(wired_cluster):
     follower = next(n for n in network.nodes.values() if n is not leader)
     network.isolate(follower.config.node_id)
     run(clock, 3)
-    assert follower.info()["raft_role"] == "pre-candidate"
-    members = {m["id"]: m for m in follower.members()}
+    assert follower.view.info()["raft_role"] == "pre-candidate"
+    members = {m["id"]: m for m in follower.view.member_rows()}
     assert not any(m["leader"] for m in members.values())  # the leader it no longer hears is not named

@@ -8,7 +8,7 @@ from twisted.python.failure import Failure
 
 from kvd.kv.commands import Delete, Get, IncrBy, Set
 from kvd.kv.results import OK
-from kvd.node import NodeError
+from kvd.errors import KvdError
 from tests.node.fakes import leaders, make_cluster, make_node, run
 
 
@@ -60,10 +60,10 @@ def test_minority_fails_fast_with_noleader(cluster):
     follower = next(n for n in network.nodes.values() if not n.core.is_leader())
     network.isolate(follower.config.node_id)
     run(clock, 5)  # its leader's heartbeats stop; pre-vote keeps it from disturbing anyone
-    with pytest.raises(NodeError) as e:
+    with pytest.raises(KvdError) as e:
         result_of(clock, follower.submit(Set(b"x", b"1")), seconds=10)
     assert e.value.code in ("NOLEADER", "TIMEOUT")
-    with pytest.raises(NodeError):
+    with pytest.raises(KvdError):
         result_of(clock, follower.read(Get(b"x")), seconds=10)
 
 
@@ -77,7 +77,7 @@ def test_isolated_leader_never_serves_a_stale_read(cluster):
     run(clock, 5)
     (new,) = [n for n in leaders(network) if n is not old]
     assert result_of(clock, new.submit(Set(b"k", b"2"))) is OK
-    with pytest.raises(NodeError):
+    with pytest.raises(KvdError):
         result_of(clock, read, seconds=10)
     network.heal()
     run(clock, 5)
@@ -190,7 +190,7 @@ def test_write_on_a_cut_off_leader_times_out_as_unknown(cluster):
     (leader,) = leaders(network)
     network.isolate(leader.config.node_id)
     d = leader.submit(Set(b"lost", b"1"))
-    with pytest.raises(NodeError) as e:
+    with pytest.raises(KvdError) as e:
         result_of(clock, d, seconds=leader.config.request_timeout_s + 1)
     assert e.value.code == "TIMEOUT"
     assert not leader.replica.proposals  # the sweep forgot it

@@ -597,10 +597,10 @@ def test_bugs_in_local_handling_do_not_drop_the_connection(logged, monkeypatch):
 
 
 def test_value_size_limit_is_configurable():
-    """value_bytes_max bounds bulk arguments: at the limit is served; one byte over gets -ERR naming the
+    """value_max_bytes bounds bulk arguments: at the limit is served; one byte over gets -ERR naming the
     limit, runs nothing, and the connection goes on serving."""
     executor = ScriptedExecutor(lambda r, s: OK)
-    proto, transport = connect(executor, value_bytes_max=10)
+    proto, transport = connect(executor, value_max_bytes=10)
     proto.dataReceived(packed("SET", "k", "x" * 10))
     assert transport.value() == b"+OK\r\n"
     transport.clear()

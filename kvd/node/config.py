@@ -1,0 +1,30 @@
+"""
+``NodeConfig``: a node's settings, as ``twistd kvd`` options give them (kvd.tap).
+
+Allowed imports: the standard library and kvd.address.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Optional
+
+from kvd.address import MemberAddress
+
+
+@dataclass
+class NodeConfig:
+    node_id: str
+    cluster_id: str
+    address: MemberAddress
+    data_dir: str
+    initial_cluster: Optional[Dict[str, str]] = None  # node id -> host:client:peer, for a static bootstrap
+    bootstrap_expect: int = 0  # >0: this is a seed that forms the cluster once this many nodes have joined
+    tick_s: float = 0.1
+    election_ticks: int = 10
+    heartbeat_ticks: int = 1
+    sync: bool = True
+    snapshot_entries: int = 10000
+    snapshot_keep_entries: int = 1000
+    request_timeout_s: float = 5.0
+    value_max_bytes: int = 1024 * 1024

@@ -1,0 +1,485 @@
+# -*- test-case-name: tests.node.test_node -*-
+"""
+``NodeService``: one kvd node as a Twisted service.  It builds the Raft core
+from what LMDB holds, runs the shared Ready loop (kvd.replica) on the
+reactor, feeds it ticks and peer messages, and serves linearizable reads.
+Writes are ``ClientSession``'s (kvd.node.session), membership changes
+``Membership``'s (kvd.node.membership); the rest of kvd reads the node
+through ``NodeView`` (kvd.node.view).
+
+Everything that arrives in one reactor turn (client commands, peer
+messages, a tick) is folded into one Ready: one LMDB transaction, one sync
+and one append message per follower for the whole batch.
+
+Allowed imports: twisted, kvd.address, kvd.errors, kvd.kv, kvd.raft,
+kvd.replica, kvd.node (see tests/test_layers.py).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from typing import Callable, List, Optional, Tuple
+
+from twisted.application import service
+from twisted.internet import defer, task
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from kvd.address import MemberAddress
+from kvd.errors import Code, KvdError
+from kvd.node.config import NodeConfig
+from kvd.node.membership import Membership
+from kvd.node.session import ClientSession, Proposal
+from kvd.node.view import NodeView
+from kvd.raft.core import ConfigChangeRejected, NotLeader, Options, ProposalDropped, RaftCore, bootstrap
+from kvd.raft.messages import Configuration, EntryKind, Role
+from kvd.replica import Events, Overtaken, Replica, Superseded
+
+
+class _Read:
+    """A linearizable read: the replica's token from its ReadIndex request until it is served."""
+
+    __slots__ = ("op", "deferred", "deadline", "index", "ctx", "asked_at")
+
+    def __init__(self, op, deferred: defer.Deferred, deadline: float):
+        self.op = op
+        self.deferred = deferred
+        self.deadline = deadline
+        self.index: Optional[int] = None
+        self.ctx = b""  # the ReadIndex context while it waits for its index
+        self.asked_at = 0.0  # when its ReadIndex request was last sent
+
+
+class NodeService(service.Service):
+    log = Logger()
+
+    def __init__(self, config: NodeConfig, storage, machine, clock, rng: Optional[random.Random] = None):
+        """
+        The peer transport is attached as ``peers`` before the service
+        starts (it needs this node's callbacks, and tests hand in a fake).
+        """
+        self.config = config
+        self.storage = storage
+        self.machine = machine
+        self.clock = clock
+        self.rng = rng or random.Random(int.from_bytes(os.urandom(8), "big"))
+        self.core: Optional[RaftCore] = None
+        self.replica: Optional[Replica] = None  # the Ready loop (kvd.replica), once the core exists
+        self.peers = None
+        self.ticker: Optional[task.LoopingCall] = None
+        self.drain_call = None
+        # Proposals and reads in flight live in the replica, in the order they
+        # were made, so that one sweep per tick expires them (no timer per
+        # request: they are the hot path).
+        self.read_seq = 0
+        self.leader_waiters: List[defer.Deferred] = []
+        # Addresses peers advertised when they connected: how a node that has
+        # no configuration yet (a joiner) can answer the nodes that call it.
+        self.advertised = {}
+        self.session = ClientSession(self)
+        self.membership = Membership(self)
+        self.view = NodeView(self)
+        self.stats = {"leader_changes": 0, "elections": 0, "proposals": 0, "reads": 0, "snapshots": 0}
+        # The highest commit index a leader has told us (AppendEntries and
+        # Heartbeat carry it): how far behind the cluster this node's applied
+        # index is, for /v1/health and metrics.  A view only; Raft never reads it.
+        self.leader_commit_seen = 0
+        self.last_leader_seen: Optional[str] = None  # for counting leader changes (metrics)
+        self.stopping = False
+
+    # ============================================================ lifecycle
+    def startService(self):
+        super().startService()
+        self.storage.open(self.config.cluster_id, self.config.node_id)
+        restored = self.storage.load()
+        hard_state, snapshot, entries = restored.hard_state, restored.snapshot, restored.entries
+        if hard_state.term == 0 and not entries and snapshot is None and self.config.initial_cluster:
+            config = Configuration.make(voters=self.config.initial_cluster, addresses=self.config.initial_cluster)
+            hard_state, entries = bootstrap(config)
+            self.storage.save(hard_state, entries, None, sync=True)
+            self.log.info("{node} bootstrapped a cluster of {n} from the initial member list", node=self.config.node_id, n=len(config.voters))
+        if snapshot is not None:
+            self.machine.restore(snapshot.data)
+        self.make_core(hard_state, snapshot, entries)
+        self.ticker = task.LoopingCall(self._tick)
+        self.ticker.clock = self.clock
+        self.ticker.start(self.config.tick_s, now=False)
+        self.log.info(
+            "{node} started: term {term}, {n} log entries, members {members}",
+            node=self.config.node_id,
+            term=hard_state.term,
+            n=len(entries),
+            members=list(self.core.config.members),
+        )
+        if not self.core.config.members:
+            self.log.warn("{node}: {why}", node=self.config.node_id, why=self.membership.waiting_for())
+        self.campaign_if_alone()
+
+    def make_core(self, hard_state, snapshot, entries) -> None:
+        """A Raft core on this durable state, and the Ready loop around it."""
+        options = Options(
+            election_ticks=self.config.election_ticks,
+            heartbeat_ticks=self.config.heartbeat_ticks,
+        )
+        self.core = RaftCore(self.config.node_id, options, self.rng, hard_state, snapshot, entries)
+        self.replica = Replica(self.core, self.storage, _Peers(self), self.machine, _NodeEvents(self))
+
+    def campaign_if_alone(self) -> None:
+        """A cluster of one voter elects itself at once (no one else would ever ask it)."""
+        if self.core.config.voters == (self.config.node_id,):
+            self.replica.input(lambda core: core.campaign())
+            self.schedule_drain()
+
+    def call_core(self, fn: Callable[[RaftCore], object]) -> defer.Deferred:
+        """Run ``fn(core)`` as an input of the loop (at once, or after an outstanding write); fires with its result."""
+        d = defer.Deferred()
+
+        def run(core):
+            try:
+                result = fn(core)
+            except Exception:
+                d.errback(Failure())
+            else:
+                d.callback(result)
+
+        self.replica.input(run)
+        self.schedule_drain()
+        return d
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        """Hand leadership over, answer what is pending, close the store."""
+        self.stopping = True
+        if self.core is not None and self.core.is_leader() and len(self.core.config.voters) > 1:
+            try:
+                target = yield self.call_core(lambda core: core.transfer_leadership())
+                self._drain()
+                self.log.info("{node} is stopping: transferring leadership to {target}", node=self.config.node_id, target=target)
+                deadline = self.clock.seconds() + self.config.tick_s * self.config.election_ticks * 2
+                while self.core.is_leader() and self.clock.seconds() < deadline:
+                    yield task.deferLater(self.clock, self.config.tick_s, lambda: None)
+            except (NotLeader, ConfigChangeRejected):
+                pass
+        if self.ticker is not None and self.ticker.running:
+            self.ticker.stop()
+        if self.drain_call is not None and self.drain_call.active():
+            self.drain_call.cancel()
+        self._fail_all(KvdError(Code.TRYAGAIN, "the node is shutting down"))
+        if self.peers is not None:
+            yield defer.maybeDeferred(self.peers.stop)
+        self.storage.close()
+        super().stopService()
+
+    def _fail_all(self, error: KvdError):
+        replica = self.replica
+        if replica is not None:
+            proposals, replica.proposals = replica.proposals, {}
+            for _, p in proposals.values():
+                # We cannot know whether a proposed entry will still commit.
+                p.deferred.errback(KvdError(Code.TIMEOUT, "the node stopped before the outcome was known"))
+            reads = list(replica.reads.values()) + [r for _, r in replica.indexed_reads]
+            replica.reads, replica.indexed_reads = {}, []
+            for r in reads:
+                if not r.deferred.called:
+                    r.deferred.errback(error)
+        waiters, self.leader_waiters = self.leader_waiters, []
+        for d in waiters:
+            d.errback(error)
+
+    # ============================================================ requests
+    def submit(self, command) -> defer.Deferred:
+        """Replicate a kv write command; fires with its result once applied (kvd.node.session)."""
+        return self.session.submit(command)
+
+    def forwarded(self, src: str, payload: bytes) -> defer.Deferred:
+        """The peer transport's forward handler: a follower hands us, the leader, a client's write."""
+        return self.session.forwarded(src, payload)
+
+    def join(self, node_id: str, address: str) -> defer.Deferred:
+        return self.membership.join(node_id, address)
+
+    def remove(self, node_id: str) -> defer.Deferred:
+        return self.membership.remove(node_id)
+
+    def join_received(self, node_id: str, address: str) -> defer.Deferred:
+        """The peer transport's join handler."""
+        return self.membership.join_received(node_id, address)
+
+    # ============================================================ inputs
+    def _tick(self):
+        self.replica.tick()
+        self._drain()
+        now = self.clock.seconds()
+        self._expire(now)
+        self._ask_again(now - self.config.tick_s * max(3, 2 * self.config.heartbeat_ticks))
+
+    def _expire(self, now: float):
+        """Fail the requests whose time is up (oldest first; they were made in order)."""
+        proposals = self.replica.proposals
+        while proposals:
+            index = next(iter(proposals))
+            _, p = proposals[index]
+            if p.deadline > now:
+                break
+            del proposals[index]
+            p.deferred.errback(KvdError(Code.TIMEOUT, "not committed in time (the entry may still commit)"))
+        reads = self.replica.reads
+        while reads:
+            ctx = next(iter(reads))
+            r = reads[ctx]
+            if r.deadline > now:
+                break
+            del reads[ctx]
+            if not r.deferred.called:
+                r.deferred.errback(KvdError(Code.TIMEOUT, "could not confirm a linearizable read in time (no quorum?)"))
+        indexed = self.replica.indexed_reads
+        if indexed and indexed[0][1].deadline <= now:
+            keep = []
+            for index, r in indexed:
+                if r.deadline > now:
+                    keep.append((index, r))
+                elif not r.deferred.called:
+                    r.deferred.errback(KvdError(Code.TIMEOUT, "this node did not catch up with the read index in time"))
+            self.replica.indexed_reads = keep
+
+    def message_received(self, message) -> None:
+        """A Raft message from a peer (already validated by the transport)."""
+        if self.core is None:
+            return
+        commit = getattr(message, "commit", None)
+        if isinstance(commit, int) and commit > self.leader_commit_seen:
+            self.leader_commit_seen = commit
+        self.replica.step(message)
+        self.schedule_drain()
+
+    def peer_connected(self, node_id: str) -> None:
+        """Our link to ``node_id`` is up: if it leads, re-ask what may have been dropped while it was down."""
+        if self.core is not None and node_id == self.core.leader and not self.core.is_leader():
+            self._ask_again(self.clock.seconds())
+
+    def peer_unreachable(self, node_id: str) -> None:
+        if self.replica is not None:
+            self.replica.input(lambda core: core.report_unreachable(node_id))
+
+    def is_known_peer(self, node_id: str) -> bool:
+        members = self.core.config.members if self.core else ()
+        # A node that has not been given a configuration yet (a joiner, or a
+        # seed still gathering its founders) accepts the cluster's nodes.
+        return not members or node_id in members or node_id in self.membership.pending_joins
+
+    def peer_hello(self, node_id: str, address: str) -> None:
+        """An accepted peer told us where it listens."""
+        try:
+            MemberAddress.parse(address)
+        except ValueError:
+            self.log.warn("{peer} advertised a malformed address {address!r}", peer=node_id, address=address)
+            return
+        self.advertised[node_id] = address
+
+    def peer_address(self, node_id: str) -> Optional[Tuple[str, int]]:
+        address = self.view.address_of(node_id)
+        return None if address is None else (address.host, address.peer_port)
+
+    def schedule_drain(self):
+        """Run the loop once this reactor turn is over, so that what arrives together shares one Ready."""
+        if self.drain_call is None or not self.drain_call.active():
+            self.drain_call = self.clock.callLater(0, self._drain)
+
+    # ============================================================ the Ready loop's events
+    def _drain(self):
+        """Run the Ready loop (kvd.replica) over everything that arrived, then take a snapshot if due."""
+        if self.drain_call is not None and self.drain_call.active():
+            self.drain_call.cancel()
+        self.drain_call = None
+        self.replica.drain()
+        self._maybe_snapshot()
+
+    def _applied(self, entry) -> None:
+        if entry.kind is EntryKind.CONFIG:
+            self.log.info("{node}: membership is now {members}", node=self.config.node_id, members=self.view.members_text())
+
+    def _snapshot_installed(self, snapshot) -> None:
+        self.stats["snapshots_installed"] = self.stats.get("snapshots_installed", 0) + 1
+        self.log.info("{node} installed a snapshot at index {index}", node=self.config.node_id, index=snapshot.index)
+
+    def _soft_state_changed(self, role: Role, leader: Optional[str], term: int):
+        self.log.info("{node} is {role} at term {term}, leader {leader}", node=self.config.node_id, role=role.value, term=term, leader=leader or "unknown")
+        if role is Role.CANDIDATE:
+            self.stats["elections"] += 1
+        self.stats["leader_changes"] += 1
+        if leader is not None and leader != self.last_leader_seen:
+            self.stats["new_leaders"] = self.stats.get("new_leaders", 0) + 1
+            self.last_leader_seen = leader
+        if leader is not None:
+            waiters, self.leader_waiters = self.leader_waiters, []
+            for d in waiters:
+                d.callback(leader)
+            self.session.leader_changed(leader)
+        # Reads that had not got their index yet were dropped with the old
+        # leadership; ask again.
+        for _, r in self.replica.take_waiting_reads():
+            self._request_read_index(r)
+
+    def _maybe_snapshot(self):
+        core = self.core
+        if core.applied - core.latest_snapshot.index < self.config.snapshot_entries:
+            return
+        self.replica.compact(self.config.snapshot_keep_entries, self.config.snapshot_entries, self._snapshot_taken)
+
+    def _snapshot_taken(self, snap) -> None:
+        self.stats["snapshots"] += 1
+        self.log.info("{node} took a snapshot at index {index}", node=self.config.node_id, index=snap.index)
+
+    # ============================================================ waiting for a leader
+    def _no_leader(self) -> KvdError:
+        """NOLEADER, saying why: an unformed node says what it waits for and how to form a cluster."""
+        if self.core is not None and not self.core.config.members:
+            return KvdError(Code.NOLEADER, "the command was not applied: " + self.membership.waiting_for())
+        return KvdError(Code.NOLEADER, "no leader: this node cannot reach a majority of the cluster; the command was not applied")
+
+    def when_leader(self, deadline: Optional[float] = None) -> defer.Deferred:
+        """
+        Fires with the leader's id once one is known, or fails with NOLEADER
+        after about three election timeouts, or at ``deadline`` (the request's
+        own) if that comes first.
+        """
+        if self.core.leader is not None:
+            return defer.succeed(self.core.leader)
+        if self.stopping:
+            return defer.fail(KvdError(Code.TRYAGAIN, "the node is shutting down"))
+        d = defer.Deferred()
+        self.leader_waiters.append(d)
+        wait_s = self.config.tick_s * self.config.election_ticks * 3
+        if deadline is not None:
+            wait_s = max(0.0, min(wait_s, deadline - self.clock.seconds()))
+
+        def give_up():
+            if d in self.leader_waiters:
+                self.leader_waiters.remove(d)
+                d.errback(self._no_leader())
+
+        call = self.clock.callLater(wait_s, give_up)
+        d.addBoth(lambda r: (call.active() and call.cancel(), r)[1])
+        return d
+
+    # ============================================================ reads
+    def read(self, op, linearizable: bool = True) -> defer.Deferred:
+        """Serve a read op; linearizable by ReadIndex unless the client asked for READONLY."""
+        if not linearizable:
+            return defer.maybeDeferred(self.machine.read, op)
+        self.stats["reads"] += 1
+        r = _Read(op, defer.Deferred(), self.clock.seconds() + self.config.request_timeout_s)
+        self._request_read_index(r)
+        return r.deferred
+
+    def _request_read_index(self, r: _Read):
+        if r.deferred.called:
+            return
+        if r.deadline <= self.clock.seconds():
+            r.deferred.errback(KvdError(Code.TIMEOUT, "could not confirm a linearizable read in time (no quorum?)"))
+            return
+        if self.core.leader is None:
+            self._read_index_refused(r)
+            return
+        self.read_seq += 1
+        r.ctx, r.asked_at = b"%s/%d" % (self.session.client_id, self.read_seq), self.clock.seconds()
+        self.replica.read_index(r.ctx, r)
+        self.schedule_drain()
+
+    def _read_index_refused(self, r: _Read) -> None:
+        """No leader known when the read was asked: wait for one, then ask again."""
+
+        def fail(f):
+            if not r.deferred.called:
+                r.deferred.errback(f)
+
+        self.when_leader(r.deadline).addCallbacks(lambda _: self._request_read_index(r), fail)
+
+    def _ask_again(self, asked_before: float) -> None:
+        """
+        Send again the ReadIndex requests sent at or before ``asked_before`` that
+        have no answer.  A request to the leader is lost when the link is down (a
+        restarted follower's first reads go out before its connection is up)
+        or the leader restarted; without this, such a read would wait for the
+        whole request timeout in a healthy cluster.  A repeated context is
+        harmless: the first answer serves the read, later ones find nothing.
+        """
+        if self.core.leader is None or self.core.is_leader():
+            return
+        now = self.clock.seconds()
+        again = [r for r in self.replica.reads.values() if r.asked_at <= asked_before and not r.deferred.called]
+        if not again:
+            return
+
+        def ask(core):
+            for r in again:
+                try:
+                    core.read_index(r.ctx)
+                except NotLeader:
+                    return  # the leader is gone: the next leadership asks all of them again
+                r.asked_at = now
+
+        self.replica.input(ask)
+        self.schedule_drain()
+
+    def _serve_read(self, r: _Read) -> None:
+        if r.deferred.called:
+            return  # timed out meanwhile
+        try:
+            result = self.machine.read(r.op)
+        except Exception as e:  # a bug in a read op must not stop the loop
+            self.log.failure("read failed")
+            r.deferred.errback(e)
+        else:
+            r.deferred.callback(result)
+
+
+class _Peers:
+    """The loop's transport: whatever ``node.peers`` is at the time of sending."""
+
+    def __init__(self, node: NodeService):
+        self.node = node
+
+    def send_many(self, messages) -> None:
+        self.node.peers.send_many(messages)
+
+
+class _NodeEvents(Events):
+    """What the node does at the loop's moments (kvd.replica.Events)."""
+
+    def __init__(self, node: NodeService):
+        self.node = node
+
+    def applied(self, entry, result) -> None:
+        self.node._applied(entry)
+
+    def snapshot_installed(self, snapshot) -> None:
+        self.node._snapshot_installed(snapshot)
+
+    def advanced(self, core, rd) -> None:
+        if rd.soft_state is not None:
+            self.node._soft_state_changed(*rd.soft_state)
+
+    def proposal_done(self, token: Proposal, result, index: int) -> None:
+        token.deferred.callback(result)
+
+    def proposal_failed(self, token: Proposal, error: Exception) -> None:
+        # Each of these means "certainly not applied as proposed": TRYAGAIN
+        # (the session makes a retry safe even when a snapshot overtook it).
+        if isinstance(error, NotLeader):
+            message = "leadership moved"
+        elif isinstance(error, Overtaken):
+            message = "overtaken by a snapshot"
+        elif isinstance(error, (ProposalDropped, Superseded)):
+            message = str(error)
+        else:
+            token.deferred.errback(error)
+            return
+        token.deferred.errback(KvdError(Code.TRYAGAIN, message))
+
+    def read_failed(self, token: _Read, error: Exception) -> None:
+        self.node._read_index_refused(token)
+
+    def read_ready(self, token: _Read) -> None:
+        self.node._serve_read(token)

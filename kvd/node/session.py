@@ -1,0 +1,221 @@
+# -*- test-case-name: tests.node.test_node -*-
+"""
+Writes, exactly once: the node as one client of the replicated state
+machine (Raft thesis §6.3).
+
+Every write a node takes from its clients travels in an ``Envelope`` with
+this node's client id and a sequence number, so that the state machine
+applies it at most once however often it is sent: to the leader after a
+lost answer, or to a new leader when the old one was cut off with it.  That
+is what lets a follower forward a write, re-send it when a new leader
+appears, and retry until ``--request-timeout`` without ever applying it
+twice.
+
+``ClientSession.submit`` proposes on this node when it leads and forwards to
+the leader otherwise; ``forwarded`` is the leader's side of a forward.
+
+Allowed imports: twisted, kvd.errors, kvd.kv, kvd.replica, kvd.wire.errors,
+kvd.node.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from typing import List
+
+from twisted.internet import defer, task
+from twisted.python.failure import Failure
+
+from kvd.errors import Code, KvdError, Outcome
+from kvd.kv.codec import Reader, Writer
+from kvd.kv.commands import Envelope, decode_envelope, encode_envelope
+from kvd.kv.results import ERR_SESSION_EXPIRED, decode_result, encode_result
+from kvd.wire.errors import ForwardError
+
+#: Failures after which a write is tried again (on whichever node leads then) until its deadline.
+RETRYABLE = frozenset({Code.NOLEADER, Code.TRYAGAIN, Code.TIMEOUT})
+
+
+def encode_result_bytes(result) -> bytes:
+    w = Writer()
+    encode_result(w, result)
+    return w.getvalue()
+
+
+def decode_result_bytes(data: bytes):
+    return decode_result(Reader(data))
+
+
+class Proposal:
+    """A command proposed on this node: the replica's token until it is applied or certainly lost."""
+
+    __slots__ = ("deferred", "deadline")
+
+    def __init__(self, deferred: defer.Deferred, deadline: float):
+        self.deferred = deferred
+        self.deadline = deadline
+
+
+class _Forward:
+    """A command forwarded to ``leader``, still unanswered."""
+
+    __slots__ = ("leader", "deferred")
+
+    def __init__(self, leader: str, deferred: defer.Deferred):
+        self.leader = leader
+        self.deferred = deferred
+
+
+class ClientSession:
+    def __init__(self, node):
+        self.node = node
+        self.forwards: List[_Forward] = []  # commands forwarded to a leader, unanswered
+        self.new()
+
+    def new(self) -> None:
+        """Start a new session: a new client id, sequence numbers from 1."""
+        self.client_id = ("%s/%s" % (self.node.config.node_id, os.urandom(6).hex())).encode()
+        self.next_seq = 1
+        self.outstanding_seqs: set = set()
+        self.known = False  # has the machine applied a command of this session?
+
+    # ------------------------------------------------------------ a client's write
+    def submit(self, command) -> defer.Deferred:
+        """Replicate a kv write command; fires with its result once applied, or fails with a KvdError."""
+        return self._submit(command, retry_expired=True)
+
+    def _submit(self, command, retry_expired: bool) -> defer.Deferred:
+        node = self.node
+        client_id, outstanding = self.client_id, self.outstanding_seqs
+        seq = self.next_seq
+        self.next_seq += 1
+        outstanding.add(seq)
+        # Found by the Jepsen suite (tests/jepsen/test_node_regressions.py):
+        # the machine reads "unknown client, ack_below > 1" as an expired
+        # session.  Until a command of this session has been applied the
+        # machine does not know it, so seqs that failed before reaching the
+        # log (NOLEADER after a restart) must not count as answered, or every
+        # later write is refused with SESSIONEXPIRED.
+        env = Envelope(client_id, seq, min(outstanding) if self.known else 1, 0, command)
+        deadline = node.clock.seconds() + node.config.request_timeout_s
+        if node.core.is_leader():
+            # The common case on the leader, without the retry machinery.
+            d = self.propose_here(env, deadline).addErrback(self._retry_if_not_applied, env, deadline)
+        else:
+            d = self._submit_with_retries(env, deadline)
+
+        def done(result):
+            outstanding.discard(seq)
+            return result
+
+        def applied(result):
+            if result == ERR_SESSION_EXPIRED and retry_expired:
+                # Not executed: the session expired (idle past the machine's
+                # TTL).  Start a new one, once, rather than fail every write.
+                if self.client_id == client_id:
+                    self.new()
+                return self._submit(command, retry_expired=False)
+            if self.client_id == client_id:
+                self.known = True
+            return result
+
+        return d.addBoth(done).addCallback(applied)
+
+    def _retry_if_not_applied(self, failure: Failure, env: Envelope, deadline: float):
+        if not (failure.check(KvdError) and failure.value.not_applied):
+            return failure
+        return self._submit_with_retries(env, deadline)
+
+    @defer.inlineCallbacks
+    def _submit_with_retries(self, env: Envelope, deadline: float):
+        node = self.node
+        maybe_applied = False
+        last = KvdError(Code.NOLEADER, "no leader")
+        while node.clock.seconds() < deadline and not node.stopping:
+            try:
+                leader = yield node.when_leader(deadline)
+            except KvdError as e:
+                last = e
+                break
+            try:
+                if leader == node.config.node_id:
+                    result = yield self.propose_here(env, deadline)
+                else:
+                    maybe_applied = True
+                    result = decode_result_bytes((yield self._forward(leader, env, deadline)))
+                return result
+            except KvdError as e:
+                if e.outcome is Outcome.UNKNOWN:
+                    maybe_applied = True
+                last = e
+                if e.code not in RETRYABLE:
+                    raise KvdError(e.code, e.message)
+            except Exception as e:  # the link to the leader broke mid-request
+                last = KvdError(Code.TIMEOUT, "lost the connection to the leader (%s)" % e.__class__.__name__)
+                maybe_applied = True
+            yield task.deferLater(node.clock, node.config.tick_s, lambda: None)
+        if maybe_applied or last.code is Code.TIMEOUT:
+            raise KvdError(Code.TIMEOUT, "the outcome is unknown: %s" % last.message)
+        raise KvdError(last.code, last.message)
+
+    def _forward(self, leader: str, env: Envelope, deadline: float) -> defer.Deferred:
+        """
+        Forward ``env`` to ``leader``, waiting no longer than ``deadline``.  If
+        another leader appears first this fails with TRYAGAIN, and the caller
+        sends the same envelope to the new one: the old leader may have been
+        cut off with it, and the session (client id, seq) makes sure that it is
+        applied at most once whichever leader's copy commits.
+        """
+        node = self.node
+        d = defer.Deferred()
+        pending = _Forward(leader, d)
+        self.forwards.append(pending)
+
+        def settle(outcome):
+            if pending in self.forwards:
+                self.forwards.remove(pending)
+            if not d.called:
+                d.callback(outcome) if not isinstance(outcome, Failure) else d.errback(outcome)
+
+        timeout = max(0.0, deadline - node.clock.seconds())
+        node.peers.forward(leader, encode_envelope(env), timeout=timeout).addBoth(settle)
+        return d
+
+    def leader_changed(self, leader: str) -> None:
+        """A new leader is known: what was forwarded to another one goes to it (see ``_forward``)."""
+        for pending in [f for f in self.forwards if f.leader != leader]:
+            self.forwards.remove(pending)
+            if not pending.deferred.called:
+                pending.deferred.errback(KvdError(Code.TRYAGAIN, "%s took over from %s" % (leader, pending.leader)))
+
+    def propose_here(self, env: Envelope, deadline: float) -> defer.Deferred:
+        """Propose on this node; fails with a not-applied KvdError when it certainly was not applied."""
+        node = self.node
+        # The leader stamps the time: the only clock the state machine sees.
+        env = replace(env, stamp_ms=int(node.clock.seconds() * 1000))
+        node.stats["proposals"] += 1
+        d = defer.Deferred()
+        node.replica.propose(encode_envelope(env), Proposal(d, deadline))
+        node.schedule_drain()
+        return d
+
+    # ------------------------------------------------------------ the leader's side
+    def forwarded(self, src: str, payload: bytes) -> defer.Deferred:
+        """A follower forwards a client's envelope to us, the leader; answers the encoded result."""
+        node = self.node
+        try:
+            env = decode_envelope(payload)
+        except Exception:
+            return defer.fail(ForwardError(Code.INTERNAL, "malformed forwarded command"))
+        if not node.core.is_leader():
+            return defer.fail(ForwardError(Code.TRYAGAIN, "%s is not the leader" % node.config.node_id))
+        deadline = node.clock.seconds() + node.config.request_timeout_s
+        d = self.propose_here(env, deadline)
+        d.addCallback(encode_result_bytes)
+
+        def on_the_wire(f):
+            f.trap(KvdError)
+            raise ForwardError(f.value.code, f.value.message)
+
+        return d.addErrback(on_the_wire)
