@@ -31,15 +31,15 @@ class ClientExecutor:
     log = Logger()
 
     def __init__(self, node, clients=None):
-        """``clients``: the client port's open sessions by id (RespFactory.sessions), for INFO."""
+        """``clients``: the client port's open connections by id (RespFactory.connections), for INFO."""
         self.node = node
         self.server_info = ServerInfo(node.view, node.clock.seconds, clients)
 
-    def execute(self, request, session):
+    def execute(self, request, connection):
         if isinstance(request, Write):
             return self.node.submit(request.command)
         if isinstance(request, Read):
-            return self.node.read(request.op, linearizable=not session.readonly)
+            return self.node.read(request.op, linearizable=not connection.readonly)
         if isinstance(request, Admin):
             handler = getattr(self, "_admin_" + request.name.replace(".", "_").replace("|", "_"), None)
             if handler is not None:

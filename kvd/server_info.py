@@ -13,7 +13,7 @@ really does.  kvd writes every command to the Raft log and fsyncs it
 snapshots (``save ""``); it has no memory limit and evicts nothing.
 
 The node is read through its ``NodeView`` (kvd.node.view); ``clients`` is the
-client port's ``sessions`` mapping, when there is one.
+client port's ``connections`` mapping, when there is one.
 
 Allowed imports: the standard library, twisted, kvd.kv, kvd.resp.
 """

@@ -265,7 +265,7 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
         advertise=str(config.address),
         on_hello=node.peer_hello,
         on_connected=node.peer_connected,
-        forward_timeout=config.request_timeout_s,
+        forward_timeout_s=config.request_timeout_s,
     )
     top = service.MultiService()
     node.setServiceParent(top)
@@ -275,7 +275,7 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
     peer_port.setServiceParent(top)
     executor = ClientExecutor(node)
     client_factory = RespFactory(executor, value_max_bytes=config.value_max_bytes)
-    executor.server_info.clients = client_factory.sessions
+    executor.server_info.clients = client_factory.connections
     if metrics is not None:
         client_factory = metrics.counting_factory(client_factory)
     strports.service("tcp:%d:interface=%s" % (config.address.client_port, interface), client_factory).setServiceParent(top)

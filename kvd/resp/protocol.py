@@ -4,9 +4,9 @@ The Redis client port: RESP2 and inline requests in, replies out, in order.
 
 ``RespFactory(executor)`` builds one ``RespProtocol`` per connection.  Each
 parsed request becomes, in arrival order, a reply slot; local commands (see
-kvd.resp.session) and errors fill theirs at once, everything else goes to
+kvd.resp.connection) and errors fill theirs at once, everything else goes to
 
-    executor.execute(request, session) -> reply value, or a Deferred firing with one
+    executor.execute(request, connection) -> reply value, or a Deferred firing with one
 
 where ``request`` is a ``Write``, ``Read`` or non-local ``Admin`` from
 kvd.resp.commands.  Replies are written as soon as every earlier slot is
@@ -52,7 +52,7 @@ from kvd.resp.commands import Read, Write, parse_request
 from kvd.resp.encoder import encode, encode_error
 from kvd.resp.errors import RespError
 from kvd.resp.parser import DEFAULT_MAX_BULK_BYTES, ProtocolError, RespParser
-from kvd.resp.session import Session, execute_local, is_local
+from kvd.resp.connection import Connection, execute_local, is_local
 
 DEFAULT_MAX_INFLIGHT = 1024
 INTERNAL_ERROR = encode_error("ERR", "internal error")
@@ -86,12 +86,12 @@ def _address(addr) -> str:
 class RespProtocol(Protocol):
     log = Logger()
 
-    def __init__(self, executor, session: Session, max_inflight: int = DEFAULT_MAX_INFLIGHT,
+    def __init__(self, executor, connection: Connection, max_inflight: int = DEFAULT_MAX_INFLIGHT,
                  parser: Optional[RespParser] = None):
         if max_inflight < 1:
             raise ValueError("max_inflight must be at least 1")
         self.executor = executor
-        self.session = session
+        self.connection = connection
         self.max_inflight = max_inflight
         self._resume_below = max(1, max_inflight // 2)
         self._parser = parser or RespParser()
@@ -113,18 +113,18 @@ class RespProtocol(Protocol):
     # ------------------------------------------------------- connection
 
     def connectionMade(self):
-        sessions = getattr(self.factory, "sessions", None)
-        if sessions is not None:
-            sessions[self.session.id] = self.session
-        self.session.peer = _address(self.transport.getPeer())
-        self.session.local = _address(self.transport.getHost())
+        connections = getattr(self.factory, "connections", None)
+        if connections is not None:
+            connections[self.connection.id] = self.connection
+        self.connection.peer = _address(self.transport.getPeer())
+        self.connection.local = _address(self.transport.getHost())
         self.transport.registerProducer(self, True)
         self._producing = True
 
     def connectionLost(self, reason=None):
-        sessions = getattr(self.factory, "sessions", None)
-        if sessions is not None:
-            sessions.pop(self.session.id, None)
+        connections = getattr(self.factory, "connections", None)
+        if connections is not None:
+            connections.pop(self.connection.id, None)
         self._lost = True
         self._pending.clear()
         self._backlog.clear()
@@ -200,13 +200,13 @@ class RespProtocol(Protocol):
         request = item
         try:
             request = item.request if isinstance(item, _Parsed) else parse_request(item)
-            refused = None if isinstance(request, RespError) else self.session.refuses(request)
+            refused = None if isinstance(request, RespError) else self.connection.refuses(request)
             if isinstance(request, RespError):
                 slot.data = encode(request)
             elif refused is not None:
                 slot.data = encode(refused)
             elif is_local(request):
-                slot.data = encode(execute_local(request, self.session), self.session.protocol == 3)
+                slot.data = encode(execute_local(request, self.connection), self.connection.protocol == 3)
                 if request.name == "quit":
                     self._close_after(slot)
             else:
@@ -222,7 +222,7 @@ class RespProtocol(Protocol):
 
     def _execute(self, slot: _Slot, request):
         try:
-            result = self.executor.execute(request, self.session)
+            result = self.executor.execute(request, self.connection)
         except Exception:
             self._fill_failure(slot, Failure(), request)
             return
@@ -251,7 +251,7 @@ class RespProtocol(Protocol):
 
     def _fill(self, slot: _Slot, result, request):
         try:
-            slot.data = encode(result, self.session.protocol == 3)
+            slot.data = encode(result, self.connection.protocol == 3)
         except Exception:
             self._fill_failure(slot, Failure(), request)
 
@@ -260,7 +260,7 @@ class RespProtocol(Protocol):
             slot.data = encode(failure.value)
             return
         self.log.failure(
-            "Executor failed on {request!r} from {session!r}", failure=failure, request=request, session=self.session
+            "Executor failed on {request!r} from {connection!r}", failure=failure, request=request, connection=self.connection
         )
         slot.data = INTERNAL_ERROR
 
@@ -313,10 +313,10 @@ class RespFactory(Factory):
         self.value_max_bytes = value_max_bytes
         self.parser_factory = parser_factory or (lambda: RespParser(max_bulk_bytes=self.value_max_bytes))
         self._ids = itertools.count(1)
-        self.sessions: Dict[int, Session] = {}  # open connections by id (INFO clients)
+        self.connections: Dict[int, Connection] = {}  # open connections by id (INFO clients)
 
     def buildProtocol(self, addr):
-        session = Session(next(self._ids), peer=_address(addr))
-        protocol = RespProtocol(self.executor, session, self.max_inflight, self.parser_factory())
+        connection = Connection(next(self._ids), peer=_address(addr))
+        protocol = RespProtocol(self.executor, connection, self.max_inflight, self.parser_factory())
         protocol.factory = self
         return protocol

@@ -2,7 +2,7 @@
 """
 A whole simulated cluster: N real ``RaftCore``s, each behind the node's own
 Ready loop (kvd.replica), over a ``SimNetwork`` and ``SimDisk``s, with clients, a nemesis that injects faults, and the checker
-of kvd.sim.checks run after every step.
+of kvd.sim.invariants run after every step.
 
 Everything is driven by one event queue in simulated time (1 unit ~ 1 ms;
 a tick every ``TICK`` units) and by child ``random.Random``s derived from the
@@ -32,7 +32,7 @@ from kvd.kv.machine import KVMachine
 from kvd.raft.core import ConfigChangeRejected, NotLeader, Options, ProposalDropped, RaftCore, Ready, bootstrap
 from kvd.raft.messages import Configuration, Role
 from kvd.replica import Events, Overtaken, Replaced, Replica
-from kvd.sim.checks import Checker, Violation
+from kvd.sim.invariants import Checker, Violation
 from kvd.sim.disk import SimDisk
 from kvd.sim.network import NetworkFaults, SimNetwork
 

@@ -20,7 +20,7 @@ runs on it.  A synced write may take simulated time (a slow disk): its
 ``done`` then comes later, from the cluster's event queue, unless a crash
 came first, in which case it never comes.
 
-Allowed imports: the standard library, kvd.raft.messages, kvd.raft.storage, kvd.sim.checks.
+Allowed imports: the standard library, kvd.raft.messages, kvd.raft.storage, kvd.sim.invariants.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 from kvd.raft.messages import Entry, HardState, Snapshot
 from kvd.raft.storage import Restored
-from kvd.sim.checks import Violation
+from kvd.sim.invariants import Violation
 
 Write = Tuple[Optional[HardState], Optional[Snapshot], List[Entry]]
 

@@ -501,14 +501,14 @@ class PeerClientProtocol(_PeerProtocol):
         hello.addCallbacks(self._hello_answered, self._hello_failed)
         # Something that accepts TCP but never answers (a wedged process,
         # another service on a reused port) must not hold the link forever.
-        self._hello_timer = owner.reactor.callLater(owner.connect_timeout, self._hello_timed_out)
+        self._hello_timer = owner.reactor.callLater(owner.connect_timeout_s, self._hello_timed_out)
 
     def _hello_timed_out(self) -> None:
         self._hello_timer = None
         self.log.warn(
             "no answer to Hello from {peer} within {timeout}s",
             peer=self.peer_label,
-            timeout=self.link.owner.connect_timeout,
+            timeout=self.link.owner.connect_timeout_s,
         )
         self.link.handshake_failed()
         self._dropping = True
@@ -618,7 +618,7 @@ class _PeerLink:
         self.handshake_failures = 0
         host, port = address
         bind = (owner.bind_host, 0) if owner.bind_host else None
-        endpoint = TCP4ClientEndpoint(owner.reactor, host, port, timeout=owner.connect_timeout, bindAddress=bind)
+        endpoint = TCP4ClientEndpoint(owner.reactor, host, port, timeout=owner.connect_timeout_s, bindAddress=bind)
         self.service = ClientService(endpoint, _ClientFactory(self), retryPolicy=self._retry_delay, clock=owner.reactor)
 
     def start(self) -> None:
@@ -675,12 +675,12 @@ class PeerTransport:
         advertise: Optional[str] = None,
         on_hello: Optional[Callable[[str, str], None]] = None,
         on_connected: Optional[Callable[[str], None]] = None,
-        connect_timeout: float = 3.0,
+        connect_timeout_s: float = 3.0,
         backoff_initial: float = 0.1,
         backoff_max: float = 5.0,
         backoff_factor: float = 2.0,
         backoff_jitter: Optional[Callable[[], float]] = None,
-        forward_timeout: float = 10.0,
+        forward_timeout_s: float = 10.0,
         max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
         max_staged_bytes: int = DEFAULT_MAX_STAGED_BYTES,
         max_forward_bytes: int = DEFAULT_MAX_FORWARD_BYTES,
@@ -701,8 +701,8 @@ class PeerTransport:
         # Our link to a peer is up (Hello answered): what was dropped while it
         # was down may be sent again now rather than at the next retry.
         self.on_connected = on_connected
-        self.connect_timeout = connect_timeout
-        self.forward_timeout = forward_timeout
+        self.connect_timeout_s = connect_timeout_s
+        self.forward_timeout_s = forward_timeout_s
         self.max_pending_bytes = max_pending_bytes
         self.max_staged_bytes = max_staged_bytes
         self.max_forward_bytes = max_forward_bytes
@@ -768,7 +768,7 @@ class PeerTransport:
         Hand ``payload`` to ``node_id``'s forward handler; fires with its
         result bytes or fails with ``ForwardError`` (``TRYAGAIN`` when nothing
         was sent, ``TIMEOUT`` when the outcome is unknown, at the latest after
-        ``timeout`` seconds: the caller's own deadline, else ``forward_timeout``).
+        ``timeout`` seconds: the caller's own deadline, else ``forward_timeout_s``).
         """
         if len(payload) > self.max_forward_bytes:
             return fail(ForwardError(errors.TOOBIG, f"payload of {len(payload)} bytes is over the forwarding limit"))
@@ -861,7 +861,7 @@ class PeerTransport:
     def _bounded(self, answer: Deferred, node_id: str, what: str, timeout: Optional[float] = None) -> Deferred:
         """``answer`` with a timeout, and with every failure turned into a ForwardError."""
         result: Deferred = Deferred(lambda _: timer.cancel() if timer.active() else None)
-        seconds = self.forward_timeout if timeout is None else max(0.0, timeout)
+        seconds = self.forward_timeout_s if timeout is None else max(0.0, timeout)
 
         def on_timeout() -> None:
             result.errback(

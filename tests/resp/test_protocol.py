@@ -1,4 +1,4 @@
-"""Tests for kvd.resp.protocol, kvd.resp.session and kvd.resp.encoder, over StringTransport (no sockets)."""
+"""Tests for kvd.resp.protocol, kvd.resp.connection and kvd.resp.encoder, over StringTransport (no sockets)."""
 
 import gc
 
@@ -30,10 +30,10 @@ class ScriptedExecutor:
         self.calls = []
         self.deferreds = []
 
-    def execute(self, request, session):
-        self.calls.append((request, session))
+    def execute(self, request, connection):
+        self.calls.append((request, connection))
         if self.handler is not None:
-            return self.handler(request, session)
+            return self.handler(request, connection)
         d = Deferred()
         self.deferreds.append(d)
         return d
@@ -46,7 +46,7 @@ class MachineExecutor:
         self.machine = KVMachine()
         self.seq = 0
 
-    def execute(self, request, session):
+    def execute(self, request, connection):
         if isinstance(request, Write):
             self.seq += 1
             env = Envelope(b"test", self.seq, self.seq, 0, request.command)
@@ -225,13 +225,13 @@ def test_round_trip_with_redis_py_against_a_machine():
 
 
 def test_requests_reach_the_executor_with_the_session():
-    """Reads, writes and node-level admin commands go to the executor with this connection's session."""
-    executor = ScriptedExecutor(lambda request, session: OK)
+    """Reads, writes and node-level admin commands go to the executor with this connection's connection."""
+    executor = ScriptedExecutor(lambda request, connection: OK)
     proto, transport = connect(executor)
     proto.dataReceived(b"GET k\r\nSET k v\r\nINFO server\r\nROLE\r\nKVD.MEMBERS\r\n")
     assert [type(r).__name__ for r, _ in executor.calls] == ["Read", "Write", "Admin", "Admin", "Admin"]
     assert [r.name for r, _ in executor.calls[2:]] == ["info", "role", "kvd.members"]
-    assert all(s is proto.session for _, s in executor.calls)
+    assert all(s is proto.connection for _, s in executor.calls)
     assert transport.value() == b"+OK\r\n" * 5
 
 
@@ -242,16 +242,16 @@ def test_local_commands_do_not_reach_the_executor():
     proto.dataReceived(b"PING\r\nECHO x\r\nSELECT 0\r\nREADONLY\r\nCLIENT ID\r\nCOMMAND COUNT\r\nCOMMAND DOCS\r\n")
     assert executor.calls == []
     assert transport.value() == (
-        b"+PONG\r\n$1\r\nx\r\n+OK\r\n+OK\r\n:%d\r\n:%d\r\n*0\r\n" % (proto.session.id, len(COMMANDS)))
+        b"+PONG\r\n$1\r\nx\r\n+OK\r\n+OK\r\n:%d\r\n:%d\r\n*0\r\n" % (proto.connection.id, len(COMMANDS)))
 
 
-# --------------------------------------------------------------- sessions
+# --------------------------------------------------------------- connections
 
 
 def test_readonly_and_readwrite_toggle_the_session():
-    """READONLY marks the session so the executor may serve follower reads; READWRITE clears it."""
+    """READONLY marks the connection so the executor may serve follower reads; READWRITE clears it."""
     seen = []
-    executor = ScriptedExecutor(lambda request, session: seen.append(session.readonly) or None)
+    executor = ScriptedExecutor(lambda request, connection: seen.append(connection.readonly) or None)
     proto, transport = connect(executor)
     proto.dataReceived(b"GET k\r\nREADONLY\r\nGET k\r\nREADWRITE\r\nGET k\r\n")
     assert seen == [False, True, False]
@@ -264,7 +264,7 @@ def test_client_name_and_info():
     replies = redis_py_replies(transport.value(), 4)
     assert replies[:3] == [None, b"OK", b"app-1"]
     assert b"name=app-1" in replies[3] and b"addr=192.168.1.1:54321" in replies[3]
-    assert replies[3].startswith(b"id=%d " % proto.session.id)
+    assert replies[3].startswith(b"id=%d " % proto.connection.id)
 
 
 def test_each_connection_gets_its_own_session_id():
@@ -272,7 +272,7 @@ def test_each_connection_gets_its_own_session_id():
     factory = RespFactory(ScriptedExecutor())
     a = factory.buildProtocol(None)
     b = factory.buildProtocol(None)
-    assert a.session.id != b.session.id
+    assert a.connection.id != b.connection.id
 
 
 def test_redis_py_connect_handshake():
@@ -287,8 +287,8 @@ def test_redis_py_connect_handshake():
     assert first == second == b"OK"
     assert isinstance(third, ResponseError) and "protocol version is not supported" in str(third)
     assert transport.value().splitlines()[2].startswith(b"-NOPROTO ")
-    assert proto.session.lib_name == b"redis-py" and proto.session.lib_ver == b"8.1.0"
-    assert proto.session.protocol == 2
+    assert proto.connection.lib_name == b"redis-py" and proto.connection.lib_ver == b"8.1.0"
+    assert proto.connection.protocol == 2
 
 
 def test_hello_3_switches_to_resp3():
@@ -300,7 +300,7 @@ def test_hello_3_switches_to_resp3():
     proto.dataReceived(packed("HELLO", 3, "SETNAME", "me"))
     reply = transport.value()
     assert reply.startswith(b"%7\r\n$6\r\nserver\r\n") and b"$5\r\nproto\r\n:3\r\n" in reply
-    assert proto.session.protocol == 3 and proto.session.name == b"me"
+    assert proto.connection.protocol == 3 and proto.connection.name == b"me"
     transport.clear()
     proto.dataReceived(packed("CLIENT", "GETNAME") + packed("CLIENT", "SETNAME", "") + packed("CLIENT", "GETNAME"))
     assert transport.value() == b"$2\r\nme\r\n+OK\r\n_\r\n"
@@ -342,7 +342,7 @@ def test_partial_progress_is_flushed_as_soon_as_possible():
 
 def test_already_fired_deferreds_in_a_long_pipeline():
     """Thousands of synchronously fired Deferreds are handled iteratively, in order, without recursion."""
-    proto, transport = connect(ScriptedExecutor(lambda request, session: succeed(request.op.key)), max_inflight=10)
+    proto, transport = connect(ScriptedExecutor(lambda request, connection: succeed(request.op.key)), max_inflight=10)
     proto.dataReceived(b"".join(b"GET %d\r\n" % i for i in range(5000)))
     assert transport.value() == b"".join(b"$%d\r\n%d\r\n" % (len(b"%d" % i), i) for i in range(5000))
 
@@ -352,7 +352,7 @@ def test_already_fired_deferreds_in_a_long_pipeline():
 
 def test_resp_errors_from_the_executor():
     """RespError raised or failed by the executor is sent as -PREFIX message, connection kept."""
-    def handler(request, session):
+    def handler(request, connection):
         if request.op.key == b"sync":
             raise RespError("NOLEADER", "no leader elected yet")
         return fail(RespError("TRYAGAIN", "leadership changed"))
@@ -373,7 +373,7 @@ def test_kv_errors_are_sent_as_errors():
 @pytest.mark.parametrize("mode", ["raise", "fail", "unencodable"])
 def test_unexpected_errors_become_internal_error_and_are_logged(mode, logged):
     """Executor bugs give -ERR internal error, are logged with the traceback, and the connection lives on."""
-    def handler(request, session):
+    def handler(request, connection):
         if request.name == "ping":
             return None
         if mode == "raise":
@@ -585,7 +585,7 @@ def test_bugs_in_local_handling_do_not_drop_the_connection(logged, monkeypatch):
     """Even a failure inside the protocol's own command handling becomes -ERR internal error."""
     import kvd.resp.protocol as protocol
 
-    def broken(request, session):
+    def broken(request, connection):
         raise RuntimeError("local bug")
 
     monkeypatch.setattr(protocol, "execute_local", broken)
@@ -643,9 +643,9 @@ def test_factory_tracks_open_sessions():
     protos = [factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000 + i)) for i in range(3)]
     for p in protos:
         p.makeConnection(StringTransport())
-    assert len(factory.sessions) == 3
+    assert len(factory.connections) == 3
     protos[1].connectionLost(None)
-    assert sorted(factory.sessions) == [protos[0].session.id, protos[2].session.id]
+    assert sorted(factory.connections) == [protos[0].connection.id, protos[2].connection.id]
 
 
 def test_a_read_waits_for_an_earlier_write_on_the_connection():

@@ -9,7 +9,7 @@ A failure prints the command that replays it:
 import pytest
 
 from kvd.sim.__main__ import main
-from kvd.sim.checks import Checker, Violation
+from kvd.sim.invariants import Checker, Violation
 from kvd.sim.cluster import ALL_FAULTS, Cluster, SimOptions, run_one
 
 # Sized so that tests/sim stays well under a minute and a half on a 2-core machine.

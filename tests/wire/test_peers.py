@@ -109,7 +109,7 @@ def test_dial_uses_resolved_address_bind_host_and_timeout(reactor, a):
     host, port, _, timeout, bind = reactor.tcpClients[-1]
     assert (host, port) == ADDRESSES["b"]
     assert bind == ("127.0.0.1", 0)
-    assert timeout == a.transport.connect_timeout
+    assert timeout == a.transport.connect_timeout_s
 
 
 def test_every_message_type_reaches_the_peer_after_hello(reactor, a, b):
@@ -380,13 +380,13 @@ def test_forward_to_unconnected_peer_is_tryagain(reactor, a):
 
 
 def test_forward_times_out_and_ignores_the_late_answer(reactor, a):
-    """No answer within forward_timeout fails with TIMEOUT; a late answer is swallowed."""
+    """No answer within forward_timeout_s fails with TIMEOUT; a late answer is swallowed."""
     pending = Deferred()
     b = Node("b", reactor, forward_handler=lambda src, payload: pending)
     pump = link_up(reactor, a, b)
     failures = _failure_of(a.transport.forward("b", b"x"))
     pump.flush()
-    reactor.advance(a.transport.forward_timeout - 0.01)
+    reactor.advance(a.transport.forward_timeout_s - 0.01)
     assert failures == []
     reactor.advance(0.02)
     assert failures[0].value.code == errors.TIMEOUT
@@ -531,11 +531,11 @@ def test_string_transport_sanity():
 
 
 def test_silent_listener_times_out_the_hello(reactor, a, b):
-    """A listener that accepts TCP but never answers Hello is aborted after connect_timeout and redialled later."""
+    """A listener that accepts TCP but never answers Hello is aborted after connect_timeout_s and redialled later."""
     a.transport.dial("b")
     pump = accept(reactor, b.server, flush=False)  # bytes are never delivered
     with LogCapture() as logs:
-        reactor.advance(a.transport.connect_timeout - 0.01)
+        reactor.advance(a.transport.connect_timeout_s - 0.01)
         assert not pump.client_transport.disconnecting
         reactor.advance(0.02)
     assert pump.client_transport.disconnected  # aborted, not a polite close

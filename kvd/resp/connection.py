@@ -2,7 +2,7 @@
 """
 Per-connection state, and the commands answered from it alone.
 
-A ``Session`` is what an executor sees of a connection: ``id``, ``name``
+A ``Connection`` is what an executor sees of a connection: ``id``, ``name``
 (CLIENT SETNAME), ``readonly`` (READONLY/READWRITE, which an executor may
 use to allow possibly stale reads from a follower), the peer address and
 the client library's self-description.
@@ -43,7 +43,7 @@ EXEC_ABORT = RespError("EXECABORT", "Transaction discarded because of previous e
                                     "(kvd does not support transactions yet: nothing was run)")
 
 
-class Session:
+class Connection:
     def __init__(self, id: int, peer: str = "", local: str = ""):
         self.id = id
         self.peer = peer
@@ -74,18 +74,18 @@ class Session:
         )
 
     def __repr__(self) -> str:
-        return "<Session id=%d peer=%s name=%r readonly=%s>" % (self.id, self.peer, self.name, self.readonly)
+        return "<Connection id=%d peer=%s name=%r readonly=%s>" % (self.id, self.peer, self.name, self.readonly)
 
 
 def is_local(request) -> bool:
     return isinstance(request, Admin) and request.name in LOCAL_COMMANDS
 
 
-def execute_local(request: Admin, session: Session) -> Any:
-    """The reply to a local command; may change ``session``."""
+def execute_local(request: Admin, connection: Connection) -> Any:
+    """The reply to a local command; may change ``connection``."""
     name, args = request.name, request.args
     if name == "hello":
-        return _hello(args, session)
+        return _hello(args, connection)
     if name == "ping":
         return args[0] if args else PONG
     if name == "echo":
@@ -93,14 +93,14 @@ def execute_local(request: Admin, session: Session) -> Any:
     if name in ("select", "quit"):
         return OK
     if name == "multi":
-        if session.in_multi:
+        if connection.in_multi:
             raise RespError("ERR", "MULTI calls can not be nested")
-        session.in_multi = True
+        connection.in_multi = True
         return OK
     if name in ("exec", "discard"):
-        if not session.in_multi:
+        if not connection.in_multi:
             raise RespError("ERR", "%s without MULTI" % name.upper())
-        session.in_multi = False
+        connection.in_multi = False
         if name == "exec":
             raise EXEC_ABORT
         return OK
@@ -109,22 +109,22 @@ def execute_local(request: Admin, session: Session) -> Any:
     if name == "unwatch":
         return OK
     if name in ("readonly", "readwrite"):
-        session.readonly = name == "readonly"
+        connection.readonly = name == "readonly"
         return OK
     if name == "client|setname":
-        session.name = args[0] or None
+        connection.name = args[0] or None
         return OK
     if name == "client|getname":
-        return session.name
+        return connection.name
     if name == "client|id":
-        return session.id
+        return connection.id
     if name == "client|info":
-        return session.client_info()
+        return connection.client_info()
     if name == "client|setinfo":
         if args[0] == b"LIB-NAME":
-            session.lib_name = args[1]
+            connection.lib_name = args[1]
         else:
-            session.lib_ver = args[1]
+            connection.lib_ver = args[1]
         return OK
     if name in ("command", "command|info"):
         if not args:
@@ -141,7 +141,7 @@ def execute_local(request: Admin, session: Session) -> Any:
     raise ValueError("not a local command: %r" % (name,))
 
 
-def _hello(args, session: Session) -> Any:
+def _hello(args, connection: Connection) -> Any:
     """HELLO [protover [AUTH user pass] [SETNAME name]]: choose RESP2 or RESP3."""
     if args:
         try:
@@ -160,14 +160,14 @@ def _hello(args, session: Session) -> Any:
                 name = rest.pop(0)
             else:
                 raise RespError("ERR", "Syntax error in HELLO option '%s'" % option.decode("utf-8", "replace"))
-        session.protocol = version
+        connection.protocol = version
         if name is not None:
-            session.name = name or None
+            connection.name = name or None
     return RespMap((
         ("server", "redis"),
         ("version", "7.0.0"),
-        ("proto", session.protocol),
-        ("id", session.id),
+        ("proto", connection.protocol),
+        ("id", connection.id),
         ("mode", "standalone"),
         ("role", "master"),
         ("modules", []),
