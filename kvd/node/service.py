@@ -2,9 +2,10 @@
 """
 ``NodeService``: one kvd node as a Twisted service.  It builds the Raft core
 from what LMDB holds, runs the shared Ready loop (kvd.replica) on the
-reactor, feeds it ticks and peer messages, and serves linearizable reads.
-Writes are ``ClientSession``'s (kvd.node.session), membership changes
-``Membership``'s (kvd.node.membership); the rest of kvd reads the node
+reactor and feeds it ticks and peer messages.  Writes are
+``ClientSession``'s (kvd.node.session), linearizable reads
+``LinearizableReads``' (kvd.node.reads), membership changes ``Membership``'s
+(kvd.node.membership); the rest of kvd reads the node
 through ``NodeView`` (kvd.node.view).
 
 Everything that arrives in one reactor turn (client commands, peer
@@ -30,25 +31,12 @@ from kvd.address import MemberAddress
 from kvd.errors import Code, KvdError
 from kvd.node.config import NodeConfig
 from kvd.node.membership import Membership
+from kvd.node.reads import LinearizableReads, Read
 from kvd.node.session import ClientSession, Proposal
 from kvd.node.view import NodeView
 from kvd.raft.core import ConfigChangeRejected, NotLeader, Options, ProposalDropped, RaftCore, bootstrap
 from kvd.raft.messages import Configuration, EntryKind, Role
 from kvd.replica import Events, Overtaken, Replica, Superseded
-
-
-class _Read:
-    """A linearizable read: the replica's token from its ReadIndex request until it is served."""
-
-    __slots__ = ("op", "deferred", "deadline", "index", "ctx", "asked_at")
-
-    def __init__(self, op, deferred: defer.Deferred, deadline: float):
-        self.op = op
-        self.deferred = deferred
-        self.deadline = deadline
-        self.index: Optional[int] = None
-        self.ctx = b""  # the ReadIndex context while it waits for its index
-        self.asked_at = 0.0  # when its ReadIndex request was last sent
 
 
 class NodeService(service.Service):
@@ -72,12 +60,12 @@ class NodeService(service.Service):
         # Proposals and reads in flight live in the replica, in the order they
         # were made, so that one sweep per tick expires them (no timer per
         # request: they are the hot path).
-        self.read_seq = 0
         self.leader_waiters: List[defer.Deferred] = []
         # Addresses peers advertised when they connected: how a node that has
         # no configuration yet (a joiner) can answer the nodes that call it.
         self.advertised = {}
         self.session = ClientSession(self)
+        self.reads = LinearizableReads(self)
         self.membership = Membership(self)
         self.view = NodeView(self)
         self.stats = {"leader_changes": 0, "elections": 0, "proposals": 0, "reads": 0, "snapshots": 0}
@@ -178,11 +166,7 @@ class NodeService(service.Service):
             for _, p in proposals.values():
                 # We cannot know whether a proposed entry will still commit.
                 p.deferred.errback(KvdError(Code.TIMEOUT, "the node stopped before the outcome was known"))
-            reads = list(replica.reads.values()) + [r for _, r in replica.indexed_reads]
-            replica.reads, replica.indexed_reads = {}, []
-            for r in reads:
-                if not r.deferred.called:
-                    r.deferred.errback(error)
+        self.reads.fail_all(error)
         waiters, self.leader_waiters = self.leader_waiters, []
         for d in waiters:
             d.errback(error)
@@ -195,6 +179,10 @@ class NodeService(service.Service):
     def forwarded(self, src: str, payload: bytes) -> defer.Deferred:
         """The peer transport's forward handler: a follower hands us, the leader, a client's write."""
         return self.session.forwarded(src, payload)
+
+    def read(self, op, linearizable: bool = True) -> defer.Deferred:
+        """Serve a read op; linearizable by ReadIndex unless the client asked for READONLY (kvd.node.reads)."""
+        return self.reads.read(op, linearizable)
 
     def join(self, node_id: str, address: str) -> defer.Deferred:
         return self.membership.join(node_id, address)
@@ -212,7 +200,7 @@ class NodeService(service.Service):
         self._drain()
         now = self.clock.seconds()
         self._expire(now)
-        self._ask_again(now - self.config.tick_s * max(3, 2 * self.config.heartbeat_ticks))
+        self.reads.ask_again(now - self.config.tick_s * max(3, 2 * self.config.heartbeat_ticks))
 
     def _expire(self, now: float):
         """Fail the requests whose time is up (oldest first; they were made in order)."""
@@ -224,24 +212,7 @@ class NodeService(service.Service):
                 break
             del proposals[index]
             p.deferred.errback(KvdError(Code.TIMEOUT, "not committed in time (the entry may still commit)"))
-        reads = self.replica.reads
-        while reads:
-            ctx = next(iter(reads))
-            r = reads[ctx]
-            if r.deadline > now:
-                break
-            del reads[ctx]
-            if not r.deferred.called:
-                r.deferred.errback(KvdError(Code.TIMEOUT, "could not confirm a linearizable read in time (no quorum?)"))
-        indexed = self.replica.indexed_reads
-        if indexed and indexed[0][1].deadline <= now:
-            keep = []
-            for index, r in indexed:
-                if r.deadline > now:
-                    keep.append((index, r))
-                elif not r.deferred.called:
-                    r.deferred.errback(KvdError(Code.TIMEOUT, "this node did not catch up with the read index in time"))
-            self.replica.indexed_reads = keep
+        self.reads.expire(now)
 
     def message_received(self, message) -> None:
         """A Raft message from a peer (already validated by the transport)."""
@@ -256,7 +227,7 @@ class NodeService(service.Service):
     def peer_connected(self, node_id: str) -> None:
         """Our link to ``node_id`` is up: if it leads, re-ask what may have been dropped while it was down."""
         if self.core is not None and node_id == self.core.leader and not self.core.is_leader():
-            self._ask_again(self.clock.seconds())
+            self.reads.ask_again(self.clock.seconds())
 
     def peer_unreachable(self, node_id: str) -> None:
         if self.replica is not None:
@@ -319,7 +290,7 @@ class NodeService(service.Service):
         # Reads that had not got their index yet were dropped with the old
         # leadership; ask again.
         for _, r in self.replica.take_waiting_reads():
-            self._request_read_index(r)
+            self.reads.request_index(r)
 
     def _maybe_snapshot(self):
         core = self.core
@@ -362,78 +333,6 @@ class NodeService(service.Service):
         call = self.clock.callLater(wait_s, give_up)
         d.addBoth(lambda r: (call.active() and call.cancel(), r)[1])
         return d
-
-    # ============================================================ reads
-    def read(self, op, linearizable: bool = True) -> defer.Deferred:
-        """Serve a read op; linearizable by ReadIndex unless the client asked for READONLY."""
-        if not linearizable:
-            return defer.maybeDeferred(self.machine.read, op)
-        self.stats["reads"] += 1
-        r = _Read(op, defer.Deferred(), self.clock.seconds() + self.config.request_timeout_s)
-        self._request_read_index(r)
-        return r.deferred
-
-    def _request_read_index(self, r: _Read):
-        if r.deferred.called:
-            return
-        if r.deadline <= self.clock.seconds():
-            r.deferred.errback(KvdError(Code.TIMEOUT, "could not confirm a linearizable read in time (no quorum?)"))
-            return
-        if self.core.leader is None:
-            self._read_index_refused(r)
-            return
-        self.read_seq += 1
-        r.ctx, r.asked_at = b"%s/%d" % (self.session.client_id, self.read_seq), self.clock.seconds()
-        self.replica.read_index(r.ctx, r)
-        self.schedule_drain()
-
-    def _read_index_refused(self, r: _Read) -> None:
-        """No leader known when the read was asked: wait for one, then ask again."""
-
-        def fail(f):
-            if not r.deferred.called:
-                r.deferred.errback(f)
-
-        self.when_leader(r.deadline).addCallbacks(lambda _: self._request_read_index(r), fail)
-
-    def _ask_again(self, asked_before: float) -> None:
-        """
-        Send again the ReadIndex requests sent at or before ``asked_before`` that
-        have no answer.  A request to the leader is lost when the link is down (a
-        restarted follower's first reads go out before its connection is up)
-        or the leader restarted; without this, such a read would wait for the
-        whole request timeout in a healthy cluster.  A repeated context is
-        harmless: the first answer serves the read, later ones find nothing.
-        """
-        if self.core.leader is None or self.core.is_leader():
-            return
-        now = self.clock.seconds()
-        again = [r for r in self.replica.reads.values() if r.asked_at <= asked_before and not r.deferred.called]
-        if not again:
-            return
-
-        def ask(core):
-            for r in again:
-                try:
-                    core.read_index(r.ctx)
-                except NotLeader:
-                    return  # the leader is gone: the next leadership asks all of them again
-                r.asked_at = now
-
-        self.replica.input(ask)
-        self.schedule_drain()
-
-    def _serve_read(self, r: _Read) -> None:
-        if r.deferred.called:
-            return  # timed out meanwhile
-        try:
-            result = self.machine.read(r.op)
-        except Exception as e:  # a bug in a read op must not stop the loop
-            self.log.failure("read failed")
-            r.deferred.errback(e)
-        else:
-            r.deferred.callback(result)
-
 
 class _Peers:
     """The loop's transport: whatever ``node.peers`` is at the time of sending."""
@@ -478,8 +377,8 @@ class _NodeEvents(Events):
             return
         token.deferred.errback(KvdError(Code.TRYAGAIN, message))
 
-    def read_failed(self, token: _Read, error: Exception) -> None:
-        self.node._read_index_refused(token)
+    def read_failed(self, token: Read, error: Exception) -> None:
+        self.node.reads.no_leader_known(token)
 
-    def read_ready(self, token: _Read) -> None:
-        self.node._serve_read(token)
+    def read_ready(self, token: Read) -> None:
+        self.node.reads.serve(token)
