@@ -4,7 +4,7 @@ transport and to the key/value state machine.
 
 - ``service``: ``NodeService``, the Twisted service: lifecycle, the inputs
   (ticks, peer messages), the Ready loop's events (the loop itself is
-  kvd.replica, shared with the simulator) and linearizable reads;
+  kvd.replica, shared with the simulator);
 - ``reads``: linearizable reads by ReadIndex;
 - ``session``: writes, exactly once (the node as one client of the machine),
   proposed here or forwarded to the leader;
