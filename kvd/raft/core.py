@@ -26,6 +26,15 @@ The persistence contract (the embedder's loop, see ``Ready``):
 5. call ``advance(ready)``.  A leader counts its own entries toward a
    majority only from here, when they are durable.
 
+What lives elsewhere, as etcd-io/raft splits it: the log and its unstable
+tail (``kvd.raft.log``), a leader's view of each follower and its flow
+control (``kvd.raft.progress``), quorum arithmetic and the vote tally
+(``kvd.raft.quorum``), the bookkeeping of ReadIndex rounds
+(``kvd.raft.read_only``), messages and durable state (``kvd.raft.messages``).
+This module keeps the protocol: roles, terms, elections, replication,
+commitment, membership, leadership transfer, snapshots, and when a read
+round may start.
+
 Allowed imports: the standard library and kvd.raft.* (never twisted, lmdb,
 sockets, time, or the module-level random functions).
 """
@@ -61,6 +70,8 @@ from kvd.raft.messages import (
     TimeoutNow,
 )
 from kvd.raft.progress import Progress, ProgressState
+from kvd.raft.quorum import VoteResult, has_quorum, quorum_index, vote_result
+from kvd.raft.read_only import ReadOnly
 
 
 class NotLeader(Exception):
@@ -134,6 +145,22 @@ def bootstrap(config: Configuration) -> Tuple[HardState, List[Entry]]:
 
 
 class RaftCore:
+    """
+    One Raft node's protocol state.  Attributes the embedder and the tests
+    read (write none of them):
+
+    - ``term``, ``vote``: the current term and the vote cast in it (durable).
+    - ``commit``: the commit index, the highest log index known to be
+      committed (``status()["commit_index"]``; durable as ``HardState.commit``).
+    - ``applied``: the applied index, the highest index the embedder has been
+      handed to apply (entries in ``Ready.committed``, or a snapshot) in a
+      Ready it has since passed to ``advance()`` (``status()["applied_index"]``).
+      ``applied <= commit`` always.
+    - ``persisted_index``: the last log index known to be durable here.
+    - ``role``, ``leader``, ``config``, ``log``, ``progress`` (a leader's view
+      of each follower, keyed by node id).
+    """
+
     def __init__(
         self,
         node_id: NodeId,
@@ -177,15 +204,11 @@ class RaftCore:
         self.pending_config_index = 0  # last config entry appended by this leader
 
         # ReadIndex (thesis §6.4): reads wait for a heartbeat round that starts after they arrive.
-        self.read_round = 0  # id of the round in flight, 0 if none
-        self.read_round_index = 0
-        self.read_round_acks: set = set()
-        self.read_round_reqs: List[Tuple[bytes, NodeId]] = []
-        self.read_waiting: List[Tuple[bytes, NodeId]] = []  # for the next round
-        self.read_round_seq = 0
+        self.read_only = ReadOnly()
 
-        self.msgs: List[Message] = []
-        self.msgs_after: List[Message] = []
+        # Outputs gathered for the next Ready, under the names Ready gives them.
+        self.messages: List[Message] = []
+        self.persisted_messages: List[Message] = []
         self.read_states: List[ReadState] = []
         self.received_snapshot: Optional[Snapshot] = None
         self.broadcast_pending = False
@@ -334,8 +357,8 @@ class RaftCore:
     # ------------------------------------------------------------ Ready
     def has_ready(self) -> bool:
         return bool(
-            self.msgs
-            or self.msgs_after
+            self.messages
+            or self.persisted_messages
             or self.read_states
             or self.received_snapshot
             or self.broadcast_pending
@@ -361,8 +384,8 @@ class RaftCore:
         start = max(self.applied, rd.snapshot.index if rd.snapshot else 0)
         if self.commit > start:
             rd.committed = self.log.slice(start + 1, self.commit + 1)
-        rd.messages, self.msgs = self.msgs, []
-        rd.persisted_messages, self.msgs_after = self.msgs_after, []
+        rd.messages, self.messages = self.messages, []
+        rd.persisted_messages, self.persisted_messages = self.persisted_messages, []
         if rd.hard_state is not None and (hs.term != self.prev_hard.term or hs.vote != self.prev_hard.vote):
             # Nothing may leave under a term or vote that is not durable yet.
             # A leader elected by its own vote alone (a single voter) has sent
@@ -579,17 +602,12 @@ class RaftCore:
             pr.inflight.popleft()  # an ack may have been lost; let one more through
         if pr.match < self.log.last_index():
             self._send_append(m.src, allow_empty=True)
-        if self.read_round and m.ctx == self._round_ctx(self.read_round):
-            self.read_round_acks.add(m.src)
+        if self.read_only.ack(m.src, m.ctx):
             self._maybe_release_reads()
 
     def _maybe_commit(self) -> bool:
         """Advance the commit index to what a majority of voters hold (Raft §5.3, §5.4.2)."""
-        voters = self.config.voters
-        if not voters:
-            return False
-        matches = sorted((self._match_of(v) for v in voters), reverse=True)
-        n = matches[self.config.quorum() - 1]
+        n = quorum_index([self._match_of(v) for v in self.config.voters])
         if n > self.commit and self.log.term_at(n) == self.term:
             self._commit_to(n)
             return True
@@ -677,14 +695,13 @@ class RaftCore:
                 pr.recent_active = False
         if self.heartbeat_elapsed >= self.options.heartbeat_ticks:
             self.heartbeat_elapsed = 0
-            ctx = self._round_ctx(self.read_round) if self.read_round else b""
-            self._broadcast_heartbeat(ctx)
+            self._broadcast_heartbeat(self.read_only.ctx())
         self._maybe_promote_learner()
 
     def _quorum_active(self) -> bool:
         """CheckQuorum: have a majority of voters (counting us) been heard from this window?"""
-        active = sum(1 for v in self.config.voters if v == self.id or (v in self.progress and self.progress[v].recent_active))
-        return active >= self.config.quorum()
+        active = {self.id} | {n for n, pr in self.progress.items() if pr.recent_active}
+        return has_quorum(self.config.voters, active)
 
     def _maybe_promote_learner(self) -> None:
         if not self.options.promote_learners or not self.config.learners:
@@ -698,39 +715,34 @@ class RaftCore:
                 return
 
     # ============================================================ ReadIndex
+    # The state of the reads lives in self.read_only (kvd.raft.read_only);
+    # when a round may start and what answers it are decided here.
     def _leader_read(self, ctx: bytes, requester: NodeId) -> None:
-        self.read_waiting.append((ctx, requester))
+        self.read_only.queue(ctx, requester)
         self._maybe_start_read_round()
 
     def _maybe_start_read_round(self) -> None:
-        if self.read_round or not self.read_waiting:
+        if self.read_only.in_flight or not self.read_only.waiting:
             return
         if not self._committed_in_term():
             return  # our commit index may lag the cluster's until our no-op commits
-        self.read_round_seq += 1
-        self.read_round = self.read_round_seq
-        self.read_round_index = self.commit
-        self.read_round_reqs, self.read_waiting = self.read_waiting, []
-        self.read_round_acks = {self.id}
+        ctx = self.read_only.start(self.commit, self.id)
         if not self._maybe_release_reads():
-            self._broadcast_heartbeat(self._round_ctx(self.read_round))
+            self._broadcast_heartbeat(ctx)
 
     def _maybe_release_reads(self) -> bool:
-        acks = sum(1 for v in self.config.voters if v in self.read_round_acks)
-        if acks < self.config.quorum():
+        """Answer the round's reads if a quorum of voters has acknowledged it, then start the next round."""
+        released = self.read_only.release(self.config.voters)
+        if released is None:
             return False
-        for ctx, requester in self.read_round_reqs:
+        index, requests = released
+        for ctx, requester in requests:
             if requester == self.id:
-                self.read_states.append(ReadState(self.read_round_index, ctx))
+                self.read_states.append(ReadState(index, ctx))
             else:
-                self._send(ReadIndexReply(self.term, self.id, requester, ctx, self.read_round_index))
-        self.read_round = 0
-        self.read_round_reqs = []
+                self._send(ReadIndexReply(self.term, self.id, requester, ctx, index))
         self._maybe_start_read_round()
         return True
-
-    def _round_ctx(self, round_id: int) -> bytes:
-        return b"r%d" % round_id
 
     def _committed_in_term(self) -> bool:
         return self.noop_index > 0 and self.commit >= self.noop_index
@@ -779,7 +791,7 @@ class RaftCore:
                     del self.progress[node]
             if self.lead_transferee is not None and self.lead_transferee not in config.voters:
                 self.lead_transferee = None
-            if self.read_round:
+            if self.read_only.in_flight:
                 # The quorum changed: a read round waiting for acknowledgements
                 # from a voter that is gone may be complete now (and would wait
                 # forever if we were now the only voter: nobody else replies).
@@ -834,7 +846,7 @@ class RaftCore:
         self.votes = {self.id: True}
         self.election_elapsed = 0
         self._randomize_timeout()
-        if self._vote_result() == "won":
+        if self._vote_result() is VoteResult.WON:
             self._won(pre)
             return
         last_index, last_term = self.log.last_index(), self.log.last_term()
@@ -849,20 +861,13 @@ class RaftCore:
     def _tally(self, node: NodeId, granted: bool) -> None:
         self.votes.setdefault(node, granted)
         result = self._vote_result()
-        if result == "won":
+        if result is VoteResult.WON:
             self._won(self.role is Role.PRE_CANDIDATE)
-        elif result == "lost":
+        elif result is VoteResult.LOST:
             self._become_follower(self.term, None)
 
-    def _vote_result(self) -> str:
-        voters = self.config.voters
-        yes = sum(1 for v in voters if self.votes.get(v) is True)
-        no = sum(1 for v in voters if self.votes.get(v) is False)
-        if yes >= self.config.quorum():
-            return "won"
-        if no > len(voters) - self.config.quorum():
-            return "lost"
-        return "pending"
+    def _vote_result(self) -> VoteResult:
+        return vote_result(self.config.voters, self.votes)
 
     def _won(self, pre: bool) -> None:
         if pre:
@@ -888,9 +893,7 @@ class RaftCore:
         self.lead_transferee = None
         self.noop_index = 0
         self.pending_config_index = 0
-        self.read_round = 0
-        self.read_round_reqs = []
-        self.read_waiting = []
+        self.read_only.reset()
 
     def _become_follower(self, term: int, leader: Optional[NodeId]) -> None:
         self._reset(term)
@@ -960,9 +963,9 @@ class RaftCore:
 
     def _send(self, m: Message) -> None:
         if self.role is Role.LEADER and isinstance(m, _LEADER_EARLY):
-            self.msgs.append(m)
+            self.messages.append(m)
         else:
-            self.msgs_after.append(m)
+            self.persisted_messages.append(m)
 
 
 def _well_formed(m: Message) -> bool:

@@ -7,7 +7,7 @@ Everything here is a frozen dataclass so that a message, once handed to the
 network (real or simulated), cannot be changed by its sender.  Messages are
 one-way, as in etcd-io/raft: a reply is simply another message.
 
-Allowed imports: the standard library only.
+Allowed imports: the standard library and kvd.raft.quorum.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import enum
 import json
 from dataclasses import dataclass, field
 from typing import Optional, Tuple, Union
+
+from kvd.raft.quorum import majority
 
 NodeId = str
 
@@ -88,7 +90,8 @@ class Configuration:
         return node in self.voters
 
     def quorum(self) -> int:
-        return len(self.voters) // 2 + 1
+        """How many voters make a majority (kvd.raft.quorum.majority)."""
+        return majority(len(self.voters))
 
     def with_learner(self, node: NodeId, address: str) -> "Configuration":
         addrs = dict(self.addresses)

@@ -9,6 +9,7 @@ import contextlib
 from kvd.raft import core as core_mod
 from kvd.raft.core import RaftCore
 from kvd.raft.messages import AppendEntriesReply, PreVoteReply, RequestVoteReply, ReadState
+from kvd.raft.quorum import quorum_index
 from kvd.replica import Replica
 
 
@@ -26,11 +27,7 @@ def commit_by_counting():
     """Commit any entry a majority holds, even one of an earlier term (Figure 8)."""
 
     def _maybe_commit(self):
-        voters = self.config.voters
-        if not voters:
-            return False
-        matches = sorted((self._match_of(v) for v in voters), reverse=True)
-        n = matches[self.config.quorum() - 1]
+        n = quorum_index([self._match_of(v) for v in self.config.voters])
         if n > self.commit:
             self._commit_to(n)
             return True
@@ -65,7 +62,7 @@ def ack_before_persist():
 
     def _send(self, m):
         if isinstance(m, AppendEntriesReply):
-            self.msgs.append(m)
+            self.messages.append(m)
         else:
             original(self, m)
 
@@ -114,9 +111,9 @@ def read_without_heartbeat_round():
     """Serve ReadIndex at once, without confirming leadership with a heartbeat round."""
 
     def _maybe_start_read_round(self):
-        if not self.read_waiting or not self._committed_in_term():
+        if not self.read_only.waiting or not self._committed_in_term():
             return
-        reqs, self.read_waiting = self.read_waiting, []
+        reqs, self.read_only.waiting = self.read_only.waiting, []
         for ctx, requester in reqs:
             if requester == self.id:
                 self.read_states.append(ReadState(self.commit, ctx))
