@@ -197,9 +197,9 @@ def data_dir_problem(path: str, force: bool = False) -> Optional[str]:
 
 
 def node_config(options: Options):
-    from kvd.node import NodeConfig
+    from kvd.node import NodeSettings
 
-    return NodeConfig(
+    return NodeSettings(
         node_id=options["node-id"],
         cluster_id=options["cluster-id"],
         address=options["address"],

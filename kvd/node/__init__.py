@@ -10,13 +10,13 @@ transport and to the key/value state machine.
   proposed here or forwarded to the leader;
 - ``membership``: joining, removing, bootstrapping from founders;
 - ``view``: ``NodeView``, all that the rest of kvd may read about the node;
-- ``config``: ``NodeConfig``.
+- ``settings``: ``NodeSettings``.
 
 Failures are ``kvd.errors.KvdError``s.
 """
 
-from kvd.node.config import NodeConfig
+from kvd.node.settings import NodeSettings
 from kvd.node.service import NodeService
 from kvd.node.view import NodeView
 
-__all__ = ["NodeConfig", "NodeService", "NodeView"]
+__all__ = ["NodeSettings", "NodeService", "NodeView"]

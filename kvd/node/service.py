@@ -29,12 +29,12 @@ from twisted.python.failure import Failure
 
 from kvd.address import MemberAddress
 from kvd.errors import Code, KvdError
-from kvd.node.config import NodeConfig
+from kvd.node.settings import NodeSettings
 from kvd.node.membership import Membership
 from kvd.node.reads import LinearizableReads, Read
 from kvd.node.session import ClientSession, Proposal
 from kvd.node.view import NodeView
-from kvd.raft.core import ConfigChangeRejected, NotLeader, Options, ProposalDropped, RaftCore, bootstrap
+from kvd.raft.core import ConfigChangeRejected, NotLeader, RaftSettings, ProposalDropped, RaftCore, bootstrap
 from kvd.raft.messages import Configuration, EntryKind, Role
 from kvd.replica import Events, Overtaken, Replica, Superseded
 
@@ -42,7 +42,7 @@ from kvd.replica import Events, Overtaken, Replica, Superseded
 class NodeService(service.Service):
     log = Logger()
 
-    def __init__(self, config: NodeConfig, storage, machine, clock, rng: Optional[random.Random] = None):
+    def __init__(self, config: NodeSettings, storage, machine, clock, rng: Optional[random.Random] = None):
         """
         The peer transport is attached as ``peers`` before the service
         starts (it needs this node's callbacks, and tests hand in a fake).
@@ -106,7 +106,7 @@ class NodeService(service.Service):
 
     def make_core(self, hard_state, snapshot, entries) -> None:
         """A Raft core on this durable state, and the Ready loop around it."""
-        options = Options(
+        options = RaftSettings(
             election_ticks=self.config.election_ticks,
             heartbeat_ticks=self.config.heartbeat_ticks,
         )

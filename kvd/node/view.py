@@ -177,7 +177,7 @@ class NodeView:
 
     @property
     def config(self):
-        """The node's settings (read-only by convention: NodeConfig)."""
+        """The node's settings (read-only by convention: NodeSettings)."""
         return self._node.config
 
     # ------------------------------------------------------------ reports

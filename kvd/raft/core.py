@@ -99,7 +99,7 @@ class ConfigChangeRejected(Exception):
 
 
 @dataclass
-class Options:
+class RaftSettings:
     election_ticks: int = 10
     heartbeat_ticks: int = 1
     append_bytes_max: int = 48 * 1024  # per AppendEntries (at least one entry is always sent)
@@ -164,7 +164,7 @@ class RaftCore:
     def __init__(
         self,
         node_id: NodeId,
-        options: Options,
+        options: RaftSettings,
         rng: random.Random,
         hard_state: HardState = HardState(),
         snapshot: Optional[Snapshot] = None,

@@ -29,7 +29,7 @@ from typing import Callable, Deque, Dict, FrozenSet, List, Optional
 
 from kvd.kv.commands import Delete, Envelope, Get, IncrBy, MSet, Set, encode_envelope
 from kvd.kv.machine import KVMachine
-from kvd.raft.core import ConfigChangeRejected, NotLeader, Options, ProposalDropped, RaftCore, Ready, bootstrap
+from kvd.raft.core import ConfigChangeRejected, NotLeader, RaftSettings, ProposalDropped, RaftCore, Ready, bootstrap
 from kvd.raft.messages import Configuration, Role
 from kvd.replica import Events, Overtaken, Replaced, Replica
 from kvd.sim.invariants import Checker, Violation
@@ -72,7 +72,7 @@ class Swarm:
     clients: int
     client_rate: float
     read_ratio: float
-    raft: Options
+    raft: RaftSettings
     max_members: int
     min_voters: int
 
@@ -89,7 +89,7 @@ class Swarm:
             delay_max=rng.choice([3, 10, 40]),
         )
         slow = rng.choice([0, 15, 60, 250]) if "slowdisk" in f else 0
-        raft = Options(
+        raft = RaftSettings(
             election_ticks=10,
             heartbeat_ticks=rng.choice([1, 2, 3]),
             append_bytes_max=rng.choice([60, 200, 48 * 1024]),

@@ -12,7 +12,7 @@ from twisted.python.failure import Failure
 
 from kvd.address import MemberAddress
 from kvd.kv.machine import KVMachine
-from kvd.node import NodeConfig, NodeService
+from kvd.node import NodeSettings, NodeService
 from kvd.store.lmdb import LmdbStorage
 from kvd.wire.errors import ForwardError
 
@@ -92,7 +92,7 @@ def make_cluster(tmp_path, n=3, clock=None, **config_overrides):
 def make_node(tmp_path, network, node_id, initial_cluster, seed=0, **overrides):
     import random
 
-    config = NodeConfig(
+    config = NodeSettings(
         node_id=node_id,
         cluster_id="test",
         address=MemberAddress.from_client(node_id),

@@ -9,7 +9,7 @@ written by hand (the paper's figures, one rule per test).
 import random
 from typing import Callable, Dict, List, Optional
 
-from kvd.raft.core import Options, RaftCore, bootstrap
+from kvd.raft.core import RaftSettings, RaftCore, bootstrap
 from kvd.raft.messages import Configuration, EntryKind, Role
 
 
@@ -76,8 +76,8 @@ def encode_state(applied) -> bytes:
 
 
 class Env:
-    def __init__(self, ids=("a", "b", "c"), options: Optional[Options] = None, seed: int = 1, learners=()):
-        self.options = options or Options(election_ticks=10, heartbeat_ticks=1)
+    def __init__(self, ids=("a", "b", "c"), options: Optional[RaftSettings] = None, seed: int = 1, learners=()):
+        self.options = options or RaftSettings(election_ticks=10, heartbeat_ticks=1)
         config = Configuration.make(voters=ids, learners=learners, addresses={i: i for i in list(ids) + list(learners)})
         self.nodes: Dict[str, Node] = {
             i: Node(i, config, seed * 100 + n, self.options) for n, i in enumerate(list(ids) + list(learners))
@@ -148,7 +148,7 @@ def entry_data(index: int, term: int) -> bytes:
     return b"%d/%d" % (index, term)
 
 
-def env_with_logs(logs: Dict[str, List[int]], options: Optional[Options] = None, seed: int = 1, terms: Optional[Dict[str, int]] = None) -> Env:
+def env_with_logs(logs: Dict[str, List[int]], options: Optional[RaftSettings] = None, seed: int = 1, terms: Optional[Dict[str, int]] = None) -> Env:
     """
     An Env whose nodes start from hand-built logs (Figure 7 style): ``logs``
     maps a node to the terms of its entries from index 2 on (index 1 is the

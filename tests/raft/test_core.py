@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from kvd.raft.core import ConfigChangeRejected, NotLeader, Options, ProposalDropped, RaftCore, bootstrap
+from kvd.raft.core import ConfigChangeRejected, NotLeader, RaftSettings, ProposalDropped, RaftCore, bootstrap
 from kvd.raft.messages import (
     AppendEntries,
     AppendEntriesReply,
@@ -30,8 +30,8 @@ from kvd.raft.messages import (
 from tests.raft.harness import Env, encode_state, env_with_logs
 
 
-def opts(**kw) -> Options:
-    return Options(**dict(dict(election_ticks=10, heartbeat_ticks=1), **kw))
+def opts(**kw) -> RaftSettings:
+    return RaftSettings(**dict(dict(election_ticks=10, heartbeat_ticks=1), **kw))
 
 
 def lone_core(node_id="a", voters=("a", "b", "c"), **kw) -> RaftCore:

@@ -4,14 +4,14 @@ real cores with hand-built logs.  Index 1 of every log is the bootstrap
 configuration, so the paper's index i is index i + 1 here.
 """
 
-from kvd.raft.core import Options
+from kvd.raft.core import RaftSettings
 from kvd.raft.messages import AppendEntries, Role
 from tests.raft.harness import entry_data, env_with_logs
 
 
-def paper_options(**kw) -> Options:
+def paper_options(**kw) -> RaftSettings:
     # No leader lease and no pre-vote: the scenarios crash and restart servers by hand.
-    return Options(**dict(dict(election_ticks=10, heartbeat_ticks=1, check_quorum=False, pre_vote=False), **kw))
+    return RaftSettings(**dict(dict(election_ticks=10, heartbeat_ticks=1, check_quorum=False, pre_vote=False), **kw))
 
 
 def terms_of(core):

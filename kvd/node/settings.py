@@ -1,5 +1,5 @@
 """
-``NodeConfig``: a node's settings, as ``twistd kvd`` options give them (kvd.tap).
+``NodeSettings``: a node's settings, as ``twistd kvd`` options give them (kvd.tap).
 
 Allowed imports: the standard library and kvd.address.
 """
@@ -13,7 +13,7 @@ from kvd.address import MemberAddress
 
 
 @dataclass
-class NodeConfig:
+class NodeSettings:
     node_id: str
     cluster_id: str
     address: MemberAddress
