@@ -22,6 +22,16 @@ after ``kvd``: --listen, --bind, --http-port, or the --config file's [kvd] keys)
 it follows whatever options the container was started with; $KVD_HEALTHCHECK_ADDR
 (host:port of the client port) overrides the client address.  A wildcard --bind is
 asked on 127.0.0.1.  Standard library only; it must start fast.
+
+Why it has its own few lines of RESP (one INFO request, one bulk reply) and of INFO
+parsing instead of kvd's one client, kvd.resp.client: it is a standalone file,
+installed as ``kvd-healthcheck`` and tested as a file with ``python -I -S`` (no
+site-packages, so no kvd; tests/docker/test_healthcheck.py).  Docker runs it every
+10 s for the container's whole life under a 3 s timeout, so it imports nothing it
+does not need, and it keeps answering "unhealthy, because ..." in one line even when
+the package it judges is not importable (a broken or half-upgraded install), where an
+import of kvd would fail with a traceback instead.  Keep the copy that small: one
+request, one bulk string, ``key:value`` lines.
 """
 
 import json

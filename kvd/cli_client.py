@@ -5,28 +5,21 @@ mgmt.py: a small connection wrapper, the mapping of every failure to a
 CliError of the right kind, value formatting, and the client role's
 commands (read, write, update, delete).
 
-We use redis-py's low-level ``redis.Connection`` rather than ``redis.Redis``
-because we need every reply exactly as the node sent it:
+Every request goes through kvd.resp.client (the package's one client of
+the Redis protocol), which gives every reply exactly as the node sent it:
+``-MOVED host:port`` (from KVD.JOIN/KVD.REMOVE) and every other error reply
+arrive as their whole line; there are no retries and no handshake, so one
+command is one request and a timeout means exactly "this one request's
+outcome is unknown", while a connection that could not be made means "not
+sent".
 
-- ``-MOVED host:port`` (from KVD.JOIN/KVD.REMOVE) must reach us as text;
-  redis-py's own parser would try to parse it as a Redis Cluster redirect
-  ("MOVED slot host:port") and fail.  Our parser maps no error prefix to a
-  special class, so every error is a ResponseError carrying the whole line.
-- No retries, no HELLO (redis-py 8 speaks RESP3 by default), no CLIENT
-  SETINFO: one command is one request, so a timeout means exactly "this one
-  request's outcome is unknown".
-
-Allowed imports: the standard library, redis, kvd.cli_errors, kvd.address.
+Allowed imports: the standard library, kvd.resp.client, kvd.cli_errors, kvd.address.
 """
 
 from __future__ import annotations
 
 import json
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
-
-import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from kvd.address import AddressError, split_host_port
 from kvd.cli_errors import (
@@ -38,18 +31,7 @@ from kvd.cli_errors import (
     CliError,
     key_not_found,
 )
-
-try:  # redis >= 5 keeps its parsers here
-    from redis._parsers import _RESP2Parser as _BaseParser
-except ImportError:  # pragma: no cover - older redis-py
-    from redis.connection import PythonParser as _BaseParser  # type: ignore
-
-
-class _PlainErrorParser(_BaseParser):
-    """RESP2 parser that turns every error reply into a plain ResponseError with the full text."""
-
-    EXCEPTION_CLASSES: dict = {}
-
+from kvd.resp.client import Connection, Indeterminate, NotSent, ReplyError, parse_info
 
 #: Seconds to wait for a TCP connection: a live node on loopback or a LAN answers at once.
 CONNECT_TIMEOUT_S = 2.0
@@ -84,40 +66,22 @@ class NodeClient:
         self.host, self.port = ROUTES.get(self.address, (self.host, self.port))
         self.timeout = timeout
         self.connect_timeout = min(connect_timeout, timeout)
-        self._conn: Optional[redis.Connection] = None
+        self._conn: Optional[Connection] = None
 
     # ------------------------------------------------------------ plumbing
-    def _connection(self) -> redis.Connection:
-        if self._conn is not None:
-            return self._conn
-        kwargs = dict(
-            host=self.host,
-            port=self.port,
-            socket_timeout=self.timeout,
-            socket_connect_timeout=self.connect_timeout,
-            parser_class=_PlainErrorParser,
-            retry=Retry(NoBackoff(), 0),
-            protocol=2,
-            driver_info=None,
-        )
-        try:
-            conn = redis.Connection(**kwargs)
-        except TypeError:  # pragma: no cover - redis-py before 7 has no driver_info
-            del kwargs["driver_info"]
-            conn = redis.Connection(lib_name=None, lib_version=None, **kwargs)
-        try:
-            conn.connect()
-        except (redis.RedisError, OSError) as e:
-            raise unreachable(self.address, e) from None
-        self._conn = conn
-        return conn
+    def _connection(self) -> Connection:
+        if self._conn is None:
+            conn = Connection(self.host, self.port, timeout=self.timeout, connect_timeout=self.connect_timeout)
+            try:
+                conn.connect()
+            except NotSent as e:
+                raise unreachable(self.address, e) from None
+            self._conn = conn
+        return self._conn
 
     def close(self) -> None:
         if self._conn is not None:
-            try:
-                self._conn.disconnect()
-            except Exception:  # closing a dead socket must never mask the real outcome
-                pass
+            self._conn.close()
             self._conn = None
 
     def __enter__(self) -> "NodeClient":
@@ -135,47 +99,42 @@ class NodeClient:
         Send several commands in one write and read their replies in order
         (the node answers in order); one network round trip per batch.
         """
-        conn = self._connection()
         try:
-            conn.send_packed_command(conn.pack_commands(commands))
-            replies = []
-            for _ in commands:
-                try:
-                    replies.append(conn.read_response())
-                except redis.ResponseError as e:
-                    replies.append(e)
-        except redis.TimeoutError:
+            replies = self._connection().pipeline(commands)
+        except NotSent as e:  # the node closed our idle connection and does not take a new one
             self.close()
-            raise CliError(
-                TIMEOUT,
-                "no answer from %s within %gs: the outcome is unknown (a write may or may not have been applied); "
-                "read the key to check, or retry with a longer --timeout" % (self.address, self.timeout),
-            ) from None
-        except (redis.ConnectionError, OSError) as e:
+            raise unreachable(self.address, e) from None
+        except Indeterminate as e:
             self.close()
+            if e.timed_out:
+                raise CliError(
+                    TIMEOUT,
+                    "no answer from %s within %gs: the outcome is unknown (a write may or may not have been applied); "
+                    "read the key to check, or retry with a longer --timeout" % (self.address, self.timeout),
+                ) from None
             raise CliError(
                 TIMEOUT,
                 "the connection to %s broke before it answered (%s): the outcome is unknown; %s"
                 % (self.address, _short(e), HELP_LIST),
             ) from None
         for reply in replies:
-            if isinstance(reply, redis.ResponseError):
-                raise node_error(self.address, str(reply))
+            if isinstance(reply, ReplyError):
+                raise node_error(self.address, reply.text)
         return replies
 
     def raw_error(self, *args) -> Tuple[object, Optional[str]]:
         """Like call, but an error reply is returned as text ``(None, "CODE message")`` instead of raised."""
-        conn = self._connection()
         try:
-            conn.send_command(*args)
-            return conn.read_response(), None
-        except redis.ResponseError as e:
-            return None, str(e)
-        except redis.TimeoutError:
+            return self._connection().call(*args), None
+        except ReplyError as e:
+            return None, e.text
+        except NotSent as e:
             self.close()
-            raise CliError(TIMEOUT, "no answer from %s within %gs: the outcome is unknown" % (self.address, self.timeout)) from None
-        except (redis.ConnectionError, OSError) as e:
+            raise unreachable(self.address, e) from None
+        except Indeterminate as e:
             self.close()
+            if e.timed_out:
+                raise CliError(TIMEOUT, "no answer from %s within %gs: the outcome is unknown" % (self.address, self.timeout)) from None
             raise CliError(TIMEOUT, "the connection to %s broke before it answered (%s)" % (self.address, _short(e))) from None
 
     # ------------------------------------------------------------ node views
@@ -223,18 +182,6 @@ def node_error(address: str, text: str) -> CliError:
             "%s timed out, the outcome is unknown (%s %s); read the key to check, and %s" % (address, code, rest or "no commit in time", HELP_LIST),
         )
     return CliError(SERVER_ERROR, "%s answered with an error: %s" % (address, text))
-
-
-def parse_info(raw) -> Dict[str, str]:
-    """INFO's ``key:value`` lines -> dict (section headers and blank lines skipped)."""
-    out: Dict[str, str] = {}
-    for line in to_text(raw).splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or ":" not in line:
-            continue
-        key, _, value = line.partition(":")
-        out[key] = value
-    return out
 
 
 # ---------------------------------------------------------------- values

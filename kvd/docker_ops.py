@@ -17,7 +17,7 @@ timeout and raises :class:`DockerError` with docker's own message on failure.
     d.kill(name); d.start(name); d.restart(name); d.stop(name)
     d.disconnect(c.network, name); d.connect(c.network, name, aliases=["node1"])
     d.exec_resp(name, "127.0.0.1", 7001, "GET", "k")   # asked from inside the container
-    resp(("127.0.0.1", 27001), "SET", "k", "v")         # asked from the host
+    d.resp(("127.0.0.1", 27001), "SET", "k", "v")       # asked from the host (both: kvd.resp.client)
     c.down()                              # containers, network and volumes (down -v)
 
 For ``mgmt.py --docker``: :func:`run_node` creates one node container on a
@@ -26,7 +26,7 @@ containers of a project with their state, health and ports (list), and
 :func:`kill`, :func:`stop`, :func:`restart` (and :func:`remove`, :func:`remove_volume`
 after the cluster let the node go) are the server commands.
 
-Allowed imports: the standard library.  (Never kvd.raft, kvd.sim, kvd.cli*.)
+Allowed imports: the standard library and kvd.resp.client.  (Never kvd.raft, kvd.sim, kvd.cli*.)
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ import subprocess
 import time
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
+from kvd.resp.client import Connection, ReplyError, Simple, arg_bytes, parse_info
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMPOSE_FILE = os.path.join(REPO_ROOT, "docker-compose.yml")
 BUILD_SCRIPT = os.path.join(REPO_ROOT, "docker", "build-image.sh")
@@ -47,26 +49,16 @@ DEFAULT_BASE = os.environ.get("KVD_BASE_IMAGE", "kvd-base:bookworm")
 DATA_DIR = "/data"  # the image's volume
 LABEL = "io.kvd.node"  # on containers made by run_node: value = the node's --listen address
 
-Reply = Union[bytes, int, None, list, "RespError"]
+#: An error reply (``-NOLEADER ...``) from a node, returned in place of its reply: ``code`` is its
+#: first word, ``text`` the whole line.  The client's own class, under the name these helpers' callers use.
+RespError = ReplyError
+
+#: What :func:`resp` returns: Simple (``+OK``, equal to ``b"OK"``), bytes, int, None, a list, or a RespError.
+Reply = Union[bytes, int, None, list, ReplyError]
 
 
 class DockerError(RuntimeError):
     """A docker command failed, or Docker is not usable here."""
-
-
-class RespError(Exception):
-    """An error reply (``-NOLEADER ...``) from a node; ``code`` is its first word."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-        self.code = message.split(" ", 1)[0]
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, RespError) and other.message == self.message
-
-    def __repr__(self) -> str:
-        return "RespError(%r)" % self.message
 
 
 # ================================================================ the CLI
@@ -443,67 +435,41 @@ def project_nodes(project: str) -> List[dict]:
 
 
 # ================================================================ asking a node (RESP)
+#
+# Through kvd.resp.client, on the host and inside a container alike: the image is kvd's, so
+# ``docker exec CONTAINER python -c`` imports the same client there (no second copy).
 
-# One function, used on the host and, as source, inside a container by exec_resp: a minimal
-# RESP2 client sending commands on one connection (so READONLY applies to what follows it).
-# Replies: bytes, int, None, list, or an error as ("-", message).
-_RESP_SOURCE = r'''
-def resp_call(host, port, commands, timeout):
-    import socket
-    out = b""
-    for args in commands:
-        out += b"*%d\r\n" % len(args)
-        for a in args:
-            a = a if isinstance(a, bytes) else str(a).encode()
-            out += b"$%d\r\n%s\r\n" % (len(a), a)
-    with socket.create_connection((host, port), timeout=timeout) as s:
-        s.settimeout(timeout)
-        s.sendall(out)
-        f = s.makefile("rb")
-        def read():
-            line = f.readline()
-            if not line.endswith(b"\r\n"):
-                raise ConnectionError("connection closed mid-reply")
-            kind, rest = line[:1], line[1:-2]
-            if kind == b"+":
-                return rest
-            if kind == b"-":
-                return ("-", rest.decode(errors="replace"))
-            if kind == b":":
-                return int(rest)
-            if kind == b"$":
-                n = int(rest)
-                return None if n < 0 else f.read(n + 2)[:-2]
-            if kind == b"*":
-                n = int(rest)
-                return None if n < 0 else [read() for _ in range(n)]
-            raise ConnectionError("unexpected reply %r" % line)
-        return [read() for _ in commands]
+# Run inside a container: argv[1] = JSON [host, port, commands as latin-1 text, timeout];
+# prints the replies as JSON (latin-1 text keeps every byte).
+_EXEC_SCRIPT = r'''
+import json, sys
+from kvd.resp.client import Connection, ReplyError, Simple
+def enc(r):
+    if isinstance(r, Simple): return {"s": r.decode("latin-1")}
+    if isinstance(r, bytes): return {"b": r.decode("latin-1")}
+    if isinstance(r, ReplyError): return {"e": r.text}
+    if isinstance(r, list): return {"l": [enc(x) for x in r]}
+    return {"v": r}
+host, port, commands, timeout = json.loads(sys.argv[1])
+with Connection(host, port, timeout=timeout, connect_timeout=timeout) as conn:
+    replies = conn.pipeline([[a.encode("latin-1") for a in c] for c in commands])
+print(json.dumps([enc(r) for r in replies]))
 '''
-_namespace: dict = {}
-exec(_RESP_SOURCE, _namespace)
-
-
-def _reply(raw) -> Reply:
-    if isinstance(raw, tuple) and raw[:1] == ("-",):
-        return RespError(raw[1])
-    if isinstance(raw, list):
-        return [_reply(item) for item in raw]
-    return raw
 
 
 def resp(address: Tuple[str, int], *args, timeout: float = 10.0) -> Reply:
     """
     One command to a node from here: ``resp(("127.0.0.1", 7001), "GET", "k")`` -> ``b"v"``.
     An error reply is *returned* as a RespError (so callers can assert on it); a network
-    failure raises OSError.
+    failure raises OSError (kvd.resp.client's NotSent or Indeterminate).
     """
     return resp_pipeline(address, [args], timeout=timeout)[0]
 
 
 def resp_pipeline(address: Tuple[str, int], commands: Sequence[Sequence], timeout: float = 10.0) -> List[Reply]:
     """Several commands on one connection, e.g. ``[["READONLY"], ["GET", "k"]]``; their replies."""
-    return [_reply(r) for r in _namespace["resp_call"](address[0], address[1], [list(c) for c in commands], timeout)]
+    with Connection(address[0], address[1], timeout=timeout, connect_timeout=timeout) as conn:
+        return conn.pipeline(commands)
 
 
 def exec_resp(container: str, host: str, port: int, *args, timeout: float = 10.0) -> Reply:
@@ -517,20 +483,12 @@ def exec_resp(container: str, host: str, port: int, *args, timeout: float = 10.0
 
 def exec_resp_pipeline(container: str, host: str, port: int, commands: Sequence[Sequence], timeout: float = 10.0) -> List[Reply]:
     """:func:`resp_pipeline`, asked from inside ``container``."""
-    script = _RESP_SOURCE + (
-        "\nimport json, sys\n"
-        "def enc(r):\n"
-        "    if isinstance(r, bytes): return {'b': r.decode('latin-1')}\n"
-        "    if isinstance(r, tuple): return {'e': r[1]}\n"
-        "    if isinstance(r, list): return {'l': [enc(x) for x in r]}\n"
-        "    return {'v': r}\n"
-        "a = json.loads(sys.argv[1])\n"
-        "print(json.dumps([enc(r) for r in resp_call(a[0], a[1], a[2], a[3])]))\n"
-    )
-    wire = [[x.decode("latin-1") if isinstance(x, bytes) else str(x) for x in c] for c in commands]
-    out = docker("exec", container, "python", "-c", script, json.dumps([host, port, wire, timeout]), timeout=timeout + 30)
+    wire = [[arg_bytes(x).decode("latin-1") for x in c] for c in commands]
+    out = docker("exec", container, "python", "-c", _EXEC_SCRIPT, json.dumps([host, port, wire, timeout]), timeout=timeout + 30)
 
     def dec(value):
+        if "s" in value:
+            return Simple(value["s"].encode("latin-1"))
         if "b" in value:
             return value["b"].encode("latin-1")
         if "e" in value:
@@ -544,14 +502,9 @@ def exec_resp_pipeline(container: str, host: str, port: int, commands: Sequence[
 
 def info(reply: Reply) -> Dict[str, str]:
     """``INFO``'s bulk reply as a dict (``raft_role`` -> ``leader``)."""
-    if not isinstance(reply, bytes):
+    if not isinstance(reply, bytes) or isinstance(reply, Simple):
         raise ValueError("INFO answered %r" % (reply,))
-    fields = {}
-    for line in reply.decode(errors="replace").splitlines():
-        key, sep, value = line.partition(":")
-        if sep and not key.startswith("#"):
-            fields[key.strip()] = value.strip()
-    return fields
+    return parse_info(reply)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -20,7 +20,11 @@ unknown (null).  Concurrent requests share one round of questions and a
 round is reused for ``CACHE_S``, so many open pages cost the cluster no
 more than one.
 
-Allowed imports: twisted, the standard library.
+It asks from the reactor, without a thread: a Twisted protocol feeds the
+bytes to kvd.resp.client's reply reader and INFO parser, the same ones every
+blocking client of kvd uses.
+
+Allowed imports: twisted, the standard library, kvd.resp.client.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
+
+from kvd.resp.client import INCOMPLETE, ProtocolError, ReplyError, ReplyReader, Simple, encode, parse_info
 
 #: Seconds to wait for one member's INFO.
 INFO_TIMEOUT_S = 1.0
@@ -48,26 +54,37 @@ class InfoError(Exception):
 
 
 class _InfoProtocol(Protocol):
-    """Sends ``INFO raft`` and reads one RESP bulk string."""
+    """
+    Sends ``INFO raft`` and reads one RESP bulk string with kvd.resp.client's
+    reader (the package's one), fed from the reactor: nothing here blocks.
+    """
 
     def __init__(self):
         self.done: defer.Deferred = defer.Deferred()
-        self.buffer = b""
+        self.reader = ReplyReader(max_bytes=INFO_MAX_BYTES)
 
     def connectionMade(self):
-        self.transport.write(b"*2\r\n$4\r\nINFO\r\n$4\r\nraft\r\n")
+        self.transport.write(encode(("INFO", "raft")))
 
     def dataReceived(self, data):
         if self.done.called:
             return
-        self.buffer += data
         try:
-            result = parse_bulk(self.buffer)
-        except InfoError as e:
-            self._finish(failure=e)
+            self.reader.feed(data)
+            reply = self.reader.get()
+        except ProtocolError as e:
+            self._finish(failure=InfoError("unexpected answer: %s" % e))
             return
-        if result is not None:
-            self._finish(result=result)
+        if reply is INCOMPLETE:
+            return
+        if isinstance(reply, ReplyError):
+            self._finish(failure=InfoError(reply.text))
+        elif reply is None:
+            self._finish(failure=InfoError("no answer"))
+        elif not isinstance(reply, bytes) or isinstance(reply, Simple):
+            self._finish(failure=InfoError("unexpected answer %r" % (reply,)))
+        else:
+            self._finish(result=reply)
 
     def _finish(self, result=None, failure=None):
         if not self.done.called:
@@ -90,40 +107,6 @@ class _OneShot(Factory):
 
     def buildProtocol(self, addr):
         return self.protocol_instance
-
-
-def parse_bulk(data: bytes) -> Optional[bytes]:
-    """The payload of a complete RESP bulk string, None if more is needed; InfoError for anything else."""
-    if len(data) > INFO_MAX_BYTES:
-        raise InfoError("answer too large")
-    end = data.find(b"\r\n")
-    if end < 0:
-        return None
-    head = data[:end]
-    if head[:1] == b"-":
-        raise InfoError(head[1:].decode("utf-8", "replace"))
-    if head[:1] not in (b"$", b"="):  # RESP3 verbatim strings start with "="
-        raise InfoError("unexpected answer %r" % head[:20])
-    try:
-        length = int(head[1:])
-    except ValueError:
-        raise InfoError("bad length %r" % head[:20]) from None
-    if length < 0:
-        raise InfoError("no answer")
-    if len(data) < end + 2 + length + 2:
-        return None
-    return data[end + 2 : end + 2 + length]
-
-
-def parse_info(text: bytes) -> Dict[str, object]:
-    out: Dict[str, object] = {}
-    for line in text.decode("utf-8", "replace").splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or ":" not in line:
-            continue
-        key, _, value = line.partition(":")
-        out[key] = int(value) if value.lstrip("-").isdigit() else value
-    return out
 
 
 def fetch_info(reactor, host: str, port: int, timeout_s: float = INFO_TIMEOUT_S) -> defer.Deferred:

@@ -9,10 +9,12 @@ clients saw.
     python -m kvd.jepsen --duration 600 --nemesis all      # make torture DURATION=600 NEMESIS=all
     python -m kvd.jepsen check path/to/history.jsonl        # re-check a kept history
 
-Modules: ``resp`` (a minimal Redis client with exact outcomes), ``netfilter``
-(partitions with nftables on the nodes' addresses), ``cluster`` (the node
-processes), ``workload`` (clients and the history), ``nemesis`` (the faults),
-``run`` (one run from start to verdict), ``__main__`` (the torture loop).
+Modules: ``netfilter`` (partitions with nftables on the nodes' addresses),
+``cluster`` (the node processes), ``workload`` (clients and the history),
+``nemesis`` (the faults), ``run`` (one run from start to verdict),
+``__main__`` (the torture loop).  The clients speak to the nodes through
+kvd.resp.client, the package's one Redis client, whose failures say exactly
+how far a request got (not sent / unknown / an error reply with its code).
 
 This package is test tooling: it runs on the machine that runs the nodes,
 as root for partitions, and ends only the processes it started, by PID.

@@ -26,7 +26,7 @@ import threading
 import time
 from typing import Callable, List, Optional, Tuple
 
-from kvd.jepsen.resp import Connection, Indeterminate, NotSent, ReplyError, parse_info
+from kvd.resp.client import Connection, Indeterminate, NotSent, ReplyError, parse_info
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TWISTD = [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; sys.exit(run())"]
@@ -83,6 +83,11 @@ class NodeError(Exception):
     pass
 
 
+def _text(reply) -> str:
+    """A reply as text for a log line: bytes decoded, anything else as Python prints it."""
+    return reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
+
+
 class Node:
     def __init__(self, cluster: "Cluster", host: str, port: int, founder: bool):
         self.cluster = cluster
@@ -136,7 +141,7 @@ class Node:
         def ready():
             if not self.alive():
                 raise NodeError("%s exited while starting (code %s): %s" % (self.id, self.proc.returncode, self.tail(self.stderr, 5)))
-            return self.call("PING", timeout=1.0) == "PONG"
+            return self.call("PING", timeout=1.0) == b"PONG"
 
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -203,7 +208,7 @@ class Node:
         if not self.alive() or self.paused:
             return None
         try:
-            return parse_info(self.call("INFO", "raft", timeout=timeout))
+            return parse_info(self.call("INFO", "raft", timeout=timeout), numbers=True)
         except (NotSent, Indeterminate, ReplyError):
             return None
 
@@ -370,7 +375,7 @@ class Cluster:
                 time.sleep(0.2)
                 continue
             try:
-                return str(leader.call(*args, timeout=max(1.0, min(15.0, deadline - time.monotonic())))), ""
+                return _text(leader.call(*args, timeout=max(1.0, min(15.0, deadline - time.monotonic())))), ""
             except ReplyError as e:
                 last = e.text
                 if e.code in ("NOLEADER", "TRYAGAIN", "MOVED") or "in progress" in e.text:

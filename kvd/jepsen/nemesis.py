@@ -35,7 +35,7 @@ from typing import Callable, Dict, List, Optional
 from kvd.check.linear import FAIL, INFO, OK, READ, WRITE
 from kvd.jepsen.cluster import Cluster, Node
 from kvd.jepsen.netfilter import Netfilter, cut
-from kvd.jepsen.resp import Indeterminate, NotSent, ReplyError
+from kvd.resp.client import Indeterminate, NotSent, ReplyError
 from kvd.jepsen.workload import History, execute, interpret
 
 PROCESS = ("kill-leader", "kill-random", "stop-leader", "pause-leader", "pause-random", "crash-all")

@@ -29,7 +29,7 @@ from collections import deque
 from typing import Dict, List, Optional
 
 from kvd.check.linear import CAS, DELETE, FAIL, INFO, OK, READ, WRITE, Op
-from kvd.jepsen.resp import Connection, Indeterminate, NotSent, ReplyError, Simple
+from kvd.resp.client import Connection, Indeterminate, NotSent, ReplyError, Simple
 
 
 class History:
@@ -130,13 +130,13 @@ def command_for(f: str, key: str, value) -> tuple:
 def interpret(f: str, reply):
     """(outcome, result, error) for a reply to f."""
     if f == READ:
-        if reply is None or isinstance(reply, bytes):
+        if reply is None or (isinstance(reply, bytes) and not isinstance(reply, Simple)):
             return OK, (None if reply is None else reply.decode()), ""
     elif f == WRITE:
-        if isinstance(reply, Simple) and reply == "OK":
+        if isinstance(reply, Simple) and reply == b"OK":
             return OK, None, ""
     elif f == CAS:
-        if isinstance(reply, Simple) and reply == "OK":
+        if isinstance(reply, Simple) and reply == b"OK":
             return OK, True, ""
         if reply is None:
             return OK, False, ""

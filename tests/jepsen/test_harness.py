@@ -1,6 +1,6 @@
 """
 The harness's pieces that need no cluster: outcomes from replies and errors,
-the RESP client against a scripted socket, the history file, nemesis names
+the RESP client (kvd.resp.client) against a scripted socket, the history file, nemesis names
 and partition cuts.
 """
 
@@ -12,7 +12,7 @@ import pytest
 from kvd.check.linear import CAS, DELETE, FAIL, INFO, OK, READ, WRITE
 from kvd.jepsen.nemesis import ALL, expand
 from kvd.jepsen.netfilter import cut
-from kvd.jepsen.resp import Connection, Indeterminate, NotSent, Simple, encode
+from kvd.resp.client import Connection, Indeterminate, NotSent, Simple, encode
 from kvd.jepsen.workload import History, command_for, execute, interpret, read_history
 
 
@@ -165,4 +165,22 @@ def test_a_connection_the_node_closed_is_replaced_before_sending():
         assert execute(conn, READ, "k", None) == (OK, "v", "")
     finally:
         conn.close()
+        server.close()
+
+
+def test_a_node_is_ready_when_it_answers_pong_and_its_info_has_numbers(tmp_path):
+    """The harness's own asks go through kvd.resp.client too: +PONG is ready, INFO raft's numbers are ints."""
+    from types import SimpleNamespace
+
+    from kvd.jepsen.cluster import Node
+    from tests.resp.test_client import ScriptedNode
+
+    info = b"# Raft\r\nraft_role:leader\r\nraft_term:7\r\nraft_leader_id:127.0.0.1:1\r\n"
+    server = ScriptedNode(lambda args: b"+PONG\r\n" if args[0] == b"PING" else b"$%d\r\n%s\r\n" % (len(info), info))
+    try:
+        node = Node(SimpleNamespace(dir=str(tmp_path)), "127.0.0.1", server.port, founder=True)
+        node.proc = SimpleNamespace(poll=lambda: None, pid=0)  # "alive"
+        node.wait_ready(2.0)
+        assert node.info() == {"raft_role": "leader", "raft_term": 7, "raft_leader_id": "127.0.0.1:1"}
+    finally:
         server.close()
