@@ -10,7 +10,7 @@ import re
 
 from kvd.kv.commands import Envelope, Set, encode_envelope
 from kvd.kv.machine import KVMachine
-from kvd.raft.core import NotLeader, Options, RaftCore, bootstrap
+from kvd.raft.core import NotLeader, RaftSettings, RaftCore, bootstrap
 from kvd.raft.messages import AppendEntries, AppendEntriesReply, Configuration, Entry, EntryKind
 from kvd.replica import Events, Replica
 
@@ -60,7 +60,7 @@ class Heard(Events):
 def follower_replica():
     config = Configuration.make(voters=["a", "b", "c"], addresses={n: n for n in "abc"})
     hs, entries = bootstrap(config)
-    core = RaftCore("b", Options(), random.Random(1), hs, None, entries)
+    core = RaftCore("b", RaftSettings(), random.Random(1), hs, None, entries)
     storage, transport, events = LaterStorage(), Recorder(), Heard()
     return Replica(core, storage, transport, KVMachine(), events), storage, transport, events
 
