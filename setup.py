@@ -10,7 +10,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
     packages=find_packages(include=["kvd", "kvd.*"]) + ["twisted.plugins"],
-    package_data={"twisted": ["plugins/kvd_plugin.py"], "kvd": ["static/*"]},
+    package_data={"twisted": ["plugins/kvd_plugin.py"], "kvd.discovery": ["static/*"]},
     py_modules=["mgmt"],
     install_requires=[
         "twisted>=22.10,<27",

@@ -1,6 +1,6 @@
 """
 The kvd image's HEALTHCHECK: healthy means "this node can serve" -- the rule of the
-node's own ``GET /v1/health`` (kvd/http.py ``health_view``): it knows a live leader
+node's own ``GET /v1/health`` (kvd/discovery/http.py ``health_view``): it knows a live leader
 and its applied index trails the cluster's commit index by at most 1000 entries.
 A node in a minority, a lone survivor, or one never bootstrapped (no
 --initial-cluster, still waiting for --bootstrap-expect peers, or for a join) answers
@@ -39,8 +39,8 @@ import os
 import socket
 import sys
 
-HTTP_PORT_OFFSET = 30000  # kvd.http.HTTP_PORT_OFFSET
-MAX_LAG = 1000  # kvd.http.HEALTH_MAX_LAG
+HTTP_PORT_OFFSET = 30000  # kvd.discovery.http.HTTP_PORT_OFFSET
+MAX_LAG = 1000  # kvd.discovery.http.HEALTH_MAX_LAG
 TIMEOUT_S = 1.2  # per question; the HEALTHCHECK's --timeout is 3s
 
 

@@ -13,7 +13,7 @@ its bus port (client + 10000):
 In a Raft configuration a member's address is stored as
 ``host:client_port:peer_port`` so every node can reach every other one.
 
-Allowed imports: the standard library.
+Imports: as the layer table in tests/test_layers.py allows.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ forwarded command's failure on the leader is the same error on the follower,
 kvd.wire.errors.ForwardError), and is written to a Redis client as
 ``-CODE message`` by the RESP encoder.  Nothing translates it on the way.
 
-Allowed imports: the standard library only.
+Imports: as the layer table in tests/test_layers.py allows.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ A failure is a kvd.errors.KvdError, which the RESP layer writes as
 The RESP layer answers PING, ECHO, SELECT, CLIENT, COMMAND and QUIT by
 itself; only Write, Read and the Admin commands below arrive here.
 
-Allowed imports: twisted, kvd.address, kvd.node, kvd.resp, kvd.kv, kvd.server_info.
+Imports: as the layer table in tests/test_layers.py allows.
 """
 
 from __future__ import annotations

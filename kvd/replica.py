@@ -28,7 +28,7 @@ input).
 Proposals and reads carry an opaque ``token`` of the embedder's; what
 becomes of them is told through the ``Events`` it provides.
 
-Allowed imports: the standard library and kvd.raft.
+Imports: as the layer table in tests/test_layers.py allows.
 """
 
 from __future__ import annotations

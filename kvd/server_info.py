@@ -15,7 +15,7 @@ snapshots (``save ""``); it has no memory limit and evicts nothing.
 The node is read through its ``NodeView`` (kvd.node.view); ``clients`` is the
 client port's ``connections`` mapping, when there is one.
 
-Allowed imports: the standard library, twisted, kvd.kv, kvd.resp.
+Imports: as the layer table in tests/test_layers.py allows.
 """
 
 from __future__ import annotations

@@ -8,8 +8,7 @@ Every option may also come from an INI file (``--config etc/kvd.conf``,
 section ``[kvd]``, keys spelled like the long options); the command line
 wins over the file.
 
-Allowed imports: twisted.application, twisted.python.usage, kvd.node and the
-edges it wires (kvd.store, kvd.wire, kvd.resp, kvd.kv); never kvd.cli or kvd.sim.
+Imports: as the layer table in tests/test_layers.py allows.
 """
 
 from __future__ import annotations
@@ -123,7 +122,7 @@ class Options(usage.Options):
         self["node-id"] = self["node-id"] or address.client
         self["bind"] = resolve_bind(self["bind"] or address.host)
         try:
-            from kvd.http_services import check_options
+            from kvd.discovery.services import check_options
 
             check_options(self)
         except ValueError as e:
@@ -221,7 +220,7 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
     if reactor is None:
         from twisted.internet import reactor
     from kvd.executor import ClientExecutor
-    from kvd.http_services import add_services, make_metrics
+    from kvd.discovery.services import add_services, make_metrics
     from kvd.kv.machine import KVMachine
     from kvd.node import NodeService
     from kvd.resp.protocol import RespFactory
@@ -279,5 +278,5 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
     if metrics is not None:
         client_factory = metrics.counting_factory(client_factory)
     strports.service("tcp:%d:interface=%s" % (config.address.client_port, interface), client_factory).setServiceParent(top)
-    add_services(top, node, options, metrics, reactor)  # DNS and HTTP (kvd.http_services)
+    add_services(top, node, options, metrics, reactor)  # DNS and HTTP (kvd.discovery.services)
     return top

@@ -19,7 +19,7 @@ value names the operation that wrote it.  For each key read at the end
 ``replicas`` (optional, key -> {node: value}) adds convergence: every node
 must hold the same value as the final one once it has caught up.
 
-Allowed imports: the standard library and kvd.check.
+Imports: as the layer table in tests/test_layers.py allows.
 """
 
 from __future__ import annotations

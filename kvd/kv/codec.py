@@ -10,7 +10,7 @@ the network or disk and must never crash the node that reads them.  Encoding
 is canonical (one byte string per value) so that equal states produce equal
 snapshots.
 
-Allowed imports: the standard library only.
+Imports: as the layer table in tests/test_layers.py allows.
 """
 
 from __future__ import annotations

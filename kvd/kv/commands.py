@@ -25,7 +25,7 @@ Wire format, version 1 (all integers varints, see kvd.kv.codec)::
 
 Keys and values are arbitrary bytes; neither pickle nor JSON is involved.
 
-Allowed imports: the standard library and kvd.kv.codec.
+Imports: as the layer table in tests/test_layers.py allows.
 """
 
 from __future__ import annotations

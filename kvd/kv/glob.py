@@ -19,7 +19,7 @@ differ.  Redis also never lets a non-empty pattern match the empty key (its
 loop stops when the key runs out); here ``*`` and ``**`` match it, which is
 what Redis's own special case for a bare ``*`` in KEYS and SCAN does anyway.
 
-Allowed imports: the standard library only.
+Imports: as the layer table in tests/test_layers.py allows.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ and SCAN is a bisect plus a walk of ``count`` entries: nothing is ever
 re-sorted in steady state.  Entries are ``position.to_bytes(8) + key``, one
 bytes object each, so comparisons are a single memcmp.
 
-Allowed imports: the standard library and kvd.kv.glob.
+Imports: as the layer table in tests/test_layers.py allows.
 """
 
 from __future__ import annotations

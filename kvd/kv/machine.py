@@ -21,7 +21,7 @@ also order of last stamp, so expiry only ever looks at the oldest ones.
 ``session_ttl_ms`` is part of the machine's definition: every replica must
 use the same value.
 
-Allowed imports: the standard library and kvd.kv.
+Imports: as the layer table in tests/test_layers.py allows.
 """
 
 from __future__ import annotations

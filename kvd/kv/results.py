@@ -7,7 +7,7 @@ A result is one of: ``OK``, bytes (a bulk string), int, None (nil), a list of
 results, or ``KVError``.  These are exactly the shapes RESP2 can carry, so
 the protocol layer encodes them without knowing any command.
 
-Allowed imports: the standard library and kvd.kv.codec.
+Imports: as the layer table in tests/test_layers.py allows.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ leader one at a time (the core refuses a second while one is in flight; we
 wait and retry until the request's deadline); a joiner is added as a
 learner and the core promotes it once it has caught up.
 
-Allowed imports: twisted, kvd.address, kvd.errors, kvd.raft, kvd.wire.errors.
+Imports: as the layer table in tests/test_layers.py allows.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ leader restarted) is asked again on the next tick and as soon as the link
 to the leader comes up, so a read never waits out the request timeout in a
 healthy cluster.
 
-Allowed imports: see tests/test_layers.py.
+Imports: as the layer table in tests/test_layers.py allows.
 """
 
 from __future__ import annotations

@@ -12,8 +12,7 @@ Everything that arrives in one reactor turn (client commands, peer
 messages, a tick) is folded into one Ready: one LMDB transaction, one sync
 and one append message per follower for the whole batch.
 
-Allowed imports: twisted, kvd.address, kvd.errors, kvd.kv, kvd.raft,
-kvd.replica, kvd.node (see tests/test_layers.py).
+Imports: as the layer table in tests/test_layers.py allows.
 """
 
 from __future__ import annotations

@@ -14,8 +14,7 @@ twice.
 ``ClientSession.submit`` proposes on this node when it leads and forwards to
 the leader otherwise; ``forwarded`` is the leader's side of a forward.
 
-Allowed imports: twisted, kvd.errors, kvd.kv, kvd.replica, kvd.wire.errors,
-kvd.node.
+Imports: as the layer table in tests/test_layers.py allows.
 """
 
 from __future__ import annotations

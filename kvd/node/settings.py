@@ -1,7 +1,7 @@
 """
 ``NodeSettings``: a node's settings, as ``twistd kvd`` options give them (kvd.tap).
 
-Allowed imports: the standard library and kvd.address.
+Imports: as the layer table in tests/test_layers.py allows.
 """
 
 from __future__ import annotations

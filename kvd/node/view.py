@@ -8,7 +8,7 @@ that the node is free to rearrange its insides.
 
 Every method answers from this node's own current state: no I/O, no waiting.
 
-Allowed imports: the standard library, kvd.address, kvd.raft.messages.
+Imports: as the layer table in tests/test_layers.py allows.
 """
 
 from __future__ import annotations

@@ -35,8 +35,7 @@ This module keeps the protocol: roles, terms, elections, replication,
 commitment, membership, leadership transfer, snapshots, and when a read
 round may start.
 
-Allowed imports: the standard library and kvd.raft.* (never twisted, lmdb,
-sockets, time, or the module-level random functions).
+Imports: as the layer table in tests/test_layers.py allows.
 """
 
 from __future__ import annotations

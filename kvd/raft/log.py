@@ -7,7 +7,7 @@ As in etcd's server, the whole log since the last snapshot lives in memory;
 snapshots bound its size.  Durable storage is the embedder's business: the
 core hands out what to persist in a Ready and is told when it has been.
 
-Allowed imports: the standard library and kvd.raft.messages.
+Imports: as the layer table in tests/test_layers.py allows.
 """
 
 from __future__ import annotations

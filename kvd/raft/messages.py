@@ -7,7 +7,7 @@ Everything here is a frozen dataclass so that a message, once handed to the
 network (real or simulated), cannot be changed by its sender.  Messages are
 one-way, as in etcd-io/raft: a reply is simply another message.
 
-Allowed imports: the standard library and kvd.raft.quorum.
+Imports: as the layer table in tests/test_layers.py allows.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ A follower is in one of three states:
 - SNAPSHOT: it needs a snapshot; send nothing else until it acknowledges the
   snapshot or we give up waiting and probe again.
 
-Allowed imports: the standard library.
+Imports: as the layer table in tests/test_layers.py allows.
 """
 
 from __future__ import annotations

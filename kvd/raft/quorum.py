@@ -14,7 +14,7 @@ but are never counted: the core passes only ``Configuration.voters`` here.
 Everything here is a pure function of its arguments, so it can be tested on
 its own and the core's decisions read as "is this a quorum?".
 
-Allowed imports: the standard library.
+Imports: as the layer table in tests/test_layers.py allows.
 """
 
 from __future__ import annotations

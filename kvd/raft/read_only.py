@@ -19,7 +19,7 @@ This module only holds that state.  The core decides when a round may start
 (once an entry of its term has committed, so its commit index is not
 stale), sends the heartbeats and answers the reads.
 
-Allowed imports: the standard library and kvd.raft.*.
+Imports: as the layer table in tests/test_layers.py allows.
 """
 
 from __future__ import annotations

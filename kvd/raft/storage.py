@@ -9,7 +9,7 @@ A write may complete later than it is issued (a disk thread, a slow fsync):
 write that never completes (the process crashed) never calls it.  The loop
 sends nothing that says "I have it on disk" before ``done``.
 
-Allowed imports: the standard library and kvd.raft.messages.
+Imports: as the layer table in tests/test_layers.py allows.
 """
 
 from __future__ import annotations

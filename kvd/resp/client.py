@@ -2,9 +2,9 @@
 """
 kvd's one client of the Redis protocol: a blocking connection to one node,
 the incremental RESP2 reply reader under it, and the parser of INFO replies.
-mgmt.py (kvd.cli_client), the Jepsen harness (kvd.jepsen), the Docker helpers
-(kvd.docker_ops, on the host and, through ``docker exec``, inside a
-container) and the cluster page (kvd.http_cluster, which feeds the reader from
+mgmt.py (kvd.cli.client), the Jepsen harness (kvd.jepsen), the Docker helpers
+(kvd.cli.docker_ops, on the host and, through ``docker exec``, inside a
+container) and the cluster page (kvd.discovery.cluster_view, which feeds the reader from
 a Twisted protocol so the reactor never blocks) all use it.  The only other
 copy is docker/healthcheck.py's few lines, which must run without kvd
 installed (its docstring says why).
@@ -48,7 +48,7 @@ client checks the server.)
         conn.call("SET", "k", "v")            # Simple(b'OK')
         parse_info(conn.call("INFO", "raft"))  # {"raft_role": "leader", ...}
 
-Allowed imports: the standard library only.
+Imports: as the layer table in tests/test_layers.py allows.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ Validation that needs no state happens here (integers, SET option clashes,
 SELECT's database, client names), so executors only see sane requests.
 The table also answers COMMAND COUNT/INFO/LIST.
 
-Allowed imports: the standard library, kvd.kv and kvd.resp.
+Imports: as the layer table in tests/test_layers.py allows.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ concern the connection or the static command table, so the protocol answers
 them itself with ``execute_local`` and never bothers the executor (nor the
 cluster) with them; they still take their turn in the pipeline.
 
-Allowed imports: the standard library, kvd.kv and kvd.resp.
+Imports: as the layer table in tests/test_layers.py allows.
 """
 
 from __future__ import annotations

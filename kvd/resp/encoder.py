@@ -22,7 +22,7 @@ replaced by spaces, as Redis does, so no reply can desynchronise a client.
 Text from the client (e.g. an unknown command name) is kept byte for byte by
 decoding it with ``surrogateescape``, which this module reverses.
 
-Allowed imports: the standard library, kvd.errors, kvd.kv and kvd.resp.errors.
+Imports: as the layer table in tests/test_layers.py allows.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ exception reaching the protocol is a bug and becomes ``-ERR internal error``.
 ``CommandError`` is the same thing returned (not raised) by the command
 parser for a request that is malformed before it reaches any executor.
 
-Allowed imports: the standard library only.
+Imports: as the layer table in tests/test_layers.py allows.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ tab and CR in an inline request mean the peer is not speaking text (a TLS
 handshake, a binary protocol) and are rejected as soon as they arrive rather
 than when a newline happens to come.
 
-Allowed imports: the standard library and kvd.kv.
+Imports: as the layer table in tests/test_layers.py allows.
 """
 
 from __future__ import annotations

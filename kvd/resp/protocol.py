@@ -31,7 +31,7 @@ been written.  After the connection is lost, results still arriving from the
 executor are dropped (the executor's work is not cancelled: a write may
 commit anyway, as with Redis).
 
-Allowed imports: the standard library, Twisted, kvd.errors, kvd.kv and kvd.resp.
+Imports: as the layer table in tests/test_layers.py allows.
 """
 
 from __future__ import annotations

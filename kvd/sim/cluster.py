@@ -15,8 +15,7 @@ then a *liveness* phase: faults heal, every member restarts, and within a
 bounded number of ticks a leader must be elected, a new write must commit
 and be acknowledged, every client must finish and every member catch up.
 
-Allowed imports: the standard library, kvd.raft, kvd.kv, kvd.replica,
-kvd.sim (never a clock: time is the event queue's).
+Imports: as the layer table in tests/test_layers.py allows.
 """
 
 from __future__ import annotations

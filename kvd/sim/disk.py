@@ -20,7 +20,7 @@ runs on it.  A synced write may take simulated time (a slow disk): its
 ``done`` then comes later, from the cluster's event queue, unless a crash
 came first, in which case it never comes.
 
-Allowed imports: the standard library, kvd.raft.messages, kvd.raft.storage, kvd.sim.invariants.
+Imports: as the layer table in tests/test_layers.py allows.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ partition that forms while a message is in flight also drops it.
 All randomness comes from the ``random.Random`` handed in (a child of the
 run's seed); the network never reads a clock: ``now`` is passed in.
 
-Allowed imports: the standard library.
+Imports: as the layer table in tests/test_layers.py allows.
 """
 
 from __future__ import annotations

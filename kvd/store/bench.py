@@ -11,8 +11,7 @@ p50/p90/p99/max latency in milliseconds and the entry throughput.  Run it on
 the disk the data directory will live on (``--dir``): a tmpfs or a
 write-back cache makes fsync look free.
 
-Allowed imports: the standard library, ``kvd.raft.messages`` and
-``kvd.store`` (never twisted).
+Imports: as the layer table in tests/test_layers.py allows.
 """
 
 from __future__ import annotations

@@ -30,8 +30,7 @@ thread); LMDB itself forbids concurrent write transactions anyway.
 It implements the Raft core's ``Storage`` protocol (kvd.raft.storage), as the
 simulator's disk does, so the one Ready loop (kvd.replica) runs on either.
 
-Allowed imports: ``lmdb``, the standard library, ``kvd.raft.messages``,
-``kvd.raft.storage`` and ``kvd.store.schema`` (never twisted).
+Imports: as the layer table in tests/test_layers.py allows.
 """
 
 from __future__ import annotations

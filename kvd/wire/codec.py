@@ -20,9 +20,7 @@ use the same chunks with a raw-bytes blob.
 Everything here is pure (no sockets, no reactor) so that it can be tested
 with real AMP boxes but without connections.
 
-Allowed imports: ``twisted.protocols.amp``, the standard library,
-``kvd.raft.messages`` and ``kvd.wire.errors`` (never kvd.raft.core,
-kvd.store or kvd.node).
+Imports: as the layer table in tests/test_layers.py allows.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ leader and re-raised, with the same code and message, from the follower's
 description is ``"CODE: message"``; AMP rebuilds the exception from that one
 string, which is why the constructor also accepts it.
 
-Allowed imports: the standard library and kvd.errors.
+Imports: as the layer table in tests/test_layers.py allows.
 """
 
 from __future__ import annotations

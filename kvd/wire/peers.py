@@ -19,9 +19,7 @@ retransmits).  A peer that breaks the protocol (a message before Hello, a
 box, too many staged bytes) is logged and disconnected; nothing it sends can
 raise into the reactor.
 
-Allowed imports: twisted (amp, application, internet, logger, python), the
-standard library, ``kvd.raft.messages`` and ``kvd.wire`` (never
-kvd.raft.core, kvd.store or kvd.node).
+Imports: as the layer table in tests/test_layers.py allows.
 """
 
 from __future__ import annotations

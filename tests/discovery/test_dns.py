@@ -1,5 +1,5 @@
 """
-The DNS authority and server of kvd.dns, without sockets: a fake node's view
+The DNS authority and server of kvd.discovery.dns, without sockets: a fake node's view
 in, DNS messages out (decoded with dnspython, an independent implementation).
 """
 
@@ -18,7 +18,7 @@ from twisted.logger import globalLogPublisher
 from twisted.names import dns as tdns
 from twisted.names import error
 
-from kvd.dns import ClusterAuthority, NoLeader, OutsideDomain, TCPProtocol, UDPProtocol, make_dns, node_label, normalize_domain
+from kvd.discovery.dns import ClusterAuthority, NoLeader, OutsideDomain, TCPProtocol, UDPProtocol, make_dns, node_label, normalize_domain
 from tests.discovery.fakes import FakeNode, member
 
 
@@ -312,7 +312,7 @@ def test_tcp_garbage_and_oversize(node, logged_errors):
 
 
 def test_tcp_connections_are_capped(node):
-    from kvd import dns as kdns
+    from kvd.discovery import dns as kdns
 
     factory, _ = make_dns(node.view)
     protocols = []

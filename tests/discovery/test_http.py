@@ -1,5 +1,5 @@
 """
-The HTTP resources of kvd.http and the cluster view of kvd.http_cluster,
+The HTTP resources of kvd.discovery.http and the cluster view of kvd.discovery.cluster_view,
 without sockets: DummyRequest in, status, headers and JSON out.
 """
 
@@ -14,9 +14,9 @@ from twisted.python.failure import Failure
 from twisted.web.resource import getChildForRequest
 from twisted.web.test.requesthelper import DummyRequest
 
-from kvd.http import make_root
-from kvd.http_cluster import ClusterView, InfoError, _InfoProtocol
-from kvd.metrics import NodeMetrics
+from kvd.discovery.http import make_root
+from kvd.discovery.cluster_view import ClusterView, InfoError, _InfoProtocol
+from kvd.discovery.metrics import NodeMetrics
 from tests.discovery.fakes import FakeNode
 
 

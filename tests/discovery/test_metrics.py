@@ -1,4 +1,4 @@
-"""kvd.metrics: the scrape-time numbers of a fake node and the counting wrappers."""
+"""kvd.discovery.metrics: the scrape-time numbers of a fake node and the counting wrappers."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport
 
-from kvd.metrics import NodeMetrics
+from kvd.discovery.metrics import NodeMetrics
 from tests.discovery.fakes import FakeNode
 
 

@@ -1,6 +1,6 @@
 """
-mgmt.py without -h (kvd.cli_route): its small DNS client against kvd.dns
-over real loopback sockets (kvd.dns answers synchronously, so a plain thread
+mgmt.py without -h (kvd.cli.route): its small DNS client against kvd.discovery.dns
+over real loopback sockets (kvd.discovery.dns answers synchronously, so a plain thread
 serves it without a reactor), and the choice among candidates.
 """
 
@@ -14,15 +14,15 @@ import dns.message
 import pytest
 from twisted.internet.testing import StringTransport
 
-from kvd import cli_route
-from kvd.cli_errors import UNREACHABLE, USAGE, CliError
-from kvd.cli_home import Home
-from kvd.dns import TCPProtocol, make_dns
+from kvd.cli import route as cli_route
+from kvd.cli.errors import UNREACHABLE, USAGE, CliError
+from kvd.cli.home import Home
+from kvd.discovery.dns import TCPProtocol, make_dns
 from tests.discovery.fakes import FakeNode, member
 
 
 class ThreadedDNS:
-    """kvd.dns's UDP and TCP protocols behind real sockets on 127.0.0.1, served by a thread."""
+    """kvd.discovery.dns's UDP and TCP protocols behind real sockets on 127.0.0.1, served by a thread."""
 
     def __init__(self, node):
         self.factory, self.udp = make_dns(node.view)
@@ -195,7 +195,8 @@ def test_find_member_says_what_to_do_when_nothing_answers(tmp_path, monkeypatch)
 
 def test_client_commands_without_h_go_through_dns(tmp_path, server, monkeypatch, capsys):
     """mgmt.py -r client -c read -k K --dns ...: the CLI asks DNS, then talks to the member it names."""
-    from kvd import cli, cli_client
+    from kvd.cli import mgmt as cli
+    from kvd.cli import client as cli_client
 
     monkeypatch.setenv("KVD_HOME", str(tmp_path / "empty-home"))
     seen = []

@@ -9,8 +9,8 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 
-from kvd.http import OptionalPort
-from kvd.http_services import resolve_port
+from kvd.discovery.http import OptionalPort
+from kvd.discovery.services import resolve_port
 from kvd.tap import Options, makeService
 
 
@@ -60,7 +60,7 @@ class UDPMemoryReactor(MemoryReactorClock):
 
 
 def test_make_service_listens_on_udp_and_tcp_for_dns_and_on_http(tmp_path):
-    from kvd.dns import UDPProtocol
+    from kvd.discovery.dns import UDPProtocol
 
     reactor = UDPMemoryReactor()
     o = parse("--listen", "127.0.0.1:7001", "--data-dir", str(tmp_path), "--bind", "0.0.0.0")

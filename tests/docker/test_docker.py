@@ -28,8 +28,8 @@ from typing import Callable, Dict, Iterable, List, Optional, TypeVar
 
 import pytest
 
-from kvd import docker_ops as d
-from kvd.docker_ops import RespError
+from kvd.cli import docker_ops as d
+from kvd.cli.docker_ops import RespError
 
 pytestmark = pytest.mark.docker
 

@@ -20,7 +20,7 @@ import uuid
 
 import pytest
 
-from kvd import docker_ops as d
+from kvd.cli import docker_ops as d
 
 pytestmark = pytest.mark.docker
 

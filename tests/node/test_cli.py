@@ -4,7 +4,7 @@ help text, exit codes, the KVD_HOME layout, process helpers, value
 formatting, and the client/server commands against a scripted fake node (a
 thread speaking just enough of the Redis protocol).
 
-The CLI is run in-process through kvd.cli.main (fast) except where the
+The CLI is run in-process through kvd.cli.mgmt (fast) except where the
 thing under test is mgmt.py itself (re-executing into the venv).
 """
 
@@ -22,8 +22,12 @@ import time
 
 import pytest
 
-from kvd import cli, cli_client, cli_errors, cli_home, cli_server
-from kvd.cli_errors import CliError
+from kvd.cli import mgmt as cli
+from kvd.cli import client as cli_client
+from kvd.cli import errors as cli_errors
+from kvd.cli import home as cli_home
+from kvd.cli import server as cli_server
+from kvd.cli.errors import CliError
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -706,7 +710,8 @@ def test_remove_of_a_node_that_is_no_longer_a_member_just_cleans_up(capsys, home
 
 # ---------------------------------------------------------------- --docker (no engine needed)
 def test_docker_mode_arguments_without_docker(capsys, monkeypatch):
-    from kvd import cli_docker, docker_ops
+    from kvd.cli import docker as cli_docker
+    from kvd.cli import docker_ops
 
     monkeypatch.delenv("KVD_DOCKER", raising=False)
     assert cli.docker_project(None) is None

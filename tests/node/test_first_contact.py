@@ -10,7 +10,7 @@ from twisted.python.failure import Failure
 
 from kvd.kv.commands import Get, IncrBy, Set
 from kvd.kv.results import OK
-from kvd.metrics import NodeMetrics
+from kvd.discovery.metrics import NodeMetrics
 from kvd.errors import KvdError
 from kvd.raft.messages import ReadIndexRequest
 from tests.node.fakes import leaders, make_cluster, run

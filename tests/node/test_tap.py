@@ -66,7 +66,7 @@ def test_service_tree_and_data_dir_refusal(tmp_path):
     """makeService builds node + peer + client listeners + DNS/HTTP; a data dir of another cluster is refused plainly."""
     o = parse("--listen", "127.0.0.1:7001", "--data-dir", str(tmp_path / "d"), "--cluster-id", "one")
     top = makeService(o, reactor=MemoryReactorClock())
-    assert len(list(top)) == 4  # node, peer port, client port, "discovery" (kvd.http_services)
+    assert len(list(top)) == 4  # node, peer port, client port, "discovery" (kvd.discovery.services)
     o = parse("--listen", "127.0.0.1:7001", "--data-dir", str(tmp_path / "d"), "--cluster-id", "two")
     with pytest.raises(SystemExit, match="belongs to cluster 'one'"):
         makeService(o, reactor=MemoryReactorClock())
@@ -121,7 +121,7 @@ def test_an_unwritable_data_dir_is_one_line_with_the_chown():
     import tempfile
 
     # What makeService imports lazily, imported here: the child, once unprivileged, needs no file of the checkout.
-    import kvd.executor, kvd.http_services, kvd.kv.machine, kvd.node, kvd.resp.protocol, kvd.store.lmdb, kvd.wire.peers  # noqa: E401,F401
+    import kvd.executor, kvd.discovery.services, kvd.kv.machine, kvd.node, kvd.resp.protocol, kvd.store.lmdb, kvd.wire.peers  # noqa: E401,F401
     import lmdb  # noqa: F401
 
     data = tempfile.mkdtemp(prefix="kvd-unwritable-")

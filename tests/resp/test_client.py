@@ -306,11 +306,11 @@ def test_parse_info_can_read_numbers():
 
 # ---------------------------------------------------------------- its users that need no node
 def test_docker_helpers_ask_through_this_client_here_and_inside_a_container(scripted, monkeypatch):
-    """kvd.docker_ops.resp and exec_resp (its ``python -c`` script run here in place of ``docker exec``) agree byte for byte."""
+    """kvd.cli.docker_ops.resp and exec_resp (its ``python -c`` script run here in place of ``docker exec``) agree byte for byte."""
     import subprocess
     import sys
 
-    from kvd import docker_ops
+    from kvd.cli import docker_ops
 
     def docker_exec_here(*args, timeout):
         assert args[:3] == ("exec", "c1", "python")

@@ -27,7 +27,7 @@ from typing import Callable, List, Optional
 import pytest
 
 from kvd.jepsen.cluster import _bindable as _bindable_on, _ephemeral_low
-from kvd.cli_home import looks_like_node, pid_alive, read_pid, wait_gone
+from kvd.cli.home import looks_like_node, pid_alive, read_pid, wait_gone
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MGMT = os.path.join(REPO, "mgmt.py")

@@ -17,8 +17,7 @@ nodes in one process (tests) do not mix.  Two kinds of numbers:
 
 The wrappers only time and count; they change nothing the node sees.
 
-Allowed imports: prometheus_client, twisted, the standard library, kvd.dns,
-kvd.address (never kvd.node: the node is handed in).
+Imports: as the layer table in tests/test_layers.py allows.
 """
 
 from __future__ import annotations

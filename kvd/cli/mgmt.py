@@ -6,13 +6,12 @@ mgmt.py's command line: ``python3 mgmt.py -r <role> -c <command> [-h <host>]
 This module parses and checks the arguments (click), prints the help (the
 seed's usage block and table, verbatim, then what the table does not say:
 extra options, KVD_HOME, exit codes) and turns every failure into ONE line
-on stderr with the exit code of its kind (kvd.cli_errors).  The work is done
-by kvd.cli_server (the server role) and kvd.cli_client (the client role).
+on stderr with the exit code of its kind (kvd.cli.errors).  The work is done
+by kvd.cli.server (the server role) and kvd.cli.client (the client role).
 
 ``-h`` is the host, as in the seed's table, so help is ``--help`` only.
 
-Allowed imports: click, redis, the standard library, kvd.address and the
-kvd.cli_* modules (never kvd.node, kvd.raft or kvd.store).
+Imports: as the layer table in tests/test_layers.py allows.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ from typing import FrozenSet, List, Optional
 
 import click
 
-from kvd.cli_errors import EXIT_CODES, SERVER_ERROR, USAGE, CliError
+from kvd.cli.errors import EXIT_CODES, SERVER_ERROR, USAGE, CliError
 
 PROG = "python3 mgmt.py"
 USAGE_LINE = "Usage: python3 mgmt.py -r <role> -c <command> [-h <host>] [-k <key>] [-v <value>]"
@@ -229,7 +228,7 @@ def check_docker_arguments(role: str, command_name: str, given: dict) -> None:
 
 def run_docker(project: str, role: str, command_name: str, host=None, as_json=False, **given) -> int:
     """Do one checked command against the containers of a compose project."""
-    from kvd import cli_docker
+    from kvd.cli import docker as cli_docker
 
     echo = click.echo
     if role == "server":
@@ -250,8 +249,9 @@ def run_docker(project: str, role: str, command_name: str, host=None, as_json=Fa
 def run(role: str, command_name: str, host=None, key=None, value=None, expect=None, seed=None, as_json=False, timeout=None, tick_ms=None, election_ticks=None, cluster_id=None, dns=None) -> int:
     """Do one checked command; return 0 or raise CliError."""
     # Imported here so that --help and usage errors never pay for redis.
-    from kvd import cli_client, cli_server
-    from kvd.cli_home import Home
+    from kvd.cli import client as cli_client
+    from kvd.cli import server as cli_server
+    from kvd.cli.home import Home
 
     echo = click.echo
     if role == "server":
@@ -262,7 +262,7 @@ def run(role: str, command_name: str, host=None, key=None, value=None, expect=No
             cli_server.join(home, host, echo, seed=seed, tick_ms=tick_ms, election_ticks=election_ticks)
         elif command_name == "list":
             if host is None and not home.records():
-                from kvd import cli_route
+                from kvd.cli import route as cli_route
 
                 # Nothing started here: any member DNS names can tell the whole cluster.
                 host = next(iter(cli_route.candidates_for_list(home, dns)), None)
@@ -271,8 +271,8 @@ def run(role: str, command_name: str, host=None, key=None, value=None, expect=No
             getattr(cli_server, command_name)(home, host, echo)
         return 0
     if host is None:
-        from kvd import cli_route
-        from kvd.cli_home import Home
+        from kvd.cli import route as cli_route
+        from kvd.cli.home import Home
 
         host = cli_route.find_member(Home(), dns)
     with cli_client.NodeClient(host, timeout=timeout or cli_client.DEFAULT_TIMEOUT_S) as client:

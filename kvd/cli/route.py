@@ -17,8 +17,7 @@ commands (followers forward writes to the leader).
 The DNS client here is a small stdlib one (one question, UDP then TCP when
 the answer is truncated), so the CLI needs no DNS library.
 
-Allowed imports: the standard library, kvd.cli_client, kvd.cli_home,
-kvd.cli_errors, kvd.address.
+Imports: as the layer table in tests/test_layers.py allows.
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ import struct
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from kvd.address import AddressError, split_host_port
-from kvd.cli_errors import UNREACHABLE, USAGE, CliError
+from kvd.cli.errors import UNREACHABLE, USAGE, CliError
 
 #: Seconds to wait for a DNS answer.
 DNS_TIMEOUT_S = 2.0
@@ -189,7 +188,7 @@ def home_candidates(home) -> List[str]:
 
 
 def _ping(address: str) -> bool:
-    from kvd.cli_client import NodeClient
+    from kvd.cli.client import NodeClient
 
     try:
         with NodeClient(address, timeout=PROBE_TIMEOUT_S, connect_timeout=PROBE_CONNECT_S) as client:

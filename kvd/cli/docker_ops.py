@@ -7,7 +7,7 @@ Everything here shells out to ``docker`` (and ``docker compose`` or
 directly, so there is no dependency beyond the CLI.  Every call is bounded by a
 timeout and raises :class:`DockerError` with docker's own message on failure.
 
-    from kvd import docker_ops as d
+    from kvd.cli import docker_ops as d
 
     problem = d.engine_problem()          # None, or why Docker cannot be used
     d.build_image()                       # docker/build-image.sh: base (once), wheels, docker build
@@ -26,7 +26,7 @@ containers of a project with their state, health and ports (list), and
 :func:`kill`, :func:`stop`, :func:`restart` (and :func:`remove`, :func:`remove_volume`
 after the cluster let the node go) are the server commands.
 
-Allowed imports: the standard library and kvd.resp.client.  (Never kvd.raft, kvd.sim, kvd.cli*.)
+Imports: as the layer table in tests/test_layers.py allows.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ command is one request and a timeout means exactly "this one request's
 outcome is unknown", while a connection that could not be made means "not
 sent".
 
-Allowed imports: the standard library, kvd.resp.client, kvd.cli_errors, kvd.address.
+Imports: as the layer table in tests/test_layers.py allows.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import json
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from kvd.address import AddressError, split_host_port
-from kvd.cli_errors import (
+from kvd.cli.errors import (
     NO_QUORUM,
     SERVER_ERROR,
     TIMEOUT,
@@ -54,7 +54,7 @@ def normalize_host(text: str) -> Tuple[str, int, str]:
 
 
 #: Where to dial a node id instead of the id itself: ``"node1:7001"`` -> ``("127.0.0.1", 27001)``.
-#: Filled by ``mgmt.py --docker`` (kvd.cli_docker) with the containers' published ports.
+#: Filled by ``mgmt.py --docker`` (kvd.cli.docker) with the containers' published ports.
 ROUTES: Dict[str, Tuple[str, int]] = {}
 
 

@@ -10,19 +10,19 @@ nodes are containers of a compose project instead of local twistd processes.
   published on IP:port.
 - start creates the project's network (if needed) and a seed container
   (``--bootstrap-expect`` from --expect); join creates a node container and asks
-  the cluster to add it with KVD.JOIN, through kvd.cli_server's own join code.
+  the cluster to add it with KVD.JOIN, through kvd.cli.server's own join code.
 - kill, stop, restart are docker kill, stop, restart of the node's container.
 - remove takes the node out of the membership through the cluster (KVD.REMOVE, as
-  kvd.cli_server.remove does), then stops and deletes its container and its data
+  kvd.cli.server.remove does), then stops and deletes its container and its data
   volume (a named volume only; a bind-mounted host directory is left alone).
 - list asks a member through its published port, as for local nodes, and shows
   containers that are not running as stopped.
 
 The host reaches nodes through their published ports: every node id of the
-project is routed there (kvd.cli_client.ROUTES), so redirects and KVD.MEMBERS,
+project is routed there (kvd.cli.client.ROUTES), so redirects and KVD.MEMBERS,
 which name nodes by id, work from the host unchanged.
 
-Allowed imports: the standard library, kvd.address, kvd.docker_ops and the kvd.cli_* modules.
+Imports: as the layer table in tests/test_layers.py allows.
 """
 
 from __future__ import annotations
@@ -32,10 +32,12 @@ import secrets
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
-from kvd import cli_client, cli_server, docker_ops
+from kvd.cli import client as cli_client
+from kvd.cli import server as cli_server
+from kvd.cli import docker_ops
 from kvd.address import PEER_PORT_OFFSET
-from kvd.cli_client import NodeClient, normalize_host
-from kvd.cli_errors import LOCAL_STATE, PROCESS, TIMEOUT, UNREACHABLE, USAGE, CliError
+from kvd.cli.client import NodeClient, normalize_host
+from kvd.cli.errors import LOCAL_STATE, PROCESS, TIMEOUT, UNREACHABLE, USAGE, CliError
 
 Echo = Callable[[str], None]
 

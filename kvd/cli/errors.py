@@ -8,7 +8,7 @@ quorum") and one line of text that says what happened and what to try.
 kvd.cli turns it into that one line on stderr; nothing else may reach the
 user as a traceback.
 
-Allowed imports: the standard library only.
+Imports: as the layer table in tests/test_layers.py allows.
 """
 
 from __future__ import annotations

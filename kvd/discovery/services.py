@@ -13,8 +13,7 @@ A port that only follows from the rule is optional: if it is past 65535 or
 cannot be opened, the node runs without that service and says so in its
 log.  A port given explicitly must open, or the node does not start.
 
-Allowed imports: twisted, the standard library, kvd.dns, kvd.http,
-kvd.metrics (optional: without prometheus_client /metrics answers 503).
+Imports: as the layer table in tests/test_layers.py allows.
 """
 
 from __future__ import annotations
@@ -24,8 +23,8 @@ from typing import Optional, Tuple
 from twisted.application import service
 from twisted.logger import Logger
 
-from kvd.dns import DNS_PORT_OFFSET, make_dns, normalize_domain
-from kvd.http import HTTP_PORT_OFFSET, OptionalPort, make_site
+from kvd.discovery.dns import DNS_PORT_OFFSET, make_dns, normalize_domain
+from kvd.discovery.http import HTTP_PORT_OFFSET, OptionalPort, make_site
 
 _log = Logger()
 
@@ -59,7 +58,7 @@ def check_options(options) -> None:
 def make_metrics():
     """A NodeMetrics, or None when prometheus_client is missing (then /metrics says so)."""
     try:
-        from kvd.metrics import NodeMetrics
+        from kvd.discovery.metrics import NodeMetrics
     except ImportError:
         _log.warn("metrics are off: prometheus_client is not installed")
         return None

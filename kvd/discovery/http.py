@@ -3,7 +3,7 @@
 The node's HTTP port (``twisted.web``): a status API for tools and load
 balancers, Prometheus metrics and a live cluster page.
 
-    GET /                   the cluster page (kvd/static/: plain HTML, CSS and JS, no build step)
+    GET /                   the cluster page (kvd/discovery/static/: plain HTML, CSS and JS, no build step)
     GET /v1/status/leader   JSON string: the live leader's client address, "" when there is none
     GET /v1/status/peers    JSON list: the voters' client addresses
     GET /v1/status/node     JSON object: this node's INFO raft numbers
@@ -19,7 +19,7 @@ unless ``--http-port`` says otherwise; ``--http-port 0`` turns HTTP off.
 Everything here only reads the node, through its ``NodeView`` (kvd.node.view).  No request is logged (the page polls
 every second); errors are.
 
-Allowed imports: twisted, the standard library, kvd.http_cluster, kvd.metrics.
+Imports: as the layer table in tests/test_layers.py allows.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.web import pages, resource, server
 
-from kvd.http_cluster import ClusterView
+from kvd.discovery.cluster_view import ClusterView
 
 #: HTTP port = client port + this, unless --http-port is given.
 HTTP_PORT_OFFSET = 30000

@@ -20,7 +20,7 @@ checking that the process is alive and (where /proc exists) is a kvd node
 listening on the recorded address, so a stale pidfile whose pid the OS gave
 to another program is never signalled.
 
-Allowed imports: the standard library, kvd.cli_errors.
+Imports: as the layer table in tests/test_layers.py allows.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import List, Optional
 
-from kvd.cli_errors import LOCAL_STATE, CliError
+from kvd.cli.errors import LOCAL_STATE, CliError
 
 #: Where the repo is (mgmt.py's directory), when kvd runs from a checkout.
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

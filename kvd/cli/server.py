@@ -3,17 +3,15 @@
 The server role of mgmt.py: start, join, list, kill, stop, restart, remove.
 
 Nodes run as twistd daemons (``twistd --pidfile ... kvd ...``) whose
-pidfile, log and data live under KVD_HOME (kvd.cli_home).  Everything here
-talks to nodes only through their client port (kvd.cli_client): PING to
+pidfile, log and data live under KVD_HOME (kvd.cli.home).  Everything here
+talks to nodes only through their client port (kvd.cli.client): PING to
 know a node is up, INFO raft for its state, and the admin commands
 KVD.CLUSTER, KVD.JOIN, KVD.REMOVE and KVD.MEMBERS.
 
 Every wait is bounded by a deadline and every signal goes to a pid read from
-a pidfile under KVD_HOME, checked first (kvd.cli_home.looks_like_node).
+a pidfile under KVD_HOME, checked first (kvd.cli.home.looks_like_node).
 
-Allowed imports: the standard library, kvd.cli_client, kvd.cli_home,
-kvd.cli_errors, kvd.address (never kvd.node, kvd.raft or kvd.store: the CLI
-must work against a node of any version that speaks the same commands).
+Imports: as the layer table in tests/test_layers.py allows.
 """
 
 from __future__ import annotations
@@ -27,9 +25,9 @@ import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from kvd.address import PEER_PORT_OFFSET
-from kvd.cli_client import NodeClient, node_error, normalize_host, to_text
-from kvd.cli_errors import LOCAL_STATE, NO_QUORUM, PROCESS, TIMEOUT, UNREACHABLE, USAGE, CliError
-from kvd.cli_home import IN_CHECKOUT, KILL, REPO_ROOT, TERM, Home, NodeRecord, port_free, signal_pid, wait_gone
+from kvd.cli.client import NodeClient, node_error, normalize_host, to_text
+from kvd.cli.errors import LOCAL_STATE, NO_QUORUM, PROCESS, TIMEOUT, UNREACHABLE, USAGE, CliError
+from kvd.cli.home import IN_CHECKOUT, KILL, REPO_ROOT, TERM, Home, NodeRecord, port_free, signal_pid, wait_gone
 
 Echo = Callable[[str], None]
 
@@ -341,7 +339,7 @@ def ask_to_join(node_id: str, member_address: str, candidates: Sequence[str], ec
     """
     The running node ``node_id`` asks the cluster (``candidates``, the node it learnt the
     cluster id from first) to add it with KVD.JOIN, then reports its state.  Shared by
-    local processes and ``--docker`` containers (kvd.cli_docker).
+    local processes and ``--docker`` containers (kvd.cli.docker).
     """
     info = _info_or_empty(node_id)
     if node_id in info.get("raft_members", "").split(","):

@@ -33,7 +33,7 @@ SERVFAIL.
 Port rule: the DNS port is the client port + 20000 (``DNS_PORT_OFFSET``)
 unless ``--dns-port`` says otherwise; ``--dns-port 0`` turns DNS off.
 
-Allowed imports: twisted, the standard library, kvd.address, kvd.raft.messages.
+Imports: as the layer table in tests/test_layers.py allows.
 """
 
 from __future__ import annotations

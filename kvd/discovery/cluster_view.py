@@ -24,7 +24,7 @@ It asks from the reactor, without a thread: a Twisted protocol feeds the
 bytes to kvd.resp.client's reply reader and INFO parser, the same ones every
 blocking client of kvd uses.
 
-Allowed imports: twisted, the standard library, kvd.resp.client.
+Imports: as the layer table in tests/test_layers.py allows.
 """
 
 from __future__ import annotations
