@@ -54,8 +54,19 @@ def normalize_host(text: str) -> Tuple[str, int, str]:
 
 
 #: Where to dial a node id instead of the id itself: ``"node1:7001"`` -> ``("127.0.0.1", 27001)``.
-#: Filled by ``mgmt.py --docker`` (kvd.cli.docker) with the containers' published ports.
-ROUTES: Dict[str, Tuple[str, int]] = {}
+#: Only ``use_routes`` changes it (``mgmt.py --docker`` routes to the containers' published ports).
+_routes: Dict[str, Tuple[str, int]] = {}
+
+
+def use_routes(routes: Dict[str, Tuple[str, int]]) -> None:
+    """From now on, dial each node id in ``routes`` at the address it maps to (and no other id specially)."""
+    _routes.clear()
+    _routes.update(routes)
+
+
+def routed(address: str) -> bool:
+    """True when ``address`` (a node id) is dialled through a route."""
+    return address in _routes
 
 
 class NodeClient:
@@ -63,7 +74,7 @@ class NodeClient:
 
     def __init__(self, address: str, timeout: float = DEFAULT_TIMEOUT_S, connect_timeout: float = CONNECT_TIMEOUT_S):
         self.host, self.port, self.address = normalize_host(address)
-        self.host, self.port = ROUTES.get(self.address, (self.host, self.port))
+        self.host, self.port = _routes.get(self.address, (self.host, self.port))
         self.timeout = timeout
         self.connect_timeout = min(connect_timeout, timeout)
         self._conn: Optional[Connection] = None

@@ -19,7 +19,7 @@ nodes are containers of a compose project instead of local twistd processes.
   containers that are not running as stopped.
 
 The host reaches nodes through their published ports: every node id of the
-project is routed there (kvd.cli.client.ROUTES), so redirects and KVD.MEMBERS,
+project is routed there (kvd.cli.client.use_routes), so redirects and KVD.MEMBERS,
 which name nodes by id, work from the host unchanged.
 
 Imports: as the layer table in tests/test_layers.py allows.
@@ -84,11 +84,12 @@ class Project:
             self.nodes = docker_ops.project_nodes(self.name)
         except docker_ops.DockerError as e:
             raise CliError(PROCESS, str(e)) from None
-        cli_client.ROUTES.clear()
+        routes = {}
         for node in self.nodes:
             where = _published(node)
             if where is not None:
-                cli_client.ROUTES[node["listen"]] = where
+                routes[node["listen"]] = where
+        cli_client.use_routes(routes)
 
     def find(self, address: str) -> Optional[dict]:
         """The node -h names: by id (name:port), published host:port, or container/service name."""
@@ -109,7 +110,7 @@ class Project:
         return node
 
     def running(self) -> List[str]:
-        return [n["listen"] for n in self.nodes if n["state"] == "running" and n["listen"] in cli_client.ROUTES]
+        return [n["listen"] for n in self.nodes if n["state"] == "running" and cli_client.routed(n["listen"])]
 
     def docker(self, action: Callable[[str], None], node: dict) -> None:
         try:
