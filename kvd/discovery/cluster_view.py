@@ -37,7 +37,7 @@ from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
-from kvd.resp.client import INCOMPLETE, ProtocolError, ReplyError, ReplyReader, Simple, encode, parse_info
+from kvd.resp.client import INCOMPLETE, BadReply, ReplyError, ReplyReader, Simple, encode, parse_info
 
 #: Seconds to wait for one member's INFO.
 INFO_TIMEOUT_S = 1.0
@@ -72,7 +72,7 @@ class _InfoProtocol(Protocol):
         try:
             self.reader.feed(data)
             reply = self.reader.get()
-        except ProtocolError as e:
+        except BadReply as e:
             self._finish(failure=InfoError("unexpected answer: %s" % e))
             return
         if reply is INCOMPLETE:

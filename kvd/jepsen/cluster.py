@@ -79,7 +79,7 @@ def _ephemeral_low() -> int:
         return 32768
 
 
-class NodeError(Exception):
+class NodeProcessError(Exception):
     pass
 
 
@@ -89,7 +89,7 @@ def _text(reply) -> str:
 
 
 class Node:
-    def __init__(self, cluster: "Cluster", host: str, port: int, founder: bool):
+    def __init__(self, cluster: "ProcessCluster", host: str, port: int, founder: bool):
         self.cluster = cluster
         self.host = host
         self.port = port
@@ -140,7 +140,7 @@ class Node:
     def wait_ready(self, timeout_s: float = 30.0) -> None:
         def ready():
             if not self.alive():
-                raise NodeError("%s exited while starting (code %s): %s" % (self.id, self.proc.returncode, self.tail(self.stderr, 5)))
+                raise NodeProcessError("%s exited while starting (code %s): %s" % (self.id, self.proc.returncode, self.tail(self.stderr, 5)))
             return self.call("PING", timeout=1.0) == b"PONG"
 
         deadline = time.monotonic() + timeout_s
@@ -148,12 +148,12 @@ class Node:
             try:
                 if ready():
                     return
-            except NodeError:
+            except NodeProcessError:
                 raise
             except Exception:
                 pass
             time.sleep(0.1)
-        raise NodeError("%s did not answer PING within %gs" % (self.id, timeout_s))
+        raise NodeProcessError("%s did not answer PING within %gs" % (self.id, timeout_s))
 
     def start(self, timeout_s: float = 30.0) -> None:
         self.launch()
@@ -170,7 +170,7 @@ class Node:
             try:
                 self.proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
-                raise NodeError("%s (pid %d) survived SIGKILL for 15s" % (self.id, self.proc.pid))
+                raise NodeProcessError("%s (pid %d) survived SIGKILL for 15s" % (self.id, self.proc.pid))
         self.paused = False
 
     def stop(self, timeout_s: float = 15.0) -> None:
@@ -221,7 +221,7 @@ class Node:
             return "(none)"
 
 
-class Cluster:
+class ProcessCluster:
     def __init__(self, run_dir: str, n: int = 3, rng: Optional[random.Random] = None, tick_ms: int = 50,
                  election_ticks: int = 10, request_timeout_s: float = 3.0, cluster_id: str = "jepsen",
                  snapshot_entries: int = 10000, snapshot_keep_entries: int = 1000):
@@ -253,7 +253,7 @@ class Cluster:
             port = self.rng.randrange(12000, top) if top > 12000 + 100 else self.rng.randrange(20000, 55000)
             if all(_bindable(prefix + str(i), port) and _bindable(prefix + str(i), port + PEER_OFFSET) for i in range(1, hosts + 1)):
                 return prefix, port
-        raise NodeError("no free loopback addresses and port found")
+        raise NodeProcessError("no free loopback addresses and port found")
 
     def _new_node(self, founder: bool) -> Node:
         with self.lock:
@@ -264,7 +264,7 @@ class Cluster:
                     node = Node(self, host, self.port, founder)
                     self.nodes.append(node)
                     return node
-        raise NodeError("no free address for a new node")
+        raise NodeProcessError("no free address for a new node")
 
     def new_node(self) -> Node:
         """A node that will join the running cluster (not a founder)."""
@@ -287,7 +287,7 @@ class Cluster:
             node.wait_ready(timeout_s)
         leader = self.leader(timeout_s)
         if leader is None:
-            raise NodeError("no leader within %gs of starting" % timeout_s)
+            raise NodeProcessError("no leader within %gs of starting" % timeout_s)
         return leader
 
     def close(self) -> None:
@@ -300,7 +300,7 @@ class Cluster:
                 errors.append(str(e))
         self._spawner.shutdown(wait=True)
         if errors:
-            raise NodeError("; ".join(errors))
+            raise NodeProcessError("; ".join(errors))
 
     # ------------------------------------------------------------ views
     def targets(self) -> List[Node]:

@@ -33,7 +33,7 @@ import time
 from typing import Callable, Dict, List, Optional
 
 from kvd.check.linear import FAIL, INFO, OK, READ, WRITE
-from kvd.jepsen.cluster import Cluster, Node
+from kvd.jepsen.cluster import ProcessCluster, Node
 from kvd.jepsen.netfilter import Netfilter, cut
 from kvd.resp.client import Indeterminate, NotSent, ReplyError
 from kvd.jepsen.workload import History, execute, interpret
@@ -66,7 +66,7 @@ def needs_netfilter(names: List[str]) -> bool:
 
 
 class Nemesis:
-    def __init__(self, cluster: Cluster, history: History, rng: random.Random, netfilter: Optional[Netfilter] = None,
+    def __init__(self, cluster: ProcessCluster, history: History, rng: random.Random, netfilter: Optional[Netfilter] = None,
                  min_members: int = 3, max_members: int = 5, keys: Callable[[], List[str]] = lambda: []):
         self.cluster = cluster
         self.keys = keys

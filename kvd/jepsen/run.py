@@ -29,7 +29,7 @@ from typing import Dict, List, Optional, Tuple
 
 from kvd.check.durability import check_durability
 from kvd.check.linear import INFO, VALID, check
-from kvd.jepsen.cluster import Cluster
+from kvd.jepsen.cluster import ProcessCluster
 from kvd.jepsen.nemesis import PROBE_KEY, Nemesis, needs_netfilter, run_schedule
 from kvd.jepsen.netfilter import Netfilter
 from kvd.jepsen.workload import History, Workload, final_reads, local_reads, to_op
@@ -139,7 +139,7 @@ def run_once(cfg: RunConfig, index: int = 1) -> RunResult:
     try:
         if netfilter is not None:
             netfilter.setup()
-        cluster = Cluster(run_dir, cfg.nodes, rng, cfg.tick_ms, cfg.election_ticks, cfg.request_timeout_s,
+        cluster = ProcessCluster(run_dir, cfg.nodes, rng, cfg.tick_ms, cfg.election_ticks, cfg.request_timeout_s,
                           cluster_id="jepsen-%d" % seed, snapshot_entries=cfg.snapshot_entries,
                           snapshot_keep_entries=cfg.snapshot_keep_entries)
         cluster.start()

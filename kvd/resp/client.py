@@ -93,7 +93,7 @@ class ReplyError(Exception):
         return "ReplyError(%r)" % self.text
 
 
-class ProtocolError(ValueError):
+class BadReply(ValueError):
     """Bytes that are not a RESP2 reply (or a reply larger than the reader accepts)."""
 
 
@@ -140,7 +140,7 @@ class ReplyReader:
     RESP2 replies from a byte stream, without I/O: ``feed(data)``, then
     ``get()`` until it returns INCOMPLETE.  An error reply comes out as a
     ReplyError *value* (the replies after it are still good); bytes that are
-    not RESP2 raise ProtocolError, after which the stream cannot be trusted.
+    not RESP2 raise BadReply, after which the stream cannot be trusted.
     """
 
     def __init__(self, max_bytes: Optional[int] = None):
@@ -154,7 +154,7 @@ class ReplyReader:
             self._pos = 0
         self._buf += data
         if self.max_bytes is not None and len(self._buf) > self.max_bytes:
-            raise ProtocolError("reply larger than %d bytes" % self.max_bytes)
+            raise BadReply("reply larger than %d bytes" % self.max_bytes)
 
     def get(self):
         """The next complete reply, or INCOMPLETE (nothing is consumed until a reply is whole)."""
@@ -172,7 +172,7 @@ class ReplyReader:
         end = buf.find(b"\r\n", pos)
         if end < 0:
             if len(buf) - pos > MAX_LINE_BYTES:
-                raise ProtocolError("no line end within %d bytes" % MAX_LINE_BYTES)
+                raise BadReply("no line end within %d bytes" % MAX_LINE_BYTES)
             return INCOMPLETE, pos
         kind, line, after = buf[pos : pos + 1], bytes(buf[pos + 1 : end]), end + 2
         if kind == b"+":
@@ -186,18 +186,18 @@ class ReplyReader:
             if n == -1:
                 return None, after
             if n < 0 or (self.max_bytes is not None and n > self.max_bytes):
-                raise ProtocolError("bad bulk length %d" % n)
+                raise BadReply("bad bulk length %d" % n)
             if len(buf) < after + n + 2:
                 return INCOMPLETE, pos
             if buf[after + n : after + n + 2] != b"\r\n":
-                raise ProtocolError("bulk string of %d bytes not followed by CRLF" % n)
+                raise BadReply("bulk string of %d bytes not followed by CRLF" % n)
             return bytes(buf[after : after + n]), after + n + 2
         if kind == b"*":
             n = _number(line)
             if n == -1:
                 return None, after
             if n < 0 or depth >= MAX_DEPTH:
-                raise ProtocolError("bad array (length %d, depth %d)" % (n, depth))
+                raise BadReply("bad array (length %d, depth %d)" % (n, depth))
             items: List[object] = []
             for _ in range(n):
                 item, after = self._parse(after, depth + 1)
@@ -205,14 +205,14 @@ class ReplyReader:
                     return INCOMPLETE, pos
                 items.append(item)
             return items, after
-        raise ProtocolError("unexpected reply %r" % bytes(buf[pos : min(end, pos + 40)]))
+        raise BadReply("unexpected reply %r" % bytes(buf[pos : min(end, pos + 40)]))
 
 
 def _number(line: bytes) -> int:
     try:
         return int(line)
     except ValueError:
-        raise ProtocolError("bad number %r" % line[:40]) from None
+        raise BadReply("bad number %r" % line[:40]) from None
 
 
 # ---------------------------------------------------------------- the connection
@@ -362,7 +362,7 @@ class Connection:
             waited = self.sock.gettimeout() if self.sock is not None else self.timeout
             self.close()
             raise Indeterminate("no reply within %gs" % waited, timed_out=True) from None
-        except ProtocolError as e:
+        except BadReply as e:
             self.close()
             raise Indeterminate("not a RESP2 reply: %s" % e) from None
         except OSError as e:

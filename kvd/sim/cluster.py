@@ -125,7 +125,7 @@ class SimNode:
     checker's hooks, the clients' bookkeeping, crashes and pauses.
     """
 
-    def __init__(self, cluster: "Cluster", node_id: str, disk: SimDisk):
+    def __init__(self, cluster: "SimCluster", node_id: str, disk: SimDisk):
         self.cluster = cluster
         self.id = node_id
         self.disk = disk
@@ -228,7 +228,7 @@ class SimNode:
 
 
 class _SimTransport:
-    def __init__(self, cluster: "Cluster"):
+    def __init__(self, cluster: "SimCluster"):
         self.cluster = cluster
 
     def send_many(self, messages) -> None:
@@ -301,7 +301,7 @@ class SimClient:
     timeout is retried, perhaps to another node.
     """
 
-    def __init__(self, cluster: "Cluster", cid: bytes, rng: random.Random):
+    def __init__(self, cluster: "SimCluster", cid: bytes, rng: random.Random):
         self.cluster = cluster
         self.id = cid
         self.rng = rng
@@ -397,7 +397,7 @@ def _describe_op(op: dict) -> str:
 
 
 # ============================================================ the cluster
-class Cluster:
+class SimCluster:
     def __init__(self, opts: SimOptions):
         self.opts = opts
         master = random.Random(opts.seed)
@@ -871,7 +871,7 @@ def run_one(opts: SimOptions) -> RunResult:
     """Run one seed; never raises for a failure of the system under test."""
     cluster = None
     try:
-        cluster = Cluster(opts)
+        cluster = SimCluster(opts)
         cluster.run()
     except Violation as v:
         return _result(opts, cluster, v.invariant, v.detail)
@@ -885,7 +885,7 @@ def run_one(opts: SimOptions) -> RunResult:
     return RunResult(opts.seed, True, trace=trace, ticks=cluster.now // TICK, stats=dict(cluster.stats, checks=cluster.checker.checks))
 
 
-def _result(opts: SimOptions, cluster: Optional[Cluster], invariant: str, detail: str) -> RunResult:
+def _result(opts: SimOptions, cluster: Optional[SimCluster], invariant: str, detail: str) -> RunResult:
     if cluster is None:
         return RunResult(opts.seed, False, invariant, detail)
     return RunResult(

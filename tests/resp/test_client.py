@@ -18,7 +18,7 @@ from kvd.resp.client import (
     Connection,
     Indeterminate,
     NotSent,
-    ProtocolError,
+    BadReply,
     ReplyError,
     ReplyReader,
     Simple,
@@ -104,18 +104,18 @@ def test_an_error_reply_keeps_its_code_and_every_word():
 @pytest.mark.parametrize("bad", [b"?what\r\n", b":x\r\n", b"$x\r\n", b"$-2\r\n", b"*-5\r\n", b"$2\r\nabcd\r\n", b"x" * 70000])
 def test_bytes_that_are_not_resp2_raise(bad):
     reader = ReplyReader()
-    with pytest.raises(ProtocolError):
+    with pytest.raises(BadReply):
         reader.feed(bad)
         reader.get()
 
 
 def test_a_reader_can_bound_the_size_of_a_reply():
     reader = ReplyReader(max_bytes=100)
-    with pytest.raises(ProtocolError):
+    with pytest.raises(BadReply):
         reader.feed(b"$1000\r\n")
         reader.get()  # refused by its header, before the bytes arrive
     reader = ReplyReader(max_bytes=100)
-    with pytest.raises(ProtocolError):
+    with pytest.raises(BadReply):
         reader.feed(b"*100\r\n" + b":1\r\n" * 30)
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from kvd.sim.__main__ import main
 from kvd.sim.invariants import Checker, Violation
-from kvd.sim.cluster import ALL_FAULTS, Cluster, SimOptions, run_one
+from kvd.sim.cluster import ALL_FAULTS, SimCluster, SimOptions, run_one
 
 # Sized so that tests/sim stays well under a minute and a half on a 2-core machine.
 SEEDS_3 = range(0, 120)
@@ -53,7 +53,7 @@ def test_same_seed_gives_a_byte_identical_trace():
     """Two runs of one seed produce the same trace, byte for byte; another seed does not."""
 
     def trace(seed):
-        c = Cluster(SimOptions(seed=seed, trace_keep=0))
+        c = SimCluster(SimOptions(seed=seed, trace_keep=0))
         c.run()
         return "\n".join(c.trace_lines()).encode()
 
