@@ -75,11 +75,11 @@ LAYERS = {
                      third=_set("twisted lmdb")),
     # mgmt.py's side: nodes only over their ports, never the node's code.
     "kvd.cli": Layer(_set("__init__ client docker docker_ops errors home mgmt route server"),
-                     kvd=_set("kvd.cli kvd.address kvd.resp.client"), third=_set("click")),
+                     kvd=_set("kvd.cli kvd.address kvd.errors kvd.resp.client"), third=_set("click")),
     # The fault suite: a black box that reaches nodes through processes, sockets and packet filters.
     "kvd.check": Layer(_set("__init__ durability linear"), kvd=_set("kvd.check")),
     "kvd.jepsen": Layer(_set("__init__ __main__ cluster nemesis netfilter run workload"),
-                        kvd=_set("kvd.jepsen kvd.check kvd.resp.client")),
+                        kvd=_set("kvd.jepsen kvd.check kvd.errors kvd.resp.client")),
     "kvd": Layer(_set("__init__")),
     # The twistd dropin only names kvd.tap by string: twistd --help must not import kvd.
     "twisted.plugins": Layer(_set("kvd_plugin"), std=frozenset(), third=_set("twisted")),

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
+from kvd.errors import Code
 from kvd.address import AddressError, split_host_port
 from kvd.cli.errors import (
     NO_QUORUM,
@@ -181,13 +182,13 @@ def unreachable(address: str, error: BaseException) -> CliError:
 def node_error(address: str, text: str) -> CliError:
     """Map an error reply to its kind; the node's own words are kept."""
     code, _, rest = text.partition(" ")
-    if code in ("NOLEADER", "TRYAGAIN"):
+    if code in (Code.NOLEADER, Code.TRYAGAIN):
         return CliError(
             NO_QUORUM,
             "no leader at %s right now, so the command was NOT applied (%s %s); a majority of the voters must be up: "
             "restart stopped nodes (%s) and retry" % (address, code, rest or "no quorum", HELP_LIST),
         )
-    if code == "TIMEOUT":
+    if code == Code.TIMEOUT:
         return CliError(
             TIMEOUT,
             "%s timed out, the outcome is unknown (%s %s); read the key to check, and %s" % (address, code, rest or "no commit in time", HELP_LIST),

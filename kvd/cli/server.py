@@ -24,6 +24,7 @@ import sys
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from kvd.errors import Code
 from kvd.address import PEER_PORT_OFFSET
 from kvd.cli.client import NodeClient, node_error, normalize_host, to_text
 from kvd.cli.errors import LOCAL_STATE, NO_QUORUM, PROCESS, TIMEOUT, UNREACHABLE, USAGE, CliError
@@ -207,7 +208,7 @@ def leader_request(candidates: Sequence[str], command: Sequence, timeout_s: floa
         if error is None:
             return target, to_text(reply)
         code, _, rest = error.partition(" ")
-        if code == "MOVED" and rest.strip():
+        if code == Code.MOVED and rest.strip():
             leader = rest.strip()
             if leader not in queue:
                 queue.insert(0, leader)

@@ -26,6 +26,7 @@ import threading
 import time
 from typing import Callable, List, Optional, Tuple
 
+from kvd.errors import Code
 from kvd.resp.client import Connection, Indeterminate, NotSent, ReplyError, parse_info
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -378,7 +379,7 @@ class ProcessCluster:
                 return _text(leader.call(*args, timeout=max(1.0, min(15.0, deadline - time.monotonic())))), ""
             except ReplyError as e:
                 last = e.text
-                if e.code in ("NOLEADER", "TRYAGAIN", "MOVED") or "in progress" in e.text:
+                if e.code in (Code.NOLEADER, Code.TRYAGAIN, Code.MOVED) or "in progress" in e.text:
                     time.sleep(0.3)
                     continue
                 return None, last

@@ -32,6 +32,7 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional
 
+from kvd.errors import Code
 from kvd.check.linear import FAIL, INFO, OK, READ, WRITE
 from kvd.jepsen.cluster import ProcessCluster, Node
 from kvd.jepsen.netfilter import Netfilter, cut
@@ -252,7 +253,7 @@ class Nemesis:
         try:
             outcome, result, error = interpret(READ, conn.receive())
         except ReplyError as e:
-            outcome, result, error = (FAIL if e.code in ("NOLEADER", "TRYAGAIN") else INFO), None, e.text
+            outcome, result, error = (FAIL if e.code in (Code.NOLEADER, Code.TRYAGAIN) else INFO), None, e.text
         except Indeterminate as e:
             outcome, result, error = INFO, None, str(e)
         finally:

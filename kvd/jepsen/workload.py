@@ -28,6 +28,7 @@ import time
 from collections import deque
 from typing import Dict, List, Optional
 
+from kvd.errors import Code
 from kvd.check.linear import CAS, DELETE, FAIL, INFO, OK, READ, WRITE, Op
 from kvd.resp.client import Connection, Indeterminate, NotSent, ReplyError, Simple
 
@@ -153,9 +154,9 @@ def execute(conn: Connection, f: str, key: str, value):
     except NotSent as e:
         return FAIL, None, str(e)
     except ReplyError as e:
-        if e.code in ("NOLEADER", "TRYAGAIN"):
+        if e.code in (Code.NOLEADER, Code.TRYAGAIN):
             return FAIL, None, e.text
-        if e.code == "TIMEOUT":
+        if e.code == Code.TIMEOUT:
             return INFO, None, e.text
         return INFO, None, "unexpected error: " + e.text
     except Indeterminate as e:

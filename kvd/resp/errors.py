@@ -2,9 +2,9 @@
 """
 Errors that travel to a Redis client as ``-PREFIX message`` lines.
 
-``RespError`` is what an executor raises (or fails a Deferred with) to send
-an error reply, e.g. ``RespError("NOLEADER", "no leader elected")``,
-``RespError("TRYAGAIN", ...)``, ``RespError("TIMEOUT", ...)``.  Any other
+``RespError`` is an error reply of the Redis protocol itself (``ERR`` syntax,
+``NOPROTO``, ``EXECABORT`` ...).  The node's failures are kvd.errors.KvdError,
+which the protocol writes as they are (``-NOLEADER ...``).  Any other
 exception reaching the protocol is a bug and becomes ``-ERR internal error``.
 ``CommandError`` is the same thing returned (not raised) by the command
 parser for a request that is malformed before it reaches any executor.
