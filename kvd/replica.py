@@ -25,6 +25,14 @@ pauses).  Inputs never run the loop by themselves: the embedder calls
 everything that arrived together shares one write; the simulator after each
 input).
 
+A storage failure (``storage.write`` or ``storage.compact`` raising: a full
+disk, an I/O error) fail-stops the loop: the write's outcome is unknown, so
+the core, which describes it in its outstanding Ready, cannot go on.  The
+loop records the error in ``failed``, tells ``events.storage_failed`` once,
+and from then on runs nothing (inputs are dropped, ``drain`` returns at once),
+as a crashed process would; the embedder stops the process.  Raft expects a
+node to crash, not to carry on with a disk it cannot trust.
+
 Proposals and reads carry an opaque ``token`` of the embedder's; what
 becomes of them is told through the ``Events`` it provides.
 
@@ -104,6 +112,9 @@ class Events:
     def read_ready(self, token: Any) -> None:
         """The read's index is applied: serve it from the machine now."""
 
+    def storage_failed(self, error: Exception) -> None:
+        """A write or compaction raised ``error``; the loop has stopped for good (told once)."""
+
 
 class Replica:
     def __init__(self, core: RaftCore, storage: Storage, transport: Transport, machine: Machine,
@@ -115,6 +126,8 @@ class Replica:
         self.events = events or Events()
         self.writing: Optional[Ready] = None  # the Ready whose write has not completed
         self.held = False
+        #: The storage error that stopped the loop for good, if any.
+        self.failed: Optional[Exception] = None
         self.inbox: Deque[Callable[[RaftCore], None]] = deque()
         self._tick_queued = False
         self._draining = False
@@ -127,18 +140,22 @@ class Replica:
 
     @property
     def busy(self) -> bool:
-        """Inputs wait: a write is outstanding, or the loop is held."""
-        return self.writing is not None or self.held
+        """Inputs wait: a write is outstanding, or the loop is held (or has failed)."""
+        return self.writing is not None or self.held or self.failed is not None
 
     # ------------------------------------------------------------ inputs
     def input(self, fn: Callable[[RaftCore], None]) -> None:
-        """Run ``fn(core)`` now, or once the outstanding write has completed."""
+        """Run ``fn(core)`` now, or once the outstanding write has completed (never, once failed)."""
+        if self.failed is not None:
+            return
         if self.busy:
             self.inbox.append(fn)
         else:
             fn(self.core)
 
     def tick(self) -> None:
+        if self.failed is not None:
+            return
         if not self.busy:
             self.core.tick()
         elif not self._tick_queued:
@@ -199,7 +216,11 @@ class Replica:
         if self.machine.applied_index != self.core.applied:
             return None
         snap = self.core.compact(self.core.applied, self.machine.snapshot(), keep_entries=keep_entries)
-        self.storage.compact(snap)
+        try:
+            self.storage.compact(snap)
+        except Exception as e:
+            self._fail(e)
+            return None
         return snap
 
     def hold(self) -> None:
@@ -237,10 +258,23 @@ class Replica:
 
     def _write(self, rd: Ready) -> None:
         self.writing = rd
-        self.storage.write(rd.hard_state, rd.entries, rd.snapshot, rd.must_sync, lambda: self._written(rd))
+        try:
+            self.storage.write(rd.hard_state, rd.entries, rd.snapshot, rd.must_sync, lambda: self._written(rd))
+        except Exception as e:
+            if self.writing is not rd:
+                raise  # the write completed (done ran): the error is not the storage's
+            self._fail(e)
+
+    def _fail(self, error: Exception) -> None:
+        """Fail-stop on a storage error: nothing more runs; the embedder hears it once."""
+        if self.failed is not None:
+            return
+        self.failed = error
+        self.inbox.clear()
+        self.events.storage_failed(error)
 
     def _written(self, rd: Ready) -> None:
-        if self.writing is not rd:
+        if self.writing is not rd or self.failed is not None:
             return  # not ours any more (a node that crashed and restarted with a new Replica)
         self.writing = None
         self._finish(rd)

@@ -137,3 +137,73 @@ def test_only_the_replica_runs_the_ready_loop():
     assert callers == ["kvd/replica.py"]
     for embedder in ("kvd/node/service.py", "kvd/sim/cluster.py"):
         assert "from kvd.replica import" in (ROOT / embedder).read_text()
+
+
+class FailingStorage(LaterStorage):
+    """A disk that is full: every write (and compaction) raises."""
+
+    def __init__(self, error):
+        super().__init__()
+        self.error = error
+        self.attempts = 0
+
+    def write(self, hard_state, entries, snapshot, sync, done):
+        self.attempts += 1
+        raise self.error
+
+
+class HeardFailure(Heard):
+    def __init__(self):
+        super().__init__()
+        self.storage_errors = []
+
+    def storage_failed(self, error):
+        self.storage_errors.append(error)
+
+
+def test_a_storage_failure_stops_the_loop_once_and_for_good():
+    """A write that raises is told once; nothing runs after it (no 'ready() called twice' loop), nothing is sent."""
+    config = Configuration.make(voters=["a", "b", "c"], addresses={n: n for n in "abc"})
+    hs, entries = bootstrap(config)
+    core = RaftCore("b", RaftSettings(), random.Random(1), hs, None, entries)
+    error = OSError(28, "No space left on device")
+    storage, transport, events = FailingStorage(error), Recorder(), HeardFailure()
+    replica = Replica(core, storage, transport, KVMachine(), events)
+    replica.step(append_from_leader())
+    replica.drain()
+    assert events.storage_errors == [error] and replica.failed is error
+    assert storage.attempts == 1 and transport.sent == []  # no acknowledgement of what is not on disk
+    for _ in range(100):
+        replica.tick()
+        replica.step(append_from_leader(term=3, index=3))
+        replica.propose(b"x", "t")
+        replica.drain()
+    assert storage.attempts == 1 and events.storage_errors == [error] and transport.sent == []
+    assert not replica.inbox and replica.busy
+
+
+def test_an_error_after_the_write_completed_is_not_a_storage_failure():
+    """done() ran (the write is durable) and something later raised: that propagates, it is not blamed on the disk."""
+
+    class Boom(Exception):
+        pass
+
+    class SyncStorage(LaterStorage):
+        def write(self, hard_state, entries, snapshot, sync, done):
+            done()
+
+    class Exploding(HeardFailure):
+        def persisted(self, core, rd):
+            raise Boom()
+
+    config = Configuration.make(voters=["a", "b", "c"], addresses={n: n for n in "abc"})
+    hs, entries = bootstrap(config)
+    core = RaftCore("b", RaftSettings(), random.Random(1), hs, None, entries)
+    events = Exploding()
+    replica = Replica(core, SyncStorage(), Recorder(), KVMachine(), events)
+    replica.step(append_from_leader())
+    import pytest
+
+    with pytest.raises(Boom):
+        replica.drain()
+    assert replica.failed is None and events.storage_errors == []

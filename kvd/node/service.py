@@ -8,6 +8,19 @@ reactor and feeds it ticks and peer messages.  Writes are
 (kvd.node.membership); the rest of kvd reads the node
 through ``NodeView`` (kvd.node.view).
 
+A storage failure in the Ready loop (a full disk, an LMDB error) fail-stops
+the node: one critical log line names the data dir and the error, the node
+reports itself stopping (``NodeView.failure``, ``/v1/health``), and the
+reactor it runs on is stopped, so twistd stops every service and the process
+ends, as a crash would (Raft expects a node that cannot persist to be down,
+not to serve on).  On a clock that cannot stop (tests' ``task.Clock``) the
+node stops its own service.
+
+Messages the Raft core refuses (out-of-range fields, a TimeoutNow or append
+from a node that is not this term's leader, a forged transfer vote: see
+``RaftCore.step``) are counted in ``stats["refused"]`` and logged, at most
+one line per reason every ``REFUSED_LOG_INTERVAL_S``.
+
 Everything that arrives in one reactor turn (client commands, peer
 messages, a tick) is folded into one Ready: one LMDB transaction, one sync
 and one append message per follower for the whole batch.
@@ -36,6 +49,10 @@ from kvd.node.view import NodeView
 from kvd.raft.core import ConfigChangeRejected, NotLeader, RaftSettings, ProposalDropped, RaftCore, bootstrap
 from kvd.raft.messages import Configuration, EntryKind, Role
 from kvd.replica import Events, Overtaken, Replica, Superseded
+
+
+#: Seconds between two log lines about refused peer messages of one reason.
+REFUSED_LOG_INTERVAL_S = 10.0
 
 
 class NodeService(service.Service):
@@ -74,6 +91,9 @@ class NodeService(service.Service):
         self.leader_commit_seen = 0
         self.last_leader_seen: Optional[str] = None  # for counting leader changes (metrics)
         self.stopping = False
+        #: The storage error that fail-stopped this node, if any.
+        self.failure: Optional[Exception] = None
+        self._refused_logged = {}  # reason -> (count logged, clock time)
 
     # ============================================================ lifecycle
     def startService(self):
@@ -138,7 +158,7 @@ class NodeService(service.Service):
     def stopService(self):
         """Hand leadership over, answer what is pending, close the store."""
         self.stopping = True
-        if self.core is not None and self.core.is_leader() and len(self.core.config.voters) > 1:
+        if self.failure is None and self.core is not None and self.core.is_leader() and len(self.core.config.voters) > 1:
             try:
                 target = yield self.call_core(lambda core: core.transfer_leadership())
                 self._drain()
@@ -218,7 +238,10 @@ class NodeService(service.Service):
         if self.core is None:
             return
         commit = getattr(message, "commit", None)
-        if isinstance(commit, int) and commit > self.leader_commit_seen:
+        # Only from the leader this node follows: a forged or stray commit
+        # index must not make /v1/health report this node behind for good.
+        if (isinstance(commit, int) and commit > self.leader_commit_seen
+                and message.src == self.core.leader and message.term == self.core.term):
             self.leader_commit_seen = commit
         self.replica.step(message)
         self.schedule_drain()
@@ -263,7 +286,54 @@ class NodeService(service.Service):
             self.drain_call.cancel()
         self.drain_call = None
         self.replica.drain()
+        if self.replica.failed is not None:
+            return
+        self._log_refused()
         self._maybe_snapshot()
+
+    def _log_refused(self) -> None:
+        """Log what the core refused since the last line of that reason (rate-limited: a flood is one line)."""
+        refused = self.core.refused
+        if not refused:
+            return
+        self.stats["refused"] = sum(refused.values())
+        now = self.clock.seconds()
+        for reason, count in refused.items():
+            logged, when = self._refused_logged.get(reason, (0, None))
+            if count == logged or (when is not None and now - when < REFUSED_LOG_INTERVAL_S):
+                continue
+            self._refused_logged[reason] = (count, now)
+            last = self.core.last_refused
+            example = ""
+            if last is not None and last[0] == reason:
+                m = last[1]
+                example = " (latest: %s from %r, term %r)" % (type(m).__name__, getattr(m, "src", "?"), getattr(m, "term", "?"))
+            self.log.warn(
+                "{node} refused {n} peer message(s) ({reason}; {total} in all){example}",
+                node=self.config.node_id, n=count - logged, reason=reason, total=count, example=example,
+            )
+
+    def _storage_failed(self, error: Exception) -> None:
+        """The Ready loop's write or compaction raised: log once, then stop as a crashed node would."""
+        if self.failure is not None:
+            return
+        self.failure = error
+        self.stopping = True
+        self.log.critical(
+            "{node}: storage failed in data dir {data_dir}: {error}; stopping the node (fail-stop: "
+            "it keeps the data last written, fix the disk and restart it)",
+            node=self.config.node_id, data_dir=self.config.data_dir, error="%s: %s" % (type(error).__name__, error),
+        )
+        if self.ticker is not None and self.ticker.running:
+            self.ticker.stop()
+        self.clock.callLater(0, self._fail_stop)
+
+    def _fail_stop(self) -> None:
+        stop = getattr(self.clock, "stop", None)
+        if callable(stop) and getattr(self.clock, "running", False):
+            stop()  # the reactor: twistd stops every service, this one included, and the process ends
+        elif self.running:
+            self.stopService()
 
     def _applied(self, entry) -> None:
         if entry.kind is EntryKind.CONFIG:
@@ -381,3 +451,6 @@ class _NodeEvents(Events):
 
     def read_ready(self, token: Read) -> None:
         self.node.reads.serve(token)
+
+    def storage_failed(self, error: Exception) -> None:
+        self.node._storage_failed(error)

@@ -44,7 +44,16 @@ class NodeView:
 
     @property
     def stopping(self) -> bool:
-        return bool(self._node.stopping)
+        """Shutting down, or fail-stopped on a storage error (see ``failure``): not serving."""
+        return bool(self._node.stopping) or self._node.failure is not None
+
+    @property
+    def failure(self) -> Optional[str]:
+        """Why this node fail-stopped (a storage error, with its data dir), or None."""
+        error = self._node.failure
+        if error is None:
+            return None
+        return "storage failed in data dir %s: %s: %s" % (self._node.config.data_dir, type(error).__name__, error)
 
     # ------------------------------------------------------------ Raft state
     def role(self) -> str:

@@ -55,6 +55,9 @@ from kvd.raft.messages import (
     Heartbeat,
     HeartbeatReply,
     InstallSnapshot,
+    MAX_INDEX,
+    MAX_NODE_ID_LENGTH,
+    MAX_TERM,
     Message,
     NodeId,
     PreVote,
@@ -214,6 +217,9 @@ class RaftCore:
         self.prev_hard = HardState(self.term, self.vote, self.commit)
         self.prev_soft: Tuple[Role, Optional[NodeId], int] = (self.role, None, self.term)
         self.outstanding: Optional[Ready] = None
+        #: Messages dropped by the checks in ``step``, by reason, and the latest one.
+        self.refused: Dict[str, int] = {}
+        self.last_refused: Optional[Tuple[str, Message]] = None
         self._become_follower(self.term, None)
 
     # ============================================================ public API
@@ -351,6 +357,7 @@ class RaftCore:
                 }
                 for n, p in sorted(self.progress.items())
             },
+            "refused": dict(self.refused),
         }
 
     # ------------------------------------------------------------ Ready
@@ -421,12 +428,59 @@ class RaftCore:
 
     # ============================================================ stepping
     def step(self, m: Message) -> None:
-        if m.dst != self.id or not _well_formed(m):
+        """
+        Take one message from a peer.  Every field is checked, whoever sends
+        it (a buggy peer, or anyone who can reach the port when the transport
+        does not authenticate), and what breaks a rule below is dropped before
+        it touches any state, counted in ``refused`` (``status()["refused"]``,
+        by reason; ``last_refused`` names the latest) for the embedder to log:
+
+        - ``malformed``: a field out of range or of the wrong shape
+          (``_well_formed``): a term or index beyond ``MAX_TERM``/``MAX_INDEX``
+          (so nothing the core stores can be beyond what storage and the codec
+          hold), a negative one, entries that do not follow ``prev_index``, a
+          configuration entry that does not decode, an empty or oversized node
+          id or read context.
+        - ``timeout_now``: TimeoutNow is obeyed only from the leader this node
+          follows in the current term (same term, ``src == leader``); one with
+          a higher term is not even adopted as a term.
+        - ``transfer_vote``: a vote request with ``transfer=True`` skips the
+          leader lease (thesis §4.2.3: a server that hears from a live leader
+          ignores vote requests), so it is honoured within the lease only if
+          it can be the answer to a TimeoutNow of the leader we follow: its
+          term is exactly ours + 1 (a TimeoutNow'd target campaigns straight
+          from the leader's term, which is ours while we follow that leader),
+          it comes from a voter of our configuration, and its log is at least
+          as up-to-date as ours (the leader sends TimeoutNow only to a target
+          that holds its whole log).  The leader itself knows whom it sent
+          TimeoutNow: it honours a transfer vote only from its
+          ``lead_transferee``.  All of this is checked before the term is
+          adopted, so a refused one changes nothing.  (A follower cannot tell
+          a real transferee from a voter that lies about its log: telling
+          peers apart is the authenticated transport's job; the leader,
+          whom a forged transfer vote would depose, can.)
+        - ``second_leader``: appends (AppendEntries, Heartbeat, InstallSnapshot)
+          only from the leader of their term: once this node knows a leader in
+          its term (or is the leader), such a message from another node is
+          dropped.  Raft elects at most one leader per term, so only a bug or
+          a forgery sends one.
+        """
+        if m.dst != self.id:
             return
+        if not _well_formed(m):
+            self._refuse("malformed", m)
+            return
+        if isinstance(m, TimeoutNow) and (m.term != self.term or m.src != self.leader or self.role is Role.LEADER):
+            if m.term >= self.term:
+                self._refuse("timeout_now", m)
+            return  # an older term's: stale
         if m.term > self.term:
-            if isinstance(m, (PreVote, RequestVote)):
-                forced = isinstance(m, RequestVote) and m.transfer
-                if not forced and self._in_leader_lease():
+            if isinstance(m, (PreVote, RequestVote)) and self._in_leader_lease():
+                if isinstance(m, RequestVote) and m.transfer:
+                    if not self._transfer_vote_allowed(m):
+                        self._refuse("transfer_vote", m)
+                        return
+                else:
                     # Thesis §4.2.3: we heard from a live leader within the
                     # minimum election timeout, so ignore a disruptive candidate.
                     return
@@ -443,6 +497,13 @@ class RaftCore:
             elif isinstance(m, PreVote):
                 self._send(PreVoteReply(self.term, self.id, m.src, False))
             return
+        elif (
+            self.leader is not None
+            and self.leader != m.src
+            and isinstance(m, (AppendEntries, Heartbeat, InstallSnapshot))
+        ):
+            self._refuse("second_leader", m)
+            return
 
         if isinstance(m, (PreVote, RequestVote)):
             self._handle_vote_request(m)
@@ -452,6 +513,18 @@ class RaftCore:
             self._step_candidate(m)
         else:
             self._step_follower(m)
+
+    def _refuse(self, reason: str, m: Message) -> None:
+        self.refused[reason] = self.refused.get(reason, 0) + 1
+        self.last_refused = (reason, m)
+
+    def _transfer_vote_allowed(self, m: RequestVote) -> bool:
+        """May this transfer vote bypass the leader lease?  (The rule is in ``step``'s docstring.)"""
+        if m.term != self.term + 1:
+            return False
+        if self.role is Role.LEADER:
+            return m.src == self.lead_transferee
+        return m.src in self.config.voters and self.log.is_up_to_date(m.last_log_index, m.last_log_term)
 
     def _handle_vote_request(self, m) -> None:
         pre = isinstance(m, PreVote)
@@ -512,6 +585,7 @@ class RaftCore:
             else:
                 self._handle_snapshot(m)
         elif isinstance(m, TimeoutNow):
+            # From our leader of this term only (checked in step).
             if self._promotable():
                 self._campaign(pre=False, transfer=True)
         elif isinstance(m, ReadIndexReply):
@@ -967,18 +1041,68 @@ class RaftCore:
             self.persisted_messages.append(m)
 
 
+# The integer fields of each message: all are terms or log indexes.
+_INT_FIELDS = {
+    PreVote: ("term", "last_log_index", "last_log_term"),
+    PreVoteReply: ("term",),
+    RequestVote: ("term", "last_log_index", "last_log_term"),
+    RequestVoteReply: ("term",),
+    AppendEntries: ("term", "prev_index", "prev_term", "commit"),
+    AppendEntriesReply: ("term", "index", "conflict_index", "conflict_term"),
+    Heartbeat: ("term", "commit"),
+    HeartbeatReply: ("term",),
+    InstallSnapshot: ("term",),
+    TimeoutNow: ("term",),
+    ReadIndexRequest: ("term",),
+    ReadIndexReply: ("term", "index"),
+}
+assert MAX_TERM == MAX_INDEX  # one bound checks both kinds of field below
+#: A ReadIndex context is a small opaque token (a client id and a counter).
+MAX_CTX_LENGTH = 1024
+
+
 def _well_formed(m: Message) -> bool:
-    """Drop what a buggy or hostile peer could send to break our invariants."""
-    if m.term < 0:
+    """
+    Drop what a buggy or hostile peer could send to break our invariants or
+    make us unable to persist: every integer a term or index within
+    ``[0, MAX_TERM]`` (``MAX_INDEX``), node ids non-empty strings of at most
+    ``MAX_NODE_ID_LENGTH``, read contexts bytes of at most ``MAX_CTX_LENGTH``,
+    entries that continue ``prev_index`` one by one with terms in
+    ``[1, m.term]``, configuration entries that decode, and snapshots of a
+    positive index and term no newer than the message.
+    """
+    fields = _INT_FIELDS.get(type(m))
+    if fields is None:
+        return False
+    for name in fields:
+        v = getattr(m, name)
+        if type(v) is not int or not 0 <= v <= MAX_TERM:
+            return False
+    src = m.src
+    if type(src) is not str or not src or len(src) > MAX_NODE_ID_LENGTH:
+        return False
+    ctx = getattr(m, "ctx", b"")
+    if type(ctx) is not bytes or len(ctx) > MAX_CTX_LENGTH:
         return False
     if isinstance(m, AppendEntries):
-        if m.prev_index < 0 or m.commit < 0:
-            return False
         for i, e in enumerate(m.entries):
             if e.index != m.prev_index + 1 + i or e.term > m.term or e.term < 1:
                 return False
-        if m.entries and m.entries[0].term < m.prev_term:
+            if e.kind is EntryKind.CONFIG and not _config_decodes(e.data):
+                return False
+        if m.entries and (m.entries[0].term < m.prev_term or m.entries[-1].index > MAX_INDEX):
             return False
     if isinstance(m, InstallSnapshot):
-        return m.snapshot.index > 0 and 0 < m.snapshot.term <= m.term
+        snap = m.snapshot
+        if type(snap.index) is not int or type(snap.term) is not int or snap.index > MAX_INDEX:
+            return False
+        return snap.index > 0 and 0 < snap.term <= m.term and isinstance(snap.config, Configuration)
     return True
+
+
+def _config_decodes(data: bytes) -> bool:
+    try:
+        config = Configuration.decode(data)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return False
+    return all(type(n) is str and 0 < len(n) <= MAX_NODE_ID_LENGTH for n in config.members)

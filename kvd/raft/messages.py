@@ -21,6 +21,19 @@ from kvd.raft.quorum import majority
 
 NodeId = str
 
+#: Terms and log indexes are bounded: every one a message carries must be
+#: ``<= MAX_TERM`` / ``<= MAX_INDEX`` (2^62 - 1), or the message is refused by
+#: the wire decoder (kvd.wire.codec) and by the core (``RaftCore.step``) before
+#: it touches any state.  Storage and the codec hold unsigned 64-bit values;
+#: the bound keeps a wide margin under that, so that no term or index the core
+#: derives from an accepted one (a campaign's ``term + 1``, ``index + 1``) can
+#: ever be one that cannot be persisted.  2^62 elections or entries do not
+#: happen: a value beyond it is a bug or an attack.
+MAX_TERM = (1 << 62) - 1
+MAX_INDEX = (1 << 62) - 1
+#: Node ids in messages: non-empty and at most this many characters.
+MAX_NODE_ID_LENGTH = 255
+
 
 class Role(enum.Enum):
     FOLLOWER = "follower"

@@ -27,6 +27,11 @@ How syncing works (measured with ``python -m kvd.store.bench``):
 The write path is single-threaded by design (the node calls it from one
 thread); LMDB itself forbids concurrent write transactions anyway.
 
+Permissions: the data directory is made ``0700`` and LMDB's files ``0600``
+whatever the process umask (set explicitly on every open, so a directory or
+file created by an older version, or under a permissive umask, is tightened):
+the log holds every key and value.
+
 It implements the Raft core's ``Storage`` protocol (kvd.raft.storage), as the
 simulator's disk does, so the one Ready loop (kvd.replica) runs on either.
 
@@ -49,6 +54,10 @@ MiB = 1 << 20
 GiB = 1 << 30
 
 SYNC_MODES = ("ordered", "single")
+
+#: The data directory's mode, and that of the files in it.
+DIR_MODE = 0o700
+FILE_MODE = 0o600
 
 
 class StorageError(Exception):
@@ -106,7 +115,14 @@ class LmdbStorage:
         """
         if self._env is not None:
             raise StorageError(f"storage at {self.path} is already open")
-        os.makedirs(self.path, exist_ok=True)
+        os.makedirs(self.path, mode=DIR_MODE, exist_ok=True)
+        # makedirs' mode is masked by the umask, and an existing dir keeps its own.
+        # A directory we may write but do not own (a shared bind mount) cannot
+        # be changed: it stays as its owner made it.
+        try:
+            _chmod(self.path, DIR_MODE)
+        except PermissionError:
+            pass
         # LMDB does not remember a grown map size and the file only holds the
         # pages in use, so leave headroom over it: a big store then does not
         # start with a MapFullError on its first write.
@@ -127,8 +143,12 @@ class LmdbStorage:
             # Our values are read once at load; readahead only wastes page
             # cache on a large log.
             readahead=False,
+            mode=FILE_MODE,
         )
         try:
+            for name in os.listdir(self.path):
+                if name.endswith(".mdb"):
+                    _chmod(os.path.join(self.path, name), FILE_MODE)
             self._db_meta = env.open_db(schema.DB_META)
             self._db_log = env.open_db(schema.DB_LOG)
             self._db_snapshot = env.open_db(schema.DB_SNAPSHOT)
@@ -388,6 +408,12 @@ class LmdbStorage:
         if self._env is None:
             raise StorageError(f"storage at {self.path} is not open")
         return self._env
+
+
+def _chmod(path: str, mode: int) -> None:
+    """Set ``path``'s permission bits to ``mode`` unless they already are (no write needed then)."""
+    if os.stat(path).st_mode & 0o7777 != mode:
+        os.chmod(path, mode)
 
 
 def _check_contiguous(entries: List[Entry]) -> None:

@@ -17,6 +17,13 @@ receiver's ``ChunkAssembler`` stages (within a byte budget) and turns back
 into the original box.  Forwarded payloads and results too big for one value
 use the same chunks with a raw-bytes blob.
 
+Every term and log index a message carries must be within
+``[0, MAX_TERM]`` (kvd.raft.messages; 2^62 - 1), and ``src``/``dst`` non-empty
+node ids of at most ``MAX_NODE_ID_LENGTH`` characters: anything else is a
+malformed box (``ProtocolViolation``; the transport logs it and drops the
+connection) and never reaches the core, which checks the same bounds again
+for any other path (kvd.raft.core ``_well_formed``).
+
 Everything here is pure (no sockets, no reactor) so that it can be tested
 with real AMP boxes but without connections.
 
@@ -32,7 +39,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple, Type
 from twisted.protocols import amp
 
 from kvd.raft import messages as m
-from kvd.raft.messages import Configuration, Entry, EntryKind, Message, Snapshot
+from kvd.raft.messages import MAX_INDEX, MAX_NODE_ID_LENGTH, MAX_TERM, Configuration, Entry, EntryKind, Message, Snapshot
 from kvd.wire.errors import ForwardError, HelloRefused, ProtocolViolation
 
 #: Bumped whenever a command or an argument encoding below changes incompatibly.
@@ -97,6 +104,8 @@ def decode_entries(value: bytes) -> Tuple[Entry, ...]:
             raise ValueError("entries value truncated in a header")
         index, term, kind, length = _ENTRY_HEAD.unpack_from(value, offset)
         offset += _ENTRY_HEAD.size
+        if index > MAX_INDEX or term > MAX_TERM:
+            raise ValueError(f"entry index/term out of range: {index}/{term}")
         if len(value) - offset < length:
             raise ValueError("entries value truncated in data")
         entries.append(Entry(index=index, term=term, kind=EntryKind(kind), data=value[offset : offset + length]))
@@ -120,6 +129,8 @@ class SnapshotArgument(amp.Argument):
         if len(value) < _SNAPSHOT_HEAD.size:
             raise ValueError("snapshot value shorter than its header")
         index, term, config_len = _SNAPSHOT_HEAD.unpack_from(value)
+        if index > MAX_INDEX or term > MAX_TERM:
+            raise ValueError(f"snapshot index/term out of range: {index}/{term}")
         start = _SNAPSHOT_HEAD.size
         if len(value) - start < config_len:
             raise ValueError("snapshot value truncated in its configuration")
@@ -332,9 +343,31 @@ def decode_message(name: bytes, strings: Mapping[bytes, bytes]) -> Message:
     if command is None:
         raise ProtocolViolation(f"unknown message command {name!r}")
     try:
-        return arguments_to_message(command, command.parseArguments(amp.AmpBox(strings), None))
+        message = arguments_to_message(command, command.parseArguments(amp.AmpBox(strings), None))
+        _check_bounds(message)
     except Exception as e:
         raise ProtocolViolation(f"malformed {name.decode('ascii', 'replace')} box: {e!r}") from None
+    return message
+
+
+#: Message type -> the names of its integer arguments (all terms or log indexes).
+_INTEGER_FIELDS: Dict[type, Tuple[str, ...]] = {
+    t: tuple(n.decode() for n, arg in c.arguments if isinstance(arg, amp.Integer))
+    for t, c in COMMAND_FOR_MESSAGE.items()
+}
+assert MAX_TERM == MAX_INDEX  # one bound for both kinds of field
+
+
+def _check_bounds(message: Message) -> None:
+    """Raise ``ValueError`` for an integer outside ``[0, MAX_TERM]`` or a node id that is empty or too long."""
+    for name in _INTEGER_FIELDS[type(message)]:
+        value = getattr(message, name)
+        if not 0 <= value <= MAX_TERM:
+            raise ValueError(f"{name}={value} is outside [0, {MAX_TERM}]")
+    for name in ("src", "dst"):
+        value = getattr(message, name)
+        if not 0 < len(value) <= MAX_NODE_ID_LENGTH:
+            raise ValueError(f"{name} of {len(value)} characters is outside [1, {MAX_NODE_ID_LENGTH}]")
 
 
 def fits_in_one_box(strings: Mapping[bytes, bytes]) -> bool:

@@ -462,3 +462,45 @@ def test_bench_runs_and_reports_every_batch_size(tmp_path, capsys):
     rows = [line for line in out.splitlines() if line.split()[-1].isdigit() and "mode" not in line]
     assert len(rows) == len(bench.MODES) * len(bench.BATCH_SIZES)
     assert not [p for p in os.listdir(tmp_path) if p.startswith("kvd-bench-")]
+
+
+# ------------------------------------------------------------ permissions
+
+
+@pytest.mark.parametrize("umask", [0, 0o022, 0o077])
+def test_data_dir_is_0700_and_files_0600_whatever_the_umask(tmp_path, umask):
+    """The log holds every key and value: only the node's user may read it, even under umask 0."""
+    old = os.umask(umask)
+    try:
+        path = tmp_path / "deep" / "node"
+        s = LmdbStorage(str(path), sync=False)
+        s.open("c1", "n1")
+        s.save(HardState(1, None, 0), make_entries(1, 3), None, sync=True)
+        s.close()
+    finally:
+        os.umask(old)
+    assert os.stat(path).st_mode & 0o7777 == 0o700
+    files = sorted(os.listdir(path))
+    assert files == ["data.mdb", "lock.mdb"]
+    for name in files:
+        assert os.stat(path / name).st_mode & 0o7777 == 0o600, name
+
+
+def test_an_existing_permissive_data_dir_is_tightened_on_open(tmp_path):
+    path = tmp_path / "node"
+    old = os.umask(0)
+    try:
+        s = LmdbStorage(str(path), sync=False)
+        s.open("c1", "n1")
+        s.close()
+        os.chmod(path, 0o777)
+        for name in os.listdir(path):
+            os.chmod(path / name, 0o666)
+        s = LmdbStorage(str(path), sync=False)
+        s.open("c1", "n1")
+        s.close()
+    finally:
+        os.umask(old)
+    assert os.stat(path).st_mode & 0o7777 == 0o700
+    for name in os.listdir(path):
+        assert os.stat(path / name).st_mode & 0o7777 == 0o600, name

@@ -27,7 +27,7 @@ def _node_id(rng):
 
 
 def _int(rng):
-    return rng.choice([0, 1, rng.randint(0, 1000), rng.randint(0, (1 << 63) - 1)])
+    return rng.choice([0, 1, rng.randint(0, 1000), rng.randint(0, m.MAX_TERM)])
 
 
 def _bytes(rng, big=False):
@@ -311,3 +311,37 @@ def test_forward_error_survives_its_wire_description():
     assert ForwardError("something odd happened").code == "INTERNAL"
     with pytest.raises(ValueError):
         ForwardError("lower", "message")
+
+
+@pytest.mark.parametrize("value", [m.MAX_TERM + 1, (1 << 63), (1 << 64) - 1, 1 << 64, 1 << 200, -1])
+def test_terms_and_indexes_beyond_the_bound_are_malformed(value):
+    """A term or index outside [0, MAX_TERM] (2^62 - 1), in any integer field, an entry or a snapshot, is a
+    malformed box: the transport drops it before the core sees it.  The bound itself decodes."""
+    vote = m.RequestVote(term=m.MAX_TERM, src="a", dst="b", last_log_index=m.MAX_INDEX, last_log_term=1)
+    name, strings = codec.encode_message(vote)
+    assert codec.decode_message(name, strings) == vote
+    for field in (b"term", b"last_log_index", b"last_log_term"):
+        with pytest.raises(ProtocolViolation, match="malformed RequestVote"):
+            codec.decode_message(name, dict(strings) | {field: str(value).encode()})
+    reply = m.AppendEntriesReply(term=1, src="a", dst="b", success=False, index=1, conflict_index=2, conflict_term=1)
+    name, strings = codec.encode_message(reply)
+    with pytest.raises(ProtocolViolation):
+        codec.decode_message(name, dict(strings) | {b"conflict_term": str(value).encode()})
+    if 0 <= value < (1 << 64):  # representable in the binary headers
+        for entry in (Entry(value, 1), Entry(1, value)):
+            name, strings = codec.encode_message(
+                m.AppendEntries(term=1, src="a", dst="b", prev_index=0, prev_term=0, entries=(entry,), commit=0)
+            )
+            with pytest.raises(ProtocolViolation, match="out of range"):
+                codec.decode_message(name, strings)
+        for snap in (Snapshot(index=value, term=1), Snapshot(index=1, term=value)):
+            name, strings = codec.encode_message(m.InstallSnapshot(term=1, src="a", dst="b", snapshot=snap))
+            with pytest.raises(ProtocolViolation, match="out of range"):
+                codec.decode_message(name, strings)
+
+
+def test_node_ids_must_be_present_and_bounded():
+    name, strings = codec.encode_message(m.TimeoutNow(term=1, src="a", dst="b"))
+    for bad in (b"", ("x" * (m.MAX_NODE_ID_LENGTH + 1)).encode()):
+        with pytest.raises(ProtocolViolation, match="malformed TimeoutNow"):
+            codec.decode_message(name, dict(strings) | {b"src": bad})
