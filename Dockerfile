@@ -49,8 +49,9 @@ LABEL kvd.image=node org.opencontainers.image.title=kvd \
 RUN set -eu; \
     groupadd --gid 10001 kvd; \
     useradd --uid 10001 --gid kvd --home-dir /data --no-create-home --shell /usr/sbin/nologin kvd; \
-    mkdir -p /data; \
-    chown kvd:kvd /data
+    mkdir -p /data /certs; \
+    chown kvd:kvd /data /certs; \
+    chmod 0700 /certs
 COPY --from=build /opt/kvd /opt/kvd
 ENV PATH=/opt/kvd/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     PYTHONUNBUFFERED=1 \

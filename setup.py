@@ -19,6 +19,9 @@ setup(
         "click>=8.1,<9",
         "redis>=4.5,<9",
         "prometheus_client>=0.16,<1",
+        "pyOpenSSL>=23.2,<28",
+        "cryptography>=42,<52",
+        "service_identity>=23.1,<28",
     ],
     extras_require={
         "test": ["pytest>=7,<10", "pytest-twisted>=1.14,<2", "dnspython>=2.3,<3", "selenium>=4.10,<5"],

@@ -10,14 +10,29 @@
 #                              loopback (docker exec, the HEALTHCHECK) when its network is disconnected,
 #                              and on its new address when the network comes back with another one
 #   --data-dir $KVD_DATA_DIR  (default /data, the volume)
+#   --peer-cert/--peer-key/--peer-ca  unless given (or --insecure-peers): made from the cluster CA in
+#              $KVD_CERTS_DIR (default /certs), a volume the cluster's containers share; the first node
+#              to start makes the CA (under a lock), each node its own certificate (CN = its node id)
 set -e
 if [ "$#" -gt 0 ] && [ "${1#-}" = "$1" ]; then
     exec "$@"
 fi
 listen=1 bind=1 data=1 config=0 data_dir=${KVD_DATA_DIR:-/data} prev=
+peer_tls=1 node_id= listen_at= cluster_id=kvd
 for arg in "$@"; do
+    case "$prev" in
+        -l|--listen) listen_at=$arg ;;
+        --node-id) node_id=$arg ;;
+        --cluster-id) cluster_id=$arg ;;
+    esac
     case "$arg" in
-        -c|--config|--config=*) listen=0 bind=0 data=0 config=1 ;;
+        --listen=*) listen_at=${arg#--listen=} ;;
+        --node-id=*) node_id=${arg#--node-id=} ;;
+        --cluster-id=*) cluster_id=${arg#--cluster-id=} ;;
+        --peer-cert|--peer-cert=*|--insecure-peers) peer_tls=0 ;;
+    esac
+    case "$arg" in
+        -c|--config|--config=*) listen=0 bind=0 data=0 config=1 peer_tls=0 ;;
         -l|--listen|--listen=*) listen=0 ;;
         --bind|--bind=*) bind=0 ;;
         -d|--data-dir) data=0 ;;
@@ -47,6 +62,13 @@ if [ "$config" = 0 ]; then
         echo "kvd: the data directory $dir is not writable by this container's user (uid $uid, gid $gid): it is owned by $owner; on the host run: chown -R $uid:$gid ${source:-<the host directory mounted on $dir>} (or docker run --user <its owner's uid:gid>)" >&2
         exit 1
     fi
+fi
+# Peer certificates: from the shared CA volume, made on first use (kvd.cli.certs).
+if [ "$peer_tls" = 1 ]; then
+    node=${node_id:-${listen_at:-${KVD_LISTEN:-$(hostname):7001}}}
+    tls_args=$(python -m kvd.cli.certs node --dir "${KVD_CERTS_DIR:-/certs}" --node "$node" --cluster "$cluster_id") || exit 1
+    # shellcheck disable=SC2086  # three options and three paths, none with spaces
+    set -- "$@" $tls_args
 fi
 [ "$data" = 1 ] && set -- --data-dir "$data_dir" "$@"
 [ "$bind" = 1 ] && set -- --bind "${KVD_BIND:-0.0.0.0}" "$@"

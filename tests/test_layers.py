@@ -55,8 +55,8 @@ LAYERS = {
     # I/O at the edges, one room each.
     "kvd.store": Layer(_set("__init__ bench lmdb schema"), kvd=_set("kvd.store kvd.raft.messages kvd.raft.storage"),
                        third=_set("lmdb")),
-    "kvd.wire": Layer(_set("__init__ codec errors peers"), kvd=_set("kvd.wire kvd.raft.messages kvd.errors"),
-                      third=_set("twisted")),
+    "kvd.wire": Layer(_set("__init__ codec errors peers tls"), kvd=_set("kvd.wire kvd.raft.messages kvd.errors"),
+                      third=_set("twisted zope OpenSSL cryptography")),
     "kvd.resp": Layer(_set("__init__ commands connection encoder errors parser protocol"),
                       kvd=_set("kvd.resp kvd.kv.commands kvd.kv.results kvd.errors"), third=_set("twisted zope")),
     # The package's one blocking client: the CLI, the fault suite and the cluster view use it without the node.
@@ -71,15 +71,15 @@ LAYERS = {
                            kvd=_set("kvd.discovery kvd.address kvd.resp.client"), third=_set("twisted prometheus_client")),
     # twistd's side: the one module that wires everything.
     "kvd.tap": Layer(_set("tap"), kvd=_set("kvd.address kvd.node kvd.executor kvd.kv.machine kvd.resp.protocol "
-                                           "kvd.store.lmdb kvd.wire.peers kvd.discovery.services"),
+                                           "kvd.store.lmdb kvd.wire.peers kvd.wire.tls kvd.discovery.services"),
                      third=_set("twisted lmdb")),
     # mgmt.py's side: nodes only over their ports, never the node's code.
-    "kvd.cli": Layer(_set("__init__ client docker docker_ops errors home mgmt route server"),
-                     kvd=_set("kvd.cli kvd.address kvd.errors kvd.resp.client"), third=_set("click")),
+    "kvd.cli": Layer(_set("__init__ certs client docker docker_ops errors home mgmt route server"),
+                     kvd=_set("kvd.cli kvd.address kvd.errors kvd.resp.client"), third=_set("click cryptography")),
     # The fault suite: a black box that reaches nodes through processes, sockets and packet filters.
     "kvd.check": Layer(_set("__init__ durability linear"), kvd=_set("kvd.check")),
     "kvd.jepsen": Layer(_set("__init__ __main__ cluster nemesis netfilter run workload"),
-                        kvd=_set("kvd.jepsen kvd.check kvd.errors kvd.resp.client")),
+                        kvd=_set("kvd.jepsen kvd.check kvd.errors kvd.resp.client kvd.cli.certs")),
     "kvd": Layer(_set("__init__")),
     # The twistd dropin only names kvd.tap by string: twistd --help must not import kvd.
     "twisted.plugins": Layer(_set("kvd_plugin"), std=frozenset(), third=_set("twisted")),

@@ -362,8 +362,10 @@ def run_node(
     if not docker("network", "ls", "-q", "--filter", "name=^%s$" % network, timeout=30):
         docker("network", "create", "--label", "com.docker.compose.project=%s" % project,
                "--label", "com.docker.compose.network=kvd", network)
-    if not docker("volume", "ls", "-q", "--filter", "name=^%s$" % volume, timeout=30):
-        docker("volume", "create", "--label", "com.docker.compose.project=%s" % project, volume)
+    certs_volume = "%s_certs" % project  # the compose file's `certs` volume has this name too
+    for name_of in (volume, certs_volume):
+        if not docker("volume", "ls", "-q", "--filter", "name=^%s$" % name_of, timeout=30):
+            docker("volume", "create", "--label", "com.docker.compose.project=%s" % project, name_of)
     container = "%s-%s" % (project, name)
     args = [
         "run", "-d", "--name", container, "--hostname", name,
@@ -373,6 +375,8 @@ def run_node(
         "--label", "com.docker.compose.service=%s" % name,
         "--label", "%s=%s" % (LABEL, listen),
         "-v", "%s:%s" % (volume, DATA_DIR),
+        # The project's cluster CA, shared by its nodes (peer certificates: docker/entrypoint.sh).
+        "-v", "%s:/certs" % certs_volume,
     ]
     if publish is not None:
         args += ["-p", "%s:%d:%s" % (publish[0], publish[1], port)]

@@ -8,10 +8,12 @@ clusters side by side)::
 
     $KVD_HOME/                      default: <repo>/.kvd
         seed.json                   the seed ``start`` recorded: address, cluster id
+        tls/ca.crt, tls/ca.key      the cluster CA ``start`` made (kvd.cli.certs; the key 0600)
         nodes/<host>-<port>/        one directory per node, named by its client address
             node.json               the options it was started with (restart reuses them)
             twistd.pid              written by twistd while the node runs
             kvd.log                 twistd's log file
+            peer.crt, peer.key      its peer certificate (CN = node id) from the CA, key 0600
             data/                   LMDB: Raft log, hard state, snapshots
         removed/<host>-<port>-<time>/   a node after ``remove``: kept for its log, never listed
 
@@ -97,6 +99,18 @@ class NodeRecord:
         return os.path.join(self.directory, "data")
 
     @property
+    def peer_cert(self) -> str:
+        return os.path.join(self.directory, "peer.crt")
+
+    @property
+    def peer_key(self) -> str:
+        return os.path.join(self.directory, "peer.key")
+
+    @property
+    def peer_ca(self) -> str:
+        return os.path.join(self.home, "tls", "ca.crt")
+
+    @property
     def record_path(self) -> str:
         return os.path.join(self.directory, "node.json")
 
@@ -131,6 +145,12 @@ class NodeRecord:
             str(self.tick_ms),
             "--election-ticks",
             str(self.election_ticks),
+            "--peer-cert",
+            self.peer_cert,
+            "--peer-key",
+            self.peer_key,
+            "--peer-ca",
+            self.peer_ca,
         ]
         if self.kind == "seed" and self.expect == 1:
             # A one-node cluster needs nobody to join: it is its own founder.
@@ -162,6 +182,11 @@ class Home:
     @property
     def nodes_dir(self) -> str:
         return os.path.join(self.root, "nodes")
+
+    @property
+    def tls_dir(self) -> str:
+        """The cluster CA's directory (kvd.cli.certs.CertDir)."""
+        return os.path.join(self.root, "tls")
 
     @property
     def seed_path(self) -> str:

@@ -52,6 +52,8 @@ More options:
       --expect N        start: form the cluster once N nodes have joined (default 3;
                         1 makes a one-node cluster at once).
       --seed HOST:PORT  join: a node of the cluster to join (default: the seed `start` recorded).
+      --token-file FILE join: the join token `start` wrote (KVD_HOME/tls/join-token), for a node
+                        on another machine (or $KVD_JOIN_TOKEN); a local join needs none.
       --json            read, list: print JSON, for scripts.
       --timeout SECS    client commands: how long to wait for an answer (default 10).
       --tick-ms MS, --election-ticks N
@@ -124,7 +126,7 @@ TIMING = " tick_ms election_ticks"
 COMMANDS = {
     "server": {
         "start": _spec("host", "expect cluster_id" + TIMING),
-        "join": _spec("host", "seed" + TIMING),
+        "join": _spec("host", "seed token_file" + TIMING),
         "list": _spec("", "host as_json dns"),
         "kill": _spec("host"),
         "stop": _spec("host"),
@@ -151,6 +153,7 @@ OPTION_NAMES = {
     "election_ticks": "--election-ticks",
     "cluster_id": "--cluster-id",
     "dns": "--dns",
+    "token_file": "--token-file",
 }
 
 
@@ -200,6 +203,7 @@ def _print_help(ctx: click.Context, _param, value) -> None:
 @click.option("--election-ticks", type=click.IntRange(min=2, max=10000))
 @click.option("--cluster-id")
 @click.option("--dns", metavar="HOST:PORT")
+@click.option("--token-file", metavar="FILE")
 @click.option("--docker", "docker", metavar="[PROJECT]", is_flag=False, flag_value="", default=None)
 @click.option("--help", is_flag=True, is_eager=True, expose_value=False, callback=_print_help)
 def command(role, command_name, docker=None, **given) -> int:
@@ -246,7 +250,7 @@ def run_docker(project: str, role: str, command_name: str, host=None, as_json=Fa
     return run(role, command_name, host=host, as_json=as_json, **given)
 
 
-def run(role: str, command_name: str, host=None, key=None, value=None, expect=None, seed=None, as_json=False, timeout=None, tick_ms=None, election_ticks=None, cluster_id=None, dns=None) -> int:
+def run(role: str, command_name: str, host=None, key=None, value=None, expect=None, seed=None, as_json=False, timeout=None, tick_ms=None, election_ticks=None, cluster_id=None, dns=None, token_file=None) -> int:
     """Do one checked command; return 0 or raise CliError."""
     # Imported here so that --help and usage errors never pay for redis.
     from kvd.cli import client as cli_client
@@ -259,7 +263,7 @@ def run(role: str, command_name: str, host=None, key=None, value=None, expect=No
         if command_name == "start":
             cli_server.start(home, host, echo, expect=expect or 3, cluster_id=cluster_id, tick_ms=tick_ms, election_ticks=election_ticks)
         elif command_name == "join":
-            cli_server.join(home, host, echo, seed=seed, tick_ms=tick_ms, election_ticks=election_ticks)
+            cli_server.join(home, host, echo, seed=seed, tick_ms=tick_ms, election_ticks=election_ticks, token=join_token(token_file))
         elif command_name == "list":
             if host is None and not home.records():
                 from kvd.cli import route as cli_route
@@ -296,6 +300,19 @@ def run(role: str, command_name: str, host=None, key=None, value=None, expect=No
             cli_client.delete_key(client, key)
             echo("OK")
     return 0
+
+
+def join_token(path: Optional[str]) -> Optional[str]:
+    """The join token from --token-file, else $KVD_JOIN_TOKEN (never from argv, which ps shows)."""
+    import os
+
+    if path:
+        try:
+            with open(path, encoding="ascii") as f:
+                return f.read().strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise CliError(USAGE, "cannot read --token-file %s: %s" % (path, getattr(e, "strerror", None) or e)) from None
+    return os.environ.get("KVD_JOIN_TOKEN") or None
 
 
 def _echo_text(text: str) -> None:

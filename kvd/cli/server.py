@@ -85,6 +85,7 @@ def launch(rec: NodeRecord, echo: Echo, timeout_s: float = START_TIMEOUT_S) -> i
                 "cannot start %s: its %s port %s:%d is in use by another program; pick another -h" % (rec.id, what, rec.host, port),
             )
     os.makedirs(rec.data_dir, exist_ok=True)
+    ensure_peer_certificate(rec)
     env = dict(os.environ)
     if IN_CHECKOUT:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, env.get("PYTHONPATH", "")) if p)
@@ -108,6 +109,29 @@ def launch(rec: NodeRecord, echo: Echo, timeout_s: float = START_TIMEOUT_S) -> i
         where = (" (log: %s)" % rec.logfile) if os.path.exists(rec.logfile) else ""
         raise CliError(PROCESS, "node %s failed to start: %s%s" % (rec.id, reason, where))
     return wait_listening(rec, timeout_s)
+
+
+def ensure_peer_certificate(rec: NodeRecord) -> None:
+    """
+    The node's peer certificate (CN = its id) from the cluster CA in KVD_HOME/tls, made now if
+    missing or stale (a restart after the CA was replaced gets a new one).  ``start`` makes the CA;
+    a node restarted from a KVD_HOME older than peer TLS gets one here too.
+    """
+    from kvd.cli.certs import CertDir, CertError
+
+    certs = CertDir(os.path.join(rec.home, "tls"))
+    if not certs.has_ca() and rec.kind != "seed" and not os.path.exists(os.path.join(rec.home, "seed.json")):
+        # A CA made here would be another cluster's: its peers would refuse this node.
+        raise CliError(
+            LOCAL_STATE,
+            "no cluster CA in %s to give %s its peer certificate: join with the token `start` printed "
+            "(--token-file FILE or $KVD_JOIN_TOKEN), or copy ca.crt and ca.key from the seed's KVD_HOME/tls there" % (certs.root, rec.id),
+        )
+    try:
+        certs.ensure_ca(rec.cluster_id)
+        certs.ensure_node(rec.id, rec.directory)
+    except (CertError, OSError) as e:
+        raise CliError(LOCAL_STATE, "cannot make the peer certificate of %s: %s" % (rec.id, e)) from None
 
 
 def wait_listening(rec: NodeRecord, timeout_s: float) -> int:
@@ -258,11 +282,32 @@ def start(home: Home, address: str, echo: Echo, expect: int = 3, cluster_id: Opt
     pid = launch(rec, echo)
     echo("started seed node %s (pid %d)" % (node_id, pid))
     _describe(rec, echo)
+    token_path = write_join_token(home)
+    echo("  peer TLS:    cluster CA %s; join token for nodes on other machines: %s (secret: it makes member certificates)" % (rec.peer_ca, token_path))
     if expect == 1:
         info = wait_for_leader(node_id, SETTLE_TIMEOUT_S)
         echo("  state:       %s" % ("leader of a one-node cluster" if info.get("raft_role") == "leader" else "no leader yet (check: python3 mgmt.py -r server -c list)"))
     else:
         echo("  state:       waiting for %d more node(s): python3 mgmt.py -r server -c join -h <host:port>" % (expect - 1))
+
+
+def write_join_token(home: Home) -> str:
+    """The cluster's join token (kvd.cli.certs) into KVD_HOME/tls/join-token, 0600; its path."""
+    from kvd.cli.certs import CertDir, write_private
+
+    certs = CertDir(home.tls_dir)
+    path = os.path.join(certs.root, "join-token")
+    write_private(path, (certs.token() + "\n").encode("ascii"))
+    return path
+
+
+def install_join_token(home: Home, token: str) -> None:
+    from kvd.cli.certs import CertDir, CertError
+
+    try:
+        CertDir(home.tls_dir).install_token(token)
+    except (CertError, OSError) as e:
+        raise CliError(USAGE, "cannot use the join token: %s" % e) from None
 
 
 def _check_peer_port(node_id: str, port: int) -> None:
@@ -294,9 +339,11 @@ def _describe(rec: NodeRecord, echo: Echo) -> None:
     echo("  log file:    %s" % rec.logfile)
 
 
-def join(home: Home, address: str, echo: Echo, seed: Optional[str] = None, tick_ms: Optional[int] = None, election_ticks: Optional[int] = None) -> None:
+def join(home: Home, address: str, echo: Echo, seed: Optional[str] = None, tick_ms: Optional[int] = None, election_ticks: Optional[int] = None, token: Optional[str] = None) -> None:
     host, port, node_id = normalize_host(address)
     _check_peer_port(node_id, port)
+    if token:
+        install_join_token(home, token)
     seed_record = home.seed()
     if seed:
         candidates = [normalize_host(seed)[2]]

@@ -26,6 +26,7 @@ import threading
 import time
 from typing import Callable, List, Optional, Tuple
 
+from kvd.cli.certs import CertDir
 from kvd.errors import Code
 from kvd.resp.client import Connection, Indeterminate, NotSent, ReplyError, parse_info
 
@@ -123,7 +124,11 @@ class Node:
                          "--snapshot-entries", str(c.snapshot_entries), "--snapshot-keep-entries", str(c.snapshot_keep_entries)]
         if self.founder:
             args += ["--initial-cluster", ",".join(n.id for n in c.founders)]
-        return args
+        # Peers over mutual TLS, as a real cluster runs: a CA per run, a certificate per node.
+        certs = CertDir(os.path.join(c.dir, "tls"))
+        certs.ensure_ca(c.cluster_id)
+        cert, key = certs.ensure_node(self.id, self.dir)
+        return args + ["--peer-cert", cert, "--peer-key", key, "--peer-ca", certs.ca_cert]
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

@@ -11,6 +11,13 @@ peer's outbound connection, i.e. one of its own *inbound* connections
 listener checks the caller's cluster id, node id and protocol version, and
 the caller checks that the answer comes from the node it meant to reach.
 
+With ``tls`` (a kvd.wire.tls.PeerTLS) every connection is mutual TLS 1.3 and
+a node's id is its certificate's CN: a Hello claiming another id than the
+caller's certificate is refused (and displaces nobody), a listener whose
+certificate is not the node we dialled is dropped, and since every message's
+``src`` must be the Hello's id, it must be the certificate's.  Without it
+(``--insecure-peers``) the Hello's claim is all there is.
+
 Sending never blocks and never queues without bound: when a peer's link is
 down, or its socket buffer is backed up past ``max_pending_bytes``, the
 message is dropped and ``on_unreachable(node_id)`` tells the core (Raft
@@ -33,10 +40,12 @@ from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import error as net_error
 from twisted.internet.defer import Deferred, fail, gatherResults, maybeDeferred, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from kvd.raft.messages import Message
 from kvd.wire import errors
@@ -57,6 +66,7 @@ from kvd.wire.codec import (
     pack_bytes_blob,
 )
 from kvd.wire.errors import ForwardError, HelloRefused, ProtocolViolation
+from kvd.wire.tls import PeerTLS, is_tls, peer_identity
 
 Address = Tuple[str, int]
 
@@ -81,6 +91,8 @@ def tune_socket(transport, user_timeout: float) -> None:
     kernel knows whether bytes are being acknowledged.  No-op where the
     options (or a real socket) are missing.
     """
+    if getattr(transport, "wrappedProtocol", None) is not None:
+        transport = transport.transport  # TLS: the options belong to the TCP socket underneath
     get_handle = getattr(transport, "getHandle", None)
     if get_handle is None or user_timeout <= 0:
         return
@@ -105,6 +117,7 @@ def _box_size(frames: List[Frame]) -> int:
     return sum(len(k) + len(v) + 4 for _, box in frames for k, v in box.items()) + 16 * len(frames)
 
 
+@implementer(IHandshakeListener)
 class _PeerProtocol(amp.AMP):
     """What both ends of a peer connection share: chunk staging, output bounding, violation handling."""
 
@@ -141,12 +154,25 @@ class _PeerProtocol(amp.AMP):
             if setter is not None:
                 setter(True)
         tune_socket(self.transport, self._tcp_user_timeout)
-        # As a streaming producer we learn when the socket buffer backs up.
-        self.transport.registerProducer(self, True)
+        # As a streaming producer we learn when the socket buffer backs up.  Under TLS, of the TCP
+        # socket's: TLS would hold off every close (ours, AMP's after a fatal error) until the
+        # producer is unregistered, and what it buffers itself is bounded (64 kB).
+        underneath = self.transport
+        if getattr(underneath, "wrappedProtocol", None) is not None and underneath.transport is not None:
+            underneath = underneath.transport
+        underneath.registerProducer(self, True)
 
     def connectionLost(self, reason: Failure) -> None:
         self._decoder.assembler.clear()
         super().connectionLost(reason)
+
+    def handshakeCompleted(self) -> None:
+        """TLS only: the peer's certificate checked out against the CA (IHandshakeListener)."""
+
+    @property
+    def certified_id(self) -> Optional[str]:
+        """The node id the peer's verified certificate names; None on a plaintext connection."""
+        return peer_identity(self.transport) if self.transport is not None else None
 
     @property
     def peer_label(self) -> str:
@@ -329,6 +355,11 @@ class PeerServerProtocol(_PeerProtocol):
             reason = f"peer is in cluster {cluster_id!r}, this node is in cluster {factory.cluster_id!r}"
         elif node_id == factory.node_id:
             reason = f"peer claims this node's own id {node_id!r}"
+        elif factory.tls_required and not is_tls(self.transport):
+            reason = "this node takes peers over TLS only"
+        elif factory.tls_required and self.certified_id != node_id:
+            # Whatever it claims, the caller is who its certificate says.
+            reason = f"Hello claims node id {node_id!r}, the caller's certificate is for {self.certified_id!r}"
         elif not factory.is_known(node_id):
             reason = f"node id {node_id!r} is not a member of cluster {factory.cluster_id!r}"
         else:
@@ -431,10 +462,12 @@ class PeerServerFactory(Factory):
         max_staged_bytes: int = DEFAULT_MAX_STAGED_BYTES,
         max_forward_bytes: int = DEFAULT_MAX_FORWARD_BYTES,
         tcp_user_timeout: float = DEFAULT_TCP_USER_TIMEOUT,
+        tls_required: bool = False,
     ) -> None:
         self.node_id = node_id
         self.cluster_id = cluster_id
         self.is_known = is_known
+        self.tls_required = tls_required
         self.on_hello = on_hello
         self.on_message = on_message
         self.forward_handler = forward_handler
@@ -535,6 +568,17 @@ class PeerClientProtocol(_PeerProtocol):
         owner = self.link.owner
         expected = (True, owner.cluster_id, self.link.node_id, PROTOCOL_VERSION)
         got = (answer["accepted"], answer["cluster_id"], answer["node_id"], answer["protocol_version"])
+        certified = self.certified_id
+        if owner.tls is not None and certified != self.link.node_id:
+            self.log.error(
+                "dropping outbound connection {peer}: the listener's certificate is for {got!r}, not {node!r}",
+                peer=self.peer_label,
+                got=certified,
+                node=self.link.node_id,
+            )
+            self.link.handshake_failed()
+            self.drop()
+            return
         if got != expected:
             self.log.error(
                 "dropping outbound connection {peer}: expected node {node!r} of cluster {cluster!r}, "
@@ -617,7 +661,10 @@ class _PeerLink:
         host, port = address
         bind = (owner.bind_host, 0) if owner.bind_host else None
         endpoint = TCP4ClientEndpoint(owner.reactor, host, port, timeout=owner.connect_timeout_s, bindAddress=bind)
-        self.service = ClientService(endpoint, _ClientFactory(self), retryPolicy=self._retry_delay, clock=owner.reactor)
+        factory = _ClientFactory(self)
+        if owner.tls is not None:
+            factory = owner.tls.client_factory(factory, clock=owner.reactor)
+        self.service = ClientService(endpoint, factory, retryPolicy=self._retry_delay, clock=owner.reactor)
 
     def start(self) -> None:
         self.service.startService()
@@ -683,10 +730,13 @@ class PeerTransport:
         max_staged_bytes: int = DEFAULT_MAX_STAGED_BYTES,
         max_forward_bytes: int = DEFAULT_MAX_FORWARD_BYTES,
         tcp_user_timeout: float = DEFAULT_TCP_USER_TIMEOUT,
+        tls: Optional[PeerTLS] = None,
     ) -> None:
         self.node_id = node_id
         self.cluster_id = cluster_id
         self.resolve = resolve
+        #: Mutual TLS for every connection (None: plaintext, --insecure-peers).
+        self.tls = tls
         self.on_message = on_message
         self.reactor = reactor
         self.bind_host = bind_host
@@ -732,9 +782,15 @@ class PeerTransport:
             max_staged_bytes=self.max_staged_bytes,
             max_forward_bytes=self.max_forward_bytes,
             tcp_user_timeout=self.tcp_user_timeout,
+            tls_required=self.tls is not None,
         )
         self._server_factories.append(factory)
         return factory
+
+    def listening_factory(self):
+        """What the peer port listens with: :meth:`server_factory`, behind TLS unless the peers are insecure."""
+        factory = self.server_factory()
+        return factory if self.tls is None else self.tls.server_factory(factory, clock=self.reactor)
 
     # ------------------------------------------------------------ sending
 

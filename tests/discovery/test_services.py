@@ -16,7 +16,7 @@ from kvd.tap import Options, makeService
 
 def parse(*args):
     o = Options()
-    o.parseOptions(list(args))
+    o.parseOptions(list(args) + ["--insecure-peers"])  # peer TLS: tests/wire/test_tls.py
     return o
 
 

@@ -9,8 +9,9 @@ from kvd.tap import Options, makeService, parse_initial_cluster
 
 
 def parse(*argv):
+    """Options as twistd parses them; plaintext peers (tests/wire/test_tls.py covers the peer TLS options)."""
     options = Options()
-    options.parseOptions(list(argv))
+    options.parseOptions(list(argv) + ["--insecure-peers"])
     return options
 
 

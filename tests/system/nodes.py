@@ -17,10 +17,19 @@ from typing import Callable, Dict, List, Optional
 
 import redis
 
+from kvd.cli.certs import CertDir
 from tests.system.conftest import free_client_ports
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TWISTD = [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; sys.exit(run())"]
+
+
+def peer_tls_args(home: str, node_id: str, directory: str, cluster: str = "systest") -> List[str]:
+    """--peer-cert/--peer-key/--peer-ca for ``node_id``: a certificate in ``directory`` from the CA in ``home``/tls."""
+    certs = CertDir(os.path.join(home, "tls"))
+    certs.ensure_ca(cluster)
+    cert, key = certs.ensure_node(node_id, directory)
+    return ["--peer-cert", cert, "--peer-key", key, "--peer-ca", certs.ca_cert]
 
 
 def wait_for(condition: Callable[[], object], timeout_s: float, what: str, interval_s: float = 0.05):
@@ -48,6 +57,8 @@ class Node:
         self.logfile = os.path.join(self.dir, "kvd.log")
         self.args = ["--listen", self.id, "--data-dir", os.path.join(self.dir, "data"), "--initial-cluster", initial,
                      "--tick-ms", "50", "--election-ticks", "10", "--cluster-id", "systest"] + extra
+        if "--insecure-peers" not in extra:
+            self.args += peer_tls_args(home, self.id, self.dir)
         self.pid: Optional[int] = None
 
     def start(self):
