@@ -71,6 +71,10 @@ class Options(usage.Options):
         ["dns-port", None, None, "DNS port, UDP and TCP (leader.kvd, _kvd._tcp.kvd, <node>.node.kvd). Default: client port + 20000; 0 turns DNS off."],
         ["http-port", None, None, "HTTP port: /v1/status/leader, /v1/status/peers, /v1/health, /metrics and the cluster page at /. Default: client port + 30000; 0 turns HTTP off."],
         ["domain", None, "kvd", "DNS domain this node answers for."],
+        ["requirepass-file", None, None, "File whose first line is the password of the client port's 'default' user (an admin; redis-cli -a, AUTH <password>). Or set $KVD_REQUIREPASS. Never on the command line, which ps shows."],
+        ["users", None, None, "Users file of the client port: 'name role password' lines, role readonly, readwrite or admin, password '#<sha256 hex>' (python -m kvd.resp.auth prints it) or '>password'."],
+        ["maxclients", None, "10000", "Most client connections at once; one more is answered '-ERR max number of clients reached'."],
+        ["client-output-limit", None, str(64 * 1024 * 1024), "Bytes of replies a client may leave unread before it is disconnected; a bigger single reply answers an error instead."],
         ["peer-cert", None, None, "Peer TLS: this node's certificate (PEM); its subject CN must be the node id. With --peer-key and --peer-ca, every peer connection is mutual TLS 1.3."],
         ["peer-key", None, None, "Peer TLS: the private key of --peer-cert (PEM)."],
         ["peer-ca", None, None, "Peer TLS: the cluster CA (PEM) that signs every member's certificate."],
@@ -114,7 +118,7 @@ class Options(usage.Options):
             self["initial"] = parse_initial_cluster(self["initial-cluster"]) if self["initial-cluster"] else None
         except (AddressError, ValueError) as e:
             raise usage.UsageError(str(e))
-        for name in ("bootstrap-expect", "snapshot-entries", "snapshot-keep-entries", "value-max-bytes", "tick-ms", "election-ticks", "heartbeat-ticks"):
+        for name in ("bootstrap-expect", "snapshot-entries", "snapshot-keep-entries", "value-max-bytes", "tick-ms", "election-ticks", "heartbeat-ticks", "maxclients", "client-output-limit"):
             try:
                 self[name] = int(self[name])
             except ValueError:
@@ -123,6 +127,12 @@ class Options(usage.Options):
             self["request-timeout"] = float(self["request-timeout"])
         except ValueError:
             raise usage.UsageError("--request-timeout must be a number of seconds")
+        from kvd.resp.auth import Users, UsersError
+
+        try:
+            self["client-users"] = Users.load(self["requirepass-file"], self["users"])
+        except UsersError as e:
+            raise usage.UsageError(str(e))
         if self["sync"] not in ("fsync", "none"):
             raise usage.UsageError("--sync must be 'fsync' or 'none'")
         if self["heartbeat-ticks"] < 1 or self["election-ticks"] <= self["heartbeat-ticks"]:
@@ -327,7 +337,8 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
     peer_port = strports.service("tcp:%d:interface=%s" % (config.address.peer_port, interface), node.peers.listening_factory())
     peer_port.setServiceParent(top)
     executor = ClientExecutor(node)
-    client_factory = RespFactory(executor, value_max_bytes=config.value_max_bytes)
+    client_factory = RespFactory(executor, value_max_bytes=config.value_max_bytes, users=options.get("client-users"),
+                                 maxclients=options["maxclients"], output_limit=options["client-output-limit"])
     executor.server_info.clients = client_factory.connections
     if metrics is not None:
         client_factory = metrics.counting_factory(client_factory)

@@ -57,7 +57,7 @@ LAYERS = {
                        third=_set("lmdb")),
     "kvd.wire": Layer(_set("__init__ codec errors peers tls"), kvd=_set("kvd.wire kvd.raft.messages kvd.errors"),
                       third=_set("twisted zope OpenSSL cryptography")),
-    "kvd.resp": Layer(_set("__init__ commands connection encoder errors parser protocol"),
+    "kvd.resp": Layer(_set("__init__ auth commands connection encoder errors parser protocol"),
                       kvd=_set("kvd.resp kvd.kv.commands kvd.kv.results kvd.errors"), third=_set("twisted zope")),
     # The package's one blocking client: the CLI, the fault suite and the cluster view use it without the node.
     "kvd.resp.client": Layer(_set("client")),
@@ -70,7 +70,7 @@ LAYERS = {
     "kvd.discovery": Layer(_set("__init__ cluster_view dns http metrics services"),
                            kvd=_set("kvd.discovery kvd.address kvd.resp.client"), third=_set("twisted prometheus_client")),
     # twistd's side: the one module that wires everything.
-    "kvd.tap": Layer(_set("tap"), kvd=_set("kvd.address kvd.node kvd.executor kvd.kv.machine kvd.resp.protocol "
+    "kvd.tap": Layer(_set("tap"), kvd=_set("kvd.address kvd.node kvd.executor kvd.kv.machine kvd.resp.protocol kvd.resp.auth "
                                            "kvd.store.lmdb kvd.wire.peers kvd.wire.tls kvd.discovery.services"),
                      third=_set("twisted lmdb")),
     # mgmt.py's side: nodes only over their ports, never the node's code.

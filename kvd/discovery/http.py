@@ -16,6 +16,11 @@ balancers, Prometheus metrics and a live cluster page.
 Port rule: the HTTP port is the client port + 30000 (``HTTP_PORT_OFFSET``)
 unless ``--http-port`` says otherwise; ``--http-port 0`` turns HTTP off.
 
+The port is read-only: a method other than GET or HEAD answers 405, and a
+request that announces a body (``Content-Length`` over 0, or chunked) answers
+413; both close the connection without reading the body (``ReadOnlyChannel``),
+so no client can make the node buffer or spool anything.
+
 Everything here only reads the node, through its ``NodeView`` (kvd.node.view).  No request is logged (the page polls
 every second); errors are.
 
@@ -32,7 +37,7 @@ from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
-from twisted.web import pages, resource, server
+from twisted.web import http, pages, resource, server
 
 from kvd.discovery.cluster_view import ClusterView
 
@@ -225,10 +230,45 @@ def make_root(view, metrics=None, reactor=None, cluster_view: Optional[ClusterVi
     return root
 
 
+_REFUSALS = {
+    405: b"Method Not Allowed", 413: b"Content Too Large",
+}
+
+
+class ReadOnlyChannel(http.HTTPChannel):
+    """
+    An HTTPChannel that refuses, as soon as the headers are in and before any
+    of it is read, a request with a body (413) or a method other than GET and
+    HEAD (405), and then closes the connection.  Twisted would otherwise
+    buffer the body in memory or spool it to a temporary file, without limit.
+    """
+
+    def allHeadersReceived(self):
+        method = getattr(self, "_command", b"")
+        if method not in (b"GET", b"HEAD"):
+            status = 405
+        elif self.length != 0:  # a Content-Length over 0, or None: chunked
+            status = 413
+        else:
+            return super().allHeadersReceived()
+        reason = _REFUSALS[status]
+        body = b"%d %s: this port is read-only and takes no request body\n" % (status, reason)
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n"
+            b"Allow: GET, HEAD\r\nConnection: close\r\n\r\n%s" % (status, reason, len(body), body)
+        )
+        # Read nothing more: the body (raw mode) and anything after it are dropped.
+        self.length = None
+        self.rawDataReceived = self.lineReceived = lambda *args: None
+        self.dataReceived = lambda *args: None
+        self.loseConnection()
+
+
 class QuietSite(server.Site):
-    """A Site that logs no request (the page polls every second)."""
+    """A Site that logs no request (the page polls every second) and takes no request body."""
 
     noisy = False
+    protocol = ReadOnlyChannel
 
     def log(self, request):
         pass

@@ -13,6 +13,20 @@ cannot blow up (the Redis CVE-2022-36021 shape) nor hit Python's recursion
 limit.  ``fnmatch`` is not used: it works on str, treats ``[!a]`` as negation
 and has no backslash escapes.
 
+Matching splits the tokens at the stars into segments of fixed length.  The
+first segment is matched at the start of the key, the last at its end, and
+each one in between at its leftmost place after the previous one (which is
+exact, since every segment has a fixed length).  A segment of plain bytes is
+found with ``bytes.find`` and one with ``?`` or classes with a compiled
+regular expression of single-byte classes (no repetition, so no
+backtracking), both in C.  Only a floating segment with classes can cost
+more than linear time, up to its length × the key's; that cost (for a
+segment over ``SHORT_SEGMENT`` tokens: below that it is a small constant) is counted
+against a budget per compiled pattern (one per KEYS or SCAN request,
+``DEFAULT_BUDGET``), and a pattern that runs out raises ``PatternTooCostly``
+instead of freezing the node: ``KEYS "*"+"a"*8000+"b"`` against a 16 KB key
+takes microseconds, and ``*[a]...`` shapes are refused once over budget.
+
 Bytes are compared as unsigned values; Redis compares range bounds as C
 ``char``, which is signed on most platforms, so ranges that straddle 0x80
 differ.  Redis also never lets a non-empty pattern match the empty key (its
@@ -24,12 +38,30 @@ Imports: as the layer table in tests/test_layers.py allows.
 
 from __future__ import annotations
 
-from typing import List, Optional, Union
+import re
+from typing import List, Optional, Tuple, Union
 
 _ANY = frozenset(range(256))
 _STAR = None  # token for '*'; every other token is a frozenset of byte values
 
 Token = Optional[frozenset]
+
+#: Work one compiled pattern may do (segment length × key bytes searched, for segments with classes).
+DEFAULT_BUDGET = 50_000_000
+#: A segment this long or shorter is counted as one step per key byte searched.
+SHORT_SEGMENT = 16
+
+
+class PatternTooCostly(Exception):
+    """A pattern used up its budget: the request is refused rather than freezing the node."""
+
+    def __init__(self, pattern: bytes, budget: int):
+        super().__init__(
+            "pattern is too costly to match against these keys (over %d steps of work); "
+            "use fewer '?' and '[...]' between '*' or a shorter pattern" % budget
+        )
+        self.pattern = pattern
+        self.budget = budget
 
 
 def _tokenize(pattern: bytes) -> List[Token]:
@@ -82,16 +114,70 @@ def _parse_class(pattern: bytes, i: int):
     return (_ANY - token if negate else token), i
 
 
+def _class_regex(token: frozenset) -> bytes:
+    if len(token) == 256:
+        return b"."
+    if not token:
+        return b"(?!)"
+    if len(token) == 1:
+        return re.escape(bytes(token))
+    if len(token) > 128:
+        return b"[^" + b"".join(re.escape(bytes((b,))) for b in sorted(_ANY - token)) + b"]"
+    return b"[" + b"".join(re.escape(bytes((b,))) for b in sorted(token)) + b"]"
+
+
+class _Segment:
+    """Tokens between two stars: a literal (found with bytes.find) or a regex of single-byte classes."""
+
+    __slots__ = ("length", "literal", "regex")
+
+    def __init__(self, tokens: List[frozenset]):
+        self.length = len(tokens)
+        self.literal: Optional[bytes] = None
+        self.regex = None
+        if all(len(t) == 1 for t in tokens):
+            self.literal = bytes(next(iter(t)) for t in tokens)
+        else:
+            self.regex = re.compile(b"".join(_class_regex(t) for t in tokens), re.DOTALL)
+
+    def at(self, key: bytes, pos: int) -> bool:
+        if self.literal is not None:
+            return key.startswith(self.literal, pos)
+        return self.regex.match(key, pos) is not None
+
+
+def _segments(tokens: List[Token]) -> Tuple[List[_Segment], bool, bool]:
+    """(segments, anchored at the start, anchored at the end)."""
+    segments: List[_Segment] = []
+    current: List[frozenset] = []
+    for token in tokens:
+        if token is _STAR:
+            if current:
+                segments.append(_Segment(current))
+            current = []
+        else:
+            current.append(token)
+    if current:
+        segments.append(_Segment(current))
+    start = bool(tokens) and tokens[0] is not _STAR
+    end = bool(tokens) and tokens[-1] is not _STAR
+    return segments, start, end
+
+
 class Pattern:
-    """A compiled glob pattern; ``matches(key)`` is the only operation."""
+    """A compiled glob pattern; ``matches(key)`` is the only operation (PatternTooCostly once over budget)."""
 
-    __slots__ = ("source", "_tokens", "_literal", "_prefix")
+    __slots__ = ("source", "_tokens", "_literal", "_prefix", "_segments", "_start", "_end", "_stars", "budget", "spent")
 
-    def __init__(self, source: bytes):
+    def __init__(self, source: bytes, budget: int = DEFAULT_BUDGET):
         if not isinstance(source, bytes):
             raise TypeError("pattern must be bytes")
         self.source = source
+        self.budget = budget
+        self.spent = 0
         self._tokens = _tokenize(source)
+        self._segments, self._start, self._end = _segments(self._tokens)
+        self._stars = any(t is _STAR for t in self._tokens)
         # Fast paths for the overwhelmingly common shapes: "exact" and "prefix*".
         singles = [t for t in self._tokens if t is not _STAR]
         plain = all(len(t) == 1 for t in singles)
@@ -113,7 +199,41 @@ class Pattern:
             return key == self._literal
         if self._prefix is not None:
             return key.startswith(self._prefix)
-        return _match_tokens(self._tokens, key)
+        return self._match_segments(key)
+
+    def _match_segments(self, key: bytes) -> bool:
+        segments, n = self._segments, len(key)
+        if not self._stars:  # one segment, the whole key
+            return not segments and n == 0 or (len(segments) == 1 and segments[0].length == n and segments[0].at(key, 0))
+        lo, hi = 0, len(segments)
+        pos, end = 0, n
+        if self._start:
+            first = segments[0]
+            if first.length > n or not first.at(key, 0):
+                return False
+            pos, lo = first.length, 1
+        if self._end and hi > lo:
+            last = segments[-1]
+            end = n - last.length
+            if end < pos or not last.at(key, end):
+                return False
+            hi -= 1
+        for segment in segments[lo:hi]:
+            if segment.literal is not None:
+                found = key.find(segment.literal, pos, end)
+                if found < 0:
+                    return False
+                pos = found + segment.length
+            else:
+                # A short segment costs at most a few steps a byte; only long ones can cost length × key.
+                self.spent += max(1, end - pos) * (segment.length if segment.length > SHORT_SEGMENT else 1)
+                if self.spent > self.budget:
+                    raise PatternTooCostly(self.source, self.budget)
+                m = segment.regex.search(key, pos, end)
+                if m is None:
+                    return False
+                pos = m.end()
+        return True
 
     def __repr__(self) -> str:
         return "Pattern(%r)" % (self.source,)

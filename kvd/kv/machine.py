@@ -35,7 +35,7 @@ from kvd.kv.commands import (
     INT64_MAX, INT64_MIN, READ_OPS, DbSize, Delete, Exists, Get, IncrBy, Keys, MGet, MSet, ReadOp, Scan, Set,
     WriteCommand, decode_envelope, parse_int64,
 )
-from kvd.kv.glob import Pattern
+from kvd.kv.glob import Pattern, PatternTooCostly
 from kvd.kv.keyspace import Keyspace
 from kvd.kv.results import (
     ERR_NOT_INTEGER, ERR_OVERFLOW, ERR_SESSION_EXPIRED, ERR_STALE_SEQ, OK, KVError, Result, decode_result,
@@ -183,12 +183,15 @@ class KVMachine:
             return [ks.get(k) for k in op.keys]
         if isinstance(op, Exists):
             return sum(1 for k in op.keys if k in ks)
-        if isinstance(op, Keys):
-            return ks.keys(Pattern(op.pattern))
-        if isinstance(op, Scan):
-            match = None if op.match is None or op.match == b"*" else Pattern(op.match)
-            cursor, keys = ks.scan(op.cursor, match, op.count)
-            return [b"%d" % cursor, keys]
+        try:
+            if isinstance(op, Keys):
+                return ks.keys(Pattern(op.pattern))
+            if isinstance(op, Scan):
+                match = None if op.match is None or op.match == b"*" else Pattern(op.match)
+                cursor, keys = ks.scan(op.cursor, match, op.count)
+                return [b"%d" % cursor, keys]
+        except PatternTooCostly as e:
+            return KVError("ERR " + str(e))
         if isinstance(op, DbSize):
             return len(ks)
         raise TypeError("not a read op: %r (expected one of %s)" % (op, ", ".join(t.__name__ for t in READ_OPS)))

@@ -48,14 +48,43 @@ client checks the server.)
         conn.call("SET", "k", "v")            # Simple(b'OK')
         parse_info(conn.call("INFO", "raft"))  # {"raft_role": "leader", ...}
 
+Passwords (kvd.resp.auth): a connection authenticates with ``AUTH`` before
+anything else when it has credentials: ``auth=(user or None, password)``,
+or by default those of the environment (``credentials_from_env``):
+``KVD_PASSWORD``, or the first line of the file ``KVD_PASSWORD_FILE`` names,
+with the user ``KVD_USER`` (Redis's ``default`` when unset).  So mgmt.py and
+every other tool built on this client work against a node that requires a
+password, without it ever being on a command line.
+
 Imports: as the layer table in tests/test_layers.py allows.
 """
 
 from __future__ import annotations
 
+import os
 import select
 import socket
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+ENV_PASSWORD = "KVD_PASSWORD"
+ENV_PASSWORD_FILE = "KVD_PASSWORD_FILE"
+ENV_USER = "KVD_USER"
+FROM_ENV = object()  # Connection's default ``auth``: read the environment
+
+
+def credentials_from_env(environ: Mapping[str, str] = os.environ) -> Optional[Tuple[Optional[str], str]]:
+    """(user or None, password) from KVD_PASSWORD / KVD_PASSWORD_FILE and KVD_USER, or None."""
+    password = environ.get(ENV_PASSWORD)
+    path = environ.get(ENV_PASSWORD_FILE)
+    if not password and path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                password = f.readline().rstrip("\r\n")
+        except OSError as e:
+            raise NotSent("cannot read the password file %s ($%s): %s" % (path, ENV_PASSWORD_FILE, e.strerror or e))
+    if not password:
+        return None
+    return environ.get(ENV_USER) or None, password
 
 #: Longest status, error or length line we wait for before calling the stream garbage.
 MAX_LINE_BYTES = 64 * 1024
@@ -233,12 +262,14 @@ class Connection:
     ``[("READONLY",)]``) run on every new connection before the first request.
     """
 
-    def __init__(self, host: str, port: int, timeout: float, connect_timeout: float = 1.0, setup: Sequence[Sequence] = ()):
+    def __init__(self, host: str, port: int, timeout: float, connect_timeout: float = 1.0, setup: Sequence[Sequence] = (),
+                 auth=FROM_ENV):
         self.host = host.strip("[]")
         self.port = port
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.setup = list(setup)
+        self.auth = credentials_from_env() if auth is FROM_ENV else auth
         self.sock: Optional[socket.socket] = None
         self._reader = ReplyReader()
 
@@ -269,7 +300,11 @@ class Connection:
         sock.settimeout(self.timeout)
         self.sock = sock
         self._reader = ReplyReader()
-        for command in self.setup:
+        setup = list(self.setup)
+        if self.auth:
+            user, password = self.auth
+            setup.insert(0, ("AUTH", password) if user is None else ("AUTH", user, password))
+        for command in setup:
             try:
                 self._write(encode(command))
                 reply = self._read()

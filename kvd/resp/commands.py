@@ -47,6 +47,15 @@ class Admin:
     name: str
     args: Tuple[bytes, ...] = ()
 
+    def __repr__(self) -> str:
+        if self.name in SECRET_ARGS:  # never a password in a log line
+            return "Admin(%r, <%d arguments hidden>)" % (self.name, len(self.args))
+        return "Admin(%r, %r)" % (self.name, self.args)
+
+
+#: Commands whose arguments may hold a password.
+SECRET_ARGS = frozenset({"auth", "hello"})
+
 
 Request = Union[Write, Read, Admin]
 Parsed = Union[Request, CommandError]
@@ -56,6 +65,11 @@ def _text(data: bytes) -> str:
     """Client bytes inside an error message, kept byte for byte (see kvd.resp.encoder)."""
     return data.decode("utf-8", "surrogateescape")
 
+
+#: One write is one Raft entry that every node must store, send and apply in one go: an MSET or DEL of
+#: more keys, or more bytes, than this is refused before it is proposed (split it into several).
+MAX_WRITE_KEYS = 10_000
+MAX_WRITE_BYTES = 16 * 1024 * 1024
 
 SYNTAX_ERROR = CommandError("ERR", "syntax error")
 NOT_INTEGER = CommandError("ERR", "value is not an integer or out of range")
@@ -193,6 +207,11 @@ def _admin(name: str) -> Callable[[List[bytes]], Parsed]:
     return parse
 
 
+def _parse_auth(args: List[bytes]) -> Parsed:
+    # AUTH password | AUTH username password
+    return SYNTAX_ERROR if len(args) > 3 else Admin("auth", tuple(args[1:]))
+
+
 def _parse_ping(args: List[bytes]) -> Parsed:
     # PING is declared with arity -1 but takes at most one argument.
     return wrong_arity("ping") if len(args) > 2 else Admin("ping", tuple(args[1:]))
@@ -241,7 +260,8 @@ _R, _W = "readonly fast", "write denyoom"
 
 _COMMANDS = [
     _spec("ping", -1, "fast stale", parse=_parse_ping),
-    _spec("hello", -1, "noscript loading stale fast"),
+    _spec("hello", -1, "noscript loading stale fast no_auth"),
+    _spec("auth", -2, "noscript loading stale fast no_auth allow_busy", parse=_parse_auth),
     _spec("echo", 2, "fast stale"),
     _spec("get", 2, _R, (1, 1, 1), lambda a: Read(Get(a[1]))),
     _spec("set", -3, _W, (1, 1, 1), _parse_set),
@@ -319,7 +339,46 @@ def parse_request(args: List[bytes]) -> Parsed:
         if not sub.arity_ok(len(args)):
             return wrong_arity(sub.name)
         return sub.parse(args)
-    return spec.parse(args)
+    parsed = spec.parse(args)
+    if isinstance(parsed, Write) and len(args) > 3:
+        return _write_too_big(spec.name, args) or parsed
+    return parsed
+
+
+def _write_too_big(name: str, args: List[bytes]) -> Optional[CommandError]:
+    keys = (len(args) - 1) // 2 if name == "mset" else len(args) - 1
+    if keys > MAX_WRITE_KEYS:
+        return CommandError("ERR", "%s of %d keys is over the limit of %d keys in one write; "
+                                   "the command was not run: split it" % (name.upper(), keys, MAX_WRITE_KEYS))
+    size = sum(map(len, args))
+    if size > MAX_WRITE_BYTES:
+        return CommandError("ERR", "%s of %d bytes is over the limit of %d bytes in one write; "
+                                   "the command was not run: split it" % (name.upper(), size, MAX_WRITE_BYTES))
+    return None
+
+
+def spec_of(name: str) -> Optional[CommandSpec]:
+    """The table entry of a request's full name ("get", "config|get"), or None."""
+    container, _, sub = name.encode().partition(b"|")
+    spec = COMMANDS.get(container)
+    if spec is not None and sub:
+        spec = _SUBCOMMANDS.get(container, {}).get(sub)
+    return spec
+
+
+_WRITE_NAMES = {"Set": "set", "MSet": "mset", "Delete": "del", "IncrBy": "incrby"}
+_READ_NAMES = {"Get": "get", "MGet": "mget", "Exists": "exists", "Keys": "keys", "Scan": "scan", "DbSize": "dbsize"}
+
+
+def request_name(request: Request) -> str:
+    """The Redis name of a parsed request, for error messages ("set", "kvd.join")."""
+    if isinstance(request, Write):
+        kind = type(request.command).__name__
+        return _WRITE_NAMES.get(kind, kind.lower())
+    if isinstance(request, Read):
+        kind = type(request.op).__name__
+        return _READ_NAMES.get(kind, kind.lower())
+    return request.name
 
 
 def command_info(name: bytes) -> Optional[list]:

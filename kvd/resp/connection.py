@@ -12,6 +12,11 @@ concern the connection or the static command table, so the protocol answers
 them itself with ``execute_local`` and never bothers the executor (nor the
 cluster) with them; they still take their turn in the pipeline.
 
+Authentication (kvd.resp.auth): when the node has users, a new connection
+may only run AUTH, HELLO (with its AUTH option) and QUIT; everything else
+answers Redis's ``-NOAUTH Authentication required.``.  Once authenticated, a
+request beyond the user's role answers ``-NOPERM`` (``required_role``).
+
 Imports: as the layer table in tests/test_layers.py allows.
 """
 
@@ -20,12 +25,16 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from kvd.kv.results import OK
-from kvd.resp.commands import COMMANDS, Admin, command_info
+from kvd.resp.auth import (
+    ADMIN, DEFAULT_USER, HELLO_NOAUTH_MESSAGE, NO_PASSWORD_MESSAGE, NOAUTH_MESSAGE, READONLY, READWRITE,
+    WRONGPASS_MESSAGE, User, Users,
+)
+from kvd.resp.commands import COMMANDS, Admin, Read, Write, command_info, request_name, spec_of
 from kvd.resp.encoder import PONG, RespMap
 from kvd.resp.errors import RespError
 
 LOCAL_COMMANDS = frozenset({
-    "hello", "ping", "echo", "select", "quit", "readonly", "readwrite",
+    "auth", "hello", "ping", "echo", "select", "quit", "readonly", "readwrite",
     "client|setname", "client|getname", "client|id", "client|info", "client|setinfo",
     "command", "command|count", "command|docs", "command|info", "command|list",
     "multi", "exec", "discard", "watch", "unwatch",
@@ -43,9 +52,35 @@ EXEC_ABORT = RespError("EXECABORT", "Transaction discarded because of previous e
                                     "(kvd does not support transactions yet: nothing was run)")
 
 
+# What a connection may run before it has authenticated.
+NO_AUTH_COMMANDS = frozenset({"auth", "hello", "quit"})
+NOAUTH = RespError("NOAUTH", NOAUTH_MESSAGE)
+WRONGPASS = RespError("WRONGPASS", WRONGPASS_MESSAGE)
+
+
+def required_role(request) -> str:
+    """The least role that may run ``request``: reads, writes, or admin (KVD.*, CONFIG)."""
+    if isinstance(request, Write):
+        return READWRITE
+    if isinstance(request, Read):
+        return READONLY
+    if request.name.startswith("kvd."):
+        return ADMIN
+    spec = spec_of(request.name)
+    if spec is not None and "admin" in spec.flags:
+        return ADMIN
+    if spec is not None and "write" in spec.flags:
+        return READWRITE
+    return READONLY
+
+
 class Connection:
-    def __init__(self, id: int, peer: str = "", local: str = ""):
+    def __init__(self, id: int, peer: str = "", local: str = "", users: Optional[Users] = None):
         self.id = id
+        # None until AUTH when the node has users; with none, everyone is the default admin.
+        self.users = users
+        self.user: Optional[User] = None
+        self.authenticated = users is None or not users.required
         self.peer = peer
         self.local = local
         self.name: Optional[bytes] = None
@@ -56,19 +91,25 @@ class Connection:
         self.in_multi = False  # between MULTI and EXEC/DISCARD: nothing runs
 
     def refuses(self, request) -> Optional[RespError]:
-        """The error for a request this connection must not run now (inside MULTI), else None."""
+        """The error for a request this connection must not run now (no AUTH yet, its role, inside MULTI), else None."""
+        if not self.authenticated and not (isinstance(request, Admin) and request.name in NO_AUTH_COMMANDS):
+            return NOAUTH
+        if self.user is not None and not self.user.may(required_role(request)):
+            return RespError("NOPERM", "User %s has no permissions to run the '%s' command" % (
+                self.user.name, request_name(request)))
         if self.in_multi and not (isinstance(request, Admin) and request.name in TRANSACTION_CONTROL):
             return NOT_QUEUED
         return None
 
     def client_info(self) -> bytes:
         """One line in the style of Redis's CLIENT INFO / CLIENT LIST."""
-        return b"id=%d addr=%s laddr=%s name=%s db=0 flags=%s lib-name=%s lib-ver=%s\n" % (
+        return b"id=%d addr=%s laddr=%s name=%s db=0 flags=%s user=%s lib-name=%s lib-ver=%s\n" % (
             self.id,
             self.peer.encode(),
             self.local.encode(),
             self.name or b"",
             b"r" if self.readonly else b"N",
+            (self.user.name if self.user is not None else DEFAULT_USER).encode("utf-8", "surrogateescape"),
             self.lib_name or b"",
             self.lib_ver or b"",
         )
@@ -84,6 +125,8 @@ def is_local(request) -> bool:
 def execute_local(request: Admin, connection: Connection) -> Any:
     """The reply to a local command; may change ``connection``."""
     name, args = request.name, request.args
+    if name == "auth":
+        return _auth(args[0] if len(args) == 2 else None, args[-1], connection)
     if name == "hello":
         return _hello(args, connection)
     if name == "ping":
@@ -141,6 +184,23 @@ def execute_local(request: Admin, connection: Connection) -> Any:
     raise ValueError("not a local command: %r" % (name,))
 
 
+def _auth(user: Optional[bytes], password: bytes, connection: Connection) -> Any:
+    """AUTH [user] password; a failure leaves the connection as it was (as Redis does)."""
+    users = connection.users
+    if users is None or not users.required:
+        if user is None:
+            raise RespError("ERR", NO_PASSWORD_MESSAGE)
+        if user == DEFAULT_USER.encode():
+            return OK  # Redis's default user without a password takes any
+        raise WRONGPASS
+    found = users.authenticate(user, password)
+    if found is None:
+        raise WRONGPASS
+    connection.user = found
+    connection.authenticated = True
+    return OK
+
+
 def _hello(args, connection: Connection) -> Any:
     """HELLO [protover [AUTH user pass] [SETNAME name]]: choose RESP2 or RESP3."""
     if args:
@@ -150,16 +210,24 @@ def _hello(args, connection: Connection) -> Any:
             raise RespError("ERR", "Protocol version is not an integer or out of range")
         if version not in (2, 3):
             raise RespError("NOPROTO", "sorry, this protocol version is not supported")
+    elif not connection.authenticated:
+        raise RespError("NOAUTH", HELLO_NOAUTH_MESSAGE)
+    if args:
         rest = list(args[1:])
         name = None
+        credentials = None
         while rest:
             option = rest.pop(0).lower()
             if option == b"auth" and len(rest) >= 2:
-                raise RespError("ERR", "AUTH is not supported: kvd has no users or passwords")
-            if option == b"setname" and rest:
+                credentials = rest.pop(0), rest.pop(0)
+            elif option == b"setname" and rest:
                 name = rest.pop(0)
             else:
                 raise RespError("ERR", "Syntax error in HELLO option '%s'" % option.decode("utf-8", "replace"))
+        if credentials is not None:
+            _auth(credentials[0], credentials[1], connection)
+        elif not connection.authenticated:
+            raise RespError("NOAUTH", HELLO_NOAUTH_MESSAGE)
         connection.protocol = version
         if name is not None:
             connection.name = name or None

@@ -24,10 +24,23 @@ Backpressure, so that no client can grow the node's memory without bound:
 * the protocol is registered as a streaming producer of the transport's
   output: when a client does not read its replies, the transport pauses us,
   and we stop dispatching requests and stop reading new ones until it
-  resumes us.
+  resumes us;
+* output is bounded by ``output_limit`` bytes (Redis's
+  client-output-buffer-limit): a reply bigger than that is not built and
+  answers an error instead (an MGET of one 1 MiB key 400 times), and a client
+  that lets more than that pile up unread (replies of requests already
+  running when the transport paused us) is disconnected and logged;
+* at most ``maxclients`` connections at once: one more is answered Redis's
+  ``-ERR max number of clients reached`` and closed.
 
 QUIT and fatal protocol errors reply, then close once every earlier reply has
-been written.  After the connection is lost, results still arriving from the
+been written.
+
+Cross-protocol requests: a web page can make a browser POST to this port, and
+each line of the HTTP request would be a command.  As Redis does, a request
+that looks like HTTP (``POST``, ``Host:``, ``GET /path HTTP/1.1``) closes the
+connection at once, without a reply; nothing parsed with it or after it runs,
+and the attempt is logged.  After the connection is lost, results still arriving from the
 executor are dropped (the executor's work is not cancelled: a write may
 commit anyway, as with Redis).
 
@@ -49,12 +62,15 @@ from zope.interface import implementer
 
 from kvd.errors import KvdError
 from kvd.resp.commands import Read, Write, parse_request
-from kvd.resp.encoder import encode, encode_error
+from kvd.resp.encoder import RespMap, encode, encode_error
 from kvd.resp.errors import RespError
 from kvd.resp.parser import DEFAULT_MAX_BULK_BYTES, ProtocolError, RespParser
 from kvd.resp.connection import Connection, execute_local, is_local
 
 DEFAULT_MAX_INFLIGHT = 1024
+DEFAULT_MAXCLIENTS = 10000
+DEFAULT_OUTPUT_LIMIT = 64 * 1024 * 1024
+MAXCLIENTS_REPLY = encode_error("ERR", "max number of clients reached")
 INTERNAL_ERROR = encode_error("ERR", "internal error")
 
 
@@ -77,9 +93,40 @@ class _Slot:
         self.close_after = False
 
 
+def reply_size(value, limit: int) -> int:
+    """About how many bytes ``value`` encodes to; stops counting once past ``limit``."""
+    size = 0
+    stack = [value]
+    while stack and size <= limit:
+        item = stack.pop()
+        if isinstance(item, (bytes, bytearray, memoryview, str)):
+            size += len(item) + 16
+        elif isinstance(item, (list, tuple)):
+            size += 16
+            stack.extend(item)
+        elif isinstance(item, RespMap):
+            size += 16
+            for pair in item.pairs:
+                stack.extend(pair)
+        else:
+            size += 24
+    return size
+
+
 def _address(addr) -> str:
     host, port = getattr(addr, "host", None), getattr(addr, "port", None)
     return str(addr) if host is None else "%s:%s" % (host, port)
+
+
+HTTP_METHODS = frozenset(b"GET HEAD POST PUT DELETE OPTIONS PATCH CONNECT TRACE".split())
+
+
+def looks_like_http(args: List[bytes]) -> bool:
+    """A request line or header of HTTP: ``POST ...``, ``Host: ...``, ``GET /path HTTP/1.1``."""
+    first = args[0].upper()
+    if first in (b"POST", b"HOST:"):
+        return True
+    return first in HTTP_METHODS and len(args) == 3 and args[-1].upper().startswith(b"HTTP/")
 
 
 @implementer(IPushProducer)
@@ -87,10 +134,12 @@ class RespProtocol(Protocol):
     log = Logger()
 
     def __init__(self, executor, connection: Connection, max_inflight: int = DEFAULT_MAX_INFLIGHT,
-                 parser: Optional[RespParser] = None):
+                 parser: Optional[RespParser] = None, output_limit: int = DEFAULT_OUTPUT_LIMIT):
         if max_inflight < 1:
             raise ValueError("max_inflight must be at least 1")
         self.executor = executor
+        self.output_limit = output_limit
+        self._unsent = 0  # bytes written since the transport last had room (see _write)
         self.connection = connection
         self.max_inflight = max_inflight
         self._resume_below = max(1, max_inflight // 2)
@@ -133,8 +182,22 @@ class RespProtocol(Protocol):
     def dataReceived(self, data: bytes):
         if self._closing or self._lost:
             return
-        self._backlog.extend(self._parser.feed(data))
+        items = self._parser.feed(data)
+        if any(isinstance(item, list) and looks_like_http(item) for item in items):
+            self._refuse_http()
+            return
+        self._backlog.extend(items)
         self._pump()
+
+    def _refuse_http(self):
+        self.log.warn(
+            "Possible SECURITY ATTACK detected: a client at {peer} sent an HTTP request to the Redis port "
+            "(a cross-protocol attack from a web page?); connection closed, nothing run",
+            peer=self.connection.peer,
+        )
+        self._closing = True
+        self._backlog.clear()
+        self._close()
 
     # ------------------------------------------- IPushProducer (our output)
 
@@ -251,6 +314,11 @@ class RespProtocol(Protocol):
 
     def _fill(self, slot: _Slot, result, request):
         try:
+            size = reply_size(result, self.output_limit)
+            if size > self.output_limit:
+                slot.data = encode_error("ERR", "the reply is over this node's client output limit of %d bytes "
+                                                "(--client-output-limit); ask for fewer or smaller values" % self.output_limit)
+                return
             slot.data = encode(result, self.connection.protocol == 3)
         except Exception:
             self._fill_failure(slot, Failure(), request)
@@ -271,11 +339,34 @@ class RespProtocol(Protocol):
             slot = pending.popleft()
             ready.append(slot.data)
             if slot.close_after:
-                self.transport.write(b"".join(ready))
+                self._write(b"".join(ready))
                 self._close()
                 return
         if ready:
-            self.transport.write(b"".join(ready))
+            self._write(b"".join(ready))
+
+    def _write(self, data: bytes):
+        # While the transport has not paused us its buffer is small (under
+        # its bufferSize); once paused, whatever we still write piles up.
+        if not self._output_paused:
+            self._unsent = 0
+        self._unsent += len(data)
+        if self._unsent > self.output_limit:
+            self.log.warn(
+                "Client {connection!r} closed: {size} bytes of replies are waiting for it to read, over the "
+                "client output limit of {limit} bytes (--client-output-limit)",
+                connection=self.connection, size=self._unsent, limit=self.output_limit,
+            )
+            self._closing = True
+            self._backlog.clear()
+            self._pending.clear()
+            if self._producing:
+                self._producing = False
+                self.transport.unregisterProducer()
+            abort = getattr(self.transport, "abortConnection", None)
+            (abort or self.transport.loseConnection)()
+            return
+        self.transport.write(data)
 
     def _close(self):
         self._pending.clear()
@@ -307,8 +398,12 @@ class RespFactory(Factory):
     """
 
     def __init__(self, executor, max_inflight: int = DEFAULT_MAX_INFLIGHT,
-                 value_max_bytes: int = DEFAULT_MAX_BULK_BYTES, parser_factory=None):
+                 value_max_bytes: int = DEFAULT_MAX_BULK_BYTES, parser_factory=None, users=None,
+                 maxclients: int = DEFAULT_MAXCLIENTS, output_limit: int = DEFAULT_OUTPUT_LIMIT):
         self.executor = executor
+        self.users = users  # kvd.resp.auth.Users, or None: no authentication
+        self.maxclients = maxclients
+        self.output_limit = output_limit
         self.max_inflight = max_inflight
         self.value_max_bytes = value_max_bytes
         self.parser_factory = parser_factory or (lambda: RespParser(max_bulk_bytes=self.value_max_bytes))
@@ -316,7 +411,21 @@ class RespFactory(Factory):
         self.connections: Dict[int, Connection] = {}  # open connections by id (INFO clients)
 
     def buildProtocol(self, addr):
-        connection = Connection(next(self._ids), peer=_address(addr))
-        protocol = RespProtocol(self.executor, connection, self.max_inflight, self.parser_factory())
+        if len(self.connections) >= self.maxclients:
+            return _TooManyClients()
+        connection = Connection(next(self._ids), peer=_address(addr), users=self.users)
+        protocol = RespProtocol(self.executor, connection, self.max_inflight, self.parser_factory(), self.output_limit)
         protocol.factory = self
         return protocol
+
+
+class _TooManyClients(Protocol):
+    """One connection over --maxclients: Redis's error, then closed."""
+
+    log = Logger()
+
+    def connectionMade(self):
+        self.log.warn("Connection from {peer} refused: max number of clients reached (--maxclients)",
+                      peer=_address(self.transport.getPeer()))
+        self.transport.write(MAXCLIENTS_REPLY)
+        self.transport.loseConnection()

@@ -240,3 +240,51 @@ def test_the_info_protocol_asks_and_reads_one_answer():
     broken.done.addErrback(failures.append)
     broken.connectionLost(None)
     assert failures and failures[0].check(InfoError)
+
+
+# ------------------------------------------------- read-only: no request bodies
+def _channel():
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.task import Clock
+
+    from kvd.discovery.http import make_site
+
+    n = FakeNode()
+    n.set_leader("127.0.0.1:7002")
+    clock = Clock()
+    site = make_site(n.view, None, reactor=clock)
+    site.reactor = clock
+    channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    return channel, transport
+
+
+@pytest.mark.parametrize("head,status", [
+    (b"POST /v1/health HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n", b"405"),
+    (b"PUT /v1/health HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", b"405"),
+    (b"DELETE /v1/health HTTP/1.1\r\nHost: x\r\n\r\n", b"405"),
+    (b"GET /v1/health HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n", b"413"),
+    (b"GET /v1/health HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", b"413"),
+])
+def test_request_bodies_are_refused_without_being_read(head, status):
+    """The HTTP port is read-only: a body (or a method that sends one) is refused after the headers, and the
+    body that follows is neither buffered nor spooled to disk."""
+    channel, transport = _channel()
+    channel.dataReceived(head)
+    assert transport.value().startswith(b"HTTP/1.1 " + status + b" ")
+    assert transport.disconnecting
+    assert channel.requests == [] or not channel.requests[-1].content
+    for _ in range(100):
+        channel.dataReceived(b"x" * 65536)  # 6.5 MB of body: dropped as it arrives
+    request = channel.requests[-1] if channel.requests else None
+    content = getattr(request, "content", None)
+    assert content is None or len(content.getvalue() if hasattr(content, "getvalue") else b"") == 0
+    assert transport.value().count(b"HTTP/1.1") == 1
+
+
+def test_a_plain_get_still_works_on_the_read_only_channel():
+    channel, transport = _channel()
+    channel.dataReceived(b"GET /v1/status/leader HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert transport.value().startswith(b"HTTP/1.1 200 ")
+    assert not transport.disconnecting

@@ -139,3 +139,49 @@ def test_rejects_str_patterns():
     """Patterns are bytes; a str is a programming error, not a silent mismatch."""
     with pytest.raises(TypeError):
         Pattern("abc")
+
+
+def test_issue_12_pattern_against_a_16k_key_is_fast():
+    """KEYS "*"+"a"*8000+"b" against one 16 KB key froze the node for 5.8 s (8000 x 16000 steps in Python)."""
+    import time
+
+    key = b"a" * 16000
+    for pattern in (b"*" + b"a" * 8000 + b"b", b"*" + b"a" * 8000 + b"b*", b"a*" + b"a" * 8000 + b"b*a"):
+        started = time.perf_counter()
+        assert not Pattern(pattern).matches(key)
+        assert time.perf_counter() - started < 0.2
+
+
+def test_a_costly_pattern_is_refused_instead_of_freezing_the_node():
+    import time
+
+    from kvd.kv.glob import PatternTooCostly
+
+    started = time.perf_counter()
+    with pytest.raises(PatternTooCostly):
+        Pattern(b"*" + b"[ab]" * 8000 + b"c*").matches(b"a" * 16000)
+    pattern = Pattern(b"*" + b"?" * 1000 + b"c*")
+    with pytest.raises(PatternTooCostly):
+        for _ in range(10_000):
+            pattern.matches(b"a" * 16000)  # the budget is per compiled pattern: one request
+    assert time.perf_counter() - started < 1.0
+
+
+def test_keys_and_scan_answer_an_error_for_a_costly_pattern():
+    from kvd.kv.commands import Envelope, Keys, MSet, Scan, encode_envelope
+    from kvd.kv.machine import KVMachine
+    from kvd.kv.results import KVError
+
+    machine = KVMachine()
+    machine.apply(1, encode_envelope(Envelope(b"c", 1, 1, 0, MSet(((b"a" * 16000, b"v"), (b"k", b"v"))))))
+    for op in (Keys(b"*" + b"?" * 8000 + b"b*"), Scan(0, b"*" + b"?" * 8000 + b"b*", 10)):
+        reply = machine.read(op)
+        assert isinstance(reply, KVError) and reply.message.startswith("ERR pattern is too costly")
+    assert machine.read(Keys(b"*" + b"a" * 8000 + b"b")) == []
+    assert machine.read(Keys(b"k*")) == [b"k"]
+
+
+def test_honest_class_patterns_over_many_keys_stay_within_budget():
+    pattern = Pattern(b"user:*:[0-9]?*")
+    keys = [b"user:%d:%d7x" % (i, i % 10) for i in range(200_000)]
+    assert sum(pattern.matches(k) for k in keys) == 200_000

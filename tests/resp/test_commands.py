@@ -289,7 +289,7 @@ def test_table_has_every_supported_command():
         b"ping", b"echo", b"get", b"set", b"del", b"exists", b"mget", b"mset", b"incr", b"decr", b"incrby",
         b"decrby", b"keys", b"scan", b"dbsize", b"info", b"role", b"select", b"command", b"quit", b"readonly",
         b"readwrite", b"client", b"kvd.members", b"kvd.cluster", b"kvd.join", b"kvd.remove", b"hello",
-        b"config", b"multi", b"exec", b"discard", b"watch", b"unwatch",
+        b"config", b"multi", b"exec", b"discard", b"watch", b"unwatch", b"auth",
     }
 
 
@@ -297,3 +297,17 @@ def test_command_errors_are_resp_errors():
     """CommandError is a RespError, so the protocol sends both the same way."""
     assert isinstance(req(b"GET"), RespError)
     assert str(req(b"GET")) == "ERR wrong number of arguments for 'get' command"
+
+
+def test_a_write_too_big_for_one_proposal_is_refused_before_it_is_proposed():
+    from kvd.resp.commands import MAX_WRITE_BYTES, MAX_WRITE_KEYS
+
+    refused = parse_request([b"MSET"] + [b"k", b"v"] * 200_000)
+    assert isinstance(refused, CommandError)
+    assert refused.message == ("MSET of 200000 keys is over the limit of %d keys in one write; "
+                               "the command was not run: split it" % MAX_WRITE_KEYS)
+    assert isinstance(parse_request([b"DEL"] + [b"k"] * (MAX_WRITE_KEYS + 1)), CommandError)
+    big = [b"MSET"] + [b"k", b"v" * (1024 * 1024)] * (MAX_WRITE_BYTES // (1024 * 1024) + 1)
+    assert "bytes in one write" in parse_request(big).message
+    assert isinstance(parse_request([b"MSET"] + [b"k", b"v"] * MAX_WRITE_KEYS), Write)
+    assert isinstance(parse_request([b"DEL"] + [b"k"] * MAX_WRITE_KEYS), Write)

@@ -670,3 +670,107 @@ def test_admin_commands_do_not_wait_for_running_writes():
     proto, transport = connect(executor)
     proto.dataReceived(packed("GET", "a") + packed("PING") + packed("GET", "b"))
     assert [type(r).__name__ for r, _ in executor.calls] == ["Read", "Read"]
+
+
+# ------------------------------------------------------ cross-protocol (HTTP)
+
+
+@pytest.mark.parametrize("data", [
+    b"POST / HTTP/1.1\r\nHost: 127.0.0.1:7001\r\nContent-Length: 18\r\n\r\nSET pwned 1\r\nGET x\r\n",
+    b"GET / HTTP/1.1\r\nHost: 127.0.0.1:7001\r\n\r\n",
+    b"Host: evil\r\nSET pwned 1\r\n",
+    b"*2\r\n$4\r\nPOST\r\n$1\r\n/\r\n",
+    b"GET /x HTTP/1.0\r\n",
+])
+def test_http_requests_are_closed_at_once_and_run_nothing(data, logged):
+    """A browser's POST to the Redis port (a cross-protocol attack) runs none of its lines: closed, no reply, logged."""
+    executor = ScriptedExecutor(lambda r, s: OK)
+    proto, transport = connect(executor)
+    proto.dataReceived(data)
+    assert executor.calls == []
+    assert transport.value() == b""
+    assert transport.disconnecting
+    proto.dataReceived(b"SET later 1\r\n")
+    assert executor.calls == []
+    assert any("SECURITY ATTACK" in (e.get("log_format") or "") for e in logged)
+
+
+def test_keys_that_look_like_http_words_are_fine():
+    executor = ScriptedExecutor(lambda r, s: OK)
+    proto, transport = connect(executor)
+    proto.dataReceived(b"SET Host: 1\r\nGET HTTP/1.1\r\nSET k HTTP/1.1\r\n")
+    assert len(executor.calls) == 3 and not transport.disconnecting
+
+
+# ------------------------------------------------------ bounded output, maxclients
+
+
+class _PausingTransport(StringTransport):
+    """Pauses its producer on every write, as a TCP transport does once its buffer is over its size."""
+
+    def write(self, data):
+        StringTransport.write(self, data)
+        if self.producer is not None:
+            self.producer.pauseProducing()
+
+
+def test_a_reply_over_the_output_limit_is_an_error_and_is_never_built():
+    """MGET of a 1 MiB value 400 times: the 400 MB reply is refused, not encoded."""
+    big = b"v" * (1024 * 1024)
+    executor = ScriptedExecutor(lambda r, s: [big] * 400)
+    proto, transport = connect(executor, output_limit=8 * 1024 * 1024)
+    proto.dataReceived(packed("MGET", *(["k"] * 400)))
+    assert transport.value().startswith(b"-ERR the reply is over this node's client output limit of 8388608 bytes")
+    assert not transport.disconnecting
+    proto.dataReceived(b"PING\r\n")
+    assert transport.value().endswith(b"+PONG\r\n")
+
+
+def test_the_default_output_limit_bounds_an_mget_of_a_big_key():
+    from kvd.resp.protocol import DEFAULT_OUTPUT_LIMIT, reply_size
+
+    big = b"v" * (1024 * 1024)
+    assert reply_size([big] * 400, DEFAULT_OUTPUT_LIMIT) > DEFAULT_OUTPUT_LIMIT
+    assert DEFAULT_OUTPUT_LIMIT < 400 * len(big)
+
+
+def test_a_client_that_leaves_too_much_unread_is_disconnected(logged):
+    """Replies of requests already running when the transport paused us pile up: over the limit, the client goes."""
+    executor = ScriptedExecutor()
+    proto = RespFactory(executor, output_limit=100_000).buildProtocol(None)
+    transport = _PausingTransport()
+    proto.makeConnection(transport)
+    proto.dataReceived(b"GET k\r\n" * 10)
+    assert len(executor.deferreds) == 10
+    for d in executor.deferreds:
+        d.callback(b"x" * 30_000)  # the first write pauses us; the rest pile up
+    assert transport.disconnecting
+    assert len(transport.value()) < 100_000 + 30_100
+    assert any("client output limit" in (e.get("log_format") or "") for e in logged)
+
+
+def test_output_written_while_the_client_reads_is_not_counted():
+    executor = ScriptedExecutor(lambda r, s: b"x" * 30_000)
+    proto, transport = connect(executor, output_limit=100_000)
+    for _ in range(20):
+        proto.dataReceived(b"GET k\r\n")
+    assert not transport.disconnecting and transport.value().count(b"$30000") == 20
+
+
+def test_maxclients_refuses_one_more_with_redis_error():
+    factory = RespFactory(ScriptedExecutor(), maxclients=2)
+    kept = []
+    for port in (1, 2):
+        proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", port))
+        proto.makeConnection(StringTransport())
+        kept.append(proto)
+    extra = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 3))
+    transport = StringTransport()
+    extra.makeConnection(transport)
+    assert transport.value() == b"-ERR max number of clients reached\r\n" and transport.disconnecting
+    kept[0].connectionLost(None)
+    again = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 4))
+    transport = StringTransport()
+    again.makeConnection(transport)
+    again.dataReceived(b"PING\r\n")
+    assert transport.value() == b"+PONG\r\n"
