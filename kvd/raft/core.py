@@ -1057,6 +1057,7 @@ _INT_FIELDS = {
     ReadIndexReply: ("term", "index"),
 }
 assert MAX_TERM == MAX_INDEX  # one bound checks both kinds of field below
+_WITH_CTX = frozenset((Heartbeat, HeartbeatReply, ReadIndexRequest, ReadIndexReply))
 #: A ReadIndex context is a small opaque token (a client id and a counter).
 MAX_CTX_LENGTH = 1024
 
@@ -1071,7 +1072,8 @@ def _well_formed(m: Message) -> bool:
     ``[1, m.term]``, configuration entries that decode, and snapshots of a
     positive index and term no newer than the message.
     """
-    fields = _INT_FIELDS.get(type(m))
+    kind = type(m)
+    fields = _INT_FIELDS.get(kind)
     if fields is None:
         return False
     for name in fields:
@@ -1079,12 +1081,13 @@ def _well_formed(m: Message) -> bool:
         if type(v) is not int or not 0 <= v <= MAX_TERM:
             return False
     src = m.src
-    if type(src) is not str or not src or len(src) > MAX_NODE_ID_LENGTH:
+    if type(src) is not str or not 0 < len(src) <= MAX_NODE_ID_LENGTH:
         return False
-    ctx = getattr(m, "ctx", b"")
-    if type(ctx) is not bytes or len(ctx) > MAX_CTX_LENGTH:
-        return False
-    if isinstance(m, AppendEntries):
+    if kind in _WITH_CTX:
+        ctx = m.ctx
+        if type(ctx) is not bytes or len(ctx) > MAX_CTX_LENGTH:
+            return False
+    elif kind is AppendEntries:
         for i, e in enumerate(m.entries):
             if e.index != m.prev_index + 1 + i or e.term > m.term or e.term < 1:
                 return False
@@ -1092,7 +1095,7 @@ def _well_formed(m: Message) -> bool:
                 return False
         if m.entries and (m.entries[0].term < m.prev_term or m.entries[-1].index > MAX_INDEX):
             return False
-    if isinstance(m, InstallSnapshot):
+    elif kind is InstallSnapshot:
         snap = m.snapshot
         if type(snap.index) is not int or type(snap.term) is not int or snap.index > MAX_INDEX:
             return False
