@@ -41,7 +41,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from kvd.resp.client import Connection, ReplyError, Simple, arg_bytes, parse_info
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # kvd/cli/ -> the checkout
 COMPOSE_FILE = os.path.join(REPO_ROOT, "docker-compose.yml")
 BUILD_SCRIPT = os.path.join(REPO_ROOT, "docker", "build-image.sh")
 DEFAULT_IMAGE = os.environ.get("KVD_IMAGE", "kvd:latest")

@@ -39,7 +39,7 @@ from typing import List, Optional
 from kvd.cli.errors import LOCAL_STATE, CliError
 
 #: Where the repo is (mgmt.py's directory), when kvd runs from a checkout.
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # kvd/cli/ -> the checkout
 #: False when kvd was installed with pip (then REPO_ROOT is site-packages,
 #: which also holds mgmt.py, but no setup.py): never keep state there.
 IN_CHECKOUT = all(os.path.exists(os.path.join(REPO_ROOT, name)) for name in ("mgmt.py", "setup.py"))
