@@ -269,6 +269,11 @@ class _SimEvents(Events):
     def applied(self, entry, result) -> None:
         self.c.checker.on_apply(self.node.id, entry, result)
 
+    def storage_failed(self, error: Exception) -> None:
+        # The simulated disk raises only the checker's Violations (kvd.sim.disk):
+        # they end the run, as they did before the loop learnt to fail-stop.
+        raise error
+
     def proposal_done(self, token, result, index: int) -> None:
         client, op_no, attempt = token
         self.c.reply(client, op_no, attempt, "ok", (result, index))

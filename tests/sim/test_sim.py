@@ -101,3 +101,22 @@ def test_faults_option_restricts_the_mix():
     assert r.ok
     assert r.stats["crashes"] == r.stats["partitions"] == r.stats["config_changes"] == 0
     assert set(ALL_FAULTS) >= {"loss", "dup", "reorder", "partition", "crash", "membership", "snapshot", "slowdisk"}
+
+
+def test_a_violation_raised_by_the_simulated_disk_still_ends_the_run():
+    """The loop fail-stops on a storage error; the simulator's disk raises the checker's Violations, which must not be
+    swallowed as a mere storage failure."""
+    from kvd.sim import disk as sim_disk
+    from kvd.sim.invariants import Violation
+
+    original = sim_disk.SimDisk.write
+
+    def write(self, *args, **kwargs):
+        raise Violation("disk", "planted")
+
+    sim_disk.SimDisk.write = write
+    try:
+        r = run_one(SimOptions(seed=1))
+    finally:
+        sim_disk.SimDisk.write = original
+    assert not r.ok and r.invariant == "disk", (r.invariant, r.detail)
