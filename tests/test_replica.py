@@ -207,3 +207,27 @@ def test_an_error_after_the_write_completed_is_not_a_storage_failure():
     with pytest.raises(Boom):
         replica.drain()
     assert replica.failed is None and events.storage_errors == []
+
+
+def test_a_failed_compaction_fail_stops_too():
+    """storage.compact raising (the snapshot could not be stored) is a storage failure like a failed write."""
+
+    class CompactFails(LaterStorage):
+        def write(self, hard_state, entries, snapshot, sync, done):
+            done()
+
+        def compact(self, snapshot):
+            raise OSError(5, "Input/output error")
+
+    config = Configuration.make(voters=["a"], addresses={"a": "a"})
+    hs, entries = bootstrap(config)
+    core = RaftCore("a", RaftSettings(), random.Random(1), hs, None, entries)
+    events = HeardFailure()
+    replica = Replica(core, CompactFails(), Recorder(), KVMachine(), events)
+    replica.input(lambda c: c.campaign())
+    replica.drain()
+    assert core.is_leader() and core.applied >= 2
+    taken = []
+    replica.compact(0, then=taken.append)
+    replica.drain()
+    assert taken == [] and [type(e) for e in events.storage_errors] == [OSError] and replica.busy
