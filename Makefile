@@ -86,3 +86,10 @@ TORTURE_OUT ?= $(KVD_HOME)/jepsen
 .PHONY: torture
 torture: install
 	$(PY) -m kvd.jepsen --duration $(DURATION) --nemesis $(NEMESIS) --run-seconds $(RUN_SECONDS) --nodes $(TORTURE_NODES) --out $(TORTURE_OUT)
+
+# Longer fuzzing of what strangers send: the RESP parser and client port, the DNS server, the peer
+# decoder (tests/fuzz; every test run does a short pass): `make fuzz FUZZ_EXAMPLES=100000`.
+FUZZ_EXAMPLES ?= 20000
+.PHONY: fuzz
+fuzz: install
+	KVD_FUZZ=fuzz FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -p no:cacheprovider tests/fuzz

@@ -24,7 +24,7 @@ setup(
         "service_identity>=23.1,<28",
     ],
     extras_require={
-        "test": ["pytest>=7,<10", "pytest-twisted>=1.14,<2", "dnspython>=2.3,<3", "selenium>=4.10,<5"],
+        "test": ["pytest>=7,<10", "pytest-twisted>=1.14,<2", "dnspython>=2.3,<3", "selenium>=4.10,<5", "hypothesis>=6.80,<7"],
     },
     entry_points={"console_scripts": ["kvd-mgmt=kvd.cli:main"]},
 )
