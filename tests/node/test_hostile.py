@@ -7,6 +7,7 @@ failure in the Ready loop fail-stops the node with one log line.
 from twisted.internet import task
 from twisted.logger import Logger
 
+from kvd.discovery.http import health_view
 from kvd.kv.commands import Get, Set
 from kvd.kv.results import OK
 from kvd.raft.messages import MAX_TERM, AppendEntries, Entry, EntryKind, Heartbeat, RequestVote, TimeoutNow
@@ -104,6 +105,8 @@ def test_a_storage_failure_fail_stops_the_node_with_one_log_line(tmp_path):
     run(clock, 0.2)
     assert victim.failure is not None
     assert victim.view.stopping and victim.config.data_dir in victim.view.failure
+    status, body = health_view(victim.view)
+    assert status == 503 and not body["healthy"]
     run(clock, 5)
     assert not victim.running  # stopped (task.Clock cannot stop a reactor: the node stops its service)
     (line,) = captured.at("critical")
