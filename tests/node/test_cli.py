@@ -342,6 +342,41 @@ def test_twistd_command_line_per_kind(home):
     assert "--initial-cluster" not in joiner.twistd_argv("/py") and "--bootstrap-expect" not in joiner.twistd_argv("/py")
 
 
+
+def test_nodes_run_with_their_peer_certificate(home):
+    """Every node mgmt.py starts gets --peer-cert/--peer-key (its directory) and --peer-ca (KVD_HOME/tls)."""
+    rec = home.new_record(id="127.0.0.1:7001", host="127.0.0.1", client_port=7001, peer_port=17001, cluster_id="c", kind="seed", expect=3)
+    argv = rec.twistd_argv("/py")
+    assert argv[argv.index("--peer-cert") + 1] == os.path.join(rec.directory, "peer.crt")
+    assert argv[argv.index("--peer-key") + 1] == os.path.join(rec.directory, "peer.key")
+    assert argv[argv.index("--peer-ca") + 1] == os.path.join(home.root, "tls", "ca.crt")
+    cli_server.ensure_peer_certificate(rec)
+    from kvd.wire.tls import PeerTLS
+
+    assert PeerTLS(rec.peer_cert, rec.peer_key, rec.peer_ca).identity == "127.0.0.1:7001"
+    assert oct(os.stat(rec.peer_key).st_mode & 0o777) == "0o600"
+    assert oct(os.stat(os.path.join(home.root, "tls", "ca.key")).st_mode & 0o777) == "0o600"
+
+
+def test_a_joiner_in_another_kvd_home_needs_the_cluster_ca(capsys, home, tmp_path):
+    """Without the CA (no token, no seed here) a joiner is refused with the way out; a token installs the CA."""
+    rec = home.new_record(id="127.0.0.1:7002", host="127.0.0.1", client_port=7002, peer_port=17002, cluster_id="c", kind="join")
+    with pytest.raises(cli_errors.CliError, match="--token-file"):
+        cli_server.ensure_peer_certificate(rec)
+    from kvd.cli.certs import CertDir
+
+    elsewhere = CertDir(str(tmp_path / "seed-home" / "tls"))
+    elsewhere.ensure_ca("c")
+    token_file = tmp_path / "join-token"
+    token_file.write_text(elsewhere.token() + "\n")
+    from kvd.cli import mgmt as cli_mgmt
+
+    cli_server.install_join_token(home, cli_mgmt.join_token(str(token_file)))
+    cli_server.ensure_peer_certificate(rec)
+    assert open(rec.peer_ca, "rb").read() == open(elsewhere.ca_cert, "rb").read()
+    code, _, err = run_cli(capsys, "-r", "server", "-c", "join", "-h", "127.0.0.1:7002", "--token-file", str(tmp_path / "missing"))
+    assert code == cli_errors.USAGE and "cannot read --token-file" in err[0]
+
 # ---------------------------------------------------------------- processes
 def test_pid_helpers_see_live_dead_and_zombie_processes(tmp_path):
     """pid_alive: True for us, False for a reaped child and for an unreaped (zombie) one; read_pid rejects garbage."""
