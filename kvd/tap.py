@@ -74,6 +74,8 @@ class Options(usage.Options):
         ["requirepass-file", None, None, "File whose first line is the password of the client port's 'default' user (an admin; redis-cli -a, AUTH <password>). Or set $KVD_REQUIREPASS. Never on the command line, which ps shows."],
         ["users", None, None, "Users file of the client port: 'name role password' lines, role readonly, readwrite or admin, password '#<sha256 hex>' (python -m kvd.resp.auth prints it) or '>password'."],
         ["maxclients", None, "10000", "Most client connections at once; one more is answered '-ERR max number of clients reached'."],
+        ["tls-cert", None, None, "Client port TLS: this node's certificate (PEM, the chain after it); with --tls-key the client port speaks only TLS (redis-cli --tls --cacert CA)."],
+        ["tls-key", None, None, "Client port TLS: the private key of --tls-cert (PEM)."],
         ["client-output-limit", None, str(64 * 1024 * 1024), "Bytes of replies a client may leave unread before it is disconnected; a bigger single reply answers an error instead."],
         ["peer-cert", None, None, "Peer TLS: this node's certificate (PEM); its subject CN must be the node id. With --peer-key and --peer-ca, every peer connection is mutual TLS 1.3."],
         ["peer-key", None, None, "Peer TLS: the private key of --peer-cert (PEM)."],
@@ -127,6 +129,11 @@ class Options(usage.Options):
             self["request-timeout"] = float(self["request-timeout"])
         except ValueError:
             raise usage.UsageError("--request-timeout must be a number of seconds")
+        if bool(self["tls-cert"]) != bool(self["tls-key"]):
+            raise usage.UsageError("client TLS needs both --tls-cert and --tls-key")
+        for name in ("tls-cert", "tls-key"):
+            if self[name] and not os.access(self[name], os.R_OK):
+                raise usage.UsageError("cannot read --%s %s" % (name, self[name]))
         from kvd.resp.auth import Users, UsersError
 
         try:
@@ -340,8 +347,15 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
     client_factory = RespFactory(executor, value_max_bytes=config.value_max_bytes, users=options.get("client-users"),
                                  maxclients=options["maxclients"], output_limit=options["client-output-limit"])
     executor.server_info.clients = client_factory.connections
+    executor.server_info.peer_security = "insecure" if tls is None else "mutual-tls"
     if metrics is not None:
         client_factory = metrics.counting_factory(client_factory)
-    strports.service("tcp:%d:interface=%s" % (config.address.client_port, interface), client_factory).setServiceParent(top)
+    client_endpoint = "tcp:%d:interface=%s" % (config.address.client_port, interface)
+    if options["tls-cert"]:
+        from twisted.internet.endpoints import quoteStringArgument
+
+        client_endpoint = "ssl:%d:interface=%s:certKey=%s:privateKey=%s" % (
+            config.address.client_port, interface, quoteStringArgument(options["tls-cert"]), quoteStringArgument(options["tls-key"]))
+    strports.service(client_endpoint, client_factory).setServiceParent(top)
     add_services(top, node, options, metrics, reactor)  # DNS and HTTP (kvd.discovery.services)
     return top

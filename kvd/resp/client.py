@@ -54,7 +54,9 @@ or by default those of the environment (``credentials_from_env``):
 ``KVD_PASSWORD``, or the first line of the file ``KVD_PASSWORD_FILE`` names,
 with the user ``KVD_USER`` (Redis's ``default`` when unset).  So mgmt.py and
 every other tool built on this client work against a node that requires a
-password, without it ever being on a command line.
+password, without it ever being on a command line.  Likewise
+``KVD_TLS_CACERT`` (a CA file, PEM) makes every connection TLS, verified
+against that CA, for a node started with ``--tls-cert``; ``tls=`` overrides.
 
 Imports: as the layer table in tests/test_layers.py allows.
 """
@@ -64,12 +66,25 @@ from __future__ import annotations
 import os
 import select
 import socket
+import ssl
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 ENV_PASSWORD = "KVD_PASSWORD"
 ENV_PASSWORD_FILE = "KVD_PASSWORD_FILE"
 ENV_USER = "KVD_USER"
+ENV_TLS_CACERT = "KVD_TLS_CACERT"
 FROM_ENV = object()  # Connection's default ``auth``: read the environment
+
+
+def tls_from_env(environ: Mapping[str, str] = os.environ) -> Optional[ssl.SSLContext]:
+    """A TLS context that trusts the CA in $KVD_TLS_CACERT, or None (plain TCP)."""
+    path = environ.get(ENV_TLS_CACERT)
+    if not path:
+        return None
+    try:
+        return ssl.create_default_context(cafile=path)
+    except (OSError, ssl.SSLError) as e:
+        raise NotSent("cannot use the CA file %s ($%s): %s" % (path, ENV_TLS_CACERT, e))
 
 
 def credentials_from_env(environ: Mapping[str, str] = os.environ) -> Optional[Tuple[Optional[str], str]]:
@@ -263,13 +278,15 @@ class Connection:
     """
 
     def __init__(self, host: str, port: int, timeout: float, connect_timeout: float = 1.0, setup: Sequence[Sequence] = (),
-                 auth=FROM_ENV):
+                 auth=FROM_ENV, tls=FROM_ENV):
         self.host = host.strip("[]")
         self.port = port
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.setup = list(setup)
         self.auth = credentials_from_env() if auth is FROM_ENV else auth
+        # An ssl.SSLContext, or None for plain TCP; by default from $KVD_TLS_CACERT.
+        self.tls = tls_from_env() if tls is FROM_ENV else tls
         self.sock: Optional[socket.socket] = None
         self._reader = ReplyReader()
 
@@ -297,6 +314,12 @@ class Connection:
         except OSError as e:
             raise NotSent(_connect_failure(self.host, self.port, e)) from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.tls is not None:
+            try:
+                sock = self.tls.wrap_socket(sock, server_hostname=self.host)
+            except (OSError, ssl.SSLError) as e:
+                sock.close()
+                raise NotSent("TLS with %s:%d failed: %s" % (self.host, self.port, e)) from None
         sock.settimeout(self.timeout)
         self.sock = sock
         self._reader = ReplyReader()

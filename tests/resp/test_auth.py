@@ -248,3 +248,29 @@ def test_the_client_authenticates_first_when_it_has_credentials(monkeypatch):
     conn = resp_client.Connection("127.0.0.1", 1, timeout=1)
     assert conn.auth == (None, "sesame")
     assert resp_client.Connection("127.0.0.1", 1, timeout=1, auth=None).auth is None
+
+
+# ------------------------------------------------------------- twistd options
+
+
+def test_twistd_options_for_passwords_users_and_tls(tmp_path, monkeypatch):
+    from twisted.python import usage
+
+    from kvd.tap import Options
+
+    monkeypatch.delenv("KVD_REQUIREPASS", raising=False)
+    base = ["--listen", "127.0.0.1:7001", "--initial-cluster", "127.0.0.1:7001", "--insecure-peers"]
+    secret = tmp_path / "pw"
+    secret.write_text("pw\n")
+    options = Options()
+    options.parseOptions(base + ["--requirepass-file", str(secret), "--maxclients", "5"])
+    assert options["client-users"].authenticate(None, b"pw").role == ADMIN and options["maxclients"] == 5
+    options = Options()
+    options.parseOptions(base)
+    assert not options["client-users"].required
+    for bad, words in ((["--requirepass-file", str(tmp_path / "missing")], "cannot read the password file"),
+                       (["--users", str(tmp_path / "missing")], "cannot read the users file"),
+                       (["--tls-cert", str(secret)], "needs both --tls-cert and --tls-key"),
+                       (["--maxclients", "many"], "whole number")):
+        with pytest.raises(usage.UsageError, match=words):
+            Options().parseOptions(base + bad)
