@@ -54,6 +54,9 @@ def _human(n: int) -> str:
 
 
 class ServerInfo:
+    #: How peers are secured, set by kvd.tap: "mutual-tls" or "insecure" (--insecure-peers).
+    peer_security = "unknown"
+
     def __init__(self, view, now: Callable[[], float], clients: Optional[Mapping] = None):
         self.view = view
         self.now = now
@@ -163,7 +166,7 @@ class ServerInfo:
         return [("db0", "keys=%d,expires=0,avg_ttl=0" % keys)] if keys else []
 
     def _raft(self, raft):
-        return list(raft.items())
+        return list(raft.items()) + [("raft_peer_security", self.peer_security)]
 
     # ---------------------------------------------------------------- CONFIG
     def config(self) -> Dict[str, str]:

@@ -178,6 +178,7 @@ def test_a_cluster_keeps_serving_while_an_attacker_without_the_right_certificate
     assert writer.errors == [] and writer.ok > 10, (writer.ok, writer.errors[:5])
     assert cluster.leader() is leader
     assert follower.info()["raft_term"] == term
+    assert follower.info()["raft_peer_security"] == "mutual-tls"
     log = open(follower.logfile).read()
     assert "refusing Hello" in log and "claims src %r on a connection opened by %r" % (leader.id, other.id) in log
 
