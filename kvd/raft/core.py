@@ -133,6 +133,9 @@ class Ready:
     soft_state: Optional[Tuple[Role, Optional[NodeId], int]] = None  # (role, leader, term) when changed
 
 
+# Messages only the leader of a term sends (step's ``second_leader`` rule).
+_FROM_LEADER = (AppendEntries, Heartbeat, InstallSnapshot, ReadIndexReply)
+
 # Messages a leader may send before its own entries are durable.
 _LEADER_EARLY = (AppendEntries, Heartbeat, InstallSnapshot, TimeoutNow, ReadIndexReply)
 
@@ -460,10 +463,11 @@ class RaftCore:
           peers apart is the authenticated transport's job; the leader,
           whom a forged transfer vote would depose, can.)
         - ``second_leader``: appends (AppendEntries, Heartbeat, InstallSnapshot)
-          only from the leader of their term: once this node knows a leader in
-          its term (or is the leader), such a message from another node is
-          dropped.  Raft elects at most one leader per term, so only a bug or
-          a forgery sends one.
+          and read-index answers (ReadIndexReply, which a follower serves a
+          read at) only from the leader of their term: once this node knows a
+          leader in its term (or is the leader), such a message from another
+          node is dropped.  Raft elects at most one leader per term, so only a
+          bug or a forgery sends one.
         """
         if m.dst != self.id:
             return
@@ -497,11 +501,7 @@ class RaftCore:
             elif isinstance(m, PreVote):
                 self._send(PreVoteReply(self.term, self.id, m.src, False))
             return
-        elif (
-            self.leader is not None
-            and self.leader != m.src
-            and isinstance(m, (AppendEntries, Heartbeat, InstallSnapshot))
-        ):
+        elif self.leader is not None and self.leader != m.src and isinstance(m, _FROM_LEADER):
             self._refuse("second_leader", m)
             return
 

@@ -175,10 +175,11 @@ def test_appends_only_from_the_leader_of_their_term():
     b.step(Heartbeat(term, "c", "b", last))
     config = Configuration.make(voters=("a", "b", "c"))
     b.step(InstallSnapshot(term, "c", "b", Snapshot(last + 5, term, config, b"")))
+    b.step(ReadIndexReply(term, "c", "b", b"r", 1))  # a read index only the leader may give
     env.core("a").step(AppendEntries(term, "c", "a", last, term, (), 0))  # to the leader itself
     env.deliver()
-    assert state(env) == before and env.nodes["b"].applied == applied_b
-    assert b.status()["refused"] == {"second_leader": 3}
+    assert state(env) == before and env.nodes["b"].applied == applied_b and env.nodes["b"].read_states == []
+    assert b.status()["refused"] == {"second_leader": 4}
     assert env.core("a").status()["refused"] == {"second_leader": 1}
     still_works(env)
     assert b"evil" not in [d for _, d in env.nodes["b"].applied]
