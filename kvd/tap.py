@@ -71,13 +71,6 @@ class Options(usage.Options):
         ["dns-port", None, None, "DNS port, UDP and TCP (leader.kvd, _kvd._tcp.kvd, <node>.node.kvd). Default: client port + 20000; 0 turns DNS off."],
         ["http-port", None, None, "HTTP port: /v1/status/leader, /v1/status/peers, /v1/health, /metrics and the cluster page at /. Default: client port + 30000; 0 turns HTTP off."],
         ["domain", None, "kvd", "DNS domain this node answers for."],
-        ["peer-cert", None, None, "Peer TLS: this node's certificate (PEM); its subject CN must be the node id. With --peer-key and --peer-ca, every peer connection is mutual TLS 1.3."],
-        ["peer-key", None, None, "Peer TLS: the private key of --peer-cert (PEM)."],
-        ["peer-ca", None, None, "Peer TLS: the cluster CA (PEM) that signs every member's certificate."],
-    ]
-
-    optFlags = [
-        ["insecure-peers", None, "Plaintext peer connections: anyone who reaches the peer port and knows the cluster id can act as any member. For tests and trusted networks only."],
         ["requirepass-file", None, None, "File whose first line is the password of the client port's 'default' user (an admin; redis-cli -a, AUTH <password>). Or set $KVD_REQUIREPASS. Never on the command line, which ps shows."],
         ["users", None, None, "Users file of the client port: 'name role password' lines, role readonly, readwrite or admin, password '#<sha256 hex>' (python -m kvd.resp.auth prints it) or '>password'."],
         ["maxclients", None, "10000", "Most client connections at once; one more is answered '-ERR max number of clients reached'."],
@@ -113,12 +106,10 @@ class Options(usage.Options):
             raise usage.UsageError("cannot read config file %s" % path)
         if not parser.has_section("kvd"):
             raise usage.UsageError("config file %s has no [kvd] section" % path)
-        known = {p[0] for p in self.optParameters} | {f[0] for f in self.optFlags} | {f[0] for f in self.optFlags}
+        known = {p[0] for p in self.optParameters} | {f[0] for f in self.optFlags}
         for key, value in parser.items("kvd"):
             if key not in known:
                 raise usage.UsageError("config file %s: unknown option %r" % (path, key))
-            if key in {f[0] for f in self.optFlags}:
-                value = 1 if value.strip().lower() in ("1", "yes", "true", "on") else 0
             if key in {f[0] for f in self.optFlags}:
                 value = 1 if value.strip().lower() in ("1", "yes", "true", "on") else 0
             self[key] = value
@@ -163,44 +154,10 @@ class Options(usage.Options):
         except ValueError as e:
             raise usage.UsageError(str(e))
         check_peer_tls_options(self)
-        check_peer_tls_options(self)
         if self["initial"] is not None and self["node-id"] not in self["initial"]:
             raise usage.UsageError("--initial-cluster does not include this node (%s)" % self["node-id"])
         if not self["data-dir"]:
             self["data-dir"] = os.path.join(".kvd", "data", "%s-%d" % (address.host, address.client_port))
-
-
-def check_peer_tls_options(options) -> None:
-    """All three of --peer-cert/--peer-key/--peer-ca, or --insecure-peers (checked for use by makeService)."""
-    given = [name for name in ("peer-cert", "peer-key", "peer-ca") if options[name]]
-    if given and options["insecure-peers"]:
-        raise usage.UsageError("--insecure-peers does not go with --%s" % given[0])
-    if given and len(given) < 3:
-        missing = [name for name in ("peer-cert", "peer-key", "peer-ca") if not options[name]]
-        raise usage.UsageError("peer TLS needs --peer-cert, --peer-key and --peer-ca; missing --%s" % ", --".join(missing))
-
-
-def peer_tls(options):
-    """The node's PeerTLS, or None with --insecure-peers; SystemExit with one line when neither is usable."""
-    from kvd.wire.tls import PeerTLS, PeerTLSError
-
-    if options["insecure-peers"]:
-        return None
-    if not options["peer-cert"]:
-        raise SystemExit(
-            "kvd: peers need certificates: pass --peer-cert, --peer-key and --peer-ca (mgmt.py makes them), "
-            "or --insecure-peers for plaintext peers"
-        )
-    try:
-        tls = PeerTLS(options["peer-cert"], options["peer-key"], options["peer-ca"])
-    except PeerTLSError as e:
-        raise SystemExit("kvd: %s" % e)
-    if tls.identity != options["node-id"]:
-        raise SystemExit(
-            "kvd: --peer-cert %s is for node %r, this node is %r (its CN must be the node id)"
-            % (options["peer-cert"], tls.identity, options["node-id"])
-        )
-    return tls
 
 
 def check_peer_tls_options(options) -> None:
@@ -390,7 +347,6 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
     client_factory = RespFactory(executor, value_max_bytes=config.value_max_bytes, users=options.get("client-users"),
                                  maxclients=options["maxclients"], output_limit=options["client-output-limit"])
     executor.server_info.clients = client_factory.connections
-    executor.server_info.peer_security = "insecure" if tls is None else "mutual-tls"
     executor.server_info.peer_security = "insecure" if tls is None else "mutual-tls"
     if metrics is not None:
         client_factory = metrics.counting_factory(client_factory)
