@@ -56,6 +56,10 @@ def _human(n: int) -> str:
 class ServerInfo:
     #: How peers are secured, set by kvd.tap: "mutual-tls" or "insecure" (--insecure-peers).
     peer_security = "unknown"
+    #: The client port's factory (kvd.resp.protocol.RespFactory), set by kvd.tap: its limits and users.
+    client_port = None
+    #: Whether the client port speaks TLS (--tls-cert), set by kvd.tap.
+    client_tls = False
 
     def __init__(self, view, now: Callable[[], float], clients: Optional[Mapping] = None):
         self.view = view
@@ -100,8 +104,13 @@ class ServerInfo:
         ]
 
     def _clients(self, raft):
+        port = self.client_port
+        users = getattr(port, "users", None)
         return [("connected_clients", len(self.clients) if self.clients is not None else 0),
-                ("maxclients", 0), ("blocked_clients", 0)]
+                ("maxclients", getattr(port, "maxclients", 0)), ("blocked_clients", 0),
+                ("client_output_limit", getattr(port, "output_limit", 0)),
+                ("client_auth", "yes" if users is not None and users.required else "no"),
+                ("client_tls", "yes" if self.client_tls else "no")]
 
     def _memory(self, raft):
         rss = _rss_bytes()
@@ -183,7 +192,8 @@ class ServerInfo:
             "appendfsync": "always" if c.sync else "no",
             "maxmemory": "0",
             "maxmemory-policy": "noeviction",
-            "maxclients": "0",
+            "maxclients": str(getattr(self.client_port, "maxclients", 0)),
+            "client-output-buffer-limit": "normal 0 %d 0" % getattr(self.client_port, "output_limit", 0),
             "timeout": "0",
             "tcp-keepalive": "0",
             "proto-max-bulk-len": str(c.value_max_bytes),

@@ -347,6 +347,8 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
     client_factory = RespFactory(executor, value_max_bytes=config.value_max_bytes, users=options.get("client-users"),
                                  maxclients=options["maxclients"], output_limit=options["client-output-limit"])
     executor.server_info.clients = client_factory.connections
+    executor.server_info.client_port = client_factory
+    executor.server_info.client_tls = bool(options["tls-cert"])
     executor.server_info.peer_security = "insecure" if tls is None else "mutual-tls"
     if metrics is not None:
         client_factory = metrics.counting_factory(client_factory)

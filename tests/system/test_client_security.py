@@ -134,3 +134,11 @@ def test_maxclients(node):
     finally:
         for s in held:
             s.close()
+
+
+def test_info_and_config_tell_the_client_port_settings(node):
+    r = node.client(password=PASSWORD, ssl=True, ssl_ca_certs=node.ca)
+    clients = r.info("clients")
+    assert clients["maxclients"] == 20 and clients["client_auth"] == "yes" and clients["client_tls"] == "yes"
+    assert clients["client_output_limit"] == 64 * 1024 * 1024
+    assert r.config_get("maxclients") == {"maxclients": "20"}
