@@ -306,8 +306,7 @@ class NodeService(service.Service):
             last = self.core.last_refused
             example = ""
             if last is not None and last[0] == reason:
-                m = last[1]
-                example = " (latest: %s from %r, term %r)" % (type(m).__name__, getattr(m, "src", "?"), getattr(m, "term", "?"))
+                example = " (latest: %s from %r, term %s)" % last[1:]
             self.log.warn(
                 "{node} refused {n} peer message(s) ({reason}; {total} in all){example}",
                 node=self.config.node_id, n=count - logged, reason=reason, total=count, example=example,

@@ -220,9 +220,10 @@ class RaftCore:
         self.prev_hard = HardState(self.term, self.vote, self.commit)
         self.prev_soft: Tuple[Role, Optional[NodeId], int] = (self.role, None, self.term)
         self.outstanding: Optional[Ready] = None
-        #: Messages dropped by the checks in ``step``, by reason, and the latest one.
+        #: Messages dropped by the checks in ``step``, by reason, and the latest
+        #: one as (reason, message type name, src, term).
         self.refused: Dict[str, int] = {}
-        self.last_refused: Optional[Tuple[str, Message]] = None
+        self.last_refused: Optional[Tuple[str, str, str, object]] = None
         self._become_follower(self.term, None)
 
     # ============================================================ public API
@@ -516,7 +517,10 @@ class RaftCore:
 
     def _refuse(self, reason: str, m: Message) -> None:
         self.refused[reason] = self.refused.get(reason, 0) + 1
-        self.last_refused = (reason, m)
+        # A small description, not the message (which may be big, or hold absurd values).
+        src = m.src if type(m.src) is str else repr(type(m.src))
+        term = m.term if type(m.term) is int and 0 <= m.term <= MAX_TERM else "out of range"
+        self.last_refused = (reason, type(m).__name__, src[:MAX_NODE_ID_LENGTH], term)
 
     def _transfer_vote_allowed(self, m: RequestVote) -> bool:
         """May this transfer vote bypass the leader lease?  (The rule is in ``step``'s docstring.)"""

@@ -76,6 +76,8 @@ def test_forged_timeout_now_and_appends_from_a_non_leader_are_refused_and_logged
     assert follower.core.status()["refused"] == {"timeout_now": 2, "second_leader": 2}
     warned = [e for e in captured.at("warn") if "refused" in e["log_format"]]
     assert sorted(e["reason"] for e in warned) == ["second_leader", "timeout_now"]
+    (second,) = [e for e in warned if e["reason"] == "second_leader"]
+    assert "Heartbeat from %r, term %d" % (them, term) in second["log_format"].format(**second)
     assert result_of(clock, leader.submit(Set(b"k", b"v"))) is OK
     assert result_of(clock, follower.read(Get(b"k"))) == b"v"
 

@@ -56,6 +56,7 @@ def test_a_vote_with_a_term_beyond_the_bound_is_refused_everywhere(term):
     assert state(env) == before
     for dst in "abc":
         assert env.core(dst).status()["refused"]["malformed"] == 4
+        assert env.core(dst).last_refused == ("malformed", "PreVote", "b", "out of range")
     still_works(env)
 
 
