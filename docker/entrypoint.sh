@@ -66,7 +66,12 @@ fi
 # Peer certificates: from the shared CA volume, made on first use (kvd.cli.certs).
 if [ "$peer_tls" = 1 ]; then
     node=${node_id:-${listen_at:-${KVD_LISTEN:-$(hostname):7001}}}
-    tls_args=$(python -m kvd.cli.certs node --dir "${KVD_CERTS_DIR:-/certs}" --node "$node" --cluster "$cluster_id") || exit 1
+    certs=${KVD_CERTS_DIR:-/certs}
+    mkdir -p "$certs" 2>/dev/null || true
+    if [ ! -w "$certs" ] && [ ! -e "$certs/ca.crt" ]; then
+        certs=$data_dir/certs  # /certs not ours (docker run --user): a CA of this node's own
+    fi
+    tls_args=$(python -m kvd.cli.certs node --dir "$certs" --node "$node" --cluster "$cluster_id") || exit 1
     # shellcheck disable=SC2086  # three options and three paths, none with spaces
     set -- "$@" $tls_args
 fi

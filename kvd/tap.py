@@ -290,7 +290,10 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
     import lmdb
 
     config = node_config(options)
-    tls = peer_tls(options)  # before anything is opened: a node without peer security does not start
+    problem = data_dir_problem(config.data_dir)
+    if problem is not None:
+        raise SystemExit("kvd: " + problem)
+    tls = peer_tls(options)  # before the store is opened: a node without peer security does not start
     if tls is None:
         from twisted.logger import Logger
 
@@ -300,9 +303,6 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
             port=config.address.peer_port,
             cluster=config.cluster_id,
         )
-    problem = data_dir_problem(config.data_dir)
-    if problem is not None:
-        raise SystemExit("kvd: " + problem)
     storage = LmdbStorage(config.data_dir, sync=config.sync)
     try:
         # Refuse a data dir of another cluster or node here, with a plain

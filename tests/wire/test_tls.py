@@ -200,7 +200,7 @@ def test_a_node_without_peer_security_refuses_to_start_with_one_line(tmp_path):
         makeService(o, reactor=MemoryReactorClock())
     text = str(e.value)
     assert "\n" not in text and "--peer-cert" in text and "--insecure-peers" in text
-    assert not os.path.exists(tmp_path / "d")  # refused before anything was made
+    assert not os.path.exists(tmp_path / "d" / "data.mdb")  # refused before the store was opened
 
 
 def test_peer_tls_options_go_together(ca):
