@@ -26,7 +26,7 @@ import resource
 import sys
 from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
-from kvd.kv.glob import Pattern
+from kvd.kv.glob import Pattern, PatternTooCostly
 from kvd.resp.encoder import RespMap
 
 REDIS_VERSION = "7.0.0"  # the protocol and command semantics kvd follows
@@ -210,6 +210,11 @@ class ServerInfo:
     def config_get(self, patterns: Tuple[bytes, ...]) -> RespMap:
         """CONFIG GET: every parameter matching any pattern (case-insensitive), each once."""
         params = self.config()
-        compiled = [Pattern(p.lower()) for p in patterns]
+        compiled = []
+        for p in patterns:
+            try:
+                compiled.append(Pattern(p.lower()))
+            except PatternTooCostly:  # a huge pattern: no parameter name is that long anyway
+                pass
         pairs = [(k, v) for k, v in params.items() if any(p.matches(k.encode()) for p in compiled)]
         return RespMap(tuple(pairs))

@@ -25,7 +25,10 @@ segment over ``SHORT_SEGMENT`` tokens: below that it is a small constant) is cou
 against a budget per compiled pattern (one per KEYS or SCAN request,
 ``DEFAULT_BUDGET``), and a pattern that runs out raises ``PatternTooCostly``
 instead of freezing the node: ``KEYS "*"+"a"*8000+"b"`` against a 16 KB key
-takes microseconds, and ``*[a]...`` shapes are refused once over budget.
+takes microseconds, and ``*[ab]...`` shapes are refused once over budget.  A
+pattern without wildcards (an exact key, or a prefix and one final ``*``)
+needs no compiling and may be as long as a key; one with wildcards is capped
+at ``MAX_PATTERN_BYTES``, since compiling costs about a microsecond a byte.
 
 Bytes are compared as unsigned values; Redis compares range bounds as C
 ``char``, which is signed on most platforms, so ranges that straddle 0x80
@@ -48,6 +51,10 @@ Token = Optional[frozenset]
 
 #: Work one compiled pattern may do (segment length × key bytes searched, for segments with classes).
 DEFAULT_BUDGET = 50_000_000
+#: Longest pattern with wildcards (compiling one costs about a microsecond a byte); a pattern without
+#: any is an exact key and may be as long as a key.
+MAX_PATTERN_BYTES = 16 * 1024
+_SPECIALS = (b"*", b"?", b"[", b"\\")
 #: A segment this long or shorter is counted as one step per key byte searched.
 SHORT_SEGMENT = 16
 
@@ -55,11 +62,11 @@ SHORT_SEGMENT = 16
 class PatternTooCostly(Exception):
     """A pattern used up its budget: the request is refused rather than freezing the node."""
 
-    def __init__(self, pattern: bytes, budget: int):
-        super().__init__(
+    def __init__(self, pattern: bytes, budget: int, message: str = ""):
+        super().__init__(message or (
             "pattern is too costly to match against these keys (over %d steps of work); "
             "use fewer '?' and '[...]' between '*' or a shorter pattern" % budget
-        )
+        ))
         self.pattern = pattern
         self.budget = budget
 
@@ -175,6 +182,20 @@ class Pattern:
         self.source = source
         self.budget = budget
         self.spent = 0
+        self._literal: Optional[bytes] = None
+        self._prefix: Optional[bytes] = None
+        starred = source.endswith(b"*")
+        body = source[:-1] if starred else source
+        if not any(special in body for special in _SPECIALS):  # no wildcard: no tokens needed, any length
+            if starred:
+                self._prefix = body
+            else:
+                self._literal = source
+            self._tokens, self._segments, self._start, self._end, self._stars = [], [], False, False, True
+            return
+        if len(source) > MAX_PATTERN_BYTES:
+            raise PatternTooCostly(source, budget, "pattern of %d bytes is over the limit of %d bytes for a pattern "
+                                                   "with wildcards" % (len(source), MAX_PATTERN_BYTES))
         self._tokens = _tokenize(source)
         self._segments, self._start, self._end = _segments(self._tokens)
         self._stars = any(t is _STAR for t in self._tokens)

@@ -185,3 +185,18 @@ def test_honest_class_patterns_over_many_keys_stay_within_budget():
     pattern = Pattern(b"user:*:[0-9]?*")
     keys = [b"user:%d:%d7x" % (i, i % 10) for i in range(200_000)]
     assert sum(pattern.matches(k) for k in keys) == 200_000
+
+
+def test_patterns_without_wildcards_may_be_long_and_wildcard_ones_are_capped():
+    """An exact key or a prefix needs no compiling, whatever its length; a wildcard pattern is capped."""
+    import time
+
+    from kvd.kv.glob import MAX_PATTERN_BYTES, PatternTooCostly
+
+    started = time.perf_counter()
+    assert Pattern(b"k" * 1_000_000).literal == b"k" * 1_000_000
+    assert Pattern(b"k" * 1_000_000 + b"*").matches(b"k" * 1_000_001)
+    assert Pattern(b"?" * (MAX_PATTERN_BYTES - 1) + b"*").matches(b"x" * MAX_PATTERN_BYTES)
+    with pytest.raises(PatternTooCostly, match="over the limit of 16384 bytes"):
+        Pattern(b"*" + b"?" * MAX_PATTERN_BYTES)
+    assert time.perf_counter() - started < 1.0
