@@ -39,33 +39,34 @@ class PeerTLS:
     """This node's certificate, key and the cluster CA, as an OpenSSL context for both ends."""
 
     def __init__(self, cert_path: str, key_path: str, ca_path: str) -> None:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
         from OpenSSL import SSL, crypto
 
         self.cert_path, self.key_path, self.ca_path = cert_path, key_path, ca_path
         try:
-            cert = ssl.Certificate.loadPEM(_read(cert_path, "--peer-cert"))
-        except (crypto.Error, ValueError, SSL.Error) as e:
+            cert = x509.load_pem_x509_certificate(_read(cert_path, "--peer-cert"))
+        except ValueError as e:
             raise PeerTLSError("--peer-cert %s is not a PEM certificate (%s)" % (cert_path, e)) from None
         try:
-            key = ssl.KeyPair.load(_read(key_path, "--peer-key"), crypto.FILETYPE_PEM)
-        except (crypto.Error, ValueError, SSL.Error) as e:
-            raise PeerTLSError("--peer-key %s is not a PEM private key (%s)" % (key_path, e)) from None
+            key = serialization.load_pem_private_key(_read(key_path, "--peer-key"), password=None)
+        except (ValueError, TypeError) as e:
+            raise PeerTLSError("--peer-key %s is not an unencrypted PEM private key (%s)" % (key_path, e)) from None
         ca_pem = _read(ca_path, "--peer-ca")
         try:
-            ca_certs = [ssl.Certificate.loadPEM(block) for block in _pem_blocks(ca_pem)]
-        except (crypto.Error, ValueError, SSL.Error) as e:
+            ca_certs = x509.load_pem_x509_certificates(ca_pem)
+        except ValueError as e:
             raise PeerTLSError("--peer-ca %s is not a PEM certificate (%s)" % (ca_path, e)) from None
-        if not ca_certs:
-            raise PeerTLSError("--peer-ca %s holds no certificate" % ca_path)
-        self.identity = identity_of(cert.original)
+        self.identity = _common_name(cert)
         if not self.identity:
             raise PeerTLSError("--peer-cert %s has no subject CN (the node id)" % cert_path)
         try:
             self.options = ssl.CertificateOptions(
-                privateKey=key.original,
-                certificate=cert.original,
+                privateKey=key,
+                certificate=cert,
                 verify=True,
-                caCerts=[c.original for c in ca_certs],
+                # The trust store takes only pyOpenSSL's certificates.
+                caCerts=[crypto.X509.from_cryptography(ca) for ca in ca_certs],
                 requireCertificate=True,
                 raiseMinimumTo=ssl.TLSVersion.TLSv1_3,
                 # No resumption: every connection shows its certificate.
@@ -73,23 +74,10 @@ class PeerTLS:
                 enableSessionTickets=False,
             )
             self.options.getContext()  # a key that does not match the certificate fails here
-        except (crypto.Error, SSL.Error, ValueError) as e:
+        except (SSL.Error, ValueError, TypeError) as e:
             raise PeerTLSError("--peer-key %s does not fit --peer-cert %s (%s)" % (key_path, cert_path, e)) from None
-        if not self._signed_by_ca(cert.original, [c.original for c in ca_certs]):
+        if not any(_issued_by(cert, ca) for ca in ca_certs):
             raise PeerTLSError("--peer-cert %s is not signed by --peer-ca %s" % (cert_path, ca_path))
-
-    @staticmethod
-    def _signed_by_ca(cert, cas) -> bool:
-        from OpenSSL import crypto
-
-        store = crypto.X509Store()
-        for ca in cas:
-            store.add_cert(ca)
-        try:
-            crypto.X509StoreContext(store, cert).verify_certificate()
-            return True
-        except crypto.X509StoreContextError:
-            return False
 
     def server_factory(self, wrapped, clock=None):
         """``wrapped`` behind TLS, the listening end; ``clock`` times the batching of small writes."""
@@ -99,26 +87,32 @@ class PeerTLS:
         return TLSMemoryBIOFactory(self.options, True, wrapped, clock=clock)
 
 
-def _pem_blocks(data: bytes):
-    end = b"-----END CERTIFICATE-----"
-    for part in data.split(end):
-        if b"-----BEGIN CERTIFICATE-----" in part:
-            yield part[part.index(b"-----BEGIN CERTIFICATE-----"):] + end + b"\n"
+def _issued_by(cert, ca) -> bool:
+    try:
+        cert.verify_directly_issued_by(ca)
+        return True
+    except Exception:
+        return False
 
 
-def identity_of(x509) -> Optional[str]:
-    """The node id a pyOpenSSL certificate names: its one subject CN, or None."""
-    if x509 is None:
-        return None
+def _common_name(cert) -> Optional[str]:
+    """The one subject CN of a ``cryptography`` certificate, or None."""
     from cryptography.x509.oid import NameOID
 
-    try:
-        names = x509.to_cryptography().subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    except Exception:
-        return None
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     if len(names) != 1 or not isinstance(names[0].value, str):
         return None
     return names[0].value
+
+
+def identity_of(x509) -> Optional[str]:
+    """The node id a pyOpenSSL certificate (a peer's, after the handshake) names: its one subject CN, or None."""
+    if x509 is None:
+        return None
+    try:
+        return _common_name(x509.to_cryptography())
+    except Exception:
+        return None
 
 
 def peer_identity(transport) -> Optional[str]:
