@@ -76,6 +76,7 @@ class Options(usage.Options):
         ["maxclients", None, "10000", "Most client connections at once; one more is answered '-ERR max number of clients reached'."],
         ["tls-cert", None, None, "Client port TLS: this node's certificate (PEM, the chain after it); with --tls-key the client port speaks only TLS (redis-cli --tls --cacert CA)."],
         ["tls-key", None, None, "Client port TLS: the private key of --tls-cert (PEM)."],
+        ["maxmemory-clients", None, str(1024 * 1024 * 1024), "Bytes all client connections together may hold in partial requests and unread replies; past it, the connection that grows the total (holding 64 KiB or more) is disconnected. 0: no cap."],
         ["client-output-limit", None, str(64 * 1024 * 1024), "Bytes of replies a client may leave unread before it is disconnected; a bigger single reply answers an error instead."],
         ["peer-cert", None, None, "Peer TLS: this node's certificate (PEM); its subject CN must be the node id. With --peer-key and --peer-ca, every peer connection is mutual TLS 1.3."],
         ["peer-key", None, None, "Peer TLS: the private key of --peer-cert (PEM)."],
@@ -120,7 +121,7 @@ class Options(usage.Options):
             self["initial"] = parse_initial_cluster(self["initial-cluster"]) if self["initial-cluster"] else None
         except (AddressError, ValueError) as e:
             raise usage.UsageError(str(e))
-        for name in ("bootstrap-expect", "snapshot-entries", "snapshot-keep-entries", "value-max-bytes", "tick-ms", "election-ticks", "heartbeat-ticks", "maxclients", "client-output-limit"):
+        for name in ("bootstrap-expect", "snapshot-entries", "snapshot-keep-entries", "value-max-bytes", "tick-ms", "election-ticks", "heartbeat-ticks", "maxclients", "client-output-limit", "maxmemory-clients"):
             try:
                 self[name] = int(self[name])
             except ValueError:
@@ -345,7 +346,8 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
     peer_port.setServiceParent(top)
     executor = ClientExecutor(node)
     client_factory = RespFactory(executor, value_max_bytes=config.value_max_bytes, users=options.get("client-users"),
-                                 maxclients=options["maxclients"], output_limit=options["client-output-limit"])
+                                 maxclients=options["maxclients"], output_limit=options["client-output-limit"],
+                                 maxmemory_clients=options["maxmemory-clients"])
     executor.server_info.clients = client_factory.connections
     executor.server_info.client_port = client_factory
     executor.server_info.client_tls = bool(options["tls-cert"])

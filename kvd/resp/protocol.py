@@ -31,7 +31,11 @@ Backpressure, so that no client can grow the node's memory without bound:
   that lets more than that pile up unread (replies of requests already
   running when the transport paused us) is disconnected and logged;
 * at most ``maxclients`` connections at once: one more is answered Redis's
-  ``-ERR max number of clients reached`` and closed.
+  ``-ERR max number of clients reached`` and closed;
+* all connections together hold at most ``maxmemory_clients`` bytes of
+  partial requests and unread replies (Redis 7's maxmemory-clients): a
+  connection that grows the total past it, holding more than
+  ``EVICT_MIN_BYTES`` itself, is disconnected and logged.
 
 QUIT and fatal protocol errors reply, then close once every earlier reply has
 been written.
@@ -70,7 +74,18 @@ from kvd.resp.connection import Connection, execute_local, is_local
 DEFAULT_MAX_INFLIGHT = 1024
 DEFAULT_MAXCLIENTS = 10000
 DEFAULT_OUTPUT_LIMIT = 64 * 1024 * 1024
+DEFAULT_MAXMEMORY_CLIENTS = 1024 * 1024 * 1024
+#: A connection holding less than this is never evicted for the total.
+EVICT_MIN_BYTES = 64 * 1024
 MAXCLIENTS_REPLY = encode_error("ERR", "max number of clients reached")
+
+
+class ClientMemory:
+    """Bytes held for all connections of one port (partial requests, unread replies) and their cap (0: none)."""
+
+    def __init__(self, limit: int = DEFAULT_MAXMEMORY_CLIENTS):
+        self.limit = limit
+        self.used = 0
 INTERNAL_ERROR = encode_error("ERR", "internal error")
 
 
@@ -140,6 +155,7 @@ class RespProtocol(Protocol):
         self.executor = executor
         self.output_limit = output_limit
         self._unsent = 0  # bytes written since the transport last had room (see _write)
+        self._held = 0  # this connection's share of the factory's ClientMemory
         self.connection = connection
         self.max_inflight = max_inflight
         self._resume_below = max(1, max_inflight // 2)
@@ -178,11 +194,17 @@ class RespProtocol(Protocol):
         self._pending.clear()
         self._backlog.clear()
         self._producing = False
+        memory = getattr(self.factory, "memory", None)
+        if memory is not None:
+            memory.used -= self._held
+        self._held = 0
 
     def dataReceived(self, data: bytes):
         if self._closing or self._lost:
             return
         items = self._parser.feed(data)
+        if not self._account():
+            return
         if any(isinstance(item, list) and looks_like_http(item) for item in items):
             self._refuse_http()
             return
@@ -357,16 +379,40 @@ class RespProtocol(Protocol):
                 "client output limit of {limit} bytes (--client-output-limit)",
                 connection=self.connection, size=self._unsent, limit=self.output_limit,
             )
-            self._closing = True
-            self._backlog.clear()
-            self._pending.clear()
-            if self._producing:
-                self._producing = False
-                self.transport.unregisterProducer()
-            abort = getattr(self.transport, "abortConnection", None)
-            (abort or self.transport.loseConnection)()
+            self._abort()
+            return
+        if not self._account():
             return
         self.transport.write(data)
+
+    def _account(self) -> bool:
+        """Report the bytes held for this connection; False when it was evicted for the total of all."""
+        memory = getattr(self.factory, "memory", None)
+        if memory is None:
+            return True
+        held = self._parser.buffered + self._unsent
+        memory.used += held - self._held
+        self._held = held
+        if memory.limit and memory.used > memory.limit and held >= EVICT_MIN_BYTES:
+            self.log.warn(
+                "Client {connection!r} closed: it holds {held} bytes and all clients together {used}, over "
+                "--maxmemory-clients {limit}",
+                connection=self.connection, held=held, used=memory.used, limit=memory.limit,
+            )
+            self._abort()
+            return False
+        return True
+
+    def _abort(self):
+        """Drop the connection now: nothing more is read, run or written."""
+        self._closing = True
+        self._backlog.clear()
+        self._pending.clear()
+        if self._producing:
+            self._producing = False
+            self.transport.unregisterProducer()
+        abort = getattr(self.transport, "abortConnection", None)
+        (abort or self.transport.loseConnection)()
 
     def _close(self):
         self._pending.clear()
@@ -399,11 +445,13 @@ class RespFactory(Factory):
 
     def __init__(self, executor, max_inflight: int = DEFAULT_MAX_INFLIGHT,
                  value_max_bytes: int = DEFAULT_MAX_BULK_BYTES, parser_factory=None, users=None,
-                 maxclients: int = DEFAULT_MAXCLIENTS, output_limit: int = DEFAULT_OUTPUT_LIMIT):
+                 maxclients: int = DEFAULT_MAXCLIENTS, output_limit: int = DEFAULT_OUTPUT_LIMIT,
+                 maxmemory_clients: int = DEFAULT_MAXMEMORY_CLIENTS):
         self.executor = executor
         self.users = users  # kvd.resp.auth.Users, or None: no authentication
         self.maxclients = maxclients
         self.output_limit = output_limit
+        self.memory = ClientMemory(maxmemory_clients)
         self.max_inflight = max_inflight
         self.value_max_bytes = value_max_bytes
         self.parser_factory = parser_factory or (lambda: RespParser(max_bulk_bytes=self.value_max_bytes))

@@ -774,3 +774,29 @@ def test_maxclients_refuses_one_more_with_redis_error():
     again.makeConnection(transport)
     again.dataReceived(b"PING\r\n")
     assert transport.value() == b"+PONG\r\n"
+
+
+def test_clients_together_are_capped_and_the_one_that_grows_past_the_cap_is_evicted(logged):
+    """Partial requests of all connections count against --maxmemory-clients; the connection pushing the total
+    over it (and holding a share worth evicting) is disconnected, the others keep going."""
+    factory = RespFactory(ScriptedExecutor(lambda r, s: OK), maxmemory_clients=250_000)
+    protos = []
+    for port in (1, 2, 3):
+        proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", port))
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        protos.append((proto, transport))
+    head = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$200000\r\n"
+    protos[0][0].dataReceived(head + b"x" * 100_000)
+    protos[1][0].dataReceived(head + b"x" * 100_000)
+    assert not protos[0][1].disconnecting and not protos[1][1].disconnecting
+    protos[2][0].dataReceived(b"PING\r\n")  # a small client is never the one evicted
+    assert protos[2][1].value() == b"+PONG\r\n"
+    protos[1][0].dataReceived(b"x" * 60_000)
+    assert protos[1][1].disconnecting and not protos[0][1].disconnecting
+    assert any("maxmemory-clients" in (e.get("log_format") or "") for e in logged)
+    protos[1][0].connectionLost(None)
+    assert factory.memory.used == protos[0][0]._parser.buffered + len(b"+PONG\r\n")  # replies count until drained
+    protos[0][0].dataReceived(b"x" * 100_000 + b"\r\n")  # completes: the memory is released
+    assert protos[0][1].value() == b"+OK\r\n"
+    assert factory.memory.used == len(b"+OK\r\n") + len(b"+PONG\r\n")
