@@ -59,11 +59,17 @@ class _InfoProtocol(Protocol):
     reader (the package's one), fed from the reactor: nothing here blocks.
     """
 
-    def __init__(self):
+    def __init__(self, auth=None):
+        """``auth``: (user or None, password) to send ``AUTH`` with first, for a node that requires it."""
         self.done: defer.Deferred = defer.Deferred()
         self.reader = ReplyReader(max_bytes=INFO_MAX_BYTES)
+        self.auth = auth
+        self._auth_pending = bool(auth)
 
     def connectionMade(self):
+        if self.auth:
+            user, password = self.auth
+            self.transport.write(encode(("AUTH", password) if user is None else ("AUTH", user, password)))
         self.transport.write(encode(("INFO", "raft")))
 
     def dataReceived(self, data):
@@ -72,6 +78,12 @@ class _InfoProtocol(Protocol):
         try:
             self.reader.feed(data)
             reply = self.reader.get()
+            if self._auth_pending and reply is not INCOMPLETE:
+                self._auth_pending = False
+                if isinstance(reply, ReplyError):
+                    self._finish(failure=InfoError("AUTH refused: %s" % reply.text))
+                    return
+                reply = self.reader.get()
         except BadReply as e:
             self._finish(failure=InfoError("unexpected answer: %s" % e))
             return
@@ -109,9 +121,9 @@ class _OneShot(Factory):
         return self.protocol_instance
 
 
-def fetch_info(reactor, host: str, port: int, timeout_s: float = INFO_TIMEOUT_S) -> defer.Deferred:
-    """INFO raft of the node at host:port as a dict; fails after timeout_s."""
-    protocol = _InfoProtocol()
+def fetch_info(reactor, host: str, port: int, timeout_s: float = INFO_TIMEOUT_S, auth=None) -> defer.Deferred:
+    """INFO raft of the node at host:port as a dict (after ``AUTH`` with ``auth``, if given); fails after timeout_s."""
+    protocol = _InfoProtocol(auth)
     endpoint = HostnameEndpoint(reactor, host.strip("[]"), port, timeout=timeout_s)
     connecting = endpoint.connect(_OneShot(protocol))
 
@@ -133,10 +145,10 @@ def _abort(protocol: _InfoProtocol):
 class ClusterView:
     """Gathers and caches the cluster as seen from a node's ``view`` (kvd.node.NodeView, or a stand-in)."""
 
-    def __init__(self, view, reactor, fetch=None, cache_s: float = CACHE_S, clock=time.monotonic):
+    def __init__(self, view, reactor, fetch=None, cache_s: float = CACHE_S, clock=time.monotonic, auth=None):
         self.view = view
         self.reactor = reactor
-        self.fetch = fetch or (lambda host, port: fetch_info(reactor, host, port))
+        self.fetch = fetch or (lambda host, port: fetch_info(reactor, host, port, auth=auth))
         self.cache_s = cache_s
         self.clock = clock
         self._last: Optional[dict] = None

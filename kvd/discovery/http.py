@@ -187,12 +187,14 @@ class _Tree(resource.Resource):
         return pages.notFound()
 
 
-def make_root(view, metrics=None, reactor=None, cluster_view: Optional[ClusterView] = None) -> resource.Resource:
-    """The URL tree over a node's ``view`` (kvd.node.NodeView)."""
+def make_root(view, metrics=None, reactor=None, cluster_view: Optional[ClusterView] = None,
+              info_auth=None) -> resource.Resource:
+    """The URL tree over a node's ``view`` (kvd.node.NodeView); ``info_auth``: (user, password) for the
+    other members' client ports, when they require a password."""
     if cluster_view is None:
         if reactor is None:
             from twisted.internet import reactor
-        cluster_view = ClusterView(view, reactor)
+        cluster_view = ClusterView(view, reactor, auth=info_auth)
 
     def health(request):
         max_lag = HEALTH_MAX_LAG
@@ -274,8 +276,8 @@ class QuietSite(server.Site):
         pass
 
 
-def make_site(view, metrics=None, reactor=None) -> QuietSite:
-    site = QuietSite(make_root(view, metrics, reactor), timeout=HTTP_IDLE_TIMEOUT_S, reactor=reactor)
+def make_site(view, metrics=None, reactor=None, info_auth=None) -> QuietSite:
+    site = QuietSite(make_root(view, metrics, reactor, info_auth=info_auth), timeout=HTTP_IDLE_TIMEOUT_S, reactor=reactor)
     site.displayTracebacks = False
     return site
 

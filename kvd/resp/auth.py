@@ -38,7 +38,7 @@ import hashlib
 import hmac
 import os
 from dataclasses import dataclass, field
-from typing import Dict, Mapping, Optional
+from typing import Dict, Mapping, Optional, Tuple
 
 READONLY, READWRITE, ADMIN = "readonly", "readwrite", "admin"
 ROLES = (READONLY, READWRITE, ADMIN)
@@ -85,8 +85,14 @@ _DUMMY_DIGEST = digest(b"no such user")
 class Users:
     """The client port's users by name; empty means no authentication at all."""
 
-    def __init__(self, users: Mapping[str, User] = ()):
+    def __init__(self, users: Mapping[str, User] = (), internal_credentials: Optional[Tuple[Optional[str], str]] = None):
         self._users: Dict[str, User] = dict(users)
+        # (None, the default user's password) when this node was given it: the node's own requests to the
+        # other members' client ports (the cluster page's INFO raft) authenticate with it.
+        self.internal_credentials = internal_credentials
+
+    def __repr__(self) -> str:
+        return "Users(%r)" % (self.names,)
 
     @property
     def required(self) -> bool:
@@ -127,7 +133,7 @@ class Users:
                 raise UsersError("the default user is both in the users file and given a password by "
                                  "--requirepass-file or $%s" % ENV_REQUIREPASS)
             users[DEFAULT_USER] = User(DEFAULT_USER, ADMIN, digest(password.encode("utf-8")))
-        return cls(users)
+        return cls(users, (None, password) if password is not None else None)
 
 
 def read_secret_file(path: str) -> str:

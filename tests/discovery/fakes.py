@@ -80,6 +80,7 @@ class FakeNode:
         self.leader: Optional[str] = None  # what live_leader() answers
         self.cluster_commit = 10
         self.stopping = False
+        self.failure = None  # NodeView.stopping reads it (a fail-stopped node)
         self.stats = {"leader_changes": 4, "elections": 1, "proposals": 7, "reads": 3, "snapshots": 1, "new_leaders": 2}
         self.peers = FakePeers()
         self.storage = FakeStorage()

@@ -242,6 +242,36 @@ def test_the_info_protocol_asks_and_reads_one_answer():
     assert failures and failures[0].check(InfoError)
 
 
+def test_the_info_protocol_authenticates_first_when_given_a_password():
+    """A cluster whose client ports need a password: the page's INFO raft is preceded by AUTH."""
+    protocol = _InfoProtocol(auth=(None, "pw"))
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    assert transport.value() == b"*2\r\n$4\r\nAUTH\r\n$2\r\npw\r\n*2\r\n$4\r\nINFO\r\n$4\r\nraft\r\n"
+    got = []
+    protocol.done.addCallback(got.append)
+    protocol.dataReceived(b"+O")
+    protocol.dataReceived(b"K\r\n$3\r\nab")
+    protocol.dataReceived(b"c\r\n")
+    assert got == [b"abc"]
+    refused = _InfoProtocol(auth=("u", "bad"))
+    refused.makeConnection(StringTransport())
+    failures = []
+    refused.done.addErrback(failures.append)
+    refused.dataReceived(b"-WRONGPASS invalid username-password pair or user is disabled.\r\n")
+    assert "AUTH refused: WRONGPASS" in str(failures[0].value)
+
+
+def test_the_node_gives_the_page_its_own_password(tmp_path):
+    from kvd.resp.auth import Users
+
+    secret = tmp_path / "pw"
+    secret.write_text("pw\n")
+    assert Users.load(str(secret), None, environ={}).internal_credentials == (None, "pw")
+    assert Users.load(None, None, environ={}).internal_credentials is None
+    assert "pw" not in repr(Users.load(str(secret), None, environ={}))
+
+
 # ------------------------------------------------- read-only: no request bodies
 def _channel():
     from twisted.internet.address import IPv4Address
