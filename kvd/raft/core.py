@@ -463,6 +463,8 @@ class RaftCore:
           a real transferee from a voter that lies about its log: telling
           peers apart is the authenticated transport's job; the leader,
           whom a forged transfer vote would depose, can.)
+        - ``beyond_log``: an append acknowledgement (or rejection) at an index
+          past the leader's last entry, which no follower can send.
         - ``second_leader``: appends (AppendEntries, Heartbeat, InstallSnapshot)
           and read-index answers (ReadIndexReply, which a follower serves a
           read at) only from the leader of their term: once this node knows a
@@ -643,6 +645,12 @@ class RaftCore:
 
     # ============================================================ leader side
     def _handle_append_reply(self, m: AppendEntriesReply, pr: Progress) -> None:
+        if m.index > self.log.last_index():
+            # No follower can hold (or have been sent) more than we have: a
+            # leader never truncates its log, and a follower's commit index is
+            # in every later leader's log (Leader Completeness).
+            self._refuse("beyond_log", m)
+            return
         if not m.success:
             if m.index == 0 and m.conflict_index == 0:
                 return  # a stale-term notice, handled by the term check

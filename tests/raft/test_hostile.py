@@ -198,3 +198,16 @@ def test_a_candidate_still_accepts_the_winner_of_its_term():
     assert c.role is Role.CANDIDATE and c.leader is None
     c.step(Heartbeat(c.term, "b", "c", 0))
     assert c.leader == "b" and c.status()["refused"] == {}
+
+
+def test_an_acknowledgement_beyond_the_leaders_log_is_refused():
+    """A follower cannot hold what the leader never had: such a reply moves neither its progress nor the commit index."""
+    env = Env()
+    env.elect("a")
+    a = env.core("a")
+    last, commit, match = a.log.last_index(), a.commit, a.progress["b"].match
+    a.step(AppendEntriesReply(a.term, "b", "a", True, last + 1000))
+    a.step(AppendEntriesReply(a.term, "b", "a", False, MAX_INDEX, 1, 1))
+    assert a.progress["b"].match == match and a.commit == commit
+    assert a.status()["refused"] == {"beyond_log": 2}
+    still_works(env)
