@@ -93,3 +93,19 @@ FUZZ_EXAMPLES ?= 20000
 .PHONY: fuzz
 fuzz: install
 	KVD_FUZZ=fuzz FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -p no:cacheprovider tests/fuzz
+
+# Benchmarks, not tests (they assert nothing about speed): a three-node cluster of their own on
+# loopback, bounded loads through redis-benchmark, one line per load (ops/s, p50/p99/p999, CPU
+# seconds per node); `make bench-failover` kills the leader KILLS times under light load.
+# BENCH_ARGS="--json out.json" keeps the figures; --short is the form CI runs.
+KILLS ?= 20
+BENCH_ARGS ?=
+.PHONY: bench bench-failover bench-tools
+bench-tools:
+	@command -v redis-benchmark >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-tools >/dev/null; \
+		else echo "make bench needs redis-benchmark; run: sudo apt-get install -y redis-tools" >&2; exit 1; fi; }
+bench: install bench-tools
+	$(PY) -m kvd.bench loads $(BENCH_ARGS)
+bench-failover: install bench-tools
+	$(PY) -m kvd.bench failover --kills $(KILLS) $(BENCH_ARGS)

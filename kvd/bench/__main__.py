@@ -1,0 +1,127 @@
+"""
+``python -m kvd.bench [--short] [--json FILE]``: the loads (kvd.bench.loads) on a
+three-node cluster of its own; ``python -m kvd.bench failover [--kills N]``:
+leader kills under light load (kvd.bench.failover).  Everything runs on
+loopback addresses 127.x.y.z, is bounded in requests and time, and the nodes
+(started by PID, with the defaults a user gets: 100 ms ticks, 10-tick election
+timeout, fsync on) are killed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+from kvd.bench import failover, loads, procs
+from kvd.jepsen.cluster import ProcessCluster
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
+                              cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))).stdout.strip()
+    except OSError:
+        return ""
+
+
+def _machine() -> str:
+    return "%s, %d cores, Python %s" % (platform.platform(), os.cpu_count() or 0, platform.python_version())
+
+
+def _cluster(run_dir: str) -> ProcessCluster:
+    cluster = ProcessCluster(run_dir, n=3, tick_ms=100, election_ticks=10, request_timeout_s=5.0, cluster_id="bench")
+    cluster.start(60.0)
+    ok, why = cluster.wait_healthy(60.0)
+    if not ok:
+        raise RuntimeError("the bench cluster did not come up: %s" % why)
+    return cluster
+
+
+def run_loads(args) -> dict:
+    loads.redis_benchmark()  # fail early, with the install line
+    run_dir = tempfile.mkdtemp(prefix="kvd-bench-")
+    cluster = _cluster(run_dir)
+    out = {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "commit": _commit(), "machine": _machine(),
+           "short": args.short, "loads": []}
+    print("kvd bench (%s) on %s; commit %s; 3 nodes, fsync on%s" % (
+        out["date"], out["machine"], out["commit"] or "?", "; SHORT form" if args.short else ""))
+    try:
+        for load in loads.LOADS:
+            leader = cluster.leader(20.0)
+            if leader is None:
+                raise RuntimeError("no leader before %r" % load.name)
+            target = leader if load.target == "leader" else next(n for n in cluster.members if n is not leader)
+            ordered = [leader] + [n for n in cluster.members if n is not leader]
+            pids = {n.id: n.pid for n in ordered}
+            before = procs.snapshot(pids)
+            result = loads.run(target.host, target.port, load, args.short)
+            cpu = procs.used(before, procs.snapshot(pids), [n.id for n in ordered])
+            row = {"load": load.name, "target": target.id, "ops_per_s": result.ops_per_s, "p50_ms": result.p50_ms,
+                   "p99_ms": result.p99_ms, "p999_ms": result.p999_ms, "errors_shown": result.errors,
+                   "seconds": result.seconds, "cpu_s_per_node_leader_first": [cpu[n.id] for n in ordered]}
+            out["loads"].append(row)
+            print("%-34s %9.0f ops/s   p50 %6s ms  p99 %6s ms  p999 %6s ms   CPU s/node (leader first) %s%s" % (
+                load.name, result.ops_per_s, _ms(result.p50_ms), _ms(result.p99_ms), _ms(result.p999_ms),
+                " ".join("-" if c is None else "%.1f" % c for c in row["cpu_s_per_node_leader_first"]),
+                "   errors shown: %d" % result.errors if result.errors else ""), flush=True)
+    finally:
+        cluster.close()
+        if not args.keep:
+            shutil.rmtree(run_dir, ignore_errors=True)
+    return out
+
+
+def run_failover(args) -> dict:
+    run_dir = tempfile.mkdtemp(prefix="kvd-bench-failover-")
+    cluster = _cluster(run_dir)
+    kills = 2 if args.short else args.kills
+    print("kvd failover bench: %d leader kills (kill -9) under light load; 3 nodes, 100 ms ticks, election after 10" % kills)
+    try:
+        times = failover.measure(cluster, kills)
+    finally:
+        cluster.close()
+        if not args.keep:
+            shutil.rmtree(run_dir, ignore_errors=True)
+    s = failover.summary(times)
+    if "median_s" in s:
+        print("time to the next acknowledged write: min %.3f  median %.3f  p90 %.3f  p99 %.3f  max %.3f s  (%d kills, %d without a write)" % (
+            s["min_s"], s["median_s"], s["p90_s"], s["p99_s"], s["max_s"], s["kills"], s["failed"]))
+    else:
+        print("no write succeeded after any of the %d kills" % s["kills"])
+    return {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "commit": _commit(), "machine": _machine(),
+            "failover": s, "times_s": times}
+
+
+def _ms(value) -> str:
+    return "-" if value is None else "%.2f" % value
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m kvd.bench", description=__doc__.strip().splitlines()[0])
+    parser.add_argument("what", nargs="?", choices=["loads", "failover"], default="loads")
+    parser.add_argument("--short", action="store_true", help="a few requests per load: proves the bench works (CI)")
+    parser.add_argument("--kills", type=int, default=20, help="failover: how many times to kill the leader")
+    parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON, to compare commits")
+    parser.add_argument("--keep", action="store_true", help="keep the run directory (node logs)")
+    args = parser.parse_args(argv)
+    try:
+        out = run_failover(args) if args.what == "failover" else run_loads(args)
+    except RuntimeError as e:
+        print("kvd bench: %s" % e, file=sys.stderr)
+        return 1
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=2, sort_keys=True)
+        print("figures written to %s" % args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

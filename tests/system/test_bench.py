@@ -1,0 +1,57 @@
+"""
+The benchmarks work (their short forms, as `make bench` and `make bench-failover` run them); they are
+benchmarks, not tests, so nothing here says how fast anything must be.
+"""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from kvd.bench import loads
+from tests.system.nodes import REPO
+
+pytestmark = pytest.mark.system
+
+
+def test_bench_loads_short_form(tmp_path):
+    out = tmp_path / "bench.json"
+    done = subprocess.run([sys.executable, "-m", "kvd.bench", "loads", "--short", "--json", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = [line for line in done.stdout.splitlines() if "ops/s" in line]
+    assert len(lines) == len(loads.LOADS), done.stdout
+    figures = json.loads(out.read_text())
+    assert [row["load"] for row in figures["loads"]] == [load.name for load in loads.LOADS]
+    for row in figures["loads"]:
+        assert row["ops_per_s"] > 0 and row["p50_ms"] is not None and len(row["cpu_s_per_node_leader_first"]) == 3
+
+
+def test_bench_failover_short_form(tmp_path):
+    out = tmp_path / "failover.json"
+    done = subprocess.run([sys.executable, "-m", "kvd.bench", "failover", "--short", "--json", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    figures = json.loads(out.read_text())
+    assert figures["failover"]["kills"] == 2 and len(figures["times_s"]) == 2
+    assert "time to the next acknowledged write" in done.stdout
+
+
+def test_the_report_parser_reads_redis_benchmark_7():
+    report = """====== SET ======
+  200 requests completed in 0.07 seconds
+  1 parallel clients
+Latency by percentile distribution:
+0.000% <= 1.103 milliseconds (cumulative count 1)
+50.000% <= 3.287 milliseconds (cumulative count 101)
+99.000% <= 9.503 milliseconds (cumulative count 199)
+99.900% <= 12.100 milliseconds (cumulative count 200)
+100.000% <= 12.100 milliseconds (cumulative count 200)
+Summary:
+  throughput summary: 2857.14 requests per second
+"""
+    r = loads.parse(report)
+    assert (r.ops_per_s, r.p50_ms, r.p99_ms, r.p999_ms, r.seconds) == (2857.14, 3.287, 9.503, 12.1, 0.07)
+    with pytest.raises(RuntimeError):
+        loads.parse("no report here")
