@@ -81,6 +81,7 @@ class Connection:
         self.users = users
         self.user: Optional[User] = None
         self.authenticated = users is None or not users.required
+        self.auth_failures = 0  # wrong passwords sent on this connection
         self.peer = peer
         self.local = local
         self.name: Optional[bytes] = None
@@ -195,6 +196,7 @@ def _auth(user: Optional[bytes], password: bytes, connection: Connection) -> Any
         raise WRONGPASS
     found = users.authenticate(user, password)
     if found is None:
+        connection.auth_failures += 1
         raise WRONGPASS
     connection.user = found
     connection.authenticated = True

@@ -35,7 +35,10 @@ Backpressure, so that no client can grow the node's memory without bound:
 * all connections together hold at most ``maxmemory_clients`` bytes of
   partial requests and unread replies (Redis 7's maxmemory-clients): a
   connection that grows the total past it, holding more than
-  ``EVICT_MIN_BYTES`` itself, is disconnected and logged.
+  ``EVICT_MIN_BYTES`` itself, is disconnected and logged;
+* a wrong password is logged (once per connection), and after
+  ``MAX_AUTH_FAILURES`` of them the connection is closed: guessing needs a
+  new connection every few tries.
 
 QUIT and fatal protocol errors reply, then close once every earlier reply has
 been written.
@@ -75,6 +78,8 @@ DEFAULT_MAX_INFLIGHT = 1024
 DEFAULT_MAXCLIENTS = 10000
 DEFAULT_OUTPUT_LIMIT = 64 * 1024 * 1024
 DEFAULT_MAXMEMORY_CLIENTS = 1024 * 1024 * 1024
+#: Wrong passwords one connection may send before it is closed (each is logged at the first and the last).
+MAX_AUTH_FAILURES = 10
 #: A connection holding less than this is never evicted for the total.
 EVICT_MIN_BYTES = 64 * 1024
 MAXCLIENTS_REPLY = encode_error("ERR", "max number of clients reached")
@@ -156,6 +161,7 @@ class RespProtocol(Protocol):
         self.output_limit = output_limit
         self._unsent = 0  # bytes written since the transport last had room (see _write)
         self._held = 0  # this connection's share of the factory's ClientMemory
+        self._auth_failures_seen = 0
         self.connection = connection
         self.max_inflight = max_inflight
         self._resume_below = max(1, max_inflight // 2)
@@ -299,6 +305,23 @@ class RespProtocol(Protocol):
         except Exception:
             # Our own bug: same treatment as an executor's, the connection survives.
             self._fill_failure(slot, Failure(), request)
+        if self.connection.auth_failures:
+            self._auth_failed(slot)
+
+    def _auth_failed(self, slot: _Slot):
+        """A wrong password: logged once per connection; too many and the connection is closed (guessing)."""
+        failures = self.connection.auth_failures
+        if failures == self._auth_failures_seen:
+            return
+        self._auth_failures_seen = failures
+        if failures == 1 or failures >= MAX_AUTH_FAILURES:
+            self.log.warn(
+                "Wrong password from client {connection!r} ({failures} on this connection{closing})",
+                connection=self.connection, failures=failures,
+                closing="; closed" if failures >= MAX_AUTH_FAILURES else "",
+            )
+        if failures >= MAX_AUTH_FAILURES:
+            self._close_after(slot)
 
     def _close_after(self, slot: _Slot):
         slot.close_after = True

@@ -274,3 +274,25 @@ def test_twistd_options_for_passwords_users_and_tls(tmp_path, monkeypatch):
                        (["--maxclients", "many"], "whole number"), (["--maxmemory-clients", "1G"], "whole number")):
         with pytest.raises(usage.UsageError, match=words):
             Options().parseOptions(base + bad)
+
+
+def test_wrong_passwords_are_logged_and_guessing_closes_the_connection():
+    from twisted.logger import globalLogPublisher
+
+    from kvd.resp.protocol import MAX_AUTH_FAILURES
+
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        proto, transport, _ = connect()
+        for attempt in range(1, MAX_AUTH_FAILURES):
+            assert say(proto, transport, b"AUTH guess%d" % attempt) == WRONGPASS
+        assert not transport.disconnecting
+        transport.clear()
+        proto.dataReceived(b"AUTH last-guess\r\nAUTH sesame\r\n")
+        assert transport.value() == WRONGPASS and transport.disconnecting  # the right one comes too late
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    warnings = [e for e in events if "Wrong password" in (e.get("log_format") or "")]
+    assert len(warnings) == 2  # the first, and the one that closes
+    assert all("guess" not in repr(e) and "sesame" not in repr(e) for e in events)
