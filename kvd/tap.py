@@ -72,6 +72,7 @@ class Options(usage.Options):
         ["http-port", None, None, "HTTP port: /v1/status/leader, /v1/status/peers, /v1/health, /metrics and the cluster page at /. Default: client port + 30000; 0 turns HTTP off."],
         ["domain", None, "kvd", "DNS domain this node answers for."],
         ["requirepass-file", None, None, "File whose first line is the password of the client port's 'default' user (an admin; redis-cli -a, AUTH <password>). Or set $KVD_REQUIREPASS. Never on the command line, which ps shows."],
+        ["requirepass", None, None, "Only in the --config file (never on the command line, which ps shows): the 'default' user's password, as redis.conf's requirepass."],
         ["users", None, None, "Users file of the client port: 'name role password' lines, role readonly, readwrite or admin, password '#<sha256 hex>' (python -m kvd.resp.auth prints it) or '>password'."],
         ["maxclients", None, "10000", "Most client connections at once; one more is answered '-ERR max number of clients reached'."],
         ["tls-cert", None, None, "Client port TLS: this node's certificate (PEM, the chain after it); with --tls-key the client port speaks only TLS (redis-cli --tls --cacert CA)."],
@@ -97,6 +98,9 @@ class Options(usage.Options):
                 config_path = argv[i + 1]
             elif arg.startswith("--config="):
                 config_path = arg.split("=", 1)[1]
+        if any(arg == "--requirepass" or arg.startswith("--requirepass=") for arg in argv):
+            raise usage.UsageError("a password on the command line is visible to every user (ps): use --requirepass-file, "
+                                   "$KVD_REQUIREPASS or requirepass in the --config file")
         if config_path:
             self._load_config_file(config_path)
         return super().parseOptions(argv)
@@ -138,7 +142,10 @@ class Options(usage.Options):
         from kvd.resp.auth import Users, UsersError
 
         try:
-            self["client-users"] = Users.load(self["requirepass-file"], self["users"])
+            environ = dict(os.environ)
+            if self["requirepass"] and not self["requirepass-file"]:
+                environ["KVD_REQUIREPASS"] = self["requirepass"]  # from the config file: the same as the variable
+            self["client-users"] = Users.load(self["requirepass-file"], self["users"], environ=environ)
         except UsersError as e:
             raise usage.UsageError(str(e))
         if self["sync"] not in ("fsync", "none"):

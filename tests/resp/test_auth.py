@@ -296,3 +296,21 @@ def test_wrong_passwords_are_logged_and_guessing_closes_the_connection():
     warnings = [e for e in events if "Wrong password" in (e.get("log_format") or "")]
     assert len(warnings) == 2  # the first, and the one that closes
     assert all("guess" not in repr(e) and "sesame" not in repr(e) for e in events)
+
+
+def test_requirepass_only_from_the_config_file(tmp_path, monkeypatch):
+    from twisted.python import usage
+
+    from kvd.tap import Options
+
+    monkeypatch.delenv("KVD_REQUIREPASS", raising=False)
+    base = ["--listen", "127.0.0.1:7001", "--initial-cluster", "127.0.0.1:7001", "--insecure-peers"]
+    with pytest.raises(usage.UsageError, match="visible to every user"):
+        Options().parseOptions(base + ["--requirepass", "pw"])
+    with pytest.raises(usage.UsageError, match="visible to every user"):
+        Options().parseOptions(base + ["--requirepass=pw"])
+    conf = tmp_path / "kvd.conf"
+    conf.write_text("[kvd]\nrequirepass = from-conf\n")
+    options = Options()
+    options.parseOptions(base + ["--config", str(conf)])
+    assert options["client-users"].authenticate(None, b"from-conf").role == ADMIN
