@@ -100,12 +100,18 @@ fuzz: install
 # BENCH_ARGS="--json out.json" keeps the figures; --short is the form CI runs.
 KILLS ?= 20
 BENCH_ARGS ?=
-.PHONY: bench bench-failover bench-tools
+.PHONY: bench bench-etcd bench-failover bench-tools
 bench-tools:
 	@command -v redis-benchmark >/dev/null 2>&1 || { \
 		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-tools >/dev/null; \
 		else echo "make bench needs redis-benchmark; run: sudo apt-get install -y redis-tools" >&2; exit 1; fi; }
 bench: install bench-tools
 	$(PY) -m kvd.bench loads $(BENCH_ARGS)
+# The same loads, each followed by the same load on a 3-member etcd (Debian's etcd-server, driven by wrk).
+bench-etcd: install bench-tools
+	@command -v etcd >/dev/null 2>&1 && command -v wrk >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server wrk >/dev/null; \
+		else echo "make bench-etcd needs etcd and wrk; run: sudo apt-get install -y etcd-server wrk" >&2; exit 1; fi; }
+	$(PY) -m kvd.bench loads --etcd $(BENCH_ARGS)
 bench-failover: install bench-tools
 	$(PY) -m kvd.bench failover --kills $(KILLS) $(BENCH_ARGS)

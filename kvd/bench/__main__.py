@@ -1,6 +1,7 @@
 """
-``python -m kvd.bench [--short] [--json FILE]``: the loads (kvd.bench.loads) on a
-three-node cluster of its own; ``python -m kvd.bench failover [--kills N]``:
+``python -m kvd.bench [--short] [--etcd] [--json FILE]``: the loads
+(kvd.bench.loads) on a three-node cluster of its own, each followed by the
+same load on etcd with ``--etcd`` (kvd.bench.etcd), with the ratio; ``python -m kvd.bench failover [--kills N]``:
 leader kills under light load (kvd.bench.failover).  Everything runs on
 loopback addresses 127.x.y.z, is bounded in requests and time, and the nodes
 (started by PID, with the defaults a user gets: 100 ms ticks, 10-tick election
@@ -19,6 +20,7 @@ import sys
 import tempfile
 import time
 
+from kvd.bench import etcd as etcd_bench
 from kvd.bench import failover, loads, procs
 from kvd.jepsen.cluster import ProcessCluster
 
@@ -47,6 +49,14 @@ def _cluster(run_dir: str) -> ProcessCluster:
 def run_loads(args) -> dict:
     loads.redis_benchmark()  # fail early, with the install line
     run_dir = tempfile.mkdtemp(prefix="kvd-bench-")
+    etcd = None
+    if args.etcd:
+        problem = etcd_bench.tools_problem()
+        if problem:
+            raise RuntimeError("--etcd %s" % problem)
+        etcd = etcd_bench.EtcdCluster(os.path.join(run_dir, "etcd"))
+        os.makedirs(etcd.dir, exist_ok=True)
+        etcd.start()
     cluster = _cluster(run_dir)
     out = {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "commit": _commit(), "machine": _machine(),
            "short": args.short, "loads": []}
@@ -66,13 +76,29 @@ def run_loads(args) -> dict:
             row = {"load": load.name, "target": target.id, "ops_per_s": result.ops_per_s, "p50_ms": result.p50_ms,
                    "p99_ms": result.p99_ms, "p999_ms": result.p999_ms, "errors_shown": result.errors,
                    "seconds": result.seconds, "cpu_s_per_node_leader_first": [cpu[n.id] for n in ordered]}
+            if etcd is not None and load.etcd is not None:
+                url = etcd.leader_url() if load.target == "leader" else etcd.follower_url()
+                e_pids = {str(pid): pid for pid in etcd.pids()}
+                e_before = procs.snapshot(e_pids)
+                e = etcd_bench.wrk(url, load.etcd[0], max(2, int(round(result.seconds))), load.etcd[1], run_dir)
+                e_cpu = procs.used(e_before, procs.snapshot(e_pids), list(e_pids))
+                row["etcd"] = {"ops_per_s": e.ops_per_s, "p50_ms": e.p50_ms, "p99_ms": e.p99_ms, "errors": e.errors,
+                               "cpu_s_per_member": list(e_cpu.values())}
+                row["ratio_kvd_to_etcd"] = round(result.ops_per_s / e.ops_per_s, 2) if e.ops_per_s else None
             out["loads"].append(row)
             print("%-34s %9.0f ops/s   p50 %6s ms  p99 %6s ms  p999 %6s ms   CPU s/node (leader first) %s%s" % (
                 load.name, result.ops_per_s, _ms(result.p50_ms), _ms(result.p99_ms), _ms(result.p999_ms),
                 " ".join("-" if c is None else "%.1f" % c for c in row["cpu_s_per_node_leader_first"]),
                 "   errors shown: %d" % result.errors if result.errors else ""), flush=True)
+            if "etcd" in row:
+                e = row["etcd"]
+                print("%-34s %9.0f ops/s   p50 %6s ms  p99 %6s ms                  kvd/etcd = %.2fx%s" % (
+                    "  etcd, the same load", e["ops_per_s"], _ms(e["p50_ms"]), _ms(e["p99_ms"]),
+                    row["ratio_kvd_to_etcd"] or 0, "   etcd errors: %d" % e["errors"] if e["errors"] else ""), flush=True)
     finally:
         cluster.close()
+        if etcd is not None:
+            etcd.close()
         if not args.keep:
             shutil.rmtree(run_dir, ignore_errors=True)
     return out
@@ -108,6 +134,8 @@ def main(argv=None) -> int:
     parser.add_argument("what", nargs="?", choices=["loads", "failover"], default="loads")
     parser.add_argument("--short", action="store_true", help="a few requests per load: proves the bench works (CI)")
     parser.add_argument("--kills", type=int, default=20, help="failover: how many times to kill the leader")
+    parser.add_argument("--etcd", action="store_true",
+                        help="loads: after each kvd load, the same load on a 3-member etcd (Debian's etcd-server, via wrk)")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON, to compare commits")
     parser.add_argument("--keep", action="store_true", help="keep the run directory (node logs)")
     args = parser.parse_args(argv)

@@ -25,14 +25,15 @@ class Load:
     args: Sequence[str]
     requests: int
     short_requests: int
+    etcd: Optional[tuple] = None  # (wrk connections, "put" or "range") for the same load on etcd, if it has one
 
 
 LOADS = [
-    Load("SET, 1 client, to the leader", "leader", ["-t", "set", "-c", "1"], 3000, 200),
-    Load("SET, 16 clients", "leader", ["-t", "set", "-c", "16"], 20000, 400),
-    Load("SET, 64 clients", "leader", ["-t", "set", "-c", "64"], 40000, 800),
-    Load("SET, 64 clients, to a follower", "follower", ["-t", "set", "-c", "64"], 20000, 800),
-    Load("GET (linearizable), 64 clients", "leader", ["-t", "get", "-c", "64"], 60000, 800),
+    Load("SET, 1 client, to the leader", "leader", ["-t", "set", "-c", "1"], 3000, 200, (1, "put")),
+    Load("SET, 16 clients", "leader", ["-t", "set", "-c", "16"], 20000, 400, (16, "put")),
+    Load("SET, 64 clients", "leader", ["-t", "set", "-c", "64"], 40000, 800, (64, "put")),
+    Load("SET, 64 clients, to a follower", "follower", ["-t", "set", "-c", "64"], 20000, 800, (64, "put")),
+    Load("GET (linearizable), 64 clients", "leader", ["-t", "get", "-c", "64"], 60000, 800, (64, "range")),
     Load("SET, 50 clients pipelined x16", "leader", ["-t", "set", "-c", "50", "-P", "16"], 100000, 1600),
 ]
 

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.system
 
 def test_bench_loads_short_form(tmp_path):
     out = tmp_path / "bench.json"
-    done = subprocess.run([sys.executable, "-m", "kvd.bench", "loads", "--short", "--json", str(out)],
+    done = subprocess.run([sys.executable, "-m", "kvd.bench", "loads", "--short", "--etcd", "--json", str(out)],
                           cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     lines = [line for line in done.stdout.splitlines() if "ops/s" in line]
@@ -26,6 +26,10 @@ def test_bench_loads_short_form(tmp_path):
     assert [row["load"] for row in figures["loads"]] == [load.name for load in loads.LOADS]
     for row in figures["loads"]:
         assert row["ops_per_s"] > 0 and row["p50_ms"] is not None and len(row["cpu_s_per_node_leader_first"]) == 3
+    compared = [row for row in figures["loads"] if "etcd" in row]
+    assert len(compared) == sum(1 for load in loads.LOADS if load.etcd)
+    for row in compared:
+        assert row["etcd"]["ops_per_s"] > 0 and row["etcd"]["errors"] == 0, row  # etcd accepted every put/range
 
 
 def test_bench_failover_short_form(tmp_path):
