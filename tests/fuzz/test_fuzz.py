@@ -291,3 +291,32 @@ def test_chunk_assembler_stays_within_its_bound(chunks):
             assert str(e)
             break
         assert assembler.staged_bytes <= 256
+
+
+class _Recorder:
+    def __init__(self):
+        self.calls = []
+
+    def execute(self, request, connection):
+        self.calls.append(request)
+        return OK
+
+
+@given(data=st.one_of(resp_inputs, mutated(VALID_REQUESTS + [b"AUTH wrong\r\n", b"HELLO 3 AUTH default pw\r\n",
+                                                             b"POST / HTTP/1.1\r\n"])), split=st.data())
+def test_without_the_password_nothing_reaches_the_node(data, split):
+    """With a password set, no input that lacks it runs anything: every request is answered locally."""
+    from kvd.resp.auth import ADMIN, User, Users, digest
+
+    executor = _Recorder()
+    factory = RespFactory(executor, value_max_bytes=128,
+                          users=Users({"default": User("default", ADMIN, digest(b"the real one"))}))
+    proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    for piece in pieces(split, data):
+        proto.dataReceived(piece)
+    assert executor.calls == [] and not proto.connection.authenticated
+    out, pos = transport.value(), 0
+    while pos < len(out):
+        pos = _reply_end(out, pos)
