@@ -320,3 +320,15 @@ def test_without_the_password_nothing_reaches_the_node(data, split):
     out, pos = transport.value(), 0
     while pos < len(out):
         pos = _reply_end(out, pos)
+
+
+@given(name=st.sampled_from(sorted(codec.MESSAGE_COMMANDS_BY_NAME) + [b"Nope", b""]),
+       strings=st.dictionaries(st.sampled_from([b"term", b"src", b"dst", b"entries", b"commit", b"prev_index", b"prev_term",
+                                                b"last_log_index", b"last_log_term", b"transfer", b"x"]),
+                               st.one_of(st.binary(max_size=40), st.integers(-2**70, 2**70).map(lambda i: str(i).encode())),
+                               max_size=8))
+def test_peer_message_fields_of_any_value_raise_only_protocol_violations(name, strings):
+    try:
+        codec.decode_message(name, strings)
+    except ProtocolViolation as e:
+        assert str(e)
