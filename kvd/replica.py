@@ -31,7 +31,11 @@ the core, which describes it in its outstanding Ready, cannot go on.  The
 loop records the error in ``failed``, tells ``events.storage_failed`` once,
 and from then on runs nothing (inputs are dropped, ``drain`` returns at once),
 as a crashed process would; the embedder stops the process.  Raft expects a
-node to crash, not to carry on with a disk it cannot trust.
+node to crash, not to carry on with a disk it cannot trust.  Any other
+exception that escapes the loop (an assertion of the core, a machine that
+raises while applying) leaves it just as unusable (a Ready half done, never
+advanced): it fail-stops the same way and is told to ``events.loop_failed``,
+which by default raises it again (the simulator reports it).
 
 Proposals and reads carry an opaque ``token`` of the embedder's; what
 becomes of them is told through the ``Events`` it provides.
@@ -115,6 +119,10 @@ class Events:
     def storage_failed(self, error: Exception) -> None:
         """A write or compaction raised ``error``; the loop has stopped for good (told once)."""
 
+    def loop_failed(self, error: Exception) -> None:
+        """Anything else raised ``error`` inside the loop; it has stopped for good.  By default: raise it."""
+        raise error
+
 
 class Replica:
     def __init__(self, core: RaftCore, storage: Storage, transport: Transport, machine: Machine,
@@ -151,13 +159,13 @@ class Replica:
         if self.busy:
             self.inbox.append(fn)
         else:
-            fn(self.core)
+            self._guarded(fn, self.core)
 
     def tick(self) -> None:
         if self.failed is not None:
             return
         if not self.busy:
-            self.core.tick()
+            self._guarded(self.core.tick)
         elif not self._tick_queued:
             self._tick_queued = True
             self.inbox.append(self._queued_tick)
@@ -238,23 +246,37 @@ class Replica:
             return  # a write completed inside storage.write: the running loop goes on
         self._draining = True
         try:
-            core = self.core
-            while not self.busy:
-                if not core.has_ready():
-                    if not self.inbox:
-                        break
-                    self.inbox.popleft()(core)
-                    continue
-                rd = core.ready()
-                self.events.ready(core, rd)
-                if rd.messages:
-                    self.transport.send_many(rd.messages)
-                if rd.hard_state is not None or rd.entries or rd.snapshot is not None:
-                    self._write(rd)
-                else:
-                    self._finish(rd)
+            self._guarded(self._drain)
         finally:
             self._draining = False
+
+    def _drain(self) -> None:
+        core = self.core
+        while not self.busy:
+            if not core.has_ready():
+                if not self.inbox:
+                    break
+                self.inbox.popleft()(core)
+                continue
+            rd = core.ready()
+            self.events.ready(core, rd)
+            if rd.messages:
+                self.transport.send_many(rd.messages)
+            if rd.hard_state is not None or rd.entries or rd.snapshot is not None:
+                self._write(rd)
+            else:
+                self._finish(rd)
+
+    def _guarded(self, fn: Callable, *args: Any) -> None:
+        """Run ``fn(*args)``; an exception escaping it fail-stops the loop (``events.loop_failed``)."""
+        try:
+            fn(*args)
+        except Exception as e:
+            if self.failed is not None:
+                raise  # already failed (and told) deeper down: let it go on up
+            self.failed = e
+            self.inbox.clear()
+            self.events.loop_failed(e)
 
     def _write(self, rd: Ready) -> None:
         self.writing = rd
@@ -277,7 +299,7 @@ class Replica:
         if self.writing is not rd or self.failed is not None:
             return  # not ours any more (a node that crashed and restarted with a new Replica)
         self.writing = None
-        self._finish(rd)
+        self._guarded(self._finish, rd)
         self.drain()
 
     def _finish(self, rd: Ready) -> None:

@@ -204,9 +204,51 @@ def test_an_error_after_the_write_completed_is_not_a_storage_failure():
     replica.step(append_from_leader())
     import pytest
 
-    with pytest.raises(Boom):
+    with pytest.raises(Boom):  # Events.loop_failed raises by default (the simulator reports it)
         replica.drain()
-    assert replica.failed is None and events.storage_errors == []
+    assert isinstance(replica.failed, Boom) and events.storage_errors == []
+    assert replica.busy  # and nothing runs any more: no "ready() called twice without advance()" loop
+    replica.step(append_from_leader(term=3, index=3))
+    replica.tick()
+    replica.drain()
+    assert not replica.inbox
+
+
+def test_an_exception_inside_the_loop_fail_stops_it_once():
+    """A machine that raises while applying leaves a Ready half done: the loop stops and says so once."""
+
+    class SyncStorage(LaterStorage):
+        def write(self, hard_state, entries, snapshot, sync, done):
+            done()
+
+    class BadMachine(KVMachine):
+        def apply(self, index, data):
+            raise RuntimeError("corrupt state machine")
+
+    class Told(HeardFailure):
+        def __init__(self):
+            super().__init__()
+            self.loop_errors = []
+
+        def loop_failed(self, error):
+            self.loop_errors.append(error)
+
+    config = Configuration.make(voters=["a"], addresses={"a": "a"})
+    hs, entries = bootstrap(config)
+    core = RaftCore("a", RaftSettings(), random.Random(1), hs, None, entries)
+    events = Told()
+    replica = Replica(core, SyncStorage(), Recorder(), BadMachine(), events)
+    replica.input(lambda c: c.campaign())
+    replica.drain()
+    assert core.is_leader()
+    replica.propose(b"x", "t")
+    replica.drain()
+    assert [str(e) for e in events.loop_errors] == ["corrupt state machine"] and events.storage_errors == []
+    for _ in range(20):
+        replica.tick()
+        replica.propose(b"y", "u")
+        replica.drain()
+    assert len(events.loop_errors) == 1 and replica.busy
 
 
 def test_a_failed_compaction_fail_stops_too():

@@ -36,7 +36,7 @@ from typing import Callable, List, Optional, Tuple
 
 from twisted.application import service
 from twisted.internet import defer, task
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from kvd.address import MemberAddress
@@ -91,8 +91,9 @@ class NodeService(service.Service):
         self.leader_commit_seen = 0
         self.last_leader_seen: Optional[str] = None  # for counting leader changes (metrics)
         self.stopping = False
-        #: The storage error that fail-stopped this node, if any.
+        #: The error that fail-stopped this node (storage, or the Raft loop), if any, and why in words.
         self.failure: Optional[Exception] = None
+        self.failure_reason: Optional[str] = None
         self._refused_logged = {}  # reason -> (count logged, clock time)
 
     # ============================================================ lifecycle
@@ -317,12 +318,30 @@ class NodeService(service.Service):
         if self.failure is not None:
             return
         self.failure = error
-        self.stopping = True
+        self.failure_reason = "storage failed in data dir %s: %s: %s" % (self.config.data_dir, type(error).__name__, error)
         self.log.critical(
             "{node}: storage failed in data dir {data_dir}: {error}; stopping the node (fail-stop: "
             "it keeps the data last written, fix the disk and restart it)",
             node=self.config.node_id, data_dir=self.config.data_dir, error="%s: %s" % (type(error).__name__, error),
         )
+        self._begin_fail_stop()
+
+    def _loop_failed(self, error: Exception) -> None:
+        """Something else raised inside the Ready loop (a bug, or state that breaks Raft's rules): the same fail-stop."""
+        if self.failure is not None:
+            return
+        self.failure = error
+        self.failure_reason = "the Raft loop failed: %s: %s" % (type(error).__name__, error)
+        self.log.failure(
+            "{node}: the Raft loop failed: {error}; stopping the node (fail-stop; data dir {data_dir})",
+            Failure(error, type(error), error.__traceback__),
+            node=self.config.node_id, data_dir=self.config.data_dir, error="%s: %s" % (type(error).__name__, error),
+            log_level=LogLevel.critical,
+        )
+        self._begin_fail_stop()
+
+    def _begin_fail_stop(self) -> None:
+        self.stopping = True
         if self.ticker is not None and self.ticker.running:
             self.ticker.stop()
         self.clock.callLater(0, self._fail_stop)
@@ -453,3 +472,6 @@ class _NodeEvents(Events):
 
     def storage_failed(self, error: Exception) -> None:
         self.node._storage_failed(error)
+
+    def loop_failed(self, error: Exception) -> None:
+        self.node._loop_failed(error)

@@ -49,11 +49,8 @@ class NodeView:
 
     @property
     def failure(self) -> Optional[str]:
-        """Why this node fail-stopped (a storage error, with its data dir), or None."""
-        error = self._node.failure
-        if error is None:
-            return None
-        return "storage failed in data dir %s: %s: %s" % (self._node.config.data_dir, type(error).__name__, error)
+        """Why this node fail-stopped (a storage error, or another failure of its Raft loop), or None."""
+        return self._node.failure_reason
 
     # ------------------------------------------------------------ Raft state
     def role(self) -> str:

@@ -153,3 +153,33 @@ def test_on_a_reactor_the_failure_stops_the_reactor(tmp_path):
     node.stopService()  # what twistd does next
     run(clock, 1)
     assert not node.running
+
+
+def test_any_failure_inside_the_raft_loop_fail_stops_the_node_once(tmp_path):
+    """Not only the disk: a machine that raises while applying leaves a Ready half done; the node logs it once
+    (with the traceback) and stops instead of repeating 'ready() called twice without advance()'."""
+    clock, network = make_cluster(tmp_path)
+    for node in network.nodes.values():
+        node.startService()
+    run(clock, 5)
+    (leader,) = leaders(network)
+    victim = next(n for n in network.nodes.values() if n is not leader)
+    captured = capture_log(victim)
+    calls = []
+
+    def apply(index, data):
+        calls.append(index)
+        raise RuntimeError("corrupt state machine")
+
+    victim.machine.apply = apply
+    assert result_of(clock, leader.submit(Set(b"k", b"v"))) is OK
+    run(clock, 5)
+    assert not victim.running and len(calls) == 1
+    (line,) = captured.at("critical")
+    assert "corrupt state machine" in line["log_format"].format(**line) and line["log_failure"] is not None
+    assert "the Raft loop failed" in victim.view.failure
+    assert result_of(clock, leader.submit(Set(b"k2", b"v2"))) is OK
+    for node in network.nodes.values():
+        if node.running:
+            node.stopService()
+    run(clock, 3)
