@@ -22,7 +22,11 @@ Every term and log index a message carries must be within
 node ids of at most ``MAX_NODE_ID_LENGTH`` characters: anything else is a
 malformed box (``ProtocolViolation``; the transport logs it and drops the
 connection) and never reaches the core, which checks the same bounds again
-for any other path (kvd.raft.core ``_well_formed``).
+for any other path (kvd.raft.core ``_well_formed``).  Sizes need no check of
+their own here: a blob is staged within ``DEFAULT_MAX_STAGED_BYTES`` (64 MiB)
+per connection, far under what the binary headers (u32 lengths) and LMDB (a
+value of up to 4 GiB) hold; a store that has no room left fails stop
+(kvd.replica), it does not loop.
 
 Everything here is pure (no sockets, no reactor) so that it can be tested
 with real AMP boxes but without connections.
