@@ -25,7 +25,7 @@ connection) and never reaches the core, which checks the same bounds again
 for any other path (kvd.raft.core ``_well_formed``).  Sizes need no check of
 their own here: a blob is staged within ``DEFAULT_MAX_STAGED_BYTES`` (64 MiB)
 per connection, far under what the binary headers (u32 lengths) and LMDB (a
-value of up to 4 GiB) hold; a store that has no room left fails stop
+value of up to 4 GiB) hold; a store that has no room left fail-stops the node
 (kvd.replica), it does not loop.
 
 Everything here is pure (no sockets, no reactor) so that it can be tested
