@@ -77,6 +77,7 @@ class Options(usage.Options):
         ["maxclients", None, "10000", "Most client connections at once; one more is answered '-ERR max number of clients reached'."],
         ["tls-cert", None, None, "Client port TLS: this node's certificate (PEM, the chain after it); with --tls-key the client port speaks only TLS (redis-cli --tls --cacert CA)."],
         ["tls-key", None, None, "Client port TLS: the private key of --tls-cert (PEM)."],
+        ["tls-ca", None, None, "Client port TLS: the CA (PEM) of the members' client certificates; the cluster page verifies the other members' client ports with it (without it, it cannot ask them)."],
         ["maxmemory-clients", None, str(1024 * 1024 * 1024), "Bytes all client connections together may hold in partial requests and unread replies; past it, the connection that grows the total (holding 64 KiB or more) is disconnected. 0: no cap."],
         ["client-output-limit", None, str(64 * 1024 * 1024), "Bytes of replies a client may leave unread before it is disconnected; a bigger single reply answers an error instead."],
         ["peer-cert", None, None, "Peer TLS: this node's certificate (PEM); its subject CN must be the node id. With --peer-key and --peer-ca, every peer connection is mutual TLS 1.3."],
@@ -139,6 +140,15 @@ class Options(usage.Options):
         for name in ("tls-cert", "tls-key"):
             if self[name] and not os.access(self[name], os.R_OK):
                 raise usage.UsageError("cannot read --%s %s" % (name, self[name]))
+        self["client-tls-ca"] = None
+        if self["tls-ca"]:
+            from twisted.internet.ssl import Certificate
+
+            try:
+                with open(self["tls-ca"], "rb") as f:
+                    self["client-tls-ca"] = Certificate.loadPEM(f.read())
+            except Exception as e:
+                raise usage.UsageError("cannot use --tls-ca %s: %s" % (self["tls-ca"], e))
         from kvd.resp.auth import Users, UsersError
 
         try:

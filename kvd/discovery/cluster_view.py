@@ -121,10 +121,18 @@ class _OneShot(Factory):
         return self.protocol_instance
 
 
-def fetch_info(reactor, host: str, port: int, timeout_s: float = INFO_TIMEOUT_S, auth=None) -> defer.Deferred:
-    """INFO raft of the node at host:port as a dict (after ``AUTH`` with ``auth``, if given); fails after timeout_s."""
+def fetch_info(reactor, host: str, port: int, timeout_s: float = INFO_TIMEOUT_S, auth=None, tls_ca=None) -> defer.Deferred:
+    """
+    INFO raft of the node at host:port as a dict (after ``AUTH`` with ``auth``, if given; over TLS verified
+    against ``tls_ca``, a twisted.internet.ssl.Certificate, if given); fails after timeout_s.
+    """
     protocol = _InfoProtocol(auth)
     endpoint = HostnameEndpoint(reactor, host.strip("[]"), port, timeout=timeout_s)
+    if tls_ca is not None:
+        from twisted.internet.endpoints import wrapClientTLS
+        from twisted.internet.ssl import optionsForClientTLS
+
+        endpoint = wrapClientTLS(optionsForClientTLS(host.strip("[]"), trustRoot=tls_ca), endpoint)
     connecting = endpoint.connect(_OneShot(protocol))
 
     def connected(_):
@@ -145,10 +153,10 @@ def _abort(protocol: _InfoProtocol):
 class ClusterView:
     """Gathers and caches the cluster as seen from a node's ``view`` (kvd.node.NodeView, or a stand-in)."""
 
-    def __init__(self, view, reactor, fetch=None, cache_s: float = CACHE_S, clock=time.monotonic, auth=None):
+    def __init__(self, view, reactor, fetch=None, cache_s: float = CACHE_S, clock=time.monotonic, auth=None, tls_ca=None):
         self.view = view
         self.reactor = reactor
-        self.fetch = fetch or (lambda host, port: fetch_info(reactor, host, port, auth=auth))
+        self.fetch = fetch or (lambda host, port: fetch_info(reactor, host, port, auth=auth, tls_ca=tls_ca))
         self.cache_s = cache_s
         self.clock = clock
         self._last: Optional[dict] = None

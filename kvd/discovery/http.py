@@ -188,13 +188,13 @@ class _Tree(resource.Resource):
 
 
 def make_root(view, metrics=None, reactor=None, cluster_view: Optional[ClusterView] = None,
-              info_auth=None) -> resource.Resource:
+              info_auth=None, info_tls_ca=None) -> resource.Resource:
     """The URL tree over a node's ``view`` (kvd.node.NodeView); ``info_auth``: (user, password) for the
-    other members' client ports, when they require a password."""
+    other members' client ports, when they require a password; ``info_tls_ca``: the CA of their TLS."""
     if cluster_view is None:
         if reactor is None:
             from twisted.internet import reactor
-        cluster_view = ClusterView(view, reactor, auth=info_auth)
+        cluster_view = ClusterView(view, reactor, auth=info_auth, tls_ca=info_tls_ca)
 
     def health(request):
         max_lag = HEALTH_MAX_LAG
@@ -276,8 +276,9 @@ class QuietSite(server.Site):
         pass
 
 
-def make_site(view, metrics=None, reactor=None, info_auth=None) -> QuietSite:
-    site = QuietSite(make_root(view, metrics, reactor, info_auth=info_auth), timeout=HTTP_IDLE_TIMEOUT_S, reactor=reactor)
+def make_site(view, metrics=None, reactor=None, info_auth=None, info_tls_ca=None) -> QuietSite:
+    root = make_root(view, metrics, reactor, info_auth=info_auth, info_tls_ca=info_tls_ca)
+    site = QuietSite(root, timeout=HTTP_IDLE_TIMEOUT_S, reactor=reactor)
     site.displayTracebacks = False
     return site
 

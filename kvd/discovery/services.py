@@ -93,5 +93,6 @@ def add_services(top: service.MultiService, node, options, metrics, reactor) -> 
         _log.warn("HTTP is off: client port + {offset} is past 65535; pass --http-port", offset=HTTP_PORT_OFFSET)
     elif http_port:
         users = options.get("client-users")  # kvd.resp.auth.Users: the cluster page asks the others with its password
-        site = make_site(node.view, metrics, reactor, info_auth=getattr(users, "internal_credentials", None))
+        site = make_site(node.view, metrics, reactor, info_auth=getattr(users, "internal_credentials", None),
+                         info_tls_ca=options.get("client-tls-ca"))
         OptionalPort("HTTP", lambda: reactor.listenTCP(http_port, site, interface=interface), http_port, "--http-port", options["http-port-required"]).setServiceParent(group)

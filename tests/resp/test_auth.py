@@ -271,7 +271,8 @@ def test_twistd_options_for_passwords_users_and_tls(tmp_path, monkeypatch):
     for bad, words in ((["--requirepass-file", str(tmp_path / "missing")], "cannot read the password file"),
                        (["--users", str(tmp_path / "missing")], "cannot read the users file"),
                        (["--tls-cert", str(secret)], "needs both --tls-cert and --tls-key"),
-                       (["--maxclients", "many"], "whole number"), (["--maxmemory-clients", "1G"], "whole number")):
+                       (["--maxclients", "many"], "whole number"), (["--maxmemory-clients", "1G"], "whole number"),
+                       (["--tls-ca", str(secret)], "cannot use --tls-ca")):
         with pytest.raises(usage.UsageError, match=words):
             Options().parseOptions(base + bad)
 

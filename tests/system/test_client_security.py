@@ -142,3 +142,28 @@ def test_info_and_config_tell_the_client_port_settings(node):
     assert clients["maxclients"] == 20 and clients["client_auth"] == "yes" and clients["client_tls"] == "yes"
     assert clients["client_output_limit"] == 64 * 1024 * 1024
     assert r.config_get("maxclients") == {"maxclients": "20"}
+
+
+def test_the_cluster_page_asks_a_member_over_tls_with_the_password(node):
+    """fetch_info (the cluster page's INFO raft of another member) through TLS verified by the CA, after AUTH."""
+    script = """
+import sys
+from twisted.internet.task import react
+from twisted.internet.ssl import Certificate
+from kvd.discovery.cluster_view import fetch_info
+
+def main(reactor):
+    ca = Certificate.loadPEM(open(sys.argv[2], 'rb').read())
+    d = fetch_info(reactor, '127.0.0.1', int(sys.argv[1]), auth=(None, sys.argv[3]), tls_ca=ca)
+    return d.addCallback(lambda info: print(info['raft_role']))
+
+react(main)
+"""
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", script, str(node.port), node.ca, PASSWORD], cwd=REPO,
+                         capture_output=True, text=True, timeout=30)
+    assert run.stdout.strip() == "leader", run.stdout + run.stderr
+    wrong = subprocess.run([sys.executable, "-c", script, str(node.port), node.ca, "wrong"], cwd=REPO,
+                           capture_output=True, text=True, timeout=30)
+    assert "AUTH refused: WRONGPASS" in wrong.stdout + wrong.stderr
