@@ -193,6 +193,13 @@ def node_error(address: str, text: str) -> CliError:
             TIMEOUT,
             "%s timed out, the outcome is unknown (%s %s); read the key to check, and %s" % (address, code, rest or "no commit in time", HELP_LIST),
         )
+    if code in ("NOAUTH", "WRONGPASS", "NOPERM"):
+        return CliError(
+            SERVER_ERROR,
+            "%s refused the command: %s; give mgmt.py the password in the environment: KVD_PASSWORD or "
+            "KVD_PASSWORD_FILE (a file whose first line is it), and KVD_USER for a user other than default"
+            % (address, text),
+        )
     return CliError(SERVER_ERROR, "%s answered with an error: %s" % (address, text))
 
 

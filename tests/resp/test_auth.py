@@ -315,3 +315,10 @@ def test_requirepass_only_from_the_config_file(tmp_path, monkeypatch):
     options = Options()
     options.parseOptions(base + ["--config", str(conf)])
     assert options["client-users"].authenticate(None, b"from-conf").role == ADMIN
+
+
+def test_mgmt_says_where_the_password_goes():
+    from kvd.cli.client import node_error
+
+    error = node_error("127.0.0.1:7001", "NOAUTH Authentication required.")
+    assert "NOAUTH Authentication required." in str(error) and "KVD_PASSWORD" in str(error)
