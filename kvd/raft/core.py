@@ -58,6 +58,7 @@ from kvd.raft.messages import (
     MAX_INDEX,
     MAX_NODE_ID_LENGTH,
     MAX_TERM,
+    MAX_TERM_JUMP,
     Message,
     NodeId,
     PreVote,
@@ -445,6 +446,12 @@ class RaftCore:
           hold), a negative one, entries that do not follow ``prev_index``, a
           configuration entry that does not decode, an empty or oversized node
           id or read context.
+        - ``term_jump``: a term more than ``MAX_TERM_JUMP`` (2^32) past ours.
+          No real peer is that far ahead (terms grow by about one per election
+          timeout); refusing it keeps one message from taking the node to the
+          last term there is, from which no election could ever start.
+          (Refusing a message never breaks Raft's safety, only, at worst, its
+          progress.)
         - ``timeout_now``: TimeoutNow is obeyed only from the leader this node
           follows in the current term (same term, ``src == leader``); one with
           a higher term is not even adopted as a term.
@@ -476,6 +483,9 @@ class RaftCore:
             return
         if not _well_formed(m):
             self._refuse("malformed", m)
+            return
+        if m.term > self.term + MAX_TERM_JUMP:
+            self._refuse("term_jump", m)
             return
         if isinstance(m, TimeoutNow) and (m.term != self.term or m.src != self.leader or self.role is Role.LEADER):
             if m.term >= self.term:

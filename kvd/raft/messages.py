@@ -31,6 +31,11 @@ NodeId = str
 #: happen: a value beyond it is a bug or an attack.
 MAX_TERM = (1 << 62) - 1
 MAX_INDEX = (1 << 62) - 1
+#: How far past its own term a node lets one message take it (``RaftCore.step``
+#: refuses more).  Terms grow by about one per election timeout, so no real
+#: peer is ever 2^32 terms ahead; without this limit a single message with a
+#: term just under ``MAX_TERM`` would bring a node to the last term there is.
+MAX_TERM_JUMP = 1 << 32
 #: Node ids in messages: non-empty and at most this many characters.
 MAX_NODE_ID_LENGTH = 255
 

@@ -11,6 +11,8 @@ import pytest
 from kvd.raft.messages import (
     MAX_INDEX,
     MAX_TERM,
+    MAX_TERM_JUMP,
+    HardState,
     AppendEntries,
     AppendEntriesReply,
     Configuration,
@@ -96,13 +98,36 @@ def test_every_integer_field_is_bounded():
 
 
 def test_a_term_at_the_bound_is_storable_and_accepted():
-    """The bound itself is a valid term (out of the lease): the node adopts it and its next term still fits in 64 bits."""
+    """The bound itself is a valid term (out of the lease, within a jump): the node adopts it."""
     env = Env()
+    node = env.nodes["c"]
+    node.hard_state = HardState(MAX_TERM - 3, None, 0)
+    node.restart()
     c = env.core("c")
     c.step(RequestVote(MAX_TERM, "b", "c", 1, 1))
     assert c.term == MAX_TERM and c.vote == "b"
     env.deliver()
     assert env.nodes["c"].hard_state.term == MAX_TERM
+
+
+def test_one_message_cannot_take_a_node_more_than_2_32_terms_ahead():
+    """An in-range term just under the bound, sent once, would leave no term to elect a leader in: refused."""
+    env = Env()
+    env.elect("a")
+    env.isolate("a")  # b and c out of the lease: they would take a plain vote
+    env.tick(30, only=("b", "c"))
+    env.heal()
+    b = env.core("b")
+    term = b.term
+    for m in (
+        RequestVote(MAX_TERM, "c", "b", 1 << 40, MAX_TERM),
+        Heartbeat(term + MAX_TERM_JUMP + 1, "c", "b", 0),
+        AppendEntriesReply(MAX_TERM - 1, "c", "b", False, 0),
+    ):
+        b.step(m)
+    assert b.term == term and b.status()["refused"] == {"term_jump": 3}
+    b.step(Heartbeat(term + MAX_TERM_JUMP, "c", "b", 0))  # the jump itself is allowed
+    assert b.term == term + MAX_TERM_JUMP
 
 
 def test_timeout_now_only_from_the_current_leader_of_the_current_term():
