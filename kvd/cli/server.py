@@ -120,18 +120,26 @@ def ensure_peer_certificate(rec: NodeRecord) -> None:
     from kvd.cli.certs import CertDir, CertError
 
     certs = CertDir(os.path.join(rec.home, "tls"))
-    if not certs.has_ca() and rec.kind != "seed" and not os.path.exists(os.path.join(rec.home, "seed.json")):
-        # A CA made here would be another cluster's: its peers would refuse this node.
-        raise CliError(
-            LOCAL_STATE,
-            "no cluster CA in %s to give %s its peer certificate: join with the token `start` printed "
-            "(--token-file FILE or $KVD_JOIN_TOKEN), or copy ca.crt and ca.key from the seed's KVD_HOME/tls there" % (certs.root, rec.id),
-        )
+    if rec.kind != "seed":
+        check_ca_for_joiner(rec.home, rec.id)
     try:
         certs.ensure_ca(rec.cluster_id)
         certs.ensure_node(rec.id, rec.directory)
     except (CertError, OSError) as e:
         raise CliError(LOCAL_STATE, "cannot make the peer certificate of %s: %s" % (rec.id, e)) from None
+
+
+def check_ca_for_joiner(home_root: str, node_id: str) -> None:
+    """A joiner needs the cluster's CA here (a CA made here would be another cluster's: its peers would refuse it)."""
+    from kvd.cli.certs import CertDir
+
+    certs = CertDir(os.path.join(home_root, "tls"))
+    if not certs.has_ca() and not os.path.exists(os.path.join(home_root, "seed.json")):
+        raise CliError(
+            LOCAL_STATE,
+            "no cluster CA in %s to give %s its peer certificate: join with the token `start` wrote "
+            "(--token-file FILE or $KVD_JOIN_TOKEN), or copy ca.crt and ca.key from the seed's KVD_HOME/tls there" % (certs.root, node_id),
+        )
 
 
 def wait_listening(rec: NodeRecord, timeout_s: float) -> int:
@@ -354,6 +362,7 @@ def join(home: Home, address: str, echo: Echo, seed: Optional[str] = None, tick_
         if not candidates:
             raise CliError(USAGE, "no seed recorded in KVD_HOME=%s; pass --seed HOST:PORT of any node of the cluster" % home.root)
     cluster_id, via = _cluster_of(candidates)
+    check_ca_for_joiner(home.root, node_id)  # before anything is recorded here
     rec = home.record(node_id)
     if rec is not None and rec.running_pid() is None and not has_data(rec):
         rec = None  # an earlier join that never got going: start afresh

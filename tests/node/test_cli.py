@@ -377,6 +377,14 @@ def test_a_joiner_in_another_kvd_home_needs_the_cluster_ca(capsys, home, tmp_pat
     code, _, err = run_cli(capsys, "-r", "server", "-c", "join", "-h", "127.0.0.1:7002", "--token-file", str(tmp_path / "missing"))
     assert code == cli_errors.USAGE and "cannot read --token-file" in err[0]
 
+
+def test_a_join_from_a_kvd_home_without_the_ca_records_nothing(capsys, home, fake_nodes):
+    """join --seed of a running cluster from a fresh KVD_HOME, with no token: exit 8 naming the token, nothing recorded."""
+    seed = fake_nodes(lambda args: bulk(b"kvd-x") if args[0].upper() == b"KVD.CLUSTER" else b"-ERR no\r\n")
+    code, _, err = run_cli(capsys, "-r", "server", "-c", "join", "-h", "127.0.0.1:7002", "--seed", seed.address)
+    assert code == cli_errors.LOCAL_STATE and len(err) == 1 and "--token-file" in err[0]
+    assert home.records() == []
+
 # ---------------------------------------------------------------- processes
 def test_pid_helpers_see_live_dead_and_zombie_processes(tmp_path):
     """pid_alive: True for us, False for a reaped child and for an unreaped (zombie) one; read_pid rejects garbage."""
