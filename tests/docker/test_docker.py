@@ -277,10 +277,14 @@ def test_write_through_one_node_read_from_the_others(healed):
         views = c.raft(service)
         assert views["raft_node_id"] == c.node_id(service)
         assert views["raft_cluster_id"] == c.compose.project
+        assert views["raft_peer_security"] == "mutual-tls"  # certificates from the shared /certs volume
     for service in SERVICES:
         d.wait_healthy(c.container(service), timeout=60)
         user = d.docker("exec", c.container(service), "id", "-u")
         assert user != "0", "the node runs as root in %s" % service
+    # One CA for the cluster, each node's certificate (CN = its id) and key private to the node's user.
+    modes = d.docker("exec", c.container(leader), "sh", "-c", "stat -c '%a %U %n' /certs/ca.key /certs/nodes/*/peer.key")
+    assert len(modes.splitlines()) == len(SERVICES) + 1 and all(line.startswith("600 kvd ") for line in modes.splitlines()), modes
 
 
 def test_kill_the_leader_then_restart_it(healed):
