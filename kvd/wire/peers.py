@@ -40,12 +40,10 @@ from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import error as net_error
 from twisted.internet.defer import Deferred, fail, gatherResults, maybeDeferred, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint
-from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from kvd.raft.messages import Message
 from kvd.wire import errors
@@ -117,7 +115,6 @@ def _box_size(frames: List[Frame]) -> int:
     return sum(len(k) + len(v) + 4 for _, box in frames for k, v in box.items()) + 16 * len(frames)
 
 
-@implementer(IHandshakeListener)
 class _PeerProtocol(amp.AMP):
     """What both ends of a peer connection share: chunk staging, output bounding, violation handling."""
 
@@ -165,9 +162,6 @@ class _PeerProtocol(amp.AMP):
     def connectionLost(self, reason: Failure) -> None:
         self._decoder.assembler.clear()
         super().connectionLost(reason)
-
-    def handshakeCompleted(self) -> None:
-        """TLS only: the peer's certificate checked out against the CA (IHandshakeListener)."""
 
     @property
     def certified_id(self) -> Optional[str]:
