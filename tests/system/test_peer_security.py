@@ -196,3 +196,15 @@ def test_a_node_restarted_with_a_new_certificate_from_the_same_ca_rejoins(cluste
     follower.start()
     cluster.caught_up(follower)
     wait_for(lambda: follower.client().get("after") == b"rotation", 10, "the rotated node to serve the new key")
+
+
+def test_insecure_peers_is_a_warned_choice_and_info_says_so(tmp_path):
+    """A node started with --insecure-peers logs a warning and reports raft_peer_security:insecure."""
+    c = Cluster(str(tmp_path), 1, ["--insecure-peers"])
+    try:
+        c.start()
+        node = c.nodes[0]
+        assert node.info()["raft_peer_security"] == "insecure"
+        assert "--insecure-peers: peer connections are plaintext and unauthenticated" in open(node.logfile).read()
+    finally:
+        c.destroy()
