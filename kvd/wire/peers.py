@@ -326,12 +326,35 @@ class PeerServerProtocol(_PeerProtocol):
             factory.node_id, factory.max_staged_bytes, DEFAULT_MAX_PENDING_BYTES, factory.tcp_user_timeout
         )
         self.factory = factory
+        self._hello_deadline = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
         self.factory.connections.add(self)
+        clock = self.factory.clock
+        if clock is not None and self.factory.hello_timeout_s > 0:
+            # A caller that never completes TLS and Hello (a scanner, an attacker holding sockets) goes.
+            self._hello_deadline = clock.callLater(self.factory.hello_timeout_s, self._no_hello)
+
+    def _no_hello(self) -> None:
+        self._hello_deadline = None
+        if self.peer_id is None and not self._dropping:
+            self.log.warn(
+                "dropping connection {peer}: no Hello within {timeout}s",
+                peer=self.peer_label,
+                timeout=self.factory.hello_timeout_s,
+            )
+            self._dropping = True
+            if self.transport is not None:
+                self.transport.abortConnection()
+
+    def _cancel_hello_deadline(self) -> None:
+        if self._hello_deadline is not None and self._hello_deadline.active():
+            self._hello_deadline.cancel()
+        self._hello_deadline = None
 
     def connectionLost(self, reason: Failure) -> None:
+        self._cancel_hello_deadline()
         self.factory.connections.discard(self)
         if self.peer_id is not None:
             self.log.info("inbound connection from {peer} closed", peer=self.peer_label)
@@ -362,6 +385,7 @@ class PeerServerProtocol(_PeerProtocol):
             self.log.warn("refusing Hello from {address}: {reason}", address=self.peer_label, reason=reason)
             self._dropping = True  # AMP closes after sending the fatal error
             raise HelloRefused(reason)
+        self._cancel_hello_deadline()
         self.peer_id = node_id
         factory.register(self)
         if address and factory.on_hello is not None:
@@ -457,11 +481,16 @@ class PeerServerFactory(Factory):
         max_forward_bytes: int = DEFAULT_MAX_FORWARD_BYTES,
         tcp_user_timeout: float = DEFAULT_TCP_USER_TIMEOUT,
         tls_required: bool = False,
+        clock=None,
+        hello_timeout_s: float = 10.0,
     ) -> None:
         self.node_id = node_id
         self.cluster_id = cluster_id
         self.is_known = is_known
         self.tls_required = tls_required
+        #: With a clock, a connection without a successful Hello after ``hello_timeout_s`` is aborted.
+        self.clock = clock
+        self.hello_timeout_s = hello_timeout_s
         self.on_hello = on_hello
         self.on_message = on_message
         self.forward_handler = forward_handler
@@ -777,6 +806,8 @@ class PeerTransport:
             max_forward_bytes=self.max_forward_bytes,
             tcp_user_timeout=self.tcp_user_timeout,
             tls_required=self.tls is not None,
+            clock=self.reactor,
+            hello_timeout_s=max(10.0, 2 * self.connect_timeout_s),
         )
         self._server_factories.append(factory)
         return factory

@@ -159,6 +159,25 @@ def test_a_forged_src_from_an_authenticated_peer_is_dropped_and_logged(reactor, 
     assert any("claims src 'a' on a connection opened by 'c'" in line for line in logs.messages(LogLevel.warn))
 
 
+def test_a_caller_that_never_says_hello_is_cut_off(reactor, ca):
+    """A connection that completes no TLS handshake and no Hello (a held-open socket) is aborted after the deadline."""
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.protocol import Protocol
+
+    from tests.helpers import connect
+
+    b = TLSNode("b", reactor, tls_for(ca, "b"))
+    server = b.listener.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50001))
+    pump = connect(Protocol(), server)
+    with LogCapture() as logs:
+        reactor.advance(b.server.hello_timeout_s - 1)
+        assert not (pump.server_transport.disconnecting or pump.server_transport.disconnected)
+        reactor.advance(2)
+    assert pump.server_transport.disconnecting or pump.server_transport.disconnected
+    assert any("no Hello within" in line for line in logs.messages(LogLevel.warn))
+    assert b.server.connections == set() or all(p._dropping for p in b.server.connections)
+
+
 def test_a_listener_whose_certificate_is_not_the_node_dialled_is_dropped(reactor, ca):
     """b's address answers with c's certificate (while claiming to be b): a does not take it as its link to b."""
     a = TLSNode("a", reactor, tls_for(ca, "a"))
