@@ -20,8 +20,10 @@ def test_bench_loads_short_form(tmp_path):
     done = subprocess.run([sys.executable, "-m", "kvd.bench", "loads", "--short", "--etcd", "--json", str(out)],
                           cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
-    lines = [line for line in done.stdout.splitlines() if "ops/s" in line]
+    lines = [line for line in done.stdout.splitlines() if "ops/s" in line and not line.startswith("  etcd")]
+    etcd_lines = [line for line in done.stdout.splitlines() if line.startswith("  etcd, the same load")]
     assert len(lines) == len(loads.LOADS), done.stdout
+    assert len(etcd_lines) == sum(1 for load in loads.LOADS if load.etcd), done.stdout
     figures = json.loads(out.read_text())
     assert [row["load"] for row in figures["loads"]] == [load.name for load in loads.LOADS]
     for row in figures["loads"]:
