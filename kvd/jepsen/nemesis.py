@@ -27,6 +27,7 @@ history and returns the function that heals it.
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
@@ -42,9 +43,10 @@ from kvd.jepsen.workload import History, execute, interpret
 PROCESS = ("kill-leader", "kill-random", "stop-leader", "pause-leader", "pause-random", "crash-all")
 PARTITIONS = ("partition-random", "partition-leader", "bridge", "one-way")
 MEMBERSHIP = ("membership",)
-ALL = PROCESS + PARTITIONS + MEMBERSHIP
+ATTACKS = ("forge",)
+ALL = PROCESS + PARTITIONS + MEMBERSHIP + ATTACKS
 GROUPS = {"all": ALL, "process": PROCESS, "partitions": PARTITIONS, "kill": ("kill-leader", "kill-random", "stop-leader"),
-          "pause": ("pause-leader", "pause-random"), "none": ()}
+          "pause": ("pause-leader", "pause-random"), "attacks": ATTACKS, "none": ()}
 
 PROBE_KEY = "probe"
 
@@ -112,6 +114,51 @@ class Nemesis:
             self.skipped[name] = self.skipped.get(name, 0) + 1
             return lambda: None
         self.started[name] = self.started.get(name, 0) + 1
+        return heal
+
+    # ------------------------------------------------------------ a stranger on the network
+    def start_forge(self):
+        """Attack the peer ports (kvd.jepsen.attacker) until healed; an attack that is not refused is a problem."""
+        from kvd.jepsen.attacker import KINDS, Attacker
+
+        leader = self._leader()
+        if leader is None:
+            self._event("forge", "skip", "no leader")
+            return None
+        attacker = Attacker(self.cluster, os.path.join(self.cluster.dir, "tls"), os.path.join(self.cluster.dir, "attacker"))
+        stop = threading.Event()
+        seen: Dict[str, int] = {}
+
+        def attack():
+            i = 0
+            while not stop.is_set():
+                members = [n for n in self.cluster.members if n.alive() and not n.paused]
+                now_leader = self._leader(1.0)
+                if len(members) < 2 or now_leader is None:
+                    stop.wait(0.2)
+                    continue
+                kind = KINDS[i % len(KINDS)]
+                victim = members[i % len(members)]
+                member = next((n for n in members if n is not victim and n is not now_leader), None) or now_leader
+                i += 1
+                outcome = attacker.attempt(kind, victim, now_leader, member)
+                seen[kind] = seen.get(kind, 0) + 1
+                if not outcome.startswith("refused"):
+                    self.problems.append("forge: %s on %s: %s" % (kind, victim.id, outcome))
+                stop.wait(0.05)
+
+        thread = threading.Thread(target=attack, name="kvdj-forge", daemon=True)
+        thread.start()
+        self._event("forge", "start", "attacking the peer ports (%s)" % ", ".join(KINDS))
+
+        def heal():
+            stop.set()
+            thread.join(30)
+            self._event("forge", "heal", "attempts: %s" % ", ".join("%s %d" % kv for kv in sorted(seen.items())))
+            missing = [kind for kind in KINDS if not seen.get(kind)]
+            if missing:  # an attack never tried proves nothing: say so
+                self.problems.append("forge: never attempted %s" % ", ".join(missing))
+
         return heal
 
     # ------------------------------------------------------------ crashes

@@ -12,7 +12,7 @@ skipped with the reason.  For long runs: `make torture DURATION=600 NEMESIS=all`
 
 import pytest
 
-from kvd.jepsen.nemesis import MEMBERSHIP, PARTITIONS, PROCESS
+from kvd.jepsen.nemesis import ATTACKS, MEMBERSHIP, PARTITIONS, PROCESS
 from kvd.jepsen.netfilter import Netfilter
 from kvd.jepsen.run import RunConfig, run_once
 
@@ -84,3 +84,16 @@ def test_a_planted_stale_read_bug_is_caught(tmp_path):
     assert result.verdict == "invalid", result.line("ci")
     assert result.kept and "ANOMALY" in result.line()
     assert "GET" in result.report
+
+
+def test_a_stranger_attacking_the_peer_ports(tmp_path):
+    """While clients run, a stranger dials the peer ports: no TLS, TLS without a certificate, a certificate
+    of the cluster's CA for a non-member claiming the leader's id, and a member's certificate forging
+    src with a huge term and a TimeoutNow. Every attempt is refused, the history stays linearizable and
+    every acknowledged write durable (issue 12)."""
+    result = run(tmp_path, ATTACKS, seconds=25.0, fault_s=(8.0, 10.0), keep=True)
+    assert_sound(result, ATTACKS)  # its errors include any attack that was not refused, or never tried
+    with open(result.history) as f:
+        heals = [line for line in f if '"forge"' in line and "attempts:" in line]
+    assert heals, "the forge nemesis left no record of its attempts"
+    print(heals[-1].strip())
