@@ -4,7 +4,7 @@
 same load on etcd with ``--etcd`` (kvd.bench.etcd), with the ratio; ``python -m kvd.bench failover [--kills N]``:
 leader kills under light load (kvd.bench.failover).  Everything runs on
 loopback addresses 127.x.y.z, is bounded in requests and time, and the nodes
-(started by PID, with the defaults a user gets: 100 ms ticks, 10-tick election
+(started by PID, with the defaults a user gets: 50 ms ticks, 8-tick election
 timeout, fsync on) are killed at the end.
 """
 
@@ -37,8 +37,9 @@ def _machine() -> str:
     return "%s, %d cores, Python %s" % (platform.platform(), os.cpu_count() or 0, platform.python_version())
 
 
-def _cluster(run_dir: str) -> ProcessCluster:
-    cluster = ProcessCluster(run_dir, n=3, tick_ms=100, election_ticks=10, request_timeout_s=5.0, cluster_id="bench")
+def _cluster(run_dir: str, tick_ms: int = 50, election_ticks: int = 8) -> ProcessCluster:
+    cluster = ProcessCluster(run_dir, n=3, tick_ms=tick_ms, election_ticks=election_ticks, request_timeout_s=5.0,
+                             cluster_id="bench")
     cluster.start(60.0)
     ok, why = cluster.wait_healthy(60.0)
     if not ok:
@@ -57,7 +58,7 @@ def run_loads(args) -> dict:
         etcd = etcd_bench.EtcdCluster(os.path.join(run_dir, "etcd"))
         os.makedirs(etcd.dir, exist_ok=True)
         etcd.start()
-    cluster = _cluster(run_dir)
+    cluster = _cluster(run_dir, args.tick_ms, args.election_ticks)
     out = {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "commit": _commit(), "machine": _machine(),
            "short": args.short, "loads": []}
     print("kvd bench (%s) on %s; commit %s; 3 nodes, fsync on%s" % (
@@ -71,11 +72,14 @@ def run_loads(args) -> dict:
             ordered = [leader] + [n for n in cluster.members if n is not leader]
             pids = {n.id: n.pid for n in ordered}
             before = procs.snapshot(pids)
+            elections_before = _elections(ordered)
             result = loads.run(target.host, target.port, load, args.short)
             cpu = procs.used(before, procs.snapshot(pids), [n.id for n in ordered])
+            elections = _elections(ordered) - elections_before
             row = {"load": load.name, "target": target.id, "ops_per_s": result.ops_per_s, "p50_ms": result.p50_ms,
                    "p99_ms": result.p99_ms, "p999_ms": result.p999_ms, "errors_shown": result.errors,
-                   "seconds": result.seconds, "cpu_s_per_node_leader_first": [cpu[n.id] for n in ordered]}
+                   "seconds": result.seconds, "cpu_s_per_node_leader_first": [cpu[n.id] for n in ordered],
+                   "elections": elections}
             if etcd is not None and load.etcd is not None:
                 url = etcd.leader_url() if load.target == "leader" else etcd.follower_url()
                 e_pids = {str(pid): pid for pid in etcd.pids()}
@@ -89,7 +93,8 @@ def run_loads(args) -> dict:
             print("%-34s %9.0f ops/s   p50 %6s ms  p99 %6s ms  p999 %6s ms   CPU s/node (leader first) %s%s" % (
                 load.name, result.ops_per_s, _ms(result.p50_ms), _ms(result.p99_ms), _ms(result.p999_ms),
                 " ".join("-" if c is None else "%.1f" % c for c in row["cpu_s_per_node_leader_first"]),
-                "   errors shown: %d" % result.errors if result.errors else ""), flush=True)
+                ("   errors shown: %d" % result.errors if result.errors else "")
+                + ("   ELECTIONS during the load: %d" % elections if elections else "")), flush=True)
             if "etcd" in row:
                 e = row["etcd"]
                 print("%-34s %9.0f ops/s   p50 %6s ms  p99 %6s ms                  kvd/etcd = %.2fx%s" % (
@@ -106,9 +111,10 @@ def run_loads(args) -> dict:
 
 def run_failover(args) -> dict:
     run_dir = tempfile.mkdtemp(prefix="kvd-bench-failover-")
-    cluster = _cluster(run_dir)
+    cluster = _cluster(run_dir, args.tick_ms, args.election_ticks)
     kills = 2 if args.short else args.kills
-    print("kvd failover bench: %d leader kills (kill -9) under light load; 3 nodes, 100 ms ticks, election after 10" % kills)
+    print("kvd failover bench: %d leader kills (kill -9) under light load; 3 nodes, %d ms ticks, election after %d" % (
+        kills, args.tick_ms, args.election_ticks))
     try:
         times = failover.measure(cluster, kills)
     finally:
@@ -125,6 +131,15 @@ def run_failover(args) -> dict:
             "failover": s, "times_s": times}
 
 
+def _elections(nodes) -> int:
+    """Elections the nodes have started so far (INFO raft_elections), summed: a change means a leader was lost."""
+    total = 0
+    for n in nodes:
+        info = n.info(timeout=2.0) or {}
+        total += int(info.get("raft_elections", 0) or 0)
+    return total
+
+
 def _ms(value) -> str:
     return "-" if value is None else "%.2f" % value
 
@@ -138,6 +153,8 @@ def main(argv=None) -> int:
                         help="loads: after each kvd load, the same load on a 3-member etcd (Debian's etcd-server, via wrk)")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON, to compare commits")
     parser.add_argument("--keep", action="store_true", help="keep the run directory (node logs)")
+    parser.add_argument("--tick-ms", type=int, default=50, help="the nodes' --tick-ms (default: twistd kvd's, 50)")
+    parser.add_argument("--election-ticks", type=int, default=8, help="the nodes' --election-ticks (default: twistd kvd's, 8)")
     args = parser.parse_args(argv)
     try:
         out = run_failover(args) if args.what == "failover" else run_loads(args)

@@ -78,8 +78,8 @@ class NodeRecord:
     kind: str  # "seed" (start) or "join"
     expect: int = 0  # seeds: founders to wait for
     seed: str = ""  # joiners: the node they joined through
-    tick_ms: int = 100
-    election_ticks: int = 10
+    tick_ms: int = 50
+    election_ticks: int = 8
     home: str = field(default="", repr=False)  # not stored: set on load
 
     @property

@@ -57,7 +57,7 @@ More options:
       --json            read, list: print JSON, for scripts.
       --timeout SECS    client commands: how long to wait for an answer (default 10).
       --tick-ms MS, --election-ticks N
-                        start, join: Raft timing (default 100 ms and 10 ticks; joiners copy the seed's).
+                        start, join: Raft timing (default 50 ms and 8 ticks; joiners copy the seed's).
       --cluster-id ID   start: name the cluster (default: a random kvd-xxxxxxxx).
       --dns HOST:PORT   client commands and list without -h: find a node through this DNS
                         server (a node's DNS port, client port + 20000; or set $KVD_DNS).

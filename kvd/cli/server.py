@@ -43,8 +43,8 @@ SETTLE_TIMEOUT_S = 15.0
 #: Per-node timeouts for the status queries of ``list``: a dead node must not slow the table down.
 STATUS_TIMEOUT_S = 3.0
 
-DEFAULT_TICK_MS = 100
-DEFAULT_ELECTION_TICKS = 10
+DEFAULT_TICK_MS = 50
+DEFAULT_ELECTION_TICKS = 8
 
 
 def _launch_cwd() -> str:
