@@ -122,6 +122,15 @@ class NodeService(service.Service):
         )
         if not self.core.config.members:
             self.log.warn("{node}: {why}", node=self.config.node_id, why=self.membership.waiting_for())
+        # Dial every member now, not at the first message (a follower sends none
+        # until its election timer fires): a peer that sees us connect dials us
+        # back at once (kvd.wire.peers), so a restarted node hears its leader
+        # within a heartbeat, not after the leader's reconnect backoff.
+        dial = getattr(self.peers, "dial", None)
+        if dial is not None:
+            for member in self.core.config.members:
+                if member != self.config.node_id:
+                    dial(member)
         self.campaign_if_alone()
 
     def make_core(self, hard_state, snapshot, entries) -> None:

@@ -388,8 +388,8 @@ class PeerServerProtocol(_PeerProtocol):
         self._cancel_hello_deadline()
         self.peer_id = node_id
         factory.register(self)
-        if address and factory.on_hello is not None:
-            factory.on_hello(node_id, address)
+        if factory.on_hello is not None:
+            factory.on_hello(node_id, address)  # address may be None: the peer is up all the same
         self.log.info("inbound connection from {peer} accepted", peer=self.peer_label)
         return {
             "accepted": True,
@@ -460,8 +460,8 @@ class PeerServerFactory(Factory):
     ``forward_handler(src_node_id, payload) -> Deferred[bytes]`` and
     ``join_handler(node_id, address) -> Deferred[bytes]`` serve the
     request/response commands (raising ``ForwardError`` to refuse);
-    ``on_hello(node_id, address)`` hears the address an accepted peer
-    advertises.
+    ``on_hello(node_id, address)`` hears of every accepted peer and the
+    address it advertises (None if it advertised none).
     """
 
     noisy = False
@@ -801,7 +801,7 @@ class PeerTransport:
             self.on_message,
             forward_handler=self.forward_handler,
             join_handler=self.join_handler,
-            on_hello=self.on_hello,
+            on_hello=self._inbound_hello,
             max_staged_bytes=self.max_staged_bytes,
             max_forward_bytes=self.max_forward_bytes,
             tcp_user_timeout=self.tcp_user_timeout,
@@ -811,6 +811,22 @@ class PeerTransport:
         )
         self._server_factories.append(factory)
         return factory
+
+    def _inbound_hello(self, node_id: str, address: Optional[str]) -> None:
+        """
+        A peer just dialled us and was accepted: it is up.  If our own link to
+        it is down, waiting out its backoff (up to ``backoff_max``) would leave
+        it without our messages that long (a restarted follower would not hear
+        from its leader and answer NOLEADER meanwhile), so dial it now.
+        """
+        link = self._links.get(node_id)
+        if link is not None and link.protocol is None and not self._stopped:
+            self.log.info("{node} is back: dialling it now", node=node_id)
+            del self._links[node_id]
+            link.stop()
+            self._link_for(node_id)
+        if address and self.on_hello is not None:
+            self.on_hello(node_id, address)
 
     def listening_factory(self):
         """What the peer port listens with: :meth:`server_factory`, behind TLS unless the peers are insecure."""

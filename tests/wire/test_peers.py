@@ -587,3 +587,25 @@ def test_sockets_get_a_user_timeout_and_keepalive_probes():
     if hasattr(socket, "TCP_KEEPIDLE"):
         assert transport.sock.options[(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE)] == 5
     tune_socket(StringTransport(), 10.0)  # no handle: silently nothing
+
+
+def test_a_peer_that_dials_us_is_dialled_back_at_once(reactor, a, b):
+    """Our link to b is down and waiting out its backoff; when b dials us (it restarted), we dial b now
+    rather than after the backoff, so a restarted node hears from us (its leader) at once."""
+    assert a.transport.dial("b")
+    for _ in range(4):  # b is down: refused, with growing backoff
+        refuse(reactor)
+        reactor.advance(a.transport.retry_policy(10))
+    refuse(reactor)
+    attempts = len(reactor.tcpClients)
+    link_up(reactor, b, a)  # b is back and dials a: a accepts its Hello
+    assert len(reactor.tcpClients) == attempts + 2, "a did not dial b back at once"
+    accept(reactor, b.server)
+    assert a.transport.is_connected("b")
+
+
+def test_a_connected_link_is_left_alone_when_the_peer_dials_us(reactor, a, b):
+    link_up(reactor, a, b)
+    link = a.transport._links["b"]
+    link_up(reactor, b, a)
+    assert a.transport._links["b"] is link and a.transport.is_connected("b")
