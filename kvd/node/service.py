@@ -365,6 +365,21 @@ class NodeService(service.Service):
     def _applied(self, entry) -> None:
         if entry.kind is EntryKind.CONFIG:
             self.log.info("{node}: membership is now {members}", node=self.config.node_id, members=self.view.members_text())
+            self._forget_removed_peers()
+
+    def _forget_removed_peers(self) -> None:
+        """
+        Stop dialling nodes the configuration no longer has: else the link
+        would redial a removed node forever, with a backoff that a node
+        re-added at the same address would then wait out before it is contacted.
+        """
+        dialled, forget = getattr(self.peers, "dialled", None), getattr(self.peers, "forget", None)
+        if dialled is None or forget is None:
+            return
+        members = set(self.core.config.members)
+        for node_id in dialled():
+            if node_id not in members and node_id not in self.membership.pending_joins:
+                forget(node_id)
 
     def _snapshot_installed(self, snapshot) -> None:
         self.stats["snapshots_installed"] = self.stats.get("snapshots_installed", 0) + 1

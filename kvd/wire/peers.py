@@ -890,6 +890,10 @@ class PeerTransport:
         link = self._links.get(node_id)
         return link is not None and link.protocol is not None
 
+    def dialled(self) -> List[str]:
+        """The peers this transport keeps an outbound link to (connected or redialling)."""
+        return list(self._links)
+
     def forget(self, node_id: str) -> Deferred:
         """Close the link to a node that left the configuration."""
         link = self._links.pop(node_id, None)

@@ -42,9 +42,19 @@ class FakePeers:
     def __init__(self, network: FakeNetwork, node_id: str):
         self.network = network
         self.node_id = node_id
+        self.links = set()  # peers this node keeps a link to
+        self.forgotten = []
+
+    def dialled(self):
+        return list(self.links)
+
+    def forget(self, node_id):
+        self.links.discard(node_id)
+        self.forgotten.append(node_id)
 
     def send_many(self, messages):
         for m in messages:
+            self.links.add(m.dst)  # as PeerTransport: a send keeps a link to its peer
             self.network.sent.append(m)
             if self.network.reachable(m.src, m.dst):
                 target = self.network.nodes[m.dst]

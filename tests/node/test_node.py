@@ -194,3 +194,19 @@ def test_write_on_a_cut_off_leader_times_out_as_unknown(cluster):
         result_of(clock, d, seconds=leader.config.request_timeout_s + 1)
     assert e.value.code == "TIMEOUT"
     assert not leader.replica.proposals  # the sweep forgot it
+
+
+def test_a_removed_node_is_no_longer_dialled(cluster):
+    """Once a removal is applied, every remaining node closes its link to the removed one (no redialling
+    forever, no backoff for a node re-added at the same address)."""
+    clock, network = cluster
+    (leader,) = leaders(network)
+    victim = next(n for n in network.nodes.values() if n is not leader)
+    vid = victim.config.node_id
+    assert vid in leader.peers.dialled()
+    assert result_of(clock, leader.remove(vid)) == "removed"
+    run(clock, 2)
+    for node in network.nodes.values():
+        if node is not victim:
+            assert vid not in node.peers.dialled(), node.config.node_id
+    assert vid in leader.peers.forgotten  # the leader had a link to it, and closed it
