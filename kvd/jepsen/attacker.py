@@ -17,7 +17,9 @@ attempt that got further than it should is a finding.  The history the
 clients record meanwhile is checked for linearizability as in every run.
 
 It speaks AMP bytes itself (kvd.wire.codec builds the boxes), so it is the
-one module of the fault suite that knows the peer protocol.
+one module of the fault suite that knows the peer protocol; ``box``,
+``hello``, ``read_box`` and ``closed_soon`` serve the peer-security system
+tests too.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ KINDS = ("plain", "no-cert", "stranger", "forged-src")
 HUGE_TERM = 2 ** 61
 
 
-def _box(command: bytes, args: Dict[bytes, bytes], ask: bool) -> bytes:
+def box(command: bytes, args: Dict[bytes, bytes], ask: bool) -> bytes:
     out = b""
     items = [(b"_command", command)] + ([(b"_ask", b"1")] if ask else []) + sorted(args.items())
     for key, value in items:
@@ -44,13 +46,13 @@ def _box(command: bytes, args: Dict[bytes, bytes], ask: bool) -> bytes:
     return out + b"\x00\x00"
 
 
-def _hello(cluster_id: str, node_id: str) -> bytes:
+def hello(cluster_id: str, node_id: str) -> bytes:
     args = codec.Hello.makeArguments(
         {"cluster_id": cluster_id, "node_id": node_id, "protocol_version": codec.PROTOCOL_VERSION, "address": None}, None)
-    return _box(codec.Hello.commandName, dict(args), ask=True)
+    return box(codec.Hello.commandName, dict(args), ask=True)
 
 
-def _read_box(sock, timeout_s: float = 5.0) -> Dict[bytes, bytes]:
+def read_box(sock, timeout_s: float = 5.0) -> Dict[bytes, bytes]:
     """One AMP box, or {} if the connection closed (or failed) first."""
     sock.settimeout(timeout_s)
     buf = b""
@@ -78,12 +80,15 @@ def _read_box(sock, timeout_s: float = 5.0) -> Dict[bytes, bytes]:
         return {}
 
 
-def _closed_soon(sock, timeout_s: float = 5.0) -> bool:
+def closed_soon(sock, timeout_s: float = 5.0) -> bool:
+    """True once the other side closes (or resets) within ``timeout_s``; False if it is still open then."""
     sock.settimeout(timeout_s)
     try:
         while True:
             if sock.recv(65536) == b"":
                 return True
+    except socket.timeout:
+        return False
     except (OSError, ssl.SSLError):
         return True
 
@@ -112,34 +117,34 @@ class Attacker:
         try:
             if kind == "plain":
                 with socket.create_connection((victim.host, port), timeout=5) as sock:
-                    sock.sendall(_hello(cid, leader.id))
-                    answer = _read_box(sock)
+                    sock.sendall(hello(cid, leader.id))
+                    answer = read_box(sock)
                 return "refused" if answer.get(b"accepted") != b"True" else "plain Hello accepted"
             if kind == "no-cert":
                 try:
                     with self._tls(victim.host, port, None) as sock:
-                        sock.sendall(_hello(cid, leader.id))
-                        answer = _read_box(sock)
+                        sock.sendall(hello(cid, leader.id))
+                        answer = read_box(sock)
                 except (ssl.SSLError, OSError):
                     return "refused"
                 return "refused" if answer.get(b"accepted") != b"True" else "Hello without a certificate accepted"
             if kind == "stranger":
                 with self._tls(victim.host, port, "127.0.0.1:1") as sock:
-                    sock.sendall(_hello(cid, leader.id))
-                    answer = _read_box(sock)
+                    sock.sendall(hello(cid, leader.id))
+                    answer = read_box(sock)
                 return "refused" if answer.get(b"accepted") != b"True" else "a stranger's Hello as %s accepted" % leader.id
             if kind == "forged-src":
                 with self._tls(victim.host, port, member.id, member.dir) as sock:
-                    sock.sendall(_hello(cid, member.id))
-                    if _read_box(sock).get(b"accepted") != b"True":
+                    sock.sendall(hello(cid, member.id))
+                    if read_box(sock).get(b"accepted") != b"True":
                         return "refused"  # e.g. the victim already has this member's connection: fine too
                     vote = m.RequestVote(term=HUGE_TERM, src=leader.id, dst=victim.id, last_log_index=10 ** 9,
                                          last_log_term=HUGE_TERM, transfer=True)
                     now = m.TimeoutNow(term=HUGE_TERM, src=leader.id, dst=victim.id)
                     for message in (vote, now):
-                        for name, box in codec.message_frames(message, 1):
-                            sock.sendall(_box(name, dict(box), ask=False))
-                    return "refused" if _closed_soon(sock) else "a forged src was not dropped"
+                        for name, args in codec.message_frames(message, 1):
+                            sock.sendall(box(name, dict(args), ask=False))
+                    return "refused" if closed_soon(sock) else "a forged src was not dropped"
         except (OSError, ssl.SSLError, EOFError) as e:
             return "refused" if kind != "forged-src" else "refused (%s)" % type(e).__name__
         raise ValueError("unknown attack %r" % kind)

@@ -21,15 +21,13 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
 from kvd.discovery.dns import TCPProtocol, make_dns
-from kvd.kv.commands import Envelope, encode_envelope
-from kvd.kv.machine import KVMachine
 from kvd.kv.results import OK
-from kvd.resp.commands import Read, Write
 from kvd.resp.parser import ProtocolError, RespParser
 from kvd.resp.protocol import RespFactory
 from kvd.wire import codec
 from kvd.wire.errors import ProtocolViolation
 from tests.discovery.fakes import FakeNode
+from tests.resp.test_protocol import MachineExecutor
 
 # ------------------------------------------------------------ input shapes
 
@@ -118,23 +116,6 @@ def test_resp_parser_huge_declared_lengths_are_refused_before_buffering(data):
 # ------------------------------------------------- the whole client protocol
 
 
-class _Machine:
-    """A one-node stand-in for the executor: writes straight into a KVMachine."""
-
-    def __init__(self):
-        self.machine = KVMachine()
-        self.seq = 0
-
-    def execute(self, request, connection):
-        if isinstance(request, Write):
-            self.seq += 1
-            env = Envelope(b"fuzz", self.seq, self.seq, 0, request.command)
-            return self.machine.apply(self.machine.applied_index + 1, encode_envelope(env))
-        if isinstance(request, Read):
-            return self.machine.read(request.op)
-        return OK
-
-
 def _reply_end(data: bytes, pos: int) -> int:
     """Where the RESP2 or RESP3 reply at ``pos`` ends; AssertionError if it is not one."""
     end = data.index(b"\r\n", pos)
@@ -166,7 +147,7 @@ def _reply_end(data: bytes, pos: int) -> int:
 @given(data=resp_inputs, split=st.data())
 def test_client_port_answers_only_well_formed_replies(data, split):
     """Whatever a client sends, the node answers complete RESP replies, errors as ``-CODE message``, and survives."""
-    factory = RespFactory(_Machine(), value_max_bytes=128, output_limit=64 * 1024)
+    factory = RespFactory(MachineExecutor(), value_max_bytes=128, output_limit=64 * 1024)
     proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
     transport = StringTransport()
     proto.makeConnection(transport)

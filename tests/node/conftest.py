@@ -5,10 +5,12 @@ import pytest
 from tests.node.fakes import make_cluster, run
 
 
-@pytest.fixture
-def cluster(tmp_path):
+def running_cluster(tmp_path, prepare=None):
+    """Started, elected, and stopped again afterwards; ``prepare(node)`` runs on each node before it starts."""
     clock, network = make_cluster(tmp_path)
     for node in network.nodes.values():
+        if prepare is not None:
+            prepare(node)
         node.startService()
     run(clock, 5)
     yield clock, network
@@ -16,3 +18,8 @@ def cluster(tmp_path):
         if node.running:
             node.stopService()
     run(clock, 3)
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    yield from running_cluster(tmp_path)

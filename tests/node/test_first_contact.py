@@ -9,10 +9,10 @@ import pytest
 from twisted.python.failure import Failure
 
 from kvd.kv.commands import Get, IncrBy, Set
-from kvd.kv.results import OK
 from kvd.discovery.metrics import NodeMetrics
 from kvd.errors import KvdError
 from kvd.raft.messages import ReadIndexRequest
+from tests.node.conftest import running_cluster
 from tests.node.fakes import leaders, make_cluster, run
 from tests.node.test_executor import ask, client_of
 
@@ -34,16 +34,11 @@ def answer_of(clock, d, seconds):
 @pytest.fixture
 def wired_cluster(tmp_path):
     """The fake cluster with each machine behind the metrics wrapper, as kvd.tap builds a node."""
-    clock, network = make_cluster(tmp_path)
-    for node in network.nodes.values():
+
+    def wrap(node):
         node.machine = NodeMetrics(process=False).counted_machine(node.machine)
-        node.startService()
-    run(clock, 5)
-    yield clock, network
-    for node in network.nodes.values():
-        if node.running:
-            node.stopService()
-    run(clock, 3)
+
+    yield from running_cluster(tmp_path, wrap)
 
 
 def test_info_answers_every_section_on_a_node_wired_like_twistd(wired_cluster):

@@ -180,3 +180,22 @@ def wait_for(condition: Callable[[], object], timeout: float, what: str, poll: f
         if time.monotonic() >= deadline:
             pytest.fail("timed out after %gs waiting for %s (last: %r)" % (timeout, what, last))
         time.sleep(poll)
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    """``make(n=3, extra=None)``: a started cluster of real twistd nodes (tests/system/nodes.py), killed at the end."""
+    from tests.system.nodes import Cluster
+
+    clusters = []
+
+    def make(n=3, extra=None):
+        c = Cluster(str(tmp_path), n, extra)
+        clusters.append(c)
+        c.start()
+        return c
+
+    yield make
+    for c in clusters:
+        print(c.logs())  # pytest shows captured output only when the test failed
+        c.destroy()

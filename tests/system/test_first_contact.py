@@ -14,25 +14,9 @@ import time
 import pytest
 import redis
 
-from tests.system.nodes import Cluster, wait_for
+from tests.system.nodes import wait_for
 
 pytestmark = pytest.mark.system
-
-
-@pytest.fixture
-def cluster(tmp_path):
-    clusters = []
-
-    def make(n=3, extra=None):
-        c = Cluster(str(tmp_path), n, extra)
-        clusters.append(c)
-        c.start()
-        return c
-
-    yield make
-    for c in clusters:
-        print(c.logs())  # shown only when the test failed
-        c.destroy()
 
 
 def redis_cli(port, *args) -> str:

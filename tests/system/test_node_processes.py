@@ -12,25 +12,9 @@ import threading
 import pytest
 import redis
 
-from tests.system.nodes import Cluster, wait_for
+from tests.system.nodes import wait_for
 
 pytestmark = pytest.mark.system
-
-
-@pytest.fixture
-def cluster(tmp_path, request):
-    clusters = []
-
-    def make(n=3, extra=None):
-        c = Cluster(str(tmp_path), n, extra)
-        clusters.append(c)
-        c.start()
-        return c
-
-    yield make
-    for c in clusters:
-        print(c.logs())  # pytest shows captured output only when the test failed
-        c.destroy()
 
 
 def test_three_nodes_elect_one_leader_and_replicate(cluster):

@@ -10,13 +10,14 @@ from __future__ import annotations
 import os
 import socket
 import ssl
-import struct
 import threading
 import time
 
 import pytest
 
 from kvd.cli.certs import CertDir
+from kvd.jepsen.attacker import box as _box
+from kvd.jepsen.attacker import closed_soon, hello, read_box
 from kvd.raft import messages as m
 from kvd.wire import codec
 from tests.system.nodes import Cluster, wait_for
@@ -33,54 +34,6 @@ def cluster(tmp_path):
     yield c
     print(c.logs())
     c.destroy()
-
-
-def _box(command: bytes, args: dict, ask: bool) -> bytes:
-    out = b""
-    items = [(b"_command", command)] + ([(b"_ask", b"1")] if ask else []) + sorted(args.items())
-    for key, value in items:
-        out += struct.pack("!H", len(key)) + key + struct.pack("!H", len(value)) + value
-    return out + b"\x00\x00"
-
-
-def hello(cluster_id: str, node_id: str) -> bytes:
-    box = codec.Hello.makeArguments(
-        {"cluster_id": cluster_id, "node_id": node_id, "protocol_version": codec.PROTOCOL_VERSION, "address": None}, None
-    )
-    return _box(codec.Hello.commandName, dict(box), ask=True)
-
-
-def read_box(sock) -> dict:
-    """One AMP box from ``sock``; {} if the connection closed first."""
-    box, buf = {}, b""
-
-    def take(n):
-        nonlocal buf
-        while len(buf) < n:
-            chunk = sock.recv(65536)
-            if not chunk:
-                raise EOFError
-            buf += chunk
-        out, buf = buf[:n], buf[n:]
-        return out
-
-    try:
-        while True:
-            (klen,) = struct.unpack("!H", take(2))
-            if klen == 0:
-                return box
-            key = take(klen)
-            (vlen,) = struct.unpack("!H", take(2))
-            box[key] = take(vlen)
-    except (EOFError, ConnectionError, ssl.SSLError, socket.timeout, OSError):
-        return {}
-
-
-def closed(sock) -> bool:
-    try:
-        return sock.recv(1) == b""
-    except (ConnectionError, ssl.SSLError, OSError):
-        return True
 
 
 def tls_client(certs: CertDir, node_id: str, directory: str, port: int):
@@ -169,7 +122,7 @@ def test_a_cluster_keeps_serving_while_an_attacker_without_the_right_certificate
             forged = m.RequestVote(term=term + 5, src=leader.id, dst=follower.id, last_log_index=10**6, last_log_term=term + 5)
             for name, box in codec.message_frames(forged, 1):
                 sock.sendall(_box(name, dict(box), ask=False))
-            wait_for(lambda: closed(sock), 10, "the victim to drop the forging connection")
+            assert closed_soon(sock, 10), "the victim did not drop the forging connection"
 
         time.sleep(1.0)  # a few heartbeats and client rounds with the attack over
     finally:
