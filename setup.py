@@ -15,6 +15,7 @@ setup(
     install_requires=[
         "twisted>=22.10,<27",
         "lmdb>=1.4,<4",
+        "crc32c>=2.3,<3",
         "txaio>=23.1,<27",
         "click>=8.1,<9",
         "redis>=4.5,<9",
