@@ -309,7 +309,9 @@ class Replica:
             self.transport.send_many(rd.persisted_messages)
         if rd.snapshot is not None:
             self.machine.restore(rd.snapshot.data)
-            for index in [i for i in self.proposals if i <= rd.snapshot.index]:
+            # A state streamed from disk may be newer than the snapshot's index (kvd.store.state).
+            covered = max(rd.snapshot.index, self.machine.applied_index)
+            for index in [i for i in self.proposals if i <= covered]:
                 _, token = self.proposals.pop(index)
                 events.proposal_failed(token, Overtaken("overtaken by a snapshot from the leader"))
             events.snapshot_installed(rd.snapshot)
@@ -324,6 +326,12 @@ class Replica:
         self._serve_reads()
 
     def _apply(self, entry: Entry) -> None:
+        if entry.index <= self.machine.applied_index:
+            # The machine holds it already: a durable state reopened after a
+            # restart, or streamed from a leader that had applied past its
+            # snapshot's index (etcd's consistent index).  Proposals there were
+            # failed as overtaken when the state was restored.
+            return
         if entry.kind is EntryKind.NORMAL:
             result = self.machine.apply(entry.index, entry.data)
         else:

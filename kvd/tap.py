@@ -303,6 +303,7 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
     from kvd.node import NodeService
     from kvd.resp.protocol import RespFactory
     from kvd.store.lmdb import LmdbStorage, StorageError
+    from kvd.store.state import LmdbState
     from kvd.wire.peers import PeerTransport
 
     import lmdb
@@ -334,7 +335,11 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
     finally:
         storage.close()
     metrics = make_metrics()
-    machine = KVMachine()
+    # The applied state lives in LMDB beside the log (kvd.store.state): a restart
+    # opens it, and snapshots stream from it.
+    state = LmdbState()
+    storage.state = state
+    machine = KVMachine(keyspace=state)
     if metrics is not None:  # time syncs and applies, count commits: nothing else changes
         storage, machine = metrics.timed_storage(storage), metrics.counted_machine(machine)
     node = NodeService(config, storage, machine, reactor)
@@ -354,7 +359,10 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
         on_connected=node.peer_connected,
         forward_timeout_s=config.request_timeout_s,
         tls=tls,
+        snapshot_source=state.open_stream,
+        snapshot_sink=state,
     )
+    state.on_failure = node.storage_failed
     top = service.MultiService()
     node.setServiceParent(top)
     interface = options["bind"].replace(":", "\\:")  # strports escapes the colons of an IPv6 address

@@ -53,9 +53,9 @@ LAYERS = {
                      kvd=_set("kvd.sim kvd.raft kvd.kv kvd.replica"), std=PURE | {"traceback"}),
     "kvd.sim.__main__": Layer(_set("__main__"), kvd=_set("kvd.sim"), std=_set("__future__ argparse sys time")),
     # I/O at the edges, one room each.
-    "kvd.store": Layer(_set("__init__ bench checksum lmdb schema"), kvd=_set("kvd.store kvd.raft.messages kvd.raft.storage"),
+    "kvd.store": Layer(_set("__init__ bench checksum lmdb schema state"), kvd=_set("kvd.store kvd.raft.messages kvd.raft.storage kvd.kv.keyspace"),
                        third=_set("lmdb crc32c")),
-    "kvd.wire": Layer(_set("__init__ codec errors peers tls"), kvd=_set("kvd.wire kvd.raft.messages kvd.errors"),
+    "kvd.wire": Layer(_set("__init__ codec errors peers snapshots tls"), kvd=_set("kvd.wire kvd.raft.messages kvd.errors"),
                       third=_set("twisted zope OpenSSL cryptography")),
     "kvd.resp": Layer(_set("__init__ auth commands connection encoder errors parser protocol"),
                       kvd=_set("kvd.resp kvd.kv.commands kvd.kv.results kvd.errors"), third=_set("twisted zope")),
@@ -71,7 +71,7 @@ LAYERS = {
                            kvd=_set("kvd.discovery kvd.address kvd.resp.client"), third=_set("twisted prometheus_client")),
     # twistd's side: the one module that wires everything.
     "kvd.tap": Layer(_set("tap"), kvd=_set("kvd.address kvd.node kvd.executor kvd.kv.machine kvd.resp.protocol kvd.resp.auth "
-                                           "kvd.store.lmdb kvd.wire.peers kvd.wire.tls kvd.discovery.services"),
+                                           "kvd.store.lmdb kvd.store.state kvd.wire.peers kvd.wire.tls kvd.discovery.services"),
                      third=_set("twisted lmdb")),
     # mgmt.py's side: nodes only over their ports, never the node's code.
     "kvd.cli": Layer(_set("__init__ certs client docker docker_ops errors home mgmt route server"),

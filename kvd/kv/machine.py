@@ -21,6 +21,15 @@ also order of last stamp, so expiry only ever looks at the oldest ones.
 ``session_ttl_ms`` is part of the machine's definition: every replica must
 use the same value.
 
+Where the state lives.  By default the keys are in memory (``Keyspace``) and
+a snapshot is the whole state as bytes (the simulator, tests).  A node hands
+in a *durable* keyspace instead (kvd.store.state: the keys in LMDB, written
+in the same transaction as the log): then the machine tells it which client
+sessions changed (``durable_changes``/``durable_flushed``), ``reload`` opens
+the state the disk holds (applied index, clock, sessions) instead of
+replaying the log, and snapshots are streamed from the disk by the transport
+(``snapshot`` is empty, ``restore`` reloads what the storage swapped in).
+
 Imports: as the layer table in tests/test_layers.py allows.
 """
 
@@ -62,15 +71,50 @@ class _Session:
                 del self.responses[seq]
 
 
+def encode_session(session: _Session) -> bytes:
+    w = Writer()
+    w.uint(session.last_stamp_ms)
+    w.uint(session.ack_below)
+    w.uint(len(session.responses))
+    for seq in sorted(session.responses):
+        w.uint(seq)
+        encode_result(w, session.responses[seq])
+    return w.getvalue()
+
+
+def _read_session(r: Reader) -> _Session:
+    session = _Session(r.uint(), r.uint())
+    for _ in range(r.count(2)):
+        seq = r.uint()
+        session.responses[seq] = decode_result(r)
+    return session
+
+
+def decode_session(data: bytes) -> _Session:
+    r = Reader(data)
+    session = _read_session(r)
+    r.expect_end()
+    return session
+
+
 class KVMachine:
-    def __init__(self, session_ttl_ms: int = DEFAULT_SESSION_TTL_MS):
+    def __init__(self, session_ttl_ms: int = DEFAULT_SESSION_TTL_MS, keyspace=None):
         if session_ttl_ms <= 0:
             raise ValueError("session_ttl_ms must be positive")
         self.session_ttl_ms = session_ttl_ms
         self.applied_index = 0
         self._clock_ms = 0
-        self._keyspace = Keyspace()
+        self._keyspace = keyspace if keyspace is not None else Keyspace()
         self._sessions: "OrderedDict[bytes, _Session]" = OrderedDict()
+        #: Client ids whose session changed since the durable keyspace last flushed (None: in memory).
+        self._dirty = set() if self.durable else None
+        if self.durable:
+            self._keyspace.bind(self)
+
+    @property
+    def durable(self) -> bool:
+        """Whether the state is kept on disk by the keyspace (kvd.store.state) rather than in memory."""
+        return getattr(self._keyspace, "durable", False)
 
     @property
     def clock_ms(self) -> int:
@@ -112,6 +156,8 @@ class KVMachine:
         if env.stamp_ms > self._clock_ms:
             self._clock_ms = env.stamp_ms
         self._expire_sessions()
+        if self._dirty is not None:
+            self._dirty.add(env.client_id)
         session = self._sessions.get(env.client_id)
         if session is None:
             if env.ack_below > 1:
@@ -136,7 +182,9 @@ class KVMachine:
             oldest = next(iter(sessions.values()))
             if oldest.last_stamp_ms >= deadline:
                 return
-            sessions.popitem(last=False)
+            client_id, _ = sessions.popitem(last=False)
+            if self._dirty is not None:
+                self._dirty.add(client_id)
 
     def _execute(self, cmd: WriteCommand) -> Result:
         ks = self._keyspace
@@ -206,7 +254,11 @@ class KVMachine:
             n_sessions (client_id last_stamp_ms ack_below n (seq result)...)...
             n_keys (key value)...            in SCAN order
             crc32 of all the above, 4 bytes big-endian
+
+        Empty for a durable machine: its state is streamed from the disk.
         """
+        if self.durable:
+            return b""
         w = Writer()
         w.raw(SNAPSHOT_MAGIC)
         w.byte(SNAPSHOT_VERSION)
@@ -215,12 +267,7 @@ class KVMachine:
         w.uint(len(self._sessions))
         for client_id, session in self._sessions.items():
             w.blob(client_id)
-            w.uint(session.last_stamp_ms)
-            w.uint(session.ack_below)
-            w.uint(len(session.responses))
-            for seq in sorted(session.responses):
-                w.uint(seq)
-                encode_result(w, session.responses[seq])
+            w.raw(encode_session(session))
         w.uint(len(self._keyspace))
         for key, value in self._keyspace.items_in_order():
             w.blob(key)
@@ -229,7 +276,14 @@ class KVMachine:
         return body + zlib.crc32(body).to_bytes(4, "big")
 
     def restore(self, data: bytes) -> None:
-        """Replace the whole state; on bad data raise CodecError and change nothing."""
+        """
+        Replace the whole state; on bad data raise CodecError and change
+        nothing.  A durable machine reloads what its storage has just swapped
+        in (``data`` names the staged state and was checked there).
+        """
+        if self.durable:
+            self.reload()
+            return
         if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) < len(SNAPSHOT_MAGIC) + 5:
             raise CodecError("snapshot too short")
         data = bytes(data)
@@ -249,11 +303,7 @@ class KVMachine:
         n_sessions = r.count(4)
         for _ in range(n_sessions):
             client_id = r.blob()
-            session = _Session(r.uint(), r.uint())
-            for _ in range(r.count(2)):
-                seq = r.uint()
-                session.responses[seq] = decode_result(r)
-            sessions[client_id] = session
+            sessions[client_id] = _read_session(r)
         n_keys = r.count(2)
         keyspace = Keyspace.from_items((r.blob(), r.blob()) for _ in range(n_keys))
         r.expect_end()
@@ -263,6 +313,36 @@ class KVMachine:
         self._clock_ms = clock_ms
         self._sessions = sessions
         self._keyspace = keyspace
+
+    # ---------------------------------------------------------- durable state
+
+    def reload(self) -> None:
+        """Take the applied index, clock and sessions from the durable keyspace (at start, after a snapshot)."""
+        applied_index, clock_ms, records = self._keyspace.load()
+        sessions = []
+        for client_id, data in records:
+            try:
+                sessions.append((client_id, decode_session(data)))
+            except CodecError as e:
+                raise CodecError("stored session of client %r: %s" % (client_id, e)) from None
+        # Activity order is stamp order; ties expire together, so their order does not matter.
+        sessions.sort(key=lambda item: (item[1].last_stamp_ms, item[0]))
+        self.applied_index = applied_index
+        self._clock_ms = clock_ms
+        self._sessions = OrderedDict(sessions)
+        self._dirty = set()
+
+    def durable_changes(self):
+        """(applied index, clock, {client id: encoded session, or None if it is gone}) since the last flush."""
+        changed = {}
+        for client_id in self._dirty:
+            session = self._sessions.get(client_id)
+            changed[client_id] = None if session is None else encode_session(session)
+        return self.applied_index, self._clock_ms, changed
+
+    def durable_flushed(self) -> None:
+        """The changes ``durable_changes`` gave are committed to disk."""
+        self._dirty.clear()
 
     def check(self) -> None:
         """Assert the internal invariants; for tests."""

@@ -100,6 +100,11 @@ class NodeService(service.Service):
     def startService(self):
         super().startService()
         self.storage.open(self.config.cluster_id, self.config.node_id)
+        durable = getattr(self.machine, "durable", False)
+        if durable:
+            # The applied state is on disk (kvd.store.state): open it; only the
+            # log after its applied index is applied again.
+            self.machine.reload()
         restored = self.storage.load()
         hard_state, snapshot, entries = restored.hard_state, restored.snapshot, restored.entries
         if hard_state.term == 0 and not entries and snapshot is None and self.config.initial_cluster:
@@ -107,7 +112,7 @@ class NodeService(service.Service):
             hard_state, entries = bootstrap(config)
             self.storage.save(hard_state, entries, None, sync=True)
             self.log.info("{node} bootstrapped a cluster of {n} from the initial member list", node=self.config.node_id, n=len(config.voters))
-        if snapshot is not None:
+        if snapshot is not None and not durable:
             self.machine.restore(snapshot.data)
         self.make_core(hard_state, snapshot, entries)
         self.ticker = task.LoopingCall(self._tick)
@@ -296,6 +301,9 @@ class NodeService(service.Service):
             self.drain_call.cancel()
         self.drain_call = None
         self.replica.drain()
+        state = getattr(self.storage, "state", None)
+        if state is not None and not self.replica.inbox and self.replica.writing is None:
+            state.settle_staging()  # a received snapshot the core did not take is dropped now
         if self.replica.failed is not None:
             return
         self._log_refused()
@@ -321,6 +329,10 @@ class NodeService(service.Service):
                 "{node} refused {n} peer message(s) ({reason}; {total} in all){example}",
                 node=self.config.node_id, n=count - logged, reason=reason, total=count, example=example,
             )
+
+    def storage_failed(self, error: Exception) -> None:
+        """Storage failed outside the Ready loop (a corrupt record found by a read): the same fail-stop."""
+        self._storage_failed(error)
 
     def _storage_failed(self, error: Exception) -> None:
         """The Ready loop's write or compaction raised: log once, then stop as a crashed node would."""

@@ -26,6 +26,11 @@ def crc(payload) -> int:
     return crc32c.crc32c(payload)
 
 
+def crc_update(value: int, data) -> int:
+    """The CRC32C of what ``value`` was the CRC32C of, followed by ``data`` (a stream's running checksum)."""
+    return crc32c.crc32c(data, value)
+
+
 def seal(payload: bytes) -> bytes:
     """``payload`` with its checksum appended."""
     return bytes(payload) + crc32c.crc32c(payload).to_bytes(_CRC_BYTES, "little")
@@ -42,5 +47,5 @@ def unseal(record, what: str) -> bytes:
     payload = view[:-_CRC_BYTES]
     stored = int.from_bytes(view[-_CRC_BYTES:], "little")
     if crc32c.crc32c(payload) != stored:
-        raise CorruptRecord(f"{what}: checksum mismatch (the disk returned other bytes than were written)")
+        raise CorruptRecord(f"{what}: checksum mismatch (the bytes read are not the bytes written)")
     return bytes(payload)

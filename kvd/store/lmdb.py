@@ -90,6 +90,7 @@ class LmdbStorage:
         map_size_max_bytes: int = 8 * GiB,
         sync: bool = True,
         sync_mode: str = "ordered",
+        state=None,
     ) -> None:
         if map_size_bytes <= 0 or map_size_max_bytes < map_size_bytes:
             raise ValueError(
@@ -105,6 +106,9 @@ class LmdbStorage:
         self._env: Optional[lmdb.Environment] = None
         self._db_meta = self._db_log = self._db_snapshot = None
         self._map_size = map_size_bytes
+        #: The applied key/value state kept beside the log (kvd.store.state.LmdbState), if any:
+        #: flushed inside every write transaction, swapped in by a received snapshot.
+        self.state = state
 
     # ------------------------------------------------------------ lifecycle
 
@@ -155,12 +159,16 @@ class LmdbStorage:
             self._env = env
             self._map_size = env.info()["map_size"]
             self._write(lambda txn: self._stamp(txn, cluster_id, node_id), sync=True)
+            if self.state is not None:
+                self.state.opened(env, self._db_meta, self.path, self._grow_map)
         except BaseException:
             self._env = None
             env.close()
             raise
 
     def close(self) -> None:
+        if self.state is not None:
+            self.state.closed()
         if self._env is not None:
             self._env.close()
             self._env = None
@@ -275,6 +283,8 @@ class LmdbStorage:
         def apply(txn) -> None:
             if snapshot is not None:
                 self._check_snapshot_not_older(txn, snapshot)
+                if self.state is not None:
+                    self.state.install(txn, snapshot.data)
                 txn.put(schema.SNAPSHOT_KEY, schema.encode_snapshot(snapshot), db=self._db_snapshot)
                 txn.drop(self._db_log, delete=False)
             if entries:
@@ -285,6 +295,8 @@ class LmdbStorage:
         if hard_state is None and not entries and snapshot is None:
             return
         self._write(apply, sync=sync)
+        if snapshot is not None and self.state is not None:
+            self.state.installed()
 
     def write(
         self,
@@ -350,9 +362,12 @@ class LmdbStorage:
         the transaction, so nothing of a failed attempt is ever visible.
         """
         env = self._require_open()
+        state = self.state if self.state is not None and self.state.loaded else None
         while True:
             try:
                 with env.begin(write=True) as txn:
+                    if state is not None:
+                        state.flush(txn)  # the applied state rides with the log (kvd.store.state)
                     apply(txn)
                 break
             except lmdb.MapFullError:
@@ -361,6 +376,8 @@ class LmdbStorage:
                 # Another handle grew the map; adopt its size and retry.
                 env.set_mapsize(0)
                 self._map_size = env.info()["map_size"]
+        if state is not None:
+            state.committed()
         if sync and self._sync:
             env.sync(True)
 

@@ -31,8 +31,9 @@ FORMAT_VERSION = 1
 DB_META = b"meta"
 DB_LOG = b"log"
 DB_SNAPSHOT = b"snapshot"
-#: Named databases used by the environment (LMDB needs the count up front).
-MAX_DBS = 3
+#: Named databases used by the environment (LMDB needs the count up front): these
+#: three and the applied state's two slots of two (kvd.store.state).
+MAX_DBS = 8
 
 META_FORMAT_VERSION = b"format_version"
 META_CLUSTER_ID = b"cluster_id"

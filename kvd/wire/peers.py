@@ -45,7 +45,7 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
-from kvd.raft.messages import Message
+from kvd.raft.messages import InstallSnapshot, Message
 from kvd.wire import errors
 from kvd.wire.codec import (
     DEFAULT_MAX_STAGED_BYTES,
@@ -64,6 +64,9 @@ from kvd.wire.codec import (
     pack_bytes_blob,
 )
 from kvd.wire.errors import ForwardError, HelloRefused, ProtocolViolation
+from kvd.wire.snapshots import (
+    STREAM_COMMANDS, SnapshotBegin, SnapshotData, SnapshotEnd, SnapshotReceiver, SnapshotSender, new_stream_id,
+)
 from kvd.wire.tls import PeerTLS, is_tls, peer_identity
 
 Address = Tuple[str, int]
@@ -319,7 +322,7 @@ class PeerServerProtocol(_PeerProtocol):
     """The listening end: authenticates the caller, receives its messages, serves Forward and Join."""
 
     accepts_messages = True
-    request_commands = frozenset({Hello.commandName, Forward.commandName, Join.commandName})
+    request_commands = frozenset({Hello.commandName, Forward.commandName, Join.commandName}) | STREAM_COMMANDS
 
     def __init__(self, factory: "PeerServerFactory") -> None:
         super().__init__(
@@ -327,6 +330,7 @@ class PeerServerProtocol(_PeerProtocol):
         )
         self.factory = factory
         self._hello_deadline = None
+        self._snapshots = SnapshotReceiver(factory.snapshot_sink, self._deliver, factory.node_id)
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -355,6 +359,7 @@ class PeerServerProtocol(_PeerProtocol):
 
     def connectionLost(self, reason: Failure) -> None:
         self._cancel_hello_deadline()
+        self._snapshots.abort()
         self.factory.connections.discard(self)
         if self.peer_id is not None:
             self.log.info("inbound connection from {peer} closed", peer=self.peer_label)
@@ -408,6 +413,19 @@ class PeerServerProtocol(_PeerProtocol):
         except Exception:
             # The core's bug, not the peer's: keep the connection.
             self.log.failure("on_message raised for {message!r}", message=message)
+
+    # A snapshot streamed by the leader (kvd.wire.snapshots).
+    @SnapshotBegin.responder
+    def snapshot_begin(self, stream_id: int, term: int, snapshot) -> Dict[str, Any]:
+        return self._snapshots.begin(self.peer_id, stream_id, term, snapshot)
+
+    @SnapshotData.responder
+    def snapshot_data(self, stream_id: int, data: bytes) -> Dict[str, Any]:
+        return self._snapshots.data(stream_id, data)
+
+    @SnapshotEnd.responder
+    def snapshot_end(self, stream_id: int, count: int, crc: int) -> Dict[str, Any]:
+        return self._snapshots.end(stream_id, count, crc)
 
     @Forward.responder
     def forward(self, payload: bytes, blob_id: Optional[int] = None) -> Deferred:
@@ -483,8 +501,11 @@ class PeerServerFactory(Factory):
         tls_required: bool = False,
         clock=None,
         hello_timeout_s: float = 10.0,
+        snapshot_sink=None,
     ) -> None:
         self.node_id = node_id
+        #: Where streamed snapshots are received (kvd.wire.snapshots); None: refused.
+        self.snapshot_sink = snapshot_sink
         self.cluster_id = cluster_id
         self.is_known = is_known
         self.tls_required = tls_required
@@ -754,9 +775,16 @@ class PeerTransport:
         max_forward_bytes: int = DEFAULT_MAX_FORWARD_BYTES,
         tcp_user_timeout: float = DEFAULT_TCP_USER_TIMEOUT,
         tls: Optional[PeerTLS] = None,
+        snapshot_source: Optional[Callable[[int], Any]] = None,
+        snapshot_sink=None,
     ) -> None:
         self.node_id = node_id
         self.cluster_id = cluster_id
+        #: With a source, an InstallSnapshot without data is streamed from disk (kvd.wire.snapshots),
+        #: and a sink receives the streams peers send us.
+        self.snapshot_source = snapshot_source
+        self.snapshot_sink = snapshot_sink
+        self._streams: Dict[str, SnapshotSender] = {}
         self.resolve = resolve
         #: Mutual TLS for every connection (None: plaintext, --insecure-peers).
         self.tls = tls
@@ -808,6 +836,7 @@ class PeerTransport:
             tls_required=self.tls is not None,
             clock=self.reactor,
             hello_timeout_s=max(10.0, 2 * self.connect_timeout_s),
+            snapshot_sink=self.snapshot_sink,
         )
         self._server_factories.append(factory)
         return factory
@@ -845,6 +874,9 @@ class PeerTransport:
             return
         link = self._link_for(dst)
         protocol = link.protocol if link is not None else None
+        if isinstance(message, InstallSnapshot) and not message.snapshot.data and self.snapshot_source is not None:
+            self._stream_snapshot(message, protocol)
+            return
         try:
             sent = protocol is not None and protocol.send_message(message)
         except Exception:
@@ -857,6 +889,42 @@ class PeerTransport:
         """``send`` each message in order (a Ready's batch)."""
         for message in messages:
             self.send(message)
+
+    def _stream_snapshot(self, message: InstallSnapshot, protocol: Optional[PeerClientProtocol]) -> None:
+        """Stream the state on disk to ``message.dst`` unless a stream to it is running already."""
+        dst = message.dst
+        if dst in self._streams:
+            return  # the core asks again while a long stream runs; the running one answers it
+        if protocol is None or not protocol._can_write():
+            self._report_unreachable(dst)
+            return
+        try:
+            stream = self.snapshot_source(message.snapshot.index)
+        except Exception as e:
+            self.log.error("cannot read a snapshot for {peer}: {error}", peer=dst, error=e)
+            return
+        sender = self._streams[dst] = SnapshotSender(protocol, message, stream, new_stream_id())
+        started = self.reactor.seconds()
+        self.log.info("streaming a snapshot at index {index} (state at {applied}) to {peer}",
+                      index=message.snapshot.index, applied=getattr(stream, "applied_index", "?"), peer=dst)
+
+        def finished(outcome):
+            if self._streams.get(dst) is sender:
+                del self._streams[dst]
+            seconds = max(self.reactor.seconds() - started, 1e-6)
+            if isinstance(outcome, Failure):
+                self.log.warn("snapshot stream to {peer} broke off after {mib:.1f} MiB: {reason}",
+                              peer=dst, mib=sender.sent_bytes / 2**20, reason=outcome.getErrorMessage())
+            else:
+                self.log.info("snapshot stream to {peer} done: {mib:.1f} MiB in {seconds:.2f}s ({rate:.1f} MiB/s)",
+                              peer=dst, mib=outcome / 2**20, seconds=seconds, rate=outcome / 2**20 / seconds)
+            return None
+
+        sender.start().addBoth(finished)
+
+    def streaming_to(self) -> List[str]:
+        """The peers a snapshot is being streamed to now."""
+        return list(self._streams)
 
     def forward(self, node_id: str, payload: bytes, timeout: Optional[float] = None) -> Deferred:
         """

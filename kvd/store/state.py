@@ -1,0 +1,561 @@
+# -*- test-case-name: tests.store.test_state -*-
+"""
+The applied key/value state on disk, in the node's LMDB environment beside
+the Raft log, as etcd keeps its state in bbolt: a restart opens it and
+replays only the log after its applied index, and a snapshot is a read
+transaction streamed to the follower.
+
+``LmdbState`` is the durable keyspace of ``kvd.kv.machine.KVMachine``.
+Applying an entry changes an in-memory overlay of pending writes; the
+storage (kvd.store.lmdb) calls ``flush`` inside its next write transaction,
+so the keys, the client sessions and the applied index reach the disk in
+the same transaction and under the same sync as the log entries that
+follow them (the log is always ahead of the state, so a crash loses nothing
+the log cannot replay).  Reads look at the overlay, then at LMDB.
+
+Two slots.  The state lives in slot 0 or 1 (sub-databases ``kv.N`` and
+``sessions.N``, a record ``state.N`` in ``meta`` with the applied index,
+the clock and the key count; ``state.slot`` names the live one).  A
+snapshot streamed from the leader is written into the other slot in
+bounded transactions while the live one keeps serving; once complete and
+verified it is swapped in by the very transaction that records the Raft
+snapshot and drops the log (``install``), so a crash leaves either the old
+state and log or the new ones.
+
+Keys: ``kv.N`` is keyed by the key's SCAN position (8 bytes, kvd.kv.keyspace)
+then the key, so LMDB's order is SCAN order.  LMDB keys are at most 511
+bytes: a longer key is stored under its first ``_INLINE_KEY`` bytes and a
+BLAKE2b digest of the whole, with the whole key kept in the record.  Every
+record is sealed with a CRC32C (kvd.store.checksum) and checked when read; a
+mismatch raises ``CorruptStorage`` and tells ``on_failure`` (the node
+fail-stops: a wrong value is never served).
+
+The stream a snapshot travels as is a run of records ``kind(1) klen(4)
+key vlen(4) value`` with the values exactly as stored (sealed, so the
+receiver checks each one), then a count and a CRC32C of all the bytes.
+
+Imports: as the layer table in tests/test_layers.py allows.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from hashlib import blake2b
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
+
+import lmdb
+
+from kvd.kv.keyspace import MAX_CURSOR, scan_position
+from kvd.store import checksum
+from kvd.store.schema import CorruptRecord
+
+#: Key bytes stored in the LMDB key as they are; longer keys are cut there and digested.
+_INLINE_KEY = 480
+_DIGEST = 16
+
+_STATE = struct.Struct(">QQQ")  # applied index, clock ms, key count
+_STAGING = struct.Struct(">BQB")  # slot, stream id, complete
+_RECORD_HEAD = struct.Struct(">BI")
+_U32 = struct.Struct(">I")
+
+KIND_STATE, KIND_SESSION, KIND_KV = 1, 2, 3
+
+META_SLOT = b"state.slot"
+META_STAGING = b"state.staging"
+
+#: Bytes of records written per transaction while a snapshot is received.
+STAGE_TXN_BYTES = 4 << 20
+
+
+class StateError(Exception):
+    """The stored state cannot be used (see the message)."""
+
+
+class StagingBusy(StateError):
+    """A received snapshot is waiting to be installed: another stream cannot start now."""
+
+
+def _db_names(slot: int) -> Tuple[bytes, bytes]:
+    return b"kv.%d" % slot, b"sessions.%d" % slot
+
+
+def _state_key(slot: int) -> bytes:
+    return b"state.%d" % slot
+
+
+def lmdb_key(key: bytes) -> bytes:
+    """Where ``key`` is stored: its SCAN position, then the key (or its head and digest when long)."""
+    position = scan_position(key).to_bytes(8, "big")
+    if len(key) <= _INLINE_KEY:
+        return position + key
+    return position + key[:_INLINE_KEY] + blake2b(key, digest_size=_DIGEST).digest()
+
+
+def _kv_record(key: bytes, value: bytes) -> bytes:
+    if len(key) <= _INLINE_KEY:
+        return checksum.seal(b"\x00" + value)
+    return checksum.seal(b"\x01" + _U32.pack(len(key)) + key + value)
+
+
+class LmdbState:
+    """The durable keyspace: see the module docstring."""
+
+    durable = True
+
+    def __init__(self) -> None:
+        self.path = "?"
+        self._env: Optional[lmdb.Environment] = None
+        self._meta = None
+        self._dbs: Dict[bytes, object] = {}
+        self._slot = 0
+        self._machine = None
+        #: Whether the machine has loaded the stored state (before that, nothing is flushed).
+        self.loaded = False
+        self._pending: Dict[bytes, Optional[bytes]] = {}
+        self._count = 0
+        self._flushing: Optional[Dict[bytes, Optional[bytes]]] = None
+        self._flushing_changes = None
+        self._staging: Optional["_StagingWriter"] = None
+        self._staged_complete: Optional[int] = None  # stream id of a complete stream awaiting install
+        #: Called with the error when a stored record is corrupt (the node fail-stops).
+        self.on_failure: Optional[Callable[[Exception], None]] = None
+
+    # ------------------------------------------------------------ wiring
+
+    def bind(self, machine) -> None:
+        """The machine whose applied index and sessions are flushed with the keys."""
+        self._machine = machine
+
+    def opened(self, env: lmdb.Environment, meta_db, path: str, grow_map: Callable[[], None]) -> None:
+        """Called by the storage once its environment is open: the state opens its own databases."""
+        self._env = env
+        self.grow_map = grow_map
+        self._meta = meta_db
+        self.path = path
+        for slot in (0, 1):
+            for name in _db_names(slot):
+                self._dbs[name] = env.open_db(name)
+        with env.begin() as txn:
+            raw = txn.get(META_SLOT, db=meta_db)
+            self._slot = 0 if raw is None else self._unseal(raw, "state slot")[0]
+            applied, clock, count = self._read_state(txn, self._slot)
+        if self._slot not in (0, 1):
+            raise self._corrupt(StateError(f"state slot {self._slot} is neither 0 nor 1"))
+        self._count = count
+        self._pending.clear()
+        self.loaded = False
+        self._staging = None
+        self._staged_complete = None
+
+    def closed(self) -> None:
+        self._staging = None
+        self._env = None
+        self.loaded = False
+
+    @property
+    def _kv(self):
+        return self._dbs[_db_names(self._slot)[0]]
+
+    @property
+    def _sessions(self):
+        return self._dbs[_db_names(self._slot)[1]]
+
+    # ------------------------------------------------------- the machine's view
+
+    def load(self) -> Tuple[int, int, List[Tuple[bytes, bytes]]]:
+        """(applied index, clock ms, [(client id, encoded session)]) of the live slot."""
+        env = self._require_env()
+        self._pending.clear()
+        with env.begin() as txn:
+            applied, clock, count = self._read_state(txn, self._slot)
+            sessions = [(bytes(k), self._unseal(v, f"session of client {bytes(k)!r}"))
+                        for k, v in txn.cursor(db=self._sessions)]
+        self._count = count
+        self.loaded = True
+        return applied, clock, sessions
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __contains__(self, key: bytes) -> bool:
+        return self.get(key) is not None
+
+    def get(self, key: bytes) -> Optional[bytes]:
+        if key in self._pending:
+            return self._pending[key]
+        with self._require_env().begin(db=self._kv) as txn:
+            raw = txn.get(lmdb_key(key))
+        if raw is None:
+            return None
+        stored_key, value = self._decode_kv(lmdb_key(key), raw)
+        return value if stored_key == key else None
+
+    def put(self, key: bytes, value: bytes) -> None:
+        if self.get(key) is None:
+            self._count += 1
+        self._pending[key] = bytes(value)
+
+    def delete(self, key: bytes) -> bool:
+        if self.get(key) is None:
+            return False
+        self._count -= 1
+        self._pending[key] = None
+        return True
+
+    def scan(self, cursor: int, match, count: int) -> Tuple[int, List[bytes]]:
+        """Exactly kvd.kv.keyspace.Keyspace.scan's contract, over LMDB and the overlay."""
+        if cursor > MAX_CURSOR:
+            return 0, []
+        found: List[bytes] = []
+        visited = 0
+        last = b""
+        for position, key in self._merged_from(cursor.to_bytes(8, "big")):
+            if visited >= count and position != last:
+                return int.from_bytes(position, "big"), found
+            visited += 1
+            last = position
+            if match is None or match.matches(key):
+                found.append(key)
+        return 0, found
+
+    def keys(self, pattern) -> List[bytes]:
+        literal = pattern.literal
+        if literal is not None:
+            return [literal] if self.get(literal) is not None else []
+        return sorted(key for _, key in self._merged_from(b"") if pattern.matches(key))
+
+    def _merged_from(self, start: bytes) -> Iterator[Tuple[bytes, bytes]]:
+        """(position, key) of every live key from ``start`` on, in SCAN order: LMDB merged with the overlay."""
+        overlay = sorted((lmdb_key(k), k, v) for k, v in self._pending.items() if lmdb_key(k) >= start)
+        shadowed = {k for _, k, _ in overlay}
+        i = 0
+        with self._require_env().begin(db=self._kv) as txn:
+            cur = txn.cursor()
+            if cur.set_range(start):
+                for dbkey in cur.iternext(keys=True, values=False):
+                    dbkey = bytes(dbkey)
+                    while i < len(overlay) and overlay[i][0] < dbkey:
+                        if overlay[i][2] is not None:
+                            yield overlay[i][0][:8], overlay[i][1]
+                        i += 1
+                    key = self._key_of(dbkey, cur)
+                    if key in shadowed:
+                        continue  # the overlay's entry (same LMDB key) is yielded in its turn
+                    yield dbkey[:8], key
+        for dbkey, key, value in overlay[i:]:
+            if value is not None:
+                yield dbkey[:8], key
+
+    def _key_of(self, dbkey: bytes, cur) -> bytes:
+        if len(dbkey) <= 8 + _INLINE_KEY:
+            return dbkey[8:]
+        return self._decode_kv(dbkey, cur.value())[0]
+
+    def check(self) -> None:
+        """Assert the key count matches what is stored; for tests."""
+        n = sum(1 for _ in self._merged_from(b""))
+        assert n == self._count, f"key count {self._count}, {n} keys stored"
+
+    # ------------------------------------------------------- writes (the storage's)
+
+    def flush(self, txn) -> None:
+        """Write the overlay, the changed sessions and the applied index into ``txn`` (the storage's)."""
+        if self._machine is None:
+            return
+        applied, clock, sessions = self._machine.durable_changes()
+        kv, sess = self._kv, self._sessions
+        for key, value in self._pending.items():
+            dbkey = lmdb_key(key)
+            if value is None:
+                txn.delete(dbkey, db=kv)
+            else:
+                txn.put(dbkey, _kv_record(key, value), db=kv)
+        for client_id, data in sessions.items():
+            if data is None:
+                txn.delete(client_id, db=sess)
+            else:
+                txn.put(client_id, checksum.seal(data), db=sess)
+        txn.put(_state_key(self._slot), checksum.seal(_STATE.pack(applied, clock, self._count)), db=self._meta)
+
+    def committed(self) -> None:
+        """The transaction ``flush`` wrote into has committed."""
+        self._pending.clear()
+        if self._machine is not None:
+            self._machine.durable_flushed()
+
+    def install(self, txn, token: bytes) -> None:
+        """
+        Swap in the staged slot named by ``token`` (a received snapshot's
+        data) inside the storage's transaction.  The machine reloads it once
+        the transaction has committed (``KVMachine.restore``).
+        """
+        stream_id = _token_stream(token)
+        raw = txn.get(META_STAGING, db=self._meta)
+        if raw is None:
+            raise StateError("a snapshot is to be installed but no state was received for it")
+        slot, staged_id, complete = _STAGING.unpack(self._unseal(raw, "staging record"))
+        if staged_id != stream_id or not complete or slot == self._slot:
+            raise StateError(
+                f"the snapshot names stream {stream_id}, the staged state is stream {staged_id} "
+                f"({'complete' if complete else 'incomplete'})"
+            )
+        txn.put(META_SLOT, checksum.seal(bytes((slot,))), db=self._meta)
+        txn.delete(META_STAGING, db=self._meta)
+
+    def installed(self, txn_committed: bool = True) -> None:
+        """After ``install``'s transaction committed: the other slot is live now."""
+        with self._require_env().begin() as txn:
+            raw = txn.get(META_SLOT, db=self._meta)
+        self._slot = self._unseal(raw, "state slot")[0]
+        self._pending.clear()
+        self._staged_complete = None
+
+    def settle_staging(self) -> None:
+        """A complete stream that was not installed by now never will be: let the next one in."""
+        self._staged_complete = None
+
+    # ------------------------------------------------------- snapshot streams
+
+    def open_stream(self, min_index: int) -> "StateStream":
+        """A consistent read of the live state, as a stream; its applied index must reach ``min_index``."""
+        return StateStream(self, min_index)
+
+    def begin(self, stream_id: int) -> "_StagingWriter":
+        """Start receiving stream ``stream_id`` into the other slot (``StagingBusy`` while one awaits install)."""
+        if self._staged_complete is not None:
+            raise StagingBusy("a received snapshot is waiting to be installed")
+        if self._staging is not None:
+            self._staging.abandoned = True
+        self._staging = _StagingWriter(self, stream_id, 1 - self._slot)
+        return self._staging
+
+    # ------------------------------------------------------- internals
+
+    def _read_state(self, txn, slot: int) -> Tuple[int, int, int]:
+        raw = txn.get(_state_key(slot), db=self._meta)
+        if raw is None:
+            return 0, 0, 0
+        payload = self._unseal(raw, f"state record of slot {slot}")
+        if len(payload) != _STATE.size:
+            raise self._corrupt(CorruptRecord(f"state record of slot {slot} has {len(payload)} bytes"))
+        return _STATE.unpack(payload)
+
+    def _decode_kv(self, dbkey: bytes, raw) -> Tuple[bytes, bytes]:
+        record = self._unseal(raw, f"value at {bytes(dbkey[8:40])!r}")
+        if record[:1] == b"\x00":
+            return bytes(dbkey[8:]), record[1:]
+        if record[:1] == b"\x01" and len(record) >= 5:
+            (n,) = _U32.unpack_from(record, 1)
+            return record[5:5 + n], record[5 + n:]
+        raise self._corrupt(CorruptRecord(f"value record at {bytes(dbkey[8:40])!r} has an unknown layout"))
+
+    def _unseal(self, raw, what: str) -> bytes:
+        try:
+            return checksum.unseal(raw, f"{what} in {self.path}")
+        except CorruptRecord as e:
+            raise self._corrupt(e) from None
+
+    def _corrupt(self, error: Exception) -> Exception:
+        from kvd.store.lmdb import CorruptStorage  # the storage's error type; imported late (lmdb imports us)
+
+        failure = CorruptStorage(str(error))
+        if self.on_failure is not None:
+            self.on_failure(failure)
+        return failure
+
+    def _require_env(self) -> lmdb.Environment:
+        if self._env is None:
+            raise StateError("the state's storage is not open")
+        return self._env
+
+
+def make_token(stream_id: int) -> bytes:
+    return b"kvd-stream:" + stream_id.to_bytes(8, "big")
+
+
+def _token_stream(token: bytes) -> int:
+    token = bytes(token)
+    if not token.startswith(b"kvd-stream:") or len(token) != 19:
+        raise StateError(f"a snapshot to install does not name a received stream ({token[:24]!r})")
+    return int.from_bytes(token[11:], "big")
+
+
+class StateStream:
+    """
+    A snapshot being read: one LMDB read transaction (a consistent view that
+    later writes do not change), read out in pieces of bounded size.
+    """
+
+    def __init__(self, state: LmdbState, min_index: int) -> None:
+        env = state._require_env()
+        self._txn = env.begin()
+        slot = state._slot
+        raw_state = self._txn.get(_state_key(slot), db=state._meta)
+        applied, _, self.key_count = state._read_state(self._txn, slot)
+        if applied < min_index:
+            self._txn.abort()
+            raise StateError(f"the state on disk is at index {applied}, the snapshot at {min_index}")
+        self.applied_index = applied
+        kv, sessions = (state._dbs[name] for name in _db_names(slot))
+        self._records = self._iter(raw_state, sessions, kv)
+        self._buffer = bytearray()
+        self.count = 0
+        self.crc = 0
+        self.done = False
+
+    def _iter(self, raw_state, sessions_db, kv_db) -> Iterator[bytes]:
+        yield _pack_record(KIND_STATE, b"", raw_state if raw_state is not None else checksum.seal(_STATE.pack(0, 0, 0)))
+        for db, kind in ((sessions_db, KIND_SESSION), (kv_db, KIND_KV)):
+            for key, value in self._txn.cursor(db=db):
+                yield _pack_record(kind, key, value)
+
+    def read(self, max_bytes: int) -> bytes:
+        """Up to ``max_bytes`` more of the stream; b"" at its end (then ``count`` and ``crc`` are final)."""
+        buffer = self._buffer
+        while len(buffer) < max_bytes and not self.done:
+            record = next(self._records, None)
+            if record is None:
+                self.done = True
+                self.close()
+                break
+            self.count += 1
+            buffer += record
+        piece = bytes(buffer[:max_bytes])
+        del buffer[:max_bytes]
+        self.crc = checksum.crc_update(self.crc, piece)
+        return piece
+
+    def close(self) -> None:
+        if self._txn is not None:
+            self._txn.abort()
+            self._txn = None
+
+
+def _pack_record(kind: int, key, value) -> bytes:
+    return _RECORD_HEAD.pack(kind, len(key)) + bytes(key) + _U32.pack(len(value)) + bytes(value)
+
+
+class _StagingWriter:
+    """Receives one stream into the non-live slot, in transactions of ``STAGE_TXN_BYTES``."""
+
+    def __init__(self, state: LmdbState, stream_id: int, slot: int) -> None:
+        self.state = state
+        self.stream_id = stream_id
+        self.slot = slot
+        self.abandoned = False
+        self._buffer = bytearray()
+        self._batch: List[Tuple[int, bytes, bytes]] = []
+        self._batch_bytes = 0
+        self.count = 0
+        self.crc = 0
+        self._seen_state = False
+        self._clear()
+
+    def _write(self, apply) -> None:
+        env = self.state._require_env()
+        while True:
+            try:
+                with env.begin(write=True) as txn:
+                    apply(txn)
+                return
+            except lmdb.MapFullError:
+                self.state.grow_map()
+
+    def _clear(self) -> None:
+        kv_name, sessions_name = _db_names(self.slot)
+        state = self.state
+
+        def apply(txn) -> None:
+            txn.drop(state._dbs[kv_name], delete=False)
+            txn.drop(state._dbs[sessions_name], delete=False)
+            txn.delete(_state_key(self.slot), db=state._meta)
+            txn.put(META_STAGING, checksum.seal(_STAGING.pack(self.slot, self.stream_id, 0)), db=state._meta)
+
+        self._write(apply)
+
+    def feed(self, data: bytes) -> None:
+        """More of the stream; records are checked and written in bounded transactions."""
+        self._check_live()
+        self.crc = checksum.crc_update(self.crc, data)
+        buffer = self._buffer
+        buffer += data
+        pos = 0
+        n = len(buffer)
+        head = _RECORD_HEAD.size
+        while n - pos >= head:
+            kind, klen = _RECORD_HEAD.unpack_from(buffer, pos)
+            if n - pos < head + klen + 4:
+                break
+            (vlen,) = _U32.unpack_from(buffer, pos + head + klen)
+            end = pos + head + klen + 4 + vlen
+            if end > n:
+                break
+            key = bytes(buffer[pos + head:pos + head + klen])
+            value = bytes(buffer[pos + head + klen + 4:end])
+            self._record(kind, key, value)
+            pos = end
+        del buffer[:pos]
+        if self._batch_bytes >= STAGE_TXN_BYTES:
+            self._write_batch()
+
+    def _record(self, kind: int, key: bytes, value: bytes) -> None:
+        checksum.unseal(value, f"received snapshot record {self.count}")  # CorruptRecord: the stream is refused
+        if kind == KIND_STATE:
+            if self._seen_state or key:
+                raise CorruptRecord("received snapshot has a second or malformed state record")
+            self._seen_state = True
+        elif kind not in (KIND_SESSION, KIND_KV) or not self._seen_state:
+            raise CorruptRecord(f"received snapshot record of kind {kind} out of place")
+        self.count += 1
+        self._batch.append((kind, key, value))
+        self._batch_bytes += len(key) + len(value)
+
+    def _write_batch(self) -> None:
+        batch, self._batch, self._batch_bytes = self._batch, [], 0
+        if not batch:
+            return
+        state = self.state
+        kv_db, sessions_db = (state._dbs[name] for name in _db_names(self.slot))
+
+        def apply(txn) -> None:
+            for kind, key, value in batch:
+                if kind == KIND_KV:
+                    txn.put(key, value, db=kv_db, append=True)
+                elif kind == KIND_SESSION:
+                    txn.put(key, value, db=sessions_db)
+                else:
+                    txn.put(_state_key(self.slot), value, db=state._meta)
+
+        self._write(apply)
+
+    def finish(self, count: int, crc: int) -> bytes:
+        """The stream ended with ``count`` records of checksum ``crc``: verify, complete, and name it."""
+        self._check_live()
+        if self._buffer:
+            raise CorruptRecord(f"received snapshot ends inside a record ({len(self._buffer)} bytes left)")
+        if count != self.count or crc != self.crc:
+            raise CorruptRecord(
+                f"received snapshot has {self.count} records (crc {self.crc:08x}), "
+                f"the sender sent {count} (crc {crc:08x})"
+            )
+        self._write_batch()
+        state = self.state
+
+        def apply(txn) -> None:
+            txn.put(META_STAGING, checksum.seal(_STAGING.pack(self.slot, self.stream_id, 1)), db=state._meta)
+
+        self._write(apply)
+        state._staging = None
+        state._staged_complete = self.stream_id
+        return make_token(self.stream_id)
+
+    def abort(self) -> None:
+        """The stream broke off: what was staged is garbage, cleared by the next one."""
+        if self.state._staging is self:
+            self.state._staging = None
+        self.abandoned = True
+
+    def _check_live(self) -> None:
+        if self.abandoned:
+            raise StateError(f"snapshot stream {self.stream_id} was replaced by a newer one")
