@@ -1,0 +1,87 @@
+"""
+kvd.limits at the node, on the fake cluster (tests/node/fakes.py): what is
+over the table never reaches a log, whoever asks (the client port, a caller
+of ``submit``, a forward from a node that checks less), and the largest
+command the table allows commits everywhere.
+"""
+
+from redis.connection import Connection
+from twisted.python.failure import Failure
+
+from kvd.errors import Code, KvdError
+from kvd.kv.commands import Envelope, Get, MSet, Set, command_size, encode_envelope
+from kvd.kv.results import OK
+from kvd.limits import LIMITS
+from kvd.wire.errors import ForwardError
+from tests.node.fakes import leaders, run
+from tests.node.test_executor import ask, client_of
+
+
+def outcome(clock, d, seconds=5):
+    out = []
+    d.addBoth(out.append)
+    run(clock, seconds)
+    assert out, "no answer within %s fake seconds" % seconds
+    return out[0]
+
+
+def largest(extra: int = 0, prefix: bytes = b"k") -> MSet:
+    """An MSET of exactly ``command_bytes + extra`` encoded: 1 MiB values, the last one cut to fit."""
+    pairs = [(prefix + b"%d" % i, b"v" * LIMITS.value_bytes) for i in range(7)]
+    rest = LIMITS.command_bytes + extra - command_size(MSet(tuple(pairs + [(prefix + b"7", b"")]))) - 2
+    command = MSet(tuple(pairs + [(prefix + b"7", b"w" * rest)]))
+    assert command_size(command) == LIMITS.command_bytes + extra
+    return command
+
+
+def last_indexes(network):
+    return {node_id: node.core.log.last_index() for node_id, node in network.nodes.items()}
+
+
+def test_the_largest_command_commits_and_one_byte_more_never_reaches_a_log(cluster):
+    """
+    Through a follower, the largest MSET commits and reads back on every
+    node; one byte more fails with ERR (a refusal: fix the request) on the
+    leader and on a follower, before any log grows and before anything is
+    forwarded, and a SET right after commits.
+    """
+    clock, network = cluster
+    (leader,) = leaders(network)
+    follower = next(n for n in network.nodes.values() if n is not leader)
+    assert outcome(clock, follower.submit(largest())) is OK
+    for node in network.nodes.values():
+        assert outcome(clock, node.read(Get(b"k7"))) == largest().pairs[7][1]
+    before, forwarded = last_indexes(network), list(network.forwarded)
+    for node in (leader, follower):
+        failure = outcome(clock, node.submit(largest(extra=1, prefix=b"x")))
+        assert isinstance(failure, Failure) and failure.check(KvdError)
+        assert failure.value.code is Code.ERR
+        assert "over the limit of %d bytes in one write" % LIMITS.command_bytes in failure.value.message
+    assert last_indexes(network) == before and network.forwarded == forwarded
+    assert outcome(clock, follower.submit(Set(b"after", b"1"))) is OK
+
+
+def test_the_leader_refuses_a_forwarded_entry_over_the_entry_limit(cluster):
+    """A forward from a node that checks less (another version) is refused by the leader before it proposes."""
+    clock, network = cluster
+    (leader,) = leaders(network)
+    before = last_indexes(network)
+    payload = encode_envelope(Envelope(b"other/1", 1, 1, 0, largest(extra=LIMITS.entry_bytes - LIMITS.command_bytes)))
+    assert len(payload) > LIMITS.entry_bytes
+    failure = outcome(clock, leader.forwarded("127.0.0.1:7009", payload))
+    assert isinstance(failure, Failure) and failure.check(ForwardError)
+    assert failure.value.code is Code.ERR and "one log entry" in failure.value.message
+    assert last_indexes(network) == before
+
+
+def test_the_client_port_refuses_before_the_log_and_keeps_the_connection(cluster):
+    """RESP bytes in at a follower: the oversized MSET answers -ERR, no log grows, the next SET on the connection runs."""
+    clock, network = cluster
+    follower = next(n for n in network.nodes.values() if not n.core.is_leader())
+    proto, transport = client_of(follower)
+    over = [x for pair in largest(extra=1).pairs for x in pair]
+    before = last_indexes(network)
+    reply = ask(clock, proto, transport, b"".join(Connection().pack_command("MSET", *over)))
+    assert reply.startswith(b"-ERR MSET of %d bytes is over the limit" % (LIMITS.command_bytes + 1))
+    assert last_indexes(network) == before
+    assert ask(clock, proto, transport, b"SET after 1\r\n") == b"+OK\r\n"
