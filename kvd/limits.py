@@ -22,22 +22,32 @@ limit                   default      bounds
 ``key_bytes``           511 B        a key; LMDB's largest key (keys may be LMDB keys)
 ``value_bytes``         1 MiB        a value (``--value-max-bytes``); any bulk argument
 ``command_keys``        10,000       keys one write touches (applying it takes bounded
-                                     time: about 50 ms for 10,000 keys)
-``command_bytes``       8 MiB        one write command as encoded in the log (an MSET's
+                                     time: 27-48 ms for 10,000 keys, measured)
+``command_bytes``       4 MiB        one write command as encoded in the log (an MSET's
                                      keys and values with their lengths)
-``request_bytes``       8 MiB+64 KiB one RESP request's bulk arguments, buffered whole
-``entry_bytes``         8 MiB+4 KiB  one log entry: a command and its envelope
+``request_bytes``       4 MiB+64 KiB one RESP request's bulk arguments, buffered whole
+``entry_bytes``         4 MiB+4 KiB  one log entry: a command and its envelope
 ``append_bytes``        48 KiB       entries batched into one AppendEntries (a bigger
                                      entry travels alone)
 ``forward_bytes``       16 MiB       a forwarded payload (an entry) or its result
 ``staged_bytes``        64 MiB       bytes one peer connection stages (blobs)
 ======================  ===========  ==================================================
 
-Why 8 MiB for a command: on the 2-core test machine one MSET of N MiB takes
-about 27 ms per MiB to commit on three fsyncing nodes through the leader and
-up to 45 ms per MiB through a follower (measured: 14 MiB, 0.38 s and 0.64 s).
-8 MiB keeps the slowest path near 0.35 s, under the shortest election timeout
-(8 ticks of 50 ms = 0.4 s), and leaves a staging budget of four such entries.
+Why 4 MiB for a command.  Measured on the 2-core machine, three TLS nodes with
+fsync, an MSET through the leader / through a follower, median (max) of 10:
+
+* quiet machine: 4 MiB 0.10 s / 0.08 s, 8 MiB 0.21 s / 0.21 s, 14 MiB
+  0.38 s / 0.64 s;
+* shared with other test runs (load 4.5): 2 MiB 0.04 s / 0.05 s, 4 MiB
+  0.13 (0.21) s / 0.18 (0.71) s, 8 MiB 0.28-0.69 (1.65) s / 0.32-0.59 (0.89) s,
+  and one leader election in 36 writes of 8 MiB, none at 4 MiB or less.
+
+A write holds every node's reactor for about as long as it takes, and the
+shortest election timeout is 8 ticks of 50 ms = 0.4 s: at 8 MiB a loaded
+node already misses it.  4 MiB keeps a command within about half of it, and
+the largest AppendEntries with the largest forward beside it within 21 MiB
+of a connection's 64 MiB staging, so no accepted command comes near it.
+etcd, for comparison, takes requests of 1.5 MiB by default.
 
 Everything here is pure: the table is imported by the RESP port, the node,
 the Raft core's defaults, the peer transport and ``twistd kvd``'s options.
@@ -85,7 +95,7 @@ class Limits:
     key_bytes: int = LMDB_KEY_BYTES
     value_bytes: int = 1 * MiB
     command_keys: int = 10_000
-    command_bytes: int = 8 * MiB
+    command_bytes: int = 4 * MiB
     append_bytes: int = 48 * KiB
     forward_bytes: int = 16 * MiB
     staged_bytes: int = 64 * MiB

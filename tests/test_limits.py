@@ -16,14 +16,32 @@ from kvd.wire.codec import Chunk, ChunkAssembler, MessageDecoder, bytes_frames, 
 from kvd.wire.errors import ProtocolViolation
 
 
+def largest_mset(extra: int = 0, prefix: bytes = b"k") -> MSet:
+    """
+    An MSET whose encoding is exactly ``command_bytes + extra``: values of
+    ``value_bytes`` (the most a client may send) and a last one cut to fit.
+    Shared by the tests of every layer that enforces the limits.
+    """
+    budget = LIMITS.command_bytes + extra
+    pairs = []
+    while command_size(MSet(tuple(pairs) + ((prefix + b"%d" % len(pairs), b"v" * LIMITS.value_bytes),))) < budget:
+        pairs.append((prefix + b"%d" % len(pairs), b"v" * LIMITS.value_bytes))
+    last = prefix + b"%d" % len(pairs)
+    rest = budget - command_size(MSet(tuple(pairs) + ((last, b""),)))
+    value = b"w" * (rest - 2)  # its length takes three bytes, not one
+    command = MSet(tuple(pairs) + ((last, value),))
+    assert command_size(command) == budget and len(value) <= LIMITS.value_bytes
+    return command
+
+
 def test_the_default_table_is_coherent():
     """No relation is broken by the defaults, and the table's rows are the numbers the README states."""
     assert LIMITS.problems() == []
     rows = {name: value for name, value, _ in LIMITS.table()}
     assert rows["key_bytes"] == LMDB_KEY_BYTES == 511
     assert rows["value_bytes"] == 1 * MiB
-    assert rows["command_bytes"] == 8 * MiB and rows["command_keys"] == 10_000
-    assert rows["entry_bytes"] == 8 * MiB + 4096
+    assert rows["command_bytes"] == 4 * MiB and rows["command_keys"] == 10_000
+    assert rows["entry_bytes"] == 4 * MiB + 4096
     assert rows["staged_bytes"] == 64 * MiB and rows["forward_bytes"] == 16 * MiB
     # Well below staging: the largest AppendEntries and a forward take under half of it.
     assert LIMITS.append_message_bytes + LIMITS.forward_bytes <= LIMITS.staged_bytes // 2
@@ -31,9 +49,9 @@ def test_the_default_table_is_coherent():
 
 @pytest.mark.parametrize("change,words", [
     (dict(key_bytes=LMDB_KEY_BYTES + 1), "cannot be an LMDB key"),
-    (dict(value_bytes=8 * MiB), "over the command limit"),
+    (dict(value_bytes=4 * MiB), "over the command limit"),
     (dict(staged_bytes=16 * MiB), "staged_bytes (16777216) is too small"),
-    (dict(forward_bytes=8 * MiB), "forward the largest entry"),
+    (dict(forward_bytes=4 * MiB), "forward the largest entry"),
     (dict(command_bytes=32 * MiB, forward_bytes=64 * MiB, staged_bytes=96 * MiB), "stage the largest AppendEntries"),
     (dict(value_bytes=0), "value_bytes must be a positive whole number"),
     (dict(command_keys=True), "command_keys must be a positive whole number"),
@@ -93,10 +111,7 @@ def test_command_size_is_the_encoded_size():
 def largest_entry(index: int) -> Entry:
     """The largest entry a client can make: a command of exactly command_bytes in the biggest envelope."""
     client_id = ("\U0010ffff" * MAX_NODE_ID_LENGTH + "/" + "ab" * 6).encode()
-    pairs = [(b"k%d" % i, b"v" * LIMITS.value_bytes) for i in range(7)]
-    rest = LIMITS.command_bytes - command_size(MSet(tuple(pairs + [(b"k7", b"")]))) - 2
-    command = MSet(tuple(pairs + [(b"k7", b"v" * rest)]))
-    assert command_size(command) == LIMITS.command_bytes
+    command = largest_mset()
     data = encode_envelope(Envelope(client_id, U64_MAX, U64_MAX, U64_MAX, command))
     assert len(data) <= LIMITS.entry_bytes
     return Entry(index=index, term=1, data=data)

@@ -9,12 +9,13 @@ from redis.connection import Connection
 from twisted.python.failure import Failure
 
 from kvd.errors import Code, KvdError
-from kvd.kv.commands import Envelope, Get, MSet, Set, command_size, encode_envelope
+from kvd.kv.commands import Envelope, Get, MSet, Set, encode_envelope
 from kvd.kv.results import OK
 from kvd.limits import LIMITS
 from kvd.wire.errors import ForwardError
 from tests.node.fakes import leaders, run
 from tests.node.test_executor import ask, client_of
+from tests.test_limits import largest_mset as largest
 
 
 def outcome(clock, d, seconds=5):
@@ -23,15 +24,6 @@ def outcome(clock, d, seconds=5):
     run(clock, seconds)
     assert out, "no answer within %s fake seconds" % seconds
     return out[0]
-
-
-def largest(extra: int = 0, prefix: bytes = b"k") -> MSet:
-    """An MSET of exactly ``command_bytes + extra`` encoded: 1 MiB values, the last one cut to fit."""
-    pairs = [(prefix + b"%d" % i, b"v" * LIMITS.value_bytes) for i in range(7)]
-    rest = LIMITS.command_bytes + extra - command_size(MSet(tuple(pairs + [(prefix + b"7", b"")]))) - 2
-    command = MSet(tuple(pairs + [(prefix + b"7", b"w" * rest)]))
-    assert command_size(command) == LIMITS.command_bytes + extra
-    return command
 
 
 def last_indexes(network):
@@ -49,8 +41,9 @@ def test_the_largest_command_commits_and_one_byte_more_never_reaches_a_log(clust
     (leader,) = leaders(network)
     follower = next(n for n in network.nodes.values() if n is not leader)
     assert outcome(clock, follower.submit(largest())) is OK
+    key, value = largest().pairs[-1]
     for node in network.nodes.values():
-        assert outcome(clock, node.read(Get(b"k7"))) == largest().pairs[7][1]
+        assert outcome(clock, node.read(Get(key))) == value
     before, forwarded = last_indexes(network), list(network.forwarded)
     for node in (leader, follower):
         failure = outcome(clock, node.submit(largest(extra=1, prefix=b"x")))
@@ -66,7 +59,8 @@ def test_the_leader_refuses_a_forwarded_entry_over_the_entry_limit(cluster):
     clock, network = cluster
     (leader,) = leaders(network)
     before = last_indexes(network)
-    payload = encode_envelope(Envelope(b"other/1", 1, 1, 0, largest(extra=LIMITS.entry_bytes - LIMITS.command_bytes)))
+    command = MSet(largest().pairs + ((b"more", b"m" * (LIMITS.entry_bytes - LIMITS.command_bytes)),))
+    payload = encode_envelope(Envelope(b"other/1", 1, 1, 0, command))
     assert len(payload) > LIMITS.entry_bytes
     failure = outcome(clock, leader.forwarded("127.0.0.1:7009", payload))
     assert isinstance(failure, Failure) and failure.check(ForwardError)

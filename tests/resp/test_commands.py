@@ -319,12 +319,10 @@ def test_writes_are_measured_as_encoded_in_the_log():
     lengths), not its arguments: an MSET of exactly MAX_WRITE_BYTES encoded is
     a Write, one byte more is refused, whatever the arguments add up to.
     """
-    from kvd.kv.commands import MSet, command_size
     from kvd.resp.commands import MAX_WRITE_BYTES
+    from tests.test_limits import largest_mset
 
-    pairs = [(b"k%d" % i, b"v" * (1024 * 1024)) for i in range(7)]
-    rest = MAX_WRITE_BYTES - command_size(MSet(tuple(pairs + [(b"k7", b"")]))) - 2
-    args = [b"MSET"] + [x for pair in pairs + [(b"k7", b"v" * rest)] for x in pair]
+    args = [b"MSET"] + [x for pair in largest_mset().pairs for x in pair]
     assert sum(map(len, args)) < MAX_WRITE_BYTES
     assert isinstance(parse_request(args), Write)
     refused = parse_request(args[:-1] + [args[-1] + b"v"])

@@ -621,14 +621,12 @@ def test_commands_over_the_limits_are_refused_before_the_executor_and_the_connec
     the executor (so nothing is proposed); the largest allowed MSET and the
     requests after the refused ones run, in order, on the same connection.
     """
-    from kvd.kv.commands import MSet, command_size
     from kvd.limits import LIMITS
+    from tests.test_limits import largest_mset
 
     executor = ScriptedExecutor(lambda r, s: OK)
     proto, transport = connect(executor)
-    pairs = [(b"k%d" % i, b"v" * LIMITS.value_bytes) for i in range(7)]
-    rest = LIMITS.command_bytes - command_size(MSet(tuple(pairs + [(b"k7", b"")]))) - 2
-    largest = [x for pair in pairs + [(b"k7", b"v" * rest)] for x in pair]
+    largest = [x for pair in largest_mset().pairs for x in pair]
     proto.dataReceived(packed("MSET", *largest))
     proto.dataReceived(packed("MSET", *(largest[:-1] + [largest[-1] + b"v"])))
     proto.dataReceived(packed("MSET", *[b"k"] * 2 * (LIMITS.command_keys + 1)))

@@ -11,8 +11,8 @@ import time
 import pytest
 import redis
 
-from kvd.kv.commands import MSet, command_size
 from kvd.limits import LIMITS
+from tests.test_limits import largest_mset as largest
 
 pytestmark = pytest.mark.system
 
@@ -20,24 +20,9 @@ pytestmark = pytest.mark.system
 SET_AFTER_S = 2.0
 
 
-def largest_mset(extra: int = 0):
-    """
-    MSET pairs whose encoding is exactly ``command_bytes + extra``: values of
-    ``value_bytes`` (the most a client may send), the last one cut to fit.
-    """
-    budget = LIMITS.command_bytes + extra
-    pairs = []
-    while True:
-        key = b"big:%02d" % len(pairs)
-        value = bytes([0x41 + len(pairs) % 26]) * LIMITS.value_bytes
-        if command_size(MSet(tuple(pairs + [(key, value)]))) >= budget:
-            break
-        pairs.append((key, value))
-    key = b"big:%02d" % len(pairs)
-    short = budget - command_size(MSet(tuple(pairs + [(key, b"")]))) - 2  # its length takes 3 bytes, not 1
-    pairs.append((key, b"z" * short))
-    assert command_size(MSet(tuple(pairs))) == budget
-    return dict(pairs)
+def largest_mset(extra: int = 0, prefix: bytes = b"big:"):
+    """MSET pairs whose encoding is exactly ``command_bytes + extra`` (tests/test_limits.py)."""
+    return dict(largest(extra, prefix).pairs)
 
 
 def timed_set(node, key: bytes) -> float:
@@ -64,7 +49,7 @@ def test_the_largest_command_commits_everywhere_and_one_byte_more_is_refused(clu
     for node in c.nodes:
         assert node.client(socket_timeout=30).mget(keys) == [largest[k] for k in keys], node.id
 
-    over = {b"ovr:" + k[4:]: v for k, v in largest_mset(extra=1).items()}  # keys as long as big:NN
+    over = largest_mset(extra=1, prefix=b"ovr:")  # keys as long as big:N
     for node in (leader, follower):
         client = node.client(socket_timeout=30)
         with pytest.raises(redis.ResponseError) as refused:
