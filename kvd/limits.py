@@ -45,7 +45,7 @@ fsync, an MSET through the leader / through a follower, median (max) of 10:
 A write holds every node's reactor for about as long as it takes, and the
 shortest election timeout is 8 ticks of 50 ms = 0.4 s: at 8 MiB a loaded
 node already misses it.  4 MiB keeps a command within about half of it, and
-the largest AppendEntries with the largest forward beside it within 21 MiB
+the largest AppendEntries with the largest forward beside it within 20 MiB
 of a connection's 64 MiB staging, so no accepted command comes near it.
 etcd, for comparison, takes requests of 1.5 MiB by default.
 
