@@ -54,8 +54,12 @@ def test_the_largest_command_commits_and_one_byte_more_never_reaches_a_log(clust
     assert outcome(clock, follower.submit(Set(b"after", b"1"))) is OK
 
 
-def test_the_leader_refuses_a_forwarded_entry_over_the_entry_limit(cluster):
-    """A forward from a node that checks less (another version) is refused by the leader before it proposes."""
+def test_the_leader_refuses_a_forwarded_entry_over_the_limits(cluster):
+    """
+    A forward from a node that checks less (another version), over the
+    entry's bytes or the keys one write may hold, is refused by the leader
+    before it proposes; so is such a command handed to ``submit`` directly.
+    """
     clock, network = cluster
     (leader,) = leaders(network)
     before = last_indexes(network)
@@ -65,6 +69,11 @@ def test_the_leader_refuses_a_forwarded_entry_over_the_entry_limit(cluster):
     failure = outcome(clock, leader.forwarded("127.0.0.1:7009", payload))
     assert isinstance(failure, Failure) and failure.check(ForwardError)
     assert failure.value.code is Code.ERR and "one log entry" in failure.value.message
+    many = MSet(tuple((b"k%d" % i, b"") for i in range(LIMITS.command_keys + 1)))
+    failure = outcome(clock, leader.forwarded("127.0.0.1:7009", encode_envelope(Envelope(b"other/1", 2, 1, 0, many))))
+    assert failure.value.code is Code.ERR and "keys in one write" in failure.value.message
+    failure = outcome(clock, leader.submit(many))
+    assert failure.value.code is Code.ERR and "keys in one write" in failure.value.message
     assert last_indexes(network) == before
 
 
