@@ -69,6 +69,10 @@ LMDB_KEY_BYTES = 511
 LMDB_VALUE_BYTES = (1 << 32) - 1
 #: The peer wire frames entries and blobs with u32 lengths (kvd.wire.codec).
 WIRE_LENGTH_BYTES = (1 << 32) - 1
+#: Not a size anything is accepted at, but where the RESP parser stops trusting the framing: a bulk
+#: length past it closes the connection (Redis's proto-max-bulk-len, 512 MB), while anything over the
+#: limits below it is skipped unread and answered with an error.
+BULK_FRAMING_BYTES = 512 * MiB
 
 #: An envelope's bytes around its command (kvd.kv.commands): a version byte, the client id
 #: (a node id of up to 255 characters, 4 bytes each in UTF-8, a slash and 12 hex digits) with

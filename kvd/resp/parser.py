@@ -15,8 +15,8 @@ Each error says whether the stream can be resynchronised:
   than ``max_request_bytes`` (a command too large for one log entry); the
   rest of that request is skipped as it arrives, without being buffered, and
   one error stands for the whole request, so the client can go on;
-* fatal: a bad multibulk header, a bulk length over ``max_request_bytes`` (it
-  could never be run), an oversized line, binary
+* fatal: a bad multibulk header, a bulk length over ``max_bulk_length``
+  (512 MiB, as Redis's proto-max-bulk-len), an oversized line, binary
   bytes where text was expected.  The framing can no longer be trusted, so
   the parser stops (later ``feed`` calls return nothing) and the connection
   should be closed after the error is sent, as Redis does.
@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from typing import List, Optional, Union
 
 from kvd.kv.commands import parse_int64
-from kvd.limits import LIMITS
+from kvd.limits import BULK_FRAMING_BYTES, LIMITS
 
 DEFAULT_MAX_INLINE_BYTES = 64 * 1024
 # Values are limited to 1 MiB; a key or a SET argument is never larger.
@@ -146,11 +146,14 @@ class RespParser:
         max_bulk_bytes: int = DEFAULT_MAX_BULK_BYTES,
         max_args: int = DEFAULT_MAX_ARGS,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        max_bulk_length: int = BULK_FRAMING_BYTES,
     ):
         self.max_inline_bytes = max_inline_bytes
         self.max_bulk_bytes = max_bulk_bytes
         self.max_args = max_args
         self.max_request_bytes = max_request_bytes
+        # Past this a length is broken framing, not a big request (skipping it would take forever).
+        self.max_bulk_length = max(max_bulk_length, max_request_bytes)
         self._buf = bytearray()
         self._pos = 0
         # Bytes after _pos already searched for a newline (and checked for
@@ -295,7 +298,7 @@ class RespParser:
                 length = self._header_number("too big bulk count string")
                 if length is _NEED_MORE or isinstance(length, ProtocolError):
                     return length
-                if length is None or length < 0 or length > self.max_request_bytes:
+                if length is None or length < 0 or length > self.max_bulk_length:
                     return _fatal("invalid bulk length")
                 self._request_bytes += length
                 if self._oversized is None and (length > self.max_bulk_bytes

@@ -162,10 +162,14 @@ def test_default_limit_admits_a_one_mebibyte_value():
         over_limit(1024 * 1024 + 1, 1024 * 1024)]
 
 
-def test_bulk_over_the_request_limit_is_fatal():
-    """A bulk length beyond any request we accept cannot be skipped safely: the framing is not trusted."""
-    parser = RespParser(max_bulk_bytes=10, max_request_bytes=1000)
-    assert parser.feed(b"*1\r\n$1001\r\n") == [fatal("invalid bulk length")]
+def test_bulk_over_the_framing_bound_is_fatal():
+    """A bulk length past the framing bound (Redis's proto-max-bulk-len) is not trusted: fatal; under it, skipped."""
+    parser = RespParser(max_bulk_bytes=10, max_request_bytes=1000, max_bulk_length=5000)
+    assert parser.feed(b"*1\r\n$5001\r\n") == [fatal("invalid bulk length")]
+    skipped = RespParser(max_bulk_bytes=10, max_request_bytes=1000, max_bulk_length=5000)
+    assert skipped.feed(b"*1\r\n$5000\r\n" + b"x" * 5000 + b"\r\n*1\r\n$4\r\nPING\r\n") == [
+        over_limit(5000, 10), [b"PING"]]
+    assert RespParser().feed(b"*1\r\n$%d\r\n" % (512 * 1024 * 1024 + 1)) == [fatal("invalid bulk length")]
 
 
 def test_too_many_args_is_fatal():
