@@ -96,6 +96,12 @@ class LimitsError(ValueError):
 
 @dataclass(frozen=True)
 class Limits:
+    """
+    The table: the limits a node is built with (fields) and those that follow from them (properties).
+    Only ``value_bytes`` differs between nodes (``--value-max-bytes``); the rest is the same on every
+    node, because a follower must take whatever any leader proposes.
+    """
+
     key_bytes: int = LMDB_KEY_BYTES
     value_bytes: int = 1 * MiB
     command_keys: int = 10_000
