@@ -22,6 +22,7 @@ from twisted.application import service, strports
 from twisted.python import usage
 
 from kvd.address import AddressError, MemberAddress
+from kvd.limits import LIMITS, LimitsError
 
 
 def parse_initial_cluster(text: str) -> Dict[str, str]:
@@ -63,7 +64,7 @@ class Options(usage.Options):
         ["sync", None, "fsync", "Durability: 'fsync' (sync before acknowledging; the default) or 'none' (faster, loses recent writes on power loss)."],
         ["snapshot-entries", None, "10000", "Take a snapshot and compact the log every this many applied entries."],
         ["snapshot-keep-entries", None, "1000", "Log entries kept behind a snapshot, so a briefly absent follower catches up without one."],
-        ["value-max-bytes", None, str(1024 * 1024), "Largest value (and request bulk) a client may send."],
+        ["value-max-bytes", None, str(LIMITS.value_bytes), "Largest value (and request bulk) a client may send; at most %d (a SET of it must fit in one log entry: kvd.limits)." % LIMITS.value_bytes_max],
         ["tick-ms", None, "50", "Raft clock tick in milliseconds."],
         ["election-ticks", None, "8", "Election timeout in ticks (randomized between this and twice this)."],
         ["heartbeat-ticks", None, "1", "Heartbeat interval in ticks."],
@@ -131,6 +132,7 @@ class Options(usage.Options):
                 self[name] = int(self[name])
             except ValueError:
                 raise usage.UsageError("--%s must be a whole number" % name)
+        check_limits(self)
         try:
             self["request-timeout"] = float(self["request-timeout"])
         except ValueError:
@@ -176,6 +178,26 @@ class Options(usage.Options):
             raise usage.UsageError("--initial-cluster does not include this node (%s)" % self["node-id"])
         if not self["data-dir"]:
             self["data-dir"] = os.path.join(".kvd", "data", "%s-%d" % (address.host, address.client_port))
+
+
+def check_limits(options) -> None:
+    """
+    The size options against kvd.limits' table: a value limit that one log entry cannot carry, or
+    client-port limits that could not receive or answer the largest command, would accept what a
+    later step refuses.  One line naming the option and the bound.
+    """
+    value = options["value-max-bytes"]
+    if value < 1:
+        raise usage.UsageError("--value-max-bytes must be at least 1")
+    try:
+        limits = LIMITS.with_value_bytes(value)
+    except LimitsError:
+        raise usage.UsageError("--value-max-bytes %d is over %d: a SET of the largest value and key must fit in one "
+                               "command of %d bytes, the most one log entry carries (kvd.limits)"
+                               % (value, LIMITS.value_bytes_max, LIMITS.command_bytes))
+    problems = limits.client_problems(options["client-output-limit"], options["maxmemory-clients"])
+    if problems:
+        raise usage.UsageError(problems[0])
 
 
 def check_peer_tls_options(options) -> None:

@@ -42,11 +42,13 @@ class Layer:
 LAYERS = {
     # The protocol itself: pure.
     "kvd.raft": Layer(_set("__init__ core log messages progress quorum read_only storage"),
-                      kvd=_set("kvd.raft"), std=PURE),
+                      kvd=_set("kvd.raft kvd.limits"), std=PURE),
     "kvd.kv": Layer(_set("__init__ codec commands glob keyspace machine results"), kvd=_set("kvd.kv"), std=PURE),
     # The one Ready loop, shared by the node and the simulator: pure too.
     "kvd.replica": Layer(_set("replica"), kvd=_set("kvd.raft"), std=PURE),
     "kvd.errors": Layer(_set("errors"), std=PURE),
+    # The one table of size limits, read by every layer a command crosses: pure, and imports nothing of kvd.
+    "kvd.limits": Layer(_set("limits"), std=PURE),
     "kvd.address": Layer(_set("address")),
     # The simulator runs the real core and loop on simulated time and disks.
     "kvd.sim": Layer(_set("__init__ cluster disk invariants network"),
@@ -55,14 +57,14 @@ LAYERS = {
     # I/O at the edges, one room each.
     "kvd.store": Layer(_set("__init__ bench checksum lmdb schema state"), kvd=_set("kvd.store kvd.raft.messages kvd.raft.storage kvd.kv.keyspace"),
                        third=_set("lmdb crc32c")),
-    "kvd.wire": Layer(_set("__init__ codec errors peers snapshots tls"), kvd=_set("kvd.wire kvd.raft.messages kvd.errors"),
+    "kvd.wire": Layer(_set("__init__ codec errors peers snapshots tls"), kvd=_set("kvd.wire kvd.raft.messages kvd.errors kvd.limits"),
                       third=_set("twisted zope OpenSSL cryptography")),
     "kvd.resp": Layer(_set("__init__ auth commands connection encoder errors parser protocol"),
-                      kvd=_set("kvd.resp kvd.kv.commands kvd.kv.results kvd.errors"), third=_set("twisted zope")),
+                      kvd=_set("kvd.resp kvd.kv.commands kvd.kv.results kvd.errors kvd.limits"), third=_set("twisted zope")),
     # The package's one blocking client: the CLI, the fault suite and the cluster view use it without the node.
     "kvd.resp.client": Layer(_set("client")),
     "kvd.node": Layer(_set("__init__ membership reads service session settings view"),
-                      kvd=_set("kvd.node kvd.raft kvd.replica kvd.kv kvd.errors kvd.address kvd.wire.errors"),
+                      kvd=_set("kvd.node kvd.raft kvd.replica kvd.kv kvd.errors kvd.address kvd.wire.errors kvd.limits"),
                       third=_set("twisted")),
     "kvd.executor": Layer(_set("executor"), kvd=_set("kvd.resp kvd.kv.results kvd.server_info kvd.address"),
                           third=_set("twisted")),
@@ -71,7 +73,7 @@ LAYERS = {
                            kvd=_set("kvd.discovery kvd.address kvd.resp.client"), third=_set("twisted prometheus_client")),
     # twistd's side: the one module that wires everything.
     "kvd.tap": Layer(_set("tap"), kvd=_set("kvd.address kvd.node kvd.executor kvd.kv.machine kvd.resp.protocol kvd.resp.auth "
-                                           "kvd.store.lmdb kvd.store.state kvd.wire.peers kvd.wire.tls kvd.discovery.services"),
+                                           "kvd.store.lmdb kvd.store.state kvd.wire.peers kvd.wire.tls kvd.discovery.services kvd.limits"),
                      third=_set("twisted lmdb")),
     # mgmt.py's side: nodes only over their ports, never the node's code.
     "kvd.cli": Layer(_set("__init__ certs client docker docker_ops errors home mgmt route server"),
@@ -93,7 +95,7 @@ LAYERS = {
 
 # Exactly one exception to purity, for a reason: the simulator's command line
 # times the whole run to report runs per second (its runs never read it).
-DETERMINISTIC = ("kvd.raft", "kvd.kv", "kvd.replica", "kvd.sim", "kvd.errors")
+DETERMINISTIC = ("kvd.raft", "kvd.kv", "kvd.replica", "kvd.sim", "kvd.errors", "kvd.limits")
 
 
 def module_name(path: pathlib.Path) -> str:

@@ -38,7 +38,7 @@ from kvd.kv.codec import INT64_MAX, INT64_MIN, U64_MAX, CodecError, Reader, Writ
 __all__ = [
     "CodecError", "Set", "Delete", "MSet", "IncrBy", "Envelope", "Get", "MGet", "Exists", "Keys",
     "Scan", "DbSize", "WriteCommand", "ReadOp", "WRITE_COMMANDS", "READ_OPS", "ENVELOPE_VERSION",
-    "encode_envelope", "decode_envelope", "parse_int64", "INT64_MIN", "INT64_MAX",
+    "encode_envelope", "decode_envelope", "parse_int64", "INT64_MIN", "INT64_MAX", "command_size", "command_keys",
 ]
 
 ENVELOPE_VERSION = 1
@@ -275,6 +275,43 @@ def encode_envelope(env: Envelope) -> bytes:
         w.blob(cmd.key)
         w.sint(cmd.delta)
     return w.getvalue()
+
+
+def _uint_size(value: int) -> int:
+    return max(1, (value.bit_length() + 6) // 7)
+
+
+def _blob_size(data: bytes) -> int:
+    return _uint_size(len(data)) + len(data)
+
+
+def command_size(cmd: WriteCommand) -> int:
+    """
+    The bytes ``cmd`` takes inside an encoded envelope (tag and body), computed
+    without encoding it: what the command limits (kvd.limits) are checked
+    against before a write is proposed, so an entry too big for the log is
+    refused without copying it.
+    """
+    if isinstance(cmd, Set):
+        size = 2 + _blob_size(cmd.key) + _blob_size(cmd.value)  # tag, flags
+        return size + (_blob_size(cmd.ifeq) if cmd.ifeq is not None else 0)
+    if isinstance(cmd, Delete):
+        return 1 + _uint_size(len(cmd.keys)) + sum(_blob_size(k) for k in cmd.keys)
+    if isinstance(cmd, MSet):
+        return 1 + _uint_size(len(cmd.pairs)) + sum(_blob_size(k) + _blob_size(v) for k, v in cmd.pairs)
+    if isinstance(cmd, IncrBy):
+        delta = cmd.delta
+        return 1 + _blob_size(cmd.key) + _uint_size(delta << 1 if delta >= 0 else ((-delta) << 1) - 1)
+    raise TypeError("not a write command: %s" % (type(cmd).__name__,))
+
+
+def command_keys(cmd: WriteCommand) -> int:
+    """How many keys ``cmd`` writes (repeats counted): what applying it costs."""
+    if isinstance(cmd, Delete):
+        return len(cmd.keys)
+    if isinstance(cmd, MSet):
+        return len(cmd.pairs)
+    return 1
 
 
 def decode_envelope(data: bytes) -> Envelope:

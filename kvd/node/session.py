@@ -14,6 +14,14 @@ twice.
 ``ClientSession.submit`` proposes on this node when it leads and forwards to
 the leader otherwise; ``forwarded`` is the leader's side of a forward.
 
+No entry over kvd.limits' ``entry_bytes`` or ``command_keys`` is ever
+proposed: every follower stages, stores and applies what the leader proposes,
+and an entry one of them refuses would be sent again and again, stalling
+every write behind it (one that takes long to apply stalls every node).  The
+client port refuses such commands first (kvd.resp.commands); ``submit`` and
+the leader's ``propose_here`` check again, for every other caller and for a
+forward from a node that checks less.
+
 Imports: as the layer table in tests/test_layers.py allows.
 """
 
@@ -28,8 +36,9 @@ from twisted.python.failure import Failure
 
 from kvd.errors import Code, KvdError, Outcome
 from kvd.kv.codec import Reader, Writer
-from kvd.kv.commands import Envelope, decode_envelope, encode_envelope
+from kvd.kv.commands import Envelope, command_keys, command_size, decode_envelope, encode_envelope
 from kvd.kv.results import ERR_SESSION_EXPIRED, decode_result, encode_result
+from kvd.limits import LIMITS
 from kvd.wire.errors import ForwardError
 
 #: Failures after which a write is tried again (on whichever node leads then) until its deadline.
@@ -44,6 +53,17 @@ def encode_result_bytes(result) -> bytes:
 
 def decode_result_bytes(data: bytes):
     return decode_result(Reader(data))
+
+
+def too_big(size: int, limit: int, what: str) -> KvdError:
+    """The refusal of a write too big for one log entry (kvd.limits), in the client port's words."""
+    return KvdError(Code.ERR, "a write of %d bytes is over the limit of %d bytes in %s; the command was not run: "
+                              "split it" % (size, limit, what))
+
+
+def too_many_keys(command) -> KvdError:
+    return KvdError(Code.ERR, "a write of %d keys is over the limit of %d keys in one write; the command was not "
+                              "run: split it" % (command_keys(command), LIMITS.command_keys))
 
 
 class Proposal:
@@ -82,6 +102,11 @@ class ClientSession:
     # ------------------------------------------------------------ a client's write
     def submit(self, command) -> defer.Deferred:
         """Replicate a kv write command; fires with its result once applied, or fails with a KvdError."""
+        if command_keys(command) > LIMITS.command_keys:
+            return defer.fail(too_many_keys(command))
+        size = command_size(command)
+        if size > LIMITS.command_bytes:
+            return defer.fail(too_big(size, LIMITS.command_bytes, "one write"))
         return self._submit(command, retry_expired=True)
 
     def _submit(self, command, retry_expired: bool) -> defer.Deferred:
@@ -193,9 +218,14 @@ class ClientSession:
         node = self.node
         # The leader stamps the time: the only clock the state machine sees.
         env = replace(env, stamp_ms=int(node.clock.seconds() * 1000))
+        if command_keys(env.command) > LIMITS.command_keys:
+            return defer.fail(too_many_keys(env.command))
+        data = encode_envelope(env)
+        if len(data) > LIMITS.entry_bytes:
+            return defer.fail(too_big(len(data), LIMITS.entry_bytes, "one log entry"))
         node.stats["proposals"] += 1
         d = defer.Deferred()
-        node.replica.propose(encode_envelope(env), Proposal(d, deadline))
+        node.replica.propose(data, Proposal(d, deadline))
         node.schedule_drain()
         return d
 

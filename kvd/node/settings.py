@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Dict, Optional
 
 from kvd.address import MemberAddress
+from kvd.limits import LIMITS
 
 
 @dataclass
@@ -27,4 +28,4 @@ class NodeSettings:
     snapshot_entries: int = 10000
     snapshot_keep_entries: int = 1000
     request_timeout_s: float = 5.0
-    value_max_bytes: int = 1024 * 1024
+    value_max_bytes: int = LIMITS.value_bytes  # --value-max-bytes, checked against kvd.limits by kvd.tap

@@ -44,6 +44,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from kvd.limits import LIMITS
 from kvd.raft.log import RaftLog
 from kvd.raft.messages import (
     AppendEntries,
@@ -105,7 +106,7 @@ class ConfigChangeRejected(Exception):
 class RaftSettings:
     election_ticks: int = 10
     heartbeat_ticks: int = 1
-    append_bytes_max: int = 48 * 1024  # per AppendEntries (at least one entry is always sent)
+    append_bytes_max: int = LIMITS.append_bytes  # per AppendEntries (at least one entry is always sent)
     inflight_max: int = 64  # pipelined appends per follower
     check_quorum: bool = True
     pre_vote: bool = True

@@ -26,8 +26,9 @@ from typing import Callable, Dict, List, Optional, Tuple, Union
 
 from kvd.kv.commands import (
     INT64_MIN, DbSize, Delete, Exists, Get, IncrBy, Keys, MGet, MSet, ReadOp, Scan, Set, WriteCommand,
-    parse_int64,
+    command_keys, command_size, parse_int64,
 )
+from kvd.limits import LIMITS
 from kvd.resp.encoder import SimpleString
 from kvd.resp.errors import CommandError
 
@@ -67,9 +68,11 @@ def _text(data: bytes) -> str:
 
 
 #: One write is one Raft entry that every node must store, send and apply in one go: an MSET or DEL of
-#: more keys, or more bytes, than this is refused before it is proposed (split it into several).
-MAX_WRITE_KEYS = 10_000
-MAX_WRITE_BYTES = 16 * 1024 * 1024
+#: more keys, or more bytes as encoded in the log, than this is refused before it is proposed (split it
+#: into several).  A key longer than ``key_bytes`` is refused by every command.  From kvd.limits.
+MAX_WRITE_KEYS = LIMITS.command_keys
+MAX_WRITE_BYTES = LIMITS.command_bytes
+MAX_KEY_BYTES = LIMITS.key_bytes
 
 SYNTAX_ERROR = CommandError("ERR", "syntax error")
 NOT_INTEGER = CommandError("ERR", "value is not an integer or out of range")
@@ -340,20 +343,42 @@ def parse_request(args: List[bytes]) -> Parsed:
             return wrong_arity(sub.name)
         return sub.parse(args)
     parsed = spec.parse(args)
-    if isinstance(parsed, Write) and len(args) > 3:
-        return _write_too_big(spec.name, args) or parsed
+    if isinstance(parsed, Write):
+        return _write_too_big(spec.name, parsed.command) or parsed
+    if isinstance(parsed, Read):
+        return _key_too_long(_read_keys(parsed.op)) or parsed
     return parsed
 
 
-def _write_too_big(name: str, args: List[bytes]) -> Optional[CommandError]:
-    keys = (len(args) - 1) // 2 if name == "mset" else len(args) - 1
+def _write_too_big(name: str, command: WriteCommand) -> Optional[CommandError]:
+    """
+    The error for a write that would make a log entry over kvd.limits' bounds: too many keys (applying
+    it would hold every node too long), a key too long to store, or too many bytes for one entry.
+    """
+    keys = command_keys(command)
     if keys > MAX_WRITE_KEYS:
         return CommandError("ERR", "%s of %d keys is over the limit of %d keys in one write; "
                                    "the command was not run: split it" % (name.upper(), keys, MAX_WRITE_KEYS))
-    size = sum(map(len, args))
+    size = command_size(command)
     if size > MAX_WRITE_BYTES:
         return CommandError("ERR", "%s of %d bytes is over the limit of %d bytes in one write; "
                                    "the command was not run: split it" % (name.upper(), size, MAX_WRITE_BYTES))
+    if isinstance(command, MSet):
+        return _key_too_long(k for k, _ in command.pairs)
+    return _key_too_long(command.keys if isinstance(command, Delete) else (command.key,))
+
+
+def _read_keys(op: ReadOp):
+    if isinstance(op, Get):
+        return (op.key,)
+    return op.keys if isinstance(op, (MGet, Exists)) else ()
+
+
+def _key_too_long(keys) -> Optional[CommandError]:
+    for key in keys:
+        if len(key) > MAX_KEY_BYTES:
+            return CommandError("ERR", "key of %d bytes is over the limit of %d bytes; the command was not run"
+                                       % (len(key), MAX_KEY_BYTES))
     return None
 
 

@@ -11,13 +11,18 @@ Each error says whether the stream can be resynchronised:
 * recoverable: the bad request was a whole inline line (unbalanced quotes,
   too many words); parsing continues with the next line;
 * recoverable too: a well-framed bulk over ``max_bulk_bytes`` (a value too
-  large for this node); the rest of that request is skipped as it arrives,
-  without being buffered, and one error stands for the whole request;
-* fatal: a bad multibulk header or bulk length, a request over
-  ``max_request_bytes``, an oversized line, binary
+  large for this node), or a well-framed request whose bulks add up to more
+  than ``max_request_bytes`` (a command too large for one log entry); the
+  rest of that request is skipped as it arrives, without being buffered, and
+  one error stands for the whole request, so the client can go on;
+* fatal: a bad multibulk header, a bulk length over ``max_bulk_length``
+  (512 MiB, as Redis's proto-max-bulk-len), an oversized line, binary
   bytes where text was expected.  The framing can no longer be trusted, so
   the parser stops (later ``feed`` calls return nothing) and the connection
   should be closed after the error is sent, as Redis does.
+
+The default limits come from kvd.limits: a request the parser lets through
+is at most one command's worth of bytes.
 
 Messages are Redis's own (``Protocol error: invalid bulk length`` ...).
 
@@ -38,12 +43,14 @@ from dataclasses import dataclass
 from typing import List, Optional, Union
 
 from kvd.kv.commands import parse_int64
+from kvd.limits import BULK_FRAMING_BYTES, LIMITS
 
 DEFAULT_MAX_INLINE_BYTES = 64 * 1024
 # Values are limited to 1 MiB; a key or a SET argument is never larger.
-DEFAULT_MAX_BULK_BYTES = 1024 * 1024
+DEFAULT_MAX_BULK_BYTES = LIMITS.value_bytes
 DEFAULT_MAX_ARGS = 1024 * 1024
-DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
+# One command's worth (kvd.limits): anything bigger could never be run.
+DEFAULT_MAX_REQUEST_BYTES = LIMITS.request_bytes
 # "*<count>" and "$<length>" lines: 20 digits and a sign are plenty.
 _MAX_HEADER_BYTES = 32
 
@@ -139,11 +146,14 @@ class RespParser:
         max_bulk_bytes: int = DEFAULT_MAX_BULK_BYTES,
         max_args: int = DEFAULT_MAX_ARGS,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        max_bulk_length: int = BULK_FRAMING_BYTES,
     ):
         self.max_inline_bytes = max_inline_bytes
         self.max_bulk_bytes = max_bulk_bytes
         self.max_args = max_args
         self.max_request_bytes = max_request_bytes
+        # Past this a length is broken framing, not a big request (skipping it would take forever).
+        self.max_bulk_length = max(max_bulk_length, max_request_bytes)
         self._buf = bytearray()
         self._pos = 0
         # Bytes after _pos already searched for a newline (and checked for
@@ -157,10 +167,11 @@ class RespParser:
         self._args: List[bytes] = []
         self._request_bytes = 0
         self._bulk_len = -1
-        # A request with a bulk over max_bulk_bytes: that bulk's length while
-        # the rest of the request is skipped, and how much of the current
-        # bulk (with its CRLF) has been skipped so far.
-        self._oversized: Optional[int] = None
+        # A request with a bulk over max_bulk_bytes, or over max_request_bytes
+        # in all: the error to answer once the rest of the request has been
+        # skipped, and how much of the current bulk (with its CRLF) has been
+        # skipped so far.
+        self._oversized: Optional[ProtocolError] = None
         self._skipped = 0
 
     @property
@@ -287,16 +298,16 @@ class RespParser:
                 length = self._header_number("too big bulk count string")
                 if length is _NEED_MORE or isinstance(length, ProtocolError):
                     return length
-                if length is None or length < 0 or length > self.max_request_bytes:
+                if length is None or length < 0 or length > self.max_bulk_length:
                     return _fatal("invalid bulk length")
                 self._request_bytes += length
-                if self._request_bytes > self.max_request_bytes:
-                    return _fatal("request too large")
-                if length > self.max_bulk_bytes and self._oversized is None:
+                if self._oversized is None and (length > self.max_bulk_bytes
+                                                or self._request_bytes > self.max_request_bytes):
                     # Framed correctly, only too big for us: skip the whole
                     # request without buffering it, answer an error, keep the
                     # connection (a client sees a reply, not a broken pipe).
-                    self._oversized = length
+                    self._oversized = self._too_big(length)
+                    self._args = []
                 self._bulk_len = length
             if self._oversized is not None:
                 # Discard this bulk and its CRLF as they arrive.
@@ -320,10 +331,19 @@ class RespParser:
             self._expect -= 1
         args, self._args = self._args, []
         if self._oversized is not None:
-            size, self._oversized = self._oversized, None
+            error, self._oversized = self._oversized, None
+            return error
+        return args
+
+    def _too_big(self, length: int) -> ProtocolError:
+        if length > self.max_bulk_bytes:
             return ProtocolError(
                 "value of %d bytes is over this node's limit of %d bytes (--value-max-bytes); "
-                "the command was not run" % (size, self.max_bulk_bytes),
+                "the command was not run" % (length, self.max_bulk_bytes),
                 recoverable=True,
             )
-        return args
+        return ProtocolError(
+            "request of at least %d bytes is over this node's limit of %d bytes for one command; "
+            "the command was not run: split it" % (self._request_bytes, self.max_request_bytes),
+            recoverable=True,
+        )

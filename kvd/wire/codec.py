@@ -42,6 +42,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple, Type
 
 from twisted.protocols import amp
 
+from kvd.limits import LIMITS
 from kvd.raft import messages as m
 from kvd.raft.messages import MAX_INDEX, MAX_NODE_ID_LENGTH, MAX_TERM, Configuration, Entry, EntryKind, Message, Snapshot
 from kvd.wire.errors import ForwardError, HelloRefused, ProtocolViolation
@@ -54,8 +55,9 @@ MAX_VALUE_LENGTH = amp.MAX_VALUE_LENGTH
 #: Payload bytes per Chunk: under the cap with room to spare.
 CHUNK_DATA_SIZE = 60 * 1024
 
-#: Default bound on the bytes one connection may hold in staged blobs.
-DEFAULT_MAX_STAGED_BYTES = 64 * 1024 * 1024
+#: Default bound on the bytes one connection may hold in staged blobs (kvd.limits: room for the
+#: largest AppendEntries and a forwarded command at once).
+DEFAULT_MAX_STAGED_BYTES = LIMITS.staged_bytes
 #: Default bound on the number of blobs staged at once on one connection.
 DEFAULT_MAX_STAGED_BLOBS = 256
 

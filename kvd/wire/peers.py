@@ -45,6 +45,7 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
+from kvd.limits import LIMITS
 from kvd.raft.messages import InstallSnapshot, Message
 from kvd.wire import errors
 from kvd.wire.codec import (
@@ -73,8 +74,8 @@ Address = Tuple[str, int]
 
 #: Bytes a peer's connection may accept while its transport has paused us.
 DEFAULT_MAX_PENDING_BYTES = 8 * 1024 * 1024
-#: Largest forwarded payload or result (each side stages it whole).
-DEFAULT_MAX_FORWARD_BYTES = 16 * 1024 * 1024
+#: Largest forwarded payload or result (each side stages it whole; kvd.limits: at least one log entry).
+DEFAULT_MAX_FORWARD_BYTES = LIMITS.forward_bytes
 #: Seconds written data may stay unacknowledged before the kernel drops the
 #: connection (TCP_USER_TIMEOUT, Linux).
 DEFAULT_TCP_USER_TIMEOUT = 10.0

@@ -158,3 +158,25 @@ def test_an_unwritable_data_dir_is_one_line_with_the_chown():
     assert outcome.startswith("SystemExit: kvd: cannot write the data dir %s" % data), outcome
     assert "uid %d" % uid in outcome and "chown -R %d:%d %s" % (uid, gid, data) in outcome, outcome
     assert "\n" not in outcome
+
+
+def test_size_options_are_checked_against_the_limits_table():
+    """
+    --value-max-bytes up to what one command carries starts; past it, or
+    under 1, or client-port limits that could not answer a GET of the largest
+    value or receive the largest request, are one-line usage errors (kvd.limits).
+    """
+    from kvd.limits import LIMITS
+
+    assert parse("--value-max-bytes", str(LIMITS.value_bytes_max))["value-max-bytes"] == LIMITS.value_bytes_max
+    with pytest.raises(usage.UsageError, match=r"--value-max-bytes %d is over %d: a SET of the largest value"
+                       % (LIMITS.value_bytes_max + 1, LIMITS.value_bytes_max)):
+        parse("--value-max-bytes", str(LIMITS.value_bytes_max + 1))
+    with pytest.raises(usage.UsageError, match="--value-max-bytes must be at least 1"):
+        parse("--value-max-bytes", "0")
+    with pytest.raises(usage.UsageError, match="--client-output-limit 1000 cannot answer a GET of the largest value"):
+        parse("--client-output-limit", "1000")
+    with pytest.raises(usage.UsageError, match="--maxmemory-clients 1000000 cannot hold the largest request"):
+        parse("--maxmemory-clients", "1000000")
+    assert parse("--maxmemory-clients", "0")["maxmemory-clients"] == 0
+    assert parse("--value-max-bytes", "100", "--client-output-limit", "1000")["client-output-limit"] == 1000

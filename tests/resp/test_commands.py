@@ -311,3 +311,37 @@ def test_a_write_too_big_for_one_proposal_is_refused_before_it_is_proposed():
     assert "bytes in one write" in parse_request(big).message
     assert isinstance(parse_request([b"MSET"] + [b"k", b"v"] * MAX_WRITE_KEYS), Write)
     assert isinstance(parse_request([b"DEL"] + [b"k"] * MAX_WRITE_KEYS), Write)
+
+
+def test_writes_are_measured_as_encoded_in_the_log():
+    """
+    The byte limit is the command's encoding (keys, values and their
+    lengths), not its arguments: an MSET of exactly MAX_WRITE_BYTES encoded is
+    a Write, one byte more is refused, whatever the arguments add up to.
+    """
+    from kvd.resp.commands import MAX_WRITE_BYTES
+    from tests.test_limits import largest_mset
+
+    args = [b"MSET"] + [x for pair in largest_mset().pairs for x in pair]
+    assert sum(map(len, args)) < MAX_WRITE_BYTES
+    assert isinstance(parse_request(args), Write)
+    refused = parse_request(args[:-1] + [args[-1] + b"v"])
+    assert refused.message == ("MSET of %d bytes is over the limit of %d bytes in one write; "
+                               "the command was not run: split it" % (MAX_WRITE_BYTES + 1, MAX_WRITE_BYTES))
+    assert "in one write" in parse_request([b"SET", b"k", b"v" * MAX_WRITE_BYTES]).message
+    assert "in one write" in parse_request([b"SET", b"k", b"v", b"IFEQ", b"v" * MAX_WRITE_BYTES]).message
+
+
+@pytest.mark.parametrize("args", [
+    [b"SET", b"K", b"v"], [b"SET", b"K", b"v", b"GET"], [b"MSET", b"a", b"1", b"K", b"2"], [b"DEL", b"a", b"K"],
+    [b"INCR", b"K"], [b"DECRBY", b"K", b"2"], [b"GET", b"K"], [b"MGET", b"a", b"K"], [b"EXISTS", b"K", b"a"],
+])
+def test_a_key_over_the_key_limit_is_refused_by_every_command(args):
+    """No key longer than MAX_KEY_BYTES reaches the log or the store (an LMDB key holds 511 bytes); one at it does."""
+    from kvd.resp.commands import MAX_KEY_BYTES
+
+    at = parse_request([a.replace(b"K", b"k" * MAX_KEY_BYTES) if a == b"K" else a for a in args])
+    assert isinstance(at, (Write, Read))
+    over = parse_request([a.replace(b"K", b"k" * (MAX_KEY_BYTES + 1)) if a == b"K" else a for a in args])
+    assert over == CommandError("ERR", "key of %d bytes is over the limit of %d bytes; the command was not run"
+                                % (MAX_KEY_BYTES + 1, MAX_KEY_BYTES))

@@ -162,10 +162,14 @@ def test_default_limit_admits_a_one_mebibyte_value():
         over_limit(1024 * 1024 + 1, 1024 * 1024)]
 
 
-def test_bulk_over_the_request_limit_is_fatal():
-    """A bulk length beyond any request we accept cannot be skipped safely: the framing is not trusted."""
-    parser = RespParser(max_bulk_bytes=10, max_request_bytes=1000)
-    assert parser.feed(b"*1\r\n$1001\r\n") == [fatal("invalid bulk length")]
+def test_bulk_over_the_framing_bound_is_fatal():
+    """A bulk length past the framing bound (Redis's proto-max-bulk-len) is not trusted: fatal; under it, skipped."""
+    parser = RespParser(max_bulk_bytes=10, max_request_bytes=1000, max_bulk_length=5000)
+    assert parser.feed(b"*1\r\n$5001\r\n") == [fatal("invalid bulk length")]
+    skipped = RespParser(max_bulk_bytes=10, max_request_bytes=1000, max_bulk_length=5000)
+    assert skipped.feed(b"*1\r\n$5000\r\n" + b"x" * 5000 + b"\r\n*1\r\n$4\r\nPING\r\n") == [
+        over_limit(5000, 10), [b"PING"]]
+    assert RespParser().feed(b"*1\r\n$%d\r\n" % (512 * 1024 * 1024 + 1)) == [fatal("invalid bulk length")]
 
 
 def test_too_many_args_is_fatal():
@@ -176,9 +180,19 @@ def test_too_many_args_is_fatal():
 
 
 def test_request_size_limit():
-    """The sum of a request's bulks is bounded even when each bulk is within its own limit."""
+    """
+    The sum of a request's bulks is bounded even when each bulk is within its own limit: past it the
+    rest of the request is skipped unbuffered and one recoverable error answers it (a command too big
+    for one log entry); the next request parses as usual.
+    """
     parser = RespParser(max_bulk_bytes=10, max_request_bytes=15)
-    assert parser.feed(b"*2\r\n$10\r\n0123456789\r\n$10\r\n") == [fatal("request too large")]
+    assert parser.feed(b"*3\r\n$10\r\n0123456789\r\n$10\r\n") == []
+    assert parser.buffered <= 15 + 64  # nothing of the request is kept
+    error = ProtocolError("request of at least 20 bytes is over this node's limit of 15 bytes for one command; "
+                          "the command was not run: split it", recoverable=True)
+    assert parser.feed(b"0123456789\r\n$3\r\nabc\r\n*1\r\n$4\r\nPING\r\n") == [error, [b"PING"]]
+    exact = RespParser(max_bulk_bytes=10, max_request_bytes=15)
+    assert exact.feed(b"*2\r\n$10\r\n0123456789\r\n$5\r\n01234\r\n") == [[b"0123456789", b"01234"]]
 
 
 def test_requests_before_a_fatal_error_are_still_returned():

@@ -401,7 +401,7 @@ def test_unexpected_errors_become_internal_error_and_are_logged(mode, logged):
         (b"*1\r\n$-3\r\n", b"-ERR Protocol error: invalid bulk length\r\n"),
         (b"*1\r\n$x\r\n", b"-ERR Protocol error: invalid bulk length\r\n"),
         (b"*1\r\n$99999999999999999999\r\n", b"-ERR Protocol error: invalid bulk length\r\n"),
-        (b"*1\r\n$100000000\r\n", b"-ERR Protocol error: invalid bulk length\r\n"),
+        (b"*1\r\n$600000000\r\n", b"-ERR Protocol error: invalid bulk length\r\n"),
         (b"*1\r\nGET\r\n", b"-ERR Protocol error: expected '$', got 'G'\r\n"),
         (b"*9999999\r\n", b"-ERR Protocol error: invalid multibulk length\r\n"),
         (b"x" * 70000, b"-ERR Protocol error: too big inline request\r\n"),
@@ -611,6 +611,40 @@ def test_value_size_limit_is_configurable():
     )
     assert not transport.disconnecting
     assert [type(r).__name__ for r, _ in executor.calls] == ["Write", "Read"]
+
+
+def test_commands_over_the_limits_are_refused_before_the_executor_and_the_connection_goes_on():
+    """
+    kvd.limits at the client port: an MSET one byte over one command's bytes,
+    one with too many keys, a key over the key limit (in a write and a read)
+    and a request past the parser's bound each answer -ERR without reaching
+    the executor (so nothing is proposed); the largest allowed MSET and the
+    requests after the refused ones run, in order, on the same connection.
+    """
+    from kvd.limits import LIMITS
+    from tests.test_limits import largest_mset
+
+    executor = ScriptedExecutor(lambda r, s: OK)
+    proto, transport = connect(executor)
+    largest = [x for pair in largest_mset().pairs for x in pair]
+    proto.dataReceived(packed("MSET", *largest))
+    proto.dataReceived(packed("MSET", *(largest[:-1] + [largest[-1] + b"v"])))
+    proto.dataReceived(packed("MSET", *[b"k"] * 2 * (LIMITS.command_keys + 1)))
+    proto.dataReceived(packed("SET", b"k" * (LIMITS.key_bytes + 1), b"v") + packed("GET", b"k" * (LIMITS.key_bytes + 1)))
+    proto.dataReceived(packed("MSET", *largest * 2))  # past the parser's bound: skipped, not buffered
+    proto.dataReceived(packed("SET", b"k" * LIMITS.key_bytes, b"v") + packed("GET", b"k" * LIMITS.key_bytes))
+    replies = transport.value().split(b"\r\n")
+    assert replies[0] == b"+OK"
+    assert replies[1] == (b"-ERR MSET of %d bytes is over the limit of %d bytes in one write; the command was not "
+                          b"run: split it" % (LIMITS.command_bytes + 1, LIMITS.command_bytes))
+    assert replies[2].startswith(b"-ERR MSET of %d keys is over the limit of" % (LIMITS.command_keys + 1))
+    key_error = b"-ERR key of 512 bytes is over the limit of 511 bytes; the command was not run"
+    assert replies[3:5] == [key_error, key_error]
+    assert replies[5].startswith(b"-ERR request of at least ") and b"for one command" in replies[5]
+    assert replies[6:8] == [b"+OK", b"+OK"]
+    assert not transport.disconnecting
+    assert [type(r.command).__name__ if isinstance(r, Write) else type(r).__name__ for r, _ in executor.calls] == [
+        "MSet", "Set", "Read"]
 
 
 def test_a_connection_in_multi_runs_nothing():
