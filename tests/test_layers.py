@@ -61,7 +61,7 @@ LAYERS = {
                       kvd=_set("kvd.resp kvd.kv.commands kvd.kv.results kvd.errors"), third=_set("twisted zope")),
     # The package's one blocking client: the CLI, the fault suite and the cluster view use it without the node.
     "kvd.resp.client": Layer(_set("client")),
-    "kvd.node": Layer(_set("__init__ membership reads service session settings view"),
+    "kvd.node": Layer(_set("__init__ membership reads service session settings stall view"),
                       kvd=_set("kvd.node kvd.raft kvd.replica kvd.kv kvd.errors kvd.address kvd.wire.errors"),
                       third=_set("twisted")),
     "kvd.executor": Layer(_set("executor"), kvd=_set("kvd.resp kvd.kv.results kvd.server_info kvd.address"),
