@@ -83,7 +83,7 @@ LAYERS = {
     "kvd.jepsen": Layer(_set("__init__ __main__ cluster nemesis netfilter run workload"),
                         kvd=_set("kvd.jepsen kvd.check kvd.errors kvd.resp.client kvd.cli.certs")),
     # Benchmarks: a black box too, driving a cluster of the fault suite's processes with redis-benchmark.
-    "kvd.bench": Layer(_set("__init__ __main__ etcd failover loads procs"),
+    "kvd.bench": Layer(_set("__init__ __main__ data etcd failover loads pipeline procs watch"),
                        kvd=_set("kvd.bench kvd.jepsen.cluster kvd.resp.client")),
     "kvd": Layer(_set("__init__")),
     # The twistd dropin only names kvd.tap by string: twistd --help must not import kvd.
