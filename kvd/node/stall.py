@@ -54,12 +54,14 @@ class StallMeter(service.Service):
         self.over: Dict[int, int] = {t: 0 for t in self.thresholds_ms}
         self._seconds: Deque[List] = collections.deque(maxlen=self.history_s + 1)  # [wall second, its largest stall in ms]
         self._last: Optional[float] = None
+        self._started = 0  # the wall second it started in
         self._loop: Optional[task.LoopingCall] = None
 
     # ------------------------------------------------------------ lifecycle
     def startService(self):
         super().startService()
         self._last = self.clock.seconds()
+        self._started = int(self._last)
         self._loop = task.LoopingCall(self._tick)
         self._loop.clock = self.clock
         self._loop.start(self.interval_s, now=False)
@@ -99,10 +101,14 @@ class StallMeter(service.Service):
         return max((ms for second, ms in self._seconds if second >= since), default=0.0)
 
     def per_second(self) -> Tuple[int, List[float]]:
-        """(first wall second, the largest stall in ms of it and of each second after, up to now): ``history_s`` values."""
+        """
+        (first wall second, the largest stall in ms of it and of each second
+        after, up to now): the last ``history_s`` seconds, or fewer, since the
+        meter started (a second before it is not a second without stalls).
+        """
         now = int(self.clock.seconds())
-        first = now - self.history_s + 1
-        values = [0.0] * self.history_s
+        first = max(now - self.history_s + 1, self._started)
+        values = [0.0] * (now - first + 1)
         for second, ms in self._seconds:
             if first <= second <= now:
                 values[second - first] = ms

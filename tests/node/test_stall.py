@@ -57,8 +57,11 @@ def test_the_recent_max_forgets_and_the_per_second_history_says_when():
     assert meter.recent_max_ms() < 0.001
     assert abs(meter.max_ms - 490.0) < 0.01  # since start: kept
     first, values = meter.per_second()
-    assert len(values) == 60 and first + 59 == int(clock.seconds())
-    assert values[int(START) - first] == 490.0 and max(values) == 490.0
+    assert first == int(START) and len(values) == 13  # the seconds since it started, not before
+    assert values[0] == 490.0 and max(values) == 490.0
+    tick(clock, 6000)  # a minute on: the last 60 seconds only
+    first, values = meter.per_second()
+    assert len(values) == 60 and first + 59 == int(clock.seconds()) and max(values) < 0.001
 
 
 def test_it_stops_with_the_node():
