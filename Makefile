@@ -116,10 +116,10 @@ bench-etcd: install bench-tools
 	$(PY) -m kvd.bench loads --etcd $(BENCH_ARGS)
 bench-failover: install bench-tools
 	$(PY) -m kvd.bench failover --kills $(KILLS) $(BENCH_ARGS)
-# Issue 13's figures at scale: load DATA_KEYS keys of DATA_VALUE_BYTES bytes, restart a follower, join a
-# fourth node by snapshot; load rates, restart times, snapshot rate, RSS, reactor stalls (--max-seconds bounds it).
-DATA_KEYS ?= 1000000
-DATA_VALUE_BYTES ?= 1024
+# Issue 13's figures at scale: load DATA_KEYS keys (1000000) of DATA_VALUE_BYTES bytes (1024), restart a follower,
+# join a fourth node by snapshot; load rates, restart times, snapshot rate, RSS, reactor stalls (--max-seconds bounds it).
+DATA_KEYS ?=
+DATA_VALUE_BYTES ?=
 .PHONY: bench-data
 bench-data: install
-	$(PY) -m kvd.bench data --keys $(DATA_KEYS) --value-bytes $(DATA_VALUE_BYTES) $(BENCH_ARGS)
+	$(PY) -m kvd.bench data $(if $(DATA_KEYS),--keys $(DATA_KEYS)) $(if $(DATA_VALUE_BYTES),--value-bytes $(DATA_VALUE_BYTES)) $(BENCH_ARGS)

@@ -39,6 +39,8 @@ from kvd.jepsen.cluster import PEER_OFFSET, ProcessCluster, _bindable, wait_unti
 from kvd.resp.client import Indeterminate, NotSent, ReplyError, parse_info
 
 MIB = 1024 * 1024
+#: How long to look for the leader: a node serializing a large snapshot in its reactor answers nothing meanwhile.
+LEADER_WAIT_S = 120.0
 
 
 @dataclass
@@ -148,7 +150,7 @@ def restart_to_serving(cluster, key: bytes, expected: bytes, timeout_s: float) -
     Kill -9 a follower, start it again, and time until it answers PING and a
     GET of ``key`` through it returns ``expected``: (to PING s, to GET s, node id).
     """
-    leader = cluster.leader(30.0)
+    leader = cluster.leader(LEADER_WAIT_S)
     if leader is None:
         raise RuntimeError("no leader before the restart")
     node = next(n for n in cluster.members if n is not leader)
@@ -229,7 +231,7 @@ class DataBench:
             self.watch.add(node)
 
     def writers(self, source, prefix: str) -> pipeline.Load:
-        leader = self.cluster.leader(30.0)
+        leader = self.cluster.leader(LEADER_WAIT_S)
         if leader is None:
             raise RuntimeError("no leader to write through")
         return pipeline.Load((leader.host, leader.port), source, self.s.value_bytes, self.s.clients, self.s.pipeline,
@@ -333,7 +335,7 @@ class DataBench:
         base = self.steady().run(min(self.deadline, time.monotonic() + s.baseline_s))
         r.figure("write_ops_baseline", "write throughput, no snapshot", round(base.ops_per_s, 1), "%.0f ops/s" % base.ops_per_s,
                  "", "%.1f s, %d failed" % (base.seconds, base.failed))
-        leader = self.cluster.leader(30.0)
+        leader = self.cluster.leader(LEADER_WAIT_S)
         if leader is None:
             raise RuntimeError("no leader before the join")
         new = self.cluster.new_node()

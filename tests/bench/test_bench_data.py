@@ -96,3 +96,21 @@ def test_progress_reports_the_rate_of_each_tenth():
 def test_the_stall_history_of_info_is_read_by_second():
     assert parse_per_second("1000:0,3,51") == {1000: 0.0, 1001: 3.0, 1002: 51.0}
     assert parse_per_second("") == {} and parse_per_second("junk") == {}
+
+
+def test_the_watch_attributes_stalls_and_compactions_to_their_seconds():
+    from kvd.bench.watch import Watch
+
+    w = Watch()
+    w.stalls["n1"], w.samples["n1"] = {}, []
+    w._record("n1", 1005.2, {"reactor_stall_per_second": "1000:1,2,80,3,4,5", "raft_snapshots": 1, "raft_snapshot_index": 100})
+    w._record("n1", 1005.7, {"reactor_stall_per_second": "1001:2,80,3,4,5,9", "raft_snapshots": 1, "raft_snapshot_index": 100})
+    w._record("n1", 1006.2, {"reactor_stall_per_second": "1001:2,80,3,4,5,700", "raft_snapshots": 2, "raft_snapshot_index": 200})
+    w._record("n1", 1009.0, {"reactor_stall_per_second": "1004:4,5,700,1,2,3", "raft_snapshots": 0, "raft_snapshot_index": 200})
+    assert w.meter_seen
+    assert w.stall_ms("n1", [(1000.0, 1003.5)]) == 80.0  # seconds 1000..1003
+    assert w.stall_ms("n1", [(1002.5, 1004.2)]) == 80.0 and w.stall_ms("n1", [(1003.0, 1005.9)]) == 5.0
+    spans = w.compactions("n1", 0.0, 2000.0)
+    assert spans == [(1005.7, 1006.2)]  # a restart's count from 0 is not a snapshot
+    assert w.stall_ms("n1", spans) == 700.0
+    assert w.stall_ms("n2", [(0.0, 2000.0)]) is None
