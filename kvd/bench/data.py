@@ -36,7 +36,7 @@ from typing import Dict, List, Optional, Tuple
 from kvd.bench import pipeline
 from kvd.bench.watch import Watch, rss_kib
 from kvd.jepsen.cluster import PEER_OFFSET, ProcessCluster, _bindable, wait_until
-from kvd.resp.client import Indeterminate, NotSent, ReplyError, parse_info
+from kvd.resp.client import Indeterminate, NotSent, ReplyError
 
 MIB = 1024 * 1024
 #: How long to look for the leader: a node serializing a large snapshot in its reactor answers nothing meanwhile.
@@ -145,10 +145,18 @@ def counters(nodes, timeout_s: float = 60.0) -> Tuple[int, int]:
     return elections, term
 
 
-def restart_to_serving(cluster, key: bytes, expected: bytes, timeout_s: float) -> Tuple[Optional[float], Optional[float], str]:
+@dataclass
+class Restart:
+    node_id: str
+    ping_s: Optional[float] = None  # to the first PING answered
+    serve_s: Optional[float] = None  # to the first GET answered with the loaded value
+    why: str = ""  # when it did not serve
+
+
+def restart_to_serving(cluster, key: bytes, expected: bytes, timeout_s: float) -> Restart:
     """
     Kill -9 a follower, start it again, and time until it answers PING and a
-    GET of ``key`` through it returns ``expected``: (to PING s, to GET s, node id).
+    GET of ``key`` through it (a linearizable read) returns ``expected``.
     """
     leader = cluster.leader(LEADER_WAIT_S)
     if leader is None:
@@ -157,21 +165,22 @@ def restart_to_serving(cluster, key: bytes, expected: bytes, timeout_s: float) -
     node.kill()
     started = time.monotonic()
     node.launch()
-    pinged: List[float] = []
-
-    def serves():
+    out = Restart(node.id)
+    while time.monotonic() - started < timeout_s:
         if not node.alive():
-            raise RuntimeError("%s exited while starting: %s" % (node.id, node.tail(node.stderr, 5)))
+            out.why = "%s exited while starting: %s" % (node.id, node.tail(node.stderr, 3).strip())
+            return out
         try:
-            if not pinged and node.call("PING", timeout=1.0) == b"PONG":
-                pinged.append(time.monotonic() - started)
-            return node.call("GET", key, timeout=2.0) == expected
+            if out.ping_s is None and node.call("PING", timeout=1.0) == b"PONG":
+                out.ping_s = time.monotonic() - started
+            if node.call("GET", key, timeout=2.0) == expected:
+                out.serve_s = time.monotonic() - started
+                return out
         except (NotSent, Indeterminate, ReplyError, OSError):
-            return False
-
-    ok = wait_until(serves, timeout_s, 0.02)
-    took = time.monotonic() - started if ok else None
-    return (pinged[0] if pinged else None), took, node.id
+            pass
+        time.sleep(0.02)
+    out.why = "%s did not serve within %g s" % (node.id, timeout_s)
+    return out
 
 
 def voter(cluster, node_id: str) -> bool:
@@ -258,14 +267,15 @@ class DataBench:
         if self.out_of_time(label):
             self.report.missing(key, label, "--max-seconds reached", target)
             return
-        ping, took, node_id = restart_to_serving(self.cluster, pipeline.key(index), pipeline.value(index, self.s.value_bytes),
-                                                 min(self.s.restart_timeout_s, max(5.0, self.left())))
-        if took is None:
-            self.report.missing(key, label, "%s did not serve within %g s" % (node_id, self.s.restart_timeout_s), target)
+        done = restart_to_serving(self.cluster, pipeline.key(index), pipeline.value(index, self.s.value_bytes),
+                                  min(self.s.restart_timeout_s, max(5.0, self.left())))
+        if done.serve_s is None:
+            self.report.missing(key, label, done.why, target)
         else:
-            self.report.figure(key, label, round(took, 3), "%.2f s" % took, target, "kill -9 of follower %s, then a GET "
-                               "through it; PING after %s" % (node_id, "-" if ping is None else "%.2f s" % ping),
-                               keys=loaded, ping_s=None if ping is None else round(ping, 3))
+            ping = "-" if done.ping_s is None else "%.2f s" % done.ping_s
+            self.report.figure(key, label, round(done.serve_s, 3), "%.2f s" % done.serve_s, target,
+                               "kill -9 of follower %s, then a GET through it; PING after %s" % (done.node_id, ping),
+                               keys=loaded, ping_s=None if done.ping_s is None else round(done.ping_s, 3))
         self.settle("after the restart")
 
     def run(self) -> dict:
