@@ -96,7 +96,8 @@ fuzz: install
 
 # Benchmarks, not tests (they assert nothing about speed): a three-node cluster of their own on
 # loopback, bounded loads through redis-benchmark, one line per load (ops/s, p50/p99/p999, CPU
-# seconds per node); `make bench-failover` kills the leader KILLS times under light load.
+# seconds per node); `make bench-failover` kills the leader KILLS times under light load;
+# `make bench-data` measures data at scale (issue 13).
 # BENCH_ARGS="--json out.json" keeps the figures; --short is the form CI runs.
 KILLS ?= 20
 BENCH_ARGS ?=
@@ -115,3 +116,10 @@ bench-etcd: install bench-tools
 	$(PY) -m kvd.bench loads --etcd $(BENCH_ARGS)
 bench-failover: install bench-tools
 	$(PY) -m kvd.bench failover --kills $(KILLS) $(BENCH_ARGS)
+# Issue 13's figures at scale: load DATA_KEYS keys (1000000) of DATA_VALUE_BYTES bytes (1024), restart a follower,
+# join a fourth node by snapshot; load rates, restart times, snapshot rate, RSS, reactor stalls (--max-seconds bounds it).
+DATA_KEYS ?=
+DATA_VALUE_BYTES ?=
+.PHONY: bench-data
+bench-data: install
+	$(PY) -m kvd.bench data $(if $(DATA_KEYS),--keys $(DATA_KEYS)) $(if $(DATA_VALUE_BYTES),--value-bytes $(DATA_VALUE_BYTES)) $(BENCH_ARGS)

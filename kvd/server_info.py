@@ -60,6 +60,8 @@ class ServerInfo:
     client_port = None
     #: Whether the client port speaks TLS (--tls-cert), set by kvd.tap.
     client_tls = False
+    #: The node's reactor stall meter (kvd.node.stall.StallMeter), set by kvd.tap: its lines end INFO server.
+    stall = None
 
     def __init__(self, view, now: Callable[[], float], clients: Optional[Mapping] = None):
         self.view = view
@@ -101,7 +103,7 @@ class ServerInfo:
             ("uptime_in_days", uptime // 86400),
             ("executable", sys.argv[0] if sys.argv else ""),
             ("config_file", ""),
-        ]
+        ] + (self.stall.info_fields() if self.stall is not None else [])
 
     def _clients(self, raft):
         port = self.client_port

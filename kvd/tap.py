@@ -323,6 +323,7 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
     from kvd.discovery.services import add_services, make_metrics
     from kvd.kv.machine import KVMachine
     from kvd.node import NodeService
+    from kvd.node.stall import StallMeter
     from kvd.resp.protocol import RespFactory
     from kvd.store.lmdb import LmdbStorage, StorageError
     from kvd.store.state import LmdbState
@@ -387,6 +388,8 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
     state.on_failure = node.storage_failed
     top = service.MultiService()
     node.setServiceParent(top)
+    stall = StallMeter(reactor)  # after the node: a restart's replay is not a serving node's stall
+    stall.setServiceParent(top)
     interface = options["bind"].replace(":", "\\:")  # strports escapes the colons of an IPv6 address
     # Listeners start after the node (it must have opened its store first) and stop before it.
     peer_port = strports.service("tcp:%d:interface=%s" % (config.address.peer_port, interface), node.peers.listening_factory())
@@ -399,7 +402,9 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
     executor.server_info.client_port = client_factory
     executor.server_info.client_tls = bool(options["tls-cert"])
     executor.server_info.peer_security = "insecure" if tls is None else "mutual-tls"
+    executor.server_info.stall = stall
     if metrics is not None:
+        metrics.watch_reactor(stall)
         client_factory = metrics.counting_factory(client_factory)
     client_endpoint = "tcp:%d:interface=%s" % (config.address.client_port, interface)
     if options["tls-cert"]:

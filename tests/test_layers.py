@@ -63,7 +63,7 @@ LAYERS = {
                       kvd=_set("kvd.resp kvd.kv.commands kvd.kv.results kvd.errors kvd.limits"), third=_set("twisted zope")),
     # The package's one blocking client: the CLI, the fault suite and the cluster view use it without the node.
     "kvd.resp.client": Layer(_set("client")),
-    "kvd.node": Layer(_set("__init__ membership reads service session settings view"),
+    "kvd.node": Layer(_set("__init__ membership reads service session settings stall view"),
                       kvd=_set("kvd.node kvd.raft kvd.replica kvd.kv kvd.errors kvd.address kvd.wire.errors kvd.limits"),
                       third=_set("twisted")),
     "kvd.executor": Layer(_set("executor"), kvd=_set("kvd.resp kvd.kv.results kvd.server_info kvd.address"),
@@ -85,7 +85,7 @@ LAYERS = {
     "kvd.jepsen": Layer(_set("__init__ __main__ cluster nemesis netfilter run workload"),
                         kvd=_set("kvd.jepsen kvd.check kvd.errors kvd.resp.client kvd.cli.certs")),
     # Benchmarks: a black box too, driving a cluster of the fault suite's processes with redis-benchmark.
-    "kvd.bench": Layer(_set("__init__ __main__ etcd failover loads procs"),
+    "kvd.bench": Layer(_set("__init__ __main__ data etcd failover loads pipeline procs watch"),
                        kvd=_set("kvd.bench kvd.jepsen.cluster kvd.resp.client")),
     "kvd": Layer(_set("__init__")),
     # The twistd dropin only names kvd.tap by string: twistd --help must not import kvd.

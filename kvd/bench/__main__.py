@@ -2,7 +2,8 @@
 ``python -m kvd.bench [--short] [--etcd] [--json FILE]``: the loads
 (kvd.bench.loads) on a three-node cluster of its own, each followed by the
 same load on etcd with ``--etcd`` (kvd.bench.etcd), with the ratio; ``python -m kvd.bench failover [--kills N]``:
-leader kills under light load (kvd.bench.failover).  Everything runs on
+leader kills under light load (kvd.bench.failover); ``python -m kvd.bench data
+[--keys N --value-bytes S]``: issue 13's figures at scale (kvd.bench.data).  Everything runs on
 loopback addresses 127.x.y.z, is bounded in requests and time, and the nodes
 (started by PID, with the defaults a user gets: 50 ms ticks, 8-tick election
 timeout, fsync on) are killed at the end.
@@ -21,7 +22,7 @@ import tempfile
 import time
 
 from kvd.bench import etcd as etcd_bench
-from kvd.bench import failover, loads, procs
+from kvd.bench import data, failover, loads, procs
 from kvd.jepsen.cluster import ProcessCluster
 
 
@@ -131,6 +132,29 @@ def run_failover(args) -> dict:
             "failover": s, "times_s": times}
 
 
+def run_data(args) -> dict:
+    given = dict(keys=args.keys, value_bytes=args.value_bytes, clients=args.clients, pipeline=args.pipeline,
+                 baseline_s=args.baseline_seconds, join_timeout_s=args.join_timeout, restart_timeout_s=args.restart_timeout,
+                 max_seconds=args.max_seconds, snapshot_entries=args.snapshot_entries,
+                 snapshot_keep_entries=args.snapshot_keep_entries, port=args.port)
+    given.update(tick_ms=args.tick_ms, election_ticks=args.election_ticks)
+    settings = data.Settings.short(**given) if args.short else data.Settings(**{k: v for k, v in given.items() if v is not None})
+    run_dir = tempfile.mkdtemp(prefix="kvd-bench-data-")
+    out = {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "commit": _commit(), "machine": _machine(),
+           "short": args.short, "settings": dict(settings.__dict__)}
+    print("kvd bench data (%s) on %s; commit %s; 3 nodes, fsync on; %d keys of %d bytes%s" % (
+        out["date"], out["machine"], out["commit"] or "?", settings.keys, settings.value_bytes,
+        "; SHORT form" if args.short else ""), flush=True)
+    try:
+        out["figures"] = data.run(settings, run_dir)
+    finally:
+        if not args.keep:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        else:
+            print("run directory kept: %s" % run_dir)
+    return out
+
+
 def _elections(nodes) -> int:
     """Elections the nodes have started so far (INFO raft_elections), summed: a change means a leader was lost."""
     total = 0
@@ -146,7 +170,7 @@ def _ms(value) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kvd.bench", description=__doc__.strip().splitlines()[0])
-    parser.add_argument("what", nargs="?", choices=["loads", "failover"], default="loads")
+    parser.add_argument("what", nargs="?", choices=["loads", "failover", "data"], default="loads")
     parser.add_argument("--short", action="store_true", help="a few requests per load: proves the bench works (CI)")
     parser.add_argument("--kills", type=int, default=20, help="failover: how many times to kill the leader")
     parser.add_argument("--etcd", action="store_true",
@@ -155,9 +179,22 @@ def main(argv=None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the run directory (node logs)")
     parser.add_argument("--tick-ms", type=int, default=50, help="the nodes' --tick-ms (default: twistd kvd's, 50)")
     parser.add_argument("--election-ticks", type=int, default=8, help="the nodes' --election-ticks (default: twistd kvd's, 8)")
+    group = parser.add_argument_group("data (issue 13's figures; --short: 2000 keys of 100 bytes)")
+    group.add_argument("--keys", type=int, help="keys to load (default 1,000,000)")
+    group.add_argument("--value-bytes", type=int, help="bytes of each value (default 1024)")
+    group.add_argument("--clients", type=int, help="connections loading at once (default 8)")
+    group.add_argument("--pipeline", type=int, help="SETs each connection sends before it reads their replies (default 32)")
+    group.add_argument("--baseline-seconds", type=float, help="the write load without a snapshot lasts this long (default 10)")
+    group.add_argument("--join-timeout", type=float, help="seconds a new node has to become a voter (default 300)")
+    group.add_argument("--restart-timeout", type=float, help="seconds a restarted node has to serve (default 300)")
+    group.add_argument("--max-seconds", type=float, help="the whole run ends by then; what is left is not measured (default 7200)")
+    group.add_argument("--snapshot-entries", type=int, help="the nodes' --snapshot-entries (default: twistd kvd's, 10000)")
+    group.add_argument("--snapshot-keep-entries", type=int, help="the nodes' --snapshot-keep-entries (default: twistd kvd's, 1000)")
+    group.add_argument("--port", type=int, help="every node's client port, each on its own 127.x.y.i (default: a free one)")
     args = parser.parse_args(argv)
+    runs = {"failover": run_failover, "data": run_data, "loads": run_loads}
     try:
-        out = run_failover(args) if args.what == "failover" else run_loads(args)
+        out = runs[args.what](args)
     except RuntimeError as e:
         print("kvd bench: %s" % e, file=sys.stderr)
         return 1

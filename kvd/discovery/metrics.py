@@ -74,6 +74,10 @@ class NodeMetrics:
         self.view = view
         return self
 
+    def watch_reactor(self, meter) -> None:
+        """Export a reactor stall meter's numbers (kvd.node.stall.StallMeter) at each scrape."""
+        self.registry.register(_StallCollector(meter))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -273,3 +277,22 @@ class _NodeCollector:
         yield _gauge("kvd_storage_log_entries", "Log entries stored on disk.", numbers.get("entries", 0))
         yield _gauge("kvd_storage_used_bytes", "Bytes the LMDB environment uses.", numbers.get("bytes_used", 0))
         yield _gauge("kvd_storage_map_bytes", "Size of the LMDB memory map.", numbers.get("map_size", 0))
+
+
+class _StallCollector:
+    """The reactor stall meter's readings: the longest stall since start and lately, stalls over each threshold."""
+
+    def __init__(self, meter):
+        self.meter = meter
+
+    def collect(self) -> Iterator:
+        m = self.meter
+        yield _gauge("kvd_reactor_stall_max_seconds", "Longest reactor stall since the node started: how much later than its "
+                     "interval a timer tick came (kvd.node.stall).", m.max_ms / 1000.0)
+        yield _gauge("kvd_reactor_stall_recent_max_seconds", "Longest reactor stall of the last %d seconds." % m.recent_s,
+                     m.recent_max_ms() / 1000.0)
+        over = CounterMetricFamily("kvd_reactor_stalls", "Reactor stalls longer than the threshold, since the node started.",
+                                   labels=["over_seconds"])
+        for threshold in m.thresholds_ms:
+            over.add_metric(["%g" % (threshold / 1000.0)], m.over[threshold])
+        yield over

@@ -67,7 +67,7 @@ def test_service_tree_and_data_dir_refusal(tmp_path):
     """makeService builds node + peer + client listeners + DNS/HTTP; a data dir of another cluster is refused plainly."""
     o = parse("--listen", "127.0.0.1:7001", "--data-dir", str(tmp_path / "d"), "--cluster-id", "one")
     top = makeService(o, reactor=MemoryReactorClock())
-    assert len(list(top)) == 4  # node, peer port, client port, "discovery" (kvd.discovery.services)
+    assert len(list(top)) == 5  # node, reactor stall meter, peer port, client port, "discovery" (kvd.discovery.services)
     o = parse("--listen", "127.0.0.1:7001", "--data-dir", str(tmp_path / "d"), "--cluster-id", "two")
     with pytest.raises(SystemExit, match="belongs to cluster 'one'"):
         makeService(o, reactor=MemoryReactorClock())

@@ -1,0 +1,130 @@
+# -*- test-case-name: tests.node.test_stall -*-
+"""
+``StallMeter``: how long the reactor goes without running a due timer.
+
+Everything a node does (Raft ticks, heartbeats, client commands, applying
+entries, snapshots) runs on one reactor thread, so any step that holds it for
+long delays all the rest: heartbeats go out late, followers call elections,
+clients time out.  Issue 13 sets the bound (the longest gap between two ticks
+during load, snapshot and compaction, at most 50 ms); this meter is how a node
+shows whether it keeps it.
+
+A ``LoopingCall`` ticks every ``interval_s`` (10 ms).  The *stall* at a tick is
+how much longer than the interval the gap since the previous tick was (the
+gap itself is the interval plus the stall).  The meter keeps:
+
+- the largest stall since it started, and the largest of the last
+  ``RECENT_S`` seconds;
+- how many stalls exceeded each of ``THRESHOLDS_MS``;
+- the largest stall of each of the last ``HISTORY_S`` wall-clock seconds
+  (a stall counts in the second it ended), so that a benchmark sampling INFO
+  now and then can tell which stall happened during which of its phases.
+
+It starts after the node (kvd.tap adds it after ``NodeService``): the
+replay of a restart, before the node serves, is not a stall of a serving node.
+
+Imports: as the layer table in tests/test_layers.py allows.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+from typing import Deque, Dict, List, Optional, Tuple
+
+from twisted.application import service
+from twisted.internet import task
+
+INTERVAL_S = 0.010
+RECENT_S = 10
+HISTORY_S = 60
+THRESHOLDS_MS = (50, 100, 1000)
+
+
+class StallMeter(service.Service):
+    def __init__(self, clock, interval_s: float = INTERVAL_S, recent_s: int = RECENT_S, history_s: int = HISTORY_S,
+                 thresholds_ms: Tuple[int, ...] = THRESHOLDS_MS):
+        self.clock = clock
+        self.interval_s = interval_s
+        self.recent_s = recent_s
+        self.history_s = max(history_s, recent_s)
+        self.thresholds_ms = tuple(thresholds_ms)
+        self.ticks = 0
+        self.max_ms = 0.0
+        self.over: Dict[int, int] = {t: 0 for t in self.thresholds_ms}
+        self._seconds: Deque[List] = collections.deque(maxlen=self.history_s + 1)  # [wall second, its largest stall in ms]
+        self._last: Optional[float] = None
+        self._started = 0  # the wall second it started in
+        self._loop: Optional[task.LoopingCall] = None
+
+    # ------------------------------------------------------------ lifecycle
+    def startService(self):
+        super().startService()
+        self._last = self.clock.seconds()
+        self._started = int(self._last)
+        self._loop = task.LoopingCall(self._tick)
+        self._loop.clock = self.clock
+        self._loop.start(self.interval_s, now=False)
+
+    def stopService(self):
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self._loop = None
+        return super().stopService()
+
+    def _tick(self) -> None:
+        now = self.clock.seconds()
+        if self._last is not None:
+            self.record(now, max(0.0, now - self._last - self.interval_s))
+        self._last = now
+
+    def record(self, now: float, stall_s: float) -> None:
+        """One tick at ``now`` (clock seconds) that came ``stall_s`` late."""
+        ms = stall_s * 1000.0
+        self.ticks += 1
+        if ms > self.max_ms:
+            self.max_ms = ms
+        for t in self.thresholds_ms:
+            if ms > t:
+                self.over[t] += 1
+        second = int(now)
+        if self._seconds and self._seconds[-1][0] == second:
+            if ms > self._seconds[-1][1]:
+                self._seconds[-1][1] = ms
+        else:
+            self._seconds.append([second, ms])
+
+    # ------------------------------------------------------------ readings
+    def recent_max_ms(self) -> float:
+        """The largest stall of the last ``recent_s`` seconds (this one included)."""
+        since = int(self.clock.seconds()) - self.recent_s + 1
+        return max((ms for second, ms in self._seconds if second >= since), default=0.0)
+
+    def per_second(self) -> Tuple[int, List[float]]:
+        """
+        (first wall second, the largest stall in ms of it and of each second
+        after, up to now): the last ``history_s`` seconds, or fewer, since the
+        meter started (a second before it is not a second without stalls).
+        """
+        now = int(self.clock.seconds())
+        first = max(now - self.history_s + 1, self._started)
+        values = [0.0] * (now - first + 1)
+        for second, ms in self._seconds:
+            if first <= second <= now:
+                values[second - first] = ms
+        return first, values
+
+    def info_fields(self) -> List[Tuple[str, object]]:
+        """INFO server's reactor lines (kvd.server_info)."""
+        first, values = self.per_second()
+        fields: List[Tuple[str, object]] = [
+            ("reactor_stall_interval_ms", "%g" % (self.interval_s * 1000.0)),
+            ("reactor_stall_max_ms", "%.1f" % self.max_ms),
+            ("reactor_stall_recent_max_ms", "%.1f" % self.recent_max_ms()),
+            ("reactor_stall_recent_seconds", self.recent_s),
+        ]
+        fields += [("reactor_stalls_over_%dms" % t, self.over[t]) for t in self.thresholds_ms]
+        # Whole milliseconds, rounded up: a 50.2 ms stall reads 51, never under a 50 ms bound.
+        fields.append(("reactor_stall_per_second", "%d:%s" % (first, ",".join("%d" % math.ceil(round(v, 3)) for v in values))))
+        return fields
+
