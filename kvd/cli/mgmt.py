@@ -45,6 +45,7 @@ SEED_TABLE = [
 
 EXTRA_TABLE = [
     ("-r server -c remove -h <host>", "Remove a node from the cluster, then stop it"),
+    ("-r server -c rebuild -h <host>", "Rebuild a node from the others: stop, remove, wipe its data, rejoin"),
 ]
 
 OPTIONS_TEXT = """\
@@ -132,6 +133,7 @@ COMMANDS = {
         "stop": _spec("host"),
         "restart": _spec("host"),
         "remove": _spec("host"),
+        "rebuild": _spec("host"),
     },
     "client": {
         "read": _spec("", "host key as_json timeout dns"),
@@ -228,6 +230,8 @@ def check_docker_arguments(role: str, command_name: str, given: dict) -> None:
     """Raise a USAGE CliError for what --docker does not do."""
     if given.get("dns"):
         raise CliError(USAGE, "--dns does not go with --docker: nodes are found through the project's containers")
+    if role == "server" and command_name == "rebuild":
+        raise CliError(USAGE, "rebuild does not go with --docker yet: remove the node (its container and data volume go too), then join it again")
 
 
 def run_docker(project: str, role: str, command_name: str, host=None, as_json=False, **given) -> int:

@@ -366,12 +366,12 @@ class NodeService(service.Service):
             return
         self.failure = error
         self.exit_code = EXIT_STORAGE
-        self.failure_reason = "storage failed in data dir %s: %s: %s" % (self.config.data_dir, type(error).__name__, error)
+        self.failure_reason = "storage failed in data dir %s: %s: %s" % (self.config.data_dir, _error_name(error), error)
         self.log.critical(
             "{node}: storage failed in data dir {data_dir}: {error}; stopping the node (fail-stop: it keeps "
             "the data last written; fix the disk and restart it, or rebuild it from the others: "
             "mgmt.py -r server -c rebuild)",
-            node=self.config.node_id, data_dir=self.config.data_dir, error="%s: %s" % (type(error).__name__, error),
+            node=self.config.node_id, data_dir=self.config.data_dir, error="%s: %s" % (_error_name(error), error),
         )
         self._begin_fail_stop()
 
@@ -486,6 +486,13 @@ class NodeService(service.Service):
         call = self.clock.callLater(wait_s, give_up)
         d.addBoth(lambda r: (call.active() and call.cancel(), r)[1])
         return d
+
+def _error_name(error: Exception) -> str:
+    """``StorageFull``, ``OSError``, but ``lmdb.Error``: a bare "Error" says nothing."""
+    kind = type(error)
+    module = kind.__module__.split(".")[0]
+    return kind.__qualname__ if module in ("builtins", "kvd") else "%s.%s" % (module, kind.__qualname__)
+
 
 class _Peers:
     """The loop's transport: whatever ``node.peers`` is at the time of sending."""
