@@ -110,18 +110,12 @@ class NodeService(service.Service):
     # ============================================================ lifecycle
     def startService(self):
         super().startService()
-        try:
-            self.storage.open(self.config.cluster_id, self.config.node_id)
-            restored = self.storage.load()
-        except Exception as e:
-            # Nothing listens yet: say it in one line and end the process before anything does.
-            self._storage_failed(e)
-            raise SystemExit(EXIT_STORAGE) from None
+        restored = self._storage_at_start(lambda: self._open_and_load())
         hard_state, snapshot, entries = restored.hard_state, restored.snapshot, restored.entries
         if hard_state.term == 0 and not entries and snapshot is None and self.config.initial_cluster:
             config = Configuration.make(voters=self.config.initial_cluster, addresses=self.config.initial_cluster)
             hard_state, entries = bootstrap(config)
-            self.storage.save(hard_state, entries, None, sync=True)
+            self._storage_at_start(lambda: self.storage.save(hard_state, entries, None, sync=True))
             self.log.info("{node} bootstrapped a cluster of {n} from the initial member list", node=self.config.node_id, n=len(config.voters))
         if snapshot is not None:
             self.machine.restore(snapshot.data)
@@ -148,6 +142,18 @@ class NodeService(service.Service):
                 if member != self.config.node_id:
                     dial(member)
         self.campaign_if_alone()
+
+    def _open_and_load(self):
+        self.storage.open(self.config.cluster_id, self.config.node_id)
+        return self.storage.load()
+
+    def _storage_at_start(self, fn: Callable[[], object]):
+        """``fn()``; a storage error is one line, then the process ends (nothing listens yet: nothing was served)."""
+        try:
+            return fn()
+        except Exception as e:
+            self._storage_failed(e)
+            raise SystemExit(EXIT_STORAGE) from None
 
     def make_core(self, hard_state, snapshot, entries) -> None:
         """A Raft core on this durable state, and the Ready loop around it."""
@@ -394,8 +400,7 @@ class NodeService(service.Service):
         self.stopping = True
         if self.ticker is not None and self.ticker.running:
             self.ticker.stop()
-        if self.running and self.core is not None:  # not at start: startService ends the process itself
-            self.clock.callLater(0, self._fail_stop)
+        self.clock.callLater(0, self._fail_stop)
 
     def _fail_stop(self) -> None:
         stop = getattr(self.clock, "stop", None)
@@ -486,6 +491,7 @@ class NodeService(service.Service):
         call = self.clock.callLater(wait_s, give_up)
         d.addBoth(lambda r: (call.active() and call.cancel(), r)[1])
         return d
+
 
 def _error_name(error: Exception) -> str:
     """``StorageFull``, ``OSError``, but ``lmdb.Error``: a bare "Error" says nothing."""

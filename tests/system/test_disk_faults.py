@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import urllib.error
 import urllib.request
 
@@ -140,12 +141,32 @@ def free_port() -> int:
     return port
 
 
-def health(http_port: int) -> int:
+def health(http_port: int):
+    """The status /v1/health answers, or None when nothing answers."""
     try:
         with urllib.request.urlopen("http://127.0.0.1:%d/v1/health" % http_port, timeout=2) as answer:
             return answer.status
     except urllib.error.HTTPError as e:
         return e.code
+    except (urllib.error.URLError, OSError):
+        return None
+
+
+class HealthWatch(threading.Thread):
+    """Polls /v1/health until told to stop (or 2000 polls): every status it saw, in order."""
+
+    def __init__(self, http_port: int):
+        super().__init__(daemon=True)
+        self.http_port = http_port
+        self.seen = []
+        self.done = threading.Event()
+
+    def run(self):
+        for _ in range(2000):
+            if self.done.is_set():
+                return
+            self.seen.append(health(self.http_port))
+            self.done.wait(0.01)
 
 
 def test_a_full_disk_fail_stops_the_node_with_one_line_and_a_non_zero_exit(tmp_path, small_disk):
@@ -164,6 +185,8 @@ def test_a_full_disk_fail_stops_the_node_with_one_line_and_a_non_zero_exit(tmp_p
         victim.pid = process.pid
         leader = c.leader(timeout_s=30)
         wait_for(lambda: health(http_port) == 200, 30, "the victim to be healthy")
+        watch = HealthWatch(http_port)
+        watch.start()
         value = os.urandom(256 * 1024)
         client = leader.client()
         for i in range(200):  # 50 MiB at most; the tmpfs holds 6
@@ -171,6 +194,13 @@ def test_a_full_disk_fail_stops_the_node_with_one_line_and_a_non_zero_exit(tmp_p
             if process.poll() is not None:
                 break
         wait_for(lambda: process.poll() is not None, 30, "the victim to exit")
+        watch.done.set()
+        watch.join(10)
+        # Healthy until the failure, then never again: 503 (if a poll fell in the instant before the
+        # process ended) or nothing at all.
+        first_unhealthy = next(i for i, status in enumerate(watch.seen) if status != 200)
+        assert set(watch.seen[first_unhealthy:]) <= {503, None}, watch.seen
+        assert watch.seen[-1] is None
         output = process.stdout.read().decode("utf-8", "replace")
         assert process.returncode == EXIT_STORAGE, (process.returncode, output)
         with open(victim.logfile, errors="replace") as f:
