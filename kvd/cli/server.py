@@ -520,14 +520,19 @@ def remove(home: Home, address: str, echo: Echo) -> None:
     echo("%s; its directory moved to %s" % (("stopped it (pid %d)" % pid) if pid else "it was not running", archived))
 
 
-def rebuild(home: Home, address: str, echo: Echo, catch_up_s: float = REBUILD_CATCH_UP_S) -> None:
-    """Stop the node, remove it through a healthy member, wipe its data dir, start it again and join it back."""
+def rebuild(home: Home, address: str, echo: Echo, seed: Optional[str] = None, catch_up_s: float = REBUILD_CATCH_UP_S) -> None:
+    """
+    Stop the node, remove it through a healthy member (``seed``, else the
+    nodes of this KVD_HOME), wipe its data dir, start it again and join it back.
+    """
     node_id = normalize_host(address)[2]
     rec = home.require(node_id)
     seed_record = home.seed()
-    others = [c for c in dict.fromkeys([r.id for r in home.records()] + ([seed_record["seed"]] if seed_record else [])) if c != node_id]
+    known = ([normalize_host(seed)[2]] if seed else []) + [r.id for r in home.records()] + ([seed_record["seed"]] if seed_record else [])
+    others = [c for c in dict.fromkeys(known) if c != node_id]
     if not others:
-        raise CliError(USAGE, "rebuild copies %s from the other members, and KVD_HOME=%s knows no other node of its cluster" % (node_id, home.root))
+        raise CliError(USAGE, "rebuild copies %s from the other members, and KVD_HOME=%s knows no other node of its cluster; "
+                              "pass --seed HOST:PORT of a member" % (node_id, home.root))
     # A member that answers, before anything is touched: nothing to copy from, nothing done.
     cluster_id, via = _cluster_of(others)
     if cluster_id != rec.cluster_id:
