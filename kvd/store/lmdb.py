@@ -210,7 +210,8 @@ class LmdbStorage:
                 f"data dir {self.path} has storage format version {version}"
                 + (" (records without checksums)" if version == 1 else "")
                 + f", this build reads version {schema.FORMAT_VERSION} only: "
-                "rebuild this node from the others (wipe its data dir and join it again)"
+                + (f"upgrade it with the node stopped (python -m kvd.store.upgrade {self.path}), or " if version == 1 else "")
+                + "rebuild this node from the others (wipe its data dir and join it again)"
             )
         stored_cluster = self._unseal(stored_cluster, "cluster id").decode("utf-8", "replace")
         stored_node = self._unseal(stored_node, "node id").decode("utf-8", "replace")

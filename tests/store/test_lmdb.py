@@ -653,3 +653,61 @@ def test_a_data_file_of_the_size_its_meta_page_says_opens(tmp_path):
     s.open("c1", "n1")
     assert len(s.load().entries) == 50
     s.close()
+
+
+def _write_format1(path, hard_state, snapshot, entries, cluster_id="c1", node_id="n1"):
+    """A data dir exactly as format 1 wrote it: the same databases, records without checksums."""
+    import lmdb
+
+    os.makedirs(path)
+    env = lmdb.open(path, max_dbs=3, subdir=True)
+    with env.begin(write=True) as txn:
+        meta, log, snap = (env.open_db(name, txn=txn) for name in (schema.DB_META, schema.DB_LOG, schema.DB_SNAPSHOT))
+        txn.put(schema.META_FORMAT_VERSION, schema.encode_u32(1), db=meta)
+        txn.put(schema.META_CLUSTER_ID, cluster_id.encode(), db=meta)
+        txn.put(schema.META_NODE_ID, node_id.encode(), db=meta)
+        txn.put(schema.META_HARD_STATE, schema.encode_hard_state(hard_state), db=meta)
+        if snapshot is not None:
+            txn.put(schema.SNAPSHOT_KEY, schema.encode_snapshot(snapshot), db=snap)
+        for entry in entries:
+            txn.put(schema.log_key(entry.index), schema.encode_entry(entry), db=log)
+    env.close()
+
+
+def test_a_format_1_data_dir_is_upgraded_in_place_keeping_everything(tmp_path, capsys):
+    from kvd.store import upgrade
+
+    path = str(tmp_path / "node")
+    hard_state = HardState(term=4, vote="n2", commit=12)
+    snapshot = Snapshot(index=5, term=2, config=make_config(), data=b"machine state")
+    entries = make_entries(6, 14, term=3)
+    _write_format1(path, hard_state, snapshot, entries)
+    with pytest.raises(UnsupportedFormat, match="python -m kvd.store.upgrade %s" % path):
+        LmdbStorage(path, sync=False).open("c1", "n1")
+    assert upgrade.main([path]) == 0
+    out = capsys.readouterr().out
+    assert "upgraded %s to storage format 2" % path in out
+    kept = out.split("the format 1 copy is ")[1].split(" ")[0]
+    assert os.path.exists(os.path.join(kept, "data.mdb"))
+    s = LmdbStorage(path, sync=False)
+    s.open("c1", "n1")
+    restored = s.load()
+    s.close()
+    assert restored.hard_state == hard_state and restored.snapshot == snapshot and restored.entries == entries
+    # Run again: nothing to upgrade, one line, the upgraded dir untouched.
+    assert upgrade.main([path]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not of storage format 1" in err[0]
+
+
+def test_the_upgrade_refuses_what_is_not_a_format_1_data_dir(tmp_path, capsys):
+    from kvd.store import upgrade
+
+    assert upgrade.main([str(tmp_path / "nothing")]) == 1
+    assert "not a kvd data dir" in capsys.readouterr().err
+    path = str(tmp_path / "gap")
+    _write_format1(path, HardState(term=1, commit=3), None, make_entries(1, 2) + make_entries(4, 5))
+    assert upgrade.main([path]) == 1
+    assert "not contiguous at index 4" in capsys.readouterr().err
+    assert not os.path.exists(path + ".upgrading")  # refused before anything was written
+    assert os.path.exists(os.path.join(path, "data.mdb"))
