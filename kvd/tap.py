@@ -341,10 +341,10 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
         storage.open(config.cluster_id, config.node_id)
         storage.load()
     except CorruptStorage as e:
-        raise SystemExit("kvd: cannot use data dir %s: %s; rebuild this node from the others: "
-                         "python3 mgmt.py -r server -c rebuild -h %s" % (config.data_dir, e, config.node_id))
+        raise SystemExit("%s; rebuild this node from the others: python3 mgmt.py -r server -c rebuild -h %s"
+                         % (refusal(config.data_dir, e), config.node_id))
     except StorageError as e:
-        raise SystemExit("kvd: cannot use data dir %s: %s" % (config.data_dir, e))
+        raise SystemExit(refusal(config.data_dir, e))
     except (PermissionError, lmdb.ReadonlyError) as e:  # what data_dir_problem could not foresee
         raise SystemExit("kvd: " + (data_dir_problem(config.data_dir, force=True) or str(e)))
     except (lmdb.Error, OSError) as e:  # an I/O error, a file LMDB cannot read
@@ -399,6 +399,16 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
     strports.service(client_endpoint, client_factory).setServiceParent(top)
     add_services(top, node, options, metrics, reactor)  # DNS and HTTP (kvd.discovery.services)
     return top
+
+
+def refusal(data_dir: str, error: Exception) -> str:
+    """"kvd: cannot use data dir D: <what is wrong>", naming D once (the store's messages name it too)."""
+    text = str(error)
+    for prefix in ("data dir %s: " % data_dir, "data dir %s " % data_dir):
+        if text.startswith(prefix):
+            text = text[len(prefix):]
+            break
+    return "kvd: cannot use data dir %s: %s" % (data_dir, text)
 
 
 def exit_when_failed(node) -> None:

@@ -12,6 +12,7 @@ exit status is the test's to read; the others run as daemons.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -221,9 +222,24 @@ def test_a_full_disk_fail_stops_the_node_with_one_line_and_a_non_zero_exit(tmp_p
         c.destroy()
 
 
+def _local(host: str) -> redis.Redis:
+    """A connection that reads what ``host`` itself holds (READONLY)."""
+    client = redis.Redis(host="127.0.0.1", port=int(host.rsplit(":", 1)[1]), socket_timeout=10)
+    client.execute_command("READONLY")
+    return client
+
+
+def _holds(host: str, key: bytes, value: bytes) -> bool:
+    try:
+        return _local(host).get(key) == value
+    except redis.RedisError:
+        return False
+
+
 def test_rebuild_brings_a_corrupted_node_back_and_it_serves_the_clusters_data(mgmt):
-    """mgmt.py: a follower's value is flipped on disk; restart refuses it in one line; rebuild makes it a voter again
-    holding every key, caught up by snapshot (the leader's log was compacted past what the wiped node has)."""
+    """mgmt.py: the seed's copy of a value is flipped on disk; restart refuses it in one line; rebuild makes it a
+    voter again holding every key, caught up by snapshot (the leader's log was compacted past what the wiped node
+    has).  Then a running node (the leader) is rebuilt: rebuild stops it first."""
     ports = free_client_ports(3)
     hosts = ["127.0.0.1:%d" % p for p in ports]
     mgmt.ok("-r", "server", "-c", "start", "-h", hosts[0], "--tick-ms", "50")
@@ -234,22 +250,17 @@ def test_rebuild_brings_a_corrupted_node_back_and_it_serves_the_clusters_data(mg
         view = mgmt.cluster()
         return len([n for n in view["nodes"] if n["member"] and n["voter"] and n["status"] == "up"]) == 3 and view["leader"]
 
-    leader = wait_until(voters, 60, "three voters and a leader")
-    victim = next(h for h in hosts if h != leader)
-    client = redis.Redis(host="127.0.0.1", port=int(leader.rsplit(":", 1)[1]), socket_timeout=30)
-    assert client.set(b"lie", ORIGINAL)
+    wait_until(voters, 60, "three voters and a leader")
+    victim = hosts[0]  # the seed: rebuild turns it into a joiner and points the recorded seed at a member
+    writer = redis.Redis(host="127.0.0.1", port=int(hosts[1].rsplit(":", 1)[1]), socket_timeout=30)
+    assert writer.set(b"lie", ORIGINAL)
     # Past one snapshot (every 10,000 entries by default): the rebuilt node must be sent one.
     for start in range(0, 10500, 500):
-        pipe = client.pipeline(transaction=False)
+        pipe = writer.pipeline(transaction=False)
         for i in range(start, start + 500):
             pipe.set(b"k%d" % i, b"v%d" % i)
         assert all(pipe.execute())
-
-    def caught_up():
-        info = redis.Redis(host="127.0.0.1", port=int(victim.rsplit(":", 1)[1]), socket_timeout=5).info("raft")
-        return info["raft_applied_index"] >= client.info("raft")["raft_commit_index"]
-
-    wait_until(caught_up, 60, "the victim to catch up")
+    wait_until(lambda: _holds(victim, b"k10499", b"v10499"), 60, "the victim to catch up")
     mgmt.ok("-r", "server", "-c", "stop", "-h", victim)
     victim_dir = os.path.join(mgmt.home, "nodes", victim.replace(":", "-"))
     assert flip_in_file(os.path.join(victim_dir, "data", "data.mdb"), ORIGINAL) >= 1
@@ -263,16 +274,22 @@ def test_rebuild_brings_a_corrupted_node_back_and_it_serves_the_clusters_data(mg
     rebuilt = mgmt.ok("-r", "server", "-c", "rebuild", "-h", victim, timeout=180)
     assert "removed %s from the cluster" % victim in rebuilt.out, str(rebuilt)
     assert "is a voter again" in rebuilt.out, str(rebuilt)
-    local = redis.Redis(host="127.0.0.1", port=int(victim.rsplit(":", 1)[1]), socket_timeout=10)
-    local.execute_command("READONLY")  # what the rebuilt node itself holds
-    wait_until(lambda: local.get(b"k10499") == b"v10499", 60, "the rebuilt node to hold the last key")
-    assert local.get(b"lie") == ORIGINAL and local.get(b"k0") == b"v0"
+    wait_until(lambda: _holds(victim, b"k10499", b"v10499"), 60, "the rebuilt node to hold the last key")
+    assert _holds(victim, b"lie", ORIGINAL) and _holds(victim, b"k0", b"v0")
     with open(log_path, errors="replace") as f:
         f.seek(before)
         assert "installed a snapshot" in f.read()  # since the rebuild
-    view = mgmt.cluster()
-    rows = {n["id"]: n for n in view["nodes"] if n["member"]}
-    assert sorted(rows) == sorted(hosts) and all(rows[h]["voter"] for h in hosts), view
+    with open(os.path.join(mgmt.home, "seed.json")) as f:
+        assert json.load(f)["seed"] != victim
     linear = redis.Redis(host="127.0.0.1", port=int(victim.rsplit(":", 1)[1]), socket_timeout=10)
     assert linear.get(b"lie") == ORIGINAL
-    assert linear.set(b"after-rebuild", b"yes") and client.get(b"after-rebuild") == b"yes"
+    assert linear.set(b"after-rebuild", b"yes") and writer.get(b"after-rebuild") == b"yes"
+
+    # A running node, the leader: rebuild stops it (by pid) before anything else.
+    leader = wait_until(voters, 60, "three voters and a leader again")
+    again = mgmt.ok("-r", "server", "-c", "rebuild", "-h", leader, timeout=180)
+    assert "stopped node %s (pid" % leader in again.out and "is a voter again" in again.out, str(again)
+    wait_until(lambda: _holds(leader, b"after-rebuild", b"yes"), 60, "the rebuilt leader to hold the data")
+    wait_until(voters, 60, "three voters and a leader after both rebuilds")
+    rows = {n["id"]: n for n in mgmt.cluster()["nodes"] if n["member"]}
+    assert sorted(rows) == sorted(hosts) and all(rows[h]["voter"] for h in hosts), rows
