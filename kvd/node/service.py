@@ -231,6 +231,8 @@ class NodeService(service.Service):
 
     def forwarded(self, src: str, payload: bytes) -> defer.Deferred:
         """The peer transport's forward handler: a follower hands us, the leader, a client's write."""
+        if self.failure is not None:
+            return defer.fail(self._failed_error())
         return self.session.forwarded(src, payload)
 
     def read(self, op, linearizable: bool = True) -> defer.Deferred:
@@ -258,13 +260,19 @@ class NodeService(service.Service):
             return {}
 
     def join(self, node_id: str, address: str) -> defer.Deferred:
+        if self.failure is not None:
+            return defer.fail(self._failed_error())
         return self.membership.join(node_id, address)
 
     def remove(self, node_id: str) -> defer.Deferred:
+        if self.failure is not None:
+            return defer.fail(self._failed_error())
         return self.membership.remove(node_id)
 
     def join_received(self, node_id: str, address: str) -> defer.Deferred:
         """The peer transport's join handler."""
+        if self.failure is not None:
+            return defer.fail(self._failed_error())
         return self.membership.join_received(node_id, address)
 
     # ============================================================ inputs

@@ -206,7 +206,10 @@ def test_from_the_failure_on_health_is_503_and_the_node_serves_nothing(tmp_path)
     assert status == 503 and body["reason"].startswith("fail-stopped: storage failed in data dir %s" % victim.config.data_dir)
     assert "Input/output error" in body["reason"]
     assert victim.exit_code == EXIT_STORAGE
-    for request in (victim.read(Get(b"k")), victim.read(Get(b"k"), linearizable=False), victim.submit(Set(b"k", b"x"))):
+    requests = (victim.read(Get(b"k")), victim.read(Get(b"k"), linearizable=False), victim.submit(Set(b"k", b"x")),
+                victim.forwarded(leader.config.node_id, b"a write"), victim.join("127.0.0.1:7009", "127.0.0.1:7009:17009"),
+                victim.remove(leader.config.node_id))
+    for request in requests:
         out = []
         request.addBoth(out.append)
         assert out and out[0].check(KvdError), out
