@@ -189,7 +189,6 @@ def test_a_corrupt_truncated_or_old_store_is_refused_in_one_line_before_daemoniz
         record = bytearray(txn.get(schema.log_key(500), db=log))
         record[30] ^= 0x10
         txn.put(schema.log_key(500), bytes(record), db=log)
-        meta = env.open_db(schema.DB_META, txn=txn)
     env.close()
     os.truncate(os.path.join(truncated, "data.mdb"), os.path.getsize(os.path.join(truncated, "data.mdb")) // 2)
     env = lmdb.open(old, max_dbs=schema.MAX_DBS)
