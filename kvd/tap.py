@@ -340,7 +340,7 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
         # LMDB environment must not cross the daemonizing fork.
         storage.open(config.cluster_id, config.node_id)
         storage.load()
-    except CorruptStorage as e:
+    except (CorruptStorage, lmdb.CorruptedError, lmdb.PageNotFoundError) as e:  # ours, or LMDB's own page checks
         raise SystemExit("%s; rebuild this node from the others: python3 mgmt.py -r server -c rebuild -h %s"
                          % (refusal(config.data_dir, e), config.node_id))
     except StorageError as e:

@@ -142,23 +142,31 @@ class LmdbStorage:
         # start with a MapFullError on its first write.
         data_file = os.path.join(self.path, "data.mdb")
         existing = os.path.getsize(data_file) if os.path.exists(data_file) else 0
+        if existing == 0 and os.path.exists(data_file):
+            # LMDB would take an empty file for a new environment: a node that has voted would
+            # start afresh, having forgotten its vote and log (LMDB writes its meta pages as it
+            # creates the file, so only a truncation leaves one empty).
+            raise CorruptStorage(f"data dir {self.path}: data.mdb is empty (the file was truncated)")
         map_size = max(self._initial_map_size, min(2 * existing, self._max_map_size), existing)
         if self._sync and self._sync_mode == "ordered":
             env_sync, env_metasync = True, False
         else:
             env_sync, env_metasync = False, False
-        env = lmdb.open(
-            self.path,
-            map_size=map_size,
-            max_dbs=schema.MAX_DBS,
-            subdir=True,
-            sync=env_sync,
-            metasync=env_metasync,
-            # Our values are read once at load; readahead only wastes page
-            # cache on a large log.
-            readahead=False,
-            mode=FILE_MODE,
-        )
+        try:
+            env = lmdb.open(
+                self.path,
+                map_size=map_size,
+                max_dbs=schema.MAX_DBS,
+                subdir=True,
+                sync=env_sync,
+                metasync=env_metasync,
+                # Our values are read once at load; readahead only wastes page
+                # cache on a large log.
+                readahead=False,
+                mode=FILE_MODE,
+            )
+        except (lmdb.InvalidError, lmdb.CorruptedError) as e:  # the meta pages themselves are cut or garbled
+            raise CorruptStorage(f"data dir {self.path}: data.mdb cannot be opened: {e}") from None
         try:
             # Before any page is read: only the meta pages have been (by read(2), not the map).
             self._check_file_size(env, data_file)

@@ -711,3 +711,24 @@ def test_the_upgrade_refuses_what_is_not_a_format_1_data_dir(tmp_path, capsys):
     assert "not contiguous at index 4" in capsys.readouterr().err
     assert not os.path.exists(path + ".upgrading")  # refused before anything was written
     assert os.path.exists(os.path.join(path, "data.mdb"))
+
+
+def test_a_data_file_truncated_to_nothing_is_refused_not_taken_for_a_new_store(tmp_path):
+    """LMDB would open an empty data.mdb as a fresh environment: the node would forget its vote and log."""
+    path = str(tmp_path / "node")
+    s = LmdbStorage(path, sync=False)
+    s.open("c1", "n1")
+    s.save(HardState(term=5, vote="n2", commit=1), make_entries(1, 1), None, sync=False)
+    s.close()
+    os.truncate(os.path.join(path, "data.mdb"), 0)
+    with pytest.raises(CorruptStorage, match="data.mdb is empty") as raised:
+        LmdbStorage(path, sync=False).open("c1", "n1")
+    assert path in str(raised.value)
+    for size in (100, 4096 + 100):  # inside the meta pages: LMDB itself cannot read them
+        cut = str(tmp_path / ("cut%d" % size))
+        s = LmdbStorage(cut, sync=False)
+        s.open("c1", "n1")
+        s.close()
+        os.truncate(os.path.join(cut, "data.mdb"), size)
+        with pytest.raises(CorruptStorage, match="data.mdb cannot be opened"):
+            LmdbStorage(cut, sync=False).open("c1", "n1")
