@@ -130,7 +130,8 @@ def small_disk():
     try:
         yield where
     finally:
-        subprocess.run(["umount", where], capture_output=True)
+        if subprocess.run(["umount", where], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", where], capture_output=True)  # still busy: detach it now, freed once closed
         os.rmdir(where)
 
 
