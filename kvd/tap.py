@@ -8,14 +8,25 @@ Every option may also come from an INI file (``--config etc/kvd.conf``,
 section ``[kvd]``, keys spelled like the long options); the command line
 wins over the file.
 
+A node whose storage fails ends its process with a non-zero status (the
+node's ``exit_code``), so that Docker or systemd restarts it: twistd itself
+has no way to set one (twisted/twisted#11335 is open; it exits 0 after any
+``reactor.stop()``), so once twistd has finished its own shutdown (services
+stopped, pidfile removed) ``exit_when_failed`` ends the process with it.  A
+store that cannot be used at start (another cluster's, unreadable, corrupt,
+truncated, an old format) is refused before twistd daemonizes, in one line
+on stderr and exit status 1.
+
 Imports: as the layer table in tests/test_layers.py allows.
 """
 
 from __future__ import annotations
 
+import atexit
 import configparser
 import os
 import socket
+import sys
 from typing import Dict, Optional
 
 from twisted.application import service, strports
@@ -325,7 +336,7 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
     from kvd.node import NodeService
     from kvd.node.stall import StallMeter
     from kvd.resp.protocol import RespFactory
-    from kvd.store.lmdb import LmdbStorage, StorageError
+    from kvd.store.lmdb import CorruptStorage, LmdbStorage, StorageError
     from kvd.store.state import LmdbState
     from kvd.wire.peers import PeerTransport
 
@@ -347,14 +358,21 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
         )
     storage = LmdbStorage(config.data_dir, sync=config.sync)
     try:
-        # Refuse a data dir of another cluster or node here, with a plain
+        # Refuse a data dir of another cluster or node, a corrupt one (every
+        # record's checksum is read here) or a truncated one, with a plain
         # message, before twistd daemonizes.  It is closed again because an
         # LMDB environment must not cross the daemonizing fork.
         storage.open(config.cluster_id, config.node_id)
+        storage.load()
+    except (CorruptStorage, lmdb.CorruptedError, lmdb.PageNotFoundError) as e:  # ours, or LMDB's own page checks
+        raise SystemExit("%s; rebuild this node from the others: python3 mgmt.py -r server -c rebuild -h %s"
+                         % (refusal(config.data_dir, e), config.node_id))
     except StorageError as e:
-        raise SystemExit("kvd: cannot use data dir %s: %s" % (config.data_dir, e))
+        raise SystemExit(refusal(config.data_dir, e))
     except (PermissionError, lmdb.ReadonlyError) as e:  # what data_dir_problem could not foresee
         raise SystemExit("kvd: " + (data_dir_problem(config.data_dir, force=True) or str(e)))
+    except (lmdb.Error, OSError) as e:  # an I/O error, a file LMDB cannot read
+        raise SystemExit("kvd: cannot use data dir %s: %s: %s" % (config.data_dir, type(e).__name__, e))
     finally:
         storage.close()
     metrics = make_metrics()
@@ -366,6 +384,7 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
     if metrics is not None:  # time syncs and applies, count commits: nothing else changes
         storage, machine = metrics.timed_storage(storage), metrics.counted_machine(machine)
     node = NodeService(config, storage, machine, reactor)
+    reactor.addSystemEventTrigger("after", "shutdown", exit_when_failed, node)
     node.peers = PeerTransport(
         config.node_id,
         config.cluster_id,
@@ -415,3 +434,32 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
     strports.service(client_endpoint, client_factory).setServiceParent(top)
     add_services(top, node, options, metrics, reactor)  # DNS and HTTP (kvd.discovery.services)
     return top
+
+
+def refusal(data_dir: str, error: Exception) -> str:
+    """"kvd: cannot use data dir D: <what is wrong>", naming D once (the store's messages name it too)."""
+    text = str(error)
+    for prefix in ("data dir %s: " % data_dir, "data dir %s " % data_dir):
+        if text.startswith(prefix):
+            text = text[len(prefix):]
+            break
+    return "kvd: cannot use data dir %s: %s" % (data_dir, text)
+
+
+def exit_when_failed(node) -> None:
+    """
+    After twistd's shutdown: if ``node`` fail-stopped, end the process with
+    its ``exit_code`` once twistd's run() has returned (pidfile removed, log
+    closed), at interpreter exit, where twistd would have exited 0.
+    """
+    if node.exit_code:
+        atexit.register(_exit_now, node.exit_code)
+
+
+def _exit_now(code: int) -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # a closed stream (a daemon's): nothing left to flush
+            pass
+    os._exit(code)

@@ -45,13 +45,15 @@ SEED_TABLE = [
 
 EXTRA_TABLE = [
     ("-r server -c remove -h <host>", "Remove a node from the cluster, then stop it"),
+    ("-r server -c rebuild -h <host>", "Rebuild a node from the others: stop, remove, wipe its data, rejoin"),
 ]
 
 OPTIONS_TEXT = """\
 More options:
       --expect N        start: form the cluster once N nodes have joined (default 3;
                         1 makes a one-node cluster at once).
-      --seed HOST:PORT  join: a node of the cluster to join (default: the seed `start` recorded).
+      --seed HOST:PORT  join, rebuild: a node of the cluster to join, or to rebuild from (default:
+                        the seed `start` recorded, and the other nodes started from this KVD_HOME).
       --token-file FILE join: the join token `start` wrote (KVD_HOME/tls/join-token), for a node
                         on another machine (or $KVD_JOIN_TOKEN); a local join needs none.
       --json            read, list: print JSON, for scripts.
@@ -132,6 +134,7 @@ COMMANDS = {
         "stop": _spec("host"),
         "restart": _spec("host"),
         "remove": _spec("host"),
+        "rebuild": _spec("host", "seed"),
     },
     "client": {
         "read": _spec("", "host key as_json timeout dns"),
@@ -228,6 +231,8 @@ def check_docker_arguments(role: str, command_name: str, given: dict) -> None:
     """Raise a USAGE CliError for what --docker does not do."""
     if given.get("dns"):
         raise CliError(USAGE, "--dns does not go with --docker: nodes are found through the project's containers")
+    if role == "server" and command_name == "rebuild":
+        raise CliError(USAGE, "rebuild does not go with --docker yet: remove the node (its container and data volume go too), then join it again")
 
 
 def run_docker(project: str, role: str, command_name: str, host=None, as_json=False, **given) -> int:
@@ -264,6 +269,8 @@ def run(role: str, command_name: str, host=None, key=None, value=None, expect=No
             cli_server.start(home, host, echo, expect=expect or 3, cluster_id=cluster_id, tick_ms=tick_ms, election_ticks=election_ticks)
         elif command_name == "join":
             cli_server.join(home, host, echo, seed=seed, tick_ms=tick_ms, election_ticks=election_ticks, token=join_token(token_file))
+        elif command_name == "rebuild":
+            cli_server.rebuild(home, host, echo, seed=seed)
         elif command_name == "list":
             if host is None and not home.records():
                 from kvd.cli import route as cli_route

@@ -1,6 +1,16 @@
 # -*- test-case-name: tests.node.test_cli -*-
 """
-The server role of mgmt.py: start, join, list, kill, stop, restart, remove.
+The server role of mgmt.py: start, join, list, kill, stop, restart, remove,
+rebuild.
+
+``rebuild`` brings back a node whose data is lost or cannot be trusted (it
+fail-stopped on a checksum mismatch, a truncated file, an old format) from
+the others, in one command: it stops the node, removes it from the cluster
+through a healthy member, wipes its data dir, starts it again as a joiner
+and joins it back; it catches up from the leader (by snapshot when the log
+has been compacted) and is promoted to voter.  The removal comes first
+because a voter that has forgotten its votes and log must never vote again
+under its old identity: it could elect a second leader in a term.
 
 Nodes run as twistd daemons (``twistd --pidfile ... kvd ...``) whose
 pidfile, log and data live under KVD_HOME (kvd.cli.home).  Everything here
@@ -19,6 +29,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import shutil
 import subprocess
 import sys
 import time
@@ -42,6 +53,8 @@ MEMBERSHIP_TIMEOUT_S = 30.0
 SETTLE_TIMEOUT_S = 15.0
 #: Per-node timeouts for the status queries of ``list``: a dead node must not slow the table down.
 STATUS_TIMEOUT_S = 3.0
+#: Seconds ``rebuild`` waits for the rebuilt node to be a voter again (past it: not an error, it says so).
+REBUILD_CATCH_UP_S = 60.0
 
 DEFAULT_TICK_MS = 50
 DEFAULT_ELECTION_TICKS = 8
@@ -505,6 +518,71 @@ def remove(home: Home, address: str, echo: Echo) -> None:
         pid = kill_process(rec)  # it is out of the cluster already: a crash loses nothing
     archived = home.archive(rec)
     echo("%s; its directory moved to %s" % (("stopped it (pid %d)" % pid) if pid else "it was not running", archived))
+
+
+def rebuild(home: Home, address: str, echo: Echo, seed: Optional[str] = None, catch_up_s: float = REBUILD_CATCH_UP_S) -> None:
+    """
+    Stop the node, remove it through a healthy member (``seed``, else the
+    nodes of this KVD_HOME), wipe its data dir, start it again and join it back.
+    """
+    node_id = normalize_host(address)[2]
+    rec = home.require(node_id)
+    seed_record = home.seed()
+    known = ([normalize_host(seed)[2]] if seed else []) + [r.id for r in home.records()] + ([seed_record["seed"]] if seed_record else [])
+    others = [c for c in dict.fromkeys(known) if c != node_id]
+    if not others:
+        raise CliError(USAGE, "rebuild copies %s from the other members, and KVD_HOME=%s knows no other node of its cluster; "
+                              "pass --seed HOST:PORT of a member" % (node_id, home.root))
+    # A member that answers, before anything is touched: nothing to copy from, nothing done.
+    cluster_id, via = _cluster_of(others)
+    if cluster_id != rec.cluster_id:
+        raise CliError(LOCAL_STATE, "node %s belongs to cluster %s, but %s answers for cluster %s; nothing was changed" % (node_id, rec.cluster_id, via, cluster_id))
+    candidates = [via] + [c for c in others if c != via]
+    try:
+        pid = stop_process(rec)
+    except CliError:
+        pid = kill_process(rec)  # its data is about to be wiped: a crash loses nothing
+    echo(("stopped node %s (pid %d)" % (node_id, pid)) if pid else ("node %s was not running" % node_id))
+    if _confirm_removed(node_id, candidates, 0) is None:
+        try:
+            answered, _ = leader_request(candidates, ("KVD.REMOVE", node_id))
+        except CliError as e:
+            if e.code != TIMEOUT:
+                raise CliError(e.code, "%s; %s is stopped with its data kept, still a member" % (e.message, node_id)) from None
+            answered = _confirm_removed(node_id, candidates, SETTLE_TIMEOUT_S)
+            if answered is None:
+                raise CliError(TIMEOUT, "the removal of %s was not confirmed in time (%s); its data is kept: run rebuild again" % (node_id, e.message)) from None
+        echo("removed %s from the cluster (via %s)" % (node_id, answered))
+    else:
+        echo("%s is not a member of the cluster (per %s)" % (node_id, via))
+    if os.path.exists(rec.data_dir):
+        shutil.rmtree(rec.data_dir)
+    echo("wiped its data dir %s" % rec.data_dir)
+    # From now on it is a joiner: a seed's --bootstrap-expect would make it wait to found a new cluster.
+    rec.kind, rec.expect, rec.seed = "join", 0, via
+    home.save(rec)
+    if seed_record and seed_record.get("seed") == node_id:
+        home.save_seed(via, rec.cluster_id)  # later joins default to the recorded seed: point it at a member
+    pid = launch(rec, echo)
+    echo("started node %s again (pid %d) on an empty data dir, joining through %s" % (node_id, pid, via))
+    ask_to_join(node_id, rec.member_address, candidates, echo)
+    info = _wait_voter(node_id, catch_up_s)
+    if node_id in info.get("raft_voters", "").split(","):
+        echo("  rebuilt:     %s is a voter again, applied up to index %s" % (node_id, info.get("raft_applied_index", "?")))
+    else:
+        echo("  rebuilt:     %s is still catching up (%s at applied index %s); check with: python3 mgmt.py -r server -c list"
+             % (node_id, info.get("raft_role") or "not answering", info.get("raft_applied_index", "?")))
+
+
+def _wait_voter(node_id: str, timeout_s: float) -> Dict[str, str]:
+    """INFO raft of node_id once its configuration lists it as a voter, or its last INFO at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    info: Dict[str, str] = {}
+    while True:
+        info = _info_or_empty(node_id) or info
+        if node_id in info.get("raft_voters", "").split(",") or time.monotonic() >= deadline:
+            return info
+        time.sleep(0.2)
 
 
 def _confirm_removed(node_id: str, candidates: Sequence[str], timeout_s: float) -> Optional[str]:

@@ -87,7 +87,9 @@ def health_view(view, max_lag: int = HEALTH_MAX_LAG) -> Tuple[int, dict]:
         "lag": lag,
         "max_lag": max_lag,
     }
-    if view.stopping:
+    if view.failure:
+        reason = "fail-stopped: %s" % view.failure
+    elif view.stopping:
         reason = "stopping"
     elif leader is None:
         reason = "no leader: this node cannot reach a leader (election in progress, or no quorum)"

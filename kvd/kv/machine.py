@@ -332,6 +332,21 @@ class KVMachine:
         self._sessions = OrderedDict(sessions)
         self._dirty = set()
 
+    def copy_from(self, other: "KVMachine") -> None:
+        """
+        Take ``other``'s whole state (an empty machine only): how a format
+        that kept the state as a snapshot blob is converted (kvd.store.upgrade).
+        """
+        if len(self._keyspace) or self._sessions or self.applied_index:
+            raise ValueError("copy_from needs an empty machine")
+        for key, value in other._keyspace.items_in_order():
+            self._keyspace.put(key, value)
+        self._sessions = OrderedDict(other._sessions)
+        if self._dirty is not None:
+            self._dirty.update(self._sessions)
+        self.applied_index = other.applied_index
+        self._clock_ms = other._clock_ms
+
     def durable_changes(self):
         """(applied index, clock, {client id: encoded session, or None if it is gone}) since the last flush."""
         changed = {}

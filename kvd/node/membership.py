@@ -95,7 +95,11 @@ class Membership:
             self.log.info("{node}: {n} of {expect} founders have joined", node=config.node_id, n=len(founders), expect=config.bootstrap_expect)
             return "waiting for %d more node(s) to bootstrap" % (config.bootstrap_expect - len(founders))
         hard_state, entries = bootstrap(Configuration.make(voters=founders, addresses=founders))
-        node.storage.save(hard_state, entries, None, sync=True)
+        try:
+            node.storage.save(hard_state, entries, None, sync=True)
+        except Exception as e:  # the disk: fail-stop, as a failed write of the Ready loop does
+            node._storage_failed(e)
+            raise KvdError(Code.TRYAGAIN, "this node's storage failed; it is stopping") from None
         node.make_core(hard_state, None, entries)
         self.pending_joins = {}
         self.log.info("{node} bootstrapped the cluster with {members}", node=config.node_id, members=sorted(founders))

@@ -14,7 +14,12 @@ reports itself stopping (``NodeView.failure``, ``/v1/health``), and the
 reactor it runs on is stopped, so twistd stops every service and the process
 ends, as a crash would (Raft expects a node that cannot persist to be down,
 not to serve on).  On a clock that cannot stop (tests' ``task.Clock``) the
-node stops its own service.
+node stops its own service.  From the failure on it answers no read and
+takes no write, and ``exit_code`` is what the process should exit with
+(twistd itself would exit 0: kvd.tap sees to it).  A storage error in a read
+outside the loop (``storage_stats``) fail-stops it the same way, and so does
+one at start (``open``/``load``), before anything listens: one line, then
+``SystemExit(EXIT_STORAGE)``.
 
 Messages the Raft core refuses (out-of-range fields, a TimeoutNow or append
 from a node that is not this term's leader, a forged transfer vote: see
@@ -53,6 +58,10 @@ from kvd.replica import Events, Overtaken, Replica, Superseded
 
 #: Seconds between two log lines about refused peer messages of one reason.
 REFUSED_LOG_INTERVAL_S = 10.0
+
+#: Process exit status after a storage fail-stop (sysexits' EX_IOERR), and after any other failure of the Raft loop (EX_SOFTWARE).
+EXIT_STORAGE = 74
+EXIT_LOOP_FAILED = 70
 
 
 class NodeService(service.Service):
@@ -94,23 +103,20 @@ class NodeService(service.Service):
         #: The error that fail-stopped this node (storage, or the Raft loop), if any, and why in words.
         self.failure: Optional[Exception] = None
         self.failure_reason: Optional[str] = None
+        #: The process exit status the failure calls for (EXIT_STORAGE, EXIT_LOOP_FAILED), None while healthy.
+        self.exit_code: Optional[int] = None
         self._refused_logged = {}  # reason -> (count logged, clock time)
 
     # ============================================================ lifecycle
     def startService(self):
         super().startService()
-        self.storage.open(self.config.cluster_id, self.config.node_id)
         durable = getattr(self.machine, "durable", False)
-        if durable:
-            # The applied state is on disk (kvd.store.state): open it; only the
-            # log after its applied index is applied again.
-            self.machine.reload()
-        restored = self.storage.load()
+        restored = self._storage_at_start(lambda: self._open_and_load(durable))
         hard_state, snapshot, entries = restored.hard_state, restored.snapshot, restored.entries
         if hard_state.term == 0 and not entries and snapshot is None and self.config.initial_cluster:
             config = Configuration.make(voters=self.config.initial_cluster, addresses=self.config.initial_cluster)
             hard_state, entries = bootstrap(config)
-            self.storage.save(hard_state, entries, None, sync=True)
+            self._storage_at_start(lambda: self.storage.save(hard_state, entries, None, sync=True))
             self.log.info("{node} bootstrapped a cluster of {n} from the initial member list", node=self.config.node_id, n=len(config.voters))
         if snapshot is not None and not durable:
             self.machine.restore(snapshot.data)
@@ -137,6 +143,22 @@ class NodeService(service.Service):
                 if member != self.config.node_id:
                     dial(member)
         self.campaign_if_alone()
+
+    def _open_and_load(self, durable: bool):
+        self.storage.open(self.config.cluster_id, self.config.node_id)
+        if durable:
+            # The applied state is on disk (kvd.store.state): open it; only the
+            # log after its applied index is applied again.
+            self.machine.reload()
+        return self.storage.load()
+
+    def _storage_at_start(self, fn: Callable[[], object]):
+        """``fn()``; a storage error is one line, then the process ends (nothing listens yet: nothing was served)."""
+        try:
+            return fn()
+        except Exception as e:
+            self._storage_failed(e)
+            raise SystemExit(EXIT_STORAGE) from None
 
     def make_core(self, hard_state, snapshot, entries) -> None:
         """A Raft core on this durable state, and the Ready loop around it."""
@@ -208,24 +230,54 @@ class NodeService(service.Service):
     # ============================================================ requests
     def submit(self, command) -> defer.Deferred:
         """Replicate a kv write command; fires with its result once applied (kvd.node.session)."""
+        if self.failure is not None:
+            return defer.fail(self._failed_error())
         return self.session.submit(command)
 
     def forwarded(self, src: str, payload: bytes) -> defer.Deferred:
         """The peer transport's forward handler: a follower hands us, the leader, a client's write."""
+        if self.failure is not None:
+            return defer.fail(self._failed_error())
         return self.session.forwarded(src, payload)
 
     def read(self, op, linearizable: bool = True) -> defer.Deferred:
         """Serve a read op; linearizable by ReadIndex unless the client asked for READONLY (kvd.node.reads)."""
+        if self.failure is not None:
+            return defer.fail(self._failed_error())
         return self.reads.read(op, linearizable)
 
+    def _failed_error(self) -> KvdError:
+        """What a request hears from a fail-stopped node (it has not run the command)."""
+        return KvdError(Code.TRYAGAIN, "this node has fail-stopped (%s); ask another node" % self.failure_reason)
+
+    def storage_stats(self) -> dict:
+        """
+        The store's numbers (kvd.store.lmdb ``stats``), or {} while stopping.
+        An error reading them is a storage failure like one in the loop: the node fail-stops.
+        """
+        stats = getattr(self.storage, "stats", None)
+        if stats is None or self.stopping or self.failure is not None:
+            return {}
+        try:
+            return dict(stats())
+        except Exception as e:
+            self._storage_failed(e)
+            return {}
+
     def join(self, node_id: str, address: str) -> defer.Deferred:
+        if self.failure is not None:
+            return defer.fail(self._failed_error())
         return self.membership.join(node_id, address)
 
     def remove(self, node_id: str) -> defer.Deferred:
+        if self.failure is not None:
+            return defer.fail(self._failed_error())
         return self.membership.remove(node_id)
 
     def join_received(self, node_id: str, address: str) -> defer.Deferred:
         """The peer transport's join handler."""
+        if self.failure is not None:
+            return defer.fail(self._failed_error())
         return self.membership.join_received(node_id, address)
 
     # ============================================================ inputs
@@ -339,11 +391,13 @@ class NodeService(service.Service):
         if self.failure is not None:
             return
         self.failure = error
-        self.failure_reason = "storage failed in data dir %s: %s: %s" % (self.config.data_dir, type(error).__name__, error)
+        self.exit_code = EXIT_STORAGE
+        self.failure_reason = "storage failed in data dir %s: %s: %s" % (self.config.data_dir, _error_name(error), error)
         self.log.critical(
-            "{node}: storage failed in data dir {data_dir}: {error}; stopping the node (fail-stop: "
-            "it keeps the data last written, fix the disk and restart it)",
-            node=self.config.node_id, data_dir=self.config.data_dir, error="%s: %s" % (type(error).__name__, error),
+            "{node}: storage failed in data dir {data_dir}: {error}; stopping the node (fail-stop: it keeps "
+            "the data last written; fix the disk and restart it, or rebuild it from the others: "
+            "mgmt.py -r server -c rebuild)",
+            node=self.config.node_id, data_dir=self.config.data_dir, error="%s: %s" % (_error_name(error), error),
         )
         self._begin_fail_stop()
 
@@ -352,6 +406,7 @@ class NodeService(service.Service):
         if self.failure is not None:
             return
         self.failure = error
+        self.exit_code = EXIT_LOOP_FAILED
         self.failure_reason = "the Raft loop failed: %s: %s" % (type(error).__name__, error)
         self.log.failure(
             "{node}: the Raft loop failed: {error}; stopping the node (fail-stop; data dir {data_dir})",
@@ -456,6 +511,14 @@ class NodeService(service.Service):
         call = self.clock.callLater(wait_s, give_up)
         d.addBoth(lambda r: (call.active() and call.cancel(), r)[1])
         return d
+
+
+def _error_name(error: Exception) -> str:
+    """``StorageFull``, ``OSError``, but ``lmdb.Error``: a bare "Error" says nothing."""
+    kind = type(error)
+    module = kind.__module__.split(".")[0]
+    return kind.__qualname__ if module in ("builtins", "kvd") else "%s.%s" % (module, kind.__qualname__)
+
 
 class _Peers:
     """The loop's transport: whatever ``node.peers`` is at the time of sending."""

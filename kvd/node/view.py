@@ -165,14 +165,8 @@ class NodeView:
         return bool(peers is not None and hasattr(peers, "is_connected") and peers.is_connected(node_id))
 
     def storage_stats(self) -> Dict[str, int]:
-        """The store's own numbers (entries, bytes used, map size); empty if it cannot tell now."""
-        stats = getattr(self._node.storage, "stats", None)
-        if stats is None:
-            return {}
-        try:
-            return dict(stats())
-        except Exception:  # closed while stopping
-            return {}
+        """The store's own numbers (entries, bytes used, map size); empty if it cannot tell now (stopping, failed)."""
+        return self._node.storage_stats()
 
     def stats(self) -> Dict[str, int]:
         """Event counters since the node started (leader changes, elections, proposals, reads, snapshots)."""

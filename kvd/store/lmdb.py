@@ -32,6 +32,15 @@ whatever the process umask (set explicitly on every open, so a directory or
 file created by an older version, or under a permissive umask, is tightened):
 the log holds every key and value.
 
+A disk that lies is caught, never served: every record is sealed with its
+CRC32C (kvd.store.checksum) when written and checked when read, and a
+mismatch raises ``CorruptStorage`` naming the data dir and the record.
+``open`` also refuses a ``data.mdb`` shorter than its meta page says
+(LMDB maps the file: reading a page past its end would kill the process
+with SIGBUS, no message) and a data dir of format version 1 (no
+checksums).  The node turns each of these, and any LMDB or I/O error, into a
+fail-stop (kvd.node.service).
+
 It implements the Raft core's ``Storage`` protocol (kvd.raft.storage), as the
 simulator's disk does, so the one Ready loop (kvd.replica) runs on either.
 
@@ -48,6 +57,7 @@ import lmdb
 from kvd.raft.messages import Entry, HardState, Snapshot
 from kvd.raft.storage import Restored
 from kvd.store import schema
+from kvd.store.checksum import seal, unseal
 from kvd.store.schema import CorruptRecord
 
 MiB = 1 << 20
@@ -73,7 +83,11 @@ class StorageFull(StorageError):
 
 
 class CorruptStorage(StorageError):
-    """The stored state is internally inconsistent or cannot be decoded."""
+    """The stored state is internally inconsistent, fails its checksum, or cannot be decoded."""
+
+
+class UnsupportedFormat(StorageError):
+    """The data dir was written by another storage format version."""
 
 
 class LmdbStorage:
@@ -132,24 +146,34 @@ class LmdbStorage:
         # start with a MapFullError on its first write.
         data_file = os.path.join(self.path, "data.mdb")
         existing = os.path.getsize(data_file) if os.path.exists(data_file) else 0
+        if existing == 0 and os.path.exists(data_file):
+            # LMDB would take an empty file for a new environment: a node that has voted would
+            # start afresh, having forgotten its vote and log (LMDB writes its meta pages as it
+            # creates the file, so only a truncation leaves one empty).
+            raise CorruptStorage(f"data dir {self.path}: data.mdb is empty (the file was truncated)")
         map_size = max(self._initial_map_size, min(2 * existing, self._max_map_size), existing)
         if self._sync and self._sync_mode == "ordered":
             env_sync, env_metasync = True, False
         else:
             env_sync, env_metasync = False, False
-        env = lmdb.open(
-            self.path,
-            map_size=map_size,
-            max_dbs=schema.MAX_DBS,
-            subdir=True,
-            sync=env_sync,
-            metasync=env_metasync,
-            # Our values are read once at load; readahead only wastes page
-            # cache on a large log.
-            readahead=False,
-            mode=FILE_MODE,
-        )
         try:
+            env = lmdb.open(
+                self.path,
+                map_size=map_size,
+                max_dbs=schema.MAX_DBS,
+                subdir=True,
+                sync=env_sync,
+                metasync=env_metasync,
+                # Our values are read once at load; readahead only wastes page
+                # cache on a large log.
+                readahead=False,
+                mode=FILE_MODE,
+            )
+        except (lmdb.InvalidError, lmdb.CorruptedError) as e:  # the meta pages themselves are cut or garbled
+            raise CorruptStorage(f"data dir {self.path}: data.mdb cannot be opened: {e}") from None
+        try:
+            # Before any page is read: only the meta pages have been (by read(2), not the map).
+            self._check_file_size(env, data_file)
             for name in os.listdir(self.path):
                 if name.endswith(".mdb"):
                     _chmod(os.path.join(self.path, name), FILE_MODE)
@@ -173,29 +197,40 @@ class LmdbStorage:
             self._env.close()
             self._env = None
 
+    def _check_file_size(self, env: lmdb.Environment, data_file: str) -> None:
+        """CorruptStorage if ``data.mdb`` ends before the last page its meta page says is in use."""
+        page_size = env.stat()["psize"]
+        needed = (env.info()["last_pgno"] + 1) * page_size
+        size = os.path.getsize(data_file)
+        if size < needed:
+            raise CorruptStorage(
+                f"data dir {self.path}: data.mdb is {size} bytes, shorter than the {needed} bytes "
+                f"its meta page says are in use (the file was truncated)"
+            )
+
     def _stamp(self, txn, cluster_id: str, node_id: str) -> None:
         meta = self._db_meta
         version = txn.get(schema.META_FORMAT_VERSION, db=meta)
         stored_cluster = txn.get(schema.META_CLUSTER_ID, db=meta)
         stored_node = txn.get(schema.META_NODE_ID, db=meta)
         if version is None and stored_cluster is None and stored_node is None:
-            txn.put(schema.META_FORMAT_VERSION, schema.encode_u32(schema.FORMAT_VERSION), db=meta)
-            txn.put(schema.META_CLUSTER_ID, cluster_id.encode("utf-8"), db=meta)
-            txn.put(schema.META_NODE_ID, node_id.encode("utf-8"), db=meta)
+            txn.put(schema.META_FORMAT_VERSION, seal(schema.encode_u32(schema.FORMAT_VERSION)), db=meta)
+            txn.put(schema.META_CLUSTER_ID, seal(cluster_id.encode("utf-8")), db=meta)
+            txn.put(schema.META_NODE_ID, seal(node_id.encode("utf-8")), db=meta)
             return
         if version is None or stored_cluster is None or stored_node is None:
             raise CorruptStorage(f"data dir {self.path} has a partial identity stamp")
-        try:
-            version = schema.decode_u32(version)
-        except CorruptRecord as e:
-            raise CorruptStorage(f"data dir {self.path}: {e}") from None
+        version = self._read_format_version(version)
         if version != schema.FORMAT_VERSION:
-            raise StorageError(
-                f"data dir {self.path} has storage format version {version}, "
-                f"this build reads version {schema.FORMAT_VERSION}"
+            raise UnsupportedFormat(
+                f"data dir {self.path} has storage format version {version}"
+                + (" (records without checksums)" if version == 1 else "")
+                + f", this build reads version {schema.FORMAT_VERSION} only: "
+                + (f"upgrade it with the node stopped (python -m kvd.store.upgrade {self.path}), or " if version == 1 else "")
+                + "rebuild this node from the others (wipe its data dir and join it again)"
             )
-        stored_cluster = bytes(stored_cluster).decode("utf-8", "replace")
-        stored_node = bytes(stored_node).decode("utf-8", "replace")
+        stored_cluster = self._unseal(stored_cluster, "cluster id").decode("utf-8", "replace")
+        stored_node = self._unseal(stored_node, "node id").decode("utf-8", "replace")
         if stored_cluster != cluster_id:
             raise DataDirMismatch(
                 f"data dir {self.path} belongs to cluster {stored_cluster!r}, "
@@ -206,6 +241,22 @@ class LmdbStorage:
                 f"data dir {self.path} belongs to node {stored_node!r}, "
                 f"but this node is configured as {node_id!r}"
             )
+
+    def _read_format_version(self, value) -> int:
+        """The stamped format version: a bare u32 (version 1 wrote it unsealed), else sealed."""
+        try:
+            if len(value) == 4:
+                return schema.decode_u32(value)
+            return schema.decode_u32(unseal(value, "format version"))
+        except CorruptRecord as e:
+            raise CorruptStorage(f"data dir {self.path}: {e}") from None
+
+    def _unseal(self, value, what: str) -> bytes:
+        """The payload of a sealed record; CorruptStorage naming the data dir and ``what`` if it fails its checksum."""
+        try:
+            return unseal(value, what)
+        except CorruptRecord as e:
+            raise CorruptStorage(f"data dir {self.path}: {e}") from None
 
     # ----------------------------------------------------------------- reads
 
@@ -285,12 +336,12 @@ class LmdbStorage:
                 self._check_snapshot_not_older(txn, snapshot)
                 if self.state is not None:
                     self.state.install(txn, snapshot.data)
-                txn.put(schema.SNAPSHOT_KEY, schema.encode_snapshot(snapshot), db=self._db_snapshot)
+                txn.put(schema.SNAPSHOT_KEY, seal(schema.encode_snapshot(snapshot)), db=self._db_snapshot)
                 txn.drop(self._db_log, delete=False)
             if entries:
                 self._append(txn, entries)
             if hard_state is not None:
-                txn.put(schema.META_HARD_STATE, schema.encode_hard_state(hard_state), db=self._db_meta)
+                txn.put(schema.META_HARD_STATE, seal(schema.encode_hard_state(hard_state)), db=self._db_meta)
 
         if hard_state is None and not entries and snapshot is None:
             return
@@ -315,7 +366,7 @@ class LmdbStorage:
 
         def apply(txn) -> None:
             self._check_snapshot_not_older(txn, snapshot)
-            txn.put(schema.SNAPSHOT_KEY, schema.encode_snapshot(snapshot), db=self._db_snapshot)
+            txn.put(schema.SNAPSHOT_KEY, seal(schema.encode_snapshot(snapshot)), db=self._db_snapshot)
             cursor = txn.cursor(db=self._db_log)
             if not cursor.first():
                 return
@@ -346,7 +397,7 @@ class LmdbStorage:
         for entry in entries:
             # append=True: keys are known to be past the end, which lets
             # LMDB skip the tree search.
-            txn.put(schema.log_key(entry.index), schema.encode_entry(entry), db=self._db_log, append=True)
+            txn.put(schema.log_key(entry.index), seal(schema.encode_entry(entry)), db=self._db_log, append=True)
 
     def _check_snapshot_not_older(self, txn, snapshot: Snapshot) -> None:
         current = self._read_snapshot(txn)
@@ -398,27 +449,27 @@ class LmdbStorage:
         if value is None:
             return HardState()
         try:
-            return schema.decode_hard_state(value)
+            return schema.decode_hard_state(unseal(value, "hard state"))
         except CorruptRecord as e:
-            raise CorruptStorage(f"hard state in {self.path}: {e}") from None
+            raise CorruptStorage(f"data dir {self.path}: {e}") from None
 
     def _read_snapshot(self, txn) -> Optional[Snapshot]:
         value = txn.get(schema.SNAPSHOT_KEY, db=self._db_snapshot)
         if value is None:
             return None
         try:
-            return schema.decode_snapshot(value)
+            return schema.decode_snapshot(unseal(value, "snapshot"))
         except CorruptRecord as e:
-            raise CorruptStorage(f"snapshot in {self.path}: {e}") from None
+            raise CorruptStorage(f"data dir {self.path}: {e}") from None
 
     def _decode_entry(self, key: bytes, value: bytes) -> Entry:
         try:
             index = schema.log_index(key)
-            entry = schema.decode_entry(value)
+            entry = schema.decode_entry(unseal(value, "log entry %d" % index))
         except CorruptRecord as e:
-            raise CorruptStorage(f"log in {self.path}: {e}") from None
+            raise CorruptStorage(f"data dir {self.path}: {e}") from None
         if entry.index != index:
-            raise CorruptStorage(f"log in {self.path}: record under key {index} holds entry {entry.index}")
+            raise CorruptStorage(f"data dir {self.path}: log record under key {index} holds entry {entry.index}")
         return entry
 
     def _require_open(self) -> lmdb.Environment:

@@ -15,6 +15,11 @@ Records are packed with ``struct`` (never pickle: a data directory must not
 be able to run code when it is read).  Every decoder validates lengths and
 raises ``CorruptRecord`` rather than returning garbage.
 
+On disk every value above is sealed with its CRC32C (kvd.store.checksum):
+kvd.store.lmdb seals what these encoders return and unseals before decoding,
+so a record the disk changed is refused, never decoded.  Format version 1
+had no checksums; kvd.store.lmdb refuses a version 1 data dir at open.
+
 Imports: as the layer table in tests/test_layers.py allows.
 """
 
@@ -26,7 +31,8 @@ from typing import Optional
 from kvd.raft.messages import Configuration, Entry, EntryKind, HardState, Snapshot
 
 #: Bumped whenever a record layout below changes incompatibly.
-FORMAT_VERSION = 1
+#: 1: unsealed records.  2: every record sealed with its CRC32C (kvd.store.checksum).
+FORMAT_VERSION = 2
 
 DB_META = b"meta"
 DB_LOG = b"log"

@@ -81,12 +81,16 @@ class FakeNode:
         self.cluster_commit = 10
         self.stopping = False
         self.failure = None  # NodeView.stopping reads it (a fail-stopped node)
+        self.failure_reason = None  # NodeView.failure, /v1/health
         self.stats = {"leader_changes": 4, "elections": 1, "proposals": 7, "reads": 3, "snapshots": 1, "new_leaders": 2}
         self.peers = FakePeers()
         self.storage = FakeStorage()
         self.membership = SimpleNamespace(pending_joins={}, waiting_for=lambda: "")
         self.advertised: Dict[str, str] = {}
         self.view = FakeView(self)
+
+    def storage_stats(self):
+        return dict(self.storage.stats())
 
     def live_leader(self):
         return self.leader

@@ -140,6 +140,15 @@ def test_health_is_503_while_stopping_or_starting(root, node):
     assert r.status == 503 and as_json(r)["reason"] == "starting"
 
 
+def test_health_is_503_the_moment_storage_has_failed_and_says_why(root, node):
+    assert get(root, "/v1/health").status == 200
+    node.failure = OSError(28, "No space left on device")
+    node.failure_reason = "storage failed in data dir /d: OSError: [Errno 28] No space left on device"
+    r = get(root, "/v1/health")
+    assert r.status == 503 and not as_json(r)["healthy"]
+    assert as_json(r)["reason"] == "fail-stopped: " + node.failure_reason
+
+
 def test_head_has_no_body(root):
     request = DummyRequest([b"v1", b"health"])
     request.method = b"HEAD"

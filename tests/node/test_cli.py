@@ -784,3 +784,43 @@ def test_docker_mode_arguments_without_docker(capsys, monkeypatch):
         code, out, err = run_cli(capsys, *args)
         assert code == cli_errors.PROCESS and len(err) == 1 and "Docker" in err[0] and "not installed" in err[0], (args, err)
     assert len(asked) == 4
+
+
+# ---------------------------------------------------------------- rebuild (refusals: nothing is touched)
+def _corrupt_node(home, cluster_id="c"):
+    rec = home.new_record(id="127.0.0.1:%d" % closed_port(), host="127.0.0.1", client_port=1, peer_port=2, cluster_id=cluster_id, kind="seed", expect=3)
+    home.save(rec)
+    os.makedirs(rec.data_dir)
+    with open(os.path.join(rec.data_dir, "data.mdb"), "wb") as f:
+        f.write(b"the corrupt data")
+    return rec
+
+
+def test_rebuild_without_another_member_is_refused_and_touches_nothing(capsys, home):
+    rec = _corrupt_node(home)
+    code, out, err = run_cli(capsys, "-r", "server", "-c", "rebuild", "-h", rec.id)
+    assert code == cli_errors.USAGE and len(err) == 1 and "--seed" in err[0], err
+    assert os.path.exists(os.path.join(rec.data_dir, "data.mdb"))
+
+
+def test_rebuild_when_no_member_answers_is_refused_and_touches_nothing(capsys, home):
+    rec = _corrupt_node(home)
+    code, out, err = run_cli(capsys, "-r", "server", "-c", "rebuild", "-h", rec.id, "--seed", "127.0.0.1:%d" % closed_port())
+    assert code == cli_errors.UNREACHABLE and len(err) == 1, err
+    assert os.path.exists(os.path.join(rec.data_dir, "data.mdb")) and home.record(rec.id).kind == "seed"
+
+
+def test_rebuild_from_another_cluster_is_refused_and_touches_nothing(capsys, home, fake_nodes):
+    rec = _corrupt_node(home, cluster_id="mine")
+    other = fake_nodes(lambda args: bulk("theirs") if args[0] == b"KVD.CLUSTER" else b"-ERR\r\n")
+    code, out, err = run_cli(capsys, "-r", "server", "-c", "rebuild", "-h", rec.id, "--seed", other.address)
+    assert code == cli_errors.LOCAL_STATE and len(err) == 1 and "theirs" in err[0] and "nothing was changed" in err[0], err
+    assert os.path.exists(os.path.join(rec.data_dir, "data.mdb"))
+    assert not any(cmd[0] == b"KVD.REMOVE" for cmd in other.seen)
+
+
+def test_rebuild_is_in_the_help_and_refused_with_docker(capsys):
+    code, out, _ = run_cli(capsys, "--help")
+    assert code == 0 and "-r server -c rebuild -h <host>" in out
+    code, out, err = run_cli(capsys, "--docker", "p", "-r", "server", "-c", "rebuild", "-h", "node1:7001")
+    assert code == cli_errors.USAGE and len(err) == 1 and "rebuild does not go with --docker" in err[0], err

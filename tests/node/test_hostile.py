@@ -185,3 +185,97 @@ def test_any_failure_inside_the_raft_loop_fail_stops_the_node_once(tmp_path):
         if node.running:
             node.stopService()
     run(clock, 3)
+
+
+def test_from_the_failure_on_health_is_503_and_the_node_serves_nothing(tmp_path):
+    """In the same turn as the failure, before any stop: health says why, and no read (not even READONLY) or write runs."""
+    from kvd.errors import KvdError
+    from kvd.node.service import EXIT_STORAGE
+
+    clock, network = make_cluster(tmp_path)
+    for node in network.nodes.values():
+        node.startService()
+    run(clock, 5)
+    (leader,) = leaders(network)
+    victim = next(n for n in network.nodes.values() if n is not leader)
+    assert result_of(clock, leader.submit(Set(b"k", b"v"))) is OK
+    assert health_view(victim.view)[0] == 200
+    capture_log(victim)
+    victim.replica._fail(OSError(5, "Input/output error"))  # the loop's own fail-stop, at this instant
+    status, body = health_view(victim.view)
+    assert status == 503 and body["reason"].startswith("fail-stopped: storage failed in data dir %s" % victim.config.data_dir)
+    assert "Input/output error" in body["reason"]
+    assert victim.exit_code == EXIT_STORAGE
+    requests = (victim.read(Get(b"k")), victim.read(Get(b"k"), linearizable=False), victim.submit(Set(b"k", b"x")),
+                victim.forwarded(leader.config.node_id, b"a write"), victim.join("127.0.0.1:7009", "127.0.0.1:7009:17009"),
+                victim.remove(leader.config.node_id))
+    for request in requests:
+        out = []
+        request.addBoth(out.append)
+        assert out and out[0].check(KvdError), out
+        assert "fail-stopped" in str(out[0].value)
+    for node in network.nodes.values():
+        if node.running:
+            node.stopService()
+    run(clock, 3)
+
+
+def test_a_storage_error_in_a_read_outside_the_loop_fail_stops_too(tmp_path):
+    """The stats the metrics and INFO read: an error there (a corrupt snapshot record, EIO) is a storage failure."""
+    from kvd.store.lmdb import CorruptStorage
+
+    clock, network = make_cluster(tmp_path)
+    for node in network.nodes.values():
+        node.startService()
+    run(clock, 5)
+    victim = next(iter(network.nodes.values()))
+    captured = capture_log(victim)
+    assert victim.view.storage_stats()["entries"] >= 1
+
+    def stats():
+        raise CorruptStorage("data dir %s: snapshot: checksum mismatch" % victim.config.data_dir)
+
+    victim.storage.stats = stats
+    assert victim.view.storage_stats() == {}
+    assert health_view(victim.view)[0] == 503 and "checksum mismatch" in victim.view.failure
+    run(clock, 3)
+    assert not victim.running
+    (line,) = captured.at("critical")
+    assert victim.config.data_dir in line["log_format"].format(**line)
+    for node in network.nodes.values():
+        if node.running:
+            node.stopService()
+    run(clock, 3)
+
+
+def test_a_corrupt_store_at_start_is_one_line_and_a_storage_exit_status(tmp_path):
+    """startService on a store whose log fails its checksum: one critical line, SystemExit(EXIT_STORAGE), no core."""
+    import pytest
+
+    from kvd.node.service import EXIT_STORAGE
+    from kvd.store import schema
+
+    clock, network = make_cluster(tmp_path, n=1)
+    (node,) = network.nodes.values()
+    node.startService()
+    run(clock, 2)
+    assert result_of(clock, node.submit(Set(b"k", b"v"))) is OK
+    node.stopService()
+    run(clock, 1)
+    storage = node.storage
+    storage.open("test", node.config.node_id)
+    with storage._env.begin(write=True) as txn:
+        key = schema.log_key(storage.load().entries[-1].index)
+        record = bytearray(txn.get(key, db=storage._db_log))
+        record[20] ^= 0x04
+        txn.put(key, bytes(record), db=storage._db_log)
+    storage.close()
+    (again,) = make_cluster(tmp_path, n=1)[1].nodes.values()
+    captured = capture_log(again)
+    with pytest.raises(SystemExit) as raised:
+        again.startService()
+    assert raised.value.code == EXIT_STORAGE
+    assert again.core is None
+    (line,) = captured.at("critical")
+    text = line["log_format"].format(**line)
+    assert again.config.data_dir in text and "checksum mismatch" in text and "\n" not in text

@@ -180,3 +180,75 @@ def test_size_options_are_checked_against_the_limits_table():
         parse("--maxmemory-clients", "1000000")
     assert parse("--maxmemory-clients", "0")["maxmemory-clients"] == 0
     assert parse("--value-max-bytes", "100", "--client-output-limit", "1000")["client-output-limit"] == 1000
+
+
+def _store_with_entries(path):
+    from kvd.raft.messages import Entry, HardState
+    from kvd.store.lmdb import LmdbStorage
+
+    s = LmdbStorage(path, sync=False)
+    s.open("kvd", "127.0.0.1:7001")
+    for first in range(1, 1001, 100):
+        entries = [Entry(index=i, term=1, data=b"value %d " % i * 30) for i in range(first, first + 100)]
+        s.save(HardState(term=1, commit=first + 99), entries, None, sync=False)
+    s.close()
+
+
+def test_a_corrupt_truncated_or_old_store_is_refused_in_one_line_before_daemonizing(tmp_path):
+    """makeService reads every record: a flipped byte, a truncated data.mdb, format 1 are each one line saying what to do."""
+    import os
+
+    import lmdb
+
+    from kvd.store import schema
+
+    corrupt, truncated, old = (str(tmp_path / name) for name in ("corrupt", "truncated", "old"))
+    for path in (corrupt, truncated, old):
+        _store_with_entries(path)
+    env = lmdb.open(corrupt, max_dbs=schema.MAX_DBS)
+    with env.begin(write=True) as txn:
+        log = env.open_db(schema.DB_LOG, txn=txn)
+        record = bytearray(txn.get(schema.log_key(500), db=log))
+        record[30] ^= 0x10
+        txn.put(schema.log_key(500), bytes(record), db=log)
+    env.close()
+    os.truncate(os.path.join(truncated, "data.mdb"), os.path.getsize(os.path.join(truncated, "data.mdb")) // 2)
+    env = lmdb.open(old, max_dbs=schema.MAX_DBS)
+    with env.begin(write=True) as txn:
+        meta = env.open_db(schema.DB_META, txn=txn)
+        txn.put(schema.META_FORMAT_VERSION, schema.encode_u32(1), db=meta)
+    env.close()
+    expected = {
+        corrupt: ("log entry 500: checksum mismatch", "python3 mgmt.py -r server -c rebuild -h 127.0.0.1:7001"),
+        truncated: ("was truncated", "rebuild -h 127.0.0.1:7001"),
+        old: ("format version 1", "rebuild this node"),
+    }
+    for path, phrases in expected.items():
+        o = parse("--listen", "127.0.0.1:7001", "--data-dir", path, "--cluster-id", "kvd")
+        with pytest.raises(SystemExit) as raised:
+            makeService(o, reactor=MemoryReactorClock())
+        message = str(raised.value.code)
+        assert message.startswith("kvd: cannot use data dir %s: " % path) and "\n" not in message, message
+        for phrase in phrases:
+            assert phrase in message, message
+
+
+@pytest.mark.parametrize("exit_code", [None, 74])
+def test_a_failed_node_makes_the_process_exit_with_its_status(exit_code):
+    """twistd exits 0 after any reactor.stop(): exit_when_failed ends the process with the node's exit_code instead."""
+    import os
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    program = (
+        "import sys, types\n"
+        "from kvd.tap import exit_when_failed\n"
+        "exit_when_failed(types.SimpleNamespace(exit_code=%r))\n"
+        "print('twistd finished')\n"
+        "sys.exit(0)\n" % exit_code
+    )
+    done = subprocess.run([sys.executable, "-c", program], cwd=repo, capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, PYTHONPATH=repo))
+    assert done.returncode == (exit_code or 0), done
+    assert done.stdout == "twistd finished\n" and not done.stderr

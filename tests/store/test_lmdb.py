@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import signal
@@ -21,6 +22,7 @@ from kvd.store.lmdb import (
     LmdbStorage,
     StorageError,
     StorageFull,
+    UnsupportedFormat,
 )
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -504,3 +506,244 @@ def test_an_existing_permissive_data_dir_is_tightened_on_open(tmp_path):
     assert os.stat(path).st_mode & 0o7777 == 0o700
     for name in os.listdir(path):
         assert os.stat(path / name).st_mode & 0o7777 == 0o600, name
+
+
+# ------------------------------------------------------- a disk that can lie
+
+
+def _flip_stored(storage, db, key, position=-6):
+    """Change one byte of a stored record behind the store's back, as a lying disk would (the CRC stays)."""
+    with storage._env.begin(write=True) as txn:
+        record = bytearray(txn.get(key, db=db))
+        record[position] ^= 0x01
+        txn.put(key, bytes(record), db=db)
+
+
+def test_every_record_is_sealed_with_its_crc32c(storage):
+    """Log entries, hard state, snapshot and the identity stamp all end with the CRC32C of what precedes them."""
+    from kvd.store.checksum import unseal
+
+    storage.save(HardState(term=3, vote="n1", commit=2), make_entries(1, 4), None, sync=False)
+    storage.compact(Snapshot(index=2, term=1, config=make_config(), data=b"machine"))
+    with storage._env.begin() as txn:
+        records = {
+            "entry": (txn.get(schema.log_key(3), db=storage._db_log), schema.encode_entry(make_entries(3, 3)[0])),
+            "hard state": (txn.get(schema.META_HARD_STATE, db=storage._db_meta),
+                           schema.encode_hard_state(HardState(term=3, vote="n1", commit=2))),
+            "snapshot": (txn.get(schema.SNAPSHOT_KEY, db=storage._db_snapshot),
+                         schema.encode_snapshot(Snapshot(index=2, term=1, config=make_config(), data=b"machine"))),
+            "version": (txn.get(schema.META_FORMAT_VERSION, db=storage._db_meta), schema.encode_u32(2)),
+            "cluster": (txn.get(schema.META_CLUSTER_ID, db=storage._db_meta), b"c1"),
+            "node": (txn.get(schema.META_NODE_ID, db=storage._db_meta), b"n1"),
+        }
+    for what, (stored, payload) in records.items():
+        assert unseal(stored, what) == payload, what
+        assert bytes(stored) != payload, what
+
+
+@pytest.mark.parametrize("position", [0, 8, 17, -1, -6])
+def test_a_flipped_byte_in_a_log_entry_is_refused_naming_dir_and_entry(storage, position):
+    storage.save(HardState(term=1, commit=5), make_entries(1, 5, size=40), None, sync=False)
+    _flip_stored(storage, storage._db_log, schema.log_key(4), position)
+    with pytest.raises(CorruptStorage) as raised:
+        storage.load()
+    message = str(raised.value)
+    assert storage.path in message and "log entry 4" in message, message
+    assert "checksum mismatch" in message
+
+
+def test_a_flipped_byte_in_the_hard_state_is_refused(storage):
+    storage.save(HardState(term=7, vote="n2", commit=0), [], None, sync=False)
+    _flip_stored(storage, storage._db_meta, schema.META_HARD_STATE, 3)
+    with pytest.raises(CorruptStorage, match="hard state: checksum mismatch") as raised:
+        storage.load()
+    assert storage.path in str(raised.value)
+
+
+def test_a_flipped_byte_in_the_snapshot_is_refused_by_load_and_stats(storage):
+    storage.save(None, make_entries(1, 3), None, sync=False)
+    storage.compact(Snapshot(index=3, term=1, config=make_config(), data=b"v" * 1000))
+    _flip_stored(storage, storage._db_snapshot, schema.SNAPSHOT_KEY, 500)
+    for read in (storage.load, storage.snapshot, storage.stats):
+        with pytest.raises(CorruptStorage, match="snapshot: checksum mismatch"):
+            read()
+
+
+def test_a_record_shorter_than_its_checksum_is_refused(storage):
+    storage.save(None, make_entries(1, 2), None, sync=False)
+    with storage._env.begin(write=True) as txn:
+        txn.put(schema.log_key(2), b"xy", db=storage._db_log)
+    with pytest.raises(CorruptStorage, match="log entry 2: record of 2 bytes is shorter than its checksum"):
+        storage.load()
+
+
+@pytest.mark.parametrize("key", [schema.META_CLUSTER_ID, schema.META_NODE_ID, schema.META_FORMAT_VERSION])
+def test_a_flipped_byte_in_the_identity_stamp_is_refused_at_open(tmp_path, key):
+    path = str(tmp_path / "node")
+    s = LmdbStorage(path, sync=False)
+    s.open("c1", "n1")
+    _flip_stored(s, s._db_meta, key, 0)
+    s.close()
+    with pytest.raises(CorruptStorage, match="checksum mismatch") as raised:
+        LmdbStorage(path, sync=False).open("c1", "n1")
+    assert path in str(raised.value)
+
+
+def test_a_format_version_1_data_dir_is_refused_with_what_to_do(tmp_path):
+    """Version 1 (no checksums) stamped a bare u32: refused with one message that says to rebuild."""
+    import lmdb
+
+    path = str(tmp_path / "node")
+    s = LmdbStorage(path, sync=False)
+    s.open("c1", "n1")
+    s.close()
+    env = lmdb.open(path, max_dbs=schema.MAX_DBS, subdir=True)
+    with env.begin(write=True) as txn:
+        meta = env.open_db(schema.DB_META, txn=txn)
+        txn.put(schema.META_FORMAT_VERSION, schema.encode_u32(1), db=meta)
+        txn.put(schema.META_CLUSTER_ID, b"c1", db=meta)
+        txn.put(schema.META_NODE_ID, b"n1", db=meta)
+    env.close()
+    with pytest.raises(UnsupportedFormat) as raised:
+        LmdbStorage(path, sync=False).open("c1", "n1")
+    message = str(raised.value)
+    assert "format version 1 (records without checksums)" in message and "version 2" in message
+    assert "rebuild this node" in message and path in message
+    assert "\n" not in message
+
+
+def test_a_truncated_data_file_is_refused_at_open_without_sigbus(tmp_path):
+    """data.mdb cut to half: open refuses it (checked in a child, so a SIGBUS would show as its signal)."""
+    path = str(tmp_path / "node")
+    s = LmdbStorage(path, sync=False)
+    s.open("c1", "n1")
+    for first in range(1, 2001, 100):
+        s.save(HardState(term=1, commit=first + 99), make_entries(first, first + 99, size=200), None, sync=False)
+    s.close()
+    data = os.path.join(path, "data.mdb")
+    os.truncate(data, os.path.getsize(data) // 2)
+    child = textwrap.dedent(
+        """
+        import sys
+        from kvd.store.lmdb import CorruptStorage, LmdbStorage
+        s = LmdbStorage(sys.argv[1], sync=False)
+        try:
+            s.open("c1", "n1")
+            s.load()
+        except CorruptStorage as e:
+            print(e)
+            sys.exit(3)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", child, path], capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, PYTHONPATH=REPO_ROOT), cwd=REPO_ROOT)
+    assert done.returncode == 3, (done.returncode, done.stdout, done.stderr)
+    assert "was truncated" in done.stdout and path in done.stdout
+
+
+def test_a_data_file_of_the_size_its_meta_page_says_opens(tmp_path):
+    """The size check does not refuse a healthy file (the boundary: exactly the pages in use)."""
+    path = str(tmp_path / "node")
+    s = LmdbStorage(path, sync=False)
+    s.open("c1", "n1")
+    s.save(HardState(term=1, commit=50), make_entries(1, 50, size=300), None, sync=False)
+    used = s.stats()["bytes_used"]
+    s.close()
+    assert os.path.getsize(os.path.join(path, "data.mdb")) >= used
+    s = LmdbStorage(path, sync=False)
+    s.open("c1", "n1")
+    assert len(s.load().entries) == 50
+    s.close()
+
+
+def _write_format1(path, hard_state, snapshot, entries, cluster_id="c1", node_id="n1"):
+    """A data dir exactly as format 1 wrote it: the same databases, records without checksums."""
+    import lmdb
+
+    os.makedirs(path)
+    env = lmdb.open(path, max_dbs=3, subdir=True)
+    with env.begin(write=True) as txn:
+        meta, log, snap = (env.open_db(name, txn=txn) for name in (schema.DB_META, schema.DB_LOG, schema.DB_SNAPSHOT))
+        txn.put(schema.META_FORMAT_VERSION, schema.encode_u32(1), db=meta)
+        txn.put(schema.META_CLUSTER_ID, cluster_id.encode(), db=meta)
+        txn.put(schema.META_NODE_ID, node_id.encode(), db=meta)
+        txn.put(schema.META_HARD_STATE, schema.encode_hard_state(hard_state), db=meta)
+        if snapshot is not None:
+            txn.put(schema.SNAPSHOT_KEY, schema.encode_snapshot(snapshot), db=snap)
+        for entry in entries:
+            txn.put(schema.log_key(entry.index), schema.encode_entry(entry), db=log)
+    env.close()
+
+
+def test_a_format_1_data_dir_is_upgraded_in_place_keeping_everything(tmp_path, capsys):
+    from kvd.store import upgrade
+
+    path = str(tmp_path / "node")
+    from kvd.kv.commands import Envelope, Get, Set, encode_envelope
+    from kvd.kv.machine import KVMachine
+    from kvd.store.state import LmdbState
+
+    hard_state = HardState(term=4, vote="n2", commit=12)
+    blob = KVMachine()  # format 1 kept the applied state as this machine's snapshot blob
+    for i in range(1, 6):
+        blob.apply(i, encode_envelope(Envelope(b"client", i, i, 1000 + i, Set(b"k%d" % i, b"v%d" % i))))
+    snapshot = Snapshot(index=5, term=2, config=make_config(), data=blob.snapshot())
+    entries = make_entries(6, 14, term=3)
+    _write_format1(path, hard_state, snapshot, entries)
+    with pytest.raises(UnsupportedFormat, match="python -m kvd.store.upgrade %s" % path):
+        LmdbStorage(path, sync=False).open("c1", "n1")
+    assert upgrade.main([path]) == 0
+    out = capsys.readouterr().out
+    assert "upgraded %s to storage format 2" % path in out
+    kept = out.split("the format 1 copy is ")[1].split(" ")[0]
+    assert os.path.exists(os.path.join(kept, "data.mdb"))
+    state = LmdbState()
+    s = LmdbStorage(path, sync=False, state=state)
+    machine = KVMachine(keyspace=state)
+    s.open("c1", "n1")
+    machine.reload()
+    restored = s.load()
+    assert restored.hard_state == hard_state and restored.entries == entries
+    # The blob's state moved into the state's databases; the snapshot record keeps no data.
+    assert restored.snapshot == dataclasses.replace(snapshot, data=b"")
+    assert machine.applied_index == 5 and machine.session_count == 1
+    assert [machine.read(Get(b"k%d" % i)) for i in range(1, 6)] == [b"v%d" % i for i in range(1, 6)]
+    s.close()
+    # Run again: nothing to upgrade, one line, the upgraded dir untouched.
+    assert upgrade.main([path]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not of storage format 1" in err[0]
+
+
+def test_the_upgrade_refuses_what_is_not_a_format_1_data_dir(tmp_path, capsys):
+    from kvd.store import upgrade
+
+    assert upgrade.main([str(tmp_path / "nothing")]) == 1
+    assert "not a kvd data dir" in capsys.readouterr().err
+    path = str(tmp_path / "gap")
+    _write_format1(path, HardState(term=1, commit=3), None, make_entries(1, 2) + make_entries(4, 5))
+    assert upgrade.main([path]) == 1
+    assert "not contiguous at index 4" in capsys.readouterr().err
+    assert not os.path.exists(path + ".upgrading")  # refused before anything was written
+    assert os.path.exists(os.path.join(path, "data.mdb"))
+
+
+def test_a_data_file_truncated_to_nothing_is_refused_not_taken_for_a_new_store(tmp_path):
+    """LMDB would open an empty data.mdb as a fresh environment: the node would forget its vote and log."""
+    path = str(tmp_path / "node")
+    s = LmdbStorage(path, sync=False)
+    s.open("c1", "n1")
+    s.save(HardState(term=5, vote="n2", commit=1), make_entries(1, 1), None, sync=False)
+    s.close()
+    os.truncate(os.path.join(path, "data.mdb"), 0)
+    with pytest.raises(CorruptStorage, match="data.mdb is empty") as raised:
+        LmdbStorage(path, sync=False).open("c1", "n1")
+    assert path in str(raised.value)
+    for size in (100, 4096 + 100):  # inside the meta pages: LMDB itself cannot read them
+        cut = str(tmp_path / ("cut%d" % size))
+        s = LmdbStorage(cut, sync=False)
+        s.open("c1", "n1")
+        s.close()
+        os.truncate(os.path.join(cut, "data.mdb"), size)
+        with pytest.raises(CorruptStorage, match="data.mdb cannot be opened"):
+            LmdbStorage(cut, sync=False).open("c1", "n1")
