@@ -56,6 +56,11 @@ from kvd.raft.messages import Configuration, EntryKind, Role
 from kvd.replica import Events, Overtaken, Replica, Superseded
 
 
+#: Stored records of the applied state whose checksums are verified per tick
+#: (kvd.store.state scrub): under 1 ms of work (2.7 ms per 1000 records of 1 KiB,
+#: measured); a million keys are checked in under four minutes at 50 ms ticks.
+SCRUB_RECORDS_PER_TICK = 250
+
 #: Seconds between two log lines about refused peer messages of one reason.
 REFUSED_LOG_INTERVAL_S = 10.0
 
@@ -284,6 +289,14 @@ class NodeService(service.Service):
     def _tick(self):
         self.replica.tick()
         self._drain()
+        state = getattr(self.storage, "state", None)
+        if state is not None and self.failure is None:
+            # A lying disk is caught even where nobody reads (a corrupt record fail-stops the node).
+            try:
+                state.scrub(SCRUB_RECORDS_PER_TICK)
+            except Exception as e:
+                self._storage_failed(e)
+                return
         now = self.clock.seconds()
         self._expire(now)
         self.reads.ask_again(now - self.config.tick_s * max(3, 2 * self.config.heartbeat_ticks))

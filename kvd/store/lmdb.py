@@ -49,6 +49,7 @@ Imports: as the layer table in tests/test_layers.py allows.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -336,7 +337,7 @@ class LmdbStorage:
                 self._check_snapshot_not_older(txn, snapshot)
                 if self.state is not None:
                     self.state.install(txn, snapshot.data)
-                txn.put(schema.SNAPSHOT_KEY, seal(schema.encode_snapshot(snapshot)), db=self._db_snapshot)
+                txn.put(schema.SNAPSHOT_KEY, seal(schema.encode_snapshot(self._snapshot_record(snapshot))), db=self._db_snapshot)
                 txn.drop(self._db_log, delete=False)
             if entries:
                 self._append(txn, entries)
@@ -366,7 +367,7 @@ class LmdbStorage:
 
         def apply(txn) -> None:
             self._check_snapshot_not_older(txn, snapshot)
-            txn.put(schema.SNAPSHOT_KEY, seal(schema.encode_snapshot(snapshot)), db=self._db_snapshot)
+            txn.put(schema.SNAPSHOT_KEY, seal(schema.encode_snapshot(self._snapshot_record(snapshot))), db=self._db_snapshot)
             cursor = txn.cursor(db=self._db_log)
             if not cursor.first():
                 return
@@ -398,6 +399,10 @@ class LmdbStorage:
             # append=True: keys are known to be past the end, which lets
             # LMDB skip the tree search.
             txn.put(schema.log_key(entry.index), seal(schema.encode_entry(entry)), db=self._db_log, append=True)
+
+    def _snapshot_record(self, snapshot: Snapshot) -> Snapshot:
+        """What is stored of a snapshot: with a state on disk, its data is there, not here (a stream's name is not kept)."""
+        return snapshot if self.state is None else dataclasses.replace(snapshot, data=b"")
 
     def _check_snapshot_not_older(self, txn, snapshot: Snapshot) -> None:
         current = self._read_snapshot(txn)

@@ -118,6 +118,9 @@ class LmdbState:
         self._flushing_changes = None
         self._staging: Optional["_StagingWriter"] = None
         self._staged_complete: Optional[int] = None  # stream id of a complete stream awaiting install
+        self._scrub_at: Tuple[int, bytes] = (0, b"")
+        #: Whole passes of ``scrub`` over the live state since it was opened.
+        self.scrub_passes = 0
         #: Called with the error when a stored record is corrupt (the node fail-stops).
         self.on_failure: Optional[Callable[[Exception], None]] = None
 
@@ -144,6 +147,7 @@ class LmdbState:
             raise self._corrupt(StateError(f"state slot {self._slot} is neither 0 nor 1"))
         self._count = count
         self._pending.clear()
+        self._scrub_at = (0, b"")
         self.loaded = False
         self._staging = None
         self._staged_complete = None
@@ -308,12 +312,52 @@ class LmdbState:
         with self._require_env().begin() as txn:
             raw = txn.get(META_SLOT, db=self._meta)
         self._slot = self._unseal(raw, "state slot")[0]
+        self._scrub_at = (0, b"")
         self._pending.clear()
         self._staged_complete = None
 
     def settle_staging(self) -> None:
         """A complete stream that was not installed by now never will be: let the next one in."""
         self._staged_complete = None
+
+    # ------------------------------------------------------- scrubbing
+
+    def scrub(self, max_records: int) -> bool:
+        """
+        Verify the checksums of the next ``max_records`` stored records of
+        the live slot (sessions, then keys), resuming where the last call
+        stopped; True once a whole pass is done.  A value nobody reads is
+        checked too, within minutes, without a restart having to read the
+        whole state (which would make restarts as slow as the data is big).
+        """
+        env = self._require_env()
+        cursor_db, position = self._scrub_at
+        order = [self._sessions, self._kv]
+        if cursor_db not in (0, 1):
+            cursor_db, position = 0, b""
+        left = max_records
+        with env.begin() as txn:
+            while left > 0:
+                cur = txn.cursor(db=order[cursor_db])
+                found = cur.set_range(position) if position else cur.first()
+                while found and left > 0:
+                    key, value = bytes(cur.key()), cur.value()
+                    if cursor_db == 0:
+                        self._unseal(value, f"session of client {key!r}")
+                    else:
+                        self._decode_kv(key, value)
+                    left -= 1
+                    found = cur.next()
+                    position = bytes(cur.key()) if found else b""
+                if found:
+                    break
+                if cursor_db == 1:
+                    self._scrub_at = (0, b"")
+                    self.scrub_passes += 1
+                    return True
+                cursor_db, position = 1, b""
+        self._scrub_at = (cursor_db, position)
+        return False
 
     # ------------------------------------------------------- snapshot streams
 

@@ -331,7 +331,7 @@ class PeerServerProtocol(_PeerProtocol):
         )
         self.factory = factory
         self._hello_deadline = None
-        self._snapshots = SnapshotReceiver(factory.snapshot_sink, self._deliver, factory.node_id)
+        self._snapshots = SnapshotReceiver(factory.snapshot_sink, self._deliver_streamed, factory.node_id)
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -404,7 +404,13 @@ class PeerServerProtocol(_PeerProtocol):
             "protocol_version": PROTOCOL_VERSION,
         }
 
-    def _deliver(self, message: Message) -> None:
+    def _deliver_streamed(self, message: Message) -> None:
+        self._deliver(message, streamed=True)
+
+    def _deliver(self, message: Message, streamed: bool = False) -> None:
+        if isinstance(message, InstallSnapshot) and self.factory.snapshot_sink is not None and not streamed:
+            # Our state is on disk: a snapshot is only ever the stream we staged and checked.
+            raise ProtocolViolation("a snapshot for a node that keeps its state on disk must come as a stream")
         if message.src != self.peer_id:
             raise ProtocolViolation(f"message claims src {message.src!r} on a connection opened by {self.peer_id!r}")
         if message.dst != self.local_id:
@@ -875,7 +881,7 @@ class PeerTransport:
             return
         link = self._link_for(dst)
         protocol = link.protocol if link is not None else None
-        if isinstance(message, InstallSnapshot) and not message.snapshot.data and self.snapshot_source is not None:
+        if isinstance(message, InstallSnapshot) and self.snapshot_source is not None:
             self._stream_snapshot(message, protocol)
             return
         try:

@@ -219,3 +219,25 @@ def test_a_corrupt_value_is_never_served(tmp_path):
 
 def test_stage_batches_are_bounded():
     assert STAGE_TXN_BYTES <= 4 << 20
+
+
+def test_the_scrub_finds_a_corrupt_value_nobody_reads(tmp_path):
+    node = Node(str(tmp_path / "a"))
+    for i in range(250):
+        node.apply(Set(b"k%d" % i, b"v%d" % i))
+    node.flush()
+    failures = []
+    node.state.on_failure = failures.append
+    passes = 0
+    for _ in range(10):  # 250 keys and a session, 100 records a step: a pass every 3 steps
+        passes += node.state.scrub(100)
+    assert passes == 3 and not failures
+    with node.storage._env.begin(write=True, db=node.state._kv) as txn:
+        raw = bytearray(txn.get(lmdb_key(b"k200")))
+        raw[2] ^= 1
+        txn.put(lmdb_key(b"k200"), bytes(raw))
+    with pytest.raises(CorruptStorage, match="checksum"):
+        for _ in range(3):
+            node.state.scrub(100)
+    assert len(failures) == 1
+    node.close()
