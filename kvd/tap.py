@@ -401,7 +401,7 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
         on_connected=node.peer_connected,
         forward_timeout_s=config.request_timeout_s,
         tls=tls,
-        snapshot_source=state.open_stream,
+        snapshot_source=node.open_snapshot_stream,
         snapshot_sink=state,
     )
     state.on_failure = node.storage_failed

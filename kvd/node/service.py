@@ -61,6 +61,10 @@ from kvd.replica import Events, Overtaken, Replica, Superseded
 #: measured); a million keys are checked in under four minutes at 50 ms ticks.
 SCRUB_RECORDS_PER_TICK = 250
 
+#: A follower that is up and lags at most this many snapshot intervals keeps the
+#: log from being compacted past it (beyond that it is sent a snapshot).
+FOLLOWER_HOLD_SNAPSHOTS = 10
+
 #: Seconds between two log lines about refused peer messages of one reason.
 REFUSED_LOG_INTERVAL_S = 10.0
 
@@ -395,6 +399,19 @@ class NodeService(service.Service):
                 node=self.config.node_id, n=count - logged, reason=reason, total=count, example=example,
             )
 
+    def open_snapshot_stream(self, min_index: int):
+        """
+        The peer transport's snapshot source: a consistent read of the state on
+        disk (kvd.store.state) and the Raft snapshot it amounts to, at the
+        index it has reached (at least ``min_index``, the core's snapshot).
+        """
+        stream = self.storage.state.open_stream(min_index)
+        try:
+            return self.core.snapshot_at(stream.applied_index), stream
+        except Exception:
+            stream.close()
+            raise
+
     def storage_failed(self, error: Exception) -> None:
         """Storage failed outside the Ready loop (a corrupt record found by a read): the same fail-stop."""
         self._storage_failed(error)
@@ -487,7 +504,23 @@ class NodeService(service.Service):
         core = self.core
         if core.applied - core.latest_snapshot.index < self.config.snapshot_entries:
             return
-        self.replica.compact(self.config.snapshot_keep_entries, self.config.snapshot_entries, self._snapshot_taken)
+        self.replica.compact(self._keep_entries(), self.config.snapshot_entries, self._snapshot_taken)
+
+    def _keep_entries(self) -> int:
+        """
+        Entries to keep below a new snapshot: the configured tail, or more if
+        a follower that is up needs them (a few entries beat a snapshot of the
+        whole state), or a snapshot stream's receiver will go on from there.
+        """
+        keep = self.config.snapshot_keep_entries
+        floors = [self.core.followers_floor(FOLLOWER_HOLD_SNAPSHOTS * self.config.snapshot_entries)]
+        streams_floor = getattr(self.peers, "streams_floor", None)
+        if streams_floor is not None:
+            floors.append(streams_floor())
+        floors = [f for f in floors if f is not None]
+        if floors:
+            keep = max(keep, self.core.applied - min(floors))
+        return keep
 
     def _snapshot_taken(self, snap) -> None:
         self.stats["snapshots"] += 1

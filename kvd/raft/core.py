@@ -326,6 +326,35 @@ class RaftCore:
             self.configs = [(i, c) for i, c in self.configs if i > cut]
         return snap
 
+    def followers_floor(self, max_lag: int) -> Optional[int]:
+        """
+        On a leader, the lowest match index of the followers it replicates to
+        that were heard from within an election timeout and lag at most
+        ``max_lag`` entries: compacting the log past it would send them a
+        snapshot instead of the few entries they miss.  None if there is none.
+        """
+        if self.role is not Role.LEADER:
+            return None
+        floors = [
+            pr.match for node, pr in self.progress.items()
+            if node != self.id and pr.state is not ProgressState.SNAPSHOT
+            and pr.idle_ticks < self.options.election_ticks and self.applied - pr.match <= max_lag
+        ]
+        return min(floors) if floors else None
+
+    def snapshot_at(self, index: int) -> Snapshot:
+        """
+        What a snapshot of the machine at the applied ``index`` records (its
+        term and the configuration then), without data: for a machine whose
+        state is on disk and streamed at whatever index it has reached
+        (kvd.wire.snapshots), newer than ``latest_snapshot``.  ValueError if
+        ``index`` is not applied or its entry is compacted away.
+        """
+        term = self.log.term_at(index)
+        if term is None or index > self.applied:
+            raise ValueError(f"no snapshot at index {index}: applied {self.applied}, log from {self.log.snapshot_index}")
+        return Snapshot(index, term, self._config_at(index), b"")
+
     def report_unreachable(self, node: NodeId) -> None:
         pr = self.progress.get(node)
         if pr is not None and pr.state is ProgressState.REPLICATE:

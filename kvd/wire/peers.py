@@ -31,6 +31,7 @@ Imports: as the layer table in tests/test_layers.py allows.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 import socket
@@ -76,6 +77,9 @@ Address = Tuple[str, int]
 DEFAULT_MAX_PENDING_BYTES = 8 * 1024 * 1024
 #: Largest forwarded payload or result (each side stages it whole; kvd.limits: at least one log entry).
 DEFAULT_MAX_FORWARD_BYTES = LIMITS.forward_bytes
+#: Seconds after a snapshot stream ends during which the log is still kept from its index on
+#: (the receiver installs it, answers, and is then sent the entries after it).
+STREAM_FLOOR_HOLD_S = 10.0
 #: Seconds written data may stay unacknowledged before the kernel drops the
 #: connection (TCP_USER_TIMEOUT, Linux).
 DEFAULT_TCP_USER_TIMEOUT = 10.0
@@ -782,16 +786,18 @@ class PeerTransport:
         max_forward_bytes: int = DEFAULT_MAX_FORWARD_BYTES,
         tcp_user_timeout: float = DEFAULT_TCP_USER_TIMEOUT,
         tls: Optional[PeerTLS] = None,
-        snapshot_source: Optional[Callable[[int], Any]] = None,
+        snapshot_source: Optional[Callable[[int], Tuple[Any, Any]]] = None,
         snapshot_sink=None,
     ) -> None:
         self.node_id = node_id
         self.cluster_id = cluster_id
-        #: With a source, an InstallSnapshot without data is streamed from disk (kvd.wire.snapshots),
-        #: and a sink receives the streams peers send us.
+        #: With a source, ``source(min_index) -> (Snapshot without data, stream)``, every
+        #: InstallSnapshot is streamed from disk (kvd.wire.snapshots), at the index the stream
+        #: has (at least ``min_index``); a sink receives the streams peers send us.
         self.snapshot_source = snapshot_source
         self.snapshot_sink = snapshot_sink
         self._streams: Dict[str, SnapshotSender] = {}
+        self._streamed: Dict[str, Tuple[int, float]] = {}  # peer -> (index, when) of its last stream
         self.resolve = resolve
         #: Mutual TLS for every connection (None: plaintext, --insecure-peers).
         self.tls = tls
@@ -906,18 +912,23 @@ class PeerTransport:
             self._report_unreachable(dst)
             return
         try:
-            stream = self.snapshot_source(message.snapshot.index)
+            snapshot, stream = self.snapshot_source(message.snapshot.index)
         except Exception as e:
             self.log.error("cannot read a snapshot for {peer}: {error}", peer=dst, error=e)
             return
+        # The state is read at whatever index it has reached, at or past the core's
+        # snapshot: the stream says so, or the follower would be sent the entries
+        # in between, which the leader may have compacted away meanwhile (and then
+        # another snapshot, forever, while writes go on).
+        message = dataclasses.replace(message, snapshot=snapshot)
         sender = self._streams[dst] = SnapshotSender(protocol, message, stream, new_stream_id())
         started = self.reactor.seconds()
-        self.log.info("streaming a snapshot at index {index} (state at {applied}) to {peer}",
-                      index=message.snapshot.index, applied=getattr(stream, "applied_index", "?"), peer=dst)
+        self.log.info("streaming a snapshot at index {index} to {peer}", index=snapshot.index, peer=dst)
 
         def finished(outcome):
             if self._streams.get(dst) is sender:
                 del self._streams[dst]
+                self._streamed[dst] = (snapshot.index, self.reactor.seconds())
             seconds = max(self.reactor.seconds() - started, 1e-6)
             if isinstance(outcome, Failure):
                 self.log.warn("snapshot stream to {peer} broke off after {mib:.1f} MiB: {reason}",
@@ -932,6 +943,22 @@ class PeerTransport:
     def streaming_to(self) -> List[str]:
         """The peers a snapshot is being streamed to now."""
         return list(self._streams)
+
+    def streams_floor(self) -> Optional[int]:
+        """
+        The lowest index of a snapshot being streamed, or streamed within
+        ``STREAM_FLOOR_HOLD_S``: its receiver goes on from the entry after it,
+        so the log must not be compacted past it meanwhile (else another
+        snapshot would follow, and another, as long as writes go on).
+        """
+        now = self.reactor.seconds()
+        indexes = [sender.message.snapshot.index for sender in self._streams.values()]
+        for dst, (index, when) in list(self._streamed.items()):
+            if now - when > STREAM_FLOOR_HOLD_S:
+                del self._streamed[dst]
+            else:
+                indexes.append(index)
+        return min(indexes) if indexes else None
 
     def forward(self, node_id: str, payload: bytes, timeout: Optional[float] = None) -> Deferred:
         """

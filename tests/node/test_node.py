@@ -131,6 +131,7 @@ def test_snapshot_and_catch_up(tmp_path):
     (leader,) = leaders(network)
     lagger = next(n for n in network.nodes.values() if n is not leader)
     network.isolate(lagger.config.node_id)
+    run(clock, 3)  # long enough to count as down: the log is then compacted past it (not held for it)
     for i in range(100):
         leader.submit(Set(b"k%d" % i, b"v%d" % i))
     run(clock, 3)
@@ -140,6 +141,27 @@ def test_snapshot_and_catch_up(tmp_path):
     assert lagger.core.applied >= leader.core.commit - 1
     assert lagger.machine.read(Get(b"k99")) == b"v99"
     assert lagger.stats.get("snapshots_installed", 0) >= 1
+
+
+def test_a_follower_that_is_up_is_sent_entries_not_a_snapshot(tmp_path):
+    """Compaction keeps the log from the match index of a follower that is up and a little behind."""
+    clock, network = make_cluster(tmp_path, snapshot_entries=20, snapshot_keep_entries=0)
+    for node in network.nodes.values():
+        node.startService()
+    run(clock, 5)
+    (leader,) = leaders(network)
+    slow = next(n for n in network.nodes.values() if n is not leader)
+    network.isolate(slow.config.node_id)  # away for less than an election timeout: still counted as up
+    for i in range(100):
+        leader.submit(Set(b"k%d" % i, b"v%d" % i))
+    clock.advance(0)
+    run(clock, 0.1)
+    assert leader.core.latest_snapshot.index > 50
+    assert leader.core.log.first_index() <= slow.core.applied + 1  # what it misses is still in the log
+    network.heal()
+    run(clock, 5)
+    assert slow.machine.read(Get(b"k99")) == b"v99"
+    assert slow.stats.get("snapshots_installed", 0) == 0
 
 
 def test_exactly_once_when_a_forward_is_retried(cluster):

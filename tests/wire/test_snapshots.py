@@ -6,6 +6,7 @@ the InstallSnapshot reaching the core only once the whole stream is checked.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 from twisted.internet import error
@@ -78,7 +79,7 @@ class Writer:
 
 
 def nodes(reactor, source, sink):
-    a = Node("a", reactor, snapshot_source=lambda index: source)
+    a = Node("a", reactor, snapshot_source=lambda index: (dataclasses.replace(SNAP, index=source.applied_index), source))
     b = Node("b", reactor, snapshot_sink=sink)
     return a, b
 
@@ -96,12 +97,17 @@ def test_a_snapshot_crosses_as_a_flow_controlled_stream():
     # Nothing is answered yet: no more than WINDOW pieces were read and sent.
     assert source.reads <= snapshots.WINDOW + 1
     a.transport.send(install)  # the core asks again meanwhile: the running stream answers it
-    assert a.transport.streaming_to() == ["b"]
+    assert a.transport.streaming_to() == ["b"] and a.transport.streams_floor() == 99
     pump.flush()
     writer = sink.writers[0]
     assert bytes(writer.received) == source.data and source.closed
-    assert b.received == [m.InstallSnapshot(term=3, src="a", dst="b", snapshot=Snapshot(90, 3, SNAP.config, b"token-%d" % writer.stream_id))]
+    # At the index the stream's state has reached (99), past the core's snapshot (90).
+    assert b.received == [m.InstallSnapshot(term=3, src="a", dst="b", snapshot=Snapshot(99, 3, SNAP.config, b"token-%d" % writer.stream_id))]
     assert a.transport.streaming_to() == [] and len(sink.writers) == 1
+    # The log is kept from the streamed index a while longer: the receiver goes on from there.
+    assert a.transport.streams_floor() == 99
+    reactor.advance(11)
+    assert a.transport.streams_floor() is None
 
 
 def test_a_refusing_receiver_ends_the_stream_and_the_core_may_ask_again():
