@@ -5,7 +5,9 @@ at a restart, and snapshots are streamed in pieces into a staging slot and
 swapped in.  A fixed list of seeds passes every invariant while reaching the
 three cases the storage must survive (a crash in the middle of a streamed
 snapshot, a compaction racing with a stream, a lost write of a flush); and
-bugs planted in the storage's rules are caught.
+bugs planted in the storage's rules (sessions not flushed, the state synced
+ahead of the log, a compaction that does not flush, a stream marked complete
+with a batch unwritten, a stream read from a moving state) are caught.
 """
 
 import contextlib
@@ -131,7 +133,33 @@ def last_batch_not_written():
     return both()
 
 
+def stream_reads_a_moving_state():
+    """Each piece of a stream is read from the state as it is now (a new read transaction per piece)."""
+
+    def open_stream(self, min_index):
+        stream = original(self, min_index)
+        state = self
+
+        def read(max_bytes):
+            live = state._live
+            data = b"".join(sim_state._pack(*r) for r in live.records())
+            piece = data[stream._pos:stream._pos + max_bytes]
+            stream._pos += len(piece)
+            stream.crc = sim_state.zlib.crc32(piece, stream.crc)
+            stream.count = len(live.records())
+            if stream._pos >= len(data):
+                stream.done = True
+            return piece
+
+        stream.read = read
+        return stream
+
+    original = sim_state.SimState.open_stream
+    return patched(sim_state.SimState, "open_stream", open_stream)
+
+
 PLANTED = {
+    "stream_reads_a_moving_state": (stream_reads_a_moving_state, {"durable state", "linearizable read", "exactly once"}),
     "sessions_not_flushed": (sessions_not_flushed, {"durable state", "exactly once"}),
     "state_synced_before_the_log": (state_synced_before_the_log, {"durable state"}),
     "compaction_without_flush": (compaction_without_flush, {"durable state"}),
