@@ -175,6 +175,8 @@ class SimNode:
                 self.machine.restore(restored.snapshot.data)
         if self.machine.applied_index:
             c.checker.on_machine_loaded(self.id, "restart", self.machine)
+        if c.durable and self.disk.image.staging is not None and not self.disk.image.staging[2]:
+            c.stats["restarts_with_half_staged_stream"] += 1  # a crash left a stream half-written: the next begin clears it
         self.core = RaftCore(self.id, c.swarm.raft, random.Random(c.rng_cores.getrandbits(64)),
                              restored.hard_state, restored.snapshot, restored.entries)
         self.incarnation += 1
@@ -472,7 +474,7 @@ class SimCluster:
         rs = self.rng_streams
         drawn = rs.random() < 0.6  # drawn whatever the mode: a seed runs the same in "mixed" as in the mode it drew
         self.durable = opts.state == "durable" or (opts.state == "mixed" and drawn)
-        self.streams = SimStreams(self, rs, piece_bytes=rs.choice([24, 64, 200]), window=rs.choice([1, 2, 4]))
+        self.streams = SimStreams(self, rs, piece_bytes=rs.choice([8, 16, 48]), window=rs.choice([1, 2, 4]))
         # Faults aimed at streams: the receiver crashes in mid-stream, the sender compacts while it streams.
         self.stream_crash_rate = rs.choice([0.0, 0.3, 0.6]) if "crash" in self.swarm.enabled else 0.0
         self.stream_compact_rate = rs.choice([0.3, 0.7]) if "snapshot" in self.swarm.enabled else 0.0
@@ -495,7 +497,7 @@ class SimCluster:
         if self.durable:
             self.stats.update(durable=1, streams=0, streams_done=0, streams_broken=0, stream_pieces=0, stream_retries_ignored=0,
                               staging_busy=0, crashes_mid_stream=0, sender_crashes_mid_stream=0, compactions_during_stream=0,
-                              lost_flushes=0, lost_staging_writes=0)
+                              lost_flushes=0, lost_staging_writes=0, restarts_with_half_staged_stream=0)
 
         founders = ["n%d" % i for i in range(1, opts.nodes + 1)]
         config = Configuration.make(voters=founders, addresses={n: n for n in founders})

@@ -43,10 +43,11 @@ def test_the_durable_runs_reach_the_storage_faults(durable_runs):
             totals[k] = totals.get(k, 0) + v
     assert totals["durable"] == len(SEEDS)
     for key in ("streams_done", "installs", "streams_broken", "stream_pieces", "crashes_mid_stream",
-                "sender_crashes_mid_stream", "compactions_during_stream", "lost_flushes", "lost_staging_writes"):
+                "sender_crashes_mid_stream", "compactions_during_stream", "lost_flushes", "lost_staging_writes",
+                "restarts_with_half_staged_stream"):
         assert totals[key] > 0, (key, totals)
-    assert totals["stream_pieces"] > totals["streams_done"]  # streams travel as several pieces
-    assert totals["crashes_mid_stream"] >= 10 and totals["compactions_during_stream"] >= 10 and totals["lost_flushes"] >= 50, totals
+    assert totals["stream_pieces"] >= 3 * totals["streams_done"]  # streams travel as several pieces
+    assert totals["crashes_mid_stream"] >= 5 and totals["compactions_during_stream"] >= 5 and totals["lost_flushes"] >= 50, totals
 
 
 def test_a_mixed_run_draws_memory_or_durable_per_seed():
