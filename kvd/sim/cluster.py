@@ -61,10 +61,11 @@ class SimOptions:
     trace_keep: int = 200  # events kept for the failure report (0: keep all)
     swarm: bool = True  # each run enables a random subset of ``faults``
     state: str = "mixed"  # where the applied state lives: memory, durable, or mixed (drawn per seed)
-    # A durable node streams every InstallSnapshot, also one whose data is the token of a stream it
-    # installed itself (core.latest_snapshot keeps that token).  False: as kvd.wire.peers does today,
-    # only one with empty data, the token going out as data, which no receiver can install
-    # (tests/sim/test_durable.py shows both).
+    # The durable node's snapshot rules as they are (since 60883da): it streams every InstallSnapshot,
+    # also one whose data is the token of a stream it installed itself (core.latest_snapshot keeps
+    # it), stores snapshots without their data, and refuses a plain InstallSnapshot.  False: as the
+    # node was before, streaming only one with empty data, so the token went out as data, which no
+    # receiver can install (tests/sim/test_durable.py shows the simulator finds it).
     stream_any_snapshot: bool = True
 
 
@@ -497,7 +498,7 @@ class SimCluster:
         if self.durable:
             self.stats.update(durable=1, streams=0, streams_done=0, streams_broken=0, stream_pieces=0, stream_retries_ignored=0,
                               staging_busy=0, crashes_mid_stream=0, sender_crashes_mid_stream=0, compactions_during_stream=0,
-                              lost_flushes=0, lost_staging_writes=0, restarts_with_half_staged_stream=0)
+                              lost_flushes=0, lost_staging_writes=0, restarts_with_half_staged_stream=0, plain_snapshots_refused=0)
 
         founders = ["n%d" % i for i in range(1, opts.nodes + 1)]
         config = Configuration.make(voters=founders, addresses={n: n for n in founders})
@@ -515,6 +516,7 @@ class SimCluster:
         slow = self.swarm.sync_delay_max["*"]
         delay = self.rng_disk.choice([0, slow]) if slow else 0
         disk = SimDisk(node_id, random.Random(self.rng_disk.getrandbits(64)), delay, self.schedule)
+        disk.keep_snapshot_data = not (self.durable and self.opts.stream_any_snapshot)  # kvd.store.lmdb keeps none then
         node = self.nodes[node_id] = SimNode(self, node_id, disk)
         if self.swarm.skew:
             node.tick_period = self.rng_disk.choice([TICK, TICK, TICK * 7 // 10, TICK * 3 // 2, TICK * 2])
@@ -560,6 +562,11 @@ class SimCluster:
     def _deliver(self, m) -> None:
         node = self.nodes.get(m.dst)
         if node is None or not node.up or not self.net.connected(m.src, m.dst):
+            return
+        if self.durable and self.opts.stream_any_snapshot and isinstance(m, InstallSnapshot):
+            # kvd.wire.peers: a node with its state on disk takes a snapshot only as a stream.
+            self.stats["plain_snapshots_refused"] += 1
+            self.event(m.dst, "refuse", "a plain InstallSnapshot from %s" % m.src)
             return
         self.trace.append((self.now, m.dst, "recv", m))  # formatted only if the trace is printed
         node.input(lambda core: core.step(m))

@@ -36,6 +36,7 @@ Imports: as the layer table in tests/test_layers.py allows.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from typing import Callable, List, Optional, Sequence, Tuple
 
@@ -68,6 +69,8 @@ class SimDisk:
         self.visible = None  # StateImage: as written (what the node reads)
         self.lost_flushes = 0  # unsynced writes carrying a state flush that a crash lost
         self.lost_staging = 0  # unsynced staging writes that a crash lost
+        #: False: a snapshot is stored without its data, as kvd.store.lmdb stores it beside a state on disk.
+        self.keep_snapshot_data = True
 
     def attach_state(self, state) -> None:
         """The running node's durable keyspace; its image starts empty on a new disk."""
@@ -196,7 +199,7 @@ class SimDisk:
             if keep and not (keep[0].index == snap.index + 1 and self._term_at(snap.index) == snap.term):
                 keep = []
             self.entries = keep
-            self.snapshot = snap
+            self.snapshot = snap if self.keep_snapshot_data or not snap.data else dataclasses.replace(snap, data=b"")
             if snap.index > self.hard_state.commit:
                 # A snapshot holds only committed state: it carries the commit index with it.
                 self.hard_state = HardState(self.hard_state.term, self.hard_state.vote, snap.index)
