@@ -1,5 +1,6 @@
 """
-python -m kvd.sim --seed S [--runs N] [--nodes K] [--faults a,b,...] [--ticks T] [--budget-s SECONDS] [--trace]
+python -m kvd.sim --seed S [--runs N] [--nodes K] [--faults a,b,...] [--state memory|durable|mixed] [--ticks T]
+                   [--budget-s SECONDS] [--trace]
 
 Runs seeds S .. S+N-1 through the simulator; prints every failing seed with
 the violated invariant and the last events before it, and exits 1 if any
@@ -14,7 +15,7 @@ import argparse
 import sys
 import time
 
-from kvd.sim.cluster import ALL_FAULTS, SimOptions, run_one
+from kvd.sim.cluster import ALL_FAULTS, STATE_MODES, SimOptions, run_one
 
 
 def parse_faults(text: str) -> frozenset:
@@ -35,6 +36,9 @@ def main(argv=None) -> int:
     p.add_argument("--runs", type=int, default=1, help="number of seeds to run (default 1)")
     p.add_argument("--nodes", type=int, default=3, help="founding voters (default 3)")
     p.add_argument("--faults", type=parse_faults, default=frozenset(ALL_FAULTS), help="comma list from %s, or all/none" % ",".join(ALL_FAULTS))
+    p.add_argument("--state", choices=STATE_MODES, default=SimOptions.state,
+                   help="where the applied state lives: in memory, durable on the simulated disk (streamed snapshots), "
+                        "or mixed: drawn per seed (default)")
     p.add_argument("--ticks", type=int, default=SimOptions.ticks, help="ticks of the faulty phase (default %d)" % SimOptions.ticks)
     p.add_argument("--liveness-ticks", type=int, default=SimOptions.liveness_ticks, help="bound on the healed phase")
     p.add_argument("--budget-s", type=float, default=0.0, help="stop starting new seeds after this many seconds")
@@ -53,6 +57,7 @@ def main(argv=None) -> int:
             seed=seed,
             nodes=args.nodes,
             faults=args.faults,
+            state=args.state,
             ticks=args.ticks,
             liveness_ticks=args.liveness_ticks,
             trace_keep=0 if args.trace else 30,
@@ -70,8 +75,8 @@ def main(argv=None) -> int:
         if not args.trace:
             for line in result.trace[-30:]:
                 print("    " + line)
-        print("    replay: python -m kvd.sim --seed %d --nodes %d --faults %s --ticks %d --trace"
-              % (seed, args.nodes, ",".join(sorted(args.faults)) or "none", args.ticks))
+        print("    replay: python -m kvd.sim --seed %d --nodes %d --faults %s --state %s --ticks %d --trace"
+              % (seed, args.nodes, ",".join(sorted(args.faults)) or "none", args.state, args.ticks))
         sys.stdout.flush()
     elapsed = time.monotonic() - started
     print(

@@ -15,6 +15,13 @@ then a *liveness* phase: faults heal, every member restarts, and within a
 bounded number of ticks a leader must be elected, a new write must commit
 and be acknowledged, every client must finish and every member catch up.
 
+Where the applied state lives (``SimOptions.state``): in memory, the
+machine restored from snapshot blobs (``memory``); or on the simulated disk
+as the node keeps it (``durable``, kvd.sim.state: flushed with the log,
+reopened at a restart, snapshots streamed by kvd.sim.streams), with faults
+aimed at it: crashes of the receiver in the middle of a stream, compactions
+of the sender while it streams; ``mixed`` (the default) draws one per seed.
+
 Imports: as the layer table in tests/test_layers.py allows.
 """
 
@@ -29,14 +36,17 @@ from typing import Callable, Deque, Dict, FrozenSet, List, Optional
 from kvd.kv.commands import Delete, Envelope, Get, IncrBy, MSet, Set, encode_envelope
 from kvd.kv.machine import KVMachine
 from kvd.raft.core import ConfigChangeRejected, NotLeader, RaftSettings, ProposalDropped, RaftCore, Ready, bootstrap
-from kvd.raft.messages import Configuration, Role
+from kvd.raft.messages import Configuration, InstallSnapshot, Role
 from kvd.replica import Events, Overtaken, Replaced, Replica
 from kvd.sim.invariants import Checker, Violation
 from kvd.sim.disk import SimDisk
 from kvd.sim.network import NetworkFaults, SimNetwork
+from kvd.sim.state import SimState
+from kvd.sim.streams import SimStreams
 
 TICK = 100  # time units per tick
 ALL_FAULTS = ("loss", "dup", "reorder", "partition", "crash", "membership", "snapshot", "slowdisk", "skew", "pause")
+STATE_MODES = ("memory", "durable", "mixed")
 REGISTER_KEYS = (b"x", b"y", b"z")
 COUNTER_KEY = b"ctr"
 
@@ -50,6 +60,13 @@ class SimOptions:
     liveness_ticks: int = 400  # bound on the liveness phase
     trace_keep: int = 200  # events kept for the failure report (0: keep all)
     swarm: bool = True  # each run enables a random subset of ``faults``
+    state: str = "mixed"  # where the applied state lives: memory, durable, or mixed (drawn per seed)
+    # The durable node's snapshot rules as they are (since 60883da): it streams every InstallSnapshot,
+    # also one whose data is the token of a stream it installed itself (core.latest_snapshot keeps
+    # it), stores snapshots without their data, and refuses a plain InstallSnapshot.  False: as the
+    # node was before, streaming only one with empty data, so the token went out as data, which no
+    # receiver can install (tests/sim/test_durable.py shows the simulator finds it).
+    stream_any_snapshot: bool = True
 
 
 @dataclass
@@ -135,6 +152,7 @@ class SimNode:
         self.replica: Optional[Replica] = None
         self.core: Optional[RaftCore] = None
         self.machine: Optional[KVMachine] = None
+        self.state: Optional[SimState] = None  # the durable keyspace, in the durable mode
         self.tick_period = TICK  # a node whose clock runs slow or fast ticks at another rate
 
     @property
@@ -146,9 +164,20 @@ class SimNode:
     def start(self) -> None:
         c = self.cluster
         restored = self.disk.load()
-        self.machine = KVMachine()
-        if restored.snapshot is not None:
-            self.machine.restore(restored.snapshot.data)
+        if c.durable:
+            # As the node starts (kvd.node.service): open the state on disk; the
+            # loop skips the log entries it holds already.
+            self.state = SimState(self.disk)
+            self.machine = KVMachine(keyspace=self.state)
+            self.machine.reload()
+        else:
+            self.machine = KVMachine()
+            if restored.snapshot is not None:
+                self.machine.restore(restored.snapshot.data)
+        if self.machine.applied_index:
+            c.checker.on_machine_loaded(self.id, "restart", self.machine)
+        if c.durable and self.disk.image.staging is not None and not self.disk.image.staging[2]:
+            c.stats["restarts_with_half_staged_stream"] += 1  # a crash left a stream half-written: the next begin clears it
         self.core = RaftCore(self.id, c.swarm.raft, random.Random(c.rng_cores.getrandbits(64)),
                              restored.hard_state, restored.snapshot, restored.entries)
         self.incarnation += 1
@@ -156,31 +185,47 @@ class SimNode:
         self.up = True
         c.checker.forget_node(self.id)
         c.checker.on_commit(self.id, self.core)
-        c.event(self.id, "start", "term=%d commit=%d last=%d" % (self.core.term, self.core.commit, self.core.log.last_index()))
-        self.replica.drain()
+        c.event(self.id, "start", "term=%d commit=%d last=%d applied=%d"
+                % (self.core.term, self.core.commit, self.core.log.last_index(), self.machine.applied_index))
+        self.drain()
 
     def crash(self) -> None:
         if not self.up:
             return
+        c = self.cluster
+        flushes, staging = self.disk.lost_flushes, self.disk.lost_staging
         lost = self.disk.crash()
         self.up = False
         self.replica = None
         self.core = None
         self.machine = None
-        self.cluster.event(self.id, "crash", "lost %d unsynced writes" % lost)
+        self.state = None
+        if c.durable:
+            c.stats["lost_flushes"] += self.disk.lost_flushes - flushes
+            c.stats["lost_staging_writes"] += self.disk.lost_staging - staging
+            if c.streams.sending(self.id):
+                c.stats["sender_crashes_mid_stream"] += 1
+            c.stats["crashes_mid_stream"] += c.streams.node_down(self.id)
+        c.event(self.id, "crash", "lost %d unsynced writes" % lost)
+
+    def drain(self) -> None:
+        """Run the loop; then, as the node does after each drain, drop a received stream the core did not take."""
+        self.replica.drain()
+        if self.state is not None and not self.replica.inbox and self.replica.writing is None:
+            self.state.settle_staging()
 
     # ------------------------------------------------------------ inputs
     def input(self, fn: Callable[[RaftCore], None]) -> None:
         if not self.up:
             return
         self.replica.input(fn)
-        self.replica.drain()
+        self.drain()
 
     def tick(self) -> None:
         if not self.up:
             return
         self.replica.tick()
-        self.replica.drain()
+        self.drain()
 
     def pause(self, duration: int) -> None:
         """Stop processing for a while (a VM pause, a long GC): inputs wait, timers coalesce."""
@@ -194,6 +239,7 @@ class SimNode:
         if not self.up or incarnation != self.incarnation:
             return
         self.replica.release()
+        self.drain()
 
     # ------------------------------------------------------------ client requests
     def client_write(self, client: "SimClient", op_no: int, attempt: int, envelope_args: tuple) -> None:
@@ -219,9 +265,16 @@ class SimNode:
         def fn(core: RaftCore) -> None:
             if core.applied - core.log.snapshot_index < 4:
                 return
-            assert self.machine.applied_index == core.applied, "machine and core disagree on the applied index"
+            if self.machine.applied_index != core.applied:
+                # A durable machine that installed a stream newer than its snapshot holds entries
+                # the core has not committed yet; the loop does not compact then (compact_now).
+                assert self.state is not None and self.machine.applied_index > core.applied, \
+                    "machine and core disagree on the applied index"
+                return
             snap = self.replica.compact_now(keep_entries)
             self.cluster.stats["compactions"] += 1
+            if self.cluster.durable and self.cluster.streams.sending(self.id):
+                self.cluster.stats["compactions_during_stream"] += 1
             self.cluster.event(self.id, "compact", "index=%d keep=%d" % (snap.index, keep_entries))
 
         self.input(fn)
@@ -264,7 +317,9 @@ class _SimEvents(Events):
 
     def snapshot_installed(self, snapshot) -> None:
         self.c.stats["installs"] += 1
-        self.c.event(self.node.id, "install", "snapshot index=%d term=%d" % (snapshot.index, snapshot.term))
+        machine = self.node.machine
+        self.c.event(self.node.id, "install", "snapshot index=%d term=%d state at %d" % (snapshot.index, snapshot.term, machine.applied_index))
+        self.c.checker.on_machine_loaded(self.node.id, "install", machine)
 
     def applied(self, entry, result) -> None:
         self.c.checker.on_apply(self.node.id, entry, result)
@@ -413,7 +468,18 @@ class SimCluster:
         self.rng_cores = random.Random(master.getrandbits(64))
         self.rng_clients = random.Random(master.getrandbits(64))
         self.rng_nemesis = random.Random(master.getrandbits(64))
+        self.rng_streams = random.Random(master.getrandbits(64))  # last: the draws above are as before it came
         self.swarm = Swarm.draw(self.rng_swarm, opts)
+        if opts.state not in STATE_MODES:
+            raise ValueError("state must be one of %s" % ", ".join(STATE_MODES))
+        rs = self.rng_streams
+        drawn = rs.random() < 0.6  # drawn whatever the mode: a seed runs the same in "mixed" as in the mode it drew
+        self.durable = opts.state == "durable" or (opts.state == "mixed" and drawn)
+        self.streams = SimStreams(self, rs, piece_bytes=rs.choice([8, 16, 48]), window=rs.choice([1, 2, 4]))
+        # Faults aimed at streams: the receiver crashes in mid-stream, the sender compacts while it streams.
+        self.stream_crash_rate = rs.choice([0.0, 0.3, 0.6]) if "crash" in self.swarm.enabled else 0.0
+        self.stream_compact_rate = rs.choice([0.3, 0.7]) if "snapshot" in self.swarm.enabled else 0.0
+        self.stream_pause_rate = rs.choice([0.0, 0.5]) if "pause" in self.swarm.enabled else 0.0
         self.net = SimNetwork(self.rng_net, self.swarm.net)
         self.checker = Checker()
         self.now = 0
@@ -429,6 +495,10 @@ class SimCluster:
         self.added_at: Dict[str, int] = {}  # node -> index of the entry that made it a learner
         self.stats = {"crashes": 0, "partitions": 0, "config_changes": 0, "compactions": 0, "transfers": 0,
                       "leaders": 0, "installs": 0, "acks": 0, "reads": 0}
+        if self.durable:
+            self.stats.update(durable=1, streams=0, streams_done=0, streams_broken=0, stream_pieces=0, stream_retries_ignored=0,
+                              staging_busy=0, crashes_mid_stream=0, sender_crashes_mid_stream=0, compactions_during_stream=0,
+                              lost_flushes=0, lost_staging_writes=0, restarts_with_half_staged_stream=0, plain_snapshots_refused=0)
 
         founders = ["n%d" % i for i in range(1, opts.nodes + 1)]
         config = Configuration.make(voters=founders, addresses={n: n for n in founders})
@@ -446,6 +516,7 @@ class SimCluster:
         slow = self.swarm.sync_delay_max["*"]
         delay = self.rng_disk.choice([0, slow]) if slow else 0
         disk = SimDisk(node_id, random.Random(self.rng_disk.getrandbits(64)), delay, self.schedule)
+        disk.keep_snapshot_data = not (self.durable and self.opts.stream_any_snapshot)  # kvd.store.lmdb keeps none then
         node = self.nodes[node_id] = SimNode(self, node_id, disk)
         if self.swarm.skew:
             node.tick_period = self.rng_disk.choice([TICK, TICK, TICK * 7 // 10, TICK * 3 // 2, TICK * 2])
@@ -481,6 +552,10 @@ class SimCluster:
     def send(self, m) -> None:
         src = self.nodes[m.src]
         self.checker.on_send(src.core, src.disk, m)
+        if self.durable and isinstance(m, InstallSnapshot) and (self.opts.stream_any_snapshot or not m.snapshot.data):
+            # As the node's transport does (kvd.wire.peers): the state is streamed from disk.
+            self.streams.start(m)
+            return
         for at in self.net.plan(m.src, m.dst, self.now):
             self.schedule(at - self.now, self._deliver, m)
 
@@ -488,8 +563,31 @@ class SimCluster:
         node = self.nodes.get(m.dst)
         if node is None or not node.up or not self.net.connected(m.src, m.dst):
             return
+        if self.durable and self.opts.stream_any_snapshot and isinstance(m, InstallSnapshot):
+            # kvd.wire.peers: a node with its state on disk takes a snapshot only as a stream.
+            self.stats["plain_snapshots_refused"] += 1
+            self.event(m.dst, "refuse", "a plain InstallSnapshot from %s" % m.src)
+            return
         self.trace.append((self.now, m.dst, "recv", m))  # formatted only if the trace is printed
         node.input(lambda core: core.step(m))
+
+    def stream_started(self, src: SimNode, dst: Optional[SimNode], stream) -> None:
+        """The nemesis of streams: crash the receiver in the middle of it, compact the sender while it runs."""
+        if self.healed or dst is None:
+            return
+        rng = self.rng_streams
+        span = 4 * self.swarm.net.delay_max + 10
+        if self.stream_crash_rate and rng.random() < self.stream_crash_rate:
+            self.stats["crashes"] += 1
+            self.schedule(rng.randint(1, span), self._crash, dst)
+            self.schedule(span + rng.randint(1, 15) * TICK, self._restart, dst)
+        if self.stream_compact_rate and rng.random() < self.stream_compact_rate:
+            self.schedule(rng.randint(1, span), src.compact, rng.choice([0, 2]))
+
+    def stream_completed(self, dst: SimNode) -> None:
+        """Sometimes pause the receiver as its stream completes: the token waits, and the leader's retry finds it busy."""
+        if not self.healed and self.stream_pause_rate and self.rng_streams.random() < self.stream_pause_rate:
+            dst.pause(self.rng_streams.randint(15, 40) * TICK)
 
     def client_hop(self, fn: Callable, *args) -> None:
         """A client request travels to a node (it may be lost)."""

@@ -10,9 +10,20 @@ have flushed some of them on its own; writes land in order and whole): what
 the core did not ask to have synced may or may not survive, and nothing else
 does.  A restarted node is rebuilt from ``load()`` only.
 
+A node whose applied state is durable (kvd.sim.state, ``attach_state``)
+keeps it in the same image: every write carries the state's ``flush`` (and
+the write that persists a received snapshot its ``install``), the state's
+staging writes are writes of their own, and each is applied to ``visible``
+(what the node reads back, LMDB's committed pages) when written and to
+``image`` (the durable state) when it survives, so the state shares the fate
+of the write it rode on.
+
 The durable image itself is checked as it changes: the durable term never
 goes back, the durable vote never changes within a term (one vote per term),
-and the durable commit index never goes back.
+and the durable commit index never goes back; the durable applied state is
+never ahead of the durable commit index (unless it was received whole from a
+leader, at its received index) nor behind the durable snapshot, and a
+snapshot is only installed from a complete stream.
 
 It implements the Raft core's ``Storage`` protocol (kvd.raft.storage), the
 same method shapes as the LMDB store, so the one Ready loop (kvd.replica)
@@ -25,6 +36,7 @@ Imports: as the layer table in tests/test_layers.py allows.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from typing import Callable, List, Optional, Sequence, Tuple
 
@@ -32,7 +44,7 @@ from kvd.raft.messages import Entry, HardState, Snapshot
 from kvd.raft.storage import Restored
 from kvd.sim.invariants import Violation
 
-Write = Tuple[Optional[HardState], Optional[Snapshot], List[Entry]]
+Write = Tuple[Optional[HardState], Optional[Snapshot], List[Entry], list]  # ..., the state's ops
 
 
 class SimDisk:
@@ -51,6 +63,23 @@ class SimDisk:
         self.pending: List[Write] = []
         self.writes = 0
         self.syncs = 0
+        # The durable applied state (kvd.sim.state), if the node keeps one.
+        self.state = None  # the SimState of the running node
+        self.image = None  # StateImage: durable
+        self.visible = None  # StateImage: as written (what the node reads)
+        self.lost_flushes = 0  # unsynced writes carrying a state flush that a crash lost
+        self.lost_staging = 0  # unsynced staging writes that a crash lost
+        #: False: a snapshot is stored without its data, as kvd.store.lmdb stores it beside a state on disk.
+        self.keep_snapshot_data = True
+
+    def attach_state(self, state) -> None:
+        """The running node's durable keyspace; its image starts empty on a new disk."""
+        from kvd.sim.state import StateImage
+
+        if self.image is None:
+            self.image = StateImage()
+            self.visible = StateImage()
+        self.state = state
 
     # ----------------------------------------------------------- Storage (kvd.raft.storage)
     def load(self) -> Restored:
@@ -78,8 +107,10 @@ class SimDisk:
 
     def compact(self, snap: Snapshot) -> None:
         """A snapshot taken by compaction: written and synced at once, then the log before it is dropped."""
+        self.writes += 1
+        self.pending.append((None, snap, [], self._state_ops(None)))
+        self._state_committed(None)
         self.sync()
-        self._make_durable((None, snap, []))
 
     # ----------------------------------------------------------- the image, piece by piece
     def put(self, hard_state: Optional[HardState], snapshot: Optional[Snapshot], entries: Sequence[Entry]) -> None:
@@ -87,7 +118,39 @@ class SimDisk:
         if hard_state is None and snapshot is None and not entries:
             return
         self.writes += 1
-        self.pending.append((hard_state, snapshot, list(entries)))
+        self.pending.append((hard_state, snapshot, list(entries), self._state_ops(snapshot)))
+        self._state_committed(snapshot)
+
+    def put_state(self, ops: list) -> None:
+        """A write of the state's own (a staging write), not synced."""
+        self.visible_apply(ops)
+        self.pending.append((None, None, [], ops))
+
+    def _state_ops(self, installed: Optional[Snapshot]) -> list:
+        """What the state adds to a write (in its transaction, as kvd.store.lmdb does): its flush, an install."""
+        state = self.state
+        if state is None:
+            return []
+        ops: list = []
+        if state.loaded:
+            state.flush(ops)
+        if installed is not None:
+            state.install(ops, installed.data)
+        self.visible_apply(ops)
+        return ops
+
+    def _state_committed(self, installed: Optional[Snapshot]) -> None:
+        state = self.state
+        if state is None:
+            return
+        if state.loaded:
+            state.committed()
+        if installed is not None:
+            state.installed()
+
+    def visible_apply(self, ops: list) -> None:
+        for op in ops:
+            self.visible.apply(op, self.node_id, False)
 
     def sync_delay(self) -> int:
         """How long the next sync takes (time units)."""
@@ -108,8 +171,17 @@ class SimDisk:
         for w in self.pending[:keep]:
             self._make_durable(w)
         lost = len(self.pending) - keep
+        for w in self.pending[keep:]:
+            for op in w[3]:
+                if op[0] == "flush":
+                    self.lost_flushes += 1
+                elif op[0].startswith("stage"):
+                    self.lost_staging += 1
         self.pending = []
         self.epoch += 1
+        if self.image is not None:
+            self.visible = self.image.copy()  # what was written and not kept is gone
+            self.state = None
         return lost
 
     def last_index(self) -> int:
@@ -118,7 +190,7 @@ class SimDisk:
 
     # ----------------------------------------------------------- the image
     def _make_durable(self, w: Write) -> None:
-        hs, snap, entries = w
+        hs, snap, entries, ops = w
         if snap is not None:
             if self.snapshot is not None and snap.index < self.snapshot.index:
                 raise Violation("disk", "%s: durable snapshot moves back from %d to %d" % (self.node_id, self.snapshot.index, snap.index))
@@ -127,7 +199,7 @@ class SimDisk:
             if keep and not (keep[0].index == snap.index + 1 and self._term_at(snap.index) == snap.term):
                 keep = []
             self.entries = keep
-            self.snapshot = snap
+            self.snapshot = snap if self.keep_snapshot_data or not snap.data else dataclasses.replace(snap, data=b"")
             if snap.index > self.hard_state.commit:
                 # A snapshot holds only committed state: it carries the commit index with it.
                 self.hard_state = HardState(self.hard_state.term, self.hard_state.vote, snap.index)
@@ -152,6 +224,22 @@ class SimDisk:
             if hs.commit < old.commit:
                 raise Violation("durable commit", "%s: durable commit index moves back from %d to %d" % (self.node_id, old.commit, hs.commit))
             self.hard_state = hs
+        if ops:
+            for op in ops:
+                self.image.apply(op, self.node_id, True)
+            self._check_state()
+
+    def _check_state(self) -> None:
+        """The durable applied state against the durable log."""
+        image = self.image
+        live = image.slots[image.live]
+        snap_index = self.snapshot.index if self.snapshot is not None else 0
+        if live.applied > max(self.hard_state.commit, snap_index, live.base):
+            raise Violation("durable state", "%s: the state on disk is applied to %d, the durable commit index is %d"
+                            % (self.node_id, live.applied, self.hard_state.commit))
+        if live.applied < snap_index:
+            raise Violation("durable state", "%s: the state on disk is applied to %d, behind the durable snapshot at %d"
+                            % (self.node_id, live.applied, snap_index))
 
     def _term_at(self, index: int) -> Optional[int]:
         base = self.snapshot.index if self.snapshot else 0

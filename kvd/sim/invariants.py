@@ -26,7 +26,16 @@ Safety (Raft paper Figure 3, plus what kvd promises its clients):
 - **linearizable reads**: a read served at applied index ``a`` returns what
   the reference register holds at ``a`` (so nothing never written), and
   ``a`` is at least the index of every write to that key that was
-  acknowledged before the read was invoked.
+  acknowledged before the read was invoked;
+- **durable state** (the durable mode, kvd.sim.state): whenever a machine
+  is loaded rather than built entry by entry (a restart opens the state on
+  disk, a streamed snapshot is installed) and at the end of a run, its
+  whole state (keys, values, client sessions, clock) equals that of a
+  reference machine fed the applied history up to the same index (so a
+  state that lost a flush, skipped an entry, took a half-written stream or
+  a stream read from a moving state shows); in kvd.sim.disk: the durable
+  state never ahead of the durable commit, never behind the durable
+  snapshot, and only a complete stream installed.
 
 The reference model is built here from the applied history alone (first
 application of each index, duplicates removed by (client, seq)); it does not
@@ -40,7 +49,11 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from typing import Dict, List, Optional, Tuple
 
-from kvd.kv.commands import Delete, IncrBy, MSet, Set, decode_envelope
+from hashlib import blake2b
+
+from kvd.kv.commands import Delete, Get, IncrBy, Keys, MSet, Set, decode_envelope
+from kvd.kv.keyspace import Keyspace
+from kvd.kv.machine import KVMachine, encode_session
 from kvd.kv.results import OK
 from kvd.raft.messages import AppendEntriesReply, Entry, EntryKind, RequestVoteReply
 
@@ -56,6 +69,24 @@ class Violation(Exception):
 
 def _ent(e: Entry) -> Tuple[int, int, bytes]:
     return (e.term, int(e.kind), e.data)
+
+
+def machine_digest(machine) -> bytes:
+    """The whole state of a KVMachine, in memory or durable: applied index, clock, sessions, keys and values."""
+    h = blake2b(digest_size=16)
+    h.update(b"%d %d;" % (machine.applied_index, machine.clock_ms))
+    sessions = machine._sessions
+    for cid in sorted(sessions):
+        data = encode_session(sessions[cid])
+        h.update(b"%d:%s%d:%s" % (len(cid), cid, len(data), data))
+    keyspace = machine._keyspace
+    if isinstance(keyspace, Keyspace):
+        items = sorted(keyspace._data.items())  # the reference's and in-memory machines': the quick way
+    else:
+        items = [(key, machine.read(Get(key))) for key in machine.read(Keys(b"*"))]
+    for key, value in items:
+        h.update(b"%d:%s%d:%s" % (len(key), key, len(value), value))
+    return h.digest()
 
 
 def durably_holds(disk, index: int, term: int) -> bool:
@@ -129,6 +160,9 @@ class Checker:
         # term it was committed in, or a later one)
         self.committed_term: Dict[int, int] = {}
         self.checks = 0
+        # The reference machine, fed the applied history on demand, and its digest at each index it passed.
+        self.reference_machine = KVMachine()
+        self.reference_digests: Dict[int, bytes] = {0: machine_digest(self.reference_machine)}
 
     # ------------------------------------------------------------ elections
     def on_leader(self, node: str, incarnation: int, term: int, core) -> None:
@@ -385,9 +419,36 @@ class Checker:
                 % (client.decode(), key, applied, needed),
             )
 
+    def reference_digest(self, index: int) -> Optional[bytes]:
+        """The reference machine's digest at ``index`` (None: some entry up to it was never applied anywhere)."""
+        ref = self.reference_machine
+        while ref.applied_index < index:
+            i = ref.applied_index + 1
+            e = self.applied.get(i)
+            if e is None:
+                return None
+            term, kind, data = e
+            if kind == int(EntryKind.NORMAL):
+                ref.apply(i, data)
+            else:
+                ref.apply_noop(i)
+            self.reference_digests[i] = machine_digest(ref)
+        return self.reference_digests.get(index)
+
+    def on_machine_loaded(self, node: str, how: str, machine) -> None:
+        """A machine was loaded whole (``how``: restart, install, end): it must equal the reference at its index."""
+        self.checks += 1
+        index = machine.applied_index
+        want = self.reference_digest(index)
+        if want is None:
+            raise Violation("durable state", "%s (%s) holds a state applied to %d, but not every entry up to it was ever applied"
+                            % (node, how, index))
+        if machine_digest(machine) != want:
+            raise Violation("durable state", "%s (%s): its state at applied index %d differs from the applied history's"
+                            % (node, how, index))
+
     def final_state(self, node: str, applied: int, machine) -> None:
         """At the end of a run: a node's whole keyspace equals the reference at its applied index."""
-        from kvd.kv.commands import Get
-
         for key in sorted(self.keys):
             self.on_read_served(node, key, applied, machine.read(Get(key)))
+        self.on_machine_loaded(node, "end", machine)

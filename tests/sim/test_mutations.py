@@ -41,7 +41,9 @@ EXPECTED = {
 def first_catch(name):
     with MUTATIONS[name]():
         for seed, nodes, faults in CI_SEEDS:
-            r = run_one(SimOptions(seed=seed, nodes=nodes, faults=faults))
+            # The in-memory state: the seed list was tuned to catch these core bugs there (the
+            # durable state draws its own faults); bugs of the durable state: tests/sim/test_durable.py.
+            r = run_one(SimOptions(seed=seed, nodes=nodes, faults=faults, state="memory"))
             if not r.ok:
                 return seed, nodes, r
     return None, None, None

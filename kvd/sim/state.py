@@ -1,0 +1,427 @@
+# -*- test-case-name: tests.sim.test_durable -*-
+"""
+The durable keyspace of a simulated node: the contract of
+kvd.store.state.LmdbState (the applied state on disk beside the log), kept
+in memory on the node's ``SimDisk`` so that the simulator checks the rules
+the node's storage lives by.
+
+The image.  The state's part of a disk image (``StateImage``) is two slots
+(applied index, clock, keys, client sessions), the number of the live one,
+and the staging record of a stream being received into the other one
+(slot, stream id, complete).  Every change is an *op* carried by a write of
+the disk, applied to the image the node reads (``SimDisk.visible``, like
+LMDB's committed pages) when it is written and to the durable image when
+that write is synced or survives a crash, so a crash keeps exactly the ops
+of the writes it keeps:
+
+- ``flush`` rides on every write of the Ready loop and on every compaction
+  (the overlay of applied-but-unwritten keys, the changed sessions, the
+  applied index and clock), so the state on disk never gets ahead of the log
+  it was applied from;
+- ``install`` rides on the write that persists a received snapshot: the
+  staged slot becomes live in the same write that records the snapshot and
+  drops the log;
+- ``stage-*`` are writes of their own, unsynced (the receiver's staging
+  transactions): a crash may keep any prefix of them, a half-written slot
+  that only the next stream's ``begin`` clears.
+
+Streams.  ``open_stream`` copies the live slot as it is written now (what an
+LMDB read transaction sees: later flushes, compactions and installs do not
+change it) and serializes it as records ``kind key value`` in a fixed order;
+``begin`` returns a writer that parses the pieces, writes them in batches and,
+on ``finish(count, crc)``, marks the stream complete and returns the token
+the InstallSnapshot carries.  ``StagingBusy`` while a complete stream waits
+for its install (until ``settle_staging``).
+
+Imports: as the layer table in tests/test_layers.py allows.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from typing import Dict, List, Optional, Tuple
+
+from kvd.kv.keyspace import MAX_CURSOR, Keyspace, scan_position
+from kvd.sim.invariants import Violation
+
+FLUSH, INSTALL, STAGE_BEGIN, STAGE_RECORDS, STAGE_DONE = "flush", "install", "stage-begin", "stage-records", "stage-done"
+KIND_STATE, KIND_SESSION, KIND_KV = 1, 2, 3
+_HEAD = struct.Struct(">BI")
+_U32 = struct.Struct(">I")
+_STATE = struct.Struct(">QQ")  # applied index, clock
+_TOKEN = b"sim-stream:"
+
+#: Records per staging write.
+STAGE_BATCH = 3
+
+
+class StateError(Exception):
+    """The state cannot do what was asked (see the message)."""
+
+
+class StagingBusy(StateError):
+    """A received snapshot is waiting to be installed: another stream cannot start now."""
+
+
+# ============================================================ the image
+class Slot:
+    """One copy of the applied state."""
+
+    __slots__ = ("applied", "clock", "keys", "sessions", "base")
+
+    def __init__(self) -> None:
+        self.applied = 0
+        self.clock = 0
+        self.keys = Keyspace()
+        self.sessions: Dict[bytes, bytes] = {}
+        #: The applied index it was received at (0: built by applying the log here).
+        self.base = 0
+
+    def copy(self) -> "Slot":
+        s = Slot()
+        s.applied, s.clock, s.base = self.applied, self.clock, self.base
+        s.keys = Keyspace.from_items(self.keys.items_in_order())
+        s.sessions = dict(self.sessions)
+        return s
+
+    def records(self) -> List[Tuple[int, bytes, bytes]]:
+        """The slot as a stream's records, in a fixed order: equal slots give equal records."""
+        out = [(KIND_STATE, b"", _STATE.pack(self.applied, self.clock))]
+        out += [(KIND_SESSION, cid, self.sessions[cid]) for cid in sorted(self.sessions)]
+        out += [(KIND_KV, k, v) for k, v in self.keys.items_in_order()]
+        return out
+
+
+class StateImage:
+    """The state's part of a disk image."""
+
+    __slots__ = ("live", "slots", "staging")
+
+    def __init__(self) -> None:
+        self.live = 0
+        self.slots = [Slot(), Slot()]
+        #: (slot, stream id, complete, crc) of the stream in the non-live slot, if any.
+        self.staging: Optional[Tuple[int, int, bool, int]] = None
+
+    def copy(self) -> "StateImage":
+        image = StateImage()
+        image.live, image.staging = self.live, self.staging
+        image.slots = [s.copy() for s in self.slots]
+        return image
+
+    def apply(self, op: tuple, node_id: str, durable: bool) -> None:
+        kind = op[0]
+        if kind == FLUSH:
+            _, slot_no, applied, clock, kv, sessions = op
+            slot = self.slots[slot_no]
+            slot.applied, slot.clock = applied, clock
+            for key, value in kv.items():
+                if value is None:
+                    slot.keys.delete(key)
+                else:
+                    slot.keys.put(key, value)
+            for cid, data in sessions.items():
+                if data is None:
+                    slot.sessions.pop(cid, None)
+                else:
+                    slot.sessions[cid] = data
+        elif kind == INSTALL:
+            _, slot_no, stream_id = op
+            staging = self.staging
+            if staging is None or staging[0] != slot_no or staging[1] != stream_id or not staging[2] or slot_no == self.live:
+                raise Violation("snapshot install", "%s: %s image installs stream %d into slot %d, but the staging record is %r (live slot %d)"
+                                % (node_id, "durable" if durable else "written", stream_id, slot_no, staging, self.live))
+            crc = _crc_of(self.slots[slot_no].records())
+            if crc != staging[3]:
+                raise Violation("snapshot install", "%s: %s image installs stream %d, but its slot does not hold what was received "
+                                "(a half-written stream)" % (node_id, "durable" if durable else "written", stream_id))
+            self.live = slot_no
+            self.staging = None
+        elif kind == STAGE_BEGIN:
+            _, slot_no, stream_id = op
+            self.slots[slot_no] = Slot()
+            self.staging = (slot_no, stream_id, False, 0)
+        elif kind == STAGE_RECORDS:
+            _, slot_no, records = op
+            slot = self.slots[slot_no]
+            for kind_, key, value in records:
+                if kind_ == KIND_STATE:
+                    slot.applied, slot.clock = _STATE.unpack(value)
+                    slot.base = slot.applied
+                elif kind_ == KIND_SESSION:
+                    slot.sessions[key] = value
+                else:
+                    slot.keys.put(key, value)
+        elif kind == STAGE_DONE:
+            _, slot_no, stream_id, crc = op
+            self.staging = (slot_no, stream_id, True, crc)
+        else:
+            raise AssertionError("unknown state op %r" % (kind,))
+
+
+def _pack(kind: int, key: bytes, value: bytes) -> bytes:
+    return _HEAD.pack(kind, len(key)) + key + _U32.pack(len(value)) + value
+
+
+def _crc_of(records) -> int:
+    crc = 0
+    for kind, key, value in records:
+        crc = zlib.crc32(_pack(kind, key, value), crc)
+    return crc
+
+
+def make_token(stream_id: int) -> bytes:
+    return _TOKEN + stream_id.to_bytes(8, "big")
+
+
+def token_stream(token: bytes) -> int:
+    token = bytes(token)
+    if not token.startswith(_TOKEN) or len(token) != len(_TOKEN) + 8:
+        raise StateError("a snapshot to install does not name a received stream (%r)" % (token[:24],))
+    return int.from_bytes(token[len(_TOKEN):], "big")
+
+
+# ============================================================ the keyspace
+class SimState:
+    """The durable keyspace of ``kvd.kv.machine.KVMachine`` on a ``SimDisk``: see the module docstring."""
+
+    durable = True
+
+    def __init__(self, disk) -> None:
+        self.disk = disk
+        disk.attach_state(self)
+        self._machine = None
+        self.loaded = False
+        self._pending: Dict[bytes, Optional[bytes]] = {}
+        self._count = len(self._live.keys)
+        self._staging: Optional["_Writer"] = None
+        self._staged_complete: Optional[int] = None
+
+    @property
+    def _live(self) -> Slot:
+        image = self.disk.visible
+        return image.slots[image.live]
+
+    @property
+    def live_slot(self) -> int:
+        return self.disk.visible.live
+
+    # ------------------------------------------------------------ wiring
+    def bind(self, machine) -> None:
+        self._machine = machine
+
+    def load(self) -> Tuple[int, int, List[Tuple[bytes, bytes]]]:
+        live = self._live
+        self._pending.clear()
+        self._count = len(live.keys)
+        self.loaded = True
+        return live.applied, live.clock, sorted(live.sessions.items())
+
+    # ------------------------------------------------------------ the machine's view
+    def __len__(self) -> int:
+        return self._count
+
+    def __contains__(self, key: bytes) -> bool:
+        return self.get(key) is not None
+
+    def get(self, key: bytes) -> Optional[bytes]:
+        if key in self._pending:
+            return self._pending[key]
+        return self._live.keys.get(key)
+
+    def put(self, key: bytes, value: bytes) -> None:
+        if self.get(key) is None:
+            self._count += 1
+        self._pending[key] = bytes(value)
+
+    def delete(self, key: bytes) -> bool:
+        if self.get(key) is None:
+            return False
+        self._count -= 1
+        self._pending[key] = None
+        return True
+
+    def _merged(self) -> List[Tuple[int, bytes]]:
+        """(scan position, key) of every key, written or pending, in SCAN order."""
+        keys = {k for k, _ in self._live.keys.items_in_order()}
+        for k, v in self._pending.items():
+            if v is None:
+                keys.discard(k)
+            else:
+                keys.add(k)
+        return sorted((scan_position(k), k) for k in keys)
+
+    def scan(self, cursor: int, match, count: int) -> Tuple[int, List[bytes]]:
+        """kvd.kv.keyspace.Keyspace.scan's contract, over the slot and the overlay."""
+        if cursor > MAX_CURSOR:
+            return 0, []
+        found: List[bytes] = []
+        visited = 0
+        last = -1
+        for position, key in self._merged():
+            if position < cursor:
+                continue
+            if visited >= count and position != last:
+                return position, found
+            visited += 1
+            last = position
+            if match is None or match.matches(key):
+                found.append(key)
+        return 0, found
+
+    def keys(self, pattern) -> List[bytes]:
+        literal = pattern.literal
+        if literal is not None:
+            return [literal] if self.get(literal) is not None else []
+        return sorted(k for _, k in self._merged() if pattern.matches(k))
+
+    def check(self) -> None:
+        n = len(self._merged())
+        assert n == self._count, "key count %d, %d keys stored" % (self._count, n)
+
+    # ------------------------------------------------------------ writes (the disk's)
+    def flush(self, ops: list) -> None:
+        """Add the overlay, the changed sessions and the applied index to a write's ``ops``."""
+        if self._machine is None:
+            return
+        applied, clock, sessions = self._machine.durable_changes()
+        ops.append((FLUSH, self.disk.visible.live, applied, clock, dict(self._pending), sessions))
+
+    def committed(self) -> None:
+        self._pending.clear()
+        if self._machine is not None:
+            self._machine.durable_flushed()
+
+    def install(self, ops: list, token: bytes) -> None:
+        """Swap in the staged slot named by ``token``, in the write that records the snapshot."""
+        stream_id = token_stream(token)
+        image = self.disk.visible
+        staging = image.staging
+        if staging is None or staging[1] != stream_id or not staging[2] or staging[0] == image.live:
+            raise Violation("snapshot install", "%s: the snapshot names stream %d, the staged state is %r"
+                            % (self.disk.node_id, stream_id, staging))
+        ops.append((INSTALL, staging[0], stream_id))
+
+    def installed(self) -> None:
+        self._pending.clear()
+        self._staged_complete = None
+        self._count = len(self._live.keys)
+
+    def settle_staging(self) -> None:
+        self._staged_complete = None
+
+    # ------------------------------------------------------------ streams
+    def open_stream(self, min_index: int) -> "SimStream":
+        live = self._live
+        if live.applied < min_index:
+            raise StateError("the state on disk is at index %d, the snapshot at %d" % (live.applied, min_index))
+        return SimStream(live.copy())
+
+    def begin(self, stream_id: int) -> "_Writer":
+        if self._staged_complete is not None:
+            raise StagingBusy("a received snapshot is waiting to be installed")
+        if self._staging is not None:
+            self._staging.abandoned = True
+        self._staging = _Writer(self, stream_id, 1 - self.disk.visible.live)
+        return self._staging
+
+    @property
+    def receiving(self) -> bool:
+        """A stream is being written into the staging slot."""
+        return self._staging is not None
+
+
+class SimStream:
+    """A consistent read of a slot (copied when opened), read out in pieces."""
+
+    def __init__(self, slot: Slot) -> None:
+        self.applied_index = slot.applied
+        self.key_count = len(slot.keys)
+        records = slot.records()
+        self.count = len(records)
+        self._data = b"".join(_pack(*r) for r in records)
+        self._pos = 0
+        self.crc = 0
+        self.done = False
+
+    def read(self, max_bytes: int) -> bytes:
+        piece = self._data[self._pos:self._pos + max_bytes]
+        self._pos += len(piece)
+        self.crc = zlib.crc32(piece, self.crc)
+        if self._pos >= len(self._data):
+            self.done = True
+        return piece
+
+    def close(self) -> None:
+        self._data = b""
+
+
+class _Writer:
+    """Receives one stream into the non-live slot, in staging writes of ``STAGE_BATCH`` records."""
+
+    def __init__(self, state: SimState, stream_id: int, slot: int) -> None:
+        self.state = state
+        self.stream_id = stream_id
+        self.slot = slot
+        self.abandoned = False
+        self._buffer = b""
+        self._batch: List[Tuple[int, bytes, bytes]] = []
+        self.count = 0
+        self.crc = 0
+        self.record_crc = 0
+        self._seen_state = False
+        state.disk.put_state([(STAGE_BEGIN, slot, stream_id)])
+
+    def feed(self, data: bytes) -> None:
+        self._check_live()
+        self.crc = zlib.crc32(data, self.crc)
+        buffer = self._buffer + data
+        pos = 0
+        while len(buffer) - pos >= _HEAD.size:
+            kind, klen = _HEAD.unpack_from(buffer, pos)
+            vstart = pos + _HEAD.size + klen + 4
+            if vstart > len(buffer):
+                break
+            (vlen,) = _U32.unpack_from(buffer, vstart - 4)
+            if vstart + vlen > len(buffer):
+                break
+            key, value = buffer[pos + _HEAD.size:vstart - 4], buffer[vstart:vstart + vlen]
+            if kind == KIND_STATE:
+                if self._seen_state:
+                    raise StateError("a second state record")
+                self._seen_state = True
+            elif kind not in (KIND_SESSION, KIND_KV) or not self._seen_state:
+                raise StateError("record of kind %d out of place" % kind)
+            self.count += 1
+            self._batch.append((kind, key, value))
+            pos = vstart + vlen
+        self._buffer = buffer[pos:]
+        if len(self._batch) >= STAGE_BATCH:
+            self._write_batch()
+
+    def _write_batch(self) -> None:
+        if self._batch:
+            self.record_crc = zlib.crc32(b"".join(_pack(*r) for r in self._batch), self.record_crc)
+            self.state.disk.put_state([(STAGE_RECORDS, self.slot, self._batch)])
+            self._batch = []
+
+    def finish(self, count: int, crc: int) -> bytes:
+        self._check_live()
+        if self._buffer or count != self.count or crc != self.crc:
+            raise StateError("received %d records (crc %08x, %d bytes left over), the sender sent %d (crc %08x)"
+                             % (self.count, self.crc, len(self._buffer), count, crc))
+        self._write_batch()
+        self.state.disk.put_state([(STAGE_DONE, self.slot, self.stream_id, self.record_crc)])
+        self.state._staging = None
+        self.state._staged_complete = self.stream_id
+        return make_token(self.stream_id)
+
+    def abort(self) -> None:
+        if self.state._staging is self:
+            self.state._staging = None
+        self.abandoned = True
+
+    def _check_live(self) -> None:
+        if self.abandoned:
+            raise StateError("snapshot stream %d was replaced by a newer one" % self.stream_id)
