@@ -77,6 +77,14 @@ class SimStreams:
         except StateError as e:
             c.event(m.src, "stream", "cannot read a snapshot for %s: %s" % (m.dst, e))
             return
+        # As the node's source does (NodeService.open_snapshot_stream): the stream is a snapshot
+        # at the index its state has reached, not the core's older one.
+        try:
+            m = dataclasses.replace(m, snapshot=src.core.snapshot_at(source.applied_index))
+        except ValueError as e:
+            source.close()
+            c.event(m.src, "stream", "no snapshot at the state's index for %s: %s" % (m.dst, e))
+            return
         s = self.active[key] = _Stream(self.rng.getrandbits(63), m, source, src.incarnation)
         c.stats["streams"] += 1
         c.event(m.src, "stream", "%d to %s: snapshot %d, state at %d" % (s.id % 1000, m.dst, m.snapshot.index, source.applied_index))
