@@ -327,6 +327,10 @@ def node_config(options: Options):
     )
 
 
+#: The LMDB map of a node: the most its data dir may hold (log and state).
+NODE_MAP_BYTES = 64 << 30
+
+
 def makeService(options: Options, reactor=None) -> service.MultiService:
     if reactor is None:
         from twisted.internet import reactor
@@ -356,7 +360,11 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
             port=config.address.peer_port,
             cluster=config.cluster_id,
         )
-    storage = LmdbStorage(config.data_dir, sync=config.sync)
+    # The whole map at once: growing it (set_mapsize) invalidates every open LMDB
+    # transaction, and a snapshot stream holds one for as long as it runs (a 1 GiB
+    # stream broke off after 910 MiB when the leader's map grew).  It is address
+    # space, not memory or disk: the file grows only as pages are used.
+    storage = LmdbStorage(config.data_dir, sync=config.sync, map_size_bytes=NODE_MAP_BYTES, map_size_max_bytes=NODE_MAP_BYTES)
     try:
         # Refuse a data dir of another cluster or node, a corrupt one (every
         # record's checksum is read here) or a truncated one, with a plain

@@ -219,6 +219,7 @@ class NodeView:
             "raft_commit_index": core.commit,
             "raft_applied_index": core.applied,
             "raft_last_index": core.log.last_index(),
+            "raft_first_index": core.log.first_index(),
             "raft_snapshot_index": core.latest_snapshot.index,
             "raft_members": ",".join(core.config.members),
             "raft_voters": ",".join(core.config.voters),

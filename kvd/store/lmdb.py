@@ -375,7 +375,8 @@ class LmdbStorage:
                 if not cursor.delete():
                     break
 
-        self._write(apply, sync=True)
+        # The state must reach the snapshot's index before the log below it goes.
+        self._write(apply, sync=True, flush_state=True)
 
     # -------------------------------------------------------------- internals
 
@@ -411,7 +412,7 @@ class LmdbStorage:
                 f"snapshot at index {snapshot.index} is older than the stored one at {current.index}"
             )
 
-    def _write(self, apply: Callable[[object], None], *, sync: bool) -> None:
+    def _write(self, apply: Callable[[object], None], *, sync: bool, flush_state: bool = False) -> None:
         """
         Run ``apply`` in one write transaction, growing the map and retrying
         the whole transaction when LMDB runs out of room.  An exception aborts
@@ -423,7 +424,7 @@ class LmdbStorage:
             try:
                 with env.begin(write=True) as txn:
                     if state is not None:
-                        state.flush(txn)  # the applied state rides with the log (kvd.store.state)
+                        state.flush(txn, force=flush_state)  # the applied state rides with the log (kvd.store.state)
                     apply(txn)
                 break
             except lmdb.MapFullError:

@@ -21,9 +21,10 @@ from kvd.store.state import STAGE_TXN_BYTES, LmdbState, StagingBusy, StateError,
 class Node:
     """A machine on an LmdbState inside an LmdbStorage, fed envelopes as the Ready loop would."""
 
-    def __init__(self, path, client=b"c1"):
+    def __init__(self, path, client=b"c1", **state_options):
         self.path = path
-        self.state = LmdbState()
+        state_options.setdefault("flush_writes", 1)  # every write flushes, unless a test says otherwise
+        self.state = LmdbState(**state_options)
         self.storage = LmdbStorage(path, sync=False, state=self.state)
         self.machine = KVMachine(session_ttl_ms=10_000, keyspace=self.state)
         self.storage.open("cluster", "node")
@@ -110,6 +111,32 @@ def test_a_restart_opens_the_state_and_skips_nothing(tmp_path):
     # The session survived: the same (client, seq) answers from memory, not applied twice.
     assert again.machine.session_count == 1
     again.close()
+
+
+def test_the_state_is_flushed_in_batches_and_a_restart_applies_the_rest_again(tmp_path):
+    """Between flushes the log alone holds the newest applied writes; a restart starts from the last flush."""
+    node = Node(str(tmp_path / "a"), flush_keys=10, flush_writes=3)
+    for i in range(4):
+        node.apply(Set(b"k%d" % i, b"v"))
+        node.flush()  # four log writes of one key each: the third flushes (3 writes), the fourth does not
+    node.close()
+    again = Node(str(tmp_path / "a"), client=b"c2", flush_keys=10, flush_writes=3)
+    assert again.machine.applied_index == 3  # k3 is applied again from the log after the restart
+    assert again.machine.read(Get(b"k2")) == b"v" and again.machine.read(Get(b"k3")) is None
+    for i in range(3, 15):
+        again.apply(Set(b"k%d" % i, b"v"))  # 12 keys in the overlay: over flush_keys
+    again.flush()
+    again.close()
+    assert Node(str(tmp_path / "a")).machine.applied_index == 15
+
+
+def test_a_compaction_always_flushes(tmp_path):
+    node = Node(str(tmp_path / "a"), flush_keys=1000, flush_writes=1000)
+    node.apply(Set(b"k", b"v"))
+    node.flush()
+    node.storage.compact(Snapshot(1, 1, Configuration(), b""))
+    node.close()
+    assert Node(str(tmp_path / "a")).machine.applied_index == 1
 
 
 def test_a_long_key_round_trips(tmp_path):

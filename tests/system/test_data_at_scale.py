@@ -88,6 +88,7 @@ def test_200_mib_join_rejoin_and_restart(cluster, tmp_path):
     # A fourth node joins while writes go on (so the leader compacts its log past the
     # snapshot it began to send): it is sent the state as a stream, and becomes a voter.
     new = joiner(c, str(tmp_path))
+    c.nodes.append(new)  # from now on, the fixture's teardown kills it too
     new.start()
     stop, written = threading.Event(), []
 
@@ -112,7 +113,6 @@ def test_200_mib_join_rejoin_and_restart(cluster, tmp_path):
         stop.set()
         thread.join(60)
     assert not thread.is_alive()
-    c.nodes.append(new)
     c.caught_up(new, 60)
     check_sample(new, KEYS, len(written))
     local = new.client()
