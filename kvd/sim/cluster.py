@@ -67,6 +67,9 @@ class SimOptions:
     # node was before, streaming only one with empty data, so the token went out as data, which no
     # receiver can install (tests/sim/test_durable.py shows the simulator finds it).
     stream_any_snapshot: bool = True
+    #: How often a durable state's flush waits for a later write (kvd.store.state flushes in batches);
+    #: None: drawn per seed among 0, 0.5 and 0.9.
+    flush_skip: Optional[float] = None
 
 
 @dataclass
@@ -167,7 +170,7 @@ class SimNode:
         if c.durable:
             # As the node starts (kvd.node.service): open the state on disk; the
             # loop skips the log entries it holds already.
-            self.state = SimState(self.disk)
+            self.state = SimState(self.disk, skip_flush=c.skip_flush)
             self.machine = KVMachine(keyspace=self.state)
             self.machine.reload()
         else:
@@ -469,6 +472,9 @@ class SimCluster:
         self.rng_clients = random.Random(master.getrandbits(64))
         self.rng_nemesis = random.Random(master.getrandbits(64))
         self.rng_streams = random.Random(master.getrandbits(64))  # last: the draws above are as before it came
+        self.rng_flush = random.Random(master.getrandbits(64))  # after it, for the same reason
+        #: How often a durable state's flush waits for a later write (LmdbState flushes in batches).
+        self.flush_skip = self.rng_flush.choice([0.0, 0.5, 0.9]) if opts.flush_skip is None else opts.flush_skip
         self.swarm = Swarm.draw(self.rng_swarm, opts)
         if opts.state not in STATE_MODES:
             raise ValueError("state must be one of %s" % ", ".join(STATE_MODES))
@@ -498,7 +504,8 @@ class SimCluster:
         if self.durable:
             self.stats.update(durable=1, streams=0, streams_done=0, streams_broken=0, stream_pieces=0, stream_retries_ignored=0,
                               staging_busy=0, crashes_mid_stream=0, sender_crashes_mid_stream=0, compactions_during_stream=0,
-                              lost_flushes=0, lost_staging_writes=0, restarts_with_half_staged_stream=0, plain_snapshots_refused=0)
+                              lost_flushes=0, lost_staging_writes=0, restarts_with_half_staged_stream=0, plain_snapshots_refused=0,
+                              skipped_flushes=0)
 
         founders = ["n%d" % i for i in range(1, opts.nodes + 1)]
         config = Configuration.make(voters=founders, addresses={n: n for n in founders})
@@ -531,6 +538,12 @@ class SimCluster:
         self.schedule(node.tick_period, self._node_tick, node)
 
     # ------------------------------------------------------------ events and trace
+    def skip_flush(self) -> bool:
+        if self.rng_flush.random() < self.flush_skip:
+            self.stats["skipped_flushes"] += 1
+            return True
+        return False
+
     def schedule(self, delay: int, fn: Callable, *args) -> None:
         self.seq += 1
         heapq.heappush(self.queue, (self.now + delay, self.seq, fn, args))

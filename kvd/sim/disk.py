@@ -108,7 +108,7 @@ class SimDisk:
     def compact(self, snap: Snapshot) -> None:
         """A snapshot taken by compaction: written and synced at once, then the log before it is dropped."""
         self.writes += 1
-        self.pending.append((None, snap, [], self._state_ops(None)))
+        self.pending.append((None, snap, [], self._state_ops(None, force_flush=True)))
         self._state_committed(None)
         self.sync()
 
@@ -126,14 +126,14 @@ class SimDisk:
         self.visible_apply(ops)
         self.pending.append((None, None, [], ops))
 
-    def _state_ops(self, installed: Optional[Snapshot]) -> list:
+    def _state_ops(self, installed: Optional[Snapshot], force_flush: bool = False) -> list:
         """What the state adds to a write (in its transaction, as kvd.store.lmdb does): its flush, an install."""
         state = self.state
         if state is None:
             return []
         ops: list = []
         if state.loaded:
-            state.flush(ops)
+            state.flush(ops, force=force_flush)
         if installed is not None:
             state.install(ops, installed.data)
         self.visible_apply(ops)

@@ -188,8 +188,12 @@ class SimState:
 
     durable = True
 
-    def __init__(self, disk) -> None:
+    def __init__(self, disk, skip_flush=lambda: False) -> None:
         self.disk = disk
+        #: Whether the next flush waits for a later write (drawn by the cluster; LmdbState batches flushes).
+        self.skip_flush = skip_flush
+        self.skipped_flushes = 0
+        self._flushing = False
         disk.attach_state(self)
         self._machine = None
         self.loaded = False
@@ -281,14 +285,26 @@ class SimState:
         assert n == self._count, "key count %d, %d keys stored" % (self._count, n)
 
     # ------------------------------------------------------------ writes (the disk's)
-    def flush(self, ops: list) -> None:
-        """Add the overlay, the changed sessions and the applied index to a write's ``ops``."""
+    def flush(self, ops: list, force: bool = False) -> None:
+        """
+        Add the overlay, the changed sessions and the applied index to a
+        write's ``ops`` -- or, as LmdbState does between its batches, not
+        (``skip_flush`` draws it; a compaction always flushes): the log alone
+        then holds the newest applied writes, and a restart applies them again.
+        """
         if self._machine is None:
             return
+        if not force and self.skip_flush():
+            self.skipped_flushes += 1
+            return
+        self._flushing = True
         applied, clock, sessions = self._machine.durable_changes()
         ops.append((FLUSH, self.disk.visible.live, applied, clock, dict(self._pending), sessions))
 
     def committed(self) -> None:
+        if not self._flushing:
+            return
+        self._flushing = False
         self._pending.clear()
         if self._machine is not None:
             self._machine.durable_flushed()
