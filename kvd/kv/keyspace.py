@@ -236,3 +236,42 @@ class Keyspace:
         """Assert the index matches the dict; for tests."""
         self._index.check()
         assert sorted(e[8:] for e in self._index) == sorted(self._data), "index and data disagree"
+
+
+class Overlay:
+    """
+    What a durable keyspace (kvd.store.state, and the simulator's model of
+    it, kvd.sim.state) keeps in memory: the writes applied since its last
+    flush (``None`` for a deleted key) over what it has stored, and the key
+    count.  Subclasses say how to read a stored value (``_stored``).
+    """
+
+    def _reset_overlay(self, count: int) -> None:
+        self._pending: Dict[bytes, Optional[bytes]] = {}
+        self._count = count
+
+    def _stored(self, key: bytes) -> Optional[bytes]:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __contains__(self, key: bytes) -> bool:
+        return self.get(key) is not None
+
+    def get(self, key: bytes) -> Optional[bytes]:
+        if key in self._pending:
+            return self._pending[key]
+        return self._stored(key)
+
+    def put(self, key: bytes, value: bytes) -> None:
+        if self.get(key) is None:
+            self._count += 1
+        self._pending[key] = bytes(value)
+
+    def delete(self, key: bytes) -> bool:
+        if self.get(key) is None:
+            return False
+        self._count -= 1
+        self._pending[key] = None
+        return True

@@ -42,7 +42,7 @@ import struct
 import zlib
 from typing import Dict, List, Optional, Tuple
 
-from kvd.kv.keyspace import MAX_CURSOR, Keyspace, scan_position
+from kvd.kv.keyspace import MAX_CURSOR, Keyspace, Overlay, scan_position
 from kvd.sim.invariants import Violation
 
 FLUSH, INSTALL, STAGE_BEGIN, STAGE_RECORDS, STAGE_DONE = "flush", "install", "stage-begin", "stage-records", "stage-done"
@@ -183,7 +183,7 @@ def token_stream(token: bytes) -> int:
 
 
 # ============================================================ the keyspace
-class SimState:
+class SimState(Overlay):
     """The durable keyspace of ``kvd.kv.machine.KVMachine`` on a ``SimDisk``: see the module docstring."""
 
     durable = True
@@ -197,8 +197,7 @@ class SimState:
         disk.attach_state(self)
         self._machine = None
         self.loaded = False
-        self._pending: Dict[bytes, Optional[bytes]] = {}
-        self._count = len(self._live.keys)
+        self._reset_overlay(len(self._live.keys))
         self._staging: Optional["_Writer"] = None
         self._staged_complete: Optional[int] = None
 
@@ -223,28 +222,8 @@ class SimState:
         return live.applied, live.clock, sorted(live.sessions.items())
 
     # ------------------------------------------------------------ the machine's view
-    def __len__(self) -> int:
-        return self._count
-
-    def __contains__(self, key: bytes) -> bool:
-        return self.get(key) is not None
-
-    def get(self, key: bytes) -> Optional[bytes]:
-        if key in self._pending:
-            return self._pending[key]
+    def _stored(self, key: bytes) -> Optional[bytes]:
         return self._live.keys.get(key)
-
-    def put(self, key: bytes, value: bytes) -> None:
-        if self.get(key) is None:
-            self._count += 1
-        self._pending[key] = bytes(value)
-
-    def delete(self, key: bytes) -> bool:
-        if self.get(key) is None:
-            return False
-        self._count -= 1
-        self._pending[key] = None
-        return True
 
     def _merged(self) -> List[Tuple[int, bytes]]:
         """(scan position, key) of every key, written or pending, in SCAN order."""

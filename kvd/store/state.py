@@ -46,7 +46,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import lmdb
 
-from kvd.kv.keyspace import MAX_CURSOR, scan_position
+from kvd.kv.keyspace import MAX_CURSOR, Overlay, scan_position
 from kvd.store import checksum
 from kvd.store.schema import CorruptRecord
 
@@ -102,7 +102,7 @@ def _kv_record(key: bytes, value: bytes) -> bytes:
     return checksum.seal(b"\x01" + _U32.pack(len(key)) + key + value)
 
 
-class LmdbState:
+class LmdbState(Overlay):
     """The durable keyspace: see the module docstring."""
 
     durable = True
@@ -119,8 +119,7 @@ class LmdbState:
         self._machine = None
         #: Whether the machine has loaded the stored state (before that, nothing is flushed).
         self.loaded = False
-        self._pending: Dict[bytes, Optional[bytes]] = {}
-        self._count = 0
+        self._reset_overlay(0)
         self._flushing = False  # ``flush`` wrote into the transaction being committed
         self._staging: Optional["_StagingWriter"] = None
         self._staged_complete: Optional[int] = None  # stream id of a complete stream awaiting install
@@ -187,33 +186,14 @@ class LmdbState:
         self.loaded = True
         return applied, clock, sessions
 
-    def __len__(self) -> int:
-        return self._count
-
-    def __contains__(self, key: bytes) -> bool:
-        return self.get(key) is not None
-
-    def get(self, key: bytes) -> Optional[bytes]:
-        if key in self._pending:
-            return self._pending[key]
+    def _stored(self, key: bytes) -> Optional[bytes]:
+        dbkey = lmdb_key(key)
         with self._require_env().begin(db=self._kv) as txn:
-            raw = txn.get(lmdb_key(key))
+            raw = txn.get(dbkey)
         if raw is None:
             return None
-        stored_key, value = self._decode_kv(lmdb_key(key), raw)
+        stored_key, value = self._decode_kv(dbkey, raw)
         return value if stored_key == key else None
-
-    def put(self, key: bytes, value: bytes) -> None:
-        if self.get(key) is None:
-            self._count += 1
-        self._pending[key] = bytes(value)
-
-    def delete(self, key: bytes) -> bool:
-        if self.get(key) is None:
-            return False
-        self._count -= 1
-        self._pending[key] = None
-        return True
 
     def scan(self, cursor: int, match, count: int) -> Tuple[int, List[bytes]]:
         """Exactly kvd.kv.keyspace.Keyspace.scan's contract, over LMDB and the overlay."""

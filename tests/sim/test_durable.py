@@ -19,6 +19,7 @@ from kvd.sim import disk as sim_disk
 from kvd.sim import state as sim_state
 from kvd.sim.__main__ import main
 from kvd.sim.cluster import SimOptions, run_one
+from tests.sim.mutations import patched
 
 SEEDS = range(0, 40)
 
@@ -64,16 +65,6 @@ def test_command_line_takes_the_state_mode(capsys):
 
 
 # ------------------------------------------------------------ planted bugs
-
-
-@contextlib.contextmanager
-def patched(cls, name, fn):
-    old = cls.__dict__[name]
-    setattr(cls, name, fn)
-    try:
-        yield
-    finally:
-        setattr(cls, name, old)
 
 
 def sessions_not_flushed():
