@@ -65,6 +65,10 @@ SCRUB_RECORDS_PER_TICK = 250
 #: log from being compacted past it (beyond that it is sent a snapshot).
 FOLLOWER_HOLD_SNAPSHOTS = 10
 
+#: A peer streamed a snapshot keeps the log from being compacted past it while its
+#: match index rises at least this often.
+CATCH_UP_STALL_S = 10.0
+
 #: Seconds between two log lines about refused peer messages of one reason.
 REFUSED_LOG_INTERVAL_S = 10.0
 
@@ -115,6 +119,8 @@ class NodeService(service.Service):
         #: The process exit status the failure calls for (EXIT_STORAGE, EXIT_LOOP_FAILED), None while healthy.
         self.exit_code: Optional[int] = None
         self._refused_logged = {}  # reason -> (count logged, clock time)
+        #: Peers streamed a snapshot, catching up: peer -> (stream index, match seen, when it last rose).
+        self._catching_up = {}
 
     # ============================================================ lifecycle
     def startService(self):
@@ -514,13 +520,41 @@ class NodeService(service.Service):
         """
         keep = self.config.snapshot_keep_entries
         floors = [self.core.followers_floor(FOLLOWER_HOLD_SNAPSHOTS * self.config.snapshot_entries)]
-        streams_floor = getattr(self.peers, "streams_floor", None)
-        if streams_floor is not None:
-            floors.append(streams_floor())
+        floors.extend(self._catching_up_floors())
         floors = [f for f in floors if f is not None]
         if floors:
             keep = max(keep, self.core.applied - min(floors))
         return keep
+
+    def _catching_up_floors(self) -> List[int]:
+        """
+        Where each peer that was streamed a snapshot goes on from: the
+        stream's index, then its match index for as long as that keeps
+        rising (at least every ``CATCH_UP_STALL_S``).  A joiner streamed a
+        large state under steady writes ends far behind, further than a
+        follower is otherwise waited for; compacting past it would stream the
+        whole state again, and again, while the writes go on.
+        """
+        recent = getattr(self.peers, "recent_streams", None)
+        now = self.clock.seconds()
+        for peer, index in (recent() if recent is not None else {}).items():
+            tracked = self._catching_up.get(peer)
+            # While its stream runs (or just ended) the clock of its catching up has not started.
+            self._catching_up[peer] = (index, 0 if tracked is None or tracked[0] != index else tracked[1], now)
+        floors = []
+        for peer, (index, last_match, progressed) in list(self._catching_up.items()):
+            match = self.core.match_of(peer)
+            if match is None:
+                del self._catching_up[peer]
+                continue
+            if match > last_match:
+                last_match, progressed = match, now
+                self._catching_up[peer] = (index, match, now)
+            if now - progressed > CATCH_UP_STALL_S:
+                del self._catching_up[peer]  # it stopped catching up: a snapshot it will be
+                continue
+            floors.append(max(index, last_match))
+        return floors
 
     def _snapshot_taken(self, snap) -> None:
         self.stats["snapshots"] += 1

@@ -342,6 +342,11 @@ class RaftCore:
         ]
         return min(floors) if floors else None
 
+    def match_of(self, node: NodeId) -> Optional[int]:
+        """On a leader, the highest index ``node`` is known to hold; None elsewhere or for a non-member."""
+        pr = self.progress.get(node) if self.role is Role.LEADER else None
+        return None if pr is None else pr.match
+
     def snapshot_at(self, index: int) -> Snapshot:
         """
         What a snapshot of the machine at the applied ``index`` records (its

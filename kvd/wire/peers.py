@@ -944,21 +944,28 @@ class PeerTransport:
         """The peers a snapshot is being streamed to now."""
         return list(self._streams)
 
-    def streams_floor(self) -> Optional[int]:
+    def recent_streams(self) -> Dict[str, int]:
         """
-        The lowest index of a snapshot being streamed, or streamed within
+        Peer -> snapshot index of each stream running, or ended within
         ``STREAM_FLOOR_HOLD_S``: its receiver goes on from the entry after it,
         so the log must not be compacted past it meanwhile (else another
         snapshot would follow, and another, as long as writes go on).
         """
         now = self.reactor.seconds()
-        indexes = [sender.message.snapshot.index for sender in self._streams.values()]
+        recent = {}
         for dst, (index, when) in list(self._streamed.items()):
             if now - when > STREAM_FLOOR_HOLD_S:
                 del self._streamed[dst]
             else:
-                indexes.append(index)
-        return min(indexes) if indexes else None
+                recent[dst] = index
+        for dst, sender in self._streams.items():
+            recent[dst] = sender.message.snapshot.index
+        return recent
+
+    def streams_floor(self) -> Optional[int]:
+        """The lowest index of :meth:`recent_streams`, or None."""
+        recent = self.recent_streams()
+        return min(recent.values()) if recent else None
 
     def forward(self, node_id: str, payload: bytes, timeout: Optional[float] = None) -> Deferred:
         """

@@ -164,6 +164,38 @@ def test_a_follower_that_is_up_is_sent_entries_not_a_snapshot(tmp_path):
     assert slow.stats.get("snapshots_installed", 0) == 0
 
 
+def test_a_peer_streamed_a_snapshot_keeps_the_log_while_it_catches_up(tmp_path):
+    """
+    After a stream the log is kept from the stream's index, then from the
+    receiver's match while it rises; once it stops rising for
+    CATCH_UP_STALL_S the log is compacted past it (it will get a snapshot).
+    """
+    from kvd.node.service import CATCH_UP_STALL_S
+
+    clock, network = make_cluster(tmp_path, snapshot_entries=20, snapshot_keep_entries=0)
+    for node in network.nodes.values():
+        node.startService()
+    run(clock, 5)
+    (leader,) = leaders(network)
+    joiner = next(n for n in network.nodes.values() if n is not leader)
+    network.isolate(joiner.config.node_id)
+    run(clock, 3)  # long enough to count as down: followers_floor does not hold the log for it
+    streamed_at = leader.core.applied
+    streams = {joiner.config.node_id: streamed_at}
+    leader.peers.recent_streams = lambda: dict(streams)
+    for i in range(100):
+        leader.submit(Set(b"k%d" % i, b"v%d" % i))
+    run(clock, 1)
+    assert leader.core.latest_snapshot.index > streamed_at + 50  # compactions happened...
+    assert leader.core.log.first_index() <= streamed_at + 1  # ...but not past the stream
+    streams.clear()  # the stream ended long ago; the receiver's match does not rise
+    run(clock, CATCH_UP_STALL_S + 1)
+    for i in range(100, 200):
+        leader.submit(Set(b"k%d" % i, b"v%d" % i))
+    run(clock, 1)
+    assert leader.core.log.first_index() > streamed_at + 1
+
+
 def test_exactly_once_when_a_forward_is_retried(cluster):
     """The same envelope forwarded twice (a retry after a lost answer) is applied once."""
     clock, network = cluster
