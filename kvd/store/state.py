@@ -7,11 +7,13 @@ transaction streamed to the follower.
 
 ``LmdbState`` is the durable keyspace of ``kvd.kv.machine.KVMachine``.
 Applying an entry changes an in-memory overlay of pending writes; the
-storage (kvd.store.lmdb) calls ``flush`` inside its next write transaction,
-so the keys, the client sessions and the applied index reach the disk in
-the same transaction and under the same sync as the log entries that
-follow them (the log is always ahead of the state, so a crash loses nothing
-the log cannot replay).  Reads look at the overlay, then at LMDB.
+storage (kvd.store.lmdb) calls ``flush`` inside each of its write
+transactions, and every ``FLUSH_KEYS`` keys or ``FLUSH_WRITES`` writes (and
+at every compaction) the keys, the client sessions and the applied index
+reach the disk in the same transaction and under the same sync as the log
+entries that follow them (the log is always ahead of the state, so a crash
+loses nothing the log cannot replay).  Reads look at the overlay, then at
+LMDB.
 
 Two slots.  The state lives in slot 0 or 1 (sub-databases ``kv.N`` and
 ``sessions.N``, a record ``state.N`` in ``meta`` with the applied index,
@@ -315,7 +317,7 @@ class LmdbState(Overlay):
         txn.put(META_SLOT, checksum.seal(bytes((slot,))), db=self._meta)
         txn.delete(META_STAGING, db=self._meta)
 
-    def installed(self, txn_committed: bool = True) -> None:
+    def installed(self) -> None:
         """After ``install``'s transaction committed: the other slot is live now."""
         with self._require_env().begin() as txn:
             raw = txn.get(META_SLOT, db=self._meta)
