@@ -41,7 +41,6 @@ Imports: as the layer table in tests/test_layers.py allows.
 
 from __future__ import annotations
 
-import os
 import struct
 from hashlib import blake2b
 from typing import Callable, Dict, Iterator, List, Optional, Tuple

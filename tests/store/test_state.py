@@ -6,11 +6,9 @@ streamed to another store and swapped in, and never serving a corrupt value.
 
 import random
 
-import lmdb
 import pytest
 
 from kvd.kv.commands import Delete, Envelope, Get, IncrBy, Keys, MSet, Scan, Set, encode_envelope
-from kvd.kv.glob import Pattern
 from kvd.kv.machine import KVMachine
 from kvd.raft.messages import Configuration, HardState, Snapshot
 from kvd.store.lmdb import CorruptStorage, LmdbStorage
