@@ -243,7 +243,9 @@ class Overlay:
     What a durable keyspace (kvd.store.state, and the simulator's model of
     it, kvd.sim.state) keeps in memory: the writes applied since its last
     flush (``None`` for a deleted key) over what it has stored, and the key
-    count.  Subclasses say how to read a stored value (``_stored``).
+    count.  Subclasses say how to read a stored value (``_stored``) and how
+    to walk every live key in SCAN order (``_merged_from``); SCAN, KEYS and
+    the count check are then the same for both.
     """
 
     def _reset_overlay(self, count: int) -> None:
@@ -275,3 +277,35 @@ class Overlay:
         self._count -= 1
         self._pending[key] = None
         return True
+
+    def _merged_from(self, start: int) -> Iterator[Tuple[int, bytes]]:
+        """(SCAN position, key) of every live key at or after position ``start``, stored or pending, in SCAN order."""
+        raise NotImplementedError
+
+    def scan(self, cursor: int, match: Optional[Pattern], count: int) -> Tuple[int, List[bytes]]:
+        """Exactly ``Keyspace.scan``'s contract, over what is stored and the overlay."""
+        if cursor > MAX_CURSOR:
+            return 0, []
+        found: List[bytes] = []
+        visited = 0
+        last = -1
+        for position, key in self._merged_from(cursor):
+            if visited >= count and position != last:
+                return position, found
+            visited += 1
+            last = position
+            if match is None or match.matches(key):
+                found.append(key)
+        return 0, found
+
+    def keys(self, pattern: Pattern) -> List[bytes]:
+        """Every key matching ``pattern``, sorted bytewise."""
+        literal = pattern.literal
+        if literal is not None:
+            return [literal] if self.get(literal) is not None else []
+        return sorted(key for _, key in self._merged_from(0) if pattern.matches(key))
+
+    def check(self) -> None:
+        """Assert the key count matches the keys there are; for tests."""
+        n = sum(1 for _ in self._merged_from(0))
+        assert n == self._count, "key count %d, %d keys stored" % (self._count, n)

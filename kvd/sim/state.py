@@ -40,9 +40,9 @@ from __future__ import annotations
 
 import struct
 import zlib
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
-from kvd.kv.keyspace import MAX_CURSOR, Keyspace, Overlay, scan_position
+from kvd.kv.keyspace import Keyspace, Overlay, scan_position
 from kvd.sim.invariants import Violation
 
 FLUSH, INSTALL, STAGE_BEGIN, STAGE_RECORDS, STAGE_DONE = "flush", "install", "stage-begin", "stage-records", "stage-done"
@@ -225,43 +225,14 @@ class SimState(Overlay):
     def _stored(self, key: bytes) -> Optional[bytes]:
         return self._live.keys.get(key)
 
-    def _merged(self) -> List[Tuple[int, bytes]]:
-        """(scan position, key) of every key, written or pending, in SCAN order."""
+    def _merged_from(self, start: int) -> Iterator[Tuple[int, bytes]]:
         keys = {k for k, _ in self._live.keys.items_in_order()}
         for k, v in self._pending.items():
             if v is None:
                 keys.discard(k)
             else:
                 keys.add(k)
-        return sorted((scan_position(k), k) for k in keys)
-
-    def scan(self, cursor: int, match, count: int) -> Tuple[int, List[bytes]]:
-        """kvd.kv.keyspace.Keyspace.scan's contract, over the slot and the overlay."""
-        if cursor > MAX_CURSOR:
-            return 0, []
-        found: List[bytes] = []
-        visited = 0
-        last = -1
-        for position, key in self._merged():
-            if position < cursor:
-                continue
-            if visited >= count and position != last:
-                return position, found
-            visited += 1
-            last = position
-            if match is None or match.matches(key):
-                found.append(key)
-        return 0, found
-
-    def keys(self, pattern) -> List[bytes]:
-        literal = pattern.literal
-        if literal is not None:
-            return [literal] if self.get(literal) is not None else []
-        return sorted(k for _, k in self._merged() if pattern.matches(k))
-
-    def check(self) -> None:
-        n = len(self._merged())
-        assert n == self._count, "key count %d, %d keys stored" % (self._count, n)
+        return iter(sorted(item for item in ((scan_position(k), k) for k in keys) if item[0] >= start))
 
     # ------------------------------------------------------------ writes (the disk's)
     def flush(self, ops: list, force: bool = False) -> None:

@@ -47,7 +47,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import lmdb
 
-from kvd.kv.keyspace import MAX_CURSOR, Overlay, scan_position
+from kvd.kv.keyspace import Overlay, scan_position
 from kvd.store import checksum
 from kvd.store.schema import CorruptRecord
 
@@ -95,6 +95,10 @@ def lmdb_key(key: bytes) -> bytes:
     if len(key) <= _INLINE_KEY:
         return position + key
     return position + key[:_INLINE_KEY] + blake2b(key, digest_size=_DIGEST).digest()
+
+
+def _position(dbkey: bytes) -> int:
+    return int.from_bytes(dbkey[:8], "big")
 
 
 def _kv_record(key: bytes, value: bytes) -> bytes:
@@ -196,59 +200,33 @@ class LmdbState(Overlay):
         stored_key, value = self._decode_kv(dbkey, raw)
         return value if stored_key == key else None
 
-    def scan(self, cursor: int, match, count: int) -> Tuple[int, List[bytes]]:
-        """Exactly kvd.kv.keyspace.Keyspace.scan's contract, over LMDB and the overlay."""
-        if cursor > MAX_CURSOR:
-            return 0, []
-        found: List[bytes] = []
-        visited = 0
-        last = b""
-        for position, key in self._merged_from(cursor.to_bytes(8, "big")):
-            if visited >= count and position != last:
-                return int.from_bytes(position, "big"), found
-            visited += 1
-            last = position
-            if match is None or match.matches(key):
-                found.append(key)
-        return 0, found
-
-    def keys(self, pattern) -> List[bytes]:
-        literal = pattern.literal
-        if literal is not None:
-            return [literal] if self.get(literal) is not None else []
-        return sorted(key for _, key in self._merged_from(b"") if pattern.matches(key))
-
-    def _merged_from(self, start: bytes) -> Iterator[Tuple[bytes, bytes]]:
-        """(position, key) of every live key from ``start`` on, in SCAN order: LMDB merged with the overlay."""
-        overlay = sorted((lmdb_key(k), k, v) for k, v in self._pending.items() if lmdb_key(k) >= start)
+    def _merged_from(self, start: int) -> Iterator[Tuple[int, bytes]]:
+        """LMDB's keys from SCAN position ``start`` on, merged with the overlay's (which wins for a key in both)."""
+        first = start.to_bytes(8, "big")
+        overlay = sorted(item for item in ((lmdb_key(k), k, v) for k, v in self._pending.items()) if item[0] >= first)
         shadowed = {k for _, k, _ in overlay}
         i = 0
         with self._require_env().begin(db=self._kv) as txn:
             cur = txn.cursor()
-            if cur.set_range(start):
+            if cur.set_range(first):
                 for dbkey in cur.iternext(keys=True, values=False):
                     dbkey = bytes(dbkey)
                     while i < len(overlay) and overlay[i][0] < dbkey:
                         if overlay[i][2] is not None:
-                            yield overlay[i][0][:8], overlay[i][1]
+                            yield _position(overlay[i][0]), overlay[i][1]
                         i += 1
                     key = self._key_of(dbkey, cur)
                     if key in shadowed:
                         continue  # the overlay's entry (same LMDB key) is yielded in its turn
-                    yield dbkey[:8], key
+                    yield _position(dbkey), key
         for dbkey, key, value in overlay[i:]:
             if value is not None:
-                yield dbkey[:8], key
+                yield _position(dbkey), key
 
     def _key_of(self, dbkey: bytes, cur) -> bytes:
         if len(dbkey) <= 8 + _INLINE_KEY:
             return dbkey[8:]
         return self._decode_kv(dbkey, cur.value())[0]
-
-    def check(self) -> None:
-        """Assert the key count matches what is stored; for tests."""
-        n = sum(1 for _ in self._merged_from(b""))
-        assert n == self._count, f"key count {self._count}, {n} keys stored"
 
     # ------------------------------------------------------- writes (the storage's)
 
