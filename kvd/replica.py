@@ -309,7 +309,7 @@ class Replica:
             self.transport.send_many(rd.persisted_messages)
         if rd.snapshot is not None:
             self.machine.restore(rd.snapshot.data)
-            # A state streamed from disk may be newer than the snapshot's index (kvd.store.state).
+            # A durable machine reloads its state (kvd.store.state), which is at least at the snapshot's index.
             covered = max(rd.snapshot.index, self.machine.applied_index)
             for index in [i for i in self.proposals if i <= covered]:
                 _, token = self.proposals.pop(index)
@@ -328,9 +328,9 @@ class Replica:
     def _apply(self, entry: Entry) -> None:
         if entry.index <= self.machine.applied_index:
             # The machine holds it already: a durable state reopened after a
-            # restart, or streamed from a leader that had applied past its
-            # snapshot's index (etcd's consistent index).  Proposals there were
-            # failed as overtaken when the state was restored.
+            # restart is at its last flush, past the stored snapshot's index
+            # (etcd's consistent index), and the core hands those entries out
+            # again.
             return
         if entry.kind is EntryKind.NORMAL:
             result = self.machine.apply(entry.index, entry.data)

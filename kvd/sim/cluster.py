@@ -269,8 +269,9 @@ class SimNode:
             if core.applied - core.log.snapshot_index < 4:
                 return
             if self.machine.applied_index != core.applied:
-                # A durable machine that installed a stream newer than its snapshot holds entries
-                # the core has not committed yet; the loop does not compact then (compact_now).
+                # A durable machine reopened at a restart is at its last flush, past the core's
+                # applied index until the core hands those entries out again; the loop does not
+                # compact then (compact_now).
                 assert self.state is not None and self.machine.applied_index > core.applied, \
                     "machine and core disagree on the applied index"
                 return

@@ -4,8 +4,11 @@ Snapshots streamed between simulated nodes, as kvd.wire.snapshots streams
 them between real ones.
 
 When the core of a node with a durable state (kvd.sim.state) sends an
-``InstallSnapshot`` with empty data, the sender opens a consistent read of
-its state (``open_stream``: the state may be newer than the snapshot) and
+``InstallSnapshot`` (any, as the node's transport streams every one; only
+with empty data under ``SimOptions(stream_any_snapshot=False)``, the rule
+before 60883da), the sender opens a consistent read of
+its state (``open_stream``; the snapshot it sends is at the index that
+state has reached, ``RaftCore.snapshot_at``, as the node's source does) and
 the stream travels over one simulated connection: a *begin*, pieces of at
 most ``piece_bytes``, an *end* with the record count and checksum, each
 answered by the receiver, at most ``window`` pieces unanswered.  Each frame

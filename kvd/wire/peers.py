@@ -962,11 +962,6 @@ class PeerTransport:
             recent[dst] = sender.message.snapshot.index
         return recent
 
-    def streams_floor(self) -> Optional[int]:
-        """The lowest index of :meth:`recent_streams`, or None."""
-        recent = self.recent_streams()
-        return min(recent.values()) if recent else None
-
     def forward(self, node_id: str, payload: bytes, timeout: Optional[float] = None) -> Deferred:
         """
         Hand ``payload`` to ``node_id``'s forward handler; fires with its

@@ -97,7 +97,7 @@ def test_a_snapshot_crosses_as_a_flow_controlled_stream():
     # Nothing is answered yet: no more than WINDOW pieces were read and sent.
     assert source.reads <= snapshots.WINDOW + 1
     a.transport.send(install)  # the core asks again meanwhile: the running stream answers it
-    assert a.transport.streaming_to() == ["b"] and a.transport.streams_floor() == 99
+    assert a.transport.streaming_to() == ["b"] and a.transport.recent_streams() == {"b": 99}
     pump.flush()
     writer = sink.writers[0]
     assert bytes(writer.received) == source.data and source.closed
@@ -105,9 +105,9 @@ def test_a_snapshot_crosses_as_a_flow_controlled_stream():
     assert b.received == [m.InstallSnapshot(term=3, src="a", dst="b", snapshot=Snapshot(99, 3, SNAP.config, b"token-%d" % writer.stream_id))]
     assert a.transport.streaming_to() == [] and len(sink.writers) == 1
     # The log is kept from the streamed index a while longer: the receiver goes on from there.
-    assert a.transport.streams_floor() == 99
+    assert a.transport.recent_streams() == {"b": 99}
     reactor.advance(11)
-    assert a.transport.streams_floor() is None
+    assert a.transport.recent_streams() == {}
 
 
 def test_a_refusing_receiver_ends_the_stream_and_the_core_may_ask_again():
