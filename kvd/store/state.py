@@ -49,6 +49,7 @@ import lmdb
 
 from kvd.kv.keyspace import Overlay, scan_position
 from kvd.store import checksum
+from kvd.store.lmdb import CorruptStorage
 from kvd.store.schema import CorruptRecord
 
 #: Key bytes stored in the LMDB key as they are; longer keys are cut there and digested.
@@ -388,8 +389,6 @@ class LmdbState(Overlay):
             raise self._corrupt(e) from None
 
     def _corrupt(self, error: Exception) -> Exception:
-        from kvd.store.lmdb import CorruptStorage  # the storage's error type; imported late (lmdb imports us)
-
         failure = CorruptStorage(str(error))
         if self.on_failure is not None:
             self.on_failure(failure)
