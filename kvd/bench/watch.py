@@ -130,6 +130,23 @@ class Watch:
             self.stop.wait(self.rss_interval_s)
 
     # ------------------------------------------------------------ readings
+    def sampled_since(self, t: float, timeout_s: float) -> bool:
+        """
+        Wait until every live watched node has answered INFO after ``t`` (a
+        time.time()), at most ``timeout_s``: a phase that ends between two
+        samples has its seconds read only by the next one.  False if some node
+        did not answer in time (its figures then stop at its last sample).
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with self.lock:
+                behind = [n for n in self.nodes if n.alive() and not n.paused
+                          and not (self.samples.get(n.id) and self.samples[n.id][-1].t > t)]
+            if not behind:
+                return True
+            if time.monotonic() >= deadline or self.stop.wait(self.interval_s / 5):
+                return False
+
     def stall_ms(self, node_id: str, spans: List[Tuple[float, float]]) -> Optional[float]:
         """The largest stall of ``node_id`` in the seconds that overlap any of ``spans`` (time.time() pairs), or None."""
         with self.lock:

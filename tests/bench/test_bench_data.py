@@ -114,3 +114,23 @@ def test_the_watch_attributes_stalls_and_compactions_to_their_seconds():
     assert spans == [(1005.7, 1006.2)]  # a restart's count from 0 is not a snapshot
     assert w.stall_ms("n1", spans) == 700.0
     assert w.stall_ms("n2", [(0.0, 2000.0)]) is None
+
+
+def test_the_watch_waits_for_every_live_node_to_be_sampled_after_a_phase():
+    from kvd.bench.watch import Watch
+
+    class Node:
+        def __init__(self, id, alive=True):
+            self.id, self.paused, self._alive = id, False, alive
+
+        def alive(self):
+            return self._alive
+
+    w = Watch(interval_s=0.01)
+    up, down = Node("n1"), Node("n2", alive=False)
+    w.nodes = [up, down]
+    w.stalls, w.samples = {"n1": {}, "n2": {}}, {"n1": [], "n2": []}
+    w._record("n1", 100.0, {"reactor_stall_per_second": "99:1,2"})
+    assert not w.sampled_since(100.5, 0.05)  # n1's last answer came before the phase ended
+    w._record("n1", 101.0, {"reactor_stall_per_second": "99:1,2,3"})
+    assert w.sampled_since(100.5, 0.05)  # n2 is down: nothing to wait for
