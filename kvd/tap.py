@@ -95,6 +95,7 @@ class Options(usage.Options):
         ["peer-cert", None, None, "Peer TLS: this node's certificate (PEM); its subject CN must be the node id. With --peer-key and --peer-ca, every peer connection is mutual TLS 1.3."],
         ["peer-key", None, None, "Peer TLS: the private key of --peer-cert (PEM)."],
         ["peer-ca", None, None, "Peer TLS: the cluster CA (PEM) that signs every member's certificate."],
+        ["stall-trace-ms", None, "0", "Diagnostic: log where the reactor thread was during every stall longer than this (sampled stacks); 0: off."],
     ]
 
     optFlags = [
@@ -138,7 +139,7 @@ class Options(usage.Options):
             self["initial"] = parse_initial_cluster(self["initial-cluster"]) if self["initial-cluster"] else None
         except (AddressError, ValueError) as e:
             raise usage.UsageError(str(e))
-        for name in ("bootstrap-expect", "snapshot-entries", "snapshot-keep-entries", "value-max-bytes", "tick-ms", "election-ticks", "heartbeat-ticks", "maxclients", "client-output-limit", "maxmemory-clients"):
+        for name in ("bootstrap-expect", "snapshot-entries", "snapshot-keep-entries", "value-max-bytes", "tick-ms", "election-ticks", "heartbeat-ticks", "maxclients", "client-output-limit", "maxmemory-clients", "stall-trace-ms"):
             try:
                 self[name] = int(self[name])
             except ValueError:
@@ -417,6 +418,10 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
     node.setServiceParent(top)
     stall = StallMeter(reactor)  # after the node: a restart's replay is not a serving node's stall
     stall.setServiceParent(top)
+    if options["stall-trace-ms"] > 0:
+        from kvd.node.stall import StallTracer
+
+        stall.tracer = StallTracer(options["stall-trace-ms"])
     interface = options["bind"].replace(":", "\\:")  # strports escapes the colons of an IPv6 address
     # Listeners start after the node (it must have opened its store first) and stop before it.
     peer_port = strports.service("tcp:%d:interface=%s" % (config.address.peer_port, interface), node.peers.listening_factory())

@@ -136,7 +136,8 @@ def run_data(args) -> dict:
     given = dict(keys=args.keys, value_bytes=args.value_bytes, clients=args.clients, pipeline=args.pipeline,
                  baseline_s=args.baseline_seconds, join_timeout_s=args.join_timeout, restart_timeout_s=args.restart_timeout,
                  max_seconds=args.max_seconds, snapshot_entries=args.snapshot_entries,
-                 snapshot_keep_entries=args.snapshot_keep_entries, port=args.port)
+                 snapshot_keep_entries=args.snapshot_keep_entries, port=args.port,
+                 node_args=("--stall-trace-ms", str(args.stall_trace_ms)) if args.stall_trace_ms else None)
     given.update(tick_ms=args.tick_ms, election_ticks=args.election_ticks)
     settings = data.Settings.short(**given) if args.short else data.Settings(**{k: v for k, v in given.items() if v is not None})
     run_dir = tempfile.mkdtemp(prefix="kvd-bench-data-")
@@ -191,6 +192,8 @@ def main(argv=None) -> int:
     group.add_argument("--snapshot-entries", type=int, help="the nodes' --snapshot-entries (default: twistd kvd's, 10000)")
     group.add_argument("--snapshot-keep-entries", type=int, help="the nodes' --snapshot-keep-entries (default: twistd kvd's, 1000)")
     group.add_argument("--port", type=int, help="every node's client port, each on its own 127.x.y.i (default: a free one)")
+    group.add_argument("--stall-trace-ms", type=int, help="the nodes log where their reactor was in every stall longer than this "
+                       "(twistd kvd --stall-trace-ms; sampling costs a little CPU: a diagnostic run, not a figure)")
     args = parser.parse_args(argv)
     runs = {"failover": run_failover, "data": run_data, "loads": run_loads}
     try:

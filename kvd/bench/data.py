@@ -58,6 +58,7 @@ class Settings:
     tick_ms: int = 50
     election_ticks: int = 8
     port: Optional[int] = None
+    node_args: Tuple[str, ...] = ()  # more twistd kvd options for every node (diagnostics)
 
     @classmethod
     def short(cls, **overrides) -> "Settings":
@@ -233,7 +234,7 @@ class DataBench:
         s = self.s
         self.cluster = BenchCluster(self.run_dir, port=s.port, n=3, tick_ms=s.tick_ms, election_ticks=s.election_ticks,
                                     request_timeout_s=5.0, cluster_id="bench", snapshot_entries=s.snapshot_entries,
-                                    snapshot_keep_entries=s.snapshot_keep_entries)
+                                    snapshot_keep_entries=s.snapshot_keep_entries, extra_args=s.node_args)
         self.cluster.start(60.0)
         self.settle("after it started")
         for node in self.cluster.members:

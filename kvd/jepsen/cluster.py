@@ -24,7 +24,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from kvd.cli.certs import CertDir
 from kvd.errors import Code
@@ -128,7 +128,7 @@ class Node:
         certs = CertDir(os.path.join(c.dir, "tls"))
         certs.ensure_ca(c.cluster_id)
         cert, key = certs.ensure_node(self.id, self.dir)
-        return args + ["--peer-cert", cert, "--peer-key", key, "--peer-ca", certs.ca_cert]
+        return args + ["--peer-cert", cert, "--peer-key", key, "--peer-ca", certs.ca_cert] + c.extra_args
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -230,8 +230,9 @@ class Node:
 class ProcessCluster:
     def __init__(self, run_dir: str, n: int = 3, rng: Optional[random.Random] = None, tick_ms: int = 50,
                  election_ticks: int = 10, request_timeout_s: float = 3.0, cluster_id: str = "jepsen",
-                 snapshot_entries: int = 10000, snapshot_keep_entries: int = 1000):
+                 snapshot_entries: int = 10000, snapshot_keep_entries: int = 1000, extra_args: Sequence[str] = ()):
         self.dir = run_dir
+        self.extra_args = list(extra_args)  # more twistd kvd options for every node (a benchmark's diagnostics)
         self.rng = rng or random.Random()
         self.tick_ms = tick_ms
         self.election_ticks = election_ticks

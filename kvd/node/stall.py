@@ -30,10 +30,15 @@ from __future__ import annotations
 
 import collections
 import math
+import sys
+import threading
+import time
+import traceback
 from typing import Deque, Dict, List, Optional, Tuple
 
 from twisted.application import service
 from twisted.internet import task
+from twisted.logger import Logger
 
 INTERVAL_S = 0.010
 RECENT_S = 10
@@ -56,6 +61,7 @@ class StallMeter(service.Service):
         self._last: Optional[float] = None
         self._started = 0  # the wall second it started in
         self._loop: Optional[task.LoopingCall] = None
+        self.tracer: Optional[StallTracer] = None
 
     # ------------------------------------------------------------ lifecycle
     def startService(self):
@@ -65,11 +71,15 @@ class StallMeter(service.Service):
         self._loop = task.LoopingCall(self._tick)
         self._loop.clock = self.clock
         self._loop.start(self.interval_s, now=False)
+        if self.tracer is not None:
+            self.tracer.start()  # here, not when built: twistd may fork in between, and threads do not cross a fork
 
     def stopService(self):
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         self._loop = None
+        if self.tracer is not None:
+            self.tracer.stop()
         return super().stopService()
 
     def _tick(self) -> None:
@@ -77,6 +87,8 @@ class StallMeter(service.Service):
         if self._last is not None:
             self.record(now, max(0.0, now - self._last - self.interval_s))
         self._last = now
+        if self.tracer is not None:
+            self.tracer.tick()
 
     def record(self, now: float, stall_s: float) -> None:
         """One tick at ``now`` (clock seconds) that came ``stall_s`` late."""
@@ -128,3 +140,73 @@ class StallMeter(service.Service):
         fields.append(("reactor_stall_per_second", "%d:%s" % (first, ",".join("%d" % math.ceil(round(v, 3)) for v in values))))
         return fields
 
+
+
+class StallTracer:
+    """
+    Where the reactor thread is while it stalls: a diagnostic (twistd kvd
+    --stall-trace-ms N), off by default.  A daemon thread looks every
+    ``poll_s`` at how long ago the meter last ticked; once that is over
+    ``threshold_ms`` it samples the reactor thread's stack (sys._current_frames)
+    until the next tick, which logs the stall with its most frequent stacks.
+    The sampling thread only reads; the log line is written by the reactor
+    thread (twisted.logger is not for other threads).
+    """
+
+    log = Logger(namespace="kvd.stall")
+
+    def __init__(self, threshold_ms: float, poll_s: float = 0.005, depth: int = 12):
+        self.threshold_s = threshold_ms / 1000.0
+        self.poll_s = poll_s
+        self.depth = depth
+        self._thread_id = 0
+        self._last_tick = time.monotonic()
+        self._samples: List[str] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._sched: Optional[Tuple[int, int]] = None
+
+    def start(self) -> None:
+        """Called in the reactor thread: the thread to watch."""
+        self._thread_id = threading.get_ident()
+        self._last_tick = time.monotonic()
+        self._sched = _schedstat()
+        threading.Thread(target=self._watch, name="kvd-stall-tracer", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        gap, self._last_tick = now - self._last_tick, now
+        sched, self._sched = self._sched, _schedstat()
+        with self._lock:
+            samples, self._samples = self._samples, []
+        if samples and gap >= self.threshold_s:
+            # The kernel's account of the gap: running, waiting for a core (starved), or neither (blocked in I/O or a lock).
+            ran, waited = ((b - a) / 1e6 for a, b in zip(sched, self._sched)) if sched and self._sched else (-1.0, -1.0)
+            counts = collections.Counter(samples).most_common(3)
+            self.log.warn("reactor stall {ms:.0f} ms (on a core {ran:.0f} ms, waiting for one {waited:.0f} ms), "
+                          "{n} samples; most seen:\n{stacks}", ms=gap * 1000.0, ran=ran, waited=waited, n=len(samples),
+                          stacks="\n".join("-- %d x\n%s" % (c, stack) for stack, c in counts))
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            if time.monotonic() - self._last_tick < self.threshold_s:
+                continue
+            frame = sys._current_frames().get(self._thread_id)
+            if frame is None:
+                continue
+            stack = "".join(traceback.format_list(traceback.extract_stack(frame, limit=self.depth)))
+            with self._lock:
+                self._samples.append(stack)
+
+
+def _schedstat() -> Optional[Tuple[int, int]]:
+    """This thread's (ns on a core, ns waiting in a run queue) from Linux's schedstat; None elsewhere."""
+    try:
+        with open("/proc/thread-self/schedstat") as f:
+            ran, waited = f.read().split()[:2]
+        return int(ran), int(waited)
+    except (OSError, ValueError):
+        return None

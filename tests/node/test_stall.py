@@ -103,3 +103,32 @@ def test_metrics_export_the_meter():
     assert abs(samples[("kvd_reactor_stall_recent_max_seconds", ())] - 0.19) < 1e-6
     assert samples[("kvd_reactor_stalls_total", (("over_seconds", "0.1"),))] == 1
     assert samples[("kvd_reactor_stalls_total", (("over_seconds", "1"),))] == 0
+
+
+def _hold_the_thread_busy(seconds):
+    import time
+
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:  # computing, as a slow step would: the tracer must find this frame
+        pass
+
+
+def test_the_tracer_logs_where_the_thread_was_during_a_stall_and_nothing_without_one():
+    from twisted.logger import capturedLogs
+
+    from kvd.node.stall import StallTracer
+
+    tracer = StallTracer(threshold_ms=30, poll_s=0.002)
+    tracer.start()
+    try:
+        with capturedLogs() as events:
+            tracer.tick()  # no stall since start: nothing
+            _hold_the_thread_busy(0.15)
+            tracer.tick()
+        assert len(events) == 1, events
+        text = events[0]["log_format"].format(**events[0])
+        assert text.startswith("reactor stall ") and "_hold_the_thread_busy" in text, text
+        assert events[0]["ms"] >= 150 and events[0]["n"] >= 1
+        assert events[0]["ran"] >= 0  # Linux: the kernel's account of the gap is there
+    finally:
+        tracer.stop()
