@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import lmdb
 
@@ -121,6 +121,11 @@ class LmdbStorage:
         self._env: Optional[lmdb.Environment] = None
         self._db_meta = self._db_log = self._db_snapshot = None
         self._map_size = map_size_bytes
+        #: A hard state that differs from the stored one only in its commit index, not
+        #: written yet: it rides with the next transaction (see ``save``).
+        self._pending_hard: Optional[HardState] = None
+        #: The term and vote last written, to tell a commit-only change.
+        self._stored_term_vote: Optional[Tuple[int, Optional[str]]] = None
         #: The applied key/value state kept beside the log (kvd.store.state.LmdbState), if any:
         #: flushed inside every write transaction, swapped in by a received snapshot.
         self.state = state
@@ -192,11 +197,18 @@ class LmdbStorage:
             raise
 
     def close(self) -> None:
+        if self._env is not None and self._pending_hard is not None:
+            try:
+                self._write(lambda txn: None, sync=False, with_state=False)  # a clean stop keeps the last commit index
+            except Exception:
+                pass  # it need not be durable (``save``); a failing disk is told by the write that failed
         if self.state is not None:
             self.state.closed()
         if self._env is not None:
             self._env.close()
             self._env = None
+        self._pending_hard = None
+        self._stored_term_vote = None
 
     def _check_file_size(self, env: lmdb.Environment, data_file: str) -> None:
         """CorruptStorage if ``data.mdb`` ends before the last page its meta page says is in use."""
@@ -265,7 +277,7 @@ class LmdbStorage:
         """The hard state, snapshot and post-snapshot log, as last committed."""
         env = self._require_open()
         with env.begin() as txn:
-            hard_state = self._read_hard_state(txn)
+            hard_state = self._pending_hard or self._read_hard_state(txn)
             snapshot = self._read_snapshot(txn)
             base = snapshot.index if snapshot is not None else 0
             entries: List[Entry] = []
@@ -346,7 +358,16 @@ class LmdbStorage:
 
         if hard_state is None and not entries and snapshot is None:
             return
+        if not entries and snapshot is None and not sync and self._commit_only(hard_state):
+            # Only the commit index moved.  Raft needs it nowhere on disk (a restarted node
+            # learns it again from the leader, and the applied state keeps its own index),
+            # yet a transaction of its own costs a flush of the data file, on the path of
+            # every reply: it is written with the next transaction instead.
+            self._pending_hard = hard_state
+            return
         self._write(apply, sync=sync)
+        if hard_state is not None:
+            self._stored_term_vote = (hard_state.term, hard_state.vote)
         if snapshot is not None and self.state is not None:
             self.state.installed()
 
@@ -412,20 +433,23 @@ class LmdbStorage:
                 f"snapshot at index {snapshot.index} is older than the stored one at {current.index}"
             )
 
-    def _write(self, apply: Callable[[object], None], *, sync: bool, flush_state: bool = False) -> None:
+    def _write(self, apply: Callable[[object], None], *, sync: bool, flush_state: bool = False, with_state: bool = True) -> None:
         """
         Run ``apply`` in one write transaction, growing the map and retrying
         the whole transaction when LMDB runs out of room.  An exception aborts
         the transaction, so nothing of a failed attempt is ever visible.
         """
         env = self._require_open()
-        state = self.state if self.state is not None and self.state.loaded else None
+        state = self.state if with_state and self.state is not None and self.state.loaded else None
         while True:
             try:
                 with env.begin(write=True) as txn:
                     if state is not None:
                         state.flush(txn, force=flush_state)  # the applied state rides with the log (kvd.store.state)
-                    apply(txn)
+                    pending = self._pending_hard
+                    if pending is not None:
+                        txn.put(schema.META_HARD_STATE, seal(schema.encode_hard_state(pending)), db=self._db_meta)
+                    apply(txn)  # a hard state of its own replaces the pending one
                 break
             except lmdb.MapFullError:
                 self._grow_map()
@@ -433,6 +457,7 @@ class LmdbStorage:
                 # Another handle grew the map; adopt its size and retry.
                 env.set_mapsize(0)
                 self._map_size = env.info()["map_size"]
+        self._pending_hard = None
         if state is not None:
             state.committed()
         if sync and self._sync:
@@ -449,6 +474,15 @@ class LmdbStorage:
         new_size = min(current * 2, self._max_map_size)
         env.set_mapsize(new_size)
         self._map_size = new_size
+
+    def _commit_only(self, hard_state: HardState) -> bool:
+        """``hard_state`` has the stored term and vote (so it differs, if at all, in its commit index)."""
+        if self._stored_term_vote is None:
+            env = self._require_open()
+            with env.begin() as txn:
+                stored = self._read_hard_state(txn)
+            self._stored_term_vote = (stored.term, stored.vote)
+        return (hard_state.term, hard_state.vote) == self._stored_term_vote
 
     def _read_hard_state(self, txn) -> HardState:
         value = txn.get(schema.META_HARD_STATE, db=self._db_meta)

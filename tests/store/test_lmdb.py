@@ -242,6 +242,36 @@ class _SyncCountingEnv:
         return getattr(self._env, name)
 
 
+def test_a_commit_only_change_rides_with_the_next_write_and_a_term_or_vote_change_never_waits(tmp_path):
+    """No transaction (no flush of the data file) for a moved commit index alone; it is kept by the next write or a clean close."""
+    path = str(tmp_path / "node")
+    s = LmdbStorage(path, sync=True)
+    s.open("c1", "n1")
+    s.save(HardState(term=1, vote="n1"), make_entries(1, 3), None, sync=True)
+    before = s._env.info()["last_txnid"]
+    s.save(HardState(term=1, vote="n1", commit=2), [], None, sync=False)
+    assert s._env.info()["last_txnid"] == before  # nothing written
+    assert s.load().hard_state.commit == 2  # this handle knows it
+    s.save(None, make_entries(4, 4), None, sync=True)
+    assert s._env.info()["last_txnid"] == before + 1
+    s.save(HardState(term=2, vote=None, commit=2), [], None, sync=False)  # a new term: written at once, even unsynced
+    assert s._env.info()["last_txnid"] == before + 2
+    s.save(HardState(term=2, vote=None, commit=4), [], None, sync=False)
+    s._env.close()  # a crash: the commit index 4 is lost, which Raft allows; the rest is there
+    s._env = None
+    crashed = LmdbStorage(path, sync=True)
+    crashed.open("c1", "n1")
+    assert crashed.load().hard_state == HardState(term=2, vote=None, commit=2)
+    crashed.save(HardState(term=2, vote=None, commit=4), [], None, sync=False)
+    crashed.close()  # a clean close writes it
+    again = LmdbStorage(path, sync=True)
+    again.open("c1", "n1")
+    restored = again.load()
+    assert restored.hard_state == HardState(term=2, vote=None, commit=4)
+    assert [e.index for e in restored.entries] == [1, 2, 3, 4]
+    again.close()
+
+
 def test_save_syncs_once_per_batch(tmp_path):
     """A 128-entry durable save flushes exactly once; a non-durable save never does."""
     s = LmdbStorage(str(tmp_path / "node"), sync=True)

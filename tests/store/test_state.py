@@ -36,8 +36,8 @@ class Node:
         return self.machine.apply(self.machine.applied_index + 1, encode_envelope(env))
 
     def flush(self):
-        """What the next Ready's write does: the state rides with it."""
-        self.storage.save(HardState(term=1), [], None, sync=False)
+        """What the next Ready's write does: the state rides with it (a synced one: a commit-only change waits for one)."""
+        self.storage.save(HardState(term=1), [], None, sync=True)
 
     def close(self):
         self.storage.close()

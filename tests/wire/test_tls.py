@@ -318,3 +318,24 @@ def test_the_certs_command_line(tmp_path, capsys):
     out = capsys.readouterr().out.split()
     assert out[0] == "--peer-cert" and out[1] == str(tmp_path / "n1" / "peer.crt")
     assert PeerTLS(out[1], out[3], out[5]).identity == "node1:7001"
+
+
+def test_a_batch_leaves_at_once_without_waiting_for_the_next_reactor_turn(reactor, ca):
+    """
+    send_many pushes its records out before returning: the Ready loop writes to
+    disk right after it, and TLS's own batching (a callLater(0)) would hold the
+    batch until that write is over.
+    """
+    a = TLSNode("a", reactor, tls_for(ca, "a"))
+    b = TLSNode("b", reactor, tls_for(ca, "b"))
+    assert a.transport.dial("b")
+    pump = accept(reactor, b.listener)
+    votes = [m.RequestVote(term=t, src="a", dst="b", last_log_index=0, last_log_term=0) for t in (2, 3)]
+    a.transport.send(votes[0])
+    pump.flush()  # no reactor turn: a plain send is still in TLS's buffer
+    assert b.received == []
+    settle(reactor, pump)
+    assert b.received == votes[:1]
+    a.transport.send_many(votes[1:])
+    pump.flush()  # still no reactor turn
+    assert b.received == votes
