@@ -114,10 +114,16 @@ def run_failover(args) -> dict:
     run_dir = tempfile.mkdtemp(prefix="kvd-bench-failover-")
     cluster = _cluster(run_dir, args.tick_ms, args.election_ticks)
     kills = 2 if args.short else args.kills
+    rounds = 1 if args.short else args.membership_rounds
     print("kvd failover bench: %d leader kills (kill -9) under light load; 3 nodes, %d ms ticks, election after %d" % (
         kills, args.tick_ms, args.election_ticks))
+    changes: list = []
     try:
         times = failover.measure(cluster, kills)
+        if rounds:
+            print("membership: %d rounds of removing the leader (KVD.REMOVE sent to it), then re-adding it wiped at the "
+                  "same address" % rounds)
+            changes = failover.measure_membership(cluster, rounds)
     finally:
         cluster.close()
         if not args.keep:
@@ -128,8 +134,16 @@ def run_failover(args) -> dict:
             s["min_s"], s["median_s"], s["p90_s"], s["p99_s"], s["max_s"], s["kills"], s["failed"]))
     else:
         print("no write succeeded after any of the %d kills" % s["kills"])
+    membership = {}
+    for key, label in (("leader_after_s", "leader removed -> a survivor leads"),
+                       ("write_after_s", "leader removed -> a write through a survivor"),
+                       ("join_to_voter_s", "re-added at the same address -> voter")):
+        m = failover.summary([row[key] for row in changes]) if changes else {}
+        membership[key] = m
+        if "median_s" in m:
+            print("%-46s median %.3f  max %.3f s  (%d rounds, %d never)" % (label + ":", m["median_s"], m["max_s"], m["kills"], m["failed"]))
     return {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "commit": _commit(), "machine": _machine(),
-            "failover": s, "times_s": times}
+            "failover": s, "times_s": times, "membership": membership, "membership_rounds": changes}
 
 
 def run_data(args) -> dict:
@@ -174,6 +188,8 @@ def main(argv=None) -> int:
     parser.add_argument("what", nargs="?", choices=["loads", "failover", "data"], default="loads")
     parser.add_argument("--short", action="store_true", help="a few requests per load: proves the bench works (CI)")
     parser.add_argument("--kills", type=int, default=20, help="failover: how many times to kill the leader")
+    parser.add_argument("--membership-rounds", type=int, default=5,
+                        help="failover: how many times to remove the leader and re-add it (0: none)")
     parser.add_argument("--etcd", action="store_true",
                         help="loads: after each kvd load, the same load on a 3-member etcd (Debian's etcd-server, via wrk)")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON, to compare commits")

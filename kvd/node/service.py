@@ -469,6 +469,23 @@ class NodeService(service.Service):
         if entry.kind is EntryKind.CONFIG:
             self.log.info("{node}: membership is now {members}", node=self.config.node_id, members=self.view.members_text())
             self._forget_removed_peers()
+            self._dial_members()
+
+    def _dial_members(self) -> None:
+        """
+        Link to every member now, not at the first message: a follower sends
+        only to its leader, so a node (re-)added at an address we refused while
+        it was not a member would otherwise wait out its backoff before it could
+        ask us for a vote (a removed leader hands over to the most up-to-date
+        voter, which may be it: measured, the hand-over then fell back to an
+        election timeout).  The dialled node dials us back at once.
+        """
+        redial = getattr(self.peers, "redial", None)
+        if redial is None:
+            return
+        for node_id in self.core.config.members:
+            if node_id != self.config.node_id:
+                redial(node_id)
 
     def _forget_removed_peers(self) -> None:
         """

@@ -714,8 +714,10 @@ class RaftCore:
                 self._broadcast_append()
             elif was_paused or pr.state is ProgressState.REPLICATE:
                 self._send_all_available(m.src)
-            if m.src == self.lead_transferee and pr.match == self.log.last_index():
+            if self.role is Role.LEADER and m.src == self.lead_transferee and pr.match == self.log.last_index():
                 self._send(TimeoutNow(self.term, self.id, m.src))
+                if self._removed_and_committed():
+                    self._become_follower(self.term, None)  # the hand-over of a removed leader is done
         elif was_paused and not pr.is_paused():
             self._send_all_available(m.src)
 
@@ -816,6 +818,9 @@ class RaftCore:
             self.transfer_elapsed += 1
             if self.transfer_elapsed >= self.options.election_ticks:
                 self.lead_transferee = None  # the transfer failed; serve again
+                if self._removed_and_committed():
+                    self._become_follower(self.term, None)  # unless removed: then only step down
+                    return
         if self.election_elapsed >= self.options.election_ticks:
             self.election_elapsed = 0
             if self.options.check_quorum and not self._quorum_active():
@@ -935,10 +940,38 @@ class RaftCore:
 
     def _maybe_step_down_removed(self) -> None:
         # Thesis §4.2.2: a leader not in the configuration steps down once it is committed.
-        if self.role is Role.LEADER and self.id not in self.config.voters:
-            last_config_index = self.configs[-1][0] if self.configs else 0
-            if self.commit >= last_config_index:
-                self._become_follower(self.term, None)
+        if self.role is Role.LEADER and self._removed_and_committed() and self._hand_over_on_removal():
+            self._become_follower(self.term, None)
+
+    def _hand_over_on_removal(self) -> bool:
+        """
+        Stepping down alone would leave the cluster without a leader for an
+        election timeout (1.6-2.8 s measured); instead the most up-to-date
+        remaining voter is told to campaign at once (TimeoutNow, as a
+        leadership transfer does), and the others grant its transfer vote
+        within their leader lease (``_transfer_vote_allowed``), so the gap is
+        one round of votes.  Only a voter holding our whole log can count on
+        those votes (one behind another would be refused), so until one does,
+        we go on leading as a transfer does: no new proposals, appends to it,
+        and the TimeoutNow once it acknowledges the last entry (``_step_leader``),
+        then the step-down.  True: step down now (TimeoutNow sent, or nobody to
+        hand over to, or the wait took an election timeout: ``_tick_leader``).
+        """
+        voters = [v for v in sorted(self.config.voters) if v in self.progress]
+        if not voters:
+            return True
+        target = max(voters, key=lambda v: self.progress[v].match)
+        if self.progress[target].match == self.log.last_index():
+            self._send(TimeoutNow(self.term, self.id, target))
+            return True
+        if self.lead_transferee is None:
+            self.lead_transferee = target
+            self.transfer_elapsed = 0
+            self._send_append(target)
+        return False
+
+    def _removed_and_committed(self) -> bool:
+        return self.id not in self.config.voters and self.commit >= (self.configs[-1][0] if self.configs else 0)
 
     # ============================================================ elections
     def _tick_election(self) -> None:

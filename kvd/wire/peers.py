@@ -895,9 +895,7 @@ class PeerTransport:
         link = self._links.get(node_id)
         if link is not None and link.protocol is None and not self._stopped:
             self.log.info("{node} is back: dialling it now", node=node_id)
-            del self._links[node_id]
-            link.stop()
-            self._link_for(node_id)
+            self.redial(node_id)
         if address and self.on_hello is not None:
             self.on_hello(node_id, address)
 
@@ -1031,6 +1029,21 @@ class PeerTransport:
         the first real message does not find it down; False if it has no address.
         """
         return self._connected_link(node_id) is not None
+
+    def redial(self, node_id: str) -> None:
+        """
+        Dial ``node_id`` now: a link that is down starts again without waiting
+        out its backoff, a missing one is started; a connected one is left alone.
+        """
+        if self._stopped or node_id == self.node_id:
+            return
+        link = self._links.get(node_id)
+        if link is not None and link.protocol is not None:
+            return
+        if link is not None:
+            del self._links[node_id]
+            link.stop()
+        self._link_for(node_id)
 
     def is_connected(self, node_id: str) -> bool:
         link = self._links.get(node_id)

@@ -44,6 +44,7 @@ class FakePeers:
         self.node_id = node_id
         self.links = set()  # peers this node keeps a link to
         self.forgotten = []
+        self.redialled = []
 
     def dialled(self):
         return list(self.links)
@@ -51,6 +52,10 @@ class FakePeers:
     def forget(self, node_id):
         self.links.discard(node_id)
         self.forgotten.append(node_id)
+
+    def redial(self, node_id):
+        self.links.add(node_id)
+        self.redialled.append(node_id)
 
     def send_many(self, messages):
         for m in messages:

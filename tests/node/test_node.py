@@ -264,3 +264,19 @@ def test_a_removed_node_is_no_longer_dialled(cluster):
         if node is not victim:
             assert vid not in node.peers.dialled(), node.config.node_id
     assert vid in leader.peers.forgotten  # the leader had a link to it, and closed it
+
+
+def test_every_member_links_to_a_new_member_at_once(cluster, tmp_path):
+    """A follower sends only to its leader; it still dials a node added to the configuration, so that
+    node can reach it at once (for a vote, when a removed leader hands over to it)."""
+    clock, network = cluster
+    (leader,) = leaders(network)
+    followers = [n for n in network.nodes.values() if n is not leader]
+    joiner = make_node(tmp_path, network, "127.0.0.1:7009", None, seed=9)
+    network.nodes[joiner.config.node_id] = joiner
+    joiner.startService()
+    assert result_of(clock, leader.join(joiner.config.node_id, str(joiner.config.address))) == "joining"
+    run(clock, 2)
+    for node in followers:
+        assert joiner.config.node_id in node.peers.redialled, node.config.node_id
+    assert {n.config.node_id for n in followers} <= set(joiner.peers.redialled)

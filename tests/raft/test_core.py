@@ -628,3 +628,58 @@ def test_status_active_is_steady_across_checkquorum_windows():
     env.tick(env.options.election_ticks)
     progress = env.core("a").status()["progress"]
     assert progress["c"]["active"] and not progress["b"]["active"]
+
+
+def test_a_leader_removing_itself_hands_over_without_an_election_timeout():
+    """Once its removal commits, the leader tells the most up-to-date remaining voter to campaign: a new leader with no tick."""
+    env = Env()
+    env.elect("a")
+    a = env.core("a")
+    a.propose(b"x")
+    env.deliver()
+    a.remove("a")
+    env.deliver()  # messages only: no clock tick, so no election timeout can fire
+    assert a.role is not Role.LEADER
+    (leader,) = env.leaders()
+    assert leader in ("b", "c")
+    new = env.core(leader)
+    assert new.config.voters == ("b", "c") and new.term == a.term + 1
+    new.propose(b"after")
+    env.deliver()
+    assert new.commit == new.log.last_index()
+
+
+def test_a_removed_leader_waits_for_a_voter_to_hold_its_whole_log_before_handing_over():
+    """If no remaining voter holds the last entry when the removal commits, the leader takes no proposal and
+    hands over once one does (a voter behind another would not get its vote); it never serves again."""
+    env = Env()
+    env.elect("a")
+    a = env.core("a")
+    a.remove("a")
+    env.collect()  # the removal is on its way
+    a.propose(b"y")  # and an entry after it, which is lost once
+    holds_y = lambda m: isinstance(m, AppendEntries) and any(e.data == b"y" for e in m.entries)
+    env.deliver(drop=holds_y)
+    assert a.role is Role.LEADER and a.commit >= a.configs[-1][0]  # committed, still leading: waiting
+    assert a.lead_transferee in ("b", "c")
+    with pytest.raises(ProposalDropped):
+        a.propose(b"z")
+    env.tick(2)  # heartbeats find the gap; the entry goes out again; then TimeoutNow
+    assert a.role is not Role.LEADER
+    (leader,) = env.leaders()
+    assert env.core(leader).term == a.term + 1
+    assert env.core(leader).log.term_at(a.log.last_index()) is not None  # y survived
+
+
+def test_a_removed_leader_whose_voters_are_unreachable_steps_down_and_never_serves_again():
+    env = Env()
+    env.elect("a")
+    a = env.core("a")
+    a.remove("a")
+    env.collect()
+    a.propose(b"y")
+    env.deliver(drop=lambda m: isinstance(m, AppendEntries) and any(e.data == b"y" for e in m.entries))
+    assert a.role is Role.LEADER and a.lead_transferee is not None
+    env.isolate("a")
+    env.tick(env.options.election_ticks, only=("a",))
+    assert a.role is not Role.LEADER and a.lead_transferee is None

@@ -643,3 +643,22 @@ def test_push_now_hands_a_tcp_buffer_to_the_kernel_and_leaves_a_closing_connecti
     finally:
         ours.close()
         theirs.close()
+
+
+def test_redial_skips_the_backoff_of_a_down_link_and_leaves_a_connected_one(reactor, a, b):
+    """A node that became a member is dialled at once (the node redials every member on a configuration change)."""
+    assert a.transport.dial("b")
+    for _ in range(4):  # b refuses: growing backoff
+        refuse(reactor)
+        reactor.advance(a.transport.retry_policy(10))
+    refuse(reactor)
+    attempts = len(reactor.tcpClients)
+    a.transport.redial("b")
+    assert len(reactor.tcpClients) == attempts + 1, "redial waited for the backoff"
+    accept(reactor, b.server)
+    assert a.transport.is_connected("b")
+    link = a.transport._links["b"]
+    a.transport.redial("b")
+    assert a.transport._links["b"] is link and len(reactor.tcpClients) == attempts + 1
+    a.transport.redial("c")  # no link yet: one is started
+    assert "c" in a.transport.dialled()
