@@ -83,8 +83,6 @@ STREAM_FLOOR_HOLD_S = 10.0
 #: Seconds written data may stay unacknowledged before the kernel drops the
 #: connection (TCP_USER_TIMEOUT, Linux).
 DEFAULT_TCP_USER_TIMEOUT = 10.0
-#: Bytes one read of a peer socket takes (Twisted's default: 64 KiB).
-PEER_READ_BYTES = 1024 * 1024
 
 _log = Logger()
 
@@ -168,11 +166,6 @@ class _PeerProtocol(amp.AMP):
         if getattr(underneath, "wrappedProtocol", None) is not None and underneath.transport is not None:
             underneath = underneath.transport
         underneath.registerProducer(self, True)
-        # Twisted reads 64 KiB per turn: about one AppendEntries, so a follower catching up
-        # wrote (and synced) one batch per turn.  Reading what has arrived, up to a
-        # megabyte, lets the batches of a turn share one write.
-        if hasattr(underneath, "bufferSize"):
-            underneath.bufferSize = PEER_READ_BYTES
 
     def connectionLost(self, reason: Failure) -> None:
         self._decoder.assembler.clear()

@@ -42,6 +42,9 @@ def test_bench_failover_short_form(tmp_path):
     figures = json.loads(out.read_text())
     assert figures["failover"]["kills"] == 2 and len(figures["times_s"]) == 2
     assert "time to the next acknowledged write" in done.stdout
+    (round_,) = figures["membership_rounds"]  # one removal of the leader, then its re-adding
+    assert all(isinstance(round_[k], float) for k in ("leader_after_s", "write_after_s", "join_to_voter_s")), round_
+    assert "re-added at the same address -> voter:" in done.stdout
 
 
 def test_the_report_parser_reads_redis_benchmark_7():
