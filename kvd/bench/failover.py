@@ -60,19 +60,24 @@ def first_write_after(survivors, key: str, started: float, limit_s: float) -> Op
     return None
 
 
+def _whole(cluster, before: str):
+    """Wait for every member up behind one leader: (the leader, the others)."""
+    ok, why = cluster.wait_healthy(60.0)
+    if not ok:
+        raise RuntimeError("the cluster did not become whole again before %s: %s" % (before, why))
+    leader = cluster.leader(20.0)
+    if leader is None:
+        raise RuntimeError("no leader before %s" % before)
+    return leader, [n for n in cluster.members if n is not leader]
+
+
 def measure(cluster, kills: int, limit_s: float = 30.0, log=print) -> List[Optional[float]]:
     load = _Background(cluster)
     load.start()
     times: List[Optional[float]] = []
     try:
         for i in range(kills):
-            ok, why = cluster.wait_healthy(60.0)
-            if not ok:
-                raise RuntimeError("the cluster did not become whole again before kill %d: %s" % (i + 1, why))
-            leader = cluster.leader(20.0)
-            if leader is None:
-                raise RuntimeError("no leader before kill %d" % (i + 1))
-            survivors = [n for n in cluster.members if n is not leader]
+            leader, survivors = _whole(cluster, "kill %d" % (i + 1))
             started = time.monotonic()
             leader.kill()
             took = first_write_after(survivors, "bench:failover:%d" % i, started, limit_s)
@@ -121,13 +126,7 @@ def measure_membership(cluster, rounds: int, limit_s: float = 30.0, log=print) -
     out: List[Dict[str, Optional[float]]] = []
     try:
         for i in range(rounds):
-            ok, why = cluster.wait_healthy(60.0)
-            if not ok:
-                raise RuntimeError("the cluster did not become whole again before round %d: %s" % (i + 1, why))
-            leader = cluster.leader(20.0)
-            if leader is None:
-                raise RuntimeError("no leader before round %d" % (i + 1))
-            survivors = [n for n in cluster.members if n is not leader]
+            leader, survivors = _whole(cluster, "round %d" % (i + 1))
             answer = leader.call("KVD.REMOVE", leader.id, timeout=limit_s)
             removed = time.monotonic()
             new_leader = _until(lambda: cluster.leader(among=survivors) is not None, limit_s)
