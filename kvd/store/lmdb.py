@@ -5,7 +5,9 @@ LMDB environment.
 
 Every mutation is one LMDB write transaction, so a crash at any instant
 leaves either all of a ``save`` or none of it.  Durability (fsync) is paid at
-most once per call, never per entry.
+most once per call, never per entry.  One exception: a hard state whose only
+change is its commit index is kept in memory and written with the next
+transaction (or a clean ``close``); a crash may lose it, which Raft allows.
 
 How syncing works (measured with ``python -m kvd.store.bench``):
 
