@@ -27,9 +27,10 @@ Imports: as the layer table in tests/test_layers.py allows.
 
 from __future__ import annotations
 
+import heapq
 import os
 from dataclasses import replace
-from typing import List
+from typing import Dict, List
 
 from twisted.internet import defer, task
 from twisted.python.failure import Failure
@@ -89,7 +90,7 @@ class _Forward:
 class ClientSession:
     def __init__(self, node):
         self.node = node
-        self.forwards: List[_Forward] = []  # commands forwarded to a leader, unanswered
+        self.forwards: Dict[_Forward, None] = {}  # commands forwarded to a leader, unanswered (in order)
         self.new()
 
     def new(self) -> None:
@@ -97,7 +98,15 @@ class ClientSession:
         self.client_id = ("%s/%s" % (self.node.config.node_id, os.urandom(6).hex())).encode()
         self.next_seq = 1
         self.outstanding_seqs: set = set()
+        self._lowest: List[int] = []  # a heap of seqs, the answered ones dropped lazily (``_ack_below``)
         self.known = False  # has the machine applied a command of this session?
+
+    def _ack_below(self) -> int:
+        """The lowest seq still waiting for its answer (every one below has reached its client)."""
+        lowest, outstanding = self._lowest, self.outstanding_seqs
+        while lowest[0] not in outstanding:
+            heapq.heappop(lowest)
+        return lowest[0]
 
     # ------------------------------------------------------------ a client's write
     def submit(self, command) -> defer.Deferred:
@@ -115,13 +124,14 @@ class ClientSession:
         seq = self.next_seq
         self.next_seq += 1
         outstanding.add(seq)
+        heapq.heappush(self._lowest, seq)
         # Found by the Jepsen suite (tests/jepsen/test_node_regressions.py):
         # the machine reads "unknown client, ack_below > 1" as an expired
         # session.  Until a command of this session has been applied the
         # machine does not know it, so seqs that failed before reaching the
         # log (NOLEADER after a restart) must not count as answered, or every
         # later write is refused with SESSIONEXPIRED.
-        env = Envelope(client_id, seq, min(outstanding) if self.known else 1, 0, command)
+        env = Envelope(client_id, seq, self._ack_below() if self.known else 1, 0, command)
         deadline = node.clock.seconds() + node.config.request_timeout_s
         if node.core.is_leader():
             # The common case on the leader, without the retry machinery.
@@ -194,11 +204,10 @@ class ClientSession:
         node = self.node
         d = defer.Deferred()
         pending = _Forward(leader, d)
-        self.forwards.append(pending)
+        self.forwards[pending] = None
 
         def settle(outcome):
-            if pending in self.forwards:
-                self.forwards.remove(pending)
+            self.forwards.pop(pending, None)
             if not d.called:
                 d.callback(outcome) if not isinstance(outcome, Failure) else d.errback(outcome)
 
@@ -209,7 +218,7 @@ class ClientSession:
     def leader_changed(self, leader: str) -> None:
         """A new leader is known: what was forwarded to another one goes to it (see ``_forward``)."""
         for pending in [f for f in self.forwards if f.leader != leader]:
-            self.forwards.remove(pending)
+            del self.forwards[pending]
             if not pending.deferred.called:
                 pending.deferred.errback(KvdError(Code.TRYAGAIN, "%s took over from %s" % (leader, pending.leader)))
 

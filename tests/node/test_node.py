@@ -280,3 +280,21 @@ def test_every_member_links_to_a_new_member_at_once(cluster, tmp_path):
     for node in followers:
         assert joiner.config.node_id in node.peers.redialled, node.config.node_id
     assert {n.config.node_id for n in followers} <= set(joiner.peers.redialled)
+
+
+def test_the_session_acknowledges_below_its_lowest_unanswered_write_in_logarithmic_time():
+    """ack_below is the lowest seq still waiting: a heap with lazy removal (min() over thousands of clients' writes was linear)."""
+    import heapq
+    from types import SimpleNamespace
+
+    from kvd.node.session import ClientSession
+
+    session = ClientSession(SimpleNamespace(config=SimpleNamespace(node_id="n1")))
+    for seq in range(1, 6):
+        session.outstanding_seqs.add(seq)
+        heapq.heappush(session._lowest, seq)
+    assert session._ack_below() == 1
+    session.outstanding_seqs -= {1, 3}
+    assert session._ack_below() == 2
+    session.outstanding_seqs.discard(2)
+    assert session._ack_below() == 4 and session._lowest[0] == 4
