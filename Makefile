@@ -116,6 +116,15 @@ bench-etcd: install bench-tools
 	$(PY) -m kvd.bench loads --etcd $(BENCH_ARGS)
 bench-failover: install bench-tools
 	$(PY) -m kvd.bench failover --kills $(KILLS) $(BENCH_ARGS)
+# redis-py's own test suite (the installed version's, from PyPI) against a local 3-node cluster, through the
+# leader and a follower, RESP2 and RESP3: passed/failed/errors/skipped per file (issue 15). Not part of `make test`.
+# BENCH_ARGS="--server redis" runs it against a redis-server instead; "--files test_hash --failures out.tsv".
+.PHONY: redis-py-tests
+redis-py-tests: install
+	@command -v redis-server >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+		else echo "make redis-py-tests --server redis needs redis-server; run: sudo apt-get install -y redis-server" >&2; fi; }
+	$(PY) -m kvd.bench redis-py $(BENCH_ARGS)
 # Issue 13's figures at scale: load DATA_KEYS keys (1000000) of DATA_VALUE_BYTES bytes (1024), restart a follower,
 # join a fourth node by snapshot; load rates, restart times, snapshot rate, RSS, reactor stalls (--max-seconds bounds it).
 DATA_KEYS ?=

@@ -25,7 +25,7 @@ setup(
         "service_identity>=23.1,<28",
     ],
     extras_require={
-        "test": ["pytest>=7,<10", "pytest-twisted>=1.14,<2", "dnspython>=2.3,<3", "selenium>=4.10,<5", "hypothesis>=6.80,<7"],
+        "test": ["pytest>=7,<10", "pytest-twisted>=1.14,<2", "dnspython>=2.3,<3", "selenium>=4.10,<5", "hypothesis>=6.80,<7", "pytest-timeout>=2.1,<3"],
     },
     entry_points={"console_scripts": ["kvd-mgmt=kvd.cli:main"]},
 )

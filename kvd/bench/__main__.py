@@ -22,7 +22,7 @@ import tempfile
 import time
 
 from kvd.bench import etcd as etcd_bench
-from kvd.bench import data, failover, loads, procs
+from kvd.bench import data, failover, loads, procs, redispy
 from kvd.jepsen.cluster import ProcessCluster
 
 
@@ -170,6 +170,20 @@ def run_data(args) -> dict:
     return out
 
 
+def run_redis_py(args) -> dict:
+    files = tuple(f if f.endswith(".py") else f + ".py" for f in args.files.split(",")) if args.files else redispy.FILES
+    out = redispy.run(server=args.server, files=files)
+    out.update(date=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), commit=_commit(), machine=_machine())
+    if args.failures:
+        with open(args.failures, "w") as f:
+            for label, per_file in out["runs"].items():
+                for name, counts in sorted(per_file.items()):
+                    for test_id, error in counts["failures"]:
+                        f.write("%s\t%s\t%s\n" % (label, test_id, error))
+        print("failing tests written to %s" % args.failures)
+    return out
+
+
 def _elections(nodes) -> int:
     """Elections the nodes have started so far (INFO raft_elections), summed: a change means a leader was lost."""
     total = 0
@@ -185,7 +199,7 @@ def _ms(value) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kvd.bench", description=__doc__.strip().splitlines()[0])
-    parser.add_argument("what", nargs="?", choices=["loads", "failover", "data"], default="loads")
+    parser.add_argument("what", nargs="?", choices=["loads", "failover", "data", "redis-py"], default="loads")
     parser.add_argument("--short", action="store_true", help="a few requests per load: proves the bench works (CI)")
     parser.add_argument("--kills", type=int, default=20, help="failover: how many times to kill the leader")
     parser.add_argument("--membership-rounds", type=int, default=5,
@@ -210,8 +224,13 @@ def main(argv=None) -> int:
     group.add_argument("--port", type=int, help="every node's client port, each on its own 127.x.y.i (default: a free one)")
     group.add_argument("--stall-trace-ms", type=int, help="the nodes log where their reactor was in every stall longer than this "
                        "(twistd kvd --stall-trace-ms; sampling costs a little CPU: a diagnostic run, not a figure)")
+    group = parser.add_argument_group("redis-py (its own test suite against kvd: issue 15)")
+    group.add_argument("--server", choices=["kvd", "redis"], default="kvd",
+                       help="run the suite against a 3-node kvd (leader and follower) or a redis-server of its own")
+    group.add_argument("--files", help="comma-separated test files of redis-py's tests/ (default: %s)" % ",".join(redispy.FILES))
+    group.add_argument("--failures", metavar="FILE", help="write each failing test and its error, one per line")
     args = parser.parse_args(argv)
-    runs = {"failover": run_failover, "data": run_data, "loads": run_loads}
+    runs = {"failover": run_failover, "data": run_data, "loads": run_loads, "redis-py": run_redis_py}
     try:
         out = runs[args.what](args)
     except RuntimeError as e:
