@@ -172,7 +172,11 @@ def run_data(args) -> dict:
 
 def run_redis_py(args) -> dict:
     files = tuple(f if f.endswith(".py") else f + ".py" for f in args.files.split(",")) if args.files else redispy.FILES
-    out = redispy.run(server=args.server, files=files)
+    protocols = tuple(int(p) for p in args.protocols.split(","))
+    targets = tuple(args.targets.split(","))
+    log_dir = tempfile.mkdtemp(prefix="kvd-bench-redispy-logs-")
+    print("pytest's output of each run goes to %s" % log_dir, flush=True)
+    out = redispy.run(server=args.server, files=files, protocols=protocols, targets=targets, log_dir=log_dir)
     out.update(date=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), commit=_commit(), machine=_machine())
     if args.failures:
         with open(args.failures, "w") as f:
@@ -229,6 +233,8 @@ def main(argv=None) -> int:
                        help="run the suite against a 3-node kvd (leader and follower) or a redis-server of its own")
     group.add_argument("--files", help="comma-separated test files of redis-py's tests/ (default: %s)" % ",".join(redispy.FILES))
     group.add_argument("--failures", metavar="FILE", help="write each failing test and its error, one per line")
+    group.add_argument("--targets", default="leader,follower", help="which kvd nodes: leader,follower (default both)")
+    group.add_argument("--protocols", default="2,3", help="RESP versions to run with (default 2,3)")
     args = parser.parse_args(argv)
     runs = {"failover": run_failover, "data": run_data, "loads": run_loads, "redis-py": run_redis_py}
     try:

@@ -63,29 +63,40 @@ class Counts:
 
 
 def read_junit(path: str) -> Dict[str, Counts]:
-    """A pytest --junitxml report -> Counts per test file (``test_commands.py``...)."""
-    per_file: Dict[str, Counts] = {}
+    """
+    A pytest --junitxml report -> Counts per test file (``test_commands.py``...).
+    A test counts once: pytest writes a second element for a test whose
+    teardown fails after its call did (a fixture's FLUSHDB, say), and such a
+    test is an error, not a pass; a failed call stays a failure.
+    """
+    outcomes: Dict[str, Tuple[str, str, str]] = {}  # test id -> (file, outcome, first line of the error)
+    rank = {"passed": 0, "skipped": 1, "errors": 2, "failed": 3}
     root = ElementTree.parse(path).getroot()
     for case in root.iter("testcase"):
         classname = case.get("classname", "")
         parts = classname.split(".")
         module = next((p for p in parts if p.startswith("test_")), parts[-1] if parts else "?")
-        counts = per_file.setdefault(module + ".py", Counts())
         test_id = "%s::%s" % (classname, case.get("name", "?"))
-        outcome = {child.tag for child in case}
-        if "failure" in outcome or "error" in outcome:
-            child = case.find("failure") if "failure" in outcome else case.find("error")
-            message = (child.get("message") or child.text or "").strip().splitlines()
-            first = message[0][:200] if message else ""
-            if "failure" in outcome:
-                counts.failed += 1
-            else:
-                counts.errors += 1
-            counts.failures.append((test_id, first))
-        elif "skipped" in outcome:
-            counts.skipped += 1
+        tags = {child.tag for child in case}
+        message = ""
+        if "failure" in tags or "error" in tags:
+            outcome = "failed" if "failure" in tags else "errors"
+            child = case.find("failure") if "failure" in tags else case.find("error")
+            lines = (child.get("message") or child.text or "").strip().splitlines()
+            message = lines[0][:200] if lines else ""
+        elif "skipped" in tags:
+            outcome = "skipped"
         else:
-            counts.passed += 1
+            outcome = "passed"
+        seen = outcomes.get(test_id)
+        if seen is None or rank[outcome] > rank[seen[1]]:
+            outcomes[test_id] = (module + ".py", outcome, message)
+    per_file: Dict[str, Counts] = {}
+    for test_id, (name, outcome, message) in outcomes.items():
+        counts = per_file.setdefault(name, Counts())
+        setattr(counts, outcome, getattr(counts, outcome) + 1)
+        if outcome in ("failed", "errors"):
+            counts.failures.append((test_id, message))
     return per_file
 
 
@@ -114,18 +125,21 @@ def fetch_tests(version: str, cache: str = CACHE) -> str:
 
 #: Seconds one test may take (pytest-timeout): a test of a missing feature can wait for ever
 #: (a lock whose release needs a script never frees).
-TEST_TIMEOUT_S = 20
+TEST_TIMEOUT_S = 10
 
 
-def run_suite(suite_dir: str, url: str, protocol: int, files=FILES, timeout_s: float = 1800.0) -> Dict[str, Counts]:
-    """One pytest run of ``files`` against ``url``; Counts per file."""
+def run_suite(suite_dir: str, url: str, protocol: int, files=FILES, timeout_s: float = 3600.0,
+              test_timeout_s: float = TEST_TIMEOUT_S, log_path: Optional[str] = None) -> Dict[str, Counts]:
+    """One pytest run of ``files`` against ``url``; Counts per file.  pytest's own output goes to ``log_path``."""
     with tempfile.TemporaryDirectory() as scratch:
-        report = os.path.join(scratch, "junit.xml")
-        argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
-                "--timeout=%d" % TEST_TIMEOUT_S,
+        # Beside the log when there is one, so the counts can be read again.
+        report = os.path.splitext(log_path)[0] + ".xml" if log_path else os.path.join(scratch, "junit.xml")
+        argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-o", "addopts=", "-rN", "--durations=10",
+                "--timeout=%g" % test_timeout_s,
                 "--redis-url=%s" % url, "--protocol=%d" % protocol, "--junitxml=%s" % report,
                 "-W", "ignore"] + [os.path.join("tests", f) for f in files]
-        subprocess.run(argv, cwd=suite_dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=timeout_s)
+        with open(log_path or os.devnull, "w") as out:
+            subprocess.run(argv, cwd=suite_dir, stdout=out, stderr=subprocess.STDOUT, timeout=timeout_s)
         if not os.path.exists(report):
             raise RuntimeError("pytest wrote no report for %s (RESP%d)" % (url, protocol))
         return read_junit(report)
@@ -168,7 +182,8 @@ class RedisServer:
                 self.proc.kill()
 
 
-def run(server: str = "kvd", files=FILES, protocols=(2, 3), log=print) -> dict:
+def run(server: str = "kvd", files=FILES, protocols=(2, 3), targets=("leader", "follower"), log=print,
+        log_dir: Optional[str] = None) -> dict:
     """Every run (target x protocol): {"runs": {name: {file: counts}}, "version": ...}."""
     try:
         import pytest_timeout  # noqa: F401  (the runs bound each test with it)
@@ -177,12 +192,11 @@ def run(server: str = "kvd", files=FILES, protocols=(2, 3), log=print) -> dict:
     version = redis_py_version()
     suite = fetch_tests(version)
     log("redis-py %s's tests (%s) against %s" % (version, ", ".join(files), server), flush=True)
-    targets: List[Tuple[str, str]] = []
     out: dict = {"redis_py": version, "server": server, "files": list(files), "runs": {}}
     if server == "redis":
         with RedisServer() as redis_server:
-            targets = [("redis-server", "redis://127.0.0.1:%d/0" % redis_server.port)]
-            _run_all(suite, targets, files, protocols, out, log)
+            _run_all(suite, [("redis-server", "redis://127.0.0.1:%d/0" % redis_server.port)], files, protocols, out, log,
+                     log_dir)
         return out
     from kvd.jepsen.cluster import ProcessCluster
 
@@ -194,20 +208,21 @@ def run(server: str = "kvd", files=FILES, protocols=(2, 3), log=print) -> dict:
         if not ok:
             raise RuntimeError("the cluster did not come up: %s" % why)
         follower = next(n for n in cluster.members if n is not leader)
-        targets = [("leader", "redis://%s/0" % leader.id), ("follower", "redis://%s/0" % follower.id)]
-        _run_all(suite, targets, files, protocols, out, log)
+        urls = {"leader": "redis://%s/0" % leader.id, "follower": "redis://%s/0" % follower.id}
+        _run_all(suite, [(t, urls[t]) for t in targets], files, protocols, out, log, log_dir)
     finally:
         cluster.close()
         shutil.rmtree(run_dir, ignore_errors=True)
     return out
 
 
-def _run_all(suite: str, targets, files, protocols, out: dict, log) -> None:
+def _run_all(suite: str, targets, files, protocols, out: dict, log, log_dir: Optional[str]) -> None:
     for name, url in targets:
         for protocol in protocols:
             label = "%s RESP%d" % (name, protocol)
             started = time.monotonic()
-            per_file = run_suite(suite, url, protocol, files)
+            log_path = os.path.join(log_dir, "%s-resp%d.log" % (name, protocol)) if log_dir else None
+            per_file = run_suite(suite, url, protocol, files, log_path=log_path)
             total = Counts()
             for counts in per_file.values():
                 total.add(counts)
