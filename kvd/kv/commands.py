@@ -6,8 +6,9 @@ Write commands (``Set``, ``Delete``, ``MSet``, ``IncrBy``, ``GetDel``,
 ``Append``, ``SetRange``, ``MSetNX``, ``Rename``, ``Copy``) change the state
 and are proposed to Raft inside an ``Envelope``; read ops (``Get``, ``MGet``,
 ``Exists``, ``Keys``, ``Scan``, ``DbSize``, ``StrLen``, ``GetRange``,
-``RandomKey``) are served by ``KVMachine.read`` and never logged.  Each is a frozen dataclass that validates itself, so an
-invalid command cannot be built, encoded or decoded.
+``RandomKey``) are served by ``KVMachine.read`` and never logged.  Each is
+a frozen dataclass that validates itself, so an invalid command cannot be
+built, encoded or decoded.
 
 The envelope carries the exactly-once bookkeeping of the Raft thesis §6.3:
 ``client_id`` and ``seq`` name the command, ``ack_below`` tells the machine
@@ -49,7 +50,8 @@ from kvd.kv.codec import INT64_MAX, INT64_MIN, U64_MAX, CodecError, Reader, Writ
 
 __all__ = [
     "CodecError", "Set", "Delete", "MSet", "IncrBy", "GetDel", "Append", "SetRange", "MSetNX", "Rename", "Copy",
-    "Envelope", "Get", "MGet", "Exists", "Keys", "Scan", "DbSize", "StrLen", "GetRange", "RandomKey", "WriteCommand", "ReadOp", "WRITE_COMMANDS", "READ_OPS", "ENVELOPE_VERSION",
+    "Envelope", "Get", "MGet", "Exists", "Keys", "Scan", "DbSize", "StrLen", "GetRange", "RandomKey", "WriteCommand",
+    "ReadOp", "WRITE_COMMANDS", "READ_OPS", "ENVELOPE_VERSION",
     "encode_envelope", "decode_envelope", "parse_int64", "INT64_MIN", "INT64_MAX", "command_size", "command_keys",
     "write_keys", "MAX_STRING_BYTES",
 ]

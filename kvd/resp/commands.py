@@ -467,8 +467,9 @@ def parse_request(args: List[bytes], value_max_bytes: int = LIMITS.value_bytes) 
     if isinstance(parsed, Write):
         command = parsed.command
         if isinstance(command, (Append, SetRange)):
-            if isinstance(command, SetRange) and command.value and command.offset + len(command.value) > value_max_bytes:
-                return STRING_TOO_LONG
+            if isinstance(command, SetRange) and command.value:
+                if command.offset + len(command.value) > value_max_bytes:
+                    return STRING_TOO_LONG
             parsed = replace(parsed, command=replace(command, max_len=min(value_max_bytes, MAX_STRING_BYTES)))
         return _write_too_big(spec.name, parsed.command) or parsed
     if isinstance(parsed, Read):

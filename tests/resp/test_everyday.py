@@ -4,7 +4,6 @@ reply shapes (SETNX's integer, TYPE's status), permissions, TIME, and the
 replies of a real redis-server compared with kvd's for random sequences.
 """
 
-import os
 import shutil
 import socket
 import subprocess
@@ -115,7 +114,7 @@ def test_setrange_with_an_empty_value_takes_any_offset():
 
 
 def test_the_node_value_limit_rides_in_append_and_setrange():
-    """parse_request's value_max_bytes (the node's --value-max-bytes) is the entry's max_len; SETRANGE past it is refused."""
+    """parse_request's value_max_bytes (--value-max-bytes) is the entry's max_len; SETRANGE past it is refused."""
     assert req(b"APPEND k v", value_max_bytes=10) == Write(Append(b"k", b"v", 10))
     assert req(b"SETRANGE k 7 abc", value_max_bytes=10) == Write(SetRange(b"k", 7, b"abc", 10))
     assert req(b"SETRANGE k 8 abc", value_max_bytes=10) == TOO_LONG
