@@ -3,8 +3,8 @@
 The commands of the key/value machine and the codec of what goes in the log.
 
 Write commands (``Set``, ``Delete``, ``MSet``, ``IncrBy``, ``GetDel``,
-``Append``, ``SetRange``, ``MSetNX``, ``Rename``, ``Copy``) change the state
-and are proposed to Raft inside an ``Envelope``; read ops (``Get``, ``MGet``,
+``Append``, ``SetRange``, ``MSetNX``, ``Rename``, ``Copy``, ``FlushAll``)
+change the state and are proposed to Raft inside an ``Envelope``; read ops (``Get``, ``MGet``,
 ``Exists``, ``Keys``, ``Scan``, ``DbSize``, ``StrLen``, ``GetRange``,
 ``RandomKey``) are served by ``KVMachine.read`` and never logged.  Each is
 a frozen dataclass that validates itself, so an invalid command cannot be
@@ -30,6 +30,7 @@ Wire format, version 1 (all integers varints, see kvd.kv.codec)::
     tag 8 MSetNX  n (key value)...
     tag 9 Rename  src:blob dst:blob nx:byte (0 RENAME, 1 RENAMENX)
     tag 10 Copy   src:blob dst:blob replace:byte (0 or 1)
+    tag 11 FlushAll (no body: FLUSHDB and FLUSHALL, kvd has one database)
 
 ``max_len`` is the longest value the proposing node allows (its
 ``--value-max-bytes``): it travels in the entry so that every replica refuses
@@ -50,8 +51,8 @@ from kvd.kv.codec import INT64_MAX, INT64_MIN, U64_MAX, CodecError, Reader, Writ
 
 __all__ = [
     "CodecError", "Set", "Delete", "MSet", "IncrBy", "GetDel", "Append", "SetRange", "MSetNX", "Rename", "Copy",
-    "Envelope", "Get", "MGet", "Exists", "Keys", "Scan", "DbSize", "StrLen", "GetRange", "RandomKey", "WriteCommand",
-    "ReadOp", "WRITE_COMMANDS", "READ_OPS", "ENVELOPE_VERSION",
+    "FlushAll", "Envelope", "Get", "MGet", "Exists", "Keys", "Scan", "DbSize", "StrLen", "GetRange", "RandomKey",
+    "WriteCommand", "ReadOp", "WRITE_COMMANDS", "READ_OPS", "ENVELOPE_VERSION",
     "encode_envelope", "decode_envelope", "parse_int64", "INT64_MIN", "INT64_MAX", "command_size", "command_keys",
     "write_keys", "MAX_STRING_BYTES",
 ]
@@ -255,8 +256,13 @@ class Copy:
             raise ValueError("COPY's source and destination are the same key")
 
 
-WriteCommand = Union[Set, Delete, MSet, IncrBy, GetDel, Append, SetRange, MSetNX, Rename, Copy]
-WRITE_COMMANDS = (Set, Delete, MSet, IncrBy, GetDel, Append, SetRange, MSetNX, Rename, Copy)
+@dataclass(frozen=True)
+class FlushAll:
+    """FLUSHDB and FLUSHALL: every key deleted.  The keyspace drops them whole (``clear``), not key by key."""
+
+
+WriteCommand = Union[Set, Delete, MSet, IncrBy, GetDel, Append, SetRange, MSetNX, Rename, Copy, FlushAll]
+WRITE_COMMANDS = (Set, Delete, MSet, IncrBy, GetDel, Append, SetRange, MSetNX, Rename, Copy, FlushAll)
 
 
 @dataclass(frozen=True)
@@ -377,6 +383,7 @@ READ_OPS = (Get, MGet, Exists, Keys, Scan, DbSize, StrLen, GetRange, RandomKey)
 
 _TAG_SET, _TAG_DELETE, _TAG_MSET, _TAG_INCRBY = 1, 2, 3, 4
 _TAG_GETDEL, _TAG_APPEND, _TAG_SETRANGE, _TAG_MSETNX, _TAG_RENAME, _TAG_COPY = 5, 6, 7, 8, 9, 10
+_TAG_FLUSHALL = 11
 _COND_CODE = {None: 0, "NX": 1, "XX": 2}
 _CODE_COND = {v: k for k, v in _COND_CODE.items()}
 _FLAG_IFEQ, _FLAG_GET = 0x04, 0x08
@@ -434,6 +441,8 @@ def encode_envelope(env: Envelope) -> bytes:
         w.blob(cmd.src)
         w.blob(cmd.dst)
         w.byte(int(cmd.nx if isinstance(cmd, Rename) else cmd.replace))
+    elif isinstance(cmd, FlushAll):
+        w.byte(_TAG_FLUSHALL)
     else:
         raise TypeError("not a write command: %s" % (type(cmd).__name__,))
     return w.getvalue()
@@ -472,11 +481,18 @@ def command_size(cmd: WriteCommand) -> int:
         return 1 + _blob_size(cmd.key) + _uint_size(cmd.offset) + _blob_size(cmd.value) + _uint_size(cmd.max_len)
     if isinstance(cmd, (Rename, Copy)):
         return 2 + _blob_size(cmd.src) + _blob_size(cmd.dst)
+    if isinstance(cmd, FlushAll):
+        return 1
     raise TypeError("not a write command: %s" % (type(cmd).__name__,))
 
 
 def command_keys(cmd: WriteCommand) -> int:
-    """How many keys ``cmd`` writes (repeats counted): what applying it costs."""
+    """
+    How many keys ``cmd`` writes (repeats counted): what applying it costs.
+    FlushAll names none: the keyspace drops its keys whole (``clear``).
+    """
+    if isinstance(cmd, FlushAll):
+        return 0
     if isinstance(cmd, Delete):
         return len(cmd.keys)
     if isinstance(cmd, (MSet, MSetNX)):
@@ -494,6 +510,8 @@ def write_keys(cmd: WriteCommand) -> Tuple[bytes, ...]:
         return tuple(k for k, _ in cmd.pairs)
     if isinstance(cmd, (Rename, Copy)):
         return (cmd.src, cmd.dst)
+    if isinstance(cmd, FlushAll):
+        return ()
     if isinstance(cmd, WRITE_COMMANDS):
         return (cmd.key,)
     raise TypeError("not a write command: %s" % (type(cmd).__name__,))
@@ -545,6 +563,8 @@ def _decode_command(r: Reader) -> WriteCommand:
             if flag > 1:
                 raise CodecError("invalid %s flag %d" % ("RENAME" if tag == _TAG_RENAME else "COPY", flag))
             return Rename(src, dst, bool(flag)) if tag == _TAG_RENAME else Copy(src, dst, bool(flag))
+        if tag == _TAG_FLUSHALL:
+            return FlushAll()
     except (TypeError, ValueError) as e:
         if isinstance(e, CodecError):
             raise

@@ -41,8 +41,9 @@ from typing import Dict
 
 from kvd.kv.codec import CodecError, Reader, Writer
 from kvd.kv.commands import (
-    INT64_MAX, INT64_MIN, READ_OPS, Append, Copy, DbSize, Delete, Exists, Get, GetDel, GetRange, IncrBy, Keys, MGet,
-    MSet, MSetNX, RandomKey, ReadOp, Rename, Scan, Set, SetRange, StrLen, WriteCommand, decode_envelope, parse_int64,
+    INT64_MAX, INT64_MIN, READ_OPS, Append, Copy, DbSize, Delete, Exists, FlushAll, Get, GetDel, GetRange, IncrBy,
+    Keys, MGet, MSet, MSetNX, RandomKey, ReadOp, Rename, Scan, Set, SetRange, StrLen, WriteCommand, decode_envelope,
+    parse_int64,
 )
 from kvd.kv.glob import Pattern, PatternTooCostly
 from kvd.kv.keyspace import MAX_CURSOR, Keyspace
@@ -287,6 +288,9 @@ class KVMachine:
                 return 0
             ks.put(cmd.dst, value)
             return 1
+        if isinstance(cmd, FlushAll):
+            ks.clear()
+            return OK
         raise TypeError("not a write command: %r" % (cmd,))
 
     # ------------------------------------------------------------------ reads

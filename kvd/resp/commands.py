@@ -26,9 +26,9 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from kvd.kv.commands import (
-    INT64_MIN, MAX_STRING_BYTES, Append, Copy, DbSize, Delete, Exists, Get, GetDel, GetRange, IncrBy, Keys, MGet,
-    MSet, MSetNX, RandomKey, ReadOp, Rename, Scan, Set, SetRange, StrLen, WriteCommand, command_keys, command_size,
-    parse_int64, write_keys,
+    INT64_MIN, MAX_STRING_BYTES, Append, Copy, DbSize, Delete, Exists, FlushAll, Get, GetDel, GetRange, IncrBy, Keys,
+    MGet, MSet, MSetNX, RandomKey, ReadOp, Rename, Scan, Set, SetRange, StrLen, WriteCommand, command_keys,
+    command_size, parse_int64, write_keys,
 )
 from kvd.kv.results import OK, KVError
 from kvd.limits import LIMITS
@@ -239,6 +239,13 @@ def _parse_copy(args: List[bytes]) -> Parsed:
     return Write(Copy(args[1], args[2], replace_))
 
 
+def _parse_flush(args: List[bytes]) -> Parsed:
+    # FLUSHDB/FLUSHALL [ASYNC|SYNC]: one database, so both drop every key; the mode changes nothing here.
+    if len(args) > 2 or (len(args) == 2 and args[1].upper() not in (b"ASYNC", b"SYNC")):
+        return SYNTAX_ERROR
+    return Write(FlushAll(), args[0].lower().decode())
+
+
 def _parse_randomkey(args: List[bytes]) -> Parsed:
     # The position is drawn here, outside the machine, which draws nothing.
     return Read(RandomKey(random.getrandbits(63)))
@@ -391,6 +398,9 @@ _COMMANDS = [
     _spec("type", 2, _R, (1, 1, 1), lambda a: Read(Exists((a[1],)), "type", "type")),
     _spec("randomkey", 1, "readonly", parse=_parse_randomkey),
     _spec("time", 1, "random loading stale fast"),
+    # Redis's ACL puts these in @dangerous; kvd's roles have admin: a readwrite user may not wipe the store.
+    _spec("flushdb", -1, "write admin", parse=_parse_flush),
+    _spec("flushall", -1, "write admin", parse=_parse_flush),
     _spec("keys", 2, "readonly", parse=lambda a: Read(Keys(a[1]))),
     _spec("scan", -2, "readonly", parse=_parse_scan),
     _spec("dbsize", 1, _R, parse=lambda a: Read(DbSize())),
@@ -517,7 +527,8 @@ def spec_of(name: str) -> Optional[CommandSpec]:
 
 
 _WRITE_NAMES = {"Set": "set", "MSet": "mset", "Delete": "del", "IncrBy": "incrby", "GetDel": "getdel",
-                "Append": "append", "SetRange": "setrange", "MSetNX": "msetnx", "Rename": "rename", "Copy": "copy"}
+                "Append": "append", "SetRange": "setrange", "MSetNX": "msetnx", "Rename": "rename", "Copy": "copy",
+                "FlushAll": "flushall"}
 _READ_NAMES = {"Get": "get", "MGet": "mget", "Exists": "exists", "Keys": "keys", "Scan": "scan", "DbSize": "dbsize",
                "StrLen": "strlen", "GetRange": "getrange", "RandomKey": "randomkey"}
 

@@ -7,7 +7,8 @@ import pytest
 
 from kvd.kv.codec import Reader, Writer
 from kvd.kv.commands import (
-    INT64_MAX, INT64_MIN, MAX_STRING_BYTES, Append, CodecError, Copy, DbSize, Delete, Envelope, Exists, Get, GetDel,
+    INT64_MAX, INT64_MIN, MAX_STRING_BYTES, Append, CodecError, Copy, DbSize, Delete, Envelope, Exists, FlushAll, Get,
+    GetDel,
     IncrBy, Keys, MGet, MSet, MSetNX, Rename, Scan, Set, SetRange, decode_envelope, encode_envelope, parse_int64,
 )
 
@@ -45,6 +46,7 @@ SAMPLE_COMMANDS = [
     Rename(ODD, b"", nx=False),
     Copy(b"a", b"b"),
     Copy(ODD, b"", replace=True),
+    FlushAll(),
 ]
 
 
@@ -369,6 +371,7 @@ def test_command_keys_and_write_keys_of_the_new_commands():
     assert command_keys(pairs) == 3 and write_keys(pairs) == (b"a", b"b", b"a")
     for cmd in (GetDel(b"k"), Append(b"k", b"v", 9), SetRange(b"k", 1, b"v", 9)):
         assert command_keys(cmd) == 1 and write_keys(cmd) == (b"k",)
+    assert command_keys(FlushAll()) == 0 and write_keys(FlushAll()) == ()
 
 
 @pytest.mark.parametrize("cmd", [Rename(b"a", b"b"), Copy(b"a", b"b")], ids=repr)

@@ -9,8 +9,8 @@ import random
 import pytest
 
 from kvd.kv.commands import (
-    MAX_STRING_BYTES, Append, Copy, DbSize, Delete, Exists, Get, GetDel, GetRange, Keys, MSet, MSetNX, RandomKey,
-    Rename, Set, SetRange, StrLen,
+    MAX_STRING_BYTES, Append, Copy, DbSize, Delete, Exists, FlushAll, Get, GetDel, GetRange, Keys, MSet, MSetNX,
+    RandomKey, Rename, Scan, Set, SetRange, StrLen,
 )
 from kvd.kv.keyspace import MAX_CURSOR, scan_position
 from kvd.kv.machine import KVMachine
@@ -186,6 +186,41 @@ def test_randomkey(kv):
     assert kv.read(RandomKey(0)) is None
 
 
+def test_flushall(kv):
+    assert kv(FlushAll()) is OK
+    kv(MSet(tuple((b"k%d" % i, b"v") for i in range(50))))
+    assert kv.read(DbSize()) == 50
+    assert kv(FlushAll()) is OK
+    assert kv.read(DbSize()) == 0 and kv.read(Get(b"k1")) is None and kv.read(Keys(b"*")) == []
+    assert kv.read(Scan(0, None, 100)) == [b"0", []] and kv.read(RandomKey(0)) is None
+    kv(MSet(((b"k1", b"new"), (b"x", b"y"))))
+    kv(Delete((b"x", b"k2")))
+    assert kv.read(Keys(b"*")) == [b"k1"] and kv.read(DbSize()) == 1
+    assert kv.read(Get(b"k1")) == b"new" and kv.read(Get(b"k3")) is None
+
+
+def test_flushall_survives_a_restart_flushed_or_not(tmp_path):
+    """Dropped in the flush's transaction: a restart sees the keys gone once it committed, all there before."""
+    node = Node(str(tmp_path / "a"), flush_writes=1)
+    node.apply(MSet(tuple((b"k%d" % i, b"v") for i in range(100))))
+    node.flush()
+    node.apply(FlushAll())
+    node.apply(Set(b"after", b"1"))
+    assert node.machine.read(DbSize()) == 1  # not flushed yet: the overlay hides what is stored
+    node.close()
+    again = Node(str(tmp_path / "a"), client=b"c2")  # c1's seq 1 is remembered: a retry would not apply
+    assert again.machine.read(DbSize()) == 100 and again.machine.read(Get(b"after")) is None  # the log replays them
+    again.apply(FlushAll())
+    again.apply(Set(b"after", b"1"))
+    again.flush()
+    again.state.check()
+    again.close()
+    third = Node(str(tmp_path / "a"))
+    assert third.machine.read(DbSize()) == 1 and third.machine.read(Keys(b"*")) == [b"after"]
+    third.state.check()
+    third.close()
+
+
 @pytest.mark.parametrize("seed", range(2))
 def test_random_sequences_answer_alike_on_both_keyspaces(tmp_path, seed):
     """The new commands mixed with the old, with flushes at random: the disk answers as memory does."""
@@ -203,6 +238,7 @@ def test_random_sequences_answer_alike_on_both_keyspaces(tmp_path, seed):
             lambda: MSetNX(((a, b"m"), (b, b"n"))),
             lambda: Rename(a, b, nx=rng.random() < 0.5),
             lambda: Copy(a, b, replace=rng.random() < 0.5) if a != b else GetDel(a),
+            lambda: FlushAll() if rng.random() < 0.2 else MSetNX(((a, b"f"),)),
         ])()
         assert node.apply(command) == memory.apply(command), command
         if rng.random() < 0.3:

@@ -14,8 +14,8 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
 from kvd.kv.commands import (
-    MAX_STRING_BYTES, Append, Copy, Delete, Exists, GetDel, GetRange, MSetNX, RandomKey, Rename, Set, SetRange,
-    StrLen,
+    MAX_STRING_BYTES, Append, Copy, Delete, Exists, FlushAll, GetDel, GetRange, MSetNX, RandomKey, Rename, Set,
+    SetRange, StrLen,
 )
 from kvd.kv.results import OK, KVError
 from kvd.limits import LIMITS
@@ -69,6 +69,13 @@ TOO_LONG = err("string exceeds maximum allowed size (proto-max-bulk-len)")
         (b"SUBSTR k -3 9", Read(GetRange(b"k", -3, 9), "substr")),
         (b"TYPE k", Read(Exists((b"k",)), "type", "type")),
         (b"TIME", Admin("time")),
+        (b"FLUSHDB", Write(FlushAll(), "flushdb")),
+        (b"flushdb async", Write(FlushAll(), "flushdb")),
+        (b"FLUSHALL SYNC", Write(FlushAll(), "flushall")),
+        (b"FLUSHALL", Write(FlushAll(), "flushall")),
+        (b"FLUSHDB foo", err("syntax error")),
+        (b"FLUSHDB sync async", err("syntax error")),
+        (b"FLUSHALL bad", err("syntax error")),
         # errors, with Redis 7's texts
         (b"SETNX k", arity("setnx")),
         (b"SETNX k v x", arity("setnx")),
@@ -167,8 +174,13 @@ def test_roles_and_names():
     connection.user = User("reader", READONLY, b"")
     assert "'setnx' command" in str(connection.refuses(req(b"SETNX k v")))
     assert connection.refuses(req(b"TYPE k")) is None
-    connection.user = User("admin", ADMIN, b"")
+    connection.user = User("writer", READWRITE, b"")
     assert connection.refuses(req(b"COPY a b")) is None
+    for line in (b"FLUSHDB", b"FLUSHALL ASYNC"):
+        assert required_role(req(line)) == ADMIN
+        assert "'%s' command" % line.split()[0].lower().decode() in str(connection.refuses(req(line)))
+    connection.user = User("admin", ADMIN, b"")
+    assert connection.refuses(req(b"COPY a b")) is None and connection.refuses(req(b"FLUSHDB")) is None
 
 
 def test_time_is_the_nodes_clock():
@@ -295,6 +307,7 @@ def _random_command(rng):
         ("COPY", k, k2, "REPLACE"), ("COPY", k, k2, "DB", "0"), ("EXISTS", k, k2), ("INCR", k), ("DBSIZE",),
         ("MSET", k, v, k2, v), ("SETNX", k), ("GETRANGE", k, "x", "1"), ("SETRANGE", k, "1.5", v),
         ("COPY", k, k2, "BAD"), ("MSETNX", k, v, k2), ("RANDOMKEY",), ("STRLEN",),
+        rng.choice([("FLUSHDB",), ("FLUSHALL", "ASYNC"), ("FLUSHDB", "x"), ("GET", k)]),
     ])
 
 
