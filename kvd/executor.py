@@ -50,6 +50,11 @@ class ClientExecutor:
     def _admin_info(self, args):
         return self.server_info.info(args)
 
+    def _admin_time(self, args):
+        # The node's own clock, as Redis: [unix seconds, microseconds], both bulk strings; never logged.
+        micros = int(self.node.clock.seconds() * 1_000_000)
+        return [b"%d" % (micros // 1_000_000), b"%d" % (micros % 1_000_000)]
+
     def _admin_config_get(self, args):
         return self.server_info.config_get(args)
 

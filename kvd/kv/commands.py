@@ -2,11 +2,13 @@
 """
 The commands of the key/value machine and the codec of what goes in the log.
 
-Write commands (``Set``, ``Delete``, ``MSet``, ``IncrBy``) change the state
-and are proposed to Raft inside an ``Envelope``; read ops (``Get``, ``MGet``,
-``Exists``, ``Keys``, ``Scan``, ``DbSize``) are served by ``KVMachine.read``
-and never logged.  Each is a frozen dataclass that validates itself, so an
-invalid command cannot be built, encoded or decoded.
+Write commands (``Set``, ``Delete``, ``MSet``, ``IncrBy``, ``GetDel``,
+``Append``, ``SetRange``, ``MSetNX``, ``Rename``, ``Copy``, ``FlushAll``)
+change the state and are proposed to Raft inside an ``Envelope``; read ops (``Get``, ``MGet``,
+``Exists``, ``Keys``, ``Scan``, ``DbSize``, ``StrLen``, ``GetRange``,
+``RandomKey``) are served by ``KVMachine.read`` and never logged.  Each is
+a frozen dataclass that validates itself, so an invalid command cannot be
+built, encoded or decoded.
 
 The envelope carries the exactly-once bookkeeping of the Raft thesis §6.3:
 ``client_id`` and ``seq`` name the command, ``ack_below`` tells the machine
@@ -22,6 +24,18 @@ Wire format, version 1 (all integers varints, see kvd.kv.codec)::
     tag 2 Delete  n keys...
     tag 3 MSet    n (key value)...
     tag 4 IncrBy  key:blob delta:zigzag
+    tag 5 GetDel  key:blob
+    tag 6 Append  key:blob value:blob max_len
+    tag 7 SetRange key:blob offset value:blob max_len
+    tag 8 MSetNX  n (key value)...
+    tag 9 Rename  src:blob dst:blob nx:byte (0 RENAME, 1 RENAMENX)
+    tag 10 Copy   src:blob dst:blob replace:byte (0 or 1)
+    tag 11 FlushAll (no body: FLUSHDB and FLUSHALL, kvd has one database)
+
+``max_len`` is the longest value the proposing node allows (its
+``--value-max-bytes``): it travels in the entry so that every replica refuses
+an APPEND or SETRANGE that would grow a value past it the same way, whatever
+its own setting.
 
 Keys and values are arbitrary bytes; neither pickle nor JSON is involved.
 
@@ -36,12 +50,17 @@ from typing import Optional, Tuple, Union
 from kvd.kv.codec import INT64_MAX, INT64_MIN, U64_MAX, CodecError, Reader, Writer
 
 __all__ = [
-    "CodecError", "Set", "Delete", "MSet", "IncrBy", "Envelope", "Get", "MGet", "Exists", "Keys",
-    "Scan", "DbSize", "WriteCommand", "ReadOp", "WRITE_COMMANDS", "READ_OPS", "ENVELOPE_VERSION",
+    "CodecError", "Set", "Delete", "MSet", "IncrBy", "GetDel", "Append", "SetRange", "MSetNX", "Rename", "Copy",
+    "FlushAll", "Envelope", "Get", "MGet", "Exists", "Keys", "Scan", "DbSize", "StrLen", "GetRange", "RandomKey",
+    "WriteCommand", "ReadOp", "WRITE_COMMANDS", "READ_OPS", "ENVELOPE_VERSION",
     "encode_envelope", "decode_envelope", "parse_int64", "INT64_MIN", "INT64_MAX", "command_size", "command_keys",
+    "write_keys", "MAX_STRING_BYTES",
 ]
 
 ENVELOPE_VERSION = 1
+
+#: Redis's largest string (512 MB, proto-max-bulk-len's ceiling): SETRANGE's offset stays below it.
+MAX_STRING_BYTES = 512 * 1024 * 1024
 
 
 def parse_int64(data: bytes) -> Optional[int]:
@@ -126,17 +145,7 @@ class MSet:
     pairs: Tuple[Tuple[bytes, bytes], ...]
 
     def __post_init__(self):
-        if isinstance(self.pairs, (bytes, str)):
-            raise TypeError("pairs must be a sequence of (key, value)")
-        pairs = tuple(tuple(p) for p in self.pairs)
-        if not pairs:
-            raise ValueError("pairs must not be empty")
-        for p in pairs:
-            if len(p) != 2:
-                raise ValueError("each pair must be (key, value)")
-            _bytes("key", p[0])
-            _bytes("value", p[1])
-        object.__setattr__(self, "pairs", pairs)
+        _pairs(self)
 
 
 @dataclass(frozen=True)
@@ -151,8 +160,109 @@ class IncrBy:
         _int("delta", self.delta, INT64_MIN, INT64_MAX)
 
 
-WriteCommand = Union[Set, Delete, MSet, IncrBy]
-WRITE_COMMANDS = (Set, Delete, MSet, IncrBy)
+def _pairs(obj) -> None:
+    if isinstance(obj.pairs, (bytes, str)):
+        raise TypeError("pairs must be a sequence of (key, value)")
+    pairs = tuple(tuple(p) for p in obj.pairs)
+    if not pairs:
+        raise ValueError("pairs must not be empty")
+    for p in pairs:
+        if len(p) != 2:
+            raise ValueError("each pair must be (key, value)")
+        _bytes("key", p[0])
+        _bytes("value", p[1])
+    object.__setattr__(obj, "pairs", pairs)
+
+
+@dataclass(frozen=True)
+class GetDel:
+    """GETDEL key: the value (or nil), and the key deleted."""
+
+    key: bytes
+
+    def __post_init__(self):
+        _bytes("key", self.key)
+
+
+@dataclass(frozen=True)
+class Append:
+    """APPEND key value: the new length; a result longer than ``max_len`` is refused, nothing changed."""
+
+    key: bytes
+    value: bytes
+    max_len: int
+
+    def __post_init__(self):
+        _bytes("key", self.key)
+        _bytes("value", self.value)
+        _int("max_len", self.max_len, 0, MAX_STRING_BYTES)
+
+
+@dataclass(frozen=True)
+class SetRange:
+    """SETRANGE key offset value: overwrite from ``offset``, zero-padding; the new length."""
+
+    key: bytes
+    offset: int
+    value: bytes
+    max_len: int
+
+    def __post_init__(self):
+        _bytes("key", self.key)
+        _int("offset", self.offset, 0, MAX_STRING_BYTES - 1)
+        _bytes("value", self.value)
+        _int("max_len", self.max_len, 0, MAX_STRING_BYTES)
+
+
+@dataclass(frozen=True)
+class MSetNX:
+    """MSETNX: every pair is set, if none of the keys exists (1), or nothing is (0)."""
+
+    pairs: Tuple[Tuple[bytes, bytes], ...]
+
+    def __post_init__(self):
+        _pairs(self)
+
+
+@dataclass(frozen=True)
+class Rename:
+    """RENAME src dst (OK, or ERR no such key); with ``nx``, RENAMENX (1, or 0 if dst exists)."""
+
+    src: bytes
+    dst: bytes
+    nx: bool = False
+
+    def __post_init__(self):
+        _bytes("src", self.src)
+        _bytes("dst", self.dst)
+        if not isinstance(self.nx, bool):
+            raise TypeError("nx must be a bool")
+
+
+@dataclass(frozen=True)
+class Copy:
+    """COPY src dst [REPLACE]: 1 if copied, 0 if src is missing or dst exists (without REPLACE)."""
+
+    src: bytes
+    dst: bytes
+    replace: bool = False
+
+    def __post_init__(self):
+        _bytes("src", self.src)
+        _bytes("dst", self.dst)
+        if not isinstance(self.replace, bool):
+            raise TypeError("replace must be a bool")
+        if self.src == self.dst:
+            raise ValueError("COPY's source and destination are the same key")
+
+
+@dataclass(frozen=True)
+class FlushAll:
+    """FLUSHDB and FLUSHALL: every key deleted.  The keyspace drops them whole (``clear``), not key by key."""
+
+
+WriteCommand = Union[Set, Delete, MSet, IncrBy, GetDel, Append, SetRange, MSetNX, Rename, Copy, FlushAll]
+WRITE_COMMANDS = (Set, Delete, MSet, IncrBy, GetDel, Append, SetRange, MSetNX, Rename, Copy, FlushAll)
 
 
 @dataclass(frozen=True)
@@ -229,13 +339,51 @@ class DbSize:
     pass
 
 
-ReadOp = Union[Get, MGet, Exists, Keys, Scan, DbSize]
-READ_OPS = (Get, MGet, Exists, Keys, Scan, DbSize)
+@dataclass(frozen=True)
+class StrLen:
+    key: bytes
+
+    def __post_init__(self):
+        _bytes("key", self.key)
+
+
+@dataclass(frozen=True)
+class GetRange:
+    """GETRANGE key start end (and SUBSTR): inclusive, negative counts from the end, as Redis 7."""
+
+    key: bytes
+    start: int
+    end: int
+
+    def __post_init__(self):
+        _bytes("key", self.key)
+        _int("start", self.start, INT64_MIN, INT64_MAX)
+        _int("end", self.end, INT64_MIN, INT64_MAX)
+
+
+@dataclass(frozen=True)
+class RandomKey:
+    """
+    RANDOMKEY: the first key at or after SCAN position ``position`` (wrapping
+    around), nil if there is none.  The caller draws the position; the
+    machine itself draws nothing.
+    """
+
+    position: int = 0
+
+    def __post_init__(self):
+        _int("position", self.position, 0, U64_MAX)
+
+
+ReadOp = Union[Get, MGet, Exists, Keys, Scan, DbSize, StrLen, GetRange, RandomKey]
+READ_OPS = (Get, MGet, Exists, Keys, Scan, DbSize, StrLen, GetRange, RandomKey)
 
 
 # ------------------------------------------------------------------- codec
 
 _TAG_SET, _TAG_DELETE, _TAG_MSET, _TAG_INCRBY = 1, 2, 3, 4
+_TAG_GETDEL, _TAG_APPEND, _TAG_SETRANGE, _TAG_MSETNX, _TAG_RENAME, _TAG_COPY = 5, 6, 7, 8, 9, 10
+_TAG_FLUSHALL = 11
 _COND_CODE = {None: 0, "NX": 1, "XX": 2}
 _CODE_COND = {v: k for k, v in _COND_CODE.items()}
 _FLAG_IFEQ, _FLAG_GET = 0x04, 0x08
@@ -264,16 +412,39 @@ def encode_envelope(env: Envelope) -> bytes:
         w.uint(len(cmd.keys))
         for k in cmd.keys:
             w.blob(k)
-    elif isinstance(cmd, MSet):
-        w.byte(_TAG_MSET)
+    elif isinstance(cmd, (MSet, MSetNX)):
+        w.byte(_TAG_MSET if isinstance(cmd, MSet) else _TAG_MSETNX)
         w.uint(len(cmd.pairs))
         for k, v in cmd.pairs:
             w.blob(k)
             w.blob(v)
-    else:
+    elif isinstance(cmd, IncrBy):
         w.byte(_TAG_INCRBY)
         w.blob(cmd.key)
         w.sint(cmd.delta)
+    elif isinstance(cmd, GetDel):
+        w.byte(_TAG_GETDEL)
+        w.blob(cmd.key)
+    elif isinstance(cmd, Append):
+        w.byte(_TAG_APPEND)
+        w.blob(cmd.key)
+        w.blob(cmd.value)
+        w.uint(cmd.max_len)
+    elif isinstance(cmd, SetRange):
+        w.byte(_TAG_SETRANGE)
+        w.blob(cmd.key)
+        w.uint(cmd.offset)
+        w.blob(cmd.value)
+        w.uint(cmd.max_len)
+    elif isinstance(cmd, (Rename, Copy)):
+        w.byte(_TAG_RENAME if isinstance(cmd, Rename) else _TAG_COPY)
+        w.blob(cmd.src)
+        w.blob(cmd.dst)
+        w.byte(int(cmd.nx if isinstance(cmd, Rename) else cmd.replace))
+    elif isinstance(cmd, FlushAll):
+        w.byte(_TAG_FLUSHALL)
+    else:
+        raise TypeError("not a write command: %s" % (type(cmd).__name__,))
     return w.getvalue()
 
 
@@ -297,21 +468,53 @@ def command_size(cmd: WriteCommand) -> int:
         return size + (_blob_size(cmd.ifeq) if cmd.ifeq is not None else 0)
     if isinstance(cmd, Delete):
         return 1 + _uint_size(len(cmd.keys)) + sum(_blob_size(k) for k in cmd.keys)
-    if isinstance(cmd, MSet):
+    if isinstance(cmd, (MSet, MSetNX)):
         return 1 + _uint_size(len(cmd.pairs)) + sum(_blob_size(k) + _blob_size(v) for k, v in cmd.pairs)
     if isinstance(cmd, IncrBy):
         delta = cmd.delta
         return 1 + _blob_size(cmd.key) + _uint_size(delta << 1 if delta >= 0 else ((-delta) << 1) - 1)
+    if isinstance(cmd, GetDel):
+        return 1 + _blob_size(cmd.key)
+    if isinstance(cmd, Append):
+        return 1 + _blob_size(cmd.key) + _blob_size(cmd.value) + _uint_size(cmd.max_len)
+    if isinstance(cmd, SetRange):
+        return 1 + _blob_size(cmd.key) + _uint_size(cmd.offset) + _blob_size(cmd.value) + _uint_size(cmd.max_len)
+    if isinstance(cmd, (Rename, Copy)):
+        return 2 + _blob_size(cmd.src) + _blob_size(cmd.dst)
+    if isinstance(cmd, FlushAll):
+        return 1
     raise TypeError("not a write command: %s" % (type(cmd).__name__,))
 
 
 def command_keys(cmd: WriteCommand) -> int:
-    """How many keys ``cmd`` writes (repeats counted): what applying it costs."""
+    """
+    How many keys ``cmd`` writes (repeats counted): what applying it costs.
+    FlushAll names none: the keyspace drops its keys whole (``clear``).
+    """
+    if isinstance(cmd, FlushAll):
+        return 0
     if isinstance(cmd, Delete):
         return len(cmd.keys)
-    if isinstance(cmd, MSet):
+    if isinstance(cmd, (MSet, MSetNX)):
         return len(cmd.pairs)
+    if isinstance(cmd, (Rename, Copy)):
+        return 2
     return 1
+
+
+def write_keys(cmd: WriteCommand) -> Tuple[bytes, ...]:
+    """Every key ``cmd`` names, in order, repeats kept (for the key length limit)."""
+    if isinstance(cmd, Delete):
+        return cmd.keys
+    if isinstance(cmd, (MSet, MSetNX)):
+        return tuple(k for k, _ in cmd.pairs)
+    if isinstance(cmd, (Rename, Copy)):
+        return (cmd.src, cmd.dst)
+    if isinstance(cmd, FlushAll):
+        return ()
+    if isinstance(cmd, WRITE_COMMANDS):
+        return (cmd.key,)
+    raise TypeError("not a write command: %s" % (type(cmd).__name__,))
 
 
 def decode_envelope(data: bytes) -> Envelope:
@@ -347,6 +550,21 @@ def _decode_command(r: Reader) -> WriteCommand:
             return MSet(tuple((r.blob(), r.blob()) for _ in range(r.count(2))))
         if tag == _TAG_INCRBY:
             return IncrBy(r.blob(), r.sint())
+        if tag == _TAG_GETDEL:
+            return GetDel(r.blob())
+        if tag == _TAG_APPEND:
+            return Append(r.blob(), r.blob(), r.uint())
+        if tag == _TAG_SETRANGE:
+            return SetRange(r.blob(), r.uint(), r.blob(), r.uint())
+        if tag == _TAG_MSETNX:
+            return MSetNX(tuple((r.blob(), r.blob()) for _ in range(r.count(2))))
+        if tag in (_TAG_RENAME, _TAG_COPY):
+            src, dst, flag = r.blob(), r.blob(), r.byte()
+            if flag > 1:
+                raise CodecError("invalid %s flag %d" % ("RENAME" if tag == _TAG_RENAME else "COPY", flag))
+            return Rename(src, dst, bool(flag)) if tag == _TAG_RENAME else Copy(src, dst, bool(flag))
+        if tag == _TAG_FLUSHALL:
+            return FlushAll()
     except (TypeError, ValueError) as e:
         if isinstance(e, CodecError):
             raise

@@ -186,6 +186,11 @@ class Keyspace:
             self._index.add(_entry(key))
         self._data[key] = value
 
+    def clear(self) -> None:
+        """Every key gone (FLUSHDB): new empty containers, the old ones freed whole."""
+        self._data = {}
+        self._index = _SortedChunks(self._index._load)
+
     def delete(self, key: bytes) -> bool:
         if key not in self._data:
             return False
@@ -251,6 +256,8 @@ class Overlay:
     def _reset_overlay(self, count: int) -> None:
         self._pending: Dict[bytes, Optional[bytes]] = {}
         self._count = count
+        #: Every stored key is deleted (FLUSHDB), until the flush that drops them commits.
+        self._cleared = False
 
     def _stored(self, key: bytes) -> Optional[bytes]:
         raise NotImplementedError
@@ -264,7 +271,20 @@ class Overlay:
     def get(self, key: bytes) -> Optional[bytes]:
         if key in self._pending:
             return self._pending[key]
+        if self._cleared:
+            return None
         return self._stored(key)
+
+    def clear(self) -> None:
+        """
+        Every key gone (FLUSHDB), in constant work here: the overlay forgets
+        its writes and hides what is stored, and the next flush drops the
+        stored keys whole in its transaction (``_merged_from`` and the flush
+        of a subclass honour ``_cleared``).
+        """
+        self._pending.clear()
+        self._cleared = True
+        self._count = 0
 
     def put(self, key: bytes, value: bytes) -> None:
         if self.get(key) is None:

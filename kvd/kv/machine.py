@@ -41,14 +41,15 @@ from typing import Dict
 
 from kvd.kv.codec import CodecError, Reader, Writer
 from kvd.kv.commands import (
-    INT64_MAX, INT64_MIN, READ_OPS, DbSize, Delete, Exists, Get, IncrBy, Keys, MGet, MSet, ReadOp, Scan, Set,
-    WriteCommand, decode_envelope, parse_int64,
+    INT64_MAX, INT64_MIN, READ_OPS, Append, Copy, DbSize, Delete, Exists, FlushAll, Get, GetDel, GetRange, IncrBy,
+    Keys, MGet, MSet, MSetNX, RandomKey, ReadOp, Rename, Scan, Set, SetRange, StrLen, WriteCommand, decode_envelope,
+    parse_int64,
 )
 from kvd.kv.glob import Pattern, PatternTooCostly
-from kvd.kv.keyspace import Keyspace
+from kvd.kv.keyspace import MAX_CURSOR, Keyspace
 from kvd.kv.results import (
-    ERR_NOT_INTEGER, ERR_OVERFLOW, ERR_SESSION_EXPIRED, ERR_STALE_SEQ, OK, KVError, Result, decode_result,
-    encode_result,
+    ERR_NO_SUCH_KEY, ERR_NOT_INTEGER, ERR_OVERFLOW, ERR_SESSION_EXPIRED, ERR_STALE_SEQ, ERR_STRING_TOO_LONG, OK,
+    KVError, Result, decode_result, encode_result,
 )
 
 DEFAULT_SESSION_TTL_MS = 60 * 60 * 1000
@@ -95,6 +96,21 @@ def decode_session(data: bytes) -> _Session:
     session = _read_session(r)
     r.expect_end()
     return session
+
+
+def _getrange(value: bytes, start: int, end: int) -> bytes:
+    """Redis 7's GETRANGE: inclusive bounds, negative from the end, clamped; empty when the range is."""
+    n = len(value)
+    if start < 0 and end < 0 and start > end:
+        return b""
+    if start < 0:
+        start = max(n + start, 0)
+    if end < 0:
+        end = max(n + end, 0)
+    end = min(end, n - 1)
+    if start > end or n == 0:
+        return b""
+    return value[start:end + 1]
 
 
 class KVMachine:
@@ -219,6 +235,62 @@ class KVMachine:
                 return ERR_OVERFLOW
             ks.put(cmd.key, b"%d" % value)
             return value
+        if isinstance(cmd, GetDel):
+            old = ks.get(cmd.key)
+            if old is not None:
+                ks.delete(cmd.key)
+            return old
+        if isinstance(cmd, Append):
+            old = ks.get(cmd.key)
+            if old is None:
+                if len(cmd.value) > cmd.max_len:
+                    return ERR_STRING_TOO_LONG
+                ks.put(cmd.key, cmd.value)
+                return len(cmd.value)
+            if len(old) + len(cmd.value) > cmd.max_len:
+                return ERR_STRING_TOO_LONG
+            ks.put(cmd.key, old + cmd.value)
+            return len(old) + len(cmd.value)
+        if isinstance(cmd, SetRange):
+            old = ks.get(cmd.key)
+            if not cmd.value:  # Redis: nothing written, not even an empty key
+                return 0 if old is None else len(old)
+            end = cmd.offset + len(cmd.value)
+            if end > cmd.max_len:
+                return ERR_STRING_TOO_LONG
+            old = old or b""
+            if len(old) < cmd.offset:
+                new = old + bytes(cmd.offset - len(old)) + cmd.value
+            else:
+                new = old[:cmd.offset] + cmd.value + old[end:]
+            ks.put(cmd.key, new)
+            return len(new)
+        if isinstance(cmd, MSetNX):
+            if any(k in ks for k, _ in cmd.pairs):
+                return 0
+            for k, v in cmd.pairs:
+                ks.put(k, v)
+            return 1
+        if isinstance(cmd, Rename):
+            value = ks.get(cmd.src)
+            if value is None:
+                return ERR_NO_SUCH_KEY
+            if cmd.src == cmd.dst:
+                return 0 if cmd.nx else OK
+            if cmd.nx and cmd.dst in ks:
+                return 0
+            ks.put(cmd.dst, value)
+            ks.delete(cmd.src)
+            return 1 if cmd.nx else OK
+        if isinstance(cmd, Copy):
+            value = ks.get(cmd.src)
+            if value is None or (not cmd.replace and cmd.dst in ks):
+                return 0
+            ks.put(cmd.dst, value)
+            return 1
+        if isinstance(cmd, FlushAll):
+            ks.clear()
+            return OK
         raise TypeError("not a write command: %r" % (cmd,))
 
     # ------------------------------------------------------------------ reads
@@ -231,6 +303,19 @@ class KVMachine:
             return [ks.get(k) for k in op.keys]
         if isinstance(op, Exists):
             return sum(1 for k in op.keys if k in ks)
+        if isinstance(op, StrLen):
+            value = ks.get(op.key)
+            return 0 if value is None else len(value)
+        if isinstance(op, GetRange):
+            return _getrange(ks.get(op.key) or b"", op.start, op.end)
+        if isinstance(op, RandomKey):
+            if not len(ks):
+                return None
+            position = op.position & MAX_CURSOR
+            _, keys = ks.scan(position, None, 1)
+            if not keys:
+                _, keys = ks.scan(0, None, 1)
+            return keys[0] if keys else None
         try:
             if isinstance(op, Keys):
                 return ks.keys(Pattern(op.pattern))

@@ -50,6 +50,9 @@ Result = Union[Status, bytes, int, None, List["Result"], KVError]
 
 ERR_NOT_INTEGER = KVError("ERR value is not an integer or out of range")
 ERR_OVERFLOW = KVError("ERR increment or decrement would overflow")
+ERR_NO_SUCH_KEY = KVError("ERR no such key")
+# Redis's text for a string over proto-max-bulk-len; kvd's limit is the proposing node's --value-max-bytes.
+ERR_STRING_TOO_LONG = KVError("ERR string exceeds maximum allowed size (proto-max-bulk-len)")
 # The client's session was forgotten after session_ttl_ms of silence.  Whether
 # an earlier attempt of this very command was applied is unknown: a client may
 # retry under a new client id only a command it never proposed before.

@@ -4,11 +4,12 @@ Who may use the client port: passwords, users and their roles.
 
 Three roles, each allowing what the one before it does:
 
-* ``readonly``: reads (GET, MGET, EXISTS, KEYS, SCAN, DBSIZE), INFO, ROLE and
+* ``readonly``: reads (GET, MGET, EXISTS, KEYS, SCAN, DBSIZE, STRLEN ...), INFO, ROLE and
   the connection's own commands (PING, CLIENT, HELLO, SELECT 0 ...);
 * ``readwrite``: writes too (SET, DEL, MSET, INCR ...);
 * ``admin``: everything, including the cluster's own ``KVD.*`` commands
-  (KVD.JOIN and KVD.REMOVE change the membership) and CONFIG.
+  (KVD.JOIN and KVD.REMOVE change the membership), CONFIG, and FLUSHDB and
+  FLUSHALL (which delete every key).
 
 Where users come from (``Users.load``):
 

@@ -21,13 +21,16 @@ Imports: as the layer table in tests/test_layers.py allows.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Tuple, Union
+import random
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from kvd.kv.commands import (
-    INT64_MIN, DbSize, Delete, Exists, Get, IncrBy, Keys, MGet, MSet, ReadOp, Scan, Set, WriteCommand,
-    command_keys, command_size, parse_int64,
+    INT64_MIN, MAX_STRING_BYTES, Append, Copy, DbSize, Delete, Exists, FlushAll, Get, GetDel, GetRange, IncrBy, Keys,
+    MGet, MSet, MSetNX, RandomKey, ReadOp, Rename, Scan, Set, SetRange, StrLen, WriteCommand, command_keys,
+    command_size, parse_int64, write_keys,
 )
+from kvd.kv.results import OK, KVError
 from kvd.limits import LIMITS
 from kvd.resp.encoder import SimpleString
 from kvd.resp.errors import CommandError
@@ -35,12 +38,46 @@ from kvd.resp.errors import CommandError
 
 @dataclass(frozen=True)
 class Write:
+    """
+    A write command; ``name`` is the Redis command when it is not the
+    command's own (SETNX is a Set), ``reply`` how its result is shaped for
+    the client (a key of ``REPLY_SHAPES``; None: as it is).
+    """
+
     command: WriteCommand
+    name: Optional[str] = None
+    reply: Optional[str] = None
 
 
 @dataclass(frozen=True)
 class Read:
+    """A read op; ``name`` and ``reply`` as for ``Write``."""
+
     op: ReadOp
+    name: Optional[str] = None
+    reply: Optional[str] = None
+
+
+def _as_bool(result):
+    """SETNX: the Set's OK (set) or nil (not set) as Redis's 1 or 0."""
+    return 1 if result is OK else 0 if result is None else result
+
+
+def _as_type(result):
+    """TYPE: EXISTS's count of the one key as the key's type, a status reply (kvd stores only strings)."""
+    return SimpleString("string") if result == 1 else SimpleString("none") if result == 0 else result
+
+
+#: How a result becomes the reply of a request whose ``reply`` names it; errors pass through.
+REPLY_SHAPES: Dict[str, Callable[[Any], Any]] = {"bool": _as_bool, "type": _as_type}
+
+
+def shape_reply(request, result):
+    """The reply to ``request`` (a Write or a Read) from the machine's ``result``."""
+    shape = getattr(request, "reply", None)
+    if shape is None or isinstance(result, KVError):
+        return result
+    return REPLY_SHAPES[shape](result)
 
 
 @dataclass(frozen=True)
@@ -76,6 +113,7 @@ MAX_KEY_BYTES = LIMITS.key_bytes
 
 SYNTAX_ERROR = CommandError("ERR", "syntax error")
 NOT_INTEGER = CommandError("ERR", "value is not an integer or out of range")
+STRING_TOO_LONG = CommandError("ERR", "string exceeds maximum allowed size (proto-max-bulk-len)")
 
 
 def wrong_arity(name: str) -> CommandError:
@@ -143,6 +181,74 @@ def _parse_incrby(sign: int) -> Callable[[List[bytes]], Parsed]:
         return Write(IncrBy(args[1], sign * delta))
 
     return parse
+
+
+def _parse_msetnx(args: List[bytes]) -> Parsed:
+    if len(args) % 2 == 0:
+        return wrong_arity("msetnx")
+    return Write(MSetNX(tuple(zip(args[1::2], args[2::2]))))
+
+
+def _parse_setrange(args: List[bytes]) -> Parsed:
+    offset = _int_arg(args[2])
+    if isinstance(offset, CommandError):
+        return offset
+    if offset < 0:
+        return CommandError("ERR", "offset is out of range")
+    if args[3] and offset + len(args[3]) > MAX_STRING_BYTES:
+        return STRING_TOO_LONG
+    # The node's own value limit replaces max_len in parse_request.
+    return Write(SetRange(args[1], min(offset, MAX_STRING_BYTES - 1), args[3], LIMITS.value_bytes))
+
+
+def _parse_getrange(args: List[bytes]) -> Parsed:
+    start, end = _int_arg(args[2]), _int_arg(args[3])
+    if isinstance(start, CommandError):
+        return start
+    if isinstance(end, CommandError):
+        return end
+    return Read(GetRange(args[1], start, end), name=args[0].lower().decode())
+
+
+def _parse_rename(nx: bool) -> Callable[[List[bytes]], Parsed]:
+    def parse(args: List[bytes]) -> Parsed:
+        return Write(Rename(args[1], args[2], nx), name="renamenx" if nx else "rename")
+
+    return parse
+
+
+def _parse_copy(args: List[bytes]) -> Parsed:
+    replace_ = False
+    i = 3
+    while i < len(args):
+        opt = args[i].upper()
+        if opt == b"REPLACE":
+            replace_ = True
+        elif opt == b"DB" and i + 1 < len(args):
+            i += 1
+            db = _int_arg(args[i])
+            if isinstance(db, CommandError):
+                return db
+            if db != 0:  # kvd has one database, 0
+                return CommandError("ERR", "DB index is out of range")
+        else:
+            return SYNTAX_ERROR
+        i += 1
+    if args[1] == args[2]:
+        return CommandError("ERR", "source and destination objects are the same")
+    return Write(Copy(args[1], args[2], replace_))
+
+
+def _parse_flush(args: List[bytes]) -> Parsed:
+    # FLUSHDB/FLUSHALL [ASYNC|SYNC]: one database, so both drop every key; the mode changes nothing here.
+    if len(args) > 2 or (len(args) == 2 and args[1].upper() not in (b"ASYNC", b"SYNC")):
+        return SYNTAX_ERROR
+    return Write(FlushAll(), args[0].lower().decode())
+
+
+def _parse_randomkey(args: List[bytes]) -> Parsed:
+    # The position is drawn here, outside the machine, which draws nothing.
+    return Read(RandomKey(random.getrandbits(63)))
 
 
 def _parse_scan(args: List[bytes]) -> Parsed:
@@ -276,6 +382,25 @@ _COMMANDS = [
     _spec("decr", 2, _W + " fast", (1, 1, 1), lambda a: Write(IncrBy(a[1], -1))),
     _spec("incrby", 3, _W + " fast", (1, 1, 1), _parse_incrby(1)),
     _spec("decrby", 3, _W + " fast", (1, 1, 1), _parse_incrby(-1)),
+    _spec("setnx", 3, _W + " fast", (1, 1, 1), lambda a: Write(Set(a[1], a[2], cond="NX"), "setnx", "bool")),
+    _spec("getset", 3, _W + " fast", (1, 1, 1), lambda a: Write(Set(a[1], a[2], get=True), "getset")),
+    _spec("unlink", -2, "write fast", (1, -1, 1), lambda a: Write(Delete(tuple(a[1:])), "unlink")),
+    _spec("getdel", 2, "write fast", (1, 1, 1), lambda a: Write(GetDel(a[1]))),
+    _spec("append", 3, _W + " fast", (1, 1, 1), lambda a: Write(Append(a[1], a[2], LIMITS.value_bytes))),
+    _spec("setrange", 4, _W, (1, 1, 1), _parse_setrange),
+    _spec("msetnx", -3, _W, (1, -1, 2), _parse_msetnx),
+    _spec("rename", 3, "write", (1, 2, 1), _parse_rename(False)),
+    _spec("renamenx", 3, "write fast", (1, 2, 1), _parse_rename(True)),
+    _spec("copy", -3, _W, (1, 2, 1), _parse_copy),
+    _spec("strlen", 2, _R, (1, 1, 1), lambda a: Read(StrLen(a[1]))),
+    _spec("getrange", 4, "readonly", (1, 1, 1), _parse_getrange),
+    _spec("substr", 4, "readonly", (1, 1, 1), _parse_getrange),
+    _spec("type", 2, _R, (1, 1, 1), lambda a: Read(Exists((a[1],)), "type", "type")),
+    _spec("randomkey", 1, "readonly", parse=_parse_randomkey),
+    _spec("time", 1, "random loading stale fast"),
+    # Redis's ACL puts these in @dangerous; kvd's roles have admin: a readwrite user may not wipe the store.
+    _spec("flushdb", -1, "write admin", parse=_parse_flush),
+    _spec("flushall", -1, "write admin", parse=_parse_flush),
     _spec("keys", 2, "readonly", parse=lambda a: Read(Keys(a[1]))),
     _spec("scan", -2, "readonly", parse=_parse_scan),
     _spec("dbsize", 1, _R, parse=lambda a: Read(DbSize())),
@@ -324,7 +449,13 @@ _SUBCOMMANDS: Dict[bytes, Dict[bytes, CommandSpec]] = {
 }
 
 
-def parse_request(args: List[bytes]) -> Parsed:
+def parse_request(args: List[bytes], value_max_bytes: int = LIMITS.value_bytes) -> Parsed:
+    """
+    ``args`` as a typed request or an error.  ``value_max_bytes`` is the node's
+    ``--value-max-bytes``: an APPEND or SETRANGE carries it in its log entry
+    (every replica refuses a longer result the same way), and a SETRANGE that
+    would write past it is refused here already.
+    """
     if not args:
         return CommandError("ERR", "empty command")
     name = args[0].lower()
@@ -344,6 +475,12 @@ def parse_request(args: List[bytes]) -> Parsed:
         return sub.parse(args)
     parsed = spec.parse(args)
     if isinstance(parsed, Write):
+        command = parsed.command
+        if isinstance(command, (Append, SetRange)):
+            if isinstance(command, SetRange) and command.value:
+                if command.offset + len(command.value) > value_max_bytes:
+                    return STRING_TOO_LONG
+            parsed = replace(parsed, command=replace(command, max_len=min(value_max_bytes, MAX_STRING_BYTES)))
         return _write_too_big(spec.name, parsed.command) or parsed
     if isinstance(parsed, Read):
         return _key_too_long(_read_keys(parsed.op)) or parsed
@@ -363,13 +500,11 @@ def _write_too_big(name: str, command: WriteCommand) -> Optional[CommandError]:
     if size > MAX_WRITE_BYTES:
         return CommandError("ERR", "%s of %d bytes is over the limit of %d bytes in one write; "
                                    "the command was not run: split it" % (name.upper(), size, MAX_WRITE_BYTES))
-    if isinstance(command, MSet):
-        return _key_too_long(k for k, _ in command.pairs)
-    return _key_too_long(command.keys if isinstance(command, Delete) else (command.key,))
+    return _key_too_long(write_keys(command))
 
 
 def _read_keys(op: ReadOp):
-    if isinstance(op, Get):
+    if isinstance(op, (Get, StrLen, GetRange)):
         return (op.key,)
     return op.keys if isinstance(op, (MGet, Exists)) else ()
 
@@ -391,12 +526,17 @@ def spec_of(name: str) -> Optional[CommandSpec]:
     return spec
 
 
-_WRITE_NAMES = {"Set": "set", "MSet": "mset", "Delete": "del", "IncrBy": "incrby"}
-_READ_NAMES = {"Get": "get", "MGet": "mget", "Exists": "exists", "Keys": "keys", "Scan": "scan", "DbSize": "dbsize"}
+_WRITE_NAMES = {"Set": "set", "MSet": "mset", "Delete": "del", "IncrBy": "incrby", "GetDel": "getdel",
+                "Append": "append", "SetRange": "setrange", "MSetNX": "msetnx", "Rename": "rename", "Copy": "copy",
+                "FlushAll": "flushall"}
+_READ_NAMES = {"Get": "get", "MGet": "mget", "Exists": "exists", "Keys": "keys", "Scan": "scan", "DbSize": "dbsize",
+               "StrLen": "strlen", "GetRange": "getrange", "RandomKey": "randomkey"}
 
 
 def request_name(request: Request) -> str:
     """The Redis name of a parsed request, for error messages ("set", "kvd.join")."""
+    if isinstance(request, (Write, Read)) and request.name is not None:
+        return request.name
     if isinstance(request, Write):
         kind = type(request.command).__name__
         return _WRITE_NAMES.get(kind, kind.lower())

@@ -59,9 +59,10 @@ WRONGPASS = RespError("WRONGPASS", WRONGPASS_MESSAGE)
 
 
 def required_role(request) -> str:
-    """The least role that may run ``request``: reads, writes, or admin (KVD.*, CONFIG)."""
+    """The least role that may run ``request``: reads, writes, or admin (KVD.*, CONFIG, FLUSHDB/FLUSHALL)."""
     if isinstance(request, Write):
-        return READWRITE
+        spec = spec_of(request_name(request))
+        return ADMIN if spec is not None and "admin" in spec.flags else READWRITE
     if isinstance(request, Read):
         return READONLY
     if request.name.startswith("kvd."):

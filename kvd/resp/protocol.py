@@ -68,7 +68,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from kvd.errors import KvdError
-from kvd.resp.commands import Read, Write, parse_request
+from kvd.resp.commands import Read, Write, parse_request, shape_reply
 from kvd.resp.encoder import RespMap, encode, encode_error
 from kvd.resp.errors import RespError
 from kvd.resp.parser import DEFAULT_MAX_BULK_BYTES, ProtocolError, RespParser
@@ -271,7 +271,7 @@ class RespProtocol(Protocol):
 
     def _must_wait(self, item) -> bool:
         if isinstance(item, list):
-            item = self._backlog[0] = _Parsed(parse_request(item))
+            item = self._backlog[0] = _Parsed(self._parse(item))
         kind = type(item.request) if isinstance(item, _Parsed) else None
         if kind not in (Read, Write):
             return False
@@ -290,7 +290,7 @@ class RespProtocol(Protocol):
             return
         request = item
         try:
-            request = item.request if isinstance(item, _Parsed) else parse_request(item)
+            request = item.request if isinstance(item, _Parsed) else self._parse(item)
             refused = None if isinstance(request, RespError) else self.connection.refuses(request)
             if isinstance(request, RespError):
                 slot.data = encode(request)
@@ -307,6 +307,10 @@ class RespProtocol(Protocol):
             self._fill_failure(slot, Failure(), request)
         if self.connection.auth_failures:
             self._auth_failed(slot)
+
+    def _parse(self, args):
+        # The parser's bulk limit is the node's --value-max-bytes: APPEND and SETRANGE carry it.
+        return parse_request(args, self._parser.max_bulk_bytes)
 
     def _auth_failed(self, slot: _Slot):
         """A wrong password: logged once per connection; too many and the connection is closed (guessing)."""
@@ -359,6 +363,8 @@ class RespProtocol(Protocol):
 
     def _fill(self, slot: _Slot, result, request):
         try:
+            if isinstance(request, (Read, Write)):
+                result = shape_reply(request, result)
             size = reply_size(result, self.output_limit)
             if size > self.output_limit:
                 slot.data = encode_error("ERR", "the reply is over this node's client output limit of %d bytes "

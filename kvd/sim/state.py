@@ -113,9 +113,11 @@ class StateImage:
     def apply(self, op: tuple, node_id: str, durable: bool) -> None:
         kind = op[0]
         if kind == FLUSH:
-            _, slot_no, applied, clock, kv, sessions = op
+            _, slot_no, applied, clock, kv, sessions, cleared = op
             slot = self.slots[slot_no]
             slot.applied, slot.clock = applied, clock
+            if cleared:  # FLUSHDB: LmdbState drops the stored keys whole
+                slot.keys = Keyspace()
             for key, value in kv.items():
                 if value is None:
                     slot.keys.delete(key)
@@ -217,6 +219,7 @@ class SimState(Overlay):
     def load(self) -> Tuple[int, int, List[Tuple[bytes, bytes]]]:
         live = self._live
         self._pending.clear()
+        self._cleared = False
         self._count = len(live.keys)
         self.loaded = True
         return live.applied, live.clock, sorted(live.sessions.items())
@@ -226,7 +229,7 @@ class SimState(Overlay):
         return self._live.keys.get(key)
 
     def _merged_from(self, start: int) -> Iterator[Tuple[int, bytes]]:
-        keys = {k for k, _ in self._live.keys.items_in_order()}
+        keys = set() if self._cleared else {k for k, _ in self._live.keys.items_in_order()}
         for k, v in self._pending.items():
             if v is None:
                 keys.discard(k)
@@ -249,13 +252,14 @@ class SimState(Overlay):
             return
         self._flushing = True
         applied, clock, sessions = self._machine.durable_changes()
-        ops.append((FLUSH, self.disk.visible.live, applied, clock, dict(self._pending), sessions))
+        ops.append((FLUSH, self.disk.visible.live, applied, clock, dict(self._pending), sessions, self._cleared))
 
     def committed(self) -> None:
         if not self._flushing:
             return
         self._flushing = False
         self._pending.clear()
+        self._cleared = False
         if self._machine is not None:
             self._machine.durable_flushed()
 
@@ -271,6 +275,7 @@ class SimState(Overlay):
 
     def installed(self) -> None:
         self._pending.clear()
+        self._cleared = False
         self._staged_complete = None
         self._count = len(self._live.keys)
 

@@ -158,6 +158,7 @@ class LmdbState(Overlay):
             raise self._corrupt(StateError(f"state slot {self._slot} is neither 0 nor 1"))
         self._count = count
         self._pending.clear()
+        self._cleared = False
         self._flushing = False
         self._writes_since_flush = 0
         self._scrub_at = (0, b"")
@@ -184,6 +185,7 @@ class LmdbState(Overlay):
         """(applied index, clock ms, [(client id, encoded session)]) of the live slot."""
         env = self._require_env()
         self._pending.clear()
+        self._cleared = False
         with env.begin() as txn:
             applied, clock, count = self._read_state(txn, self._slot)
             sessions = [(bytes(k), self._unseal(v, f"session of client {bytes(k)!r}"))
@@ -207,6 +209,11 @@ class LmdbState(Overlay):
         overlay = sorted(item for item in ((lmdb_key(k), k, v) for k, v in self._pending.items()) if item[0] >= first)
         shadowed = {k for _, k, _ in overlay}
         i = 0
+        if self._cleared:  # FLUSHDB: what is stored is gone, only the overlay's writes since count
+            for dbkey, key, value in overlay:
+                if value is not None:
+                    yield _position(dbkey), key
+            return
         with self._require_env().begin(db=self._kv) as txn:
             cur = txn.cursor()
             if cur.set_range(first):
@@ -253,6 +260,9 @@ class LmdbState(Overlay):
         self._flushing = True
         applied, clock, sessions = self._machine.durable_changes()
         kv, sess = self._kv, self._sessions
+        if self._cleared:
+            # FLUSHDB: the stored keys go whole (LMDB frees their pages), not key by key.
+            txn.drop(kv, delete=False)
         for key, value in self._pending.items():
             dbkey = lmdb_key(key)
             if value is None:
@@ -273,6 +283,7 @@ class LmdbState(Overlay):
         self._flushing = False
         self._writes_since_flush = 0
         self._pending.clear()
+        self._cleared = False
         if self._machine is not None:
             self._machine.durable_flushed()
 
@@ -302,6 +313,7 @@ class LmdbState(Overlay):
         self._slot = self._unseal(raw, "state slot")[0]
         self._scrub_at = (0, b"")
         self._pending.clear()
+        self._cleared = False
         self._staged_complete = None
 
     def settle_staging(self) -> None:

@@ -43,6 +43,9 @@ VALID_REQUESTS = [
     b"*2\r\n$4\r\nAUTH\r\n$2\r\npw\r\n",
     b"HELLO 3 AUTH u p\r\n",
     b"*3\r\n$3\r\nSET\r\n$-1\r\n$99999999999999999999\r\n",
+    b"SETRANGE k 536870911 x\r\nAPPEND k tail\r\nGETRANGE k -3 -1\r\n",
+    b"COPY a b REPLACE DB 0\r\nRENAME b c\r\nRENAMENX c a\r\nMSETNX x 1 y 2\r\nTYPE x\r\nRANDOMKEY\r\n",
+    b"SETNX n 1\r\nGETSET n 2\r\nGETDEL n\r\nUNLINK n x\r\nSTRLEN k\r\nSUBSTR k 0 9\r\n",
 ]
 
 

@@ -7,8 +7,9 @@ import pytest
 
 from kvd.kv.codec import Reader, Writer
 from kvd.kv.commands import (
-    INT64_MAX, INT64_MIN, CodecError, DbSize, Delete, Envelope, Exists, Get, IncrBy, Keys, MGet, MSet, Scan, Set,
-    decode_envelope, encode_envelope, parse_int64,
+    INT64_MAX, INT64_MIN, MAX_STRING_BYTES, Append, CodecError, Copy, DbSize, Delete, Envelope, Exists, FlushAll, Get,
+    GetDel,
+    IncrBy, Keys, MGet, MSet, MSetNX, Rename, Scan, Set, SetRange, decode_envelope, encode_envelope, parse_int64,
 )
 
 ODD = b"\x00\r\n\xff \t*"
@@ -30,6 +31,22 @@ SAMPLE_COMMANDS = [
     IncrBy(b"n", 0),
     IncrBy(b"n", INT64_MAX),
     IncrBy(b"n", INT64_MIN),
+    GetDel(b"k"),
+    GetDel(ODD),
+    Append(b"k", b"", 0),
+    Append(ODD, ODD * 10, 1 << 20),
+    Append(b"k", b"v", MAX_STRING_BYTES),
+    SetRange(b"k", 0, b"", 0),
+    SetRange(ODD, 300, ODD, 1 << 20),
+    SetRange(b"k", MAX_STRING_BYTES - 1, b"x", MAX_STRING_BYTES),
+    MSetNX(((b"a", b"1"),)),
+    MSetNX(((b"a", b"1"), (ODD, b""), (b"a", b"2"))),
+    Rename(b"a", b"b"),
+    Rename(b"a", b"a", nx=True),
+    Rename(ODD, b"", nx=False),
+    Copy(b"a", b"b"),
+    Copy(ODD, b"", replace=True),
+    FlushAll(),
 ]
 
 
@@ -279,6 +296,16 @@ def test_commands_are_frozen():
         (lambda: Exists([b"a", None]), TypeError),
         (lambda: Keys("*"), TypeError),
         (lambda: Get(None), TypeError),
+        (lambda: GetDel("k"), TypeError),
+        (lambda: Append(b"k", b"v", -1), ValueError),
+        (lambda: Append(b"k", b"v", MAX_STRING_BYTES + 1), ValueError),
+        (lambda: SetRange(b"k", -1, b"v", 10), ValueError),
+        (lambda: SetRange(b"k", MAX_STRING_BYTES, b"v", 10), ValueError),
+        (lambda: SetRange(b"k", 0, "v", 10), TypeError),
+        (lambda: MSetNX(()), ValueError),
+        (lambda: Rename(b"a", b"b", nx=1), TypeError),
+        (lambda: Copy(b"a", b"a"), ValueError),
+        (lambda: Copy(b"a", b"b", replace=None), TypeError),
     ],
 )
 def test_invalid_commands_cannot_be_built(build, error):
@@ -322,3 +349,45 @@ def test_sequences_are_normalised_to_tuples():
 def test_parse_int64_matches_redis_string2ll(text, value):
     """Only canonical signed 64-bit decimals parse, exactly like Redis's string2ll."""
     assert parse_int64(text) == value
+
+
+@pytest.mark.parametrize("cmd", SAMPLE_COMMANDS, ids=repr)
+def test_command_size_is_the_encoded_size(cmd):
+    """command_size (what the limits are checked against) is exactly the command's bytes in its envelope."""
+    from kvd.kv.commands import command_size
+
+    base = len(encode_envelope(Envelope(b"c", 1, 1, 5, cmd)))
+    empty = Envelope(b"c", 1, 1, 5, GetDel(b""))
+    assert base - len(encode_envelope(empty)) + command_size(GetDel(b"")) == command_size(cmd)
+
+
+def test_command_keys_and_write_keys_of_the_new_commands():
+    """RENAME and COPY touch two keys, MSETNX its pairs; write_keys names them for the key length limit."""
+    from kvd.kv.commands import command_keys, write_keys
+
+    assert command_keys(Rename(b"a", b"b")) == 2 and write_keys(Rename(b"a", b"b")) == (b"a", b"b")
+    assert command_keys(Copy(b"a", b"b")) == 2 and write_keys(Copy(b"a", b"b", True)) == (b"a", b"b")
+    pairs = MSetNX(((b"a", b"1"), (b"b", b"2"), (b"a", b"3")))
+    assert command_keys(pairs) == 3 and write_keys(pairs) == (b"a", b"b", b"a")
+    for cmd in (GetDel(b"k"), Append(b"k", b"v", 9), SetRange(b"k", 1, b"v", 9)):
+        assert command_keys(cmd) == 1 and write_keys(cmd) == (b"k",)
+    assert command_keys(FlushAll()) == 0 and write_keys(FlushAll()) == ()
+
+
+@pytest.mark.parametrize("cmd", [Rename(b"a", b"b"), Copy(b"a", b"b")], ids=repr)
+def test_rename_and_copy_flags_beyond_one_are_rejected(cmd):
+    """Their flag byte is 0 or 1; anything else is a CodecError, never a command."""
+    data = bytearray(encode_envelope(Envelope(b"c", 1, 1, 5, cmd)))
+    assert data[-1] == 0
+    data[-1] = 2
+    with pytest.raises(CodecError, match="flag 2"):
+        decode_envelope(bytes(data))
+
+
+def test_decoded_copy_onto_itself_is_rejected():
+    """A COPY of a key onto itself cannot be built, so it cannot be decoded either."""
+    data = encode_envelope(Envelope(b"c", 1, 1, 5, Copy(b"a", b"b")))
+    forged = data.replace(b"\x01a\x01b", b"\x01a\x01a")
+    assert forged != data
+    with pytest.raises(CodecError):
+        decode_envelope(forged)

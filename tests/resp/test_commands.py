@@ -290,6 +290,9 @@ def test_table_has_every_supported_command():
         b"decrby", b"keys", b"scan", b"dbsize", b"info", b"role", b"select", b"command", b"quit", b"readonly",
         b"readwrite", b"client", b"kvd.members", b"kvd.cluster", b"kvd.join", b"kvd.remove", b"hello",
         b"config", b"multi", b"exec", b"discard", b"watch", b"unwatch", b"auth",
+        # issue 15, the everyday commands
+        b"setnx", b"getset", b"unlink", b"getdel", b"append", b"setrange", b"msetnx", b"rename", b"renamenx",
+        b"copy", b"strlen", b"getrange", b"substr", b"type", b"randomkey", b"time", b"flushdb", b"flushall",
     }
 
 

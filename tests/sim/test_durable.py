@@ -293,6 +293,28 @@ def test_sim_state_answers_as_memory_and_keeps_what_was_flushed():
     assert disk.image.slots[disk.image.live].applied == machine.applied_index
 
 
+def test_sim_state_flushall_drops_the_stored_keys_with_its_flush():
+    """FLUSHALL in the simulator's model of LmdbState: hidden at once, dropped whole by the next flush."""
+    from kvd.kv.commands import DbSize, FlushAll, Get, Keys, MSet, Scan, Set
+
+    disk, state, machine = _node("a")
+    memory = KVMachine()
+    commands = [MSet(tuple((b"k%d" % i, b"v") for i in range(20))), FlushAll(), Set(b"k3", b"new"), Set(b"x", b"y")]
+    for seq, command in enumerate(commands, 1):
+        assert _apply(machine, seq, command) == _apply(memory, seq, command)
+        if seq == 1:
+            _write(disk, machine.applied_index)
+        assert machine.read(Keys(b"*")) == memory.read(Keys(b"*"))
+        assert machine.read(Scan(0, None, 5)) == memory.read(Scan(0, None, 5))
+        assert machine.read(DbSize()) == memory.read(DbSize())
+    assert machine.read(Get(b"k4")) is None and machine.read(DbSize()) == 2
+    state.check()
+    _write(disk, machine.applied_index)
+    state, machine = _reopen(disk)
+    assert machine.read(Keys(b"*")) == [b"k3", b"x"] and machine.read(Get(b"k3")) == b"new"
+    state.check()
+
+
 def test_a_stream_waits_for_its_install_and_a_crash_before_it_keeps_the_old_state():
     from kvd.kv.commands import Get, Set
     from kvd.raft.messages import Configuration, HardState, Snapshot
