@@ -74,7 +74,8 @@ def tools_problem() -> Optional[str]:
     return None
 
 
-def _free_port(host: str) -> int:
+def free_port(host: str) -> int:
+    """A TCP port nothing listens on at ``host`` now (the kernel's pick)."""
     s = socket.socket()
     s.bind((host, 0))
     port = s.getsockname()[1]
@@ -88,7 +89,7 @@ class EtcdCluster:
         self.host = host
         self.members = []
         for i in range(3):
-            self.members.append({"name": "e%d" % i, "client": _free_port(host), "peer": _free_port(host)})
+            self.members.append({"name": "e%d" % i, "client": free_port(host), "peer": free_port(host)})
         self.procs: List[subprocess.Popen] = []
 
     def start(self, timeout_s: float = 60.0) -> None:

@@ -35,6 +35,8 @@ import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
+from kvd.bench.etcd import free_port
+
 #: The test files run by default: strings and keys (test_commands), hashes, pipelines and
 #: transactions, scripts, locks (the groups issue 15 names).
 FILES = ("test_commands.py", "test_hash.py", "test_pipeline.py", "test_scripting.py", "test_lock.py")
@@ -145,17 +147,11 @@ def run_suite(suite_dir: str, url: str, protocol: int, files=FILES, timeout_s: f
         return read_junit(report)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class RedisServer:
     """A redis-server of our own on a loopback port (no persistence), stopped by its PID."""
 
     def __init__(self) -> None:
-        self.port = _free_port()
+        self.port = free_port("127.0.0.1")
         self.proc: Optional[subprocess.Popen] = None
 
     def __enter__(self) -> "RedisServer":
@@ -165,12 +161,13 @@ class RedisServer:
         self.proc = subprocess.Popen([binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                                       "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and self.proc.poll() is None:
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
                 return self
             except OSError:
                 time.sleep(0.05)
+        self.__exit__()
         raise RuntimeError("redis-server did not listen on %d" % self.port)
 
     def __exit__(self, *exc) -> None:

@@ -6,13 +6,12 @@ replies of a real redis-server compared with kvd's for random sequences.
 
 import shutil
 import socket
-import subprocess
-import time
 
 import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
+from kvd.bench.redispy import RedisServer
 from kvd.kv.commands import (
     MAX_STRING_BYTES, Append, Copy, Delete, Exists, FlushAll, GetDel, GetRange, MSetNX, RandomKey, Rename, Set,
     SetRange, StrLen,
@@ -243,31 +242,13 @@ def _replies(data, count):
 
 
 @pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
+def redis_server():
     if REDIS_SERVER is None:
         pytest.skip("redis-server is not installed: the comparison with real Redis cannot run")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    workdir = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen([REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
-                             "no", "--daemonize", "no", "--dir", str(workdir)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                conn = socket.create_connection(("127.0.0.1", port), timeout=5)
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise
-                time.sleep(0.05)
+    with RedisServer() as server:
+        conn = socket.create_connection(("127.0.0.1", server.port), timeout=5)
         yield conn
         conn.close()
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def _redis_replies(conn, commands):
