@@ -2,6 +2,7 @@
 # The Debian packages the tests need, installed when missing; `make test` runs this first.
 #
 #   redis-cli            redis-tools       (real clients against real nodes)
+#   redis-server         redis-server      (kvd's replies compared with a real Redis's)
 #   chromium, driver     chromium chromium-driver   (the cluster page's browser test)
 #   nft                  nftables          (the fault suite's network partitions)
 #   debootstrap          debootstrap       (the Docker tests build their base image from Debian)
@@ -12,6 +13,7 @@
 set -eu
 need=""
 command -v redis-cli >/dev/null 2>&1 || need="$need redis-tools"
+command -v redis-server >/dev/null 2>&1 || need="$need redis-server"
 command -v chromium >/dev/null 2>&1 || need="$need chromium"
 command -v chromedriver >/dev/null 2>&1 || need="$need chromium-driver"
 command -v nft >/dev/null 2>&1 || need="$need nftables"

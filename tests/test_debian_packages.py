@@ -13,7 +13,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "tests", "debian-packages.sh")
-COMMANDS = ("redis-cli", "chromium", "chromedriver", "nft", "debootstrap", "etcd", "wrk")
+COMMANDS = ("redis-cli", "redis-server", "chromium", "chromedriver", "nft", "debootstrap", "etcd", "wrk")
 
 
 @pytest.fixture
@@ -46,7 +46,8 @@ def test_not_root_names_the_exact_install_line_and_fails(tmp_path):
     assert done.returncode == 1
     assert done.stdout == ""
     assert done.stderr.strip().splitlines() == [
-        "tests need Debian packages; run: sudo apt-get install -y chromium chromium-driver debootstrap etcd-server wrk"
+        "tests need Debian packages; run: sudo apt-get install -y redis-server chromium chromium-driver debootstrap "
+        "etcd-server wrk"
     ]
 
 
