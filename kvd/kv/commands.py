@@ -3,10 +3,11 @@
 The commands of the key/value machine and the codec of what goes in the log.
 
 Write commands (``Set``, ``Delete``, ``MSet``, ``IncrBy``, ``GetDel``,
-``Append``, ``SetRange``, ``MSetNX``, ``Rename``, ``Copy``, ``FlushAll``)
+``Append``, ``SetRange``, ``MSetNX``, ``Rename``, ``Copy``, ``FlushAll``,
+``Script``)
 change the state and are proposed to Raft inside an ``Envelope``; read ops (``Get``, ``MGet``,
 ``Exists``, ``Keys``, ``Scan``, ``DbSize``, ``StrLen``, ``GetRange``,
-``RandomKey``) are served by ``KVMachine.read`` and never logged.  Each is
+``RandomKey``, ``ScriptGet``) are served by ``KVMachine.read`` and never logged.  Each is
 a frozen dataclass that validates itself, so an invalid command cannot be
 built, encoded or decoded.
 
@@ -31,6 +32,9 @@ Wire format, version 1 (all integers varints, see kvd.kv.codec)::
     tag 9 Rename  src:blob dst:blob nx:byte (0 RENAME, 1 RENAMENX)
     tag 10 Copy   src:blob dst:blob replace:byte (0 or 1)
     tag 11 FlushAll (no body: FLUSHDB and FLUSHALL, kvd has one database)
+    tag 13 Script op:byte body:blob n keys... n args... max_len
+                  op: 0 EVAL, 1 EVAL_RO, 2 SCRIPT LOAD, 3 SCRIPT FLUSH, 4 EVALSHA, 5 EVALSHA_RO
+                  (EVALSHA carries the body too; see kvd.kv.script)
 
 ``max_len`` is the longest value the proposing node allows (its
 ``--value-max-bytes``): it travels in the entry so that every replica refuses
@@ -51,7 +55,7 @@ from kvd.kv.codec import INT64_MAX, INT64_MIN, U64_MAX, CodecError, Reader, Writ
 
 __all__ = [
     "CodecError", "Set", "Delete", "MSet", "IncrBy", "GetDel", "Append", "SetRange", "MSetNX", "Rename", "Copy",
-    "FlushAll", "Envelope", "Get", "MGet", "Exists", "Keys", "Scan", "DbSize", "StrLen", "GetRange", "RandomKey",
+    "FlushAll", "Script", "ScriptGet", "Envelope", "Get", "MGet", "Exists", "Keys", "Scan", "DbSize", "StrLen", "GetRange", "RandomKey",
     "WriteCommand", "ReadOp", "WRITE_COMMANDS", "READ_OPS", "ENVELOPE_VERSION",
     "encode_envelope", "decode_envelope", "parse_int64", "INT64_MIN", "INT64_MAX", "command_size", "command_keys",
     "write_keys", "MAX_STRING_BYTES",
@@ -261,8 +265,36 @@ class FlushAll:
     """FLUSHDB and FLUSHALL: every key deleted.  The keyspace drops them whole (``clear``), not key by key."""
 
 
-WriteCommand = Union[Set, Delete, MSet, IncrBy, GetDel, Append, SetRange, MSetNX, Rename, Copy, FlushAll]
-WRITE_COMMANDS = (Set, Delete, MSet, IncrBy, GetDel, Append, SetRange, MSetNX, Rename, Copy, FlushAll)
+#: Script's operations, by their code in the log (tag 13).
+SCRIPT_OPS = ("eval", "eval_ro", "load", "flush", "evalsha", "evalsha_ro")
+
+
+@dataclass(frozen=True)
+class Script:
+    """
+    A Lua script's run (EVAL, EVAL_RO, and EVALSHA/EVALSHA_RO with the body
+    the proposing node found for the SHA), or a change of the replicated
+    script cache (SCRIPT LOAD of ``body``, SCRIPT FLUSH): kvd.kv.script.
+    ``max_len`` is the proposing node's value limit, as for Append.
+    """
+
+    op: str
+    body: bytes = b""
+    keys: Tuple[bytes, ...] = ()
+    args: Tuple[bytes, ...] = ()
+    max_len: int = 0
+
+    def __post_init__(self):
+        if self.op not in SCRIPT_OPS:
+            raise ValueError("op must be one of %s, not %r" % (", ".join(SCRIPT_OPS), self.op))
+        _bytes("body", self.body)
+        _key_tuple(self, "keys", allow_empty=True)
+        _key_tuple(self, "args", allow_empty=True)
+        _int("max_len", self.max_len, 0, MAX_STRING_BYTES)
+
+
+WriteCommand = Union[Set, Delete, MSet, IncrBy, GetDel, Append, SetRange, MSetNX, Rename, Copy, FlushAll, Script]
+WRITE_COMMANDS = (Set, Delete, MSet, IncrBy, GetDel, Append, SetRange, MSetNX, Rename, Copy, FlushAll, Script)
 
 
 @dataclass(frozen=True)
@@ -375,8 +407,18 @@ class RandomKey:
         _int("position", self.position, 0, U64_MAX)
 
 
-ReadOp = Union[Get, MGet, Exists, Keys, Scan, DbSize, StrLen, GetRange, RandomKey]
-READ_OPS = (Get, MGet, Exists, Keys, Scan, DbSize, StrLen, GetRange, RandomKey)
+@dataclass(frozen=True)
+class ScriptGet:
+    """The bodies of the scripts of these SHA1s (lower-case hex) in the replicated cache, None where unknown."""
+
+    shas: Tuple[bytes, ...]
+
+    def __post_init__(self):
+        _key_tuple(self, "shas")
+
+
+ReadOp = Union[Get, MGet, Exists, Keys, Scan, DbSize, StrLen, GetRange, RandomKey, ScriptGet]
+READ_OPS = (Get, MGet, Exists, Keys, Scan, DbSize, StrLen, GetRange, RandomKey, ScriptGet)
 
 
 # ------------------------------------------------------------------- codec
@@ -384,6 +426,7 @@ READ_OPS = (Get, MGet, Exists, Keys, Scan, DbSize, StrLen, GetRange, RandomKey)
 _TAG_SET, _TAG_DELETE, _TAG_MSET, _TAG_INCRBY = 1, 2, 3, 4
 _TAG_GETDEL, _TAG_APPEND, _TAG_SETRANGE, _TAG_MSETNX, _TAG_RENAME, _TAG_COPY = 5, 6, 7, 8, 9, 10
 _TAG_FLUSHALL = 11
+_TAG_SCRIPT = 13
 _COND_CODE = {None: 0, "NX": 1, "XX": 2}
 _CODE_COND = {v: k for k, v in _COND_CODE.items()}
 _FLAG_IFEQ, _FLAG_GET = 0x04, 0x08
@@ -443,6 +486,15 @@ def encode_envelope(env: Envelope) -> bytes:
         w.byte(int(cmd.nx if isinstance(cmd, Rename) else cmd.replace))
     elif isinstance(cmd, FlushAll):
         w.byte(_TAG_FLUSHALL)
+    elif isinstance(cmd, Script):
+        w.byte(_TAG_SCRIPT)
+        w.byte(SCRIPT_OPS.index(cmd.op))
+        w.blob(cmd.body)
+        for seq in (cmd.keys, cmd.args):
+            w.uint(len(seq))
+            for item in seq:
+                w.blob(item)
+        w.uint(cmd.max_len)
     else:
         raise TypeError("not a write command: %s" % (type(cmd).__name__,))
     return w.getvalue()
@@ -483,6 +535,9 @@ def command_size(cmd: WriteCommand) -> int:
         return 2 + _blob_size(cmd.src) + _blob_size(cmd.dst)
     if isinstance(cmd, FlushAll):
         return 1
+    if isinstance(cmd, Script):
+        return (2 + _blob_size(cmd.body) + _uint_size(len(cmd.keys)) + sum(_blob_size(k) for k in cmd.keys)
+                + _uint_size(len(cmd.args)) + sum(_blob_size(a) for a in cmd.args) + _uint_size(cmd.max_len))
     raise TypeError("not a write command: %s" % (type(cmd).__name__,))
 
 
@@ -499,6 +554,8 @@ def command_keys(cmd: WriteCommand) -> int:
         return len(cmd.pairs)
     if isinstance(cmd, (Rename, Copy)):
         return 2
+    if isinstance(cmd, Script):  # what it writes is known once it runs; kvd.kv.script bounds that
+        return len(cmd.keys)
     return 1
 
 
@@ -512,6 +569,8 @@ def write_keys(cmd: WriteCommand) -> Tuple[bytes, ...]:
         return (cmd.src, cmd.dst)
     if isinstance(cmd, FlushAll):
         return ()
+    if isinstance(cmd, Script):
+        return cmd.keys
     if isinstance(cmd, WRITE_COMMANDS):
         return (cmd.key,)
     raise TypeError("not a write command: %s" % (type(cmd).__name__,))
@@ -565,6 +624,14 @@ def _decode_command(r: Reader) -> WriteCommand:
             return Rename(src, dst, bool(flag)) if tag == _TAG_RENAME else Copy(src, dst, bool(flag))
         if tag == _TAG_FLUSHALL:
             return FlushAll()
+        if tag == _TAG_SCRIPT:
+            op = r.byte()
+            if op >= len(SCRIPT_OPS):
+                raise CodecError("invalid script op %d" % (op,))
+            body = r.blob()
+            keys = tuple(r.blob() for _ in range(r.count()))
+            args = tuple(r.blob() for _ in range(r.count()))
+            return Script(SCRIPT_OPS[op], body, keys, args, r.uint())
     except (TypeError, ValueError) as e:
         if isinstance(e, CodecError):
             raise

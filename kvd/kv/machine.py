@@ -30,6 +30,12 @@ the state the disk holds (applied index, clock, sessions) instead of
 replaying the log, and snapshots are streamed from the disk by the transport
 (``snapshot`` is empty, ``restore`` reloads what the storage swapped in).
 
+Lua scripts (kvd.kv.script).  The script cache (SCRIPT LOAD, EVAL) is
+replicated state like the keys: it changes only by applying entries, is in
+snapshots, and a durable keyspace keeps each script as a record beside the
+client sessions, under a client id no client can have (``SCRIPT_RECORD``
+and the script's SHA1).
+
 Imports: as the layer table in tests/test_layers.py allows.
 """
 
@@ -42,8 +48,8 @@ from typing import Dict
 from kvd.kv.codec import CodecError, Reader, Writer
 from kvd.kv.commands import (
     INT64_MAX, INT64_MIN, READ_OPS, Append, Copy, DbSize, Delete, Exists, FlushAll, Get, GetDel, GetRange, IncrBy,
-    Keys, MGet, MSet, MSetNX, RandomKey, ReadOp, Rename, Scan, Set, SetRange, StrLen, WriteCommand, decode_envelope,
-    parse_int64,
+    Keys, MGet, MSet, MSetNX, RandomKey, ReadOp, Rename, Scan, Script, ScriptGet, Set, SetRange, StrLen, WriteCommand,
+    decode_envelope, parse_int64,
 )
 from kvd.kv.glob import Pattern, PatternTooCostly
 from kvd.kv.keyspace import MAX_CURSOR, Keyspace
@@ -54,7 +60,11 @@ from kvd.kv.results import (
 
 DEFAULT_SESSION_TTL_MS = 60 * 60 * 1000
 SNAPSHOT_MAGIC = b"KVDS"
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2  # 2: the script cache after the keys; 1 (no scripts) is still read
+#: A durable keyspace keeps script SHA -> body under this prefix and the SHA, among the sessions: client ids
+#: are "node id/hex" (kvd.node.session), so none starts with a NUL byte, and the machine refuses one that does.
+SCRIPT_RECORD = b"\x00script:"
+ERR_RESERVED_CLIENT = KVError("ERR client ids starting with a NUL byte are reserved")
 
 
 class _Session:
@@ -122,6 +132,10 @@ class KVMachine:
         self._clock_ms = 0
         self._keyspace = keyspace if keyspace is not None else Keyspace()
         self._sessions: "OrderedDict[bytes, _Session]" = OrderedDict()
+        #: The replicated script cache: SHA1 (40 lower-case hex digits) -> body, in the order they were added.
+        self._scripts: Dict[bytes, bytes] = {}
+        #: SHAs whose script was added or dropped since the durable keyspace last flushed (None: in memory).
+        self._scripts_dirty = set() if self.durable else None
         #: Client ids whose session changed since the durable keyspace last flushed (None: in memory).
         self._dirty = set() if self.durable else None
         if self.durable:
@@ -169,6 +183,8 @@ class KVMachine:
             env = decode_envelope(data)
         except CodecError as e:
             return KVError("ERR undecodable command: %s" % (e,))
+        if env.client_id.startswith(b"\x00"):
+            return ERR_RESERVED_CLIENT
         if env.stamp_ms > self._clock_ms:
             self._clock_ms = env.stamp_ms
         self._expire_sessions()
@@ -202,8 +218,14 @@ class KVMachine:
             if self._dirty is not None:
                 self._dirty.add(client_id)
 
-    def _execute(self, cmd: WriteCommand) -> Result:
-        ks = self._keyspace
+    def _execute(self, cmd: WriteCommand, ks=None) -> Result:
+        """Apply ``cmd`` to the keyspace, or to ``ks`` (a script's buffer of writes, kvd.kv.script)."""
+        if ks is None:
+            ks = self._keyspace
+        if isinstance(cmd, Script):
+            from kvd.kv import script  # Lua (lupa) is loaded by the first script only
+
+            return script.execute(self, cmd)
         if isinstance(cmd, Set):
             old = ks.get(cmd.key)
             if cmd.cond == "NX":
@@ -293,10 +315,29 @@ class KVMachine:
             return OK
         raise TypeError("not a write command: %r" % (cmd,))
 
+    # ---------------------------------------------------------- script cache
+
+    def script_body(self, sha: bytes):
+        return self._scripts.get(sha)
+
+    def script_add(self, sha: bytes, body: bytes) -> None:
+        if sha not in self._scripts:
+            self._scripts[sha] = body
+            if self._scripts_dirty is not None:
+                self._scripts_dirty.add(sha)
+
+    def script_flush(self) -> None:
+        if self._scripts_dirty is not None:
+            self._scripts_dirty.update(self._scripts)
+        self._scripts.clear()
+
     # ------------------------------------------------------------------ reads
 
-    def read(self, op: ReadOp) -> Result:
-        ks = self._keyspace
+    def read(self, op: ReadOp, ks=None) -> Result:
+        if ks is None:
+            ks = self._keyspace
+        if isinstance(op, ScriptGet):
+            return [self._scripts.get(sha) for sha in op.shas]
         if isinstance(op, Get):
             return ks.get(op.key)
         if isinstance(op, MGet):
@@ -338,6 +379,7 @@ class KVMachine:
             "KVDS" version applied_index clock_ms
             n_sessions (client_id last_stamp_ms ack_below n (seq result)...)...
             n_keys (key value)...            in SCAN order
+            n_scripts (sha body)...          in the order they were added (version 2)
             crc32 of all the above, 4 bytes big-endian
 
         Empty for a durable machine: its state is streamed from the disk.
@@ -357,6 +399,10 @@ class KVMachine:
         for key, value in self._keyspace.items_in_order():
             w.blob(key)
             w.blob(value)
+        w.uint(len(self._scripts))
+        for sha, script in self._scripts.items():
+            w.blob(sha)
+            w.blob(script)
         body = w.getvalue()
         return body + zlib.crc32(body).to_bytes(4, "big")
 
@@ -380,7 +426,7 @@ class KVMachine:
         r = Reader(body)
         r.raw(len(SNAPSHOT_MAGIC))
         version = r.byte()
-        if version != SNAPSHOT_VERSION:
+        if version not in (1, SNAPSHOT_VERSION):
             raise CodecError("unknown snapshot version %d" % (version,))
         applied_index = r.uint()
         clock_ms = r.uint()
@@ -391,13 +437,19 @@ class KVMachine:
             sessions[client_id] = _read_session(r)
         n_keys = r.count(2)
         keyspace = Keyspace.from_items((r.blob(), r.blob()) for _ in range(n_keys))
+        scripts: Dict[bytes, bytes] = {}
+        n_scripts = r.count(2) if version >= 2 else 0
+        for _ in range(n_scripts):
+            sha = r.blob()
+            scripts[sha] = r.blob()
         r.expect_end()
-        if len(keyspace) != n_keys or len(sessions) != n_sessions:
-            raise CodecError("snapshot repeats a key or a client id")
+        if len(keyspace) != n_keys or len(sessions) != n_sessions or len(scripts) != n_scripts:
+            raise CodecError("snapshot repeats a key, a client id or a script")
         self.applied_index = applied_index
         self._clock_ms = clock_ms
         self._sessions = sessions
         self._keyspace = keyspace
+        self._scripts = scripts
 
     # ---------------------------------------------------------- durable state
 
@@ -405,7 +457,11 @@ class KVMachine:
         """Take the applied index, clock and sessions from the durable keyspace (at start, after a snapshot)."""
         applied_index, clock_ms, records = self._keyspace.load()
         sessions = []
+        scripts = {}
         for client_id, data in records:
+            if client_id.startswith(SCRIPT_RECORD):
+                scripts[client_id[len(SCRIPT_RECORD):]] = bytes(data)
+                continue
             try:
                 sessions.append((client_id, decode_session(data)))
             except CodecError as e:
@@ -416,6 +472,9 @@ class KVMachine:
         self._clock_ms = clock_ms
         self._sessions = OrderedDict(sessions)
         self._dirty = set()
+        # Records come in key order: scripts are kept in SHA order across a restart (SCRIPT EXISTS needs none).
+        self._scripts = dict(sorted(scripts.items()))
+        self._scripts_dirty = set()
 
     def copy_from(self, other: "KVMachine") -> None:
         """
@@ -429,6 +488,8 @@ class KVMachine:
         self._sessions = OrderedDict(other._sessions)
         if self._dirty is not None:
             self._dirty.update(self._sessions)
+        for sha, body in other._scripts.items():
+            self.script_add(sha, body)
         self.applied_index = other.applied_index
         self._clock_ms = other._clock_ms
 
@@ -438,11 +499,14 @@ class KVMachine:
         for client_id in self._dirty:
             session = self._sessions.get(client_id)
             changed[client_id] = None if session is None else encode_session(session)
+        for sha in self._scripts_dirty:
+            changed[SCRIPT_RECORD + sha] = self._scripts.get(sha)
         return self.applied_index, self._clock_ms, changed
 
     def durable_flushed(self) -> None:
         """The changes ``durable_changes`` gave are committed to disk."""
         self._dirty.clear()
+        self._scripts_dirty.clear()
 
     def check(self) -> None:
         """Assert the internal invariants; for tests."""

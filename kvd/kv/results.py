@@ -4,7 +4,8 @@ What the key/value machine answers, and the codec that keeps answers in
 snapshots (sessions remember the responses a client has not acknowledged).
 
 A result is one of: ``OK``, bytes (a bulk string), int, None (nil), a list of
-results, or ``KVError``.  These are exactly the shapes RESP2 can carry, so
+results, ``KVError``, or ``StatusText`` (a status other than OK: a Lua
+script's ``{ok=...}``).  These are exactly the shapes RESP2 can carry, so
 the protocol layer encodes them without knowing any command.
 
 Imports: as the layer table in tests/test_layers.py allows.
@@ -46,7 +47,18 @@ class KVError:
         return self.message.split(" ", 1)[0]
 
 
-Result = Union[Status, bytes, int, None, List["Result"], KVError]
+@dataclass(frozen=True)
+class StatusText:
+    """A status reply other than OK (``+PONG``, a script's ``redis.status_reply``)."""
+
+    text: str
+
+    def __post_init__(self):
+        if not isinstance(self.text, str):
+            raise TypeError("text must be str")
+
+
+Result = Union[Status, bytes, int, None, List["Result"], KVError, StatusText]
 
 ERR_NOT_INTEGER = KVError("ERR value is not an integer or out of range")
 ERR_OVERFLOW = KVError("ERR increment or decrement would overflow")
@@ -61,7 +73,7 @@ ERR_SESSION_EXPIRED = KVError("SESSIONEXPIRED client session expired; start a ne
 # claimed to have the answer, so the answer is gone.
 ERR_STALE_SEQ = KVError("ERR stale request: sequence number already acknowledged")
 
-_NIL, _OK, _BYTES, _INT, _LIST, _ERROR = range(6)
+_NIL, _OK, _BYTES, _INT, _LIST, _ERROR, _STATUS = range(7)
 _MAX_DEPTH = 8
 
 
@@ -86,6 +98,9 @@ def encode_result(w: Writer, result: Result, depth: int = 0) -> None:
     elif isinstance(result, KVError):
         w.byte(_ERROR)
         w.blob(result.message.encode("utf-8", "surrogateescape"))
+    elif isinstance(result, StatusText):
+        w.byte(_STATUS)
+        w.blob(result.text.encode("utf-8", "surrogateescape"))
     else:
         raise TypeError("not a result: %r" % (result,))
 
@@ -106,4 +121,6 @@ def decode_result(r: Reader, depth: int = 0) -> Result:
         return [decode_result(r, depth + 1) for _ in range(r.count())]
     if tag == _ERROR:
         return KVError(r.blob().decode("utf-8", "surrogateescape"))
+    if tag == _STATUS:
+        return StatusText(r.blob().decode("utf-8", "surrogateescape"))
     raise CodecError("unknown result tag %d" % (tag,))

@@ -5,7 +5,7 @@ RESP2 encoding of replies, and the RESP3 variant a client asks for with
 
 Python values map onto RESP2 types as follows::
 
-    kvd.kv OK, SimpleString("PONG")  -> +OK / +PONG           simple string
+    kvd.kv OK, SimpleString("PONG")  -> +OK / +PONG           simple string (kvd.kv StatusText too)
     KVError, RespError, KvdError     -> -ERR message          error (KvdError: -CODE message)
     int (bool too)                   -> :42                   integer
     bytes, bytearray, memoryview     -> $3 abc                bulk string
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any, List
 
 from kvd.errors import KvdError
-from kvd.kv.results import OK, KVError
+from kvd.kv.results import OK, KVError, StatusText
 from kvd.resp.errors import RespError
 
 CRLF = b"\r\n"
@@ -91,7 +91,7 @@ def _encode(value: Any, out: List[bytes], resp3: bool = False) -> None:
         for k, v in value.pairs:
             _encode(k, out, resp3)
             _encode(v, out, resp3)
-    elif isinstance(value, SimpleString):
+    elif isinstance(value, (SimpleString, StatusText)):
         out.append(b"+" + _line(value.text) + CRLF)
     elif isinstance(value, KVError):
         out.append(b"-" + _line(value.message) + CRLF)

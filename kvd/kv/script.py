@@ -1,0 +1,589 @@
+# -*- test-case-name: tests.kv.test_script -*-
+"""
+Lua scripts (EVAL, EVALSHA, EVAL_RO, SCRIPT LOAD/FLUSH) applied by the
+key/value machine, with Redis 7's semantics, on the Lua 5.1 that Redis
+embeds (lupa's ``lupa.lua51``).
+
+One log entry, one run.  A ``Script`` entry carries the script's body (an
+EVALSHA's too: the proposing node looked it up), its KEYS and ARGV.  Every
+replica applies it in a fresh Lua runtime, so nothing of an earlier script
+survives into the next, and the result depends only on the state and the
+entry:
+
+* the sandbox has Lua's base library without ``loadstring``, ``load``,
+  ``dofile``, ``loadfile``, ``require``, ``module``, ``getfenv``,
+  ``setfenv``, ``collectgarbage``, ``gcinfo``, ``newproxy``; ``string``,
+  ``table``, ``math`` without ``random``/``randomseed``; no ``os``, ``io``,
+  ``debug``, ``coroutine`` (a coroutine would run outside the instruction
+  hook), ``package``, nor lupa's ``python``.  Reading an undefined global
+  or writing any global fails with Redis's texts.  No ``cjson``,
+  ``cmsgpack``, ``bit`` or ``struct`` (Redis has them; lupa's Lua has not);
+* ``redis.call``/``redis.pcall`` run kvd's own commands (kvd.resp.commands'
+  table, so the same parsing and errors as at the client port) on the
+  machine: the string and key commands, PING, ECHO, SELECT 0.  TIME,
+  RANDOMKEY, KEYS, SCAN, DBSIZE and the admin commands are refused (TIME and
+  RANDOMKEY would make replicas differ);
+* the work is bounded by a count of Lua VM instructions (a debug hook every
+  ``HOOK_EVERY`` instructions; each ``redis.call`` counts ``CALL_UNITS``
+  such steps): a script over ``MAX_UNITS`` steps is stopped, wherever it
+  is, and answers ``ERR Script killed ...``.  The count is the same on every
+  replica, so every replica stops it at the same point;
+* memory is bounded by the runtime's allocator (``MAX_MEMORY`` bytes), and
+  the values a script writes by ``MAX_WRITE_BYTES``.
+
+What a script writes goes to a buffer (``Buffer``) its own reads see.  When
+the script ends, normally or with an error (Redis keeps the writes made
+before a runtime error), the buffer is applied to the keyspace in the order
+written.  A script stopped by the instruction or memory bound applies
+nothing: its error says so.
+
+The script cache is replicated machine state (``KVMachine._scripts``): EVAL
+of a script that compiles and SCRIPT LOAD add to it, SCRIPT FLUSH empties
+it, all through the log.  An EVALSHA entry whose SHA is no longer in the
+cache when it is applied (a SCRIPT FLUSH came first) answers NOSCRIPT, as it
+would have on one Redis.
+
+Replies follow Redis's conversions: a Lua number is an integer (truncated),
+a string a bulk string, true 1, false and nil nil, ``{ok=...}`` a status,
+``{err=...}`` an error, a table an array up to its first nil; arrays nest at
+most ``MAX_DEPTH`` deep (the session table's bound on results).
+
+Imports: as the layer table in tests/test_layers.py allows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import Dict, List, Optional
+
+import lupa.lua51 as lua
+
+from kvd.kv.commands import INT64_MAX, INT64_MIN, Script
+from kvd.kv.results import OK, KVError, Result, StatusText
+from kvd.resp.commands import COMMANDS, Admin, Read, Write, parse_request, shape_reply
+from kvd.resp.encoder import SimpleString
+from kvd.resp.errors import RespError
+
+#: The instruction hook runs every this many Lua VM instructions: one step of the budget.
+HOOK_EVERY = 1000
+#: Steps one script may take (about 40M instructions: some 150 ms of Lua on the 2-core machine).
+MAX_UNITS = 40_000
+#: Steps each redis.call/pcall costs (a command is Python, slower than Lua's instructions).
+CALL_UNITS = 5
+#: Bytes the Lua runtime of one script may allocate.
+#: Lua 5.1's collector slows down near a full heap: a table of 1 KB strings filling 16 MiB takes 0.27 s to
+#: fail, 32 MiB 1.7 s and 64 MiB 18 s (measured on the 2-core machine), so the node would stall.
+MAX_MEMORY = 16 * 1024 * 1024
+#: Bytes of keys and values one script may write.
+MAX_WRITE_BYTES = 16 * 1024 * 1024
+#: Arrays in a script's reply nest at most this deep (kvd.kv.results keeps results of depth 8).
+MAX_DEPTH = 7
+
+ERR_NOSCRIPT = KVError("NOSCRIPT No matching script. Please use EVAL.")
+
+
+def sha1hex(body: bytes) -> bytes:
+    return hashlib.sha1(body).hexdigest().encode()
+
+
+class Buffer:
+    """
+    A script's writes over the keyspace: reads see them, ``commit`` applies
+    them in the order written, dropping the buffer applies nothing.
+    """
+
+    def __init__(self, base, max_bytes: int = MAX_WRITE_BYTES):
+        self.base = base
+        self.writes: Dict[bytes, Optional[bytes]] = {}
+        self.cleared = False
+        self.max_bytes = max_bytes
+        self.bytes = 0
+
+    def get(self, key: bytes) -> Optional[bytes]:
+        if key in self.writes:
+            return self.writes[key]
+        return None if self.cleared else self.base.get(key)
+
+    def __contains__(self, key: bytes) -> bool:
+        return self.get(key) is not None
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self.bytes += len(key) + len(value)
+        if self.bytes > self.max_bytes:
+            raise _OverBudget("ERR Script killed: its writes are over kvd's limit of %d bytes in one script; "
+                              "nothing it wrote was applied" % (self.max_bytes,))
+        self.writes.pop(key, None)  # the commit order is the order of the last writes
+        self.writes[key] = value
+
+    def delete(self, key: bytes) -> bool:
+        existed = self.get(key) is not None
+        if existed or not self.cleared:
+            self.writes.pop(key, None)
+            self.writes[key] = None
+        return existed
+
+    def clear(self) -> None:
+        self.cleared = True
+        self.writes.clear()
+
+    def commit(self) -> None:
+        if self.cleared:
+            self.base.clear()
+        for key, value in self.writes.items():
+            if value is None:
+                self.base.delete(key)
+            else:
+                self.base.put(key, value)
+
+
+class _OverBudget(Exception):
+    """The script went over a bound: it stops, and nothing it wrote is applied."""
+
+
+class CallError(Exception):
+    """An error reply of redis.call: a Lua error whose text is ``args[0]`` (bytes)."""
+
+
+def _unwrap(error):
+    """The text of a redis.call error (or of a Python exception in a callback) as a Lua error value, or None."""
+    if isinstance(error, CallError):
+        return error.args[0]
+    if isinstance(error, BaseException):
+        return ("ERR %s" % (error,)).encode("utf-8", "surrogateescape")
+    return None
+
+
+def _no_attributes(obj, name, setting):
+    raise AttributeError("scripts cannot reach Python objects' attributes")
+
+
+# The trusted part, run in each fresh runtime before the user's script: it builds the sandbox and returns the
+# function that runs the script under the hook.  Its arguments: the Python dispatcher, the budget.
+_BOOT = r"""
+local py_call, py_pcall, unwrap, sha1hex, max_units, hook_every, state = ...
+local debug_sethook, debug_getinfo = debug.sethook, debug.getinfo
+local loadstring, setfenv, setmetatable, rawget, rawset, type, error, tostring, xpcall, select =
+      loadstring, setfenv, setmetatable, rawget, rawset, type, error, tostring, xpcall, select
+local string_format, math_floor = string.format, math.floor
+
+local KILLED = {}
+local function killer()
+    error(KILLED)
+end
+local function hook()
+    local units = state.units + 1  -- each redis.call adds its own steps (kvd.kv.script CALL_UNITS)
+    state.units = units
+    if units > max_units then
+        state.killed = true
+        debug_sethook(killer, "", 1)  -- from now on every instruction fails: pcall cannot catch it for good
+        error(KILLED)
+    end
+end
+
+local function copy(t, drop)
+    local c = {}
+    for k, v in pairs(t) do
+        if not (drop and drop[k]) then c[k] = v end
+    end
+    return c
+end
+
+local env = {}
+for _, name in ipairs({"assert", "error", "ipairs", "next", "pairs", "pcall", "rawequal", "rawget", "rawset",
+                       "select", "tonumber", "tostring", "type", "unpack", "xpcall", "setmetatable",
+                       "getmetatable", "_VERSION"}) do
+    env[name] = _G[name]
+end
+env.string = copy(string, {dump = true})
+env.table = copy(table)
+env.math = copy(math, {random = true, randomseed = true})
+env._G = env
+
+-- An error of redis.call (a Python exception, kvd.kv.script.CallError) as the user's pcall sees it: its text.
+local lua_pcall, lua_xpcall = pcall, xpcall
+local function tidy(e)
+    local text = unwrap(e)
+    if text then return text end
+    return e
+end
+local function tidy_all(ok, ...)
+    if ok then return ok, ... end
+    return false, tidy((...))
+end
+env.pcall = function(f, ...) return tidy_all(lua_pcall(f, ...)) end
+env.xpcall = function(f, h) return lua_xpcall(f, function(e) return h(tidy(e)) end) end
+
+-- The Python functions themselves (C functions to Lua): a script's "return redis.call(...)" keeps its line.
+local redis = {}
+redis.call = py_call
+redis.pcall = py_pcall
+redis.error_reply = function(e)
+    if type(e) ~= "string" then error("wrong number or type of arguments") end
+    return {err = e}
+end
+redis.status_reply = function(s)
+    if type(s) ~= "string" then error("wrong number or type of arguments") end
+    return {ok = s}
+end
+redis.sha1hex = function(s)
+    if type(s) ~= "string" and type(s) ~= "number" then error("wrong number or type of arguments") end
+    return sha1hex(tostring(s))
+end
+redis.LOG_DEBUG, redis.LOG_VERBOSE, redis.LOG_NOTICE, redis.LOG_WARNING = 0, 1, 2, 3
+redis.log = function(level, ...)
+    if select("#", ...) < 1 then error("redis.log() requires two arguments or more.") end
+end
+redis.setresp = function(v)
+    if v ~= 2 then error("kvd: only RESP2 replies from scripts (redis.setresp(2))") end
+end
+redis.REPL_NONE, redis.REPL_AOF, redis.REPL_SLAVE, redis.REPL_REPLICA, redis.REPL_ALL = 0, 1, 2, 2, 3
+redis.set_repl = function() end
+redis.replicate_commands = function() return true end
+redis.breakpoint = function() return false end
+redis.debug = function() end
+env.redis = redis
+
+local function protect(t)
+    setmetatable(t, {
+        __index = function(_, name)
+            error("Script attempted to access nonexistent global variable '" .. tostring(name) .. "'", 2)
+        end,
+        __newindex = function() error("Attempt to modify a readonly table", 2) end,
+        __metatable = false,
+    })
+end
+
+-- The innermost line of the user's script on the stack: Redis's "on @user_script:N."
+local function where()
+    for level = 2, 64 do
+        local info = debug_getinfo(level, "Sl")
+        if not info then break end
+        if info.source == "@user_script" and info.currentline >= 0 then return info.currentline end
+    end
+    return 0
+end
+
+local function handler(e)
+    if e == KILLED then return e end
+    local line = where()
+    local text = unwrap(e)
+    if text then return {err = text, line = line} end
+    if type(e) == "table" and type(rawget(e, "err")) == "string" then
+        return {err = rawget(e, "err"), line = line}
+    end
+    return {err = "ERR " .. tostring(e), line = line}
+end
+
+-- Lua's value as a flat list of (tag, value): n nil, i number, b bulk, s status, e error, a array (count).
+local function flatten(v, out, depth)
+    local t = type(v)
+    if t == "string" then
+        out[#out + 1] = "b"; out[#out + 1] = v
+    elseif t == "number" then
+        out[#out + 1] = "i"; out[#out + 1] = v
+    elseif t == "boolean" then
+        if v then out[#out + 1] = "i"; out[#out + 1] = 1 else out[#out + 1] = "n"; out[#out + 1] = false end
+    elseif t == "table" then
+        local e = rawget(v, "err")
+        if type(e) == "string" then
+            out[#out + 1] = "e"; out[#out + 1] = e; return
+        end
+        local ok = rawget(v, "ok")
+        if type(ok) == "string" then
+            out[#out + 1] = "s"; out[#out + 1] = ok; return
+        end
+        if depth > state.max_depth then error({err = "ERR reached lua stack limit"}) end
+        local at = #out + 1
+        out[at] = "a"; out[at + 1] = 0
+        local n = 0
+        while true do
+            local item = rawget(v, n + 1)
+            if item == nil then break end
+            n = n + 1
+            flatten(item, out, depth + 1)
+        end
+        out[at + 1] = n
+    else
+        out[#out + 1] = "n"; out[#out + 1] = false
+    end
+end
+
+local function compile(body)
+    local f, err = loadstring(body, "@user_script")
+    if not f then return false, err end
+    return true, f
+end
+
+local function run(body, keys, argv)
+    local ok, f = compile(body)
+    if not ok then return false, {compile = f} end
+    env.KEYS, env.ARGV = keys, argv
+    protect(env)
+    setfenv(f, env)
+    debug_sethook(hook, "", hook_every)
+    local out = {}
+    local ok, result = xpcall(function() flatten(f(), out, 0) end, handler)
+    debug_sethook()
+    if ok then return true, out end
+    return false, result
+end
+
+return run, compile
+"""
+
+
+def _argument(value) -> bytes:
+    """A redis.call argument as Redis takes it: a string as it is, a number as its shortest text."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError
+    if isinstance(value, float):
+        if value.is_integer() and abs(value) < 1e17:
+            return b"%d" % int(value)
+        text = repr(value)
+        if "e" in text:
+            mantissa, exponent = text.split("e")
+            exp = int(exponent)
+            text = "%se%s%02d" % (mantissa.replace(".0", "") if mantissa.endswith(".0") else mantissa,
+                                  "+" if exp >= 0 else "-", abs(exp))
+        return text.encode()
+    return b"%d" % value
+
+
+def _integer(number) -> int:
+    """A Lua number as C's (long long) cast on x86-64: truncated, INT64_MIN when it does not fit."""
+    if isinstance(number, int):
+        return number if INT64_MIN <= number <= INT64_MAX else INT64_MIN
+    if math.isnan(number) or math.isinf(number):
+        return INT64_MIN
+    value = int(number)
+    return value if INT64_MIN <= value <= INT64_MAX else INT64_MIN
+
+
+class _Run:
+    """One script's run: the dispatcher ``redis.call`` reaches, on the machine and a buffer."""
+
+    def __init__(self, machine, cmd: Script, read_only: bool):
+        self.machine = machine
+        self.cmd = cmd
+        self.read_only = read_only
+        self.buffer = Buffer(machine._keyspace)
+        self.runtime = None
+        self.state = None
+        self.over: Optional[str] = None
+
+    def call(self, *args):
+        """redis.call: the reply as a Lua value, or CallError (a Lua error the script may catch)."""
+        kind, value = self.dispatch(args)
+        if kind:
+            raise CallError(value)
+        return value
+
+    def pcall(self, *args):
+        """redis.pcall: the reply as a Lua value, an error as {err=...}."""
+        kind, value = self.dispatch(args)
+        if kind:
+            return self.runtime.table_from({b"err": value})
+        return value
+
+    def dispatch(self, args):
+        """(0, value converted for Lua) or (1, error text)."""
+        self.state[b"units"] += CALL_UNITS
+        if not args:
+            return 1, b"ERR Please specify at least one argument for this redis lib call"
+        try:
+            argv = [_argument(a) for a in args]
+        except TypeError:
+            return 1, b"ERR Lua redis lib command arguments must be strings or integers"
+        for arg in argv:
+            if len(arg) > self.cmd.max_len:
+                return 1, (b"ERR value of %d bytes is over this node's limit of %d bytes (--value-max-bytes)"
+                           % (len(arg), self.cmd.max_len))
+        if self.over is not None:
+            return 1, self.over.encode()
+        try:
+            result = self.execute(argv)
+        except _OverBudget as e:
+            self.over = str(e)
+            return 1, self.over.encode()
+        if isinstance(result, (KVError, RespError)):
+            text = result.message if isinstance(result, KVError) else "%s %s" % (result.prefix, result.message)
+            return 1, text.encode("utf-8", "surrogateescape")
+        return 0, self.to_lua(result)
+
+    def execute(self, argv: List[bytes]):
+        name = argv[0].lower()
+        spec = COMMANDS.get(name)
+        if spec is None:
+            return KVError("ERR Unknown Redis command called from script")
+        if not spec.arity_ok(len(argv)):
+            return KVError("ERR Wrong number of args calling Redis command from script")
+        if "noscript" in spec.flags:
+            return KVError("ERR This Redis command is not allowed from script")
+        request = parse_request(argv, self.cmd.max_len)
+        if isinstance(request, RespError):
+            return request
+        if isinstance(request, Write):
+            if self.read_only:
+                return KVError("ERR Write commands are not allowed from read-only scripts.")
+            result = self.machine._execute(request.command, self.buffer)
+            return shape_reply(request, result)
+        if isinstance(request, Read):
+            if name in (b"get", b"mget", b"exists", b"strlen", b"getrange", b"substr", b"type"):
+                return shape_reply(request, self.machine.read(request.op, self.buffer))
+            return KVError("ERR kvd does not run %s inside scripts" % (name.decode().upper(),))
+        if isinstance(request, Admin):
+            if request.name == "ping":
+                return request.args[0] if request.args else SimpleString("PONG")
+            if request.name == "echo":
+                return request.args[0]
+            if request.name == "select":
+                return OK
+        return KVError("ERR This Redis command is not allowed from script")
+
+    def to_lua(self, value):
+        if value is None:
+            return False
+        if value is OK:
+            return self.runtime.table_from({b"ok": b"OK"})
+        if isinstance(value, SimpleString):
+            return self.runtime.table_from({b"ok": value.text.encode()})
+        if isinstance(value, (bytes, int)):
+            return value
+        if isinstance(value, list):
+            return self.runtime.table_from([self.to_lua(item) for item in value])
+        raise TypeError("no Lua value for %r" % (value,))
+
+
+def _new_runtime(run: Optional[_Run]):
+    runtime = lua.LuaRuntime(encoding=None, register_eval=False, register_builtins=False,
+                             unpack_returned_tuples=True, max_memory=MAX_MEMORY, attribute_filter=_no_attributes)
+    runtime.execute(b"python = nil")
+    state = runtime.table_from({b"killed": False, b"max_depth": MAX_DEPTH, b"units": 0})
+    if run is not None:
+        run.runtime, run.state = runtime, state
+        call, pcall = run.call, run.pcall
+    else:
+        call = pcall = None
+    boot = runtime.execute(_BOOT.encode(), call, pcall, _unwrap, sha1hex, MAX_UNITS, HOOK_EVERY, state)
+    return runtime, state, boot
+
+
+def compile_error(body: bytes) -> Optional[KVError]:
+    """Redis's error for a script that does not compile, or None."""
+    try:
+        runtime, _, (run_fn, compile_fn) = _new_runtime(None)
+        ok, err = compile_fn(body)
+    except lua.LuaMemoryError:
+        return _killed_memory()
+    if not ok:
+        return KVError("ERR Error compiling script (new function): %s" % (_text(err),))
+    return None
+
+
+def _text(value) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "surrogateescape")
+    return str(value)
+
+
+def execute(machine, cmd: Script) -> Result:
+    """Apply one Script entry on ``machine`` (kvd.kv.machine.KVMachine): its result, for every replica the same."""
+    if cmd.op == "flush":
+        machine.script_flush()
+        return OK
+    sha = sha1hex(cmd.body)
+    if cmd.op == "load":
+        error = compile_error(cmd.body)
+        if error is not None:
+            return error
+        machine.script_add(sha, cmd.body)
+        return sha
+    if cmd.op in ("evalsha", "evalsha_ro"):
+        if machine.script_body(sha) is None:
+            return ERR_NOSCRIPT
+    return _run(machine, cmd, sha, read_only=cmd.op in ("eval_ro", "evalsha_ro"))
+
+
+def _run(machine, cmd: Script, sha: bytes, read_only: bool) -> Result:
+    run = _Run(machine, cmd, read_only)
+    suffix = " script: %s, on @user_script:%%d." % (sha.decode(),)
+    try:
+        runtime, state, (run_fn, _) = _new_runtime(run)
+        keys = runtime.table_from(list(cmd.keys))
+        argv = runtime.table_from(list(cmd.args))
+        ok, out = run_fn(cmd.body, keys, argv)
+    except lua.LuaMemoryError:
+        return _killed_memory()
+    except lua.LuaError as e:
+        if state[b"killed"]:
+            return _killed_steps()
+        if run.over is not None:
+            return KVError(run.over)
+        if "not enough memory" in str(e):
+            return _killed_memory()
+        raise
+    if state[b"killed"]:
+        return _killed_steps()
+    if run.over is not None:
+        return KVError(run.over)
+    if not ok:
+        if not lua.lua_type(out) == "table":  # Lua 5.1 gives "not enough memory" past any handler
+            if b"not enough memory" in bytes(out if isinstance(out, bytes) else str(out).encode()):
+                return _killed_memory()
+            raise RuntimeError("script failed with %r" % (out,))
+        if out[b"compile"] is not None:
+            return KVError("ERR Error compiling script (new function): %s" % (_text(out[b"compile"]),))
+        message = _text(out[b"err"])
+        if message == "ERR not enough memory":
+            return _killed_memory()
+        machine.script_add(sha, cmd.body)
+        run.buffer.commit()  # Redis keeps what a script wrote before its error
+        return KVError(message + suffix % (out[b"line"],))
+    machine.script_add(sha, cmd.body)
+    result = _unflatten(out)
+    run.buffer.commit()
+    return result
+
+
+def _killed_steps() -> KVError:
+    return KVError("ERR Script killed: it ran over kvd's limit of %d Lua instructions (Redis would be BUSY); "
+                   "nothing it wrote was applied" % (MAX_UNITS * HOOK_EVERY,))
+
+
+def _killed_memory() -> KVError:
+    return KVError("ERR Script killed: it used more than kvd's limit of %d bytes of Lua memory; "
+                   "nothing it wrote was applied" % (MAX_MEMORY,))
+
+
+def _unflatten(out) -> Result:
+    items = []
+    i = 1
+    while True:
+        tag = out[i]
+        if tag is None:
+            break
+        items.append((tag, out[i + 1]))
+        i += 2
+    pos = 0
+
+    def one():
+        nonlocal pos
+        tag, value = items[pos]
+        pos += 1
+        if tag == b"b":
+            return value
+        if tag == b"i":
+            return _integer(value)
+        if tag == b"n":
+            return None
+        if tag == b"s":
+            return OK if value == b"OK" else StatusText(_text(value))
+        if tag == b"e":
+            return KVError(_text(value))
+        return [one() for _ in range(int(value))]
+
+    return one()
+
