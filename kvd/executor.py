@@ -16,11 +16,13 @@ Imports: as the layer table in tests/test_layers.py allows.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from kvd.kv.results import OK
+from kvd.kv.commands import Script, ScriptGet
+from kvd.kv.results import OK, KVError
 from kvd.resp.commands import Admin, Read, Write
 from kvd.resp.encoder import SimpleString
 from kvd.resp.errors import RespError
@@ -37,6 +39,8 @@ class ClientExecutor:
 
     def execute(self, request, connection):
         if isinstance(request, Write):
+            if isinstance(request.command, Script) and request.command.op in ("evalsha", "evalsha_ro"):
+                return self._evalsha(request.command, connection)
             return self.node.submit(request.command)
         if isinstance(request, Read):
             return self.node.read(request.op, linearizable=not connection.readonly)
@@ -46,6 +50,28 @@ class ClientExecutor:
                 return handler(request.args)
         raise RespError("ERR", "command not supported by this node")
 
+    def _evalsha(self, command: Script, connection):
+        """
+        EVALSHA: the body from the replicated script cache (kvd.kv.script), proposed with the entry.  This
+        node's copy first; if it does not have the SHA yet, a linearizable read (READONLY: this node's again)
+        so that a SCRIPT LOAD answered by any node is seen.  The machine checks the SHA again when it applies
+        the entry (NOSCRIPT if a SCRIPT FLUSH came first).
+        """
+        sha = command.body
+        if len(sha) != 40:
+            return KVError("NOSCRIPT No matching script. Please use EVAL.")
+
+        def found(bodies, linearizable):
+            body = bodies[0] if isinstance(bodies, list) else None
+            if body is None:
+                if linearizable:
+                    return self.node.read(ScriptGet((sha,)), linearizable=True).addCallback(found, False)
+                return KVError("NOSCRIPT No matching script. Please use EVAL.")
+            return self.node.submit(replace(command, body=body))
+
+        d = self.node.read(ScriptGet((sha,)), linearizable=False)
+        return d.addCallback(found, not connection.readonly)
+
     # ------------------------------------------------------------ admin
     def _admin_info(self, args):
         return self.server_info.info(args)
@@ -54,6 +80,10 @@ class ClientExecutor:
         # The node's own clock, as Redis: [unix seconds, microseconds], both bulk strings; never logged.
         micros = int(self.node.clock.seconds() * 1_000_000)
         return [b"%d" % (micros // 1_000_000), b"%d" % (micros % 1_000_000)]
+
+    def _admin_script_kill(self, args):
+        # A script runs inside one log entry's apply, never across requests: there is never one to kill.
+        raise RespError("NOTBUSY", "No scripts in execution right now.")
 
     def _admin_config_get(self, args):
         return self.server_info.config_get(args)

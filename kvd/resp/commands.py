@@ -27,8 +27,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from kvd.kv.commands import (
     INT64_MIN, MAX_STRING_BYTES, Append, Copy, DbSize, Delete, Exists, FlushAll, Get, GetDel, GetRange, IncrBy, Keys,
-    MGet, MSet, MSetNX, RandomKey, ReadOp, Rename, Scan, Set, SetRange, StrLen, WriteCommand, command_keys,
-    command_size, parse_int64, write_keys,
+    MGet, MSet, MSetNX, RandomKey, ReadOp, Rename, Scan, Script, ScriptGet, Set, SetRange, StrLen, WriteCommand,
+    command_keys, command_size, parse_int64, write_keys,
 )
 from kvd.kv.results import OK, KVError
 from kvd.limits import LIMITS
@@ -68,8 +68,13 @@ def _as_type(result):
     return SimpleString("string") if result == 1 else SimpleString("none") if result == 0 else result
 
 
+def _as_exists(result):
+    """SCRIPT EXISTS: each script's body (or None) as 1 (or 0)."""
+    return [0 if body is None else 1 for body in result]
+
+
 #: How a result becomes the reply of a request whose ``reply`` names it; errors pass through.
-REPLY_SHAPES: Dict[str, Callable[[Any], Any]] = {"bool": _as_bool, "type": _as_type}
+REPLY_SHAPES: Dict[str, Callable[[Any], Any]] = {"bool": _as_bool, "type": _as_type, "exists": _as_exists}
 
 
 def shape_reply(request, result):
@@ -244,6 +249,34 @@ def _parse_flush(args: List[bytes]) -> Parsed:
     if len(args) > 2 or (len(args) == 2 and args[1].upper() not in (b"ASYNC", b"SYNC")):
         return SYNTAX_ERROR
     return Write(FlushAll(), args[0].lower().decode())
+
+
+def _parse_eval(op: str) -> Callable[[List[bytes]], Parsed]:
+    """
+    EVAL/EVAL_RO/EVALSHA/EVALSHA_RO script numkeys key... arg...: a Script write (kvd.kv.script).  Until
+    the executor resolves it, an EVALSHA's body is the SHA it names (lower-cased): the executor swaps in the
+    body from the replicated cache, and the machine answers NOSCRIPT for a body whose SHA it does not cache.
+    """
+
+    def parse(args: List[bytes]) -> Parsed:
+        numkeys = _int_arg(args[2])
+        if isinstance(numkeys, CommandError):
+            return numkeys
+        if numkeys < 0:
+            return CommandError("ERR", "Number of keys can't be negative")
+        if numkeys > len(args) - 3:
+            return CommandError("ERR", "Number of keys can't be greater than number of args")
+        body = args[1].lower() if op.startswith("evalsha") else args[1]
+        keys, argv = tuple(args[3:3 + numkeys]), tuple(args[3 + numkeys:])
+        return Write(Script(op, body, keys, argv, LIMITS.value_bytes), name=op)
+
+    return parse
+
+
+def _parse_script_flush(args: List[bytes]) -> Parsed:
+    if len(args) > 3 or (len(args) == 3 and args[2].upper() not in (b"ASYNC", b"SYNC")):
+        return SYNTAX_ERROR
+    return Write(Script("flush"), name="script|flush")
 
 
 def _parse_randomkey(args: List[bytes]) -> Parsed:
@@ -432,6 +465,20 @@ _COMMANDS = [
         _spec("command|info", -2, "loading stale"),
         _spec("command|list", -2, "loading stale"),
     )),
+    # Lua scripts run as one log entry each (kvd.kv.script); EVAL_RO too, so its reads are linearizable.
+    _spec("eval", -3, "noscript skip_monitor may_replicate no_mandatory_keys stale", parse=_parse_eval("eval")),
+    _spec("evalsha", -3, "noscript skip_monitor may_replicate no_mandatory_keys stale",
+          parse=_parse_eval("evalsha")),
+    _spec("eval_ro", -3, "noscript skip_monitor no_mandatory_keys stale readonly", parse=_parse_eval("eval_ro")),
+    _spec("evalsha_ro", -3, "noscript skip_monitor no_mandatory_keys stale readonly",
+          parse=_parse_eval("evalsha_ro")),
+    _spec("script", -2, "", subcommands=(
+        _spec("script|load", 3, "noscript stale", parse=lambda a: Write(Script("load", a[2]), name="script|load")),
+        _spec("script|exists", -3, "noscript stale",
+              parse=lambda a: Read(ScriptGet(tuple(x.lower() for x in a[2:])), "script|exists", "exists")),
+        _spec("script|flush", -2, "noscript stale", parse=_parse_script_flush),
+        _spec("script|kill", 2, "noscript allow_busy"),
+    )),
     _spec("client", -2, "", subcommands=(
         _spec("client|setname", 3, "noscript loading stale", parse=_parse_client_setname),
         _spec("client|getname", 2, "noscript loading stale"),
@@ -476,7 +523,7 @@ def parse_request(args: List[bytes], value_max_bytes: int = LIMITS.value_bytes) 
     parsed = spec.parse(args)
     if isinstance(parsed, Write):
         command = parsed.command
-        if isinstance(command, (Append, SetRange)):
+        if isinstance(command, (Append, SetRange, Script)):
             if isinstance(command, SetRange) and command.value:
                 if command.offset + len(command.value) > value_max_bytes:
                     return STRING_TOO_LONG
@@ -528,9 +575,9 @@ def spec_of(name: str) -> Optional[CommandSpec]:
 
 _WRITE_NAMES = {"Set": "set", "MSet": "mset", "Delete": "del", "IncrBy": "incrby", "GetDel": "getdel",
                 "Append": "append", "SetRange": "setrange", "MSetNX": "msetnx", "Rename": "rename", "Copy": "copy",
-                "FlushAll": "flushall"}
+                "FlushAll": "flushall", "Script": "eval"}
 _READ_NAMES = {"Get": "get", "MGet": "mget", "Exists": "exists", "Keys": "keys", "Scan": "scan", "DbSize": "dbsize",
-               "StrLen": "strlen", "GetRange": "getrange", "RandomKey": "randomkey"}
+               "StrLen": "strlen", "GetRange": "getrange", "RandomKey": "randomkey", "ScriptGet": "script|exists"}
 
 
 def request_name(request: Request) -> str:

@@ -62,6 +62,8 @@ def required_role(request) -> str:
     """The least role that may run ``request``: reads, writes, or admin (KVD.*, CONFIG, FLUSHDB/FLUSHALL)."""
     if isinstance(request, Write):
         spec = spec_of(request_name(request))
+        if spec is not None and "readonly" in spec.flags:  # EVAL_RO: a write to the log that writes nothing
+            return READONLY
         return ADMIN if spec is not None and "admin" in spec.flags else READWRITE
     if isinstance(request, Read):
         return READONLY

@@ -557,7 +557,7 @@ def test_restore_rejects_valid_checksum_over_bad_structure():
     body = b"KVDS\x01\x05\x00\x00\x02\x01k\x01v\x01k\x01v"  # the same key twice
     with pytest.raises(CodecError, match="repeats"):
         KVMachine().restore(body + zlib.crc32(body).to_bytes(4, "big"))
-    body = b"KVDS\x02\x00\x00\x00\x00"
+    body = b"KVDS\x03\x00\x00\x00\x00"
     with pytest.raises(CodecError, match="version"):
         KVMachine().restore(body + zlib.crc32(body).to_bytes(4, "big"))
 

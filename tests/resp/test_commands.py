@@ -293,6 +293,8 @@ def test_table_has_every_supported_command():
         # issue 15, the everyday commands
         b"setnx", b"getset", b"unlink", b"getdel", b"append", b"setrange", b"msetnx", b"rename", b"renamenx",
         b"copy", b"strlen", b"getrange", b"substr", b"type", b"randomkey", b"time", b"flushdb", b"flushall",
+        # issue 15, Lua scripts
+        b"eval", b"evalsha", b"eval_ro", b"evalsha_ro", b"script",
     }
 
 
