@@ -67,17 +67,20 @@ from kvd.resp.errors import RespError
 
 #: The instruction hook runs every this many Lua VM instructions: one step of the budget.
 HOOK_EVERY = 1000
-#: Steps one script may take (about 40M instructions: some 150 ms of Lua on the 2-core machine).
-MAX_UNITS = 40_000
-#: Steps each redis.call/pcall costs (a command is Python, slower than Lua's instructions).
-CALL_UNITS = 5
+#: Steps one script may take: 10M instructions, measured on the 2-core machine at 37 ms for a plain loop and
+#: at most 0.2 s for the slowest kinds of instruction (endless tail calls, errors caught by pcall), so the node
+#: goes on answering heartbeats in time.
+MAX_UNITS = 10_000
+#: Steps each redis.call/pcall (and each error a pcall catches) costs: a command takes about 7 us, two steps
+#: of Lua; more with many arguments (a step per 16) or long ones (a step per 64 KiB).
+CALL_UNITS = 2
 #: Bytes the Lua runtime of one script may allocate.
-#: Lua 5.1's collector slows down near a full heap: a table of 1 KB strings filling 16 MiB takes 0.27 s to
-#: fail, 32 MiB 1.7 s and 64 MiB 18 s (measured on the 2-core machine), so the node would stall.
-MAX_MEMORY = 16 * 1024 * 1024
+#: Lua 5.1's collector slows down near a full heap: a table of 1 KB strings filling 8 MiB takes 0.11 s to
+#: fail, 16 MiB 0.27 s, 32 MiB 1.7 s and 64 MiB 18 s (measured on the 2-core machine): the node would stall.
+MAX_MEMORY = 8 * 1024 * 1024
 #: Bytes of keys and values one script may write.
 MAX_WRITE_BYTES = 16 * 1024 * 1024
-#: Arrays in a script's reply nest at most this deep (kvd.kv.results keeps results of depth 8).
+#: Arrays in a script's reply nest inside the top one at most this deep (kvd.kv.results keeps results of depth 8).
 MAX_DEPTH = 7
 
 ERR_NOSCRIPT = KVError("NOSCRIPT No matching script. Please use EVAL.")
@@ -93,11 +96,11 @@ class Buffer:
     them in the order written, dropping the buffer applies nothing.
     """
 
-    def __init__(self, base, max_bytes: int = MAX_WRITE_BYTES):
+    def __init__(self, base, max_bytes: Optional[int] = None):
         self.base = base
         self.writes: Dict[bytes, Optional[bytes]] = {}
         self.cleared = False
-        self.max_bytes = max_bytes
+        self.max_bytes = MAX_WRITE_BYTES if max_bytes is None else max_bytes
         self.bytes = 0
 
     def get(self, key: bytes) -> Optional[bytes]:
@@ -161,7 +164,7 @@ def _no_attributes(obj, name, setting):
 # The trusted part, run in each fresh runtime before the user's script: it builds the sandbox and returns the
 # function that runs the script under the hook.  Its arguments: the Python dispatcher, the budget.
 _BOOT = r"""
-local py_call, py_pcall, unwrap, sha1hex, max_units, hook_every, state = ...
+local py_call, py_pcall, unwrap, sha1hex, max_units, hook_every, call_units, state = ...
 local debug_sethook, debug_getinfo = debug.sethook, debug.getinfo
 local loadstring, setfenv, setmetatable, rawget, rawset, type, error, tostring, xpcall, select =
       loadstring, setfenv, setmetatable, rawget, rawset, type, error, tostring, xpcall, select
@@ -209,10 +212,20 @@ local function tidy(e)
 end
 local function tidy_all(ok, ...)
     if ok then return ok, ... end
+    state.units = state.units + call_units  -- an error caught costs as much as a command
     return false, tidy((...))
 end
-env.pcall = function(f, ...) return tidy_all(lua_pcall(f, ...)) end
-env.xpcall = function(f, h) return lua_xpcall(f, function(e) return h(tidy(e)) end) end
+env.pcall = function(f, ...)
+    state.units = state.units + 1  -- a protected call is a C call: nested ones cost more than their instructions
+    return tidy_all(lua_pcall(f, ...))
+end
+env.xpcall = function(f, h)
+    state.units = state.units + 1
+    return lua_xpcall(f, function(e)
+        state.units = state.units + call_units
+        return h(tidy(e))
+    end)
+end
 
 -- The Python functions themselves (C functions to Lua): a script's "return redis.call(...)" keeps its line.
 local redis = {}
@@ -390,7 +403,8 @@ class _Run:
 
     def dispatch(self, args):
         """(0, value converted for Lua) or (1, error text)."""
-        self.state[b"units"] += CALL_UNITS
+        # A command costs steps by its arguments too: a copy of a 1 MiB value is not free.
+        self.state[b"units"] += CALL_UNITS + len(args) // 16 + sum(len(a) for a in args if isinstance(a, bytes)) // 65536
         if not args:
             return 1, b"ERR Please specify at least one argument for this redis lib call"
         try:
@@ -467,7 +481,7 @@ def _new_runtime(run: Optional[_Run]):
         call, pcall = run.call, run.pcall
     else:
         call = pcall = None
-    boot = runtime.execute(_BOOT.encode(), call, pcall, _unwrap, sha1hex, MAX_UNITS, HOOK_EVERY, state)
+    boot = runtime.execute(_BOOT.encode(), call, pcall, _unwrap, sha1hex, MAX_UNITS, HOOK_EVERY, CALL_UNITS, state)
     return runtime, state, boot
 
 
@@ -510,21 +524,26 @@ def execute(machine, cmd: Script) -> Result:
 def _run(machine, cmd: Script, sha: bytes, read_only: bool) -> Result:
     run = _Run(machine, cmd, read_only)
     suffix = " script: %s, on @user_script:%%d." % (sha.decode(),)
+    runtime, state, (run_fn, _) = _new_runtime(run)
+    failed = None
     try:
-        runtime, state, (run_fn, _) = _new_runtime(run)
         keys = runtime.table_from(list(cmd.keys))
         argv = runtime.table_from(list(cmd.args))
         ok, out = run_fn(cmd.body, keys, argv)
-    except lua.LuaMemoryError:
-        return _killed_memory()
-    except lua.LuaError as e:
-        if state[b"killed"]:
-            return _killed_steps()
-        if run.over is not None:
-            return KVError(run.over)
-        if "not enough memory" in str(e):
+    except lua.LuaError as e:  # LuaMemoryError too
+        failed = e
+    finally:
+        # Lua aborts the process when an allocation fails outside a protected call: the reads of what the
+        # script left below must not meet the limit it may have reached.
+        runtime.set_max_memory(0)
+    if state[b"killed"]:
+        return _killed_steps()
+    if run.over is not None:
+        return KVError(run.over)
+    if failed is not None:
+        if isinstance(failed, lua.LuaMemoryError) or "not enough memory" in str(failed):
             return _killed_memory()
-        raise
+        raise failed
     if state[b"killed"]:
         return _killed_steps()
     if run.over is not None:
