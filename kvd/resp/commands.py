@@ -275,7 +275,7 @@ def _parse_eval(op: str) -> Callable[[List[bytes]], Parsed]:
 
 def _parse_script_flush(args: List[bytes]) -> Parsed:
     if len(args) > 3 or (len(args) == 3 and args[2].upper() not in (b"ASYNC", b"SYNC")):
-        return SYNTAX_ERROR
+        return CommandError("ERR", "SCRIPT FLUSH only support SYNC|ASYNC option")
     return Write(Script("flush"), name="script|flush")
 
 
