@@ -72,13 +72,15 @@ def _ent(e: Entry) -> Tuple[int, int, bytes]:
 
 
 def machine_digest(machine) -> bytes:
-    """The whole state of a KVMachine, in memory or durable: applied index, clock, sessions, keys and values."""
+    """The whole state of a KVMachine, in memory or durable: applied index, clock, sessions, scripts, keys and values."""
     h = blake2b(digest_size=16)
     h.update(b"%d %d;" % (machine.applied_index, machine.clock_ms))
     sessions = machine._sessions
     for cid in sorted(sessions):
         data = encode_session(sessions[cid])
         h.update(b"%d:%s%d:%s" % (len(cid), cid, len(data), data))
+    for sha in sorted(machine._scripts):  # the replicated script cache (kvd.kv.script)
+        h.update(b"s%s:%d:%s" % (sha, len(machine._scripts[sha]), machine._scripts[sha]))
     keyspace = machine._keyspace
     if isinstance(keyspace, Keyspace):
         items = sorted(keyspace._data.items())  # the reference's and in-memory machines': the quick way

@@ -1,5 +1,5 @@
 """
-Lua scripts on real nodes (core, LMDB, machine) over the fake clock: a
+Lua scripts on real nodes (core, LMDB log, in-memory machine) over the fake clock: a
 script is one log entry applied on every node; the script cache is the same on
 every node, across a restart and through a snapshot; an endless loop is
 stopped without a leader change.
