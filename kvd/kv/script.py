@@ -48,6 +48,12 @@ a string a bulk string, true 1, false and nil nil, ``{ok=...}`` a status,
 ``{err=...}`` an error, a table an array up to its first nil; arrays nest at
 most ``MAX_DEPTH`` deep (the session table's bound on results).
 
+Known limits: a single call into Lua's C library runs without the hook, so a
+pathological pattern (``string.find`` of a long subject with many ``.-``)
+can hold the node longer than the instruction bound; memory accounting is
+lupa's, so every node must run the same lupa and Lua build for kills by the
+memory bound to agree (the instruction bound depends on the Lua build only).
+
 Imports: as the layer table in tests/test_layers.py allows.
 """
 
@@ -543,7 +549,8 @@ def _run(machine, cmd: Script, sha: bytes, read_only: bool) -> Result:
     if failed is not None:
         if isinstance(failed, lua.LuaMemoryError) or "not enough memory" in str(failed):
             return _killed_memory()
-        raise failed
+        # Never raise out of an apply: every replica would stop at this entry.  Nothing was written.
+        return KVError("ERR the script failed outside its sandbox: %s" % (_text(str(failed)),))
     if state[b"killed"]:
         return _killed_steps()
     if run.over is not None:
