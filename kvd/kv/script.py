@@ -48,9 +48,10 @@ a string a bulk string, true 1, false and nil nil, ``{ok=...}`` a status,
 ``{err=...}`` an error, a table an array up to its first nil; arrays nest at
 most ``MAX_DEPTH`` deep (the session table's bound on results).
 
-Known limits: a single call into Lua's C library runs without the hook, so a
-pathological pattern (``string.find`` of a long subject with many ``.-``)
-can hold the node longer than the instruction bound; memory accounting is
+A call into Lua's C library runs without the hook: pattern matching, which
+backtracks, is refused when its estimated cost (``MAX_PATTERN_COST``) is too
+high, so a long subject with several quantifiers answers an error (a plain
+``string.find(s, p, 1, true)`` is never refused).  Memory accounting is
 lupa's, so every node must run the same lupa and Lua build for kills by the
 memory bound to agree (the instruction bound depends on the Lua build only).
 
@@ -84,6 +85,9 @@ CALL_UNITS = 2
 #: Lua 5.1's collector slows down near a full heap: a table of 1 KB strings filling 8 MiB takes 0.11 s to
 #: fail, 16 MiB 0.27 s, 32 MiB 1.7 s and 64 MiB 18 s (measured on the 2-core machine): the node would stall.
 MAX_MEMORY = 8 * 1024 * 1024
+#: Steps of Lua's pattern matching (C, unseen by the hook) one string.find/match/gmatch/gsub may take, as
+#: estimated from its subject's length and its pattern's quantifiers (about 0.1 s).
+MAX_PATTERN_COST = 2e8
 #: Bytes of keys and values one script may write.
 MAX_WRITE_BYTES = 16 * 1024 * 1024
 #: Arrays in a script's reply nest inside the top one at most this deep (kvd.kv.results keeps results of depth 8).
@@ -196,6 +200,54 @@ local function copy(t, drop)
         if not (drop and drop[k]) then c[k] = v end
     end
     return c
+end
+
+-- Lua's pattern matching is C the hook does not see, and backtracks: string.find of 400 bytes with '.-.-.-b'
+-- takes 8 s.  A pattern with q quantifiers on n bytes may take about n^(q+1)/(q+1)! steps; over
+-- max_pattern_cost the call is refused.  The string table itself is changed, so ("s"):find(...) is too.
+local string_sub, tostring_, math_min = string.sub, tostring, math.min
+local function quantifiers(p)
+    local q, i, n = 0, 1, #p
+    while i <= n do
+        local c = string_sub(p, i, i)
+        if c == "%" then
+            i = i + 2
+        elseif c == "[" then
+            i = i + 1
+            if string_sub(p, i, i) == "^" then i = i + 1 end
+            if string_sub(p, i, i) == "]" then i = i + 1 end
+            while i <= n and string_sub(p, i, i) ~= "]" do
+                if string_sub(p, i, i) == "%" then i = i + 1 end
+                i = i + 1
+            end
+            i = i + 1
+        else
+            if c == "*" or c == "+" or c == "-" or c == "?" then q = q + 1 end
+            i = i + 1
+        end
+    end
+    return q
+end
+local function check_pattern(s, p, plain)
+    if plain then return end
+    local ts, tp = type(s), type(p)
+    if (ts ~= "string" and ts ~= "number") or (tp ~= "string" and tp ~= "number") then return end
+    s, p = tostring_(s), tostring_(p)
+    local q = quantifiers(p)
+    if q == 0 then return end
+    local cost, n = 1, #s + 1
+    for k = 1, math_min(q, 8) + 1 do cost = cost * n / k end
+    if cost > state.max_pattern_cost then
+        error("kvd: a pattern with " .. q .. " quantifiers on " .. #s .. " bytes could run too long", 3)
+    end
+end
+for _, name in ipairs({"find", "match", "gmatch", "gsub"}) do
+    local f = string[name]
+    if name == "find" then
+        string[name] = function(s, p, init, plain) check_pattern(s, p, plain); return f(s, p, init, plain) end
+    else
+        string[name] = function(s, p, ...) check_pattern(s, p, false); return f(s, p, ...) end
+    end
 end
 
 local env = {}
@@ -481,7 +533,8 @@ def _new_runtime(run: Optional[_Run]):
     runtime = lua.LuaRuntime(encoding=None, register_eval=False, register_builtins=False,
                              unpack_returned_tuples=True, max_memory=MAX_MEMORY, attribute_filter=_no_attributes)
     runtime.execute(b"python = nil")
-    state = runtime.table_from({b"killed": False, b"max_depth": MAX_DEPTH, b"units": 0})
+    state = runtime.table_from({b"killed": False, b"max_depth": MAX_DEPTH, b"units": 0,
+                                b"max_pattern_cost": MAX_PATTERN_COST})
     if run is not None:
         run.runtime, run.state = runtime, state
         call, pcall = run.call, run.pcall

@@ -174,6 +174,22 @@ def test_an_endless_loop_is_stopped_and_applies_nothing(r):
     assert r.eval("local n = 0; for i = 1, 100000 do n = n + i end; return n") == 5000050000
 
 
+def test_costly_patterns_are_refused(r):
+    """Lua's pattern matching backtracks in C, unseen by the hook: 400 bytes and '.-.-.-b' took 8 s."""
+    for body in ("return string.find(string.rep('a', 400), '.-.-.-b')",
+                 "return (string.rep('a', 400)):match('.-.-.-b')",
+                 "return string.gsub(string.rep('a', 100000), '.-b', '')"):
+        start = time.monotonic()
+        result = r.eval(body)
+        assert time.monotonic() - start < 0.5
+        assert "could run too long" in result.message, (body, result)
+    assert r.eval("return {string.gsub('a b  c', '%s+', ' ')}") == [b"a b c", 2]
+    assert r.eval("return {string.find(string.rep('a', 100000) .. 'b', 'b', 1, true)}") == [100001, 100001]
+    assert r.eval("return {('key:12'):match('^(%a+):(%d+)$')}") == [b"key", b"12"]
+    assert r.eval("local n = 0 for w in string.gmatch('one two three', '%a+') do n = n + 1 end return n") == 3
+    assert r.eval("return string.find('[x]*', '[*]')") == 4
+
+
 def test_memory_is_bounded_and_applies_nothing(r):
     for body in ("redis.call('set','k','1'); local t = {} for i=1,1e9 do t[i] = string.rep('x', 1000) .. i end",
                  "redis.call('set','k','1'); local s = 'x' while true do s = s .. s end",
