@@ -21,7 +21,8 @@ entry:
 * ``redis.call``/``redis.pcall`` run kvd's own commands (kvd.resp.commands'
   table, so the same parsing and errors as at the client port) on the
   machine: the string and key commands, PING, ECHO, SELECT 0.  TIME,
-  RANDOMKEY, KEYS, SCAN, DBSIZE and the admin commands are refused (TIME and
+  RANDOMKEY, KEYS, SCAN, DBSIZE, SCRIPT and the admin commands (FLUSHDB,
+  FLUSHALL: EVAL needs only the readwrite role) are refused (TIME and
   RANDOMKEY would make replicas differ);
 * the work is bounded by a count of Lua VM instructions (a debug hook every
   ``HOOK_EVERY`` instructions; each ``redis.call`` counts ``CALL_UNITS``
@@ -66,7 +67,7 @@ from typing import Dict, List, Optional
 
 import lupa.lua51 as lua
 
-from kvd.kv.commands import INT64_MAX, INT64_MIN, Script
+from kvd.kv.commands import INT64_MAX, INT64_MIN, Script, ScriptGet
 from kvd.kv.results import OK, KVError, Result, StatusText
 from kvd.resp.commands import COMMANDS, Admin, Read, Write, parse_request, shape_reply
 from kvd.resp.encoder import SimpleString
@@ -494,9 +495,15 @@ class _Run:
             return KVError("ERR Wrong number of args calling Redis command from script")
         if "noscript" in spec.flags:
             return KVError("ERR This Redis command is not allowed from script")
+        if "admin" in spec.flags:  # a user who may run EVAL need not be allowed FLUSHALL
+            return KVError("ERR kvd does not run %s inside scripts: it needs the admin role"
+                           % (spec.name.upper(),))
         request = parse_request(argv, self.cmd.max_len)
         if isinstance(request, RespError):
             return request
+        if isinstance(request, (Write, Read)) and isinstance(getattr(request, "command", None) or request.op,
+                                                             (Script, ScriptGet)):
+            return KVError("ERR This Redis command is not allowed from script")
         if isinstance(request, Write):
             if self.read_only:
                 return KVError("ERR Write commands are not allowed from read-only scripts.")
