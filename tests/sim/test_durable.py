@@ -210,11 +210,12 @@ def test_the_simulator_finds_the_token_sent_as_snapshot_data():
     and the receiver's storage could not install it (a StateError: the
     receiver fail-stopped, and again at each retry).  The simulator, modelling
     that rule, finds it (8 of 300 durable seeds); with the node's rules as they
-    are now, the seed passes.
+    are now, the seed passes.  (Seed 26 until the snapshot records grew by each
+    key's mod index, which changed the schedule; 3 and 12 of the first 13 find it now.)
     """
-    r = run_one(SimOptions(seed=26, state="durable", stream_any_snapshot=False, flush_skip=0.0))
+    r = run_one(SimOptions(seed=3, state="durable", stream_any_snapshot=False, flush_skip=0.0))
     assert not r.ok and r.invariant == "snapshot install", (r.invariant, r.detail)
-    assert run_one(SimOptions(seed=26, state="durable", flush_skip=0.0)).ok
+    assert run_one(SimOptions(seed=3, state="durable", flush_skip=0.0)).ok
 
 
 def test_the_peer_transport_streams_a_snapshot_whose_data_is_a_stream_token():
