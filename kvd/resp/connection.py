@@ -144,6 +144,9 @@ class Connection:
 
     def queue(self, request) -> Any:
         """Inside MULTI: queue ``request`` (a parsed, not refused request) and return the reply (QUEUED or an error)."""
+        if isinstance(request, RespError):  # answered in its place at EXEC, as Redis does
+            self.queued.add(request)
+            return QUEUED
         if isinstance(request, Admin) and request.name not in QUEUEABLE_LOCAL | QUEUEABLE_ADMIN:
             self.queued.flagged = True
             return NOT_IN_MULTI

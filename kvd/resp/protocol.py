@@ -78,7 +78,7 @@ from kvd.kv.results import OK, KVError
 from kvd.limits import LIMITS
 from kvd.resp.commands import Admin, Read, Write, parse_request, shape_reply
 from kvd.resp.encoder import NIL_ARRAY, RespMap, encode, encode_error
-from kvd.resp.errors import RespError
+from kvd.resp.errors import Rejected, RespError
 from kvd.resp.parser import DEFAULT_MAX_BULK_BYTES, ProtocolError, RespParser
 from kvd.resp.connection import EXEC_ABORT, Connection, execute_local, is_local
 
@@ -306,6 +306,7 @@ class RespProtocol(Protocol):
         self._pending.append(slot)
         if isinstance(item, ProtocolError):
             slot.data = encode_error("ERR", item.message)
+            self.connection.flag()
             if not item.recoverable:
                 self._close_after(slot)
             return
@@ -315,7 +316,10 @@ class RespProtocol(Protocol):
             refused = None if isinstance(request, RespError) else self.connection.refuses(request)
             in_multi = self.connection.in_multi
             control = isinstance(request, Admin) and request.name in ("multi", "exec", "discard", "watch", "quit")
-            if isinstance(request, RespError):
+            if isinstance(request, RespError) and in_multi and not isinstance(request, Rejected):
+                # Redis queues a command whose arguments are wrong and answers the error at EXEC.
+                slot.data = encode(self.connection.queue(request))
+            elif isinstance(request, RespError):
                 slot.data = encode(request)
                 self.connection.flag()
             elif refused is not None:
@@ -451,6 +455,9 @@ class RespProtocol(Protocol):
             results = iter(results)
             out = []
             for request in requests:
+                if isinstance(request, RespError):
+                    out.append(request)
+                    continue
                 if isinstance(request, (Read, Write)):
                     out.append(shape_reply(request, next(results)))
                     continue
