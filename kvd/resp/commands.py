@@ -419,7 +419,7 @@ _COMMANDS = [
     _spec("kvd.cluster", 1, "loading stale fast"),
     _spec("kvd.join", 3, "admin noscript"),
     _spec("kvd.remove", 2, "admin noscript"),
-    # No transactions yet: a connection in MULTI runs nothing until EXEC or DISCARD (kvd.resp.connection).
+    # Transactions: the connection queues (kvd.resp.connection), EXEC is one log entry (kvd.resp.protocol).
     _spec("multi", 1, "noscript loading stale fast allow_busy"),
     _spec("exec", 1, "noscript loading stale skip_slowlog"),
     _spec("discard", 1, "noscript loading stale fast allow_busy"),
