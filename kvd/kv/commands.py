@@ -51,6 +51,7 @@ same mod index (a deleted and re-created key has a new one); a missing key
 is unchanged iff it is still missing and no key was deleted after that
 index (the keyspace's ``deleted_at``: one number, so a deletion of any
 other key also counts -- conservative, never wrong the other way).
+A transaction's replies are bounded (kvd.kv.machine ``TXN_REPLY_BYTES``).
 
 ``max_len`` is the longest value the proposing node allows (its
 ``--value-max-bytes``): it travels in the entry so that every replica refuses

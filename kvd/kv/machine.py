@@ -53,6 +53,28 @@ from kvd.kv.results import (
 )
 
 DEFAULT_SESSION_TTL_MS = 60 * 60 * 1000
+#: The most bytes of replies one transaction keeps (the session remembers them until the client has them,
+#: on disk too, and a follower's forward carries them back, kvd.limits' forward_bytes): past it, a read answers
+#: an error instead, and a write that answers a value is still applied but answers an error.  Part of the
+#: machine's definition, like session_ttl_ms.
+TXN_REPLY_BYTES = 4 * 1024 * 1024
+
+
+def _reply_bytes(result) -> int:
+    """About what ``result`` takes encoded (kvd.kv.results): enough to bound a transaction's replies."""
+    if isinstance(result, bytes):
+        return len(result) + 10
+    if isinstance(result, list):
+        return 10 + sum(_reply_bytes(item) for item in result)
+    if isinstance(result, KVError):
+        return len(result.message) + 10
+    return 10
+
+
+def _over_reply_limit(total: int, write: bool) -> KVError:
+    return KVError("ERR the transaction's replies are over %d bytes (%d so far); %s" % (
+        TXN_REPLY_BYTES, total, "this write was applied, its reply dropped" if write else
+        "this read was not answered: read it outside MULTI"))
 SNAPSHOT_MAGIC = b"KVDS"
 #: 2: each key with its mod index, and the keyspace's deleted_at (version 1 is still read: mod indexes 0).
 SNAPSHOT_VERSION = 2
@@ -217,7 +239,17 @@ class KVMachine:
         if isinstance(cmd, Transaction):
             if any(self._changed(key, exists, index) for key, exists, index in cmd.watched):
                 return None
-            return [self.read(op) if isinstance(op, READ_OPS) else self._execute(op) for op in cmd.ops]
+            results, total = [], 0
+            for op in cmd.ops:
+                write = not isinstance(op, READ_OPS)
+                result = self._execute(op) if write else self.read(op)
+                size = _reply_bytes(result)
+                if total + size > TXN_REPLY_BYTES:
+                    result = _over_reply_limit(total, write)
+                    size = _reply_bytes(result)
+                total += size
+                results.append(result)
+            return results
         if isinstance(cmd, Set):
             old = ks.get(cmd.key)
             if cmd.cond == "NX":

@@ -279,3 +279,18 @@ def test_values_stored_before_mod_indexes_read_as_index_0(tmp_path):
     node.apply(Set(b"old", b"rewritten"))
     assert node.apply(Transaction((Get(b"old"),), watched)) is None
     node.close()
+
+
+def test_a_transaction_keeps_at_most_txn_reply_bytes_of_replies(node):
+    from kvd.kv.machine import TXN_REPLY_BYTES
+
+    big = b"x" * (1024 * 1024)
+    node.apply(Set(b"big", big))
+    fit = TXN_REPLY_BYTES // (len(big) + 10)
+    n = fit + 2
+    result = node.apply(Transaction((Get(b"big"),) * n + (Set(b"after", b"1", get=True), GetDel(b"big"), Get(b"big"))))
+    assert result[:fit] == [big] * fit
+    assert all("this read was not answered" in r.message for r in result[fit:n])
+    assert result[n] is None and "this write was applied, its reply dropped" in result[n + 1].message
+    assert result[n + 2] is None
+    assert node.machine.read(Get(b"after")) == b"1" and node.machine.read(Get(b"big")) is None
