@@ -66,7 +66,7 @@ LAYERS = {
     "kvd.node": Layer(_set("__init__ membership reads service session settings stall view"),
                       kvd=_set("kvd.node kvd.raft kvd.replica kvd.kv kvd.errors kvd.address kvd.wire.errors kvd.limits"),
                       third=_set("twisted")),
-    "kvd.executor": Layer(_set("executor"), kvd=_set("kvd.resp kvd.kv.results kvd.server_info kvd.address"),
+    "kvd.executor": Layer(_set("executor"), kvd=_set("kvd.resp kvd.kv.results kvd.kv.commands kvd.server_info kvd.address"),
                           third=_set("twisted")),
     "kvd.server_info": Layer(_set("server_info"), kvd=_set("kvd.kv.glob kvd.resp.encoder")),
     "kvd.discovery": Layer(_set("__init__ cluster_view dns http metrics services"),
