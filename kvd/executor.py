@@ -21,7 +21,7 @@ from dataclasses import replace
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from kvd.kv.commands import Script, ScriptGet
+from kvd.kv.commands import Script, ScriptGet, Versions
 from kvd.kv.results import OK, KVError
 from kvd.resp.commands import Admin, Read, Write
 from kvd.resp.encoder import SimpleString
@@ -43,7 +43,9 @@ class ClientExecutor:
                 return self._evalsha(request.command, connection)
             return self.node.submit(request.command)
         if isinstance(request, Read):
-            return self.node.read(request.op, linearizable=not connection.readonly)
+            # WATCH's versions are read linearizably even on a READONLY connection.
+            linearizable = not connection.readonly or isinstance(request.op, Versions)
+            return self.node.read(request.op, linearizable=linearizable)
         if isinstance(request, Admin):
             handler = getattr(self, "_admin_" + request.name.replace(".", "_").replace("|", "_"), None)
             if handler is not None:

@@ -16,17 +16,20 @@ For each Ready, in the order the core's persistence contract prescribes
 4. reads whose index is applied are served.
 
 While a write is outstanding the core must not change (the Ready it gave
-describes it), so inputs wait in an inbox and run, one at a time, each
-followed by its own Ready, once the write has completed; ticks that could
-not run in time are coalesced into one, as a real event loop does.
+describes it), so inputs wait in an inbox; once the write has completed they
+all run, in order, and share the next Ready (one write for everything that
+arrived during the last, as etcd-io/raft batches behind an asynchronous
+write); ticks that could not run in time are coalesced into one, as a real
+event loop does.
 ``hold()``/``release()`` stop the loop in the same way (the simulator's
 pauses).  Inputs never run the loop by themselves: the embedder calls
 ``drain()`` when it wants the Ready (the node once per reactor turn, so that
 everything that arrived together shares one write; the simulator after each
 input).
 
-A storage failure (``storage.write`` or ``storage.compact`` raising: a full
-disk, an I/O error) fail-stops the loop: the write's outcome is unknown, so
+A storage failure (``storage.write`` or ``storage.compact`` raising, or a
+write completing with ``done(error)``: a full disk, an I/O error) fail-stops
+the loop: the write's outcome is unknown, so
 the core, which describes it in its outstanding Ready, cannot go on.  The
 loop records the error in ``failed``, tells ``events.storage_failed`` once,
 and from then on runs nothing (inputs are dropped, ``drain`` returns at once),
@@ -88,6 +91,9 @@ class Overtaken(Superseded):
 
 class Events:
     """What the embedder hears from the loop; every method may be left as this no-op."""
+
+    def stepped(self, core: RaftCore) -> None:
+        """One input ran (a message, a tick, a proposal...); its Ready is not taken yet."""
 
     def ready(self, core: RaftCore, rd: Ready) -> None:
         """A Ready was taken, before anything of it happens."""
@@ -159,13 +165,17 @@ class Replica:
         if self.busy:
             self.inbox.append(fn)
         else:
-            self._guarded(fn, self.core)
+            self._guarded(self._run, fn)
+
+    def _run(self, fn: Callable[[RaftCore], None]) -> None:
+        fn(self.core)
+        self.events.stepped(self.core)
 
     def tick(self) -> None:
         if self.failed is not None:
             return
         if not self.busy:
-            self._guarded(self.core.tick)
+            self._guarded(self._run, RaftCore.tick)
         elif not self._tick_queued:
             self._tick_queued = True
             self.inbox.append(self._queued_tick)
@@ -253,11 +263,10 @@ class Replica:
     def _drain(self) -> None:
         core = self.core
         while not self.busy:
-            if not core.has_ready():
-                if not self.inbox:
-                    break
-                self.inbox.popleft()(core)
-                continue
+            while self.inbox and not self.busy:
+                self._run(self.inbox.popleft())
+            if self.busy or not core.has_ready():
+                break
             rd = core.ready()
             self.events.ready(core, rd)
             if rd.messages:
@@ -281,7 +290,8 @@ class Replica:
     def _write(self, rd: Ready) -> None:
         self.writing = rd
         try:
-            self.storage.write(rd.hard_state, rd.entries, rd.snapshot, rd.must_sync, lambda: self._written(rd))
+            self.storage.write(rd.hard_state, rd.entries, rd.snapshot, rd.must_sync,
+                               lambda error=None: self._written(rd, error))
         except Exception as e:
             if self.writing is not rd:
                 raise  # the write completed (done ran): the error is not the storage's
@@ -295,9 +305,12 @@ class Replica:
         self.inbox.clear()
         self.events.storage_failed(error)
 
-    def _written(self, rd: Ready) -> None:
+    def _written(self, rd: Ready, error: Optional[BaseException] = None) -> None:
         if self.writing is not rd or self.failed is not None:
             return  # not ours any more (a node that crashed and restarted with a new Replica)
+        if error is not None:
+            self._fail(error)  # stays "writing": the Ready is never finished, nothing more runs
+            return
         self.writing = None
         self._guarded(self._finish, rd)
         self.drain()

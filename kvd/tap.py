@@ -73,6 +73,7 @@ class Options(usage.Options):
         ["initial-cluster", None, "", "Static founding members, comma separated: host:port[:peer_port] or id=host:port[:peer_port]. Must be identical on every founder."],
         ["bootstrap-expect", None, "0", "Seed mode: form the cluster once this many nodes (this one included) have joined."],
         ["sync", None, "fsync", "Durability: 'fsync' (sync before acknowledging; the default) or 'none' (faster, loses recent writes on power loss)."],
+        ["storage-writes", None, "thread", "Where the Raft loop's disk writes (commit and fsync) run: 'thread' (a writer thread; the reactor serves meanwhile) or 'reactor' (in the reactor thread, blocking it)."],
         ["snapshot-entries", None, "10000", "Take a snapshot and compact the log every this many applied entries."],
         ["snapshot-keep-entries", None, "1000", "Log entries kept behind a snapshot, so a briefly absent follower catches up without one."],
         ["value-max-bytes", None, str(LIMITS.value_bytes), "Largest value (and request bulk) a client may send; at most %d (a SET of it must fit in one log entry: kvd.limits)." % LIMITS.value_bytes_max],
@@ -174,6 +175,8 @@ class Options(usage.Options):
             raise usage.UsageError(str(e))
         if self["sync"] not in ("fsync", "none"):
             raise usage.UsageError("--sync must be 'fsync' or 'none'")
+        if self["storage-writes"] not in ("thread", "reactor"):
+            raise usage.UsageError("--storage-writes must be 'thread' or 'reactor'")
         if self["heartbeat-ticks"] < 1 or self["election-ticks"] <= self["heartbeat-ticks"]:
             raise usage.UsageError("need 1 <= --heartbeat-ticks < --election-ticks")
         address = self["address"]
@@ -331,6 +334,10 @@ def node_config(options: Options):
 #: The LMDB map of a node: the most its data dir may hold (log and state).
 NODE_MAP_BYTES = 64 << 30
 
+#: The interpreter's switch interval with a writer thread: how long a busy
+#: reactor may keep the GIL from a writer back from the disk.
+WRITER_SWITCH_INTERVAL_S = 0.001
+
 
 def makeService(options: Options, reactor=None) -> service.MultiService:
     if reactor is None:
@@ -346,6 +353,7 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
     from kvd.wire.peers import PeerTransport
 
     import lmdb
+    from twisted.internet.interfaces import IReactorThreads
 
     config = node_config(options)
     problem = data_dir_problem(config.data_dir)
@@ -365,7 +373,15 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
     # transaction, and a snapshot stream holds one for as long as it runs (a 1 GiB
     # stream broke off after 910 MiB when the leader's map grew).  It is address
     # space, not memory or disk: the file grows only as pages are used.
-    storage = LmdbStorage(config.data_dir, sync=config.sync, map_size_bytes=NODE_MAP_BYTES, map_size_max_bytes=NODE_MAP_BYTES)
+    deliver = None
+    # A reactor without threads (a test's memory reactor) keeps the writes in its own thread.
+    if options["storage-writes"] == "thread" and IReactorThreads.providedBy(reactor):
+        deliver = reactor.callFromThread
+        # A writer back from the disk waits for the GIL until the busy reactor's
+        # switch interval expires (5 ms by default): see kvd.store.writer.
+        sys.setswitchinterval(WRITER_SWITCH_INTERVAL_S)
+    storage = LmdbStorage(config.data_dir, sync=config.sync, map_size_bytes=NODE_MAP_BYTES,
+                          map_size_max_bytes=NODE_MAP_BYTES, deliver=deliver)
     try:
         # Refuse a data dir of another cluster or node, a corrupt one (every
         # record's checksum is read here) or a truncated one, with a plain

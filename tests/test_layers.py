@@ -59,7 +59,7 @@ LAYERS = {
                      kvd=_set("kvd.sim kvd.raft kvd.kv kvd.replica"), std=PURE | {"traceback"}),
     "kvd.sim.__main__": Layer(_set("__main__"), kvd=_set("kvd.sim"), std=_set("__future__ argparse sys time")),
     # I/O at the edges, one room each.
-    "kvd.store": Layer(_set("__init__ bench checksum lmdb schema state upgrade"), kvd=_set("kvd.store kvd.raft.messages kvd.raft.storage kvd.kv.keyspace kvd.kv.machine"),
+    "kvd.store": Layer(_set("__init__ bench checksum lmdb schema state upgrade writer"), kvd=_set("kvd.store kvd.raft.messages kvd.raft.storage kvd.kv.keyspace kvd.kv.machine"),
                        third=_set("lmdb crc32c")),
     "kvd.wire": Layer(_set("__init__ codec errors peers snapshots tls"), kvd=_set("kvd.wire kvd.raft.messages kvd.errors kvd.limits"),
                       third=_set("twisted zope OpenSSL cryptography")),
@@ -70,7 +70,7 @@ LAYERS = {
     "kvd.node": Layer(_set("__init__ membership reads service session settings stall view"),
                       kvd=_set("kvd.node kvd.raft kvd.replica kvd.kv kvd.errors kvd.address kvd.wire.errors kvd.limits"),
                       third=_set("twisted")),
-    "kvd.executor": Layer(_set("executor"), kvd=_set("kvd.resp kvd.kv.commands kvd.kv.results kvd.server_info kvd.address"),
+    "kvd.executor": Layer(_set("executor"), kvd=_set("kvd.resp kvd.kv.results kvd.kv.commands kvd.server_info kvd.address"),
                           third=_set("twisted")),
     "kvd.server_info": Layer(_set("server_info"), kvd=_set("kvd.kv.glob kvd.resp.encoder")),
     "kvd.discovery": Layer(_set("__init__ cluster_view dns http metrics services"),

@@ -273,3 +273,68 @@ def test_a_failed_compaction_fail_stops_too():
     replica.compact(0, then=taken.append)
     replica.drain()
     assert taken == [] and [type(e) for e in events.storage_errors] == [OSError] and replica.busy
+
+
+def test_inputs_that_waited_behind_a_write_share_the_next_ready():
+    """Two appends that arrived while the disk was busy: one write holds both, one acknowledgement each after it."""
+    replica, storage, transport, _ = follower_replica()
+    def append(index):
+        entry = Entry(index, 2, EntryKind.NORMAL, encode_envelope(Envelope(b"c", index, 1, 0, Set(b"k", b"v"))))
+        return AppendEntries(2, "a", "b", index - 1, 1 if index == 2 else 2, [entry], 0)
+
+    replica.step(append(2))
+    replica.drain()
+    replica.step(append(3))
+    replica.step(append(4))
+    replica.drain()
+    assert len(storage.writes) == 1 and len(replica.inbox) == 2
+    storage.complete()
+    assert len(storage.writes) == 2  # not three: both waiting inputs went into one Ready
+    assert [e.index for e in storage.writes[1][1]] == [3, 4]
+    acked = [m.index for m in transport.sent if isinstance(m, AppendEntriesReply) and m.success]
+    assert acked == [2]  # the second write has not completed yet
+    storage.complete()
+    acked = [m.index for m in transport.sent if isinstance(m, AppendEntriesReply) and m.success]
+    assert acked[0] == 2 and acked[-1] == 4
+
+
+def test_every_input_is_told_to_the_embedder():
+    """``stepped`` follows each input, also those run from the inbox (the simulator checks commits there)."""
+
+    class Counting(Heard):
+        def __init__(self):
+            super().__init__()
+            self.stepped_count = 0
+
+        def stepped(self, core):
+            self.stepped_count += 1
+
+    config = Configuration.make(voters=["a", "b", "c"], addresses={n: n for n in "abc"})
+    hs, entries = bootstrap(config)
+    core = RaftCore("b", RaftSettings(), random.Random(1), hs, None, entries)
+    storage, events = LaterStorage(), Counting()
+    replica = Replica(core, storage, Recorder(), KVMachine(), events)
+    replica.step(append_from_leader(index=2))
+    replica.tick()
+    replica.drain()
+    assert events.stepped_count == 2
+    replica.step(append_from_leader(index=3))
+    replica.tick()
+    storage.complete()
+    assert events.stepped_count == 4
+
+
+def test_a_write_that_completes_with_an_error_fail_stops_the_loop():
+    """A writer thread's failure comes back through done(error): told once, nothing acknowledged, nothing more runs."""
+    replica, storage, transport, events = follower_replica()
+    told = []
+    events.storage_failed = told.append
+    replica.step(append_from_leader())
+    replica.drain()
+    error = OSError(5, "Input/output error")
+    storage.writes[-1][4](error)
+    assert told == [error] and replica.failed is error and replica.busy
+    assert not any(isinstance(m, AppendEntriesReply) for m in transport.sent)
+    replica.step(append_from_leader(index=3))
+    replica.drain()
+    assert len(storage.writes) == 1 and told == [error]

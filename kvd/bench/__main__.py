@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Sequence, Tuple
 
 from kvd.bench import etcd as etcd_bench
 from kvd.bench import data, failover, loads, procs, redispy
@@ -38,14 +39,22 @@ def _machine() -> str:
     return "%s, %d cores, Python %s" % (platform.platform(), os.cpu_count() or 0, platform.python_version())
 
 
-def _cluster(run_dir: str, tick_ms: int = 50, election_ticks: int = 8) -> ProcessCluster:
+def _cluster(run_dir: str, tick_ms: int = 50, election_ticks: int = 8, node_args: Sequence[str] = ()) -> ProcessCluster:
     cluster = ProcessCluster(run_dir, n=3, tick_ms=tick_ms, election_ticks=election_ticks, request_timeout_s=5.0,
-                             cluster_id="bench")
+                             cluster_id="bench", extra_args=tuple(node_args))
     cluster.start(60.0)
     ok, why = cluster.wait_healthy(60.0)
     if not ok:
         raise RuntimeError("the bench cluster did not come up: %s" % why)
     return cluster
+
+
+def _node_args(args) -> Tuple[str, ...]:
+    """The twistd kvd options every node of the run gets beyond the bench's own."""
+    extra = tuple(args.node_arg or ())
+    if getattr(args, "stall_trace_ms", None):
+        extra += ("--stall-trace-ms", str(args.stall_trace_ms))
+    return extra
 
 
 def run_loads(args) -> dict:
@@ -59,7 +68,7 @@ def run_loads(args) -> dict:
         etcd = etcd_bench.EtcdCluster(os.path.join(run_dir, "etcd"))
         os.makedirs(etcd.dir, exist_ok=True)
         etcd.start()
-    cluster = _cluster(run_dir, args.tick_ms, args.election_ticks)
+    cluster = _cluster(run_dir, args.tick_ms, args.election_ticks, _node_args(args))
     out = {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "commit": _commit(), "machine": _machine(),
            "short": args.short, "loads": []}
     print("kvd bench (%s) on %s; commit %s; 3 nodes, fsync on%s" % (
@@ -112,7 +121,7 @@ def run_loads(args) -> dict:
 
 def run_failover(args) -> dict:
     run_dir = tempfile.mkdtemp(prefix="kvd-bench-failover-")
-    cluster = _cluster(run_dir, args.tick_ms, args.election_ticks)
+    cluster = _cluster(run_dir, args.tick_ms, args.election_ticks, _node_args(args))
     kills = 2 if args.short else args.kills
     rounds = 1 if args.short else args.membership_rounds
     print("kvd failover bench: %d leader kills (kill -9) under light load; 3 nodes, %d ms ticks, election after %d" % (
@@ -151,7 +160,7 @@ def run_data(args) -> dict:
                  baseline_s=args.baseline_seconds, join_timeout_s=args.join_timeout, restart_timeout_s=args.restart_timeout,
                  max_seconds=args.max_seconds, snapshot_entries=args.snapshot_entries,
                  snapshot_keep_entries=args.snapshot_keep_entries, port=args.port,
-                 node_args=("--stall-trace-ms", str(args.stall_trace_ms)) if args.stall_trace_ms else None)
+                 node_args=_node_args(args) or None)
     given.update(tick_ms=args.tick_ms, election_ticks=args.election_ticks)
     settings = data.Settings.short(**given) if args.short else data.Settings(**{k: v for k, v in given.items() if v is not None})
     run_dir = tempfile.mkdtemp(prefix="kvd-bench-data-")
@@ -214,6 +223,9 @@ def main(argv=None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the run directory (node logs)")
     parser.add_argument("--tick-ms", type=int, default=50, help="the nodes' --tick-ms (default: twistd kvd's, 50)")
     parser.add_argument("--election-ticks", type=int, default=8, help="the nodes' --election-ticks (default: twistd kvd's, 8)")
+    parser.add_argument("--node-arg", action="append", metavar="OPTION",
+                        help="one more twistd kvd option for every node, repeatable: an A/B of a node option "
+                        "(e.g. --node-arg=--storage-writes=reactor)")
     group = parser.add_argument_group("data (issue 13's figures; --short: 2000 keys of 100 bytes)")
     group.add_argument("--keys", type=int, help="keys to load (default 1,000,000)")
     group.add_argument("--value-bytes", type=int, help="bytes of each value (default 1024)")

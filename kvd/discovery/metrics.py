@@ -117,8 +117,19 @@ class TimedStorage:
             self._metrics.sync_seconds.observe(time.perf_counter() - started)
 
     def write(self, hard_state, entries, snapshot, sync, done):
-        self.save(hard_state, entries, snapshot, sync)
-        done()
+        if not sync:
+            return self._storage.write(hard_state, entries, snapshot, sync, done)
+        started = time.perf_counter()
+
+        def timed_done(error=None):
+            # From issue to completion: on the writer thread that includes waiting for it.
+            self._metrics.sync_seconds.observe(time.perf_counter() - started)
+            if error is None:
+                done()
+            else:
+                done(error)
+
+        return self._storage.write(hard_state, entries, snapshot, sync, timed_done)
 
     def __getattr__(self, name):
         return getattr(self._storage, name)

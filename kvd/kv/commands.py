@@ -4,10 +4,15 @@ The commands of the key/value machine and the codec of what goes in the log.
 
 Write commands (``Set``, ``Delete``, ``MSet``, ``IncrBy``, ``GetDel``,
 ``Append``, ``SetRange``, ``MSetNX``, ``Rename``, ``Copy``, ``FlushAll``,
-``Script``)
-change the state and are proposed to Raft inside an ``Envelope``; read ops (``Get``, ``MGet``,
-``Exists``, ``Keys``, ``Scan``, ``DbSize``, ``StrLen``, ``GetRange``,
-``RandomKey``, ``ScriptGet``) are served by ``KVMachine.read`` and never logged.  Each is
+``Transaction``, ``Script``) change the state and are proposed to Raft
+inside an ``Envelope``; read ops (``Get``, ``MGet``, ``Exists``, ``Keys``,
+``Scan``, ``DbSize``, ``StrLen``, ``GetRange``, ``RandomKey``, ``Versions``,
+``ScriptGet``) are served by ``KVMachine.read`` and never logged on their
+own.  A ``Transaction`` (MULTI ... EXEC) is one entry holding write commands and
+read ops, applied in order at one index, with the versions of the keys its
+client WATCHed: if one of them changed, nothing is applied (nil).  A
+``Script`` is a Lua script's run or a change of the script cache
+(kvd.kv.script).  Each is
 a frozen dataclass that validates itself, so an invalid command cannot be
 built, encoded or decoded.
 
@@ -32,9 +37,25 @@ Wire format, version 1 (all integers varints, see kvd.kv.codec)::
     tag 9 Rename  src:blob dst:blob nx:byte (0 RENAME, 1 RENAMENX)
     tag 10 Copy   src:blob dst:blob replace:byte (0 or 1)
     tag 11 FlushAll (no body: FLUSHDB and FLUSHALL, kvd has one database)
+    tag 12 Transaction  n_watched (key:blob exists:byte index)...  n (op)...
+                  each op a write command as above (tags 1-11) or a read op:
+    tag 32 Get key   33 MGet n keys...   34 Exists n keys...   35 Keys pattern
+    tag 36 Scan cursor count has_match:byte [match]   37 DbSize   38 StrLen key
+    tag 39 GetRange key start:zigzag end:zigzag   40 RandomKey position
     tag 13 Script op:byte body:blob n keys... n args... max_len
                   op: 0 EVAL, 1 EVAL_RO, 2 SCRIPT LOAD, 3 SCRIPT FLUSH, 4 EVALSHA, 5 EVALSHA_RO
                   (EVALSHA carries the body too; see kvd.kv.script)
+
+A watched key's version (``Versions``, what WATCH reads, linearizably) is
+(exists, index): for a key that exists, the log index of its last write
+(its mod index, kept with the key by every keyspace; 0 for a key stored
+before mod indexes existed); for a missing key, the applied index of the
+read.  At apply, an existing key is unchanged iff it still exists with the
+same mod index (a deleted and re-created key has a new one); a missing key
+is unchanged iff it is still missing and no key was deleted after that
+index (the keyspace's ``deleted_at``: one number, so a deletion of any
+other key also counts -- conservative, never wrong the other way).
+A transaction's replies are bounded (kvd.kv.machine ``TXN_REPLY_BYTES``).
 
 ``max_len`` is the longest value the proposing node allows (its
 ``--value-max-bytes``): it travels in the entry so that every replica refuses
@@ -58,7 +79,7 @@ __all__ = [
     "FlushAll", "Script", "ScriptGet", "Envelope", "Get", "MGet", "Exists", "Keys", "Scan", "DbSize", "StrLen", "GetRange", "RandomKey",
     "WriteCommand", "ReadOp", "WRITE_COMMANDS", "READ_OPS", "ENVELOPE_VERSION",
     "encode_envelope", "decode_envelope", "parse_int64", "INT64_MIN", "INT64_MAX", "command_size", "command_keys",
-    "write_keys", "MAX_STRING_BYTES",
+    "write_keys", "MAX_STRING_BYTES", "Transaction", "Versions", "TXN_READ_OPS", "read_keys",
 ]
 
 ENVELOPE_VERSION = 1
@@ -293,8 +314,44 @@ class Script:
         _int("max_len", self.max_len, 0, MAX_STRING_BYTES)
 
 
-WriteCommand = Union[Set, Delete, MSet, IncrBy, GetDel, Append, SetRange, MSetNX, Rename, Copy, FlushAll, Script]
-WRITE_COMMANDS = (Set, Delete, MSet, IncrBy, GetDel, Append, SetRange, MSetNX, Rename, Copy, FlushAll, Script)
+
+SIMPLE_WRITES = (Set, Delete, MSet, IncrBy, GetDel, Append, SetRange, MSetNX, Rename, Copy, FlushAll)
+
+
+@dataclass(frozen=True)
+class Transaction:
+    """
+    MULTI ... EXEC: ``ops`` (write commands and read ops, not transactions)
+    applied in order in one log entry; the result is the list of their
+    results, or None (EXEC's nil) when a key of ``watched`` -- (key, exists,
+    index) as ``Versions`` read it -- changed since, and then nothing is applied.
+    """
+
+    ops: tuple
+    watched: Tuple[Tuple[bytes, bool, int], ...] = ()
+
+    def __post_init__(self):
+        if isinstance(self.ops, (bytes, str)):
+            raise TypeError("ops must be a sequence of commands")
+        ops = tuple(self.ops)
+        for op in ops:
+            if not isinstance(op, SIMPLE_WRITES + TXN_READ_OPS):
+                raise TypeError("a transaction cannot hold %s" % (type(op).__name__,))
+        object.__setattr__(self, "ops", ops)
+        watched = tuple(tuple(w) for w in self.watched)
+        for w in watched:
+            if len(w) != 3:
+                raise ValueError("each watched key must be (key, exists, index)")
+            _bytes("watched key", w[0])
+            if not isinstance(w[1], bool):
+                raise TypeError("exists must be a bool")
+            _int("watched index", w[2], 0, U64_MAX)
+        object.__setattr__(self, "watched", watched)
+
+
+WriteCommand = Union[Set, Delete, MSet, IncrBy, GetDel, Append, SetRange, MSetNX, Rename, Copy, FlushAll, Transaction,
+                     Script]
+WRITE_COMMANDS = SIMPLE_WRITES + (Transaction, Script)
 
 
 @dataclass(frozen=True)
@@ -417,8 +474,29 @@ class ScriptGet:
         _key_tuple(self, "shas")
 
 
-ReadOp = Union[Get, MGet, Exists, Keys, Scan, DbSize, StrLen, GetRange, RandomKey, ScriptGet]
-READ_OPS = (Get, MGet, Exists, Keys, Scan, DbSize, StrLen, GetRange, RandomKey, ScriptGet)
+@dataclass(frozen=True)
+class Versions:
+    """WATCH: for each key [1, its mod index] if it exists, else [0, the applied index]; see the module docstring."""
+
+    keys: Tuple[bytes, ...]
+
+    def __post_init__(self):
+        _key_tuple(self, "keys")
+
+
+ReadOp = Union[Get, MGet, Exists, Keys, Scan, DbSize, StrLen, GetRange, RandomKey, Versions, ScriptGet]
+#: The read ops a transaction may hold.
+TXN_READ_OPS = (Get, MGet, Exists, Keys, Scan, DbSize, StrLen, GetRange, RandomKey)
+READ_OPS = TXN_READ_OPS + (Versions, ScriptGet)
+
+
+def read_keys(op) -> Tuple[bytes, ...]:
+    """The keys a read op names (for the key length limit)."""
+    if isinstance(op, (Get, StrLen, GetRange)):
+        return (op.key,)
+    if isinstance(op, (MGet, Exists, Versions)):
+        return op.keys
+    return ()
 
 
 # ------------------------------------------------------------------- codec
@@ -427,6 +505,9 @@ _TAG_SET, _TAG_DELETE, _TAG_MSET, _TAG_INCRBY = 1, 2, 3, 4
 _TAG_GETDEL, _TAG_APPEND, _TAG_SETRANGE, _TAG_MSETNX, _TAG_RENAME, _TAG_COPY = 5, 6, 7, 8, 9, 10
 _TAG_FLUSHALL = 11
 _TAG_SCRIPT = 13
+_TAG_TRANSACTION = 12
+_TAG_GET, _TAG_MGET, _TAG_EXISTS, _TAG_KEYS, _TAG_SCAN, _TAG_DBSIZE = 32, 33, 34, 35, 36, 37
+_TAG_STRLEN, _TAG_GETRANGE, _TAG_RANDOMKEY = 38, 39, 40
 _COND_CODE = {None: 0, "NX": 1, "XX": 2}
 _CODE_COND = {v: k for k, v in _COND_CODE.items()}
 _FLAG_IFEQ, _FLAG_GET = 0x04, 0x08
@@ -441,7 +522,11 @@ def encode_envelope(env: Envelope) -> bytes:
     w.uint(env.seq)
     w.uint(env.ack_below)
     w.uint(env.stamp_ms)
-    cmd = env.command
+    _encode_command(w, env.command)
+    return w.getvalue()
+
+
+def _encode_command(w: Writer, cmd) -> None:
     if isinstance(cmd, Set):
         w.byte(_TAG_SET)
         w.blob(cmd.key)
@@ -495,9 +580,54 @@ def encode_envelope(env: Envelope) -> bytes:
             for item in seq:
                 w.blob(item)
         w.uint(cmd.max_len)
+    elif isinstance(cmd, Transaction):
+        w.byte(_TAG_TRANSACTION)
+        w.uint(len(cmd.watched))
+        for key, exists, index in cmd.watched:
+            w.blob(key)
+            w.byte(int(exists))
+            w.uint(index)
+        w.uint(len(cmd.ops))
+        for op in cmd.ops:
+            if isinstance(op, TXN_READ_OPS):
+                _encode_read(w, op)
+            else:
+                _encode_command(w, op)
     else:
         raise TypeError("not a write command: %s" % (type(cmd).__name__,))
-    return w.getvalue()
+
+
+def _encode_read(w: Writer, op) -> None:
+    if isinstance(op, (Get, StrLen)):
+        w.byte(_TAG_GET if isinstance(op, Get) else _TAG_STRLEN)
+        w.blob(op.key)
+    elif isinstance(op, (MGet, Exists)):
+        w.byte(_TAG_MGET if isinstance(op, MGet) else _TAG_EXISTS)
+        w.uint(len(op.keys))
+        for k in op.keys:
+            w.blob(k)
+    elif isinstance(op, Keys):
+        w.byte(_TAG_KEYS)
+        w.blob(op.pattern)
+    elif isinstance(op, Scan):
+        w.byte(_TAG_SCAN)
+        w.uint(op.cursor)
+        w.uint(op.count)
+        w.byte(0 if op.match is None else 1)
+        if op.match is not None:
+            w.blob(op.match)
+    elif isinstance(op, DbSize):
+        w.byte(_TAG_DBSIZE)
+    elif isinstance(op, GetRange):
+        w.byte(_TAG_GETRANGE)
+        w.blob(op.key)
+        w.sint(op.start)
+        w.sint(op.end)
+    elif isinstance(op, RandomKey):
+        w.byte(_TAG_RANDOMKEY)
+        w.uint(op.position)
+    else:
+        raise TypeError("not a read op a transaction may hold: %s" % (type(op).__name__,))
 
 
 def _uint_size(value: int) -> int:
@@ -538,6 +668,17 @@ def command_size(cmd: WriteCommand) -> int:
     if isinstance(cmd, Script):
         return (2 + _blob_size(cmd.body) + _uint_size(len(cmd.keys)) + sum(_blob_size(k) for k in cmd.keys)
                 + _uint_size(len(cmd.args)) + sum(_blob_size(a) for a in cmd.args) + _uint_size(cmd.max_len))
+    if isinstance(cmd, Transaction):
+        size = 1 + _uint_size(len(cmd.watched)) + _uint_size(len(cmd.ops))
+        size += sum(_blob_size(k) + 1 + _uint_size(i) for k, _, i in cmd.watched)
+        for op in cmd.ops:
+            if isinstance(op, TXN_READ_OPS):
+                w = Writer()
+                _encode_read(w, op)
+                size += len(w.getvalue())
+            else:
+                size += command_size(op)
+        return size
     raise TypeError("not a write command: %s" % (type(cmd).__name__,))
 
 
@@ -548,6 +689,10 @@ def command_keys(cmd: WriteCommand) -> int:
     """
     if isinstance(cmd, FlushAll):
         return 0
+    if isinstance(cmd, Transaction):
+        # What applying it costs: each write's keys, each read's keys (at least one), each watched key.
+        return len(cmd.watched) + sum(
+            max(1, len(read_keys(op))) if isinstance(op, TXN_READ_OPS) else command_keys(op) for op in cmd.ops)
     if isinstance(cmd, Delete):
         return len(cmd.keys)
     if isinstance(cmd, (MSet, MSetNX)):
@@ -571,6 +716,11 @@ def write_keys(cmd: WriteCommand) -> Tuple[bytes, ...]:
         return ()
     if isinstance(cmd, Script):
         return cmd.keys
+    if isinstance(cmd, Transaction):
+        keys = tuple(k for k, _, _ in cmd.watched)
+        for op in cmd.ops:
+            keys += read_keys(op) if isinstance(op, TXN_READ_OPS) else write_keys(op)
+        return keys
     if isinstance(cmd, WRITE_COMMANDS):
         return (cmd.key,)
     raise TypeError("not a write command: %s" % (type(cmd).__name__,))
@@ -594,9 +744,20 @@ def decode_envelope(data: bytes) -> Envelope:
         raise CodecError("invalid envelope: %s" % (e,)) from None
 
 
-def _decode_command(r: Reader) -> WriteCommand:
+def _decode_command(r: Reader, nested: bool = False) -> WriteCommand:
     tag = r.byte()
     try:
+        if tag >= _TAG_GET and nested:
+            return _decode_read(r, tag)
+        if tag == _TAG_TRANSACTION and not nested:
+            watched = []
+            for _ in range(r.count(3)):
+                key, exists = r.blob(), r.byte()
+                if exists > 1:
+                    raise CodecError("invalid watched-key flag %d" % (exists,))
+                watched.append((key, bool(exists), r.uint()))
+            ops = tuple(_decode_command(r, nested=True) for _ in range(r.count()))
+            return Transaction(ops, tuple(watched))
         if tag == _TAG_SET:
             key, value, flags = r.blob(), r.blob(), r.byte()
             if flags & ~(0x03 | _FLAG_IFEQ | _FLAG_GET) or (flags & 0x03) not in _CODE_COND:
@@ -637,3 +798,27 @@ def _decode_command(r: Reader) -> WriteCommand:
             raise
         raise CodecError("invalid command: %s" % (e,)) from None
     raise CodecError("unknown command tag %d" % (tag,))
+
+
+def _decode_read(r: Reader, tag: int):
+    if tag == _TAG_GET:
+        return Get(r.blob())
+    if tag == _TAG_STRLEN:
+        return StrLen(r.blob())
+    if tag in (_TAG_MGET, _TAG_EXISTS):
+        keys = tuple(r.blob() for _ in range(r.count()))
+        return MGet(keys) if tag == _TAG_MGET else Exists(keys)
+    if tag == _TAG_KEYS:
+        return Keys(r.blob())
+    if tag == _TAG_SCAN:
+        cursor, count, has_match = r.uint(), r.uint(), r.byte()
+        if has_match > 1:
+            raise CodecError("invalid SCAN flag %d" % (has_match,))
+        return Scan(cursor, r.blob() if has_match else None, count)
+    if tag == _TAG_DBSIZE:
+        return DbSize()
+    if tag == _TAG_GETRANGE:
+        return GetRange(r.blob(), r.sint(), r.sint())
+    if tag == _TAG_RANDOMKEY:
+        return RandomKey(r.uint())
+    raise CodecError("unknown read op tag %d" % (tag,))

@@ -30,6 +30,12 @@ and SCAN is a bisect plus a walk of ``count`` entries: nothing is ever
 re-sorted in steady state.  Entries are ``position.to_bytes(8) + key``, one
 bytes object each, so comparisons are a single memcmp.
 
+Versions (WATCH).  Every keyspace keeps, with each key, its mod index: the
+log index of its last write, ``write_index`` when it was put (the machine
+sets ``write_index`` before applying an entry).  ``deleted_at`` is the
+index of the last entry that deleted a key (FLUSHDB of a non-empty keyspace
+included).  See kvd.kv.commands for how a transaction's WATCH uses them.
+
 Imports: as the layer table in tests/test_layers.py allows.
 """
 
@@ -154,19 +160,26 @@ class _SortedChunks:
 class Keyspace:
     """Keys to values, with SCAN and KEYS; no notion of sessions or logs."""
 
-    __slots__ = ("_data", "_index")
+    __slots__ = ("_data", "_index", "_mods", "write_index", "deleted_at")
 
     def __init__(self, load: int = 512):
         self._data: Dict[bytes, bytes] = {}
+        self._mods: Dict[bytes, int] = {}
         self._index = _SortedChunks(load)
+        self.write_index = 0
+        self.deleted_at = 0
 
     @classmethod
-    def from_items(cls, items: Iterable[Tuple[bytes, bytes]], load: int = 512) -> "Keyspace":
-        """Bulk-load; last value wins for repeated keys.  O(n) for input already in SCAN order."""
+    def from_items(cls, items: Iterable[tuple], load: int = 512) -> "Keyspace":
+        """
+        Bulk-load (key, value) or (key, value, mod index) items; last value wins for repeated keys.
+        O(n) for input already in SCAN order.
+        """
         self = cls(load)
-        data = self._data
-        for key, value in items:
-            data[key] = value
+        data, mods = self._data, self._mods
+        for item in items:
+            data[item[0]] = item[1]
+            mods[item[0]] = item[2] if len(item) > 2 else 0
         entries = [_entry(k) for k in data]
         entries.sort()  # Timsort: linear when the input came from items_in_order()
         self._index = _SortedChunks.from_sorted(entries, load)
@@ -181,21 +194,31 @@ class Keyspace:
     def get(self, key: bytes) -> Optional[bytes]:
         return self._data.get(key)
 
-    def put(self, key: bytes, value: bytes) -> None:
+    def mod_index(self, key: bytes) -> Optional[int]:
+        """The log index of the last write of ``key``, None if it does not exist."""
+        return self._mods.get(key)
+
+    def put(self, key: bytes, value: bytes, mod: Optional[int] = None) -> None:
         if key not in self._data:
             self._index.add(_entry(key))
         self._data[key] = value
+        self._mods[key] = self.write_index if mod is None else mod
 
     def clear(self) -> None:
         """Every key gone (FLUSHDB): new empty containers, the old ones freed whole."""
+        if self._data:
+            self.deleted_at = self.write_index
         self._data = {}
+        self._mods = {}
         self._index = _SortedChunks(self._index._load)
 
     def delete(self, key: bytes) -> bool:
         if key not in self._data:
             return False
         del self._data[key]
+        del self._mods[key]
         self._index.remove(_entry(key))
+        self.deleted_at = self.write_index
         return True
 
     def scan(self, cursor: int, match: Optional[Pattern], count: int) -> Tuple[int, List[bytes]]:
@@ -237,10 +260,18 @@ class Keyspace:
             key = entry[8:]
             yield key, data[key]
 
+    def records_in_order(self) -> Iterator[Tuple[bytes, bytes, int]]:
+        """(key, value, mod index) in SCAN order."""
+        data, mods = self._data, self._mods
+        for entry in self._index:
+            key = entry[8:]
+            yield key, data[key], mods[key]
+
     def check(self) -> None:
         """Assert the index matches the dict; for tests."""
         self._index.check()
         assert sorted(e[8:] for e in self._index) == sorted(self._data), "index and data disagree"
+        assert self._mods.keys() == self._data.keys(), "mod indexes and data disagree"
 
 
 class Overlay:
@@ -255,12 +286,28 @@ class Overlay:
 
     def _reset_overlay(self, count: int) -> None:
         self._pending: Dict[bytes, Optional[bytes]] = {}
+        #: The mod index of each key written in ``_pending`` (absent for a deleted one).
+        self._pending_mod: Dict[bytes, int] = {}
+        self.write_index = 0
+        #: Kept with the applied index by subclasses (their state record); see Keyspace.
+        self.deleted_at = 0
         self._count = count
         #: Every stored key is deleted (FLUSHDB), until the flush that drops them commits.
         self._cleared = False
 
     def _stored(self, key: bytes) -> Optional[bytes]:
         raise NotImplementedError
+
+    def _stored_mod(self, key: bytes) -> Optional[int]:
+        """The stored key's mod index, None if it is not stored."""
+        raise NotImplementedError
+
+    def mod_index(self, key: bytes) -> Optional[int]:
+        if key in self._pending:
+            return None if self._pending[key] is None else self._pending_mod[key]
+        if self._cleared:
+            return None
+        return self._stored_mod(key)
 
     def __len__(self) -> int:
         return self._count
@@ -282,7 +329,10 @@ class Overlay:
         stored keys whole in its transaction (``_merged_from`` and the flush
         of a subclass honour ``_cleared``).
         """
+        if self._count:
+            self.deleted_at = self.write_index
         self._pending.clear()
+        self._pending_mod.clear()
         self._cleared = True
         self._count = 0
 
@@ -290,12 +340,15 @@ class Overlay:
         if self.get(key) is None:
             self._count += 1
         self._pending[key] = bytes(value)
+        self._pending_mod[key] = self.write_index
 
     def delete(self, key: bytes) -> bool:
         if self.get(key) is None:
             return False
         self._count -= 1
         self._pending[key] = None
+        self._pending_mod.pop(key, None)
+        self.deleted_at = self.write_index
         return True
 
     def _merged_from(self, start: int) -> Iterator[Tuple[int, bytes]]:

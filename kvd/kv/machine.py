@@ -48,8 +48,8 @@ from typing import Dict
 from kvd.kv.codec import CodecError, Reader, Writer
 from kvd.kv.commands import (
     INT64_MAX, INT64_MIN, READ_OPS, Append, Copy, DbSize, Delete, Exists, FlushAll, Get, GetDel, GetRange, IncrBy,
-    Keys, MGet, MSet, MSetNX, RandomKey, ReadOp, Rename, Scan, Script, ScriptGet, Set, SetRange, StrLen, WriteCommand,
-    decode_envelope, parse_int64,
+    Keys, MGet, MSet, MSetNX, RandomKey, ReadOp, Rename, Scan, Script, ScriptGet, Set, SetRange, StrLen, Transaction,
+    Versions, WriteCommand, decode_envelope, parse_int64,
 )
 from kvd.kv.glob import Pattern, PatternTooCostly
 from kvd.kv.keyspace import MAX_CURSOR, Keyspace
@@ -59,8 +59,32 @@ from kvd.kv.results import (
 )
 
 DEFAULT_SESSION_TTL_MS = 60 * 60 * 1000
+#: The most bytes of replies one transaction keeps (the session remembers them until the client has them,
+#: on disk too, and a follower's forward carries them back, kvd.limits' forward_bytes): past it, a read answers
+#: an error instead, and a write that answers a value is still applied but answers an error.  Part of the
+#: machine's definition, like session_ttl_ms.
+TXN_REPLY_BYTES = 4 * 1024 * 1024
+
+
+def _reply_bytes(result) -> int:
+    """About what ``result`` takes encoded (kvd.kv.results): enough to bound a transaction's replies."""
+    if isinstance(result, bytes):
+        return len(result) + 10
+    if isinstance(result, list):
+        return 10 + sum(_reply_bytes(item) for item in result)
+    if isinstance(result, KVError):
+        return len(result.message) + 10
+    return 10
+
+
+def _over_reply_limit(total: int, write: bool) -> KVError:
+    return KVError("ERR the transaction's replies are over %d bytes (%d so far); %s" % (
+        TXN_REPLY_BYTES, total, "this write was applied, its reply dropped" if write else
+        "this read was not answered: read it outside MULTI"))
 SNAPSHOT_MAGIC = b"KVDS"
-SNAPSHOT_VERSION = 2  # 2: the script cache after the keys; 1 (no scripts) is still read
+#: 2: each key with its mod index, and the keyspace's deleted_at (version 1 is still read: mod indexes 0);
+#: 3: the script cache after the keys (versions 1 and 2 are still read: no scripts).
+SNAPSHOT_VERSION = 3
 #: A durable keyspace keeps script SHA -> body under this prefix and the SHA, among the sessions: client ids
 #: are "node id/hex" (kvd.node.session), so none starts with a NUL byte, and the machine refuses one that does.
 SCRIPT_RECORD = b"\x00script:"
@@ -203,6 +227,7 @@ class KVMachine:
             return ERR_STALE_SEQ
         if env.seq in session.responses:
             return session.responses[env.seq]
+        self._keyspace.write_index = index
         result = self._execute(env.command)
         session.responses[env.seq] = result
         return result
@@ -218,6 +243,14 @@ class KVMachine:
             if self._dirty is not None:
                 self._dirty.add(client_id)
 
+    def _changed(self, key: bytes, exists: bool, index: int) -> bool:
+        """Whether a key WATCHed as (exists, index) (see kvd.kv.commands ``Versions``) may have been written since."""
+        ks = self._keyspace
+        mod = ks.mod_index(key)
+        if exists:
+            return mod != index
+        return mod is not None or ks.deleted_at > index
+
     def _execute(self, cmd: WriteCommand, ks=None) -> Result:
         """Apply ``cmd`` to the keyspace, or to ``ks`` (a script's buffer of writes, kvd.kv.script)."""
         if ks is None:
@@ -226,6 +259,20 @@ class KVMachine:
             from kvd.kv import script  # Lua (lupa) is loaded by the first script only
 
             return script.execute(self, cmd)
+        if isinstance(cmd, Transaction):
+            if any(self._changed(key, exists, index) for key, exists, index in cmd.watched):
+                return None
+            results, total = [], 0
+            for op in cmd.ops:
+                write = not isinstance(op, READ_OPS)
+                result = self._execute(op) if write else self.read(op)
+                size = _reply_bytes(result)
+                if total + size > TXN_REPLY_BYTES:
+                    result = _over_reply_limit(total, write)
+                    size = _reply_bytes(result)
+                total += size
+                results.append(result)
+            return results
         if isinstance(cmd, Set):
             old = ks.get(cmd.key)
             if cmd.cond == "NX":
@@ -368,6 +415,12 @@ class KVMachine:
             return KVError("ERR " + str(e))
         if isinstance(op, DbSize):
             return len(ks)
+        if isinstance(op, Versions):
+            versions = []
+            for key in op.keys:
+                mod = ks.mod_index(key)
+                versions.append([0, self.applied_index] if mod is None else [1, mod])
+            return versions
         raise TypeError("not a read op: %r (expected one of %s)" % (op, ", ".join(t.__name__ for t in READ_OPS)))
 
     # -------------------------------------------------------------- snapshots
@@ -378,8 +431,8 @@ class KVMachine:
 
             "KVDS" version applied_index clock_ms
             n_sessions (client_id last_stamp_ms ack_below n (seq result)...)...
-            n_keys (key value)...            in SCAN order
-            n_scripts (sha body)...          in the order they were added (version 2)
+            deleted_at n_keys (key value mod_index)...    in SCAN order
+            n_scripts (sha body)...          in the order they were added (version 3)
             crc32 of all the above, 4 bytes big-endian
 
         Empty for a durable machine: its state is streamed from the disk.
@@ -395,10 +448,12 @@ class KVMachine:
         for client_id, session in self._sessions.items():
             w.blob(client_id)
             w.raw(encode_session(session))
+        w.uint(self._keyspace.deleted_at)
         w.uint(len(self._keyspace))
-        for key, value in self._keyspace.items_in_order():
+        for key, value, mod in self._keyspace.records_in_order():
             w.blob(key)
             w.blob(value)
+            w.uint(mod)
         w.uint(len(self._scripts))
         for sha, script in self._scripts.items():
             w.blob(sha)
@@ -426,7 +481,7 @@ class KVMachine:
         r = Reader(body)
         r.raw(len(SNAPSHOT_MAGIC))
         version = r.byte()
-        if version not in (1, SNAPSHOT_VERSION):
+        if version not in (1, 2, SNAPSHOT_VERSION):
             raise CodecError("unknown snapshot version %d" % (version,))
         applied_index = r.uint()
         clock_ms = r.uint()
@@ -435,10 +490,15 @@ class KVMachine:
         for _ in range(n_sessions):
             client_id = r.blob()
             sessions[client_id] = _read_session(r)
+        deleted_at = r.uint() if version >= 2 else 0
         n_keys = r.count(2)
-        keyspace = Keyspace.from_items((r.blob(), r.blob()) for _ in range(n_keys))
+        if version >= 2:
+            keyspace = Keyspace.from_items((r.blob(), r.blob(), r.uint()) for _ in range(n_keys))
+        else:
+            keyspace = Keyspace.from_items((r.blob(), r.blob()) for _ in range(n_keys))
+        keyspace.deleted_at = deleted_at
         scripts: Dict[bytes, bytes] = {}
-        n_scripts = r.count(2) if version >= 2 else 0
+        n_scripts = r.count(2) if version >= 3 else 0
         for _ in range(n_scripts):
             sha = r.blob()
             scripts[sha] = r.blob()
@@ -483,8 +543,10 @@ class KVMachine:
         """
         if len(self._keyspace) or self._sessions or self.applied_index:
             raise ValueError("copy_from needs an empty machine")
-        for key, value in other._keyspace.items_in_order():
+        for key, value, mod in other._keyspace.records_in_order():
+            self._keyspace.write_index = mod
             self._keyspace.put(key, value)
+        self._keyspace.deleted_at = other._keyspace.deleted_at
         self._sessions = OrderedDict(other._sessions)
         if self._dirty is not None:
             self._dirty.update(self._sessions)

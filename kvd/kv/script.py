@@ -69,6 +69,9 @@ import lupa.lua51 as lua
 
 from kvd.kv.commands import INT64_MAX, INT64_MIN, Script, ScriptGet
 from kvd.kv.results import OK, KVError, Result, StatusText
+
+# The bound on what a session remembers of one entry's reply, and its measure (a transaction's too).
+from kvd.kv.machine import TXN_REPLY_BYTES, _reply_bytes as reply_bytes  # noqa: E402
 from kvd.resp.commands import COMMANDS, Admin, Read, Write, parse_request, shape_reply
 from kvd.resp.encoder import SimpleString
 from kvd.resp.errors import RespError
@@ -631,6 +634,10 @@ def _run(machine, cmd: Script, sha: bytes, read_only: bool) -> Result:
     machine.script_add(sha, cmd.body)
     result = _unflatten(out)
     run.buffer.commit()
+    size = reply_bytes(result)
+    if size > TXN_REPLY_BYTES:  # the session keeps it, and a follower's forward carries it back
+        return KVError("ERR the script's reply of about %d bytes is over %d bytes; what it wrote was applied"
+                       % (size, TXN_REPLY_BYTES))
     return result
 
 

@@ -6,7 +6,9 @@ the one Ready loop (kvd.replica) runs on either.
 
 A write may complete later than it is issued (a disk thread, a slow fsync):
 ``write`` takes a ``done`` callback instead of returning when durable, and a
-write that never completes (the process crashed) never calls it.  The loop
+write that never completes (the process crashed) never calls it.  A write
+that fails after ``write`` returned calls ``done(error)``; one that fails
+at once may raise from ``write`` instead.  The loop
 sends nothing that says "I have it on disk" before ``done``.
 
 Imports: as the layer table in tests/test_layers.py allows.
@@ -45,7 +47,7 @@ class Storage(Protocol):
         entries: Sequence[Entry],
         snapshot: Optional[Snapshot],
         sync: bool,
-        done: Callable[[], None],
+        done: Callable[..., None],
     ) -> None:
         """
         Persist one Ready's state atomically: a ``snapshot`` replaces the log,
@@ -53,7 +55,7 @@ class Storage(Protocol):
         ``hard_state`` replaces the stored one.  If ``sync``, it must be
         durable before ``done()`` is called; ``done`` may be called before
         ``write`` returns or any time later, and is never called for a write
-        lost in a crash.
+        lost in a crash; ``done(error)`` tells a write that failed.
         """
 
     def compact(self, snapshot: Snapshot) -> None:

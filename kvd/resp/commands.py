@@ -33,7 +33,7 @@ from kvd.kv.commands import (
 from kvd.kv.results import OK, KVError
 from kvd.limits import LIMITS
 from kvd.resp.encoder import SimpleString
-from kvd.resp.errors import CommandError
+from kvd.resp.errors import CommandError, Rejected
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,7 @@ STRING_TOO_LONG = CommandError("ERR", "string exceeds maximum allowed size (prot
 
 
 def wrong_arity(name: str) -> CommandError:
-    return CommandError("ERR", "wrong number of arguments for '%s' command" % (name,))
+    return Rejected("ERR", "wrong number of arguments for '%s' command" % (name,))
 
 
 def unknown_command(args: List[bytes]) -> CommandError:
@@ -131,7 +131,7 @@ def unknown_command(args: List[bytes]) -> CommandError:
         if len(shown) >= 128:
             break
         shown += b"'" + arg[:128 - len(shown)] + b"' "
-    return CommandError(
+    return Rejected(
         "ERR", "unknown command '%s', with args beginning with: %s" % (_text(args[0][:128]), _text(shown))
     )
 
@@ -170,9 +170,14 @@ def _parse_set(args: List[bytes]) -> Parsed:
     return Write(Set(args[1], args[2], cond=cond, ifeq=ifeq, get=get))
 
 
+def _odd_arity(name: str) -> CommandError:
+    """An MSET's missing value: Redis's arity text, but found by the command itself (inside MULTI: at EXEC)."""
+    return CommandError("ERR", wrong_arity(name).message)
+
+
 def _parse_mset(args: List[bytes]) -> Parsed:
     if len(args) % 2 == 0:
-        return wrong_arity("mset")
+        return _odd_arity("mset")
     return Write(MSet(tuple(zip(args[1::2], args[2::2]))))
 
 
@@ -190,7 +195,7 @@ def _parse_incrby(sign: int) -> Callable[[List[bytes]], Parsed]:
 
 def _parse_msetnx(args: List[bytes]) -> Parsed:
     if len(args) % 2 == 0:
-        return wrong_arity("msetnx")
+        return _odd_arity("msetnx")
     return Write(MSetNX(tuple(zip(args[1::2], args[2::2]))))
 
 
@@ -356,7 +361,7 @@ def _parse_auth(args: List[bytes]) -> Parsed:
 
 def _parse_ping(args: List[bytes]) -> Parsed:
     # PING is declared with arity -1 but takes at most one argument.
-    return wrong_arity("ping") if len(args) > 2 else Admin("ping", tuple(args[1:]))
+    return _odd_arity("ping") if len(args) > 2 else Admin("ping", tuple(args[1:]))
 
 
 # --------------------------------------------------------------- table
@@ -447,7 +452,7 @@ _COMMANDS = [
     _spec("kvd.cluster", 1, "loading stale fast"),
     _spec("kvd.join", 3, "admin noscript"),
     _spec("kvd.remove", 2, "admin noscript"),
-    # No transactions yet: a connection in MULTI runs nothing until EXEC or DISCARD (kvd.resp.connection).
+    # Transactions: the connection queues (kvd.resp.connection), EXEC is one log entry (kvd.resp.protocol).
     _spec("multi", 1, "noscript loading stale fast allow_busy"),
     _spec("exec", 1, "noscript loading stale skip_slowlog"),
     _spec("discard", 1, "noscript loading stale fast allow_busy"),
@@ -504,7 +509,7 @@ def parse_request(args: List[bytes], value_max_bytes: int = LIMITS.value_bytes) 
     would write past it is refused here already.
     """
     if not args:
-        return CommandError("ERR", "empty command")
+        return Rejected("ERR", "empty command")
     name = args[0].lower()
     spec = COMMANDS.get(name)
     if spec is None:
@@ -514,7 +519,7 @@ def parse_request(args: List[bytes], value_max_bytes: int = LIMITS.value_bytes) 
     if spec.subcommands and len(args) > 1:
         sub = _SUBCOMMANDS[name].get(args[1].lower())
         if sub is None:
-            return CommandError(
+            return Rejected(
                 "ERR", "unknown subcommand '%s'. Try %s HELP." % (_text(args[1][:128]), spec.name.upper())
             )
         if not sub.arity_ok(len(args)):
@@ -541,11 +546,11 @@ def _write_too_big(name: str, command: WriteCommand) -> Optional[CommandError]:
     """
     keys = command_keys(command)
     if keys > MAX_WRITE_KEYS:
-        return CommandError("ERR", "%s of %d keys is over the limit of %d keys in one write; "
+        return Rejected("ERR", "%s of %d keys is over the limit of %d keys in one write; "
                                    "the command was not run: split it" % (name.upper(), keys, MAX_WRITE_KEYS))
     size = command_size(command)
     if size > MAX_WRITE_BYTES:
-        return CommandError("ERR", "%s of %d bytes is over the limit of %d bytes in one write; "
+        return Rejected("ERR", "%s of %d bytes is over the limit of %d bytes in one write; "
                                    "the command was not run: split it" % (name.upper(), size, MAX_WRITE_BYTES))
     return _key_too_long(write_keys(command))
 
@@ -559,7 +564,7 @@ def _read_keys(op: ReadOp):
 def _key_too_long(keys) -> Optional[CommandError]:
     for key in keys:
         if len(key) > MAX_KEY_BYTES:
-            return CommandError("ERR", "key of %d bytes is over the limit of %d bytes; the command was not run"
+            return Rejected("ERR", "key of %d bytes is over the limit of %d bytes; the command was not run"
                                        % (len(key), MAX_KEY_BYTES))
     return None
 

@@ -12,6 +12,15 @@ concern the connection or the static command table, so the protocol answers
 them itself with ``execute_local`` and never bothers the executor (nor the
 cluster) with them; they still take their turn in the pipeline.
 
+Transactions.  Between MULTI and EXEC a connection queues what it is sent
+(``queue``): each valid command answers ``+QUEUED``, and one that is refused
+(unknown, arity, syntax, permissions, or not allowed in a transaction) answers
+its error and flags the transaction, so that EXEC answers ``EXECABORT``.
+EXEC (kvd.resp.protocol) proposes the queued reads and writes as one
+``Transaction`` log entry, with the versions of the keys WATCHed since the
+last EXEC/DISCARD/UNWATCH; local commands queued (PING, ECHO, UNWATCH ...)
+are answered in their places when the entry's results come back.
+
 Authentication (kvd.resp.auth): when the node has users, a new connection
 may only run AUTH, HELLO (with its AUTH option) and QUIT; everything else
 answers Redis's ``-NOAUTH Authentication required.``.  Once authenticated, a
@@ -22,15 +31,17 @@ Imports: as the layer table in tests/test_layers.py allows.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
+from kvd.kv.commands import Script, ScriptGet, Transaction, command_keys, command_size
 from kvd.kv.results import OK
 from kvd.resp.auth import (
     ADMIN, DEFAULT_USER, HELLO_NOAUTH_MESSAGE, NO_PASSWORD_MESSAGE, NOAUTH_MESSAGE, READONLY, READWRITE,
     WRONGPASS_MESSAGE, User, Users,
 )
 from kvd.resp.commands import COMMANDS, Admin, Read, Write, command_info, request_name, spec_of
-from kvd.resp.encoder import PONG, RespMap
+from kvd.limits import LIMITS
+from kvd.resp.encoder import PONG, QUEUED, RespMap
 from kvd.resp.errors import RespError
 
 LOCAL_COMMANDS = frozenset({
@@ -40,16 +51,43 @@ LOCAL_COMMANDS = frozenset({
     "multi", "exec", "discard", "watch", "unwatch",
 })
 
-# kvd has no transactions yet (they must apply as one log entry).  Running the
-# commands between MULTI and EXEC one by one would apply writes the client
-# is then told failed (redis-py's default pipeline sends MULTI ... EXEC), so a
-# connection in MULTI runs nothing: each command is refused, and EXEC answers
-# EXECABORT, which every client reports as a failed transaction.
-TRANSACTION_CONTROL = frozenset({"multi", "exec", "discard", "quit"})
-NOT_QUEUED = RespError("ERR", "command not run: kvd does not support transactions (MULTI/EXEC) yet; "
-                              "the transaction will be discarded")
-EXEC_ABORT = RespError("EXECABORT", "Transaction discarded because of previous errors. "
-                                    "(kvd does not support transactions yet: nothing was run)")
+# What runs at once inside MULTI rather than being queued (as in Redis).
+TRANSACTION_CONTROL = frozenset({"multi", "exec", "discard", "watch", "quit"})
+EXEC_ABORT = RespError("EXECABORT", "Transaction discarded because of previous errors.")
+NOT_IN_MULTI = RespError("ERR", "Command not allowed inside a transaction")
+#: A transaction's entry holds plain commands only (a script is an entry of its own): refused at queue time.
+SCRIPT_IN_MULTI = RespError("ERR", "kvd does not run scripts (EVAL, EVALSHA, SCRIPT) inside MULTI yet")
+#: Admin commands the executor answers that may be queued: answered in their place after the entry applies.
+QUEUEABLE_ADMIN = frozenset({"time", "info", "role", "config|get", "config|resetstat", "kvd.members", "kvd.cluster"})
+#: Local commands that may be queued (the others change how the connection talks or who it is).
+QUEUEABLE_LOCAL = LOCAL_COMMANDS - TRANSACTION_CONTROL - frozenset({"auth", "hello"})
+
+
+class Queued:
+    """What a connection in MULTI has queued, and the keys it WATCHes (which outlive a transaction)."""
+
+    def __init__(self) -> None:
+        self.requests: List[Any] = []
+        self.flagged = False  # a command was refused: EXEC answers EXECABORT
+        self.ops: List[Any] = []  # the reads' and writes' ops, for the log entry
+        self.size = 0  # their encoded bytes so far, as command_size counts them
+        self.keys = 0
+        self.too_big = False  # over kvd.limits: EXEC refuses, and what follows is not even kept
+
+    def add(self, request) -> None:
+        op = getattr(request, "command", None) or getattr(request, "op", None)
+        if op is not None:
+            probe = Transaction((op,))
+            self.size += command_size(probe) - 3
+            self.keys += command_keys(probe)
+            if self.size + 16 > LIMITS.command_bytes or self.keys > LIMITS.command_keys:
+                self.too_big = True
+        if self.too_big:
+            self.requests, self.ops = [], []
+            return
+        self.requests.append(request)
+        if op is not None:
+            self.ops.append(op)
 
 
 # What a connection may run before it has authenticated.
@@ -92,7 +130,12 @@ class Connection:
         self.lib_name: Optional[bytes] = None
         self.lib_ver: Optional[bytes] = None
         self.protocol = 2  # HELLO 3 switches the connection to RESP3
-        self.in_multi = False  # between MULTI and EXEC/DISCARD: nothing runs
+        self.in_multi = False  # between MULTI and EXEC/DISCARD: commands are queued
+        self.queued = Queued()
+        #: WATCHed keys: key -> (exists, index) as first read (kvd.kv.commands Versions).
+        self.watched: Dict[bytes, Tuple[bool, int]] = {}
+        #: A WATCH failed (its read did not complete): the next EXEC must not run (it answers nil).
+        self.watch_failed = False
 
     def refuses(self, request) -> Optional[RespError]:
         """The error for a request this connection must not run now (no AUTH yet, its role, inside MULTI), else None."""
@@ -101,9 +144,43 @@ class Connection:
         if self.user is not None and not self.user.may(required_role(request)):
             return RespError("NOPERM", "User %s has no permissions to run the '%s' command" % (
                 self.user.name, request_name(request)))
-        if self.in_multi and not (isinstance(request, Admin) and request.name in TRANSACTION_CONTROL):
-            return NOT_QUEUED
         return None
+
+    def queue(self, request) -> Any:
+        """Inside MULTI: queue ``request`` (a parsed, not refused request) and return the reply (QUEUED or an error)."""
+        if isinstance(request, RespError):  # answered in its place at EXEC, as Redis does
+            self.queued.add(request)
+            return QUEUED
+        if isinstance(request, Admin) and request.name not in QUEUEABLE_LOCAL | QUEUEABLE_ADMIN:
+            self.queued.flagged = True
+            return NOT_IN_MULTI
+        if isinstance(getattr(request, "command", None) or getattr(request, "op", None), (Script, ScriptGet)):
+            self.queued.flagged = True
+            return SCRIPT_IN_MULTI
+        self.queued.add(request)
+        return QUEUED
+
+    def flag(self) -> None:
+        """A command was refused inside MULTI: EXEC will answer EXECABORT."""
+        if self.in_multi:
+            self.queued.flagged = True
+
+    def end_transaction(self) -> Tuple["Queued", Dict[bytes, Tuple[bool, int]], bool]:
+        """EXEC or DISCARD: what was queued and watched (then forgotten: both also UNWATCH)."""
+        queued, watched, failed = self.queued, self.watched, self.watch_failed
+        self.in_multi = False
+        self.queued = Queued()
+        self.unwatch()
+        return queued, watched, failed
+
+    def watch(self, keys, versions) -> None:
+        """A WATCH's read came back: keep each key's first version (a key watched again keeps its older one)."""
+        for key, (exists, index) in zip(keys, versions):
+            self.watched.setdefault(key, (bool(exists), index))
+
+    def unwatch(self) -> None:
+        self.watched = {}
+        self.watch_failed = False
 
     def client_info(self) -> bytes:
         """One line in the style of Redis's CLIENT INFO / CLIENT LIST."""
@@ -145,15 +222,19 @@ def execute_local(request: Admin, connection: Connection) -> Any:
         connection.in_multi = True
         return OK
     if name in ("exec", "discard"):
+        # EXEC inside MULTI is kvd.resp.protocol's (it goes through the log); here only what needs no log.
         if not connection.in_multi:
             raise RespError("ERR", "%s without MULTI" % name.upper())
-        connection.in_multi = False
+        connection.end_transaction()
         if name == "exec":
             raise EXEC_ABORT
         return OK
     if name == "watch":
-        raise RespError("ERR", "WATCH is not supported by kvd yet (there are no transactions)")
+        if connection.in_multi:
+            raise RespError("ERR", "WATCH inside MULTI is not allowed")
+        raise ValueError("WATCH reads the keys' versions through the executor (kvd.resp.protocol)")
     if name == "unwatch":
+        connection.unwatch()
         return OK
     if name in ("readonly", "readwrite"):
         connection.readonly = name == "readonly"

@@ -11,6 +11,7 @@ Python values map onto RESP2 types as follows::
     bytes, bytearray, memoryview     -> $3 abc                bulk string
     str                              -> bulk string of its UTF-8 bytes
     None                             -> $-1                   nil bulk
+    NIL_ARRAY                        -> *-1                   nil array (EXEC after a WATCHed key changed)
     list, tuple                      -> *N ...                array, nested freely
     RespMap                          -> %N ... (RESP3) or a flat *2N array (RESP2)
 
@@ -45,6 +46,17 @@ class SimpleString:
 
 
 PONG = SimpleString("PONG")
+QUEUED = SimpleString("QUEUED")
+
+
+class NilArray:
+    """EXEC's reply when a WATCHed key changed: ``*-1`` (RESP2) or ``_`` (RESP3)."""
+
+    def __repr__(self) -> str:
+        return "NIL_ARRAY"
+
+
+NIL_ARRAY = NilArray()
 
 
 @dataclass(frozen=True)
@@ -72,6 +84,8 @@ def _encode(value: Any, out: List[bytes], resp3: bool = False) -> None:
         out.append(b"_\r\n" if resp3 else NIL)
     elif value is OK:
         out.append(b"+OK\r\n")
+    elif value is NIL_ARRAY:
+        out.append(b"_\r\n" if resp3 else b"*-1\r\n")
     elif isinstance(value, bytes):
         out.append(b"$%d\r\n" % len(value))
         out.append(value)

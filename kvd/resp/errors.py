@@ -40,3 +40,13 @@ class RespError(Exception):
 
 class CommandError(RespError):
     """A request refused by the command table (arity, syntax, unknown command)."""
+
+
+class Rejected(CommandError):
+    """
+    A request refused on its face the way Redis refuses it before queueing it
+    inside MULTI (unknown command or subcommand, wrong number of arguments), or
+    over one of kvd's size limits: inside MULTI it answers at once and EXEC
+    then answers EXECABORT.  Any other ``CommandError`` (syntax, not an
+    integer ...) is, as in Redis, queued and answered in its place in EXEC's reply.
+    """

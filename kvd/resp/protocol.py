@@ -40,6 +40,11 @@ Backpressure, so that no client can grow the node's memory without bound:
   ``MAX_AUTH_FAILURES`` of them the connection is closed: guessing needs a
   new connection every few tries.
 
+Transactions (see kvd.resp.connection): WATCH is a read of the keys'
+versions (``Versions``, always linearizable), EXEC a write of one
+``Transaction`` entry; for the ordering below they count as a read and a
+write, and the commands queued between MULTI and EXEC wait for nothing.
+
 QUIT and fatal protocol errors reply, then close once every earlier reply has
 been written.
 
@@ -68,11 +73,14 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from kvd.errors import KvdError
-from kvd.resp.commands import Read, Write, parse_request, shape_reply
-from kvd.resp.encoder import RespMap, encode, encode_error
-from kvd.resp.errors import RespError
+from kvd.kv.commands import Transaction, Versions, command_keys, command_size
+from kvd.kv.results import OK, KVError
+from kvd.limits import LIMITS
+from kvd.resp.commands import Admin, Read, Write, parse_request, shape_reply
+from kvd.resp.encoder import NIL_ARRAY, RespMap, encode, encode_error
+from kvd.resp.errors import Rejected, RespError
 from kvd.resp.parser import DEFAULT_MAX_BULK_BYTES, ProtocolError, RespParser
-from kvd.resp.connection import Connection, execute_local, is_local
+from kvd.resp.connection import EXEC_ABORT, Connection, execute_local, is_local
 
 DEFAULT_MAX_INFLIGHT = 1024
 DEFAULT_MAXCLIENTS = 10000
@@ -272,7 +280,7 @@ class RespProtocol(Protocol):
     def _must_wait(self, item) -> bool:
         if isinstance(item, list):
             item = self._backlog[0] = _Parsed(self._parse(item))
-        kind = type(item.request) if isinstance(item, _Parsed) else None
+        kind = self._kind(item.request) if isinstance(item, _Parsed) else None
         if kind not in (Read, Write):
             return False
         if self._running and self._running_kind is not kind:
@@ -280,11 +288,25 @@ class RespProtocol(Protocol):
         self._running_kind = kind
         return False
 
+    def _kind(self, request):
+        """Read or Write for the ordering of a connection's requests (WATCH reads, EXEC writes), else None."""
+        in_multi = self.connection.in_multi
+        if isinstance(request, Admin):
+            if request.name == "exec" and in_multi:
+                return Write
+            if request.name == "watch" and not in_multi:
+                return Read
+            return None
+        if in_multi:
+            return None  # queued, not run
+        return type(request)
+
     def _dispatch(self, item):
         slot = _Slot()
         self._pending.append(slot)
         if isinstance(item, ProtocolError):
             slot.data = encode_error("ERR", item.message)
+            self.connection.flag()
             if not item.recoverable:
                 self._close_after(slot)
             return
@@ -292,10 +314,24 @@ class RespProtocol(Protocol):
         try:
             request = item.request if isinstance(item, _Parsed) else self._parse(item)
             refused = None if isinstance(request, RespError) else self.connection.refuses(request)
-            if isinstance(request, RespError):
+            in_multi = self.connection.in_multi
+            control = isinstance(request, Admin) and request.name in ("multi", "exec", "discard", "watch", "quit")
+            if isinstance(request, RespError) and in_multi and not isinstance(request, Rejected):
+                # Redis queues a command whose arguments are wrong and answers the error at EXEC.
+                slot.data = encode(self.connection.queue(request))
+            elif isinstance(request, RespError):
                 slot.data = encode(request)
+                self.connection.flag()
             elif refused is not None:
                 slot.data = encode(refused)
+                if not control:
+                    self.connection.flag()
+            elif in_multi and not control:
+                slot.data = encode(self.connection.queue(request))
+            elif in_multi and request.name == "exec":
+                self._exec(slot)
+            elif isinstance(request, Admin) and request.name == "watch" and not in_multi:
+                self._watch(slot, request.args)
             elif is_local(request):
                 slot.data = encode(execute_local(request, self.connection), self.connection.protocol == 3)
                 if request.name == "quit":
@@ -332,7 +368,8 @@ class RespProtocol(Protocol):
         self._closing = True
         self._backlog.clear()
 
-    def _execute(self, slot: _Slot, request):
+    def _execute(self, slot: _Slot, request, reply=None):
+        """Run ``request`` on the executor; ``reply``, if given, turns its result into the reply (else shape_reply)."""
         try:
             result = self.executor.execute(request, self.connection)
         except Exception:
@@ -342,12 +379,104 @@ class RespProtocol(Protocol):
             if isinstance(request, (Read, Write)):
                 self._running += 1
                 result.addBoth(self._finished)
+            if reply is not None:
+                result.addCallback(reply)
             result.addCallbacks(
                 self._deferred_result, self._deferred_failure,
-                callbackArgs=(slot, request), errbackArgs=(slot, request),
+                callbackArgs=(slot, None if reply else request), errbackArgs=(slot, request),
             )
         else:
-            self._fill(slot, result, request)
+            if reply is not None:
+                try:
+                    result = reply(result)
+                except Exception:
+                    self._fill_failure(slot, Failure(), request)
+                    return
+            self._fill(slot, result, None if reply else request)
+
+    # ------------------------------------------------------- transactions
+
+    def _watch(self, slot: _Slot, keys):
+        """WATCH: read the keys' versions linearizably, keep them for EXEC; a failed read makes EXEC answer nil."""
+        connection = self.connection
+        request = Read(Versions(tuple(keys)), "watch")
+
+        def watched(result):
+            if isinstance(result, KVError):
+                connection.watch_failed = True
+                return result
+            connection.watch(keys, result)
+            return OK
+
+        def failed(failure):
+            connection.watch_failed = True
+            return failure
+
+        try:
+            result = self.executor.execute(request, connection)
+        except Exception:
+            connection.watch_failed = True
+            self._fill_failure(slot, Failure(), request)
+            return
+        if isinstance(result, Deferred):
+            self._running += 1
+            result.addBoth(self._finished)
+            result.addCallbacks(watched, failed)
+            result.addCallbacks(self._deferred_result, self._deferred_failure,
+                                callbackArgs=(slot, None), errbackArgs=(slot, request))
+        else:
+            self._fill(slot, watched(result), None)
+
+    def _exec(self, slot: _Slot):
+        """EXEC: the queued reads and writes as one Transaction entry, the other queued commands around it."""
+        connection = self.connection
+        queued, watched, watch_failed = connection.end_transaction()
+        if queued.flagged:
+            slot.data = encode(EXEC_ABORT)
+            return
+        txn = Transaction(tuple(queued.ops), tuple((k, e, i) for k, (e, i) in watched.items()))
+        size, keys = command_size(txn), command_keys(txn)
+        if queued.too_big or size > LIMITS.command_bytes or keys > LIMITS.command_keys:
+            slot.data = encode_error("ERR", "the transaction is over the limit of %d bytes or %d keys in one write "
+                                            "(at least %d bytes, %d keys); it was discarded: nothing was run"
+                                     % (LIMITS.command_bytes, LIMITS.command_keys, max(size, queued.size),
+                                        max(keys, queued.keys)))
+            return
+        if watch_failed:
+            slot.data = encode(NIL_ARRAY, connection.protocol == 3)
+            return
+        requests = queued.requests
+
+        def replies(results):
+            if results is None:
+                return NIL_ARRAY
+            if isinstance(results, KVError):
+                return results
+            results = iter(results)
+            out = []
+            for request in requests:
+                if isinstance(request, RespError):
+                    out.append(request)
+                    continue
+                if isinstance(request, (Read, Write)):
+                    out.append(shape_reply(request, next(results)))
+                    continue
+                try:
+                    if is_local(request):
+                        out.append(execute_local(request, connection))
+                    else:
+                        value = self.executor.execute(request, connection)
+                        if isinstance(value, Deferred):  # not among QUEUEABLE_ADMIN's
+                            value = RespError("ERR", "%s cannot run inside a transaction" % request.name.upper())
+                        out.append(value)
+                except (RespError, KvdError) as e:
+                    out.append(e)
+            return out
+
+        if not txn.ops and not txn.watched:
+            self._fill(slot, replies([]), None)  # nothing to apply or check: no log entry
+            return
+        self._execute(slot, Write(txn, "exec"), replies)
 
     def _finished(self, result):
         self._running -= 1
@@ -362,6 +491,9 @@ class RespProtocol(Protocol):
         self._pump()
 
     def _fill(self, slot: _Slot, result, request):
+        if result is NIL_ARRAY:
+            slot.data = encode(result, self.connection.protocol == 3)
+            return
         try:
             if isinstance(request, (Read, Write)):
                 result = shape_reply(request, result)

@@ -311,6 +311,17 @@ class _SimEvents(Events):
         if core.role is Role.LEADER:
             c.checker.on_leader_commit(nid, core, c.disks(), c.live_cores())
 
+    def stepped(self, core: RaftCore) -> None:
+        # Every input, not only every Ready: inputs that waited behind a write share
+        # one Ready, and one of them may change the configuration after another
+        # advanced the commit index under the configuration before it.
+        if core.role is Role.LEADER:
+            self.c.checker.on_leader_commit(self.node.id, core, self.c.disks(), self.c.live_cores())
+
+    def advanced(self, core: RaftCore, rd: Ready) -> None:
+        if core.role is Role.LEADER:  # the leader's own persisted entries count at advance
+            self.c.checker.on_leader_commit(self.node.id, core, self.c.disks(), self.c.live_cores())
+
     def persisted(self, core: RaftCore, rd: Ready) -> None:
         if rd.soft_state is not None and rd.soft_state[0] is Role.LEADER:
             # Checked once the Ready is persisted: a leader elected by its own

@@ -17,8 +17,8 @@ Safety (Raft paper Figure 3, plus what kvd promises its clients):
   restarted from its disk still agrees (nothing applied is lost);
 - **durable state** (in kvd.sim.disk): the durable term and commit index
   never go back, the durable vote never changes within a term;
-- **persistence contract**: a granted vote and an acknowledged entry are on
-  the sender's synced disk when the message leaves, and a leader's commit
+- **persistence contract**: a granted vote (or a later term) and an
+  acknowledged entry are on the sender's synced disk when the message leaves, and a leader's commit
   index names an entry that a majority of its voters hold on their disks;
 - **exactly once**: every acknowledged write was applied, its effect taken
   once (the first time its (client, seq) reached the log), and its answer is
@@ -248,7 +248,10 @@ class Checker:
         elif isinstance(m, RequestVoteReply) and m.granted:
             self.checks += 1
             hs = disk.hard_state
-            if (hs.term, hs.vote) != (m.term, m.dst):
+            # Its disk holds this very vote, or a later term: a node whose durable term is
+            # past m.term never votes in m.term again, so the grant can never be doubled
+            # (votes of two terms that arrived behind one write share its Ready).
+            if hs.term < m.term or (hs.term == m.term and hs.vote != m.dst):
                 raise Violation(
                     "persistence contract",
                     "%s grants its vote in term %d to %s while its disk holds term %d vote %s" % (m.src, m.term, m.dst, hs.term, hs.vote),

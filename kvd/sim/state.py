@@ -49,7 +49,8 @@ FLUSH, INSTALL, STAGE_BEGIN, STAGE_RECORDS, STAGE_DONE = "flush", "install", "st
 KIND_STATE, KIND_SESSION, KIND_KV = 1, 2, 3
 _HEAD = struct.Struct(">BI")
 _U32 = struct.Struct(">I")
-_STATE = struct.Struct(">QQ")  # applied index, clock
+_STATE = struct.Struct(">QQQ")  # applied index, clock, deleted_at (kvd.kv.keyspace)
+_MOD = struct.Struct(">Q")  # a KIND_KV record's value starts with its key's mod index
 _TOKEN = b"sim-stream:"
 
 #: Records per staging write.
@@ -81,15 +82,16 @@ class Slot:
     def copy(self) -> "Slot":
         s = Slot()
         s.applied, s.clock, s.base = self.applied, self.clock, self.base
-        s.keys = Keyspace.from_items(self.keys.items_in_order())
+        s.keys = Keyspace.from_items(self.keys.records_in_order())
+        s.keys.deleted_at = self.keys.deleted_at
         s.sessions = dict(self.sessions)
         return s
 
     def records(self) -> List[Tuple[int, bytes, bytes]]:
         """The slot as a stream's records, in a fixed order: equal slots give equal records."""
-        out = [(KIND_STATE, b"", _STATE.pack(self.applied, self.clock))]
+        out = [(KIND_STATE, b"", _STATE.pack(self.applied, self.clock, self.keys.deleted_at))]
         out += [(KIND_SESSION, cid, self.sessions[cid]) for cid in sorted(self.sessions)]
-        out += [(KIND_KV, k, v) for k, v in self.keys.items_in_order()]
+        out += [(KIND_KV, k, _MOD.pack(mod) + v) for k, v, mod in self.keys.records_in_order()]
         return out
 
 
@@ -113,7 +115,7 @@ class StateImage:
     def apply(self, op: tuple, node_id: str, durable: bool) -> None:
         kind = op[0]
         if kind == FLUSH:
-            _, slot_no, applied, clock, kv, sessions, cleared = op
+            _, slot_no, applied, clock, kv, mods, deleted_at, sessions, cleared = op
             slot = self.slots[slot_no]
             slot.applied, slot.clock = applied, clock
             if cleared:  # FLUSHDB: LmdbState drops the stored keys whole
@@ -122,7 +124,8 @@ class StateImage:
                 if value is None:
                     slot.keys.delete(key)
                 else:
-                    slot.keys.put(key, value)
+                    slot.keys.put(key, value, mods[key])
+            slot.keys.deleted_at = deleted_at
             for cid, data in sessions.items():
                 if data is None:
                     slot.sessions.pop(cid, None)
@@ -149,12 +152,12 @@ class StateImage:
             slot = self.slots[slot_no]
             for kind_, key, value in records:
                 if kind_ == KIND_STATE:
-                    slot.applied, slot.clock = _STATE.unpack(value)
+                    slot.applied, slot.clock, slot.keys.deleted_at = _STATE.unpack(value)
                     slot.base = slot.applied
                 elif kind_ == KIND_SESSION:
                     slot.sessions[key] = value
                 else:
-                    slot.keys.put(key, value)
+                    slot.keys.put(key, value[_MOD.size:], _MOD.unpack_from(value)[0])
         elif kind == STAGE_DONE:
             _, slot_no, stream_id, crc = op
             self.staging = (slot_no, stream_id, True, crc)
@@ -219,14 +222,19 @@ class SimState(Overlay):
     def load(self) -> Tuple[int, int, List[Tuple[bytes, bytes]]]:
         live = self._live
         self._pending.clear()
+        self._pending_mod.clear()
         self._cleared = False
         self._count = len(live.keys)
+        self.deleted_at = live.keys.deleted_at
         self.loaded = True
         return live.applied, live.clock, sorted(live.sessions.items())
 
     # ------------------------------------------------------------ the machine's view
     def _stored(self, key: bytes) -> Optional[bytes]:
         return self._live.keys.get(key)
+
+    def _stored_mod(self, key: bytes) -> Optional[int]:
+        return self._live.keys.mod_index(key)
 
     def _merged_from(self, start: int) -> Iterator[Tuple[int, bytes]]:
         keys = set() if self._cleared else {k for k, _ in self._live.keys.items_in_order()}
@@ -252,13 +260,15 @@ class SimState(Overlay):
             return
         self._flushing = True
         applied, clock, sessions = self._machine.durable_changes()
-        ops.append((FLUSH, self.disk.visible.live, applied, clock, dict(self._pending), sessions, self._cleared))
+        ops.append((FLUSH, self.disk.visible.live, applied, clock, dict(self._pending), dict(self._pending_mod),
+                    self.deleted_at, sessions, self._cleared))
 
     def committed(self) -> None:
         if not self._flushing:
             return
         self._flushing = False
         self._pending.clear()
+        self._pending_mod.clear()
         self._cleared = False
         if self._machine is not None:
             self._machine.durable_flushed()
@@ -275,9 +285,11 @@ class SimState(Overlay):
 
     def installed(self) -> None:
         self._pending.clear()
+        self._pending_mod.clear()
         self._cleared = False
         self._staged_complete = None
         self._count = len(self._live.keys)
+        self.deleted_at = self._live.keys.deleted_at
 
     def settle_staging(self) -> None:
         self._staged_complete = None

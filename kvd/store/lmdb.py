@@ -26,8 +26,12 @@ How syncing works (measured with ``python -m kvd.store.bench``):
 * ``sync=False`` on the constructor turns all flushing off (tests, the
   simulator): process crashes still lose nothing committed, OS crashes may.
 
-The write path is single-threaded by design (the node calls it from one
-thread); LMDB itself forbids concurrent write transactions anyway.
+One write at a time: the Ready loop issues the next only once the last has
+completed (LMDB forbids concurrent write transactions anyway).  Given a
+``deliver`` (the node passes ``reactor.callFromThread``), the loop's writes
+run on a writer thread (kvd.store.writer) and complete later; everything
+else (open, load, compaction, a snapshot installed from the leader, reads)
+stays on the caller's thread.
 
 Permissions: the data directory is made ``0700`` and LMDB's files ``0600``
 whatever the process umask (set explicitly on every open, so a directory or
@@ -62,6 +66,7 @@ from kvd.raft.storage import Restored
 from kvd.store import schema
 from kvd.store.checksum import seal, unseal
 from kvd.store.schema import CorruptRecord
+from kvd.store.writer import Deliver, WriterThread
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -108,6 +113,7 @@ class LmdbStorage:
         sync: bool = True,
         sync_mode: str = "ordered",
         state=None,
+        deliver: Optional[Deliver] = None,
     ) -> None:
         if map_size_bytes <= 0 or map_size_max_bytes < map_size_bytes:
             raise ValueError(
@@ -131,6 +137,8 @@ class LmdbStorage:
         #: The applied key/value state kept beside the log (kvd.store.state.LmdbState), if any:
         #: flushed inside every write transaction, swapped in by a received snapshot.
         self.state = state
+        #: Where writes of the Ready loop run when ``deliver`` is given (kvd.store.writer).
+        self._writer: Optional[WriterThread] = WriterThread(deliver) if deliver is not None else None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -199,6 +207,8 @@ class LmdbStorage:
             raise
 
     def close(self) -> None:
+        if self._writer is not None:
+            self._writer.stop()  # a write under way completes first (what it said it would write, it writes)
         if self._env is not None and self._pending_hard is not None:
             try:
                 self._write(lambda txn: None, sync=False, with_state=False)  # a clean stop keeps the last commit index
@@ -343,6 +353,56 @@ class LmdbStorage:
         and continue the log (or the snapshot) without a gap: anything else is
         a caller bug and raises ``ValueError`` with nothing written.
         """
+        apply = self._batch(hard_state, entries, snapshot, sync)
+        if apply is None:
+            return
+        state = self._state_to_flush()
+        self._transact(apply, sync=sync, state=state)
+        self._saved(hard_state, snapshot, state)
+
+    def write(
+        self,
+        hard_state: Optional[HardState],
+        entries: Sequence[Entry],
+        snapshot: Optional[Snapshot],
+        sync: bool,
+        done: Callable[..., None],
+    ) -> None:
+        """
+        The Ready loop's write (kvd.raft.storage.Storage).  With a writer
+        thread (``deliver`` given) the transaction and its flush run there and
+        ``done(error)`` comes later on the caller's thread; a snapshot
+        installed from the leader is still written here, at once (it is rare,
+        and it swaps the state the reactor reads).  Without one: ``save``,
+        then ``done()``.
+        """
+        if self._writer is None or snapshot is not None:
+            self.save(hard_state, entries, snapshot, sync)
+            done()
+            return
+        apply = self._batch(hard_state, entries, snapshot, sync)
+        if apply is None:
+            done()
+            return
+        state = self._state_to_flush()
+
+        def then(error: Optional[BaseException]) -> None:
+            if error is not None:
+                done(error)
+                return
+            self._saved(hard_state, None, state)
+            done()
+
+        self._writer.submit(lambda: self._transact(apply, sync=sync, state=state), then)
+
+    def _batch(
+        self,
+        hard_state: Optional[HardState],
+        entries: Sequence[Entry],
+        snapshot: Optional[Snapshot],
+        sync: bool,
+    ) -> Optional[Callable[[object], None]]:
+        """What ``save`` writes, as a function of the transaction; None if nothing needs a transaction now."""
         entries = list(entries)
         _check_contiguous(entries)
 
@@ -359,31 +419,23 @@ class LmdbStorage:
                 txn.put(schema.META_HARD_STATE, seal(schema.encode_hard_state(hard_state)), db=self._db_meta)
 
         if hard_state is None and not entries and snapshot is None:
-            return
+            return None
         if not entries and snapshot is None and not sync and self._commit_only(hard_state):
             # Only the commit index moved.  Raft needs it nowhere on disk (a restarted node
             # learns it again from the leader, and the applied state keeps its own index),
             # yet a transaction of its own costs a flush of the data file, on the path of
             # every reply: it is written with the next transaction instead.
             self._pending_hard = hard_state
-            return
-        self._write(apply, sync=sync)
+            return None
+        return apply
+
+    def _saved(self, hard_state: Optional[HardState], snapshot: Optional[Snapshot], state) -> None:
+        """After a batch's transaction committed (and was flushed if asked)."""
+        self._committed(state)
         if hard_state is not None:
             self._stored_term_vote = (hard_state.term, hard_state.vote)
         if snapshot is not None and self.state is not None:
             self.state.installed()
-
-    def write(
-        self,
-        hard_state: Optional[HardState],
-        entries: Sequence[Entry],
-        snapshot: Optional[Snapshot],
-        sync: bool,
-        done: Callable[[], None],
-    ) -> None:
-        """The Ready loop's write (kvd.raft.storage.Storage): ``save``, then ``done()`` at once."""
-        self.save(hard_state, entries, snapshot, sync)
-        done()
 
     def compact(self, snapshot: Snapshot) -> None:
         """Store a locally taken snapshot and drop the entries it covers."""
@@ -436,13 +488,24 @@ class LmdbStorage:
             )
 
     def _write(self, apply: Callable[[object], None], *, sync: bool, flush_state: bool = False, with_state: bool = True) -> None:
+        """``apply`` in one write transaction (with the applied state's flush), here and now."""
+        state = self._state_to_flush() if with_state else None
+        self._transact(apply, sync=sync, state=state, flush_state=flush_state)
+        self._committed(state)
+
+    def _state_to_flush(self):
+        """The applied state that rides with the next transaction, if there is one (kvd.store.state)."""
+        return self.state if self.state is not None and self.state.loaded else None
+
+    def _transact(self, apply: Callable[[object], None], *, sync: bool, state, flush_state: bool = False) -> None:
         """
         Run ``apply`` in one write transaction, growing the map and retrying
         the whole transaction when LMDB runs out of room.  An exception aborts
         the transaction, so nothing of a failed attempt is ever visible.
+        May run on the writer thread (kvd.store.writer): it changes nothing
+        the reactor thread reads until ``_committed``, which runs on that one.
         """
         env = self._require_open()
-        state = self.state if with_state and self.state is not None and self.state.loaded else None
         while True:
             try:
                 with env.begin(write=True) as txn:
@@ -459,11 +522,13 @@ class LmdbStorage:
                 # Another handle grew the map; adopt its size and retry.
                 env.set_mapsize(0)
                 self._map_size = env.info()["map_size"]
+        if sync and self._sync:
+            env.sync(True)
+
+    def _committed(self, state) -> None:
         self._pending_hard = None
         if state is not None:
             state.committed()
-        if sync and self._sync:
-            env.sync(True)
 
     def _grow_map(self) -> None:
         env = self._require_open()

@@ -32,6 +32,18 @@ record is sealed with a CRC32C (kvd.store.checksum) and checked when read; a
 mismatch raises ``CorruptStorage`` and tells ``on_failure`` (the node
 fail-stops: a wrong value is never served).
 
+Versions (WATCH, kvd.kv.keyspace): a value record holds its key's mod index
+(layouts 2 and 3 below); records of layouts 0 and 1, written before mod
+indexes existed, are still read, with mod index 0.  The state record holds
+``deleted_at`` after the key count (32 bytes; 24-byte records of before
+read as ``deleted_at`` 0, which is safe: every WATCH reads a later index).
+An older kvd reading layouts 2 and 3 takes them for corrupt records.
+
+    layout 0  value                          (key inline in the LMDB key)
+    layout 1  klen(4) key value              (a long key)
+    layout 2  mod(8) value
+    layout 3  mod(8) klen(4) key value
+
 The stream a snapshot travels as is a run of records ``kind(1) klen(4)
 key vlen(4) value`` with the values exactly as stored (sealed, so the
 receiver checks each one), then a count and a CRC32C of all the bytes.
@@ -56,10 +68,12 @@ from kvd.store.schema import CorruptRecord
 _INLINE_KEY = 480
 _DIGEST = 16
 
-_STATE = struct.Struct(">QQQ")  # applied index, clock ms, key count
+_STATE = struct.Struct(">QQQQ")  # applied index, clock ms, key count, deleted_at
+_STATE_V1 = struct.Struct(">QQQ")  # before mod indexes: no deleted_at
 _STAGING = struct.Struct(">BQB")  # slot, stream id, complete
 _RECORD_HEAD = struct.Struct(">BI")
 _U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
 
 KIND_STATE, KIND_SESSION, KIND_KV = 1, 2, 3
 
@@ -102,10 +116,10 @@ def _position(dbkey: bytes) -> int:
     return int.from_bytes(dbkey[:8], "big")
 
 
-def _kv_record(key: bytes, value: bytes) -> bytes:
+def _kv_record(key: bytes, value: bytes, mod: int) -> bytes:
     if len(key) <= _INLINE_KEY:
-        return checksum.seal(b"\x00" + value)
-    return checksum.seal(b"\x01" + _U32.pack(len(key)) + key + value)
+        return checksum.seal(b"\x02" + _U64.pack(mod) + value)
+    return checksum.seal(b"\x03" + _U64.pack(mod) + _U32.pack(len(key)) + key + value)
 
 
 class LmdbState(Overlay):
@@ -153,11 +167,13 @@ class LmdbState(Overlay):
         with env.begin() as txn:
             raw = txn.get(META_SLOT, db=meta_db)
             self._slot = 0 if raw is None else self._unseal(raw, "state slot")[0]
-            applied, clock, count = self._read_state(txn, self._slot)
+            applied, clock, count, deleted_at = self._read_state(txn, self._slot)
         if self._slot not in (0, 1):
             raise self._corrupt(StateError(f"state slot {self._slot} is neither 0 nor 1"))
         self._count = count
+        self.deleted_at = deleted_at
         self._pending.clear()
+        self._pending_mod.clear()
         self._cleared = False
         self._flushing = False
         self._writes_since_flush = 0
@@ -185,12 +201,14 @@ class LmdbState(Overlay):
         """(applied index, clock ms, [(client id, encoded session)]) of the live slot."""
         env = self._require_env()
         self._pending.clear()
+        self._pending_mod.clear()
         self._cleared = False
         with env.begin() as txn:
-            applied, clock, count = self._read_state(txn, self._slot)
+            applied, clock, count, deleted_at = self._read_state(txn, self._slot)
             sessions = [(bytes(k), self._unseal(v, f"session of client {bytes(k)!r}"))
                         for k, v in txn.cursor(db=self._sessions)]
         self._count = count
+        self.deleted_at = deleted_at
         self.loaded = True
         return applied, clock, sessions
 
@@ -202,6 +220,15 @@ class LmdbState(Overlay):
             return None
         stored_key, value = self._decode_kv(dbkey, raw)
         return value if stored_key == key else None
+
+    def _stored_mod(self, key: bytes) -> Optional[int]:
+        dbkey = lmdb_key(key)
+        with self._require_env().begin(db=self._kv) as txn:
+            raw = txn.get(dbkey)
+        if raw is None:
+            return None
+        stored_key, _, mod = self._decode_kv_mod(dbkey, raw)
+        return mod if stored_key == key else None
 
     def _merged_from(self, start: int) -> Iterator[Tuple[int, bytes]]:
         """LMDB's keys from SCAN position ``start`` on, merged with the overlay's (which wins for a key in both)."""
@@ -268,13 +295,14 @@ class LmdbState(Overlay):
             if value is None:
                 txn.delete(dbkey, db=kv)
             else:
-                txn.put(dbkey, _kv_record(key, value), db=kv)
+                txn.put(dbkey, _kv_record(key, value, self._pending_mod[key]), db=kv)
         for client_id, data in sessions.items():
             if data is None:
                 txn.delete(client_id, db=sess)
             else:
                 txn.put(client_id, checksum.seal(data), db=sess)
-        txn.put(_state_key(self._slot), checksum.seal(_STATE.pack(applied, clock, self._count)), db=self._meta)
+        txn.put(_state_key(self._slot), checksum.seal(_STATE.pack(applied, clock, self._count, self.deleted_at)),
+                db=self._meta)
 
     def committed(self) -> None:
         """The transaction ``flush`` was given has committed."""
@@ -283,6 +311,7 @@ class LmdbState(Overlay):
         self._flushing = False
         self._writes_since_flush = 0
         self._pending.clear()
+        self._pending_mod.clear()
         self._cleared = False
         if self._machine is not None:
             self._machine.durable_flushed()
@@ -313,6 +342,7 @@ class LmdbState(Overlay):
         self._slot = self._unseal(raw, "state slot")[0]
         self._scrub_at = (0, b"")
         self._pending.clear()
+        self._pending_mod.clear()
         self._cleared = False
         self._staged_complete = None
 
@@ -376,22 +406,36 @@ class LmdbState(Overlay):
 
     # ------------------------------------------------------- internals
 
-    def _read_state(self, txn, slot: int) -> Tuple[int, int, int]:
+    def _read_state(self, txn, slot: int) -> Tuple[int, int, int, int]:
+        """(applied index, clock ms, key count, deleted_at) of ``slot``."""
         raw = txn.get(_state_key(slot), db=self._meta)
         if raw is None:
-            return 0, 0, 0
+            return 0, 0, 0, 0
         payload = self._unseal(raw, f"state record of slot {slot}")
+        if len(payload) == _STATE_V1.size:
+            return _STATE_V1.unpack(payload) + (0,)
         if len(payload) != _STATE.size:
             raise self._corrupt(CorruptRecord(f"state record of slot {slot} has {len(payload)} bytes"))
         return _STATE.unpack(payload)
 
     def _decode_kv(self, dbkey: bytes, raw) -> Tuple[bytes, bytes]:
+        key, value, _ = self._decode_kv_mod(dbkey, raw)
+        return key, value
+
+    def _decode_kv_mod(self, dbkey: bytes, raw) -> Tuple[bytes, bytes, int]:
+        """(key, value, mod index) of a value record (see the module docstring for its layouts)."""
         record = self._unseal(raw, f"value at {bytes(dbkey[8:40])!r}")
-        if record[:1] == b"\x00":
-            return bytes(dbkey[8:]), record[1:]
-        if record[:1] == b"\x01" and len(record) >= 5:
+        layout = record[:1]
+        if layout == b"\x02" and len(record) >= 9:
+            return bytes(dbkey[8:]), record[9:], _U64.unpack_from(record, 1)[0]
+        if layout == b"\x03" and len(record) >= 13:
+            (n,) = _U32.unpack_from(record, 9)
+            return record[13:13 + n], record[13 + n:], _U64.unpack_from(record, 1)[0]
+        if layout == b"\x00":
+            return bytes(dbkey[8:]), record[1:], 0
+        if layout == b"\x01" and len(record) >= 5:
             (n,) = _U32.unpack_from(record, 1)
-            return record[5:5 + n], record[5 + n:]
+            return record[5:5 + n], record[5 + n:], 0
         raise self._corrupt(CorruptRecord(f"value record at {bytes(dbkey[8:40])!r} has an unknown layout"))
 
     def _unseal(self, raw, what: str) -> bytes:
@@ -434,7 +478,7 @@ class StateStream:
         self._txn = env.begin()
         slot = state._slot
         raw_state = self._txn.get(_state_key(slot), db=state._meta)
-        applied, _, self.key_count = state._read_state(self._txn, slot)
+        applied, _, self.key_count, _ = state._read_state(self._txn, slot)
         if applied < min_index:
             self._txn.abort()
             raise StateError(f"the state on disk is at index {applied}, the snapshot at {min_index}")
@@ -447,7 +491,7 @@ class StateStream:
         self.done = False
 
     def _iter(self, raw_state, sessions_db, kv_db) -> Iterator[bytes]:
-        yield _pack_record(KIND_STATE, b"", raw_state if raw_state is not None else checksum.seal(_STATE.pack(0, 0, 0)))
+        yield _pack_record(KIND_STATE, b"", raw_state if raw_state is not None else checksum.seal(_STATE.pack(0, 0, 0, 0)))
         for db, kind in ((sessions_db, KIND_SESSION), (kv_db, KIND_KV)):
             for key, value in self._txn.cursor(db=db):
                 yield _pack_record(kind, key, value)

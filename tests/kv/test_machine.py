@@ -6,7 +6,8 @@ import pytest
 
 from kvd.kv.codec import CodecError
 from kvd.kv.commands import (
-    INT64_MAX, INT64_MIN, DbSize, Delete, Envelope, Exists, Get, IncrBy, Keys, MGet, MSet, Scan, Set,
+    INT64_MAX, INT64_MIN, DbSize, Delete, Envelope, Exists, Get, IncrBy, Keys, MGet, MSet, Scan, Set, Transaction,
+    Versions,
     encode_envelope,
 )
 from kvd.kv.keyspace import MAX_CURSOR, Keyspace, _SortedChunks, scan_position
@@ -499,12 +500,15 @@ def test_snapshot_round_trip_preserves_everything():
 
 
 def test_snapshot_bytes_depend_on_state_not_history():
-    """Two replicas reaching the same state by different insertion orders write identical snapshots."""
+    """
+    Two replicas reaching the same state by different insertion orders write identical snapshots.  The
+    state includes each key's mod index (the index of its last write, for WATCH) and the index of the
+    last deletion, so "the same state" means the same keys written at the same indexes.
+    """
     def build(order):
         m = KVMachine()
-        for i, key in enumerate(order, start=1):
-            m.apply(i, encode_envelope(Envelope(b"c", i, i, 1000, Set(key, b"v"))))
-        m.apply(len(order) + 1, encode_envelope(Envelope(b"c", len(order) + 1, len(order) + 1, 1000, Set(b"z", b"v"))))
+        m.apply(1, encode_envelope(Envelope(b"c", 1, 1, 1000, MSet(tuple((k, b"v") for k in order)))))
+        m.apply(2, encode_envelope(Envelope(b"c", 2, 2, 1000, Set(b"z", b"v"))))
         return m
 
     keys = [b"k%d" % i for i in range(200)]
@@ -512,12 +516,16 @@ def test_snapshot_bytes_depend_on_state_not_history():
     random.Random(1).shuffle(shuffled)
     a, b = build(keys), build(shuffled)
     assert a.snapshot() == b.snapshot()
-    # And deleting then re-adding a key leaves no trace.
-    a.apply(202, encode_envelope(Envelope(b"c", 202, 202, 1000, Delete([b"k1"]))))
-    a.apply(203, encode_envelope(Envelope(b"c", 203, 203, 1000, Set(b"k1", b"v"))))
-    b.apply(202, encode_envelope(Envelope(b"c", 202, 202, 1000, Set(b"k1", b"v"))))
-    b.apply(203, encode_envelope(Envelope(b"c", 203, 203, 1000, Set(b"k1", b"v"))))
-    assert a.snapshot() == b.snapshot()
+    # Deleting then re-adding a key is a change WATCH must see: the snapshots differ now.
+    a.apply(3, encode_envelope(Envelope(b"c", 3, 3, 1000, Delete([b"k1"]))))
+    a.apply(4, encode_envelope(Envelope(b"c", 4, 4, 1000, Set(b"k1", b"v"))))
+    b.apply(3, encode_envelope(Envelope(b"c", 3, 3, 1000, Set(b"k1", b"v"))))
+    b.apply(4, encode_envelope(Envelope(b"c", 4, 4, 1000, Set(b"k2", b"v"))))
+    assert a.read(Get(b"k1")) == b.read(Get(b"k1")) == b"v"
+    assert a.snapshot() != b.snapshot()
+    b.apply(5, encode_envelope(Envelope(b"c", 5, 5, 1000, Delete([b"nothing"]))))  # deletes nothing: no change
+    assert a.read(Versions((b"k1", b"k2"))) == [[1, 4], [1, 1]]
+    assert b.read(Versions((b"k1", b"k2"))) == [[1, 3], [1, 4]]
 
 
 def test_empty_snapshot_round_trip():
@@ -557,7 +565,7 @@ def test_restore_rejects_valid_checksum_over_bad_structure():
     body = b"KVDS\x01\x05\x00\x00\x02\x01k\x01v\x01k\x01v"  # the same key twice
     with pytest.raises(CodecError, match="repeats"):
         KVMachine().restore(body + zlib.crc32(body).to_bytes(4, "big"))
-    body = b"KVDS\x03\x00\x00\x00\x00"
+    body = b"KVDS\x04\x00\x00\x00\x00"  # version 4: not yet
     with pytest.raises(CodecError, match="version"):
         KVMachine().restore(body + zlib.crc32(body).to_bytes(4, "big"))
 

@@ -348,3 +348,27 @@ def test_commands_scripts_may_not_run(r):
         "ERR This Redis command is not allowed from script")
     assert r.machine.read(ScriptGet((sha(b"return 1"),))) == [None]
     assert r.get(b"a") == b"1"
+
+
+def test_a_script_breaks_a_watch_on_the_keys_it_writes(r):
+    """WATCH (kvd.kv.commands Versions) sees a script's writes: they carry the script's entry as mod index."""
+    from kvd.kv.commands import Transaction, Versions
+
+    r.eval("redis.call('set','w','1'); redis.call('set','other','1')")
+    (seen,) = r.machine.read(Versions((b"w",)))
+    (other,) = r.machine.read(Versions((b"other",)))
+    r.eval("redis.call('set','w','2')")
+    assert r.apply(Transaction((Set(b"x", b"1"),), ((b"w", bool(seen[0]), seen[1]),))) is None
+    assert r.apply(Transaction((Set(b"x", b"1"),), ((b"other", bool(other[0]), other[1]),))) == [OK]
+    assert r.get(b"x") == b"1"
+
+
+def test_a_reply_over_the_session_bound_is_an_error(r, monkeypatch):
+    from kvd.kv import machine
+
+    monkeypatch.setattr(script, "TXN_REPLY_BYTES", 100)
+    assert r.eval("redis.call('set','k','v'); return string.rep('x', 200)").message.startswith(
+        "ERR the script's reply of about 210 bytes is over 100 bytes")
+    assert r.get(b"k") == b"v"
+    assert r.eval("return string.rep('x', 50)") == b"x" * 50
+    assert machine.TXN_REPLY_BYTES >= 4 << 20

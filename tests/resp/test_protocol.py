@@ -647,21 +647,42 @@ def test_commands_over_the_limits_are_refused_before_the_executor_and_the_connec
         "MSet", "Set", "Read"]
 
 
-def test_a_connection_in_multi_runs_nothing():
-    """redis-py's default pipeline (MULTI, SET, INCR, EXEC): nothing reaches the executor, each queued
-    command says it was not run, and EXEC answers EXECABORT; the connection then works as before."""
-    executor = ScriptedExecutor(lambda r, s: OK)
+def test_a_transaction_reaches_the_executor_as_one_write_at_exec():
+    """redis-py's default pipeline (MULTI, SET, INCR, PING, EXEC): each command answers QUEUED, nothing
+    reaches the executor until EXEC, which is one Write of a Transaction; PING is answered in its place."""
+    from kvd.kv.commands import IncrBy, Set, Transaction
+
+    executor = ScriptedExecutor()
     proto, transport = connect(executor)
     proto.dataReceived(packed("MULTI") + packed("SET", "a", 1) + packed("INCR", "n") + packed("PING") + packed("EXEC"))
-    replies = transport.value().split(b"\r\n")
-    assert replies[0] == b"+OK"
-    assert all(r.startswith(b"-ERR command not run: kvd does not support transactions") for r in replies[1:4])
-    assert replies[4].startswith(b"-EXECABORT Transaction discarded because of previous errors.")
-    assert executor.calls == []
+    assert transport.value() == b"+OK\r\n+QUEUED\r\n+QUEUED\r\n+QUEUED\r\n"
+    [(request, _)] = executor.calls
+    assert request.command == Transaction((Set(b"a", b"1"), IncrBy(b"n", 1)))
+    executor.deferreds[0].callback([OK, 1])
+    assert transport.value().endswith(b"*3\r\n+OK\r\n:1\r\n+PONG\r\n")
     transport.clear()
     proto.dataReceived(packed("MULTI") + packed("MULTI") + packed("DISCARD") + packed("SET", "a", 1))
-    assert transport.value() == b"+OK\r\n-ERR MULTI calls can not be nested\r\n+OK\r\n+OK\r\n"
-    assert len(executor.calls) == 1
+    assert transport.value() == b"+OK\r\n-ERR MULTI calls can not be nested\r\n+OK\r\n"
+    assert len(executor.calls) == 2
+
+
+def test_watch_is_a_read_and_exec_waits_for_it():
+    """GET, WATCH, MULTI, SET, EXEC pipelined: the WATCH's versions are read (with the GET), EXEC only
+    runs once they are back, and carries them."""
+    from kvd.kv.commands import Set, Transaction, Versions
+
+    executor = ScriptedExecutor()
+    proto, transport = connect(executor)
+    proto.dataReceived(packed("GET", "k") + packed("WATCH", "k", "j") + packed("MULTI") + packed("SET", "k", 1)
+                       + packed("EXEC"))
+    assert [r.op for r, _ in executor.calls][1] == Versions((b"k", b"j"))
+    assert len(executor.calls) == 2
+    executor.deferreds[1].callback([[1, 7], [0, 9]])
+    assert len(executor.calls) == 2  # the GET still runs: EXEC, a write, waits
+    executor.deferreds[0].callback(b"v")
+    assert executor.calls[2][0].command == Transaction((Set(b"k", b"1"),), ((b"k", True, 7), (b"j", False, 9)))
+    executor.deferreds[2].callback(None)
+    assert transport.value() == b"$1\r\nv\r\n+OK\r\n+OK\r\n+QUEUED\r\n*-1\r\n"
 
 
 def test_exec_and_discard_without_multi():

@@ -210,3 +210,19 @@ def test_replies_match_a_real_redis_server(redis_server, protocol):  # noqa: F81
     mismatches = [(c, a, b) for c, a, b in zip(COMMANDS, ours, theirs) if a != b]
     assert mismatches == []
     assert len(ours) == len(COMMANDS) > 70
+
+
+def test_scripts_are_refused_inside_multi():
+    """A transaction's entry holds plain commands: EVAL, EVALSHA and SCRIPT are refused at queue time (EXECABORT)."""
+    from kvd.resp.connection import SCRIPT_IN_MULTI
+
+    for args in (("EVAL", "return 1", "0"), ("EVALSHA", "a" * 40, "0"), ("SCRIPT", "LOAD", "x"),
+                 ("SCRIPT", "EXISTS", "a"), ("EVAL_RO", "return 1", "0")):
+        connection = Connection(1)
+        connection.in_multi = True
+        assert connection.queue(req(*args)) == SCRIPT_IN_MULTI
+        assert connection.queued.flagged and connection.queued.ops == []
+    connection = Connection(1)
+    connection.in_multi = True
+    connection.queue(req("GET", "k"))
+    assert not connection.queued.flagged

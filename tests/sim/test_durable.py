@@ -201,6 +201,10 @@ def test_a_flush_skipped_but_counted_as_written_is_caught():
     assert r.invariant in {"durable state", "state-machine safety", "exactly once", "linearizable read"}, (r.invariant, r.detail)
 
 
+#: A durable seed in which the simulator finds the token sent as snapshot data (3, 8 and 12 of the first 13 do).
+SEED_TOKEN = 3
+
+
 def test_the_simulator_finds_the_token_sent_as_snapshot_data():
     """
     Before 60883da, a node that installed a streamed snapshot kept the
@@ -209,12 +213,14 @@ def test_the_simulator_finds_the_token_sent_as_snapshot_data():
     only an InstallSnapshot with empty data, so the token went out as data
     and the receiver's storage could not install it (a StateError: the
     receiver fail-stopped, and again at each retry).  The simulator, modelling
-    that rule, finds it (8 of 300 durable seeds); with the node's rules as they
-    are now, the seed passes.
+    that rule, finds it (the first seeds that do are searched again whenever
+    the schedule moves: the loop batching the inputs that waited behind a
+    write, the snapshot records growing by each key's mod index); with the
+    node's rules as they are now, the seed passes.
     """
-    r = run_one(SimOptions(seed=26, state="durable", stream_any_snapshot=False, flush_skip=0.0))
+    r = run_one(SimOptions(seed=SEED_TOKEN, state="durable", stream_any_snapshot=False, flush_skip=0.0))
     assert not r.ok and r.invariant == "snapshot install", (r.invariant, r.detail)
-    assert run_one(SimOptions(seed=26, state="durable", flush_skip=0.0)).ok
+    assert run_one(SimOptions(seed=SEED_TOKEN, state="durable", flush_skip=0.0)).ok
 
 
 def test_the_peer_transport_streams_a_snapshot_whose_data_is_a_stream_token():
