@@ -190,6 +190,17 @@ def test_costly_patterns_are_refused(r):
     assert r.eval("return string.find('[x]*', '[*]')") == 4
 
 
+def test_string_rep_past_the_memory_bound_is_refused_before_its_loop(r):
+    """string.rep loops in C once per copy, even of '' (1e9 copies took 2.3 s)."""
+    start = time.monotonic()
+    assert r.eval("return string.rep('', 1e9)").message.startswith("ERR Script killed: it used more than")
+    assert r.eval("redis.call('set', 'k', 'v'); local ok = pcall(string.rep, 'ab', 5e6); return 1").message.startswith(
+        "ERR Script killed: it used more than")  # even caught: it would have failed for memory
+    assert r.get(b"k") is None
+    assert time.monotonic() - start < 0.5
+    assert r.eval("return {#string.rep('ab', 1000), string.rep('x', 0), string.rep(5, 2)}") == [2000, b"", b"55"]
+
+
 def test_memory_is_bounded_and_applies_nothing(r):
     for body in ("redis.call('set','k','1'); local t = {} for i=1,1e9 do t[i] = string.rep('x', 1000) .. i end",
                  "redis.call('set','k','1'); local s = 'x' while true do s = s .. s end",
