@@ -21,12 +21,18 @@ from dataclasses import replace
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from kvd.kv.commands import Script, ScriptGet, Versions
+from kvd.kv.commands import Script, ScriptGet, Transaction, Versions
 from kvd.kv.results import OK, KVError
 from kvd.resp.commands import Admin, Read, Write
 from kvd.resp.encoder import SimpleString
 from kvd.resp.errors import RespError
 from kvd.server_info import ServerInfo
+
+
+def _evalshas(command) -> list:
+    """The EVALSHA/EVALSHA_RO scripts of a write: itself, or those of a transaction."""
+    ops = command.ops if isinstance(command, Transaction) else (command,)
+    return [op for op in ops if isinstance(op, Script) and op.op in ("evalsha", "evalsha_ro")]
 
 
 class ClientExecutor:
@@ -39,7 +45,7 @@ class ClientExecutor:
 
     def execute(self, request, connection):
         if isinstance(request, Write):
-            if isinstance(request.command, Script) and request.command.op in ("evalsha", "evalsha_ro"):
+            if _evalshas(request.command):
                 return self._evalsha(request.command, connection)
             return self.node.submit(request.command)
         if isinstance(request, Read):
@@ -52,27 +58,35 @@ class ClientExecutor:
                 return handler(request.args)
         raise RespError("ERR", "command not supported by this node")
 
-    def _evalsha(self, command: Script, connection):
+    def _evalsha(self, command, connection):
         """
-        EVALSHA: the body from the replicated script cache (kvd.kv.script), proposed with the entry.  This
-        node's copy first; if it does not have the SHA yet, a linearizable read (READONLY: this node's again)
-        so that a SCRIPT LOAD answered by any node is seen.  The machine checks the SHA again when it applies
-        the entry (NOSCRIPT if a SCRIPT FLUSH came first).
+        EVALSHA (alone, or inside a transaction): the body from the replicated script cache (kvd.kv.script),
+        proposed with the entry.  This node's copy first; for a SHA it does not have yet, a linearizable read
+        (READONLY: this node's again) so that a SCRIPT LOAD answered by any node is seen.  An unknown SHA
+        stays in the body: the machine answers NOSCRIPT for it when it applies the entry, in its place, and
+        also when a SCRIPT FLUSH came first.
         """
-        sha = command.body
-        if len(sha) != 40:
-            return KVError("NOSCRIPT No matching script. Please use EVAL.")
+        shas = tuple(dict.fromkeys(op.body for op in _evalshas(command) if len(op.body) == 40))
+        bodies = {}
 
-        def found(bodies, linearizable):
-            body = bodies[0] if isinstance(bodies, list) else None
-            if body is None:
-                if linearizable:
-                    return self.node.read(ScriptGet((sha,)), linearizable=True).addCallback(found, False)
-                return KVError("NOSCRIPT No matching script. Please use EVAL.")
-            return self.node.submit(replace(command, body=body))
+        def found(result, asked, linearizable):
+            bodies.update((sha, body) for sha, body in zip(asked, result) if body is not None)
+            missing = tuple(sha for sha in shas if sha not in bodies)
+            if missing and linearizable:
+                d = self.node.read(ScriptGet(missing), linearizable=True)
+                return d.addCallback(found, missing, False)
+            if isinstance(command, Script):
+                if command.body not in bodies:
+                    return KVError("NOSCRIPT No matching script. Please use EVAL.")
+                return self.node.submit(replace(command, body=bodies[command.body]))
+            ops = tuple(replace(op, body=bodies[op.body]) if isinstance(op, Script) and op.body in bodies
+                        and op.op in ("evalsha", "evalsha_ro") else op for op in command.ops)
+            return self.node.submit(replace(command, ops=ops))
 
-        d = self.node.read(ScriptGet((sha,)), linearizable=False)
-        return d.addCallback(found, not connection.readonly)
+        if not shas:
+            return found([], (), False)
+        d = self.node.read(ScriptGet(shas), linearizable=False)
+        return d.addCallback(found, shas, not connection.readonly)
 
     # ------------------------------------------------------------ admin
     def _admin_info(self, args):

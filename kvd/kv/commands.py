@@ -335,7 +335,7 @@ class Transaction:
             raise TypeError("ops must be a sequence of commands")
         ops = tuple(self.ops)
         for op in ops:
-            if not isinstance(op, SIMPLE_WRITES + TXN_READ_OPS):
+            if not isinstance(op, SIMPLE_WRITES + TXN_READ_OPS + (Script,)):  # a script runs at its place
                 raise TypeError("a transaction cannot hold %s" % (type(op).__name__,))
         object.__setattr__(self, "ops", ops)
         watched = tuple(tuple(w) for w in self.watched)

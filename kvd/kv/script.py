@@ -38,6 +38,9 @@ before a runtime error), the buffer is applied to the keyspace in the order
 written.  A script stopped by the instruction or memory bound applies
 nothing: its error says so.
 
+Inside MULTI, a Script is one op of the transaction's entry (kvd.kv.commands
+``Transaction``), run at its place like any write.
+
 The script cache is replicated machine state (``KVMachine._scripts``): EVAL
 of a script that compiles and SCRIPT LOAD add to it, SCRIPT FLUSH empties
 it, all through the log.  An EVALSHA entry whose SHA is no longer in the

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Tuple
 
-from kvd.kv.commands import Script, ScriptGet, Transaction, command_keys, command_size
+from kvd.kv.commands import ScriptGet, Transaction, command_keys, command_size
 from kvd.kv.results import OK
 from kvd.resp.auth import (
     ADMIN, DEFAULT_USER, HELLO_NOAUTH_MESSAGE, NO_PASSWORD_MESSAGE, NOAUTH_MESSAGE, READONLY, READWRITE,
@@ -55,8 +55,8 @@ LOCAL_COMMANDS = frozenset({
 TRANSACTION_CONTROL = frozenset({"multi", "exec", "discard", "watch", "quit"})
 EXEC_ABORT = RespError("EXECABORT", "Transaction discarded because of previous errors.")
 NOT_IN_MULTI = RespError("ERR", "Command not allowed inside a transaction")
-#: A transaction's entry holds plain commands only (a script is an entry of its own): refused at queue time.
-SCRIPT_IN_MULTI = RespError("ERR", "kvd does not run scripts (EVAL, EVALSHA, SCRIPT) inside MULTI yet")
+#: A transaction's entry holds writes (scripts too) and the reads it can replay: not SCRIPT EXISTS.
+SCRIPT_IN_MULTI = RespError("ERR", "kvd does not run SCRIPT EXISTS inside MULTI yet")
 #: Admin commands the executor answers that may be queued: answered in their place after the entry applies.
 QUEUEABLE_ADMIN = frozenset({"time", "info", "role", "config|get", "config|resetstat", "kvd.members", "kvd.cluster"})
 #: Local commands that may be queued (the others change how the connection talks or who it is).
@@ -154,7 +154,7 @@ class Connection:
         if isinstance(request, Admin) and request.name not in QUEUEABLE_LOCAL | QUEUEABLE_ADMIN:
             self.queued.flagged = True
             return NOT_IN_MULTI
-        if isinstance(getattr(request, "command", None) or getattr(request, "op", None), (Script, ScriptGet)):
+        if isinstance(getattr(request, "op", None), ScriptGet):
             self.queued.flagged = True
             return SCRIPT_IN_MULTI
         self.queued.add(request)

@@ -53,6 +53,10 @@ def test_codec_round_trip_and_size():
         data = encode_envelope(Envelope(b"c", 1, 1, 0, cmd))
         assert decode_envelope(data).command == cmd
         assert command_size(cmd) == len(data) - len(encode_envelope(Envelope(b"c", 1, 1, 0, Set(b"", b"")))) + 4
+    from kvd.kv.commands import Transaction
+
+    txn = Transaction((Set(b"k", b"v"), Script("eval", b"return 1", (b"k",), (), V), Get(b"k")), ((b"k", True, 3),))
+    assert decode_envelope(encode_envelope(Envelope(b"c", 1, 1, 0, txn))).command == txn
     bad = bytearray(encode_envelope(Envelope(b"c", 1, 1, 0, Script("flush"))))
     bad[bad.index(13) + 1] = 9  # an unknown op
     with pytest.raises(CodecError):

@@ -11,8 +11,9 @@ from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
-from kvd.executor import ClientExecutor
+from kvd.executor import ClientExecutor, _evalshas
 from kvd.kv.commands import Script, ScriptGet
+from kvd.kv.results import KVError
 from kvd.limits import LIMITS
 from kvd.resp.auth import READONLY, READWRITE
 from kvd.resp.commands import Read, Write, command_info, parse_request, request_name, shape_reply
@@ -82,8 +83,7 @@ class ScriptExecutor(MachineExecutor):
         return defer.succeed(self.machine.read(op))
 
     def execute(self, request, connection):
-        if isinstance(request, Write) and request.command.op in ("evalsha", "evalsha_ro") \
-                if isinstance(request, Write) and isinstance(request.command, Script) else False:
+        if isinstance(request, Write) and _evalshas(request.command):
             return self._evalsha(request.command, connection)
         if getattr(request, "name", None) == "script|kill":
             return ClientExecutor._admin_script_kill(self, ())
@@ -180,6 +180,22 @@ COMMANDS = [
     ("EVAL_RO", "return redis.call('set', KEYS[1], 'x')", "1", "k"),
     ("EVAL_RO", "return redis.pcall('incr', KEYS[1])", "1", "k"),
     ("EVALSHA_RO", sha(LOADED), "0", "z"),
+    # Scripts inside MULTI: queued, run in their place at EXEC (an unknown SHA answers NOSCRIPT there).
+    ("MULTI",),
+    ("EVAL", "return redis.call('incr', KEYS[1])", "1", "tx"),
+    ("EVALSHA", sha(LOADED), "0", "t"),
+    ("SET", "tx2", "v"),
+    ("EVALSHA", "f" * 40, "0"),
+    ("EVAL", "return redis.call('incr', 'tx2')", "0"),
+    ("SCRIPT", "LOAD", "return 'in multi'"),
+    ("EVAL_RO", "return redis.call('get', 'tx')", "0"),
+    ("EXEC",),
+    ("EVALSHA", sha("return 'in multi'"), "0"),
+    ("MULTI",),
+    ("EVAL", "return 1 +", "0"),
+    ("EVAL", "return 1", "x"),
+    ("EXEC",),
+    ("GET", "tx"),
     ("EVAL", "return 1", "-1"),
     ("EVAL", "return 1", "2", "a"),
     ("EVAL", "return 1", "x"),
@@ -212,17 +228,33 @@ def test_replies_match_a_real_redis_server(redis_server, protocol):  # noqa: F81
     assert len(ours) == len(COMMANDS) > 70
 
 
-def test_scripts_are_refused_inside_multi():
-    """A transaction's entry holds plain commands: EVAL, EVALSHA and SCRIPT are refused at queue time (EXECABORT)."""
+def test_scripts_inside_multi_are_queued_but_not_script_exists():
+    """A transaction's entry holds scripts like writes; SCRIPT EXISTS (a read it cannot replay) is refused."""
     from kvd.resp.connection import SCRIPT_IN_MULTI
 
-    for args in (("EVAL", "return 1", "0"), ("EVALSHA", "a" * 40, "0"), ("SCRIPT", "LOAD", "x"),
-                 ("SCRIPT", "EXISTS", "a"), ("EVAL_RO", "return 1", "0")):
-        connection = Connection(1)
-        connection.in_multi = True
-        assert connection.queue(req(*args)) == SCRIPT_IN_MULTI
-        assert connection.queued.flagged and connection.queued.ops == []
     connection = Connection(1)
     connection.in_multi = True
-    connection.queue(req("GET", "k"))
-    assert not connection.queued.flagged
+    assert connection.queue(req("SCRIPT", "EXISTS", "a")) == SCRIPT_IN_MULTI and connection.queued.flagged
+    connection = Connection(1)
+    connection.in_multi = True
+    for args in (("EVAL", "return 1", "0"), ("EVALSHA", "a" * 40, "0"), ("SCRIPT", "LOAD", "x"),
+                 ("EVAL_RO", "return 1", "0"), ("GET", "k")):
+        connection.queue(req(*args))
+    assert not connection.queued.flagged and len(connection.queued.ops) == 5
+
+
+def test_evalsha_inside_a_transaction_is_resolved_before_it_is_proposed():
+    executor = ScriptExecutor()
+    connection = Connection(1)
+    executor.execute(req("SCRIPT", "LOAD", "return 'a'"), connection)
+    executor.reads.clear()
+    from kvd.kv.commands import Transaction
+
+    txn = Transaction((Script("evalsha", sha("return 'a'").encode()), Script("evalsha", b"f" * 40),
+                       Script("evalsha", b"short"), Script("eval", b"return 2")))
+    results = []
+    executor.execute(Write(txn, "exec"), connection).addBoth(results.append)
+    assert results[-1] == [b"a", KVError("NOSCRIPT No matching script. Please use EVAL."),
+                           KVError("NOSCRIPT No matching script. Please use EVAL."), 2]
+    assert executor.reads == [(ScriptGet((sha("return 'a'").encode(), b"f" * 40)), False),
+                              (ScriptGet((b"f" * 40,)), True)]

@@ -62,6 +62,14 @@ def test_redis_py_lock_and_scripts(cluster):
     with pytest.raises(NoScriptError):
         follower.client().evalsha(incr.sha, 1, "n", 1)
 
+    # A Script object in a transactional pipeline: SCRIPT EXISTS/LOAD before MULTI, EVALSHA inside it.
+    leader.client().script_flush()
+    pipe = follower.client().pipeline()
+    incr(keys=["p"], args=[1], client=pipe)
+    pipe.get("p")
+    incr(keys=["p"], args=[2], client=pipe)
+    assert pipe.execute() == [1, b"1", 3]
+
     # An endless loop: an error within a second, nothing applied, and the leader stays.
     info = leader.info()
     start = time.monotonic()
