@@ -406,6 +406,8 @@ local function flatten(v, out, depth)
 end
 
 local function compile(body)
+    -- Lua 5.1 has no bytecode verifier: a precompiled chunk could corrupt memory (Redis refuses them too).
+    if string.byte(body, 1) == 27 then return false, "user_script:1: unexpected symbol near 'char(27)'" end
     local f, err = loadstring(body, "@user_script")
     if not f then return false, err end
     return true, f

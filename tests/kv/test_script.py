@@ -151,6 +151,17 @@ def test_sandbox_has_no(r, name):
         "ERR user_script:1: Script attempted to access nonexistent global variable '%s'" % name)
 
 
+def test_bytecode_is_refused(r):
+    """Lua 5.1 loads precompiled chunks without checking them: one could corrupt the node's memory."""
+    import lupa.lua51 as lua
+
+    bytecode = lua.LuaRuntime(encoding=None).eval("string.dump(function() return 1 end)")
+    for body in (bytecode, b"\x1bLua"):
+        assert r.eval(body) == KVError(
+            "ERR Error compiling script (new function): user_script:1: unexpected symbol near 'char(27)'")
+        assert r.apply(Script("load", body)).message.startswith("ERR Error compiling script")
+
+
 def test_sandbox(r):
     assert r.eval("return {type(math.random), type(math.randomseed), type(string.dump), type(math.floor)}") == [
         b"nil", b"nil", b"nil", b"function"]

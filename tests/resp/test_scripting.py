@@ -144,6 +144,8 @@ COMMANDS = [
     ("EVAL", "return redis.call()", "0"),
     ("EVAL", "return redis.call('eval', 'return 1', '0')", "0"),
     ("EVAL", "return 1 +", "0"),
+    ("EVAL", "\x1bLuaQ\x00", "0"),
+    ("SCRIPT", "LOAD", "\x1bLuaQ"),
     ("EVAL", "return redis.sha1hex('abc')", "0"),
     ("EVAL", "return redis.call('mget', KEYS[1], 'nope', KEYS[2])", "2", "k", "k2"),
     ("EVAL", "redis.call('set','a','1'); redis.call('incr','a'); error('boom')", "0"),
