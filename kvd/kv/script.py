@@ -16,7 +16,9 @@ entry:
   ``table``, ``math`` without ``random``/``randomseed``; no ``os``, ``io``,
   ``debug``, ``coroutine`` (a coroutine would run outside the instruction
   hook), ``package``, nor lupa's ``python``.  Reading an undefined global
-  or writing any global fails with Redis's texts.  No ``cjson``,
+  or writing any global fails with Redis's texts.  ``cjson`` (encode,
+  decode, null) answers as Redis's lua-cjson 2.1, written in Lua here so that
+  it runs under the bounds (``cjson.encode(-0)`` gives ``0``); no
   ``cmsgpack``, ``bit`` or ``struct`` (Redis has them; lupa's Lua has not);
 * ``redis.call``/``redis.pcall`` run kvd's own commands (kvd.resp.commands'
   table, so the same parsing and errors as at the client port) on the
@@ -165,13 +167,37 @@ class CallError(Exception):
     """An error reply of redis.call: a Lua error whose text is ``args[0]`` (bytes)."""
 
 
+class LibraryError(Exception):
+    """An error of a library function (cjson): Lua's error text, to be given the script's line as position."""
+
+
 def _unwrap(error):
-    """The text of a redis.call error (or of a Python exception in a callback) as a Lua error value, or None."""
+    """
+    (text, positioned) of a Python exception raised through Lua (a redis.call error, a library's error, a
+    bug in a callback), or None for any other Lua error value.
+    """
     if isinstance(error, CallError):
-        return error.args[0]
+        return error.args[0], False
+    if isinstance(error, LibraryError):
+        return error.args[0], True
     if isinstance(error, BaseException):
-        return ("ERR %s" % (error,)).encode("utf-8", "surrogateescape")
+        return ("ERR %s" % (error,)).encode("utf-8", "surrogateescape"), False
     return None
+
+
+class _CFunction:
+    """A Lua function seen by Lua as a C function (a Python callable): a call of it is never a tail call."""
+
+    __slots__ = ("function",)
+
+    def __init__(self, function):
+        self.function = function
+
+    def __call__(self, *args):
+        ok, value = self.function(*args)  # a Lua pcall of the library function: its error value as it is
+        if ok:
+            return value
+        raise LibraryError(value if isinstance(value, bytes) else str(value).encode("utf-8", "surrogateescape"))
 
 
 def _no_attributes(obj, name, setting):
@@ -181,7 +207,9 @@ def _no_attributes(obj, name, setting):
 # The trusted part, run in each fresh runtime before the user's script: it builds the sandbox and returns the
 # function that runs the script under the hook.  Its arguments: the Python dispatcher, the budget.
 _BOOT = r"""
-local py_call, py_pcall, unwrap, sha1hex, max_units, hook_every, call_units, state = ...
+local py_call, py_pcall, unwrap, sha1hex, max_units, hook_every, call_units, state, as_c_function = ...
+-- The string library as Lua has it, for the trusted code below (the sandbox's is wrapped further down).
+local raw_find, raw_gsub, raw_sub = string.find, string.gsub, string.sub
 local debug_sethook, debug_getinfo = debug.sethook, debug.getinfo
 local loadstring, setfenv, setmetatable, rawget, rawset, type, error, tostring, xpcall, select =
       loadstring, setfenv, setmetatable, rawget, rawset, type, error, tostring, xpcall, select
@@ -288,8 +316,9 @@ env._G = env
 
 -- An error of redis.call (a Python exception, kvd.kv.script.CallError) as the user's pcall sees it: its text.
 local lua_pcall, lua_xpcall = pcall, xpcall
+local where
 local function tidy(e)
-    local text = unwrap(e)
+    local text = unwrap(e)  -- as Redis: a library's error caught by pcall has no position
     if text then return text end
     return e
 end
@@ -340,6 +369,229 @@ redis.breakpoint = function() return false end
 redis.debug = function() end
 env.redis = redis
 
+-- cjson, as Redis embeds lua-cjson 2.1: written in Lua here, so it runs under the hook and the memory bound.
+local cjson_null = newproxy(false)
+local cjson = {null = cjson_null}
+local string_format, string_char, table_concat, math_floor, math_huge =
+      string.format, string.char, table.concat, math.floor, math.huge
+local escapes = {['"'] = '\\"', ["\\"] = "\\\\", ["/"] = "\\/", ["\b"] = "\\b", ["\f"] = "\\f", ["\n"] = "\\n",
+                 ["\r"] = "\\r", ["\t"] = "\\t", ["\127"] = "\\u007f"}
+for i = 0, 31 do
+    local c = string_char(i)
+    if not escapes[c] then escapes[c] = string_format("\\u%04x", i) end
+end
+local function encode_string(s)
+    return '"' .. raw_gsub(s, '[%c"\\/]', escapes) .. '"'
+end
+local function encode_number(n)
+    if n ~= n or n == math_huge or n == -math_huge then
+        error("Cannot serialise number: must not be NaN or Inf", 0)
+    end
+    return string_format("%.14g", n)
+end
+local function encode_value(v, depth, out)
+    local t = type(v)
+    if v == nil or v == cjson_null then
+        out[#out + 1] = "null"
+    elseif t == "boolean" then
+        out[#out + 1] = v and "true" or "false"
+    elseif t == "number" then
+        out[#out + 1] = encode_number(v)
+    elseif t == "string" then
+        out[#out + 1] = encode_string(v)
+    elseif t == "table" then
+        depth = depth + 1
+        if depth > 1000 then error("Cannot serialise, excessive nesting (" .. depth .. ")", 0) end
+        local max, items, array = 0, 0, true
+        for k in pairs(v) do
+            if type(k) == "number" and k > 0 and math_floor(k) == k then
+                if k > max then max = k end
+                items = items + 1
+            else
+                array = false
+                break
+            end
+        end
+        if array and max > items * 2 and max > 10 then
+            error("Cannot serialise table: excessively sparse array", 0)
+        end
+        if array and max > 0 then
+            out[#out + 1] = "["
+            for i = 1, max do
+                if i > 1 then out[#out + 1] = "," end
+                encode_value(v[i], depth, out)
+            end
+            out[#out + 1] = "]"
+        else
+            out[#out + 1] = "{"
+            local first = true
+            for k, item in pairs(v) do
+                local kt = type(k)
+                if kt == "number" then
+                    k = encode_number(k)
+                elseif kt ~= "string" then
+                    error("Cannot serialise table: table key must be a number or string", 0)
+                end
+                if not first then out[#out + 1] = "," end
+                first = false
+                out[#out + 1] = encode_string(k)
+                out[#out + 1] = ":"
+                encode_value(item, depth, out)
+            end
+            out[#out + 1] = "}"
+        end
+    else
+        error("Cannot serialise " .. t .. ": type not supported", 0)
+    end
+end
+local function encode(...)
+    if select("#", ...) ~= 1 then error("bad argument #1 to 'encode' (expected 1 argument)", 2) end
+    local out = {}
+    encode_value((...), 0, out)
+    return table_concat(out)
+end
+
+local function utf8(code)
+    if code < 0x80 then return string_char(code) end
+    if code < 0x800 then return string_char(0xC0 + math_floor(code / 64), 0x80 + code % 64) end
+    if code < 0x10000 then
+        return string_char(0xE0 + math_floor(code / 4096), 0x80 + math_floor(code / 64) % 64, 0x80 + code % 64)
+    end
+    return string_char(0xF0 + math_floor(code / 262144), 0x80 + math_floor(code / 4096) % 64,
+                       0x80 + math_floor(code / 64) % 64, 0x80 + code % 64)
+end
+local string_sub, string_find = raw_sub, raw_find
+local unescapes = {['"'] = '"', ["\\"] = "\\", ["/"] = "/", b = "\b", f = "\f", n = "\n", r = "\r", t = "\t"}
+local function decode(text)
+    if type(text) ~= "string" then error("bad argument #1 to 'decode' (string expected)", 2) end
+    local pos = 1
+    local tokens = {["{"] = "T_OBJ_BEGIN", ["}"] = "T_OBJ_END", ["["] = "T_ARR_BEGIN", ["]"] = "T_ARR_END",
+                    [","] = "T_COMMA", [":"] = "T_COLON", ['"'] = "T_STRING"}
+    local function found()
+        local c = string_sub(text, pos, pos)
+        if c == "" then return "T_END" end
+        if tokens[c] then return tokens[c] end
+        if string_find(text, "^-?%d", pos) then return "T_NUMBER" end
+        if string_sub(text, pos, pos + 3) == "true" or string_sub(text, pos, pos + 4) == "false" then
+            return "T_BOOLEAN"
+        end
+        if string_sub(text, pos, pos + 3) == "null" then return "T_NULL" end
+        return "invalid token"
+    end
+    local function fail(what)
+        error("Expected " .. what .. " but found " .. found() .. " at character " .. pos, 0)
+    end
+    local function skip()
+        pos = string_find(text, "[^ \t\r\n]", pos) or #text + 1
+    end
+    local value
+    local function decode_string()
+        local parts, start = {}, pos + 1
+        while true do
+            local stop = string_find(text, '["\\]', start)
+            if not stop then pos = #text + 1; fail("string end") end
+            parts[#parts + 1] = string_sub(text, start, stop - 1)
+            if string_sub(text, stop, stop) == '"' then
+                pos = stop + 1
+                return table_concat(parts)
+            end
+            local c = string_sub(text, stop + 1, stop + 1)
+            if c == "u" then
+                local code = tonumber_(string_sub(text, stop + 2, stop + 5), 16)
+                if not code then pos = stop; fail("unicode escape") end
+                start = stop + 6
+                if code >= 0xD800 and code < 0xDC00 and string_sub(text, start, start + 1) == "\\u" then
+                    local low = tonumber_(string_sub(text, start + 2, start + 5), 16)
+                    if low and low >= 0xDC00 and low < 0xE000 then
+                        code = 0x10000 + (code - 0xD800) * 1024 + (low - 0xDC00)
+                        start = start + 6
+                    end
+                end
+                parts[#parts + 1] = utf8(code)
+            elseif unescapes[c] then
+                parts[#parts + 1] = unescapes[c]
+                start = stop + 2
+            else
+                pos = stop; fail("escape sequence")
+            end
+        end
+    end
+    value = function(depth)
+        if depth > 1000 then error("Found too many nested data structures (" .. depth .. ") at character " .. pos, 0) end
+        skip()
+        local c = string_sub(text, pos, pos)
+        if c == "{" then
+            local t = {}
+            pos = pos + 1
+            skip()
+            if string_sub(text, pos, pos) == "}" then pos = pos + 1; return t end
+            while true do
+                skip()
+                if string_sub(text, pos, pos) ~= '"' then fail("object key string") end
+                local k = decode_string()
+                skip()
+                if string_sub(text, pos, pos) ~= ":" then fail("colon") end
+                pos = pos + 1
+                t[k] = value(depth + 1)
+                skip()
+                c = string_sub(text, pos, pos)
+                pos = pos + 1
+                if c == "}" then return t end
+                if c ~= "," then pos = pos - 1; fail("comma or object end") end
+            end
+        elseif c == "[" then
+            local t, n = {}, 0
+            pos = pos + 1
+            skip()
+            if string_sub(text, pos, pos) == "]" then pos = pos + 1; return t end
+            while true do
+                n = n + 1
+                t[n] = value(depth + 1)
+                skip()
+                c = string_sub(text, pos, pos)
+                pos = pos + 1
+                if c == "]" then return t end
+                if c ~= "," then pos = pos - 1; fail("comma or array end") end
+            end
+        elseif c == '"' then
+            return decode_string()
+        elseif string_sub(text, pos, pos + 3) == "true" then
+            pos = pos + 4; return true
+        elseif string_sub(text, pos, pos + 4) == "false" then
+            pos = pos + 5; return false
+        elseif string_sub(text, pos, pos + 3) == "null" then
+            pos = pos + 4; return cjson_null
+        else
+            local s, e = string_find(text, "^-?%d+%.?%d*[eE]?[-+]?%d*", pos)
+            local n = s and tonumber_(string_sub(text, s, e))
+            if not n then fail("value") end
+            pos = e + 1
+            return n
+        end
+    end
+    local result = value(1)
+    skip()
+    if pos <= #text then fail("the end") end
+    return result
+end
+for _, name in ipairs({"encode_sparse_array", "encode_max_depth", "decode_max_depth", "encode_number_precision",
+                       "encode_keep_buffer", "encode_invalid_numbers", "decode_invalid_numbers"}) do
+    cjson[name] = function() end
+end
+-- Through Python, so that to Lua they are C functions, as Redis's are: "return cjson.encode(t)" is then not a
+-- tail call, and an error names the script's line.
+-- (Python passes a Lua number back as it came, except -0, which comes back as 0.)
+local raw_pcall = pcall
+local function c_function(impl)
+    return as_c_function(function(...)
+        local ok, value = raw_pcall(impl, ...)
+        if not ok and value == "not enough memory" then state.out_of_memory = true end
+        return ok, value
+    end)
+end
+cjson.encode, cjson.decode = c_function(encode), c_function(decode)
+env.cjson = cjson
+
 local function protect(t)
     setmetatable(t, {
         __index = function(_, name)
@@ -351,7 +603,7 @@ local function protect(t)
 end
 
 -- The innermost line of the user's script on the stack: Redis's "on @user_script:N."
-local function where()
+where = function()
     for level = 2, 64 do
         local info = debug_getinfo(level, "Sl")
         if not info then break end
@@ -363,7 +615,8 @@ end
 local function handler(e)
     if e == KILLED then return e end
     local line = where()
-    local text = unwrap(e)
+    local text, positioned = unwrap(e)
+    if positioned then return {err = "ERR user_script:" .. line .. ": " .. text, line = line} end
     if text then return {err = text, line = line} end
     if type(e) == "table" and type(rawget(e, "err")) == "string" then
         return {err = rawget(e, "err"), line = line}
@@ -586,7 +839,8 @@ def _new_runtime(run: Optional[_Run]):
         call, pcall = run.call, run.pcall
     else:
         call = pcall = None
-    boot = runtime.execute(_boot(), call, pcall, _unwrap, sha1hex, MAX_UNITS, HOOK_EVERY, CALL_UNITS, state)
+    boot = runtime.execute(_boot(), call, pcall, _unwrap, sha1hex, MAX_UNITS, HOOK_EVERY, CALL_UNITS, state,
+                           _CFunction)
     return runtime, state, boot
 
 

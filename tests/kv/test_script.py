@@ -218,6 +218,16 @@ def test_string_rep_past_the_memory_bound_is_refused_before_its_loop(r):
     assert r.eval("return {#string.rep('ab', 1000), string.rep('x', 0), string.rep(5, 2)}") == [2000, b"", b"55"]
 
 
+def test_cjson_runs_under_the_bounds(r):
+    assert r.eval("return cjson.encode(cjson.decode(ARGV[1]))", args=[b'{"a":[1,2.5,"x",null,true]}']) == (
+        b'{"a":[1,2.5,"x",null,true]}')
+    assert r.eval("redis.call('set','k','1'); while true do cjson.decode(cjson.encode({1, {2}})) end").message.startswith(
+        "ERR Script killed: it ran over")
+    assert r.eval("local s = string.rep('x', 3e6) return #cjson.encode({s, s, s})").message.startswith(
+        "ERR Script killed: it used more than")
+    assert r.get(b"k") is None
+
+
 def test_memory_is_bounded_and_applies_nothing(r):
     for body in ("redis.call('set','k','1'); local t = {} for i=1,1e9 do t[i] = string.rep('x', 1000) .. i end",
                  "redis.call('set','k','1'); local s = 'x' while true do s = s .. s end",
