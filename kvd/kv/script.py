@@ -18,8 +18,9 @@ entry:
   hook), ``package``, nor lupa's ``python``.  Reading an undefined global
   or writing any global fails with Redis's texts.  ``cjson`` (encode,
   decode, null) answers as Redis's lua-cjson 2.1, written in Lua here so that
-  it runs under the bounds (``cjson.encode(-0)`` gives ``0``); no
-  ``cmsgpack``, ``bit`` or ``struct`` (Redis has them; lupa's Lua has not);
+  it runs under the bounds (``cjson.encode(-0)`` gives ``0``), and so does
+  ``cmsgpack`` (pack, unpack, unpack_one, unpack_limit, as lua-cmsgpack 0.4);
+  no ``bit`` or ``struct`` (Redis has them; lupa's Lua has not);
 * ``redis.call``/``redis.pcall`` run kvd's own commands (kvd.resp.commands'
   table, so the same parsing and errors as at the client port) on the
   machine: the string and key commands, PING, ECHO, SELECT 0.  TIME,
@@ -194,9 +195,12 @@ class _CFunction:
         self.function = function
 
     def __call__(self, *args):
-        ok, value = self.function(*args)  # a Lua pcall of the library function: its error value as it is
+        # A Lua pcall of the library function: its values, or its error value as it is.
+        result = self.function(*args)
+        ok, values = (result[0], result[1:]) if isinstance(result, tuple) else (result, ())
         if ok:
-            return value
+            return values
+        value = values[0] if values else b""
         raise LibraryError(value if isinstance(value, bytes) else str(value).encode("utf-8", "surrogateescape"))
 
 
@@ -584,13 +588,258 @@ end
 local raw_pcall = pcall
 local function c_function(impl)
     return as_c_function(function(...)
-        local ok, value = raw_pcall(impl, ...)
-        if not ok and value == "not enough memory" then state.out_of_memory = true end
-        return ok, value
+        return (function(ok, ...)
+            if not ok and ... == "not enough memory" then state.out_of_memory = true end
+            return ok, ...
+        end)(raw_pcall(impl, ...))
     end)
 end
 cjson.encode, cjson.decode = c_function(encode), c_function(decode)
 env.cjson = cjson
+
+-- cmsgpack, as Redis embeds lua-cmsgpack 0.4: in Lua here too, under the bounds, called as C functions.
+local math_frexp, math_ldexp, math_abs = math.frexp, math.ldexp, math.abs
+local string_byte = string.byte
+local function be(n, bytes)  -- a non-negative integer as ``bytes`` big-endian bytes
+    local out = {}
+    for i = bytes, 1, -1 do
+        out[i] = string_char(n % 256)
+        n = math_floor(n / 256)
+    end
+    return table_concat(out)
+end
+local function ieee(x, single)  -- a finite, infinite or NaN number as IEEE 754 bytes
+    local ebits, mbits, bias = 11, 52, 1023
+    if single then ebits, mbits, bias = 8, 23, 127 end
+    local sign = 0
+    if x < 0 or (x == 0 and 1 / x < 0) then sign = 1; x = -x end
+    local e, m
+    if x ~= x then
+        e, m = 2 ^ ebits - 1, 2 ^ (mbits - 1)
+        sign = 1
+    elseif x == math_huge then
+        e, m = 2 ^ ebits - 1, 0
+    elseif x == 0 then
+        e, m = 0, 0
+    else
+        local f, exp = math_frexp(x)  -- x = f * 2^exp, 0.5 <= f < 1
+        e = exp + bias - 1
+        if e <= 0 then  -- subnormal
+            m = math_floor(math_ldexp(x, bias - 1 + mbits) + 0.5)
+            e = 0
+        else
+            m = math_floor((f * 2 - 1) * 2 ^ mbits + 0.5)
+        end
+    end
+    if single then return be(sign * 2 ^ 31 + e * 2 ^ 23 + m, 4) end
+    -- two 32-bit words: the 64 bits do not fit a double's mantissa
+    return be(sign * 2 ^ 31 + e * 2 ^ 20 + math_floor(m / 4294967296), 4) .. be(m % 4294967296, 4)
+end
+local function float32_equal(x)  -- does x survive a round trip through float32?
+    if x ~= x or x == math_huge or x == -math_huge or x == 0 then return true end
+    local f, exp = math_frexp(math_abs(x))
+    if exp > 128 or exp < -125 then return false end
+    local scaled = f * 2 ^ 24
+    return scaled == math_floor(scaled)
+end
+local pack_value
+local function pack_int(n, out)
+    if n >= 0 then
+        if n <= 127 then out[#out + 1] = string_char(n)
+        elseif n <= 0xff then out[#out + 1] = "\204" .. be(n, 1)
+        elseif n <= 0xffff then out[#out + 1] = "\205" .. be(n, 2)
+        elseif n <= 0xffffffff then out[#out + 1] = "\206" .. be(n, 4)
+        else out[#out + 1] = "\207" .. be(math_floor(n / 4294967296), 4) .. be(n % 4294967296, 4) end
+    else
+        if n >= -32 then out[#out + 1] = string_char(256 + n)
+        elseif n >= -128 then out[#out + 1] = "\208" .. be(256 + n, 1)
+        elseif n >= -32768 then out[#out + 1] = "\209" .. be(65536 + n, 2)
+        elseif n >= -2147483648 then out[#out + 1] = "\210" .. be(4294967296 + n, 4)
+        else  -- two 32-bit words: 2^64 + n is not exact in a double
+            local hi = math_floor(n / 4294967296)
+            out[#out + 1] = "\211" .. be(hi + 4294967296, 4) .. be(n - hi * 4294967296, 4)
+        end
+    end
+end
+pack_value = function(v, depth, out)
+    local t = type(v)
+    if t == "string" then
+        local n = #v
+        if n < 32 then out[#out + 1] = string_char(0xa0 + n)
+        elseif n <= 0xff then out[#out + 1] = "\217" .. be(n, 1)
+        elseif n <= 0xffff then out[#out + 1] = "\218" .. be(n, 2)
+        else out[#out + 1] = "\219" .. be(n, 4) end
+        out[#out + 1] = v
+    elseif t == "boolean" then
+        out[#out + 1] = v and "\195" or "\194"
+    elseif t == "number" then
+        if v == math_floor(v) and v >= -9223372036854775808 and v < 9223372036854775808 then
+            pack_int(v, out)
+        elseif float32_equal(v) then
+            out[#out + 1] = "\202" .. ieee(v, true)
+        else
+            out[#out + 1] = "\203" .. ieee(v, false)
+        end
+    elseif t == "table" and depth < 16 then
+        local max, count, array = 0, 0, true
+        for k in pairs(v) do
+            count = count + 1
+            if type(k) == "number" and k > 0 and k == math_floor(k) then
+                if k > max then max = k end
+            else
+                array = false
+            end
+        end
+        if array and max ~= count then array = false end
+        if array then
+            if count < 16 then out[#out + 1] = string_char(0x90 + count)
+            elseif count <= 0xffff then out[#out + 1] = "\220" .. be(count, 2)
+            else out[#out + 1] = "\221" .. be(count, 4) end
+            for i = 1, count do pack_value(v[i], depth + 1, out) end
+        else
+            if count < 16 then out[#out + 1] = string_char(0x80 + count)
+            elseif count <= 0xffff then out[#out + 1] = "\222" .. be(count, 2)
+            else out[#out + 1] = "\223" .. be(count, 4) end
+            for k, item in pairs(v) do
+                pack_value(k, depth + 1, out)
+                pack_value(item, depth + 1, out)
+            end
+        end
+    else
+        out[#out + 1] = "\192"
+    end
+end
+local function pack(...)
+    local n = select("#", ...)
+    if n == 0 then error("bad argument #0 to 'pack' (MessagePack pack needs input.)", 0) end
+    local out, args = {}, {...}
+    for i = 1, n do pack_value(args[i], 0, out) end
+    return table_concat(out)
+end
+
+local function unpack_values(s, limit, offset)
+    local pos, n = offset + 1, #s
+    local function need(count)
+        if pos + count - 1 > n then error("Missing bytes in input.", 0) end
+    end
+    local function uint(bytes)
+        need(bytes)
+        local v = 0
+        for i = pos, pos + bytes - 1 do v = v * 256 + string_byte(s, i) end
+        pos = pos + bytes
+        return v
+    end
+    local function int(bytes)
+        if bytes == 8 then  -- as C's (double) of an int64: the high word signed, then one rounding
+            local hi = int(4)
+            return hi * 4294967296 + uint(4)
+        end
+        local v = uint(bytes)
+        local half = 2 ^ (8 * bytes - 1)
+        if v >= half then v = v - 2 * half end
+        return v
+    end
+    local function uint64()
+        local hi = uint(4)
+        return hi * 4294967296 + uint(4)
+    end
+    local function float(bytes)
+        local ebits, mbits, bias = 11, 52, 1023
+        if bytes == 4 then ebits, mbits, bias = 8, 23, 127 end
+        local hi = uint(4)
+        local sign = hi >= 2 ^ 31 and -1 or 1
+        hi = hi % 2 ^ 31
+        local e, m
+        if bytes == 4 then
+            e, m = math_floor(hi / 2 ^ 23), hi % 2 ^ 23
+        else
+            e, m = math_floor(hi / 2 ^ 20), (hi % 2 ^ 20) * 4294967296 + uint(4)
+        end
+        if e == 2 ^ ebits - 1 then
+            if m == 0 then return sign * math_huge end
+            return 0 / 0
+        end
+        if e == 0 then return sign * math_ldexp(m, 1 - bias - mbits) end
+        return sign * math_ldexp(m + 2 ^ mbits, e - bias - mbits)
+    end
+    local function str(len)
+        need(len)
+        local v = raw_sub(s, pos, pos + len - 1)
+        pos = pos + len
+        return v
+    end
+    local value
+    local function array(count)
+        local t = {}
+        for i = 1, count do t[i] = value() end
+        return t
+    end
+    local function map(count)
+        local t = {}
+        for _ = 1, count do
+            local k = value()
+            local v = value()
+            if k ~= nil then t[k] = v end
+        end
+        return t
+    end
+    value = function()
+        need(1)
+        local c = string_byte(s, pos)
+        pos = pos + 1
+        if c <= 0x7f then return c end
+        if c <= 0x8f then return map(c - 0x80) end
+        if c <= 0x9f then return array(c - 0x90) end
+        if c <= 0xbf then return str(c - 0xa0) end
+        if c >= 0xe0 then return c - 256 end
+        if c == 0xc0 then return nil end
+        if c == 0xc2 then return false end
+        if c == 0xc3 then return true end
+        if c == 0xd9 then return str(uint(1)) end
+        if c == 0xda then return str(uint(2)) end
+        if c == 0xdb then return str(uint(4)) end
+        if c == 0xca then return float(4) end
+        if c == 0xcb then return float(8) end
+        if c == 0xcc then return uint(1) end
+        if c == 0xcd then return uint(2) end
+        if c == 0xce then return uint(4) end
+        if c == 0xcf then return uint64() end
+        if c == 0xd0 then return int(1) end
+        if c == 0xd1 then return int(2) end
+        if c == 0xd2 then return int(4) end
+        if c == 0xd3 then return int(8) end
+        if c == 0xdc then return array(uint(2)) end
+        if c == 0xdd then return array(uint(4)) end
+        if c == 0xde then return map(uint(2)) end
+        if c == 0xdf then return map(uint(4)) end
+        error("Bad data format in input.", 0)
+    end
+    local results, count = {}, 0
+    if limit == 0 and offset == 0 then limit = math_huge end  -- unpack: everything
+    while pos <= n and count < limit do
+        count = count + 1
+        results[count] = value()
+    end
+    return results, count, pos - 1
+end
+local cmsgpack = {}
+cmsgpack.pack = c_function(pack)
+-- unpack answers several values: the C function gives a table and its length; the Lua side spreads it.
+local function unpack_full(s, limit, offset)
+    if type(s) ~= "string" then error("bad argument #1 to 'unpack' (string expected)", 0) end
+    limit, offset = math_floor(tonumber_(limit) or 0), math_floor(tonumber_(offset) or 0)
+    if offset < 0 or limit < 0 then
+        error("Invalid request to unpack with offset of " .. offset .. " and limit of " .. limit .. ".", 0)
+    end
+    if offset > #s then error("Start offset " .. offset .. " greater than input length " .. #s .. ".", 0) end
+    local results, count, used = unpack_values(s, limit, offset)
+    if limit == 0 and offset == 0 then return unpack(results, 1, count) end  -- everything, and no offset
+    return used < #s and used or -1, unpack(results, 1, count)
+end
+cmsgpack.unpack = c_function(function(s) return unpack_full(s, 0, 0) end)
+cmsgpack.unpack_one = c_function(function(s, offset) return unpack_full(s, 1, offset) end)
+cmsgpack.unpack_limit = c_function(unpack_full)
+env.cmsgpack = cmsgpack
 
 local function protect(t)
     setmetatable(t, {

@@ -228,6 +228,15 @@ def test_cjson_runs_under_the_bounds(r):
     assert r.get(b"k") is None
 
 
+def test_cmsgpack_runs_under_the_bounds(r):
+    assert r.eval("return cmsgpack.pack({1, 'a', {b = true}})") == b"\x93\x01\xa1a\x81\xa1b\xc3"
+    assert r.eval("local a, b = cmsgpack.unpack(ARGV[1]) return {a, b}", args=[b"\x05\xa1x"]) == [5, b"x"]
+    assert r.eval("while true do cmsgpack.unpack(cmsgpack.pack({1, 2, 3})) end").message.startswith(
+        "ERR Script killed: it ran over")
+    assert r.eval("local t = {} for i = 1, 5e4 do t[i] = string.rep('x', 100) .. i end "
+                  "return #cmsgpack.pack(t, t)").message.startswith("ERR Script killed: it used more than")
+
+
 def test_memory_is_bounded_and_applies_nothing(r):
     for body in ("redis.call('set','k','1'); local t = {} for i=1,1e9 do t[i] = string.rep('x', 1000) .. i end",
                  "redis.call('set','k','1'); local s = 'x' while true do s = s .. s end",
