@@ -370,9 +370,14 @@ class GroupWorkload:
     def summary(self) -> str:
         with self.lock:
             rows = sorted(self.stats.items())
-        return ", ".join("%s %d ok (%s%d failed, %d unknown)" % (
-            kind, row["ok"], ("%d aborted, " % row["aborted"]) if row["aborted"] or kind.endswith("cas") else "",
-            row["fail"], row["info"]) for kind, row in rows)
+        def conditional(kind, row):
+            if kind == "cas":
+                return "%d applied, %d aborted (EXEC nil), " % (row["applied"], row["aborted"])
+            if kind == "script-cas":
+                return "%d applied, %d compare failed, " % (row["applied"], row["aborted"])
+            return ""
+        return ", ".join("%s %d ok (%s%d failed, %d unknown)" % (kind, row["ok"], conditional(kind, row), row["fail"], row["info"])
+                         for kind, row in rows)
 
 
 class TxnWorkload(GroupWorkload):
