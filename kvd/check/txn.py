@@ -110,7 +110,7 @@ class TxnOp:
             else:
                 parts.append("INCR %s%s" % (m[1], " -> %r" % (m[2],) if self.outcome == OK else ""))
         if self.outcome == OK and self.applied is not None:
-            parts.append("-> %s" % ("applied" if self.applied else "not applied (nil)"))
+            parts.append("-> %s" % ("applied" if self.applied else "not applied"))
         end = "?" if self.complete is None else "%.3f" % self.complete
         return "#%d %s %s: %s [%s] by %s%s [%.3f, %s]" % (
             self.index, self.key, self.kind, "; ".join(parts), self.outcome, self.process,

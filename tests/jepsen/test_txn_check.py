@@ -226,3 +226,37 @@ def test_random_atomic_histories_pass():
                              None if outcome == INFO else end))
         result = check(ops, budget_s=20.0)
         assert result.verdict == VALID, "seed %d: %s" % (seed, result.report())
+
+
+def test_a_history_file_of_multikey_ops_round_trips(tmp_path):
+    """What the workloads record (kvd.jepsen.multikey) reads back as TxnOps, and `python -m kvd.jepsen check` uses check.txn."""
+    from kvd.jepsen.__main__ import check_file
+    from kvd.jepsen.workload import History, read_history
+
+    h = History()
+    w = h.invoke("c0", "t0-0", "txn", {"kind": "write", "micro": [["w", "t0-0.a", "x"], ["w", "t0-0.b", "y"]]})
+    h.complete(w, OK, {"reads": [], "applied": None})
+    cas = h.invoke("c1", "t0-0", "txn", {"kind": "cas", "guard": [["t0-0.a", "x"]], "micro": [["w", "t0-0.a", "z"]]})
+    h.complete(cas, OK, {"reads": [], "applied": False})
+    r = h.invoke("c2", "t0-0", "txn", {"kind": "read", "micro": [["r", "t0-0.a", None], ["r", "t0-0.b", None]]})
+    h.complete(r, OK, {"reads": ["x", "y"], "applied": None})
+    lost = h.invoke("c3", "t0-0", "txn", {"kind": "script-rmw", "micro": [["r", "t0-0.a", None], ["incr", "t0-0.n", None]]})
+    h.complete(lost, INFO, None, "no reply")
+    g = h.invoke("final", "t0-0.a", READ)
+    h.complete(g, OK, "x")
+    path = str(tmp_path / "history.jsonl")
+    h.write(path)
+    _, ops, _ = read_history(path)
+    txns = [op for op in ops if isinstance(op, TxnOp)]
+    assert [op.kind for op in txns] == ["write", "cas", "read", "script-rmw"]
+    assert txns[1].guard == (("t0-0.a", "x"),) and txns[1].applied is False
+    assert txns[2].micro == (("r", "t0-0.a", "x"), ("r", "t0-0.b", "y"))
+    assert txns[3].outcome == INFO and txns[3].micro[1] == ("incr", "t0-0.n", None)
+    assert check(ops).verdict == VALID
+    assert check_file([path]) == 0
+    # The same file with the read seeing half of the write: the CLI says so.
+    with open(path) as f:
+        text = f.read().replace('"reads": ["x", "y"]', '"reads": ["x", null]')
+    with open(path, "w") as f:
+        f.write(text)
+    assert check_file([path]) == 1
