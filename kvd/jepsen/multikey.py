@@ -268,6 +268,8 @@ class GroupWorkload:
             outcome, error = classify(e, sent_write[0])
         except Unexpected as e:
             result, outcome, error = None, (INFO if sent_write[0] else FAIL), "unexpected reply: %s" % e
+        except Exception as e:  # a bug of the workload's own: never a silent client thread death
+            result, outcome, error = None, INFO, "unexpected exception: %r" % (e,)
         self.history.complete(rec, outcome, result, error)
         kind = spec["kind"]
         self._count(kind, outcome)
@@ -404,9 +406,11 @@ class TxnWorkload(GroupWorkload):
 
     def run_atomic(self, conn: Connection, spec: dict, sent_write: list) -> dict:
         guarded = bool(spec.get("guard"))
+        watching = None
         if guarded:
             keys = [k for k, _ in spec["guard"]]
             _ok(conn.call("WATCH", *keys), "WATCH")
+            watching = conn.sock  # the connection that holds the WATCH
             values = conn.call("MGET", *keys)
             if not isinstance(values, list) or len(values) != len(keys):
                 raise Unexpected("MGET answered %r" % (values,))
@@ -431,9 +435,8 @@ class TxnWorkload(GroupWorkload):
                 commands.append(("INCR", run[0][1]))
             i = j
         sent_write[0] = True  # from here on EXEC may have been sent
-        sock = conn.sock
         conn.send_many([("MULTI",)] + commands + [("EXEC",)])
-        if guarded and conn.sock is not sock:
+        if guarded and conn.sock is not watching:
             # The node had closed the connection (a restart) and the client
             # reopened it to send: that connection never WATCHed, so the
             # transaction ran unguarded.  Record what really ran.
