@@ -198,11 +198,11 @@ class GroupWorkload:
     def _seen(self, key: str, value) -> None:
         if value is not None:
             with self.lock:
-                self.recent[key].append(value)
+                self.recent.setdefault(key, deque(maxlen=4)).append(value)
 
     def _expected(self, rng: random.Random, key: str, name: str) -> str:
         with self.lock:
-            seen = list(self.recent[key])
+            seen = list(self.recent.get(key, ()))
         return rng.choice(seen) if seen else "%s-none" % name
 
     def _count(self, kind: str, what: str) -> None:
