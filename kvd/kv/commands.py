@@ -43,6 +43,9 @@ Wire format, version 1 (all integers varints, see kvd.kv.codec)::
     tag 36 Scan cursor count has_match:byte [match]   37 DbSize   38 StrLen key
     tag 39 GetRange key start:zigzag end:zigzag   40 RandomKey position
     tag 13 Script op:byte body:blob n keys... n args... max_len
+    tag 64 IncrByFloat key:blob increment:blob   (the increment as the client sent it,
+                  parsed when applied: kvd.kv.longdouble)
+                  Tags 32-63 are read ops; write tags are 1-31 and 64 up.
                   op: 0 EVAL, 1 EVAL_RO, 2 SCRIPT LOAD, 3 SCRIPT FLUSH, 4 EVALSHA, 5 EVALSHA_RO
                   (EVALSHA carries the body too; see kvd.kv.script)
 
@@ -76,7 +79,7 @@ from kvd.kv.codec import INT64_MAX, INT64_MIN, U64_MAX, CodecError, Reader, Writ
 
 __all__ = [
     "CodecError", "Set", "Delete", "MSet", "IncrBy", "GetDel", "Append", "SetRange", "MSetNX", "Rename", "Copy",
-    "FlushAll", "Script", "ScriptGet", "Envelope", "Get", "MGet", "Exists", "Keys", "Scan", "DbSize", "StrLen", "GetRange", "RandomKey",
+    "FlushAll", "IncrByFloat", "Script", "ScriptGet", "Envelope", "Get", "MGet", "Exists", "Keys", "Scan", "DbSize", "StrLen", "GetRange", "RandomKey",
     "WriteCommand", "ReadOp", "WRITE_COMMANDS", "READ_OPS", "ENVELOPE_VERSION",
     "encode_envelope", "decode_envelope", "parse_int64", "INT64_MIN", "INT64_MAX", "command_size", "command_keys",
     "write_keys", "MAX_STRING_BYTES", "Transaction", "Versions", "TXN_READ_OPS", "read_keys",
@@ -282,6 +285,22 @@ class Copy:
 
 
 @dataclass(frozen=True)
+class IncrByFloat:
+    """
+    INCRBYFLOAT key increment: Redis 7's x87 long double sum, stored and answered as text
+    (kvd.kv.longdouble).  ``increment`` is the client's bytes: it is parsed (and refused) when the
+    entry is applied, after the stored value, in Redis's order.
+    """
+
+    key: bytes
+    increment: bytes
+
+    def __post_init__(self):
+        _bytes("key", self.key)
+        _bytes("increment", self.increment)
+
+
+@dataclass(frozen=True)
 class FlushAll:
     """FLUSHDB and FLUSHALL: every key deleted.  The keyspace drops them whole (``clear``), not key by key."""
 
@@ -315,7 +334,7 @@ class Script:
 
 
 
-SIMPLE_WRITES = (Set, Delete, MSet, IncrBy, GetDel, Append, SetRange, MSetNX, Rename, Copy, FlushAll)
+SIMPLE_WRITES = (Set, Delete, MSet, IncrBy, GetDel, Append, SetRange, MSetNX, Rename, Copy, FlushAll, IncrByFloat)
 
 
 @dataclass(frozen=True)
@@ -350,7 +369,7 @@ class Transaction:
 
 
 WriteCommand = Union[Set, Delete, MSet, IncrBy, GetDel, Append, SetRange, MSetNX, Rename, Copy, FlushAll, Transaction,
-                     Script]
+                     Script, IncrByFloat]
 WRITE_COMMANDS = SIMPLE_WRITES + (Transaction, Script)
 
 
@@ -508,6 +527,9 @@ _TAG_SCRIPT = 13
 _TAG_TRANSACTION = 12
 _TAG_GET, _TAG_MGET, _TAG_EXISTS, _TAG_KEYS, _TAG_SCAN, _TAG_DBSIZE = 32, 33, 34, 35, 36, 37
 _TAG_STRLEN, _TAG_GETRANGE, _TAG_RANDOMKEY = 38, 39, 40
+#: Read ops' tags end below this (inside a transaction a tag in 32-63 is a read); writes go on from it.
+_TAG_READ_END = 64
+_TAG_INCRBYFLOAT = 64
 _COND_CODE = {None: 0, "NX": 1, "XX": 2}
 _CODE_COND = {v: k for k, v in _COND_CODE.items()}
 _FLAG_IFEQ, _FLAG_GET = 0x04, 0x08
@@ -571,6 +593,10 @@ def _encode_command(w: Writer, cmd) -> None:
         w.byte(int(cmd.nx if isinstance(cmd, Rename) else cmd.replace))
     elif isinstance(cmd, FlushAll):
         w.byte(_TAG_FLUSHALL)
+    elif isinstance(cmd, IncrByFloat):
+        w.byte(_TAG_INCRBYFLOAT)
+        w.blob(cmd.key)
+        w.blob(cmd.increment)
     elif isinstance(cmd, Script):
         w.byte(_TAG_SCRIPT)
         w.byte(SCRIPT_OPS.index(cmd.op))
@@ -665,6 +691,8 @@ def command_size(cmd: WriteCommand) -> int:
         return 2 + _blob_size(cmd.src) + _blob_size(cmd.dst)
     if isinstance(cmd, FlushAll):
         return 1
+    if isinstance(cmd, IncrByFloat):
+        return 1 + _blob_size(cmd.key) + _blob_size(cmd.increment)
     if isinstance(cmd, Script):
         return (2 + _blob_size(cmd.body) + _uint_size(len(cmd.keys)) + sum(_blob_size(k) for k in cmd.keys)
                 + _uint_size(len(cmd.args)) + sum(_blob_size(a) for a in cmd.args) + _uint_size(cmd.max_len))
@@ -747,7 +775,7 @@ def decode_envelope(data: bytes) -> Envelope:
 def _decode_command(r: Reader, nested: bool = False) -> WriteCommand:
     tag = r.byte()
     try:
-        if tag >= _TAG_GET and nested:
+        if _TAG_GET <= tag < _TAG_READ_END and nested:
             return _decode_read(r, tag)
         if tag == _TAG_TRANSACTION and not nested:
             watched = []
@@ -785,6 +813,8 @@ def _decode_command(r: Reader, nested: bool = False) -> WriteCommand:
             return Rename(src, dst, bool(flag)) if tag == _TAG_RENAME else Copy(src, dst, bool(flag))
         if tag == _TAG_FLUSHALL:
             return FlushAll()
+        if tag == _TAG_INCRBYFLOAT:
+            return IncrByFloat(r.blob(), r.blob())
         if tag == _TAG_SCRIPT:
             op = r.byte()
             if op >= len(SCRIPT_OPS):

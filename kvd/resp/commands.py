@@ -27,6 +27,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from kvd.kv.commands import (
     INT64_MIN, MAX_STRING_BYTES, Append, Copy, DbSize, Delete, Exists, FlushAll, Get, GetDel, GetRange, IncrBy, Keys,
+    IncrByFloat,
     MGet, MSet, MSetNX, RandomKey, ReadOp, Rename, Scan, Script, ScriptGet, Set, SetRange, StrLen, WriteCommand,
     command_keys, command_size, parse_int64, write_keys,
 )
@@ -420,6 +421,7 @@ _COMMANDS = [
     _spec("decr", 2, _W + " fast", (1, 1, 1), lambda a: Write(IncrBy(a[1], -1))),
     _spec("incrby", 3, _W + " fast", (1, 1, 1), _parse_incrby(1)),
     _spec("decrby", 3, _W + " fast", (1, 1, 1), _parse_incrby(-1)),
+    _spec("incrbyfloat", 3, _W + " fast", (1, 1, 1), lambda a: Write(IncrByFloat(a[1], a[2]))),
     _spec("setnx", 3, _W + " fast", (1, 1, 1), lambda a: Write(Set(a[1], a[2], cond="NX"), "setnx", "bool")),
     _spec("getset", 3, _W + " fast", (1, 1, 1), lambda a: Write(Set(a[1], a[2], get=True), "getset")),
     _spec("unlink", -2, "write fast", (1, -1, 1), lambda a: Write(Delete(tuple(a[1:])), "unlink")),
@@ -580,7 +582,8 @@ def spec_of(name: str) -> Optional[CommandSpec]:
 
 _WRITE_NAMES = {"Set": "set", "MSet": "mset", "Delete": "del", "IncrBy": "incrby", "GetDel": "getdel",
                 "Append": "append", "SetRange": "setrange", "MSetNX": "msetnx", "Rename": "rename", "Copy": "copy",
-                "FlushAll": "flushall", "Script": "eval"}
+                "FlushAll": "flushall", "Script": "eval",
+                "IncrByFloat": "incrbyfloat"}
 _READ_NAMES = {"Get": "get", "MGet": "mget", "Exists": "exists", "Keys": "keys", "Scan": "scan", "DbSize": "dbsize",
                "StrLen": "strlen", "GetRange": "getrange", "RandomKey": "randomkey", "ScriptGet": "script|exists"}
 
