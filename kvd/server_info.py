@@ -108,8 +108,14 @@ class ServerInfo:
     def _clients(self, raft):
         port = self.client_port
         users = getattr(port, "users", None)
+        # Redis 7.0's fields in its order (the recent maxima are the current ones: kvd keeps no history),
+        # then kvd's own.  No cluster bus, blocking commands, tracking or timeouts: those count 0.
+        ios = [c.io() for c in self.clients.values() if getattr(c, "io", None) is not None] if self.clients else []
         return [("connected_clients", len(self.clients) if self.clients is not None else 0),
-                ("maxclients", getattr(port, "maxclients", 0)), ("blocked_clients", 0),
+                ("cluster_connections", 0), ("maxclients", getattr(port, "maxclients", 0)),
+                ("client_recent_max_input_buffer", max((io.get("qbuf", 0) for io in ios), default=0)),
+                ("client_recent_max_output_buffer", max((io.get("omem", 0) for io in ios), default=0)),
+                ("blocked_clients", 0), ("tracking_clients", 0), ("clients_in_timeout_table", 0),
                 ("client_output_limit", getattr(port, "output_limit", 0)),
                 ("client_auth", "yes" if users is not None and users.required else "no"),
                 ("client_tls", "yes" if self.client_tls else "no")]

@@ -492,6 +492,8 @@ _COMMANDS = [
         _spec("client|id", 2, "noscript loading stale"),
         _spec("client|info", 2, "noscript loading stale"),
         _spec("client|setinfo", 4, "noscript loading stale", parse=_parse_client_setinfo),
+        _spec("client|list", -2, "admin noscript loading stale"),
+        _spec("client|reply", 3, "noscript loading stale"),
     )),
 ]
 

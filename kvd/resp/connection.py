@@ -31,9 +31,10 @@ Imports: as the layer table in tests/test_layers.py allows.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple
+import time
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
-from kvd.kv.commands import ScriptGet, Transaction, command_keys, command_size
+from kvd.kv.commands import ScriptGet, Transaction, command_keys, command_size, parse_int64
 from kvd.kv.results import OK
 from kvd.resp.auth import (
     ADMIN, DEFAULT_USER, HELLO_NOAUTH_MESSAGE, NO_PASSWORD_MESSAGE, NOAUTH_MESSAGE, READONLY, READWRITE,
@@ -41,12 +42,12 @@ from kvd.resp.auth import (
 )
 from kvd.resp.commands import COMMANDS, Admin, Read, Write, command_info, request_name, spec_of
 from kvd.limits import LIMITS
-from kvd.resp.encoder import PONG, QUEUED, RespMap
+from kvd.resp.encoder import PONG, QUEUED, RespMap, Verbatim
 from kvd.resp.errors import RespError
 
 LOCAL_COMMANDS = frozenset({
     "auth", "hello", "ping", "echo", "select", "quit", "readonly", "readwrite",
-    "client|setname", "client|getname", "client|id", "client|info", "client|setinfo",
+    "client|setname", "client|getname", "client|id", "client|info", "client|setinfo", "client|list", "client|reply",
     "command", "command|count", "command|docs", "command|info", "command|list",
     "multi", "exec", "discard", "watch", "unwatch",
 })
@@ -60,7 +61,35 @@ SCRIPT_IN_MULTI = RespError("ERR", "kvd does not run SCRIPT EXISTS inside MULTI 
 #: Admin commands the executor answers that may be queued: answered in their place after the entry applies.
 QUEUEABLE_ADMIN = frozenset({"time", "info", "role", "config|get", "config|resetstat", "kvd.members", "kvd.cluster"})
 #: Local commands that may be queued (the others change how the connection talks or who it is).
-QUEUEABLE_LOCAL = LOCAL_COMMANDS - TRANSACTION_CONTROL - frozenset({"auth", "hello"})
+QUEUEABLE_LOCAL = LOCAL_COMMANDS - TRANSACTION_CONTROL - frozenset({"auth", "hello", "client|reply"})
+
+
+class NoReply:
+    """What CLIENT REPLY OFF and SKIP answer: nothing at all (kvd.resp.protocol writes no bytes for it)."""
+
+    def __repr__(self) -> str:
+        return "NO_REPLY"
+
+
+NO_REPLY = NoReply()
+
+
+def command_name(args: List[bytes]) -> Optional[str]:
+    """The full name of the command ``args`` call ("get", "client|info"), None for an unknown one: CLIENT's cmd=."""
+    if not args:
+        return None
+    spec = COMMANDS.get(args[0].lower())
+    if spec is None:
+        return None
+    if spec.subcommands and len(args) > 1:
+        sub = spec_of("%s|%s" % (spec.name, args[1].lower().decode("ascii", "replace")))
+        if sub is not None:
+            return sub.name
+    return spec.name
+
+
+#: CLIENT LIST TYPE's names (Redis's getClientTypeByName); kvd's connections are all "normal" ones.
+CLIENT_TYPES = frozenset({b"normal", b"master", b"replica", b"slave", b"pubsub"})
 
 
 class Queued:
@@ -136,6 +165,17 @@ class Connection:
         self.watched: Dict[bytes, Tuple[bool, int]] = {}
         #: A WATCH failed (its read did not complete): the next EXEC must not run (it answers nil).
         self.watch_failed = False
+        # CLIENT REPLY: OFF answers nothing until ON; SKIP (when not OFF) answers nothing to the next command.
+        self.reply_off = False
+        self.reply_skip = False  # the command being dispatched answers nothing
+        self.reply_skip_next = False  # the command after this one answers nothing
+        # For CLIENT INFO / LIST (kvd.resp.protocol sets them): every open connection by id, the clock,
+        # and what the connection's protocol holds (a callable answering a dict of CLIENT's io fields).
+        self.registry: Optional[Mapping[int, "Connection"]] = None
+        self.now: Callable[[], float] = time.time
+        self.created = self.last_active = self.now()
+        self.last_command = "NULL"  # Redis's cmd= before any
+        self.io: Optional[Callable[[], Dict[str, Any]]] = None
 
     def refuses(self, request) -> Optional[RespError]:
         """The error for a request this connection must not run now (no AUTH yet, its role, inside MULTI), else None."""
@@ -183,17 +223,71 @@ class Connection:
         self.watch_failed = False
 
     def client_info(self) -> bytes:
-        """One line in the style of Redis's CLIENT INFO / CLIENT LIST."""
-        return b"id=%d addr=%s laddr=%s name=%s db=0 flags=%s user=%s lib-name=%s lib-ver=%s\n" % (
-            self.id,
-            self.peer.encode(),
-            self.local.encode(),
-            self.name or b"",
-            b"r" if self.readonly else b"N",
-            (self.user.name if self.user is not None else DEFAULT_USER).encode("utf-8", "surrogateescape"),
-            self.lib_name or b"",
-            self.lib_ver or b"",
+        """
+        One line of Redis's CLIENT INFO / CLIENT LIST (7.2's fields, in its order).  Fields kvd has no
+        counterpart for take the value Redis shows when there is nothing: sub, psub, ssub 0 (no pub/sub),
+        argv-mem, rbs, rbp, obl, oll 0 (no preallocated buffers, no reply list), redir -1 (no tracking).
+        """
+        now = self.now()
+        io = self.io() if self.io is not None else {}
+        flags = "".join(flag for flag, on in (
+            ("x", self.in_multi), ("d", self.watch_failed), ("c", io.get("closing", False)),
+            ("r", self.readonly)) if on) or "N"
+        multi_mem = self.queued.size if self.in_multi else 0
+        qbuf, omem = io.get("qbuf", 0), io.get("omem", 0)
+        fields = (
+            (b"id", b"%d" % self.id),
+            (b"addr", self.peer.encode()),
+            (b"laddr", self.local.encode()),
+            (b"fd", b"%d" % io.get("fd", -1)),
+            (b"name", self.name or b""),
+            (b"age", b"%d" % max(0, int(now - self.created))),
+            (b"idle", b"%d" % max(0, int(now - self.last_active))),
+            (b"flags", flags.encode()),
+            (b"db", b"0"),
+            (b"sub", b"0"),
+            (b"psub", b"0"),
+            (b"ssub", b"0"),
+            (b"multi", b"%d" % (len(self.queued.requests) if self.in_multi else -1)),
+            (b"qbuf", b"%d" % qbuf),
+            (b"qbuf-free", b"0"),
+            (b"argv-mem", b"0"),
+            (b"multi-mem", b"%d" % multi_mem),
+            (b"rbs", b"0"),
+            (b"rbp", b"0"),
+            (b"obl", b"0"),
+            (b"oll", b"0"),
+            (b"omem", b"%d" % omem),
+            (b"tot-mem", b"%d" % (qbuf + omem + multi_mem)),
+            (b"events", io.get("events", "r").encode()),
+            (b"cmd", self.last_command.encode()),
+            (b"user", (self.user.name if self.user is not None else DEFAULT_USER).encode("utf-8", "surrogateescape")),
+            (b"redir", b"-1"),
+            (b"resp", b"%d" % self.protocol),
+            (b"lib-name", self.lib_name or b""),
+            (b"lib-ver", self.lib_ver or b""),
         )
+        return b" ".join(k + b"=" + v for k, v in fields) + b"\n"
+
+    def dispatched(self, args: Optional[List[bytes]]) -> None:
+        """A request is about to run (``args`` as sent; None for a protocol error): noted for CLIENT INFO."""
+        self.last_active = self.now()
+        name = command_name(args) if args is not None else None
+        if name is not None:
+            self.last_command = name
+
+    def after_dispatch(self) -> bool:
+        """
+        Whether the request just dispatched answers nothing, by CLIENT REPLY as the request left it (OFF, or
+        SKIP of the command before; ON itself answers OK); then, as Redis's resetClient, a CLIENT REPLY SKIP
+        just run silences the next command.
+        """
+        silent = self.reply_off or self.reply_skip
+        self.reply_skip = False
+        if self.reply_skip_next:
+            self.reply_skip_next = False
+            self.reply_skip = True
+        return silent
 
     def __repr__(self) -> str:
         return "<Connection id=%d peer=%s name=%r readonly=%s>" % (self.id, self.peer, self.name, self.readonly)
@@ -247,7 +341,22 @@ def execute_local(request: Admin, connection: Connection) -> Any:
     if name == "client|id":
         return connection.id
     if name == "client|info":
-        return connection.client_info()
+        return Verbatim(connection.client_info())
+    if name == "client|list":
+        return Verbatim(_client_list(args, connection))
+    if name == "client|reply":
+        mode = args[0].lower()
+        if mode == b"on":
+            connection.reply_off = connection.reply_skip = connection.reply_skip_next = False
+            return OK
+        if mode == b"off":
+            connection.reply_off = True
+            return NO_REPLY
+        if mode == b"skip":
+            if not connection.reply_off:
+                connection.reply_skip_next = True
+            return NO_REPLY
+        raise RespError("ERR", "syntax error")
     if name == "client|setinfo":
         if args[0] == b"LIB-NAME":
             connection.lib_name = args[1]
@@ -267,6 +376,28 @@ def execute_local(request: Admin, connection: Connection) -> Any:
     if name == "command|list":
         return [spec.name.encode() for spec in COMMANDS.values()]
     raise ValueError("not a local command: %r" % (name,))
+
+
+def _client_list(args, connection: Connection) -> bytes:
+    """CLIENT LIST [TYPE type] [ID id ...], parsed as Redis 7.0 does (one option, TYPE exactly alone)."""
+    registry = connection.registry if connection.registry is not None else {connection.id: connection}
+    if len(args) == 2 and args[0].lower() == b"type":
+        if args[1].lower() not in CLIENT_TYPES:
+            raise RespError("ERR", "Unknown client type '%s'" % args[1].decode("utf-8", "surrogateescape"))
+        chosen = sorted(registry) if args[1].lower() == b"normal" else []
+    elif len(args) > 1 and args[0].lower() == b"id":
+        chosen = []
+        for arg in args[1:]:
+            client_id = parse_int64(arg)
+            if client_id is None:
+                raise RespError("ERR", "Invalid client ID")
+            if client_id in registry:
+                chosen.append(client_id)
+    elif args:
+        raise RespError("ERR", "syntax error")
+    else:
+        chosen = sorted(registry)
+    return b"".join(registry[i].client_info() for i in chosen)
 
 
 def _auth(user: Optional[bytes], password: bytes, connection: Connection) -> Any:

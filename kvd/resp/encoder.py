@@ -14,6 +14,7 @@ Python values map onto RESP2 types as follows::
     NIL_ARRAY                        -> *-1                   nil array (EXEC after a WATCHed key changed)
     list, tuple                      -> *N ...                array, nested freely
     RespMap                          -> %N ... (RESP3) or a flat *2N array (RESP2)
+    Verbatim                         -> =N txt:... (RESP3) or a bulk string (RESP2)
 
 The two protocols differ only where kvd uses it: RESP3 writes nil as ``_``
 and has a map type.
@@ -43,6 +44,13 @@ _LINE_FIX = bytes.maketrans(b"\r\n", b"  ")
 @dataclass(frozen=True)
 class SimpleString:
     text: str
+
+
+@dataclass(frozen=True)
+class Verbatim:
+    """Text for people (CLIENT LIST, CLIENT INFO): a RESP3 verbatim string ``=N txt:...``, a bulk string in RESP2."""
+
+    data: bytes
 
 
 PONG = SimpleString("PONG")
@@ -105,6 +113,13 @@ def _encode(value: Any, out: List[bytes], resp3: bool = False) -> None:
         for k, v in value.pairs:
             _encode(k, out, resp3)
             _encode(v, out, resp3)
+    elif isinstance(value, Verbatim):
+        if resp3:
+            out.append(b"=%d\r\ntxt:" % (len(value.data) + 4))
+            out.append(value.data)
+            out.append(CRLF)
+        else:
+            _encode(value.data, out)
     elif isinstance(value, (SimpleString, StatusText)):
         out.append(b"+" + _line(value.text) + CRLF)
     elif isinstance(value, KVError):

@@ -62,6 +62,7 @@ Imports: as the layer table in tests/test_layers.py allows.
 from __future__ import annotations
 
 import itertools
+import time
 from collections import deque
 from typing import Any, Deque, Dict, List, Optional
 
@@ -80,7 +81,7 @@ from kvd.resp.commands import Admin, Read, Write, parse_request, shape_reply
 from kvd.resp.encoder import NIL_ARRAY, RespMap, encode, encode_error
 from kvd.resp.errors import Rejected, RespError
 from kvd.resp.parser import DEFAULT_MAX_BULK_BYTES, ProtocolError, RespParser
-from kvd.resp.connection import EXEC_ABORT, Connection, execute_local, is_local
+from kvd.resp.connection import EXEC_ABORT, NO_REPLY, Connection, execute_local, is_local
 
 DEFAULT_MAX_INFLIGHT = 1024
 DEFAULT_MAXCLIENTS = 10000
@@ -105,20 +106,22 @@ INTERNAL_ERROR = encode_error("ERR", "internal error")
 class _Parsed:
     """A request already parsed (while deciding whether it must wait)."""
 
-    __slots__ = ("request",)
+    __slots__ = ("request", "args")
 
-    def __init__(self, request):
+    def __init__(self, request, args):
         self.request = request
+        self.args = args
 
 
 class _Slot:
     """The place of one reply in the pipeline."""
 
-    __slots__ = ("data", "close_after")
+    __slots__ = ("data", "close_after", "silent")
 
     def __init__(self):
         self.data: Optional[bytes] = None
         self.close_after = False
+        self.silent = False  # CLIENT REPLY OFF or SKIP: its reply is not written
 
 
 def reply_size(value, limit: int) -> int:
@@ -139,6 +142,19 @@ def reply_size(value, limit: int) -> int:
         else:
             size += 24
     return size
+
+
+def _fileno(transport) -> int:
+    """The socket's file descriptor under ``transport`` (TLS wraps TCP), -1 if there is none (tests)."""
+    for _ in range(3):
+        fileno = getattr(transport, "fileno", None)
+        if callable(fileno):
+            try:
+                return int(fileno())
+            except Exception:
+                return -1
+        transport = getattr(transport, "transport", None)
+    return -1
 
 
 def _address(addr) -> str:
@@ -195,6 +211,10 @@ class RespProtocol(Protocol):
         connections = getattr(self.factory, "connections", None)
         if connections is not None:
             connections[self.connection.id] = self.connection
+            self.connection.registry = connections
+        self.connection.now = getattr(self.factory, "now", time.time)
+        self.connection.created = self.connection.last_active = self.connection.now()
+        self.connection.io = self._io_fields
         self.connection.peer = _address(self.transport.getPeer())
         self.connection.local = _address(self.transport.getHost())
         self.transport.registerProducer(self, True)
@@ -279,7 +299,7 @@ class RespProtocol(Protocol):
 
     def _must_wait(self, item) -> bool:
         if isinstance(item, list):
-            item = self._backlog[0] = _Parsed(self._parse(item))
+            item = self._backlog[0] = _Parsed(self._parse(item), item)
         kind = self._kind(item.request) if isinstance(item, _Parsed) else None
         if kind not in (Read, Write):
             return False
@@ -301,7 +321,28 @@ class RespProtocol(Protocol):
             return None  # queued, not run
         return type(request)
 
+    def _io_fields(self) -> dict:
+        """What CLIENT INFO shows of this connection's I/O (kvd.resp.connection ``client_info``)."""
+        return {
+            "fd": _fileno(self.transport),
+            "qbuf": self._parser.buffered,
+            "omem": self._unsent if self._output_paused else 0,
+            "events": ("" if self._input_paused else "r") + ("w" if self._output_paused else ""),
+            "closing": self._closing,
+        }
+
     def _dispatch(self, item):
+        args = item.args if isinstance(item, _Parsed) else item if isinstance(item, list) else None
+        self.connection.dispatched(args)
+        slot = None
+        try:
+            slot = self._dispatch_one(item)
+        finally:
+            silent = self.connection.after_dispatch()
+            if slot is not None:
+                slot.silent = slot.silent or silent
+
+    def _dispatch_one(self, item) -> _Slot:
         slot = _Slot()
         self._pending.append(slot)
         if isinstance(item, ProtocolError):
@@ -309,7 +350,7 @@ class RespProtocol(Protocol):
             self.connection.flag()
             if not item.recoverable:
                 self._close_after(slot)
-            return
+            return slot
         request = item
         try:
             request = item.request if isinstance(item, _Parsed) else self._parse(item)
@@ -333,7 +374,11 @@ class RespProtocol(Protocol):
             elif isinstance(request, Admin) and request.name == "watch" and not in_multi:
                 self._watch(slot, request.args)
             elif is_local(request):
-                slot.data = encode(execute_local(request, self.connection), self.connection.protocol == 3)
+                value = execute_local(request, self.connection)
+                if value is NO_REPLY:
+                    slot.data, slot.silent = b"", True
+                else:
+                    slot.data = encode(value, self.connection.protocol == 3)
                 if request.name == "quit":
                     self._close_after(slot)
             else:
@@ -343,6 +388,7 @@ class RespProtocol(Protocol):
             self._fill_failure(slot, Failure(), request)
         if self.connection.auth_failures:
             self._auth_failed(slot)
+        return slot
 
     def _parse(self, args):
         # The parser's bulk limit is the node's --value-max-bytes: APPEND and SETRANGE carry it.
@@ -520,7 +566,8 @@ class RespProtocol(Protocol):
         pending = self._pending
         while pending and pending[0].data is not None:
             slot = pending.popleft()
-            ready.append(slot.data)
+            if not slot.silent:
+                ready.append(slot.data)
             if slot.close_after:
                 self._write(b"".join(ready))
                 self._close()
@@ -617,6 +664,7 @@ class RespFactory(Factory):
         self.value_max_bytes = value_max_bytes
         self.parser_factory = parser_factory or (lambda: RespParser(max_bulk_bytes=self.value_max_bytes))
         self._ids = itertools.count(1)
+        self.now = time.time  # CLIENT INFO's age= and idle=
         self.connections: Dict[int, Connection] = {}  # open connections by id (INFO clients)
 
     def buildProtocol(self, addr):

@@ -278,7 +278,7 @@ def test_command_info_for_subcommands():
     """Subcommands are described inside their container and addressable as 'client|id'."""
     client = command_info(b"client")
     assert [sub[0] for sub in client[9]] == [b"client|setname", b"client|getname", b"client|id", b"client|info",
-                                               b"client|setinfo"]
+                                               b"client|setinfo", b"client|list", b"client|reply"]
     assert command_info(b"client|id")[1] == 2
     assert command_info(b"client|nope") is None
 
@@ -295,6 +295,8 @@ def test_table_has_every_supported_command():
         b"copy", b"strlen", b"getrange", b"substr", b"type", b"randomkey", b"time", b"flushdb", b"flushall",
         # issue 15, Lua scripts
         b"eval", b"evalsha", b"eval_ro", b"evalsha_ro", b"script",
+        # issue 15, the rest of the everyday commands
+        b"incrbyfloat",
     }
 
 

@@ -85,3 +85,195 @@ def test_incrbyfloat_replies_match_a_real_redis_server(redis_server, protocol): 
         state = [("GET", k) for k in "abc"]
         assert _kvd_replies(proto, transport, state) == _redis_replies(redis_server, state)
     assert compared > 400 and errors > 20
+
+
+# ------------------------------------------------------------------------ CLIENT
+
+def _all_replies(data):
+    """Every reply in ``data`` (kvd's transport: all of it is there)."""
+    from tests.resp.test_everyday import _read_reply
+
+    out, pos = [], 0
+    while pos < len(data):
+        reply, pos = _read_reply(data, pos)
+        out.append(reply)
+    return out
+
+
+END = [("CLIENT", "REPLY", "ON"), ("ECHO", "end-of-batch")]
+
+
+def _redis_until_end(conn):
+    """redis-server's replies up to END's echo (CLIENT REPLY OFF/SKIP answer nothing: the count is unknown)."""
+    from tests.resp.test_everyday import _read_reply
+
+    buf = b""
+    while True:
+        chunk = conn.recv(65536)
+        assert chunk, "redis-server closed the connection"
+        buf += chunk
+        out, pos = [], 0
+        while True:
+            got = _read_reply(buf, pos)
+            if got is None:
+                break
+            reply, pos = got
+            out.append(reply)
+        if out and out[-1] == (b"$", b"end-of-batch") and pos == len(buf):
+            return out
+
+
+def _both(redis_conn, proto, transport, batch):
+    from tests.resp.test_protocol import packed
+
+    batch = list(batch) + END
+    data = b"".join(packed(*c) for c in batch)
+    transport.clear()
+    proto.dataReceived(data)
+    ours = _all_replies(transport.value())
+    redis_conn.sendall(data)
+    return ours, _redis_until_end(redis_conn)
+
+
+def _client_command(rng):
+    return rng.choice([
+        ("CLIENT", "REPLY", "OFF"), ("CLIENT", "REPLY", "SKIP"), ("CLIENT", "REPLY", "ON"), ("client", "reply", "skip"),
+        ("CLIENT", "REPLY", "foo"), ("CLIENT", "REPLY"), ("CLIENT", "REPLY", "ON", "x"), ("PING",), ("ECHO", "hi"),
+        ("SET", "a", "1"), ("GET", "a"), ("INCRBYFLOAT", "a", "x"), ("NOSUCHCOMMAND",), ("GET",),
+        ("CLIENT", "GETNAME"), ("CLIENT", "SETNAME", rng.choice(["n1", "", "a b", "x\ny"])), ("CLIENT", "GETNAME", "x"),
+        ("CLIENT", "INFO", "x"), ("CLIENT", "ID", "x"), ("CLIENT", "SETNAME"), ("CLIENT", "LIST", "x"),
+        ("CLIENT", "LIST", "ID", "x"), ("CLIENT", "LIST", "ID"), ("CLIENT", "LIST", "ID", "999999", "-1"),
+        ("CLIENT", "LIST", "TYPE", rng.choice(["foo", "pubsub", "master", "replica", "slave", "PUBSUB"])),
+        ("CLIENT", "LIST", "TYPE"), ("CLIENT", "LIST", "TYPE", "normal", "x"), ("CLIENT", "NOSUCH"),
+    ])
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_client_replies_match_a_real_redis_server(redis_server, protocol):  # noqa: F811
+    """Random CLIENT REPLY/SETNAME/GETNAME/LIST (errors, silences) with other commands: as Redis 7 answers."""
+    rng = random.Random(7 + protocol)
+    _, proto, transport = kvd_connection()
+    setup = [("FLUSHALL",), ("HELLO", str(protocol))]
+    _redis_replies(redis_server, setup)
+    _kvd_replies(proto, transport, setup[1:])
+    silenced = 0
+    for _ in range(40):
+        batch = [_client_command(rng) for _ in range(10)]
+        ours, theirs = _both(redis_server, proto, transport, batch)
+        assert ours == theirs, "\n".join(map(repr, (batch, ours, theirs)))
+        silenced += len(batch) + len(END) - len(ours)
+    assert silenced > 40
+    _both(redis_server, proto, transport, [("CLIENT", "SETNAME", "")])
+
+
+def _fields(line):
+    assert line.endswith(b"\n") and line.count(b"\n") == 1, line
+    return [tuple(f.split(b"=", 1)) for f in line[:-1].split(b" ")]
+
+
+#: CLIENT INFO fields whose values differ for reasons that are not differences (ids, ports, sizes, fds, times).
+VARYING = {b"id", b"addr", b"laddr", b"fd", b"age", b"idle", b"qbuf", b"qbuf-free", b"argv-mem", b"rbs", b"rbp",
+           b"obl", b"tot-mem", b"multi-mem"}
+
+
+def test_client_info_has_redis_fields_in_redis_order(redis_server):  # noqa: F811
+    """Every field Redis 7.0 shows, in its order (and 7.2's lib-name, lib-ver after them); the others' values alike."""
+    _, proto, transport = kvd_connection()
+    batch = [("HELLO", "2"), ("CLIENT", "SETNAME", "me"), ("SET", "k", "v"), ("READWRITE",), ("CLIENT", "INFO")]
+    ours = _kvd_replies(proto, transport, batch)[-1][1]
+    theirs = _redis_replies(redis_server, batch)[-1][1]
+    _redis_replies(redis_server, [("CLIENT", "SETNAME", "")])
+    mine, redis = _fields(ours), _fields(theirs)
+    names = [k for k, _ in redis]
+    assert [k for k, _ in mine][:len(names)] == names
+    assert [k for k, _ in mine][len(names):] == [k for k in (b"lib-name", b"lib-ver") if k not in names]
+    mine_values = dict(mine)
+    for key, value in redis:
+        if key not in VARYING:
+            assert mine_values[key] == value, (key, mine_values[key], value)
+    assert mine_values[b"id"] == b"%d" % proto.connection.id and mine_values[b"addr"] == b"192.168.1.1:54321"  # StringTransport's peer
+    assert mine_values[b"name"] == b"me" and mine_values[b"cmd"] == b"client|info" and mine_values[b"multi"] == b"-1"
+
+
+def test_client_list_shows_each_connection_as_redis_does(redis_server):  # noqa: F811
+    """A connection in MULTI with two queued commands, seen from another: flags=x multi=2, as Redis shows it."""
+    import socket
+
+
+    factory, a, a_transport = kvd_connection()
+    b = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40001))
+    b_transport = StringTransport()
+    b.makeConnection(b_transport)
+    port = redis_server.getpeername()[1]
+    other = socket.create_connection(("127.0.0.1", port), timeout=5)
+    try:
+        multi = [("CLIENT", "SETNAME", "txn"), ("MULTI",), ("SET", "x", "1"), ("INCRBYFLOAT", "x", "2")]
+        _redis_replies(other, multi)
+        _kvd_replies(b, b_transport, multi)
+        theirs = _redis_replies(redis_server, [("CLIENT", "LIST")])[0][1]
+        ours = _kvd_replies(a, a_transport, [("CLIENT", "LIST")])[0][1]
+        their_lines = [dict(_fields(line + b"\n")) for line in theirs.split(b"\n")[:-1]]
+        our_lines = [dict(_fields(line + b"\n")) for line in ours.split(b"\n")[:-1]]
+        assert [line[b"id"] for line in our_lines] == [b"%d" % a.connection.id, b"%d" % b.connection.id]
+        their_txn = [line for line in their_lines if line[b"name"] == b"txn"][0]
+        our_txn = our_lines[1]
+        for key in (b"name", b"flags", b"multi", b"cmd", b"db", b"sub", b"psub", b"user", b"resp", b"redir"):
+            assert our_txn[key] == their_txn[key], key
+        assert our_txn[b"flags"] == b"x" and our_txn[b"multi"] == b"2" and our_txn[b"cmd"] == b"incrbyfloat"
+        assert int(our_txn[b"multi-mem"]) > 0 and our_lines[0][b"cmd"] == b"client|list"
+        # ID and TYPE filters.
+        only_b = _kvd_replies(a, a_transport, [("CLIENT", "LIST", "ID", str(b.connection.id), "12345")])[0][1]
+        assert only_b.startswith(b"id=%d " % b.connection.id) and only_b.count(b"\n") == 1
+        assert _kvd_replies(a, a_transport, [("CLIENT", "LIST", "TYPE", "normal")])[0][1].count(b"\n") == 2
+        b.connectionLost(None)
+        assert _kvd_replies(a, a_transport, [("CLIENT", "LIST")])[0][1].count(b"\n") == 1
+        assert _kvd_replies(a, a_transport, [("CLIENT", "LIST", "ID", str(b.connection.id))]) == [(b"$", b"")]
+    finally:
+        other.close()
+
+
+def test_client_age_idle_and_id():
+    factory, proto, transport = kvd_connection()
+    clock = [1000.0]
+    proto.connection.now = lambda: clock[0]
+    proto.connection.created = proto.connection.last_active = 1000.0
+    clock[0] = 1100.5
+    fields = dict(_fields(_kvd_replies(proto, transport, [("CLIENT", "INFO")])[0][1]))
+    assert fields[b"age"] == b"100" and fields[b"idle"] == b"0"
+    proto.connection.last_active = 1090.0
+    fields = dict(_fields(proto.connection.client_info()))
+    assert fields[b"age"] == b"100" and fields[b"idle"] == b"10"
+    assert _kvd_replies(proto, transport, [("CLIENT", "ID")]) == [(b":", b"%d" % proto.connection.id)]
+    assert fields[b"fd"] == b"-1" and fields[b"events"] == b"r" and fields[b"flags"] == b"N"
+
+
+def test_client_reply_is_refused_inside_multi():
+    """Redis lets a transaction switch replies off in the middle of EXEC's array; kvd refuses it at queue time."""
+    _, proto, transport = kvd_connection()
+    replies = _kvd_replies(proto, transport, [("MULTI",), ("CLIENT", "REPLY", "OFF"), ("EXEC",)])
+    assert replies == [(b"+", b"OK"), (b"-", b"ERR Command not allowed inside a transaction"),
+                       (b"-", b"EXECABORT Transaction discarded because of previous errors.")]
+
+
+def test_client_list_needs_the_admin_role():
+    from kvd.resp.auth import ADMIN
+
+    assert required_role(req("CLIENT", "LIST")) == ADMIN and required_role(req("CLIENT", "INFO")) != ADMIN
+
+
+def test_info_clients_counts_open_connections():
+    from kvd.server_info import ServerInfo
+
+    factory, a, _ = kvd_connection()
+    b = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40001))
+    b.makeConnection(StringTransport())
+    info = ServerInfo(None, lambda: 0.0, factory.connections)
+    fields = dict(info._clients(None))
+    assert fields["connected_clients"] == 2 and fields["blocked_clients"] == 0
+    assert list(fields)[:8] == ["connected_clients", "cluster_connections", "maxclients",
+                                "client_recent_max_input_buffer", "client_recent_max_output_buffer",
+                                "blocked_clients", "tracking_clients", "clients_in_timeout_table"]
+    a.dataReceived(b"*2\r\n$3\r\nGET\r\n$10\r\nabc")  # a partial request waits in the parser
+    assert dict(info._clients(None))["client_recent_max_input_buffer"] > 0
+    b.connectionLost(None)
+    assert dict(info._clients(None))["connected_clients"] == 1
