@@ -407,10 +407,10 @@ def _spec(name, arity, flags, keys=(0, 0, 0), parse=None, subcommands=()):
 _R, _W = "readonly fast", "write denyoom"
 
 _COMMANDS = [
-    _spec("ping", -1, "fast stale", parse=_parse_ping),
-    _spec("hello", -1, "noscript loading stale fast no_auth"),
+    _spec("ping", -1, "fast", parse=_parse_ping),
+    _spec("hello", -1, "noscript loading stale fast no_auth allow_busy"),
     _spec("auth", -2, "noscript loading stale fast no_auth allow_busy", parse=_parse_auth),
-    _spec("echo", 2, "fast stale"),
+    _spec("echo", 2, "loading stale fast"),
     _spec("get", 2, _R, (1, 1, 1), lambda a: Read(Get(a[1]))),
     _spec("set", -3, _W, (1, 1, 1), _parse_set),
     _spec("del", -2, "write", (1, -1, 1), lambda a: Write(Delete(tuple(a[1:])))),
@@ -437,7 +437,7 @@ _COMMANDS = [
     _spec("substr", 4, "readonly", (1, 1, 1), _parse_getrange),
     _spec("type", 2, _R, (1, 1, 1), lambda a: Read(Exists((a[1],)), "type", "type")),
     _spec("randomkey", 1, "readonly", parse=_parse_randomkey),
-    _spec("time", 1, "random loading stale fast"),
+    _spec("time", 1, "loading stale fast"),
     # Redis's ACL puts these in @dangerous; kvd's roles have admin: a readwrite user may not wipe the store.
     _spec("flushdb", -1, "write admin", parse=_parse_flush),
     _spec("flushall", -1, "write admin", parse=_parse_flush),
@@ -447,7 +447,7 @@ _COMMANDS = [
     _spec("info", -1, "loading stale"),
     _spec("role", 1, "noscript loading stale fast"),
     _spec("select", 2, "loading stale fast", parse=_parse_select),
-    _spec("quit", -1, "noscript loading stale fast"),
+    _spec("quit", -1, "noscript loading stale fast no_auth allow_busy"),
     _spec("readonly", 1, "loading stale fast"),
     _spec("readwrite", 1, "loading stale fast"),
     _spec("kvd.members", 1, "loading stale"),
@@ -471,13 +471,16 @@ _COMMANDS = [
         _spec("command|docs", -2, "loading stale"),
         _spec("command|info", -2, "loading stale"),
         _spec("command|list", -2, "loading stale"),
+        _spec("command|getkeys", -4, "loading stale"),
+        _spec("command|getkeysandflags", -4, "loading stale"),
     )),
     # Lua scripts run as one log entry each (kvd.kv.script); EVAL_RO too, so its reads are linearizable.
-    _spec("eval", -3, "noscript skip_monitor may_replicate no_mandatory_keys stale", parse=_parse_eval("eval")),
-    _spec("evalsha", -3, "noscript skip_monitor may_replicate no_mandatory_keys stale",
+    _spec("eval", -3, "noscript stale skip_monitor no_mandatory_keys movablekeys", parse=_parse_eval("eval")),
+    _spec("evalsha", -3, "noscript stale skip_monitor no_mandatory_keys movablekeys",
           parse=_parse_eval("evalsha")),
-    _spec("eval_ro", -3, "noscript skip_monitor no_mandatory_keys stale readonly", parse=_parse_eval("eval_ro")),
-    _spec("evalsha_ro", -3, "noscript skip_monitor no_mandatory_keys stale readonly",
+    _spec("eval_ro", -3, "readonly noscript stale skip_monitor no_mandatory_keys movablekeys",
+          parse=_parse_eval("eval_ro")),
+    _spec("evalsha_ro", -3, "readonly noscript stale skip_monitor no_mandatory_keys movablekeys",
           parse=_parse_eval("evalsha_ro")),
     _spec("script", -2, "", subcommands=(
         _spec("script|load", 3, "noscript stale", parse=lambda a: Write(Script("load", a[2]), name="script|load")),

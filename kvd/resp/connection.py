@@ -40,7 +40,8 @@ from kvd.resp.auth import (
     ADMIN, DEFAULT_USER, HELLO_NOAUTH_MESSAGE, NO_PASSWORD_MESSAGE, NOAUTH_MESSAGE, READONLY, READWRITE,
     WRONGPASS_MESSAGE, User, Users,
 )
-from kvd.resp.commands import COMMANDS, Admin, Read, Write, command_info, request_name, spec_of
+from kvd.resp import introspect
+from kvd.resp.commands import COMMANDS, Admin, Read, Write, request_name, spec_of
 from kvd.limits import LIMITS
 from kvd.resp.encoder import PONG, QUEUED, RespMap, Verbatim
 from kvd.resp.errors import RespError
@@ -48,7 +49,8 @@ from kvd.resp.errors import RespError
 LOCAL_COMMANDS = frozenset({
     "auth", "hello", "ping", "echo", "select", "quit", "readonly", "readwrite",
     "client|setname", "client|getname", "client|id", "client|info", "client|setinfo", "client|list", "client|reply",
-    "command", "command|count", "command|docs", "command|info", "command|list",
+    "command", "command|count", "command|docs", "command|info", "command|list", "command|getkeys",
+    "command|getkeysandflags",
     "multi", "exec", "discard", "watch", "unwatch",
 })
 
@@ -363,18 +365,8 @@ def execute_local(request: Admin, connection: Connection) -> Any:
         else:
             connection.lib_ver = args[1]
         return OK
-    if name in ("command", "command|info"):
-        if not args:
-            return [spec.info() for spec in COMMANDS.values()]
-        return [command_info(arg) for arg in args]
-    if name == "command|count":
-        return len(COMMANDS)
-    if name == "command|docs":
-        # redis-cli >= 7 asks for docs to build its hints; an empty map
-        # (an empty array in RESP2) makes it fall back to its built-in help.
-        return []
-    if name == "command|list":
-        return [spec.name.encode() for spec in COMMANDS.values()]
+    if name == "command" or name.startswith("command|"):
+        return introspect.command(name, args)
     raise ValueError("not a local command: %r" % (name,))
 
 

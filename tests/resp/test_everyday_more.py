@@ -277,3 +277,135 @@ def test_info_clients_counts_open_connections():
     assert dict(info._clients(None))["client_recent_max_input_buffer"] > 0
     b.connectionLost(None)
     assert dict(info._clients(None))["connected_clients"] == 1
+
+
+# ----------------------------------------------------------------------- COMMAND
+
+def _plain(reply):
+    """A parsed reply without its types (RESP3 maps as flat lists, as RESP2 has them)."""
+    kind, value = reply
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    return value
+
+
+#: Where kvd's flags differ from Redis 7.0's, on purpose.
+FLAG_DIFFERENCES = {
+    b"flushdb": "admin: kvd's roles keep a readwrite user from wiping the store",
+    b"flushall": "admin, as FLUSHDB",
+}
+
+
+def test_command_info_matches_redis_for_every_command_both_have(redis_server):  # noqa: F811
+    """Arity, key positions, ACL categories and key specs (what GETKEYS and cluster clients use) as Redis 7.0's."""
+    from kvd.resp.commands import COMMANDS
+
+    names = [name.decode() for name in COMMANDS]
+    _, proto, transport = kvd_connection()
+    ours = _plain(_kvd_replies(proto, transport, [("COMMAND", "INFO") + tuple(names)])[0])
+    theirs = _plain(_redis_replies(redis_server, [("COMMAND", "INFO") + tuple(names)])[0])
+    compared, flag_differences = 0, []
+    for name, mine, redis in zip(names, ours, theirs):
+        assert mine is not None and mine[0] == name.encode()
+        if redis is None:
+            assert name.startswith("kvd."), name
+            continue
+        compared += 1
+        assert mine[1] == redis[1] and mine[3:6] == redis[3:6], (name, mine, redis)
+        assert mine[6] == redis[6], (name, mine[6], redis[6])
+        assert mine[8] == [[x for i, x in enumerate(ks) if not (ks[0] == b"notes" and i < 2)] for ks in redis[8]], name
+        if name.encode() not in FLAG_DIFFERENCES and not mine[9] and mine[2] != redis[2]:
+            flag_differences.append((name, mine[2], redis[2]))
+        their_subs = {sub[0]: sub for sub in redis[9]}
+        for sub in mine[9]:
+            if sub[0] == b"client|setinfo":  # Redis 7.2's (redis-py sends it on connect); the server here is 7.0
+                continue
+            assert sub[0] in their_subs, sub[0]
+            assert sub[1] == their_subs[sub[0]][1] and sub[3:6] == their_subs[sub[0]][3:6], (sub, their_subs[sub[0]])
+    assert compared == len(COMMANDS) - 4
+    assert flag_differences == [], "\n".join(map(repr, flag_differences))
+    count = _kvd_replies(proto, transport, [("COMMAND", "COUNT")])[0]
+    assert count == (b":", b"%d" % len(COMMANDS))
+    assert _plain(_kvd_replies(proto, transport, [("COMMAND",)])[0]) == ours
+
+
+GETKEYS = [
+    ("set", "a", "b"), ("SET", "a", "b", "NX", "GET"), ("mset", "a", "1", "b", "2"), ("msetnx", "a", "1", "b", "2"),
+    ("eval", "x", "2", "k1", "k2", "a"), ("eval", "x", "0"), ("evalsha_ro", "x", "1", "k"), ("eval", "x", "3", "k"),
+    ("eval", "x", "-1"), ("eval", "x", "y", "z"), ("get", "a", "b"), ("client", "info"), ("client", "nosuch"),
+    ("foo", "x"), ("watch", "a", "b", "c"), ("copy", "a", "b", "REPLACE"), ("rename", "a", "b"),
+    ("renamenx", "a", "b"), ("config", "get", "x"), ("msetnx", "a"), ("GET", "A"), ("del", "a", "b", "a"),
+    ("incrbyfloat", "k", "1"), ("getrange", "k", "0", "1"), ("ping", "x"), ("exists", "a", "b"),
+    ("setrange", "k", "0", "v"), ("append", "k", "v"), ("getdel", "k"), ("type", "k"), ("unlink", "a"),
+]
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_command_getkeys_list_docs_as_redis(redis_server, protocol):  # noqa: F811
+    _, proto, transport = kvd_connection()
+    batch = [("HELLO", str(protocol))]
+    batch += [("COMMAND", "GETKEYS") + c for c in GETKEYS]
+    batch += [("COMMAND", "GETKEYSANDFLAGS") + c for c in GETKEYS]
+    batch += [("COMMAND", "GETKEYS", "get"), ("COMMAND", "GETKEYS"), ("COMMAND", "COUNT", "x"), ("COMMAND", "NOPE"),
+              ("COMMAND", "LIST", "FILTERBY"), ("COMMAND", "LIST", "x"), ("COMMAND", "LIST", "FILTERBY", "foo", "x"),
+              ("COMMAND", "LIST", "FILTERBY", "module", "x"), ("COMMAND", "INFO", "nosuch"),
+              ("COMMAND", "DOCS", "nosuch"), ("HELLO", "2")]
+    ours = _kvd_replies(proto, transport, batch)
+    theirs = _redis_replies(redis_server, batch)
+    for command, a, b in zip(batch[1:-1], ours[1:-1], theirs[1:-1]):
+        if command[1] == "GETKEYSANDFLAGS" and protocol == 3:  # Redis answers the flags as a RESP3 set
+            a, b = _plain(a), _plain(b)
+        assert a == b, (command, a, b)
+    # LIST: kvd's names (subcommands too) are a subset of Redis's, but for kvd's own.
+    from kvd.resp.introspect import all_specs
+
+    ours = set(_plain(_kvd_replies(proto, transport, [("COMMAND", "LIST")])[0]))
+    theirs = set(_plain(_redis_replies(redis_server, [("COMMAND", "LIST")])[0]))
+    assert ours == {spec.name.encode() for spec in all_specs()}
+    assert {n for n in ours - theirs if not n.startswith(b"kvd.")} == {b"client|setinfo"}  # Redis 7.2's
+    for pattern in ("ge*", "CLIENT|L*", "*|*", "s?t*"):
+        ours = _plain(_kvd_replies(proto, transport, [("COMMAND", "LIST", "FILTERBY", "PATTERN", pattern)])[0])
+        theirs = _plain(_redis_replies(redis_server, [("COMMAND", "LIST", "FILTERBY", "PATTERN", pattern)])[0])
+        assert ours and set(ours) <= set(theirs) | {b"client|setinfo"}, pattern
+    for category in ("string", "keyspace", "scripting", "transaction", "dangerous", "fast"):
+        ours = _plain(_kvd_replies(proto, transport, [("COMMAND", "LIST", "FILTERBY", "ACLCAT", category)])[0])
+        theirs = _plain(_redis_replies(redis_server, [("COMMAND", "LIST", "FILTERBY", "ACLCAT", category)])[0])
+        mine = {n for n in ours if not n.startswith(b"kvd.")}
+        assert mine and mine <= set(theirs) | {b"client|setinfo"}, category
+        assert {n for n in set(theirs) & {s.name.encode() for s in all_specs()}} - mine <= {b"flushdb", b"flushall"}
+
+
+def test_command_docs_describe_every_command():
+    _, proto, transport = kvd_connection()
+    docs = _plain(_kvd_replies(proto, transport, [("COMMAND", "DOCS")])[0])
+    from kvd.resp.commands import COMMANDS
+
+    assert docs[::2] == list(COMMANDS)
+    for name, doc in zip(docs[::2], docs[1::2]):
+        fields = dict(zip(doc[::2], doc[1::2]))
+        assert fields[b"summary"] and fields[b"group"], name
+    one = _plain(_kvd_replies(proto, transport, [("COMMAND", "DOCS", "incrbyfloat", "nosuch", "client")])[0])
+    assert one[0] == b"incrbyfloat" and one[2] == b"client" and len(one) == 4
+    client = dict(zip(one[3][::2], one[3][1::2]))
+    assert client[b"subcommands"][::2][:2] == [b"client|setname", b"client|getname"]
+
+
+def test_the_table_covers_every_command_the_parser_accepts():
+    """Every name parse_request knows is in COMMAND (and the reverse); no unknown command sneaks past the table."""
+    from kvd.resp.commands import COMMANDS, parse_request
+    from kvd.resp.errors import CommandError
+    from kvd.resp.introspect import GROUPS, KEY_SPECS, all_specs
+
+    for spec in all_specs():
+        assert spec.name.split("|")[0] in GROUPS, spec.name
+        if spec.subcommands:
+            continue
+        words = [w.encode() for w in spec.name.split("|")]
+        argv = words + [b"k"] * (max(spec.arity, -spec.arity) - len(words))
+        parsed = parse_request(argv)
+        assert not (isinstance(parsed, CommandError) and "unknown" in str(parsed)), spec.name
+    assert parse_request([b"nosuchcommand"]) is not None and b"nosuchcommand" not in COMMANDS
+    for name in KEY_SPECS:
+        assert name.encode() in COMMANDS, name
+    for name in (b"multi", b"exec", b"watch", b"eval", b"evalsha", b"script", b"incrbyfloat", b"client"):
+        assert name in COMMANDS

@@ -239,7 +239,7 @@ def test_local_commands_do_not_reach_the_executor():
     """Connection-level commands are answered by the protocol itself."""
     executor = ScriptedExecutor()
     proto, transport = connect(executor)
-    proto.dataReceived(b"PING\r\nECHO x\r\nSELECT 0\r\nREADONLY\r\nCLIENT ID\r\nCOMMAND COUNT\r\nCOMMAND DOCS\r\n")
+    proto.dataReceived(b"PING\r\nECHO x\r\nSELECT 0\r\nREADONLY\r\nCLIENT ID\r\nCOMMAND COUNT\r\nCOMMAND DOCS nosuch\r\n")
     assert executor.calls == []
     assert transport.value() == (
         b"+PONG\r\n$1\r\nx\r\n+OK\r\n+OK\r\n:%d\r\n:%d\r\n*0\r\n" % (proto.connection.id, len(COMMANDS)))
