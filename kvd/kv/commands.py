@@ -43,9 +43,6 @@ Wire format, version 1 (all integers varints, see kvd.kv.codec)::
     tag 36 Scan cursor count has_match:byte [match]   37 DbSize   38 StrLen key
     tag 39 GetRange key start:zigzag end:zigzag   40 RandomKey position
     tag 13 Script op:byte body:blob n keys... n args... max_len
-    tag 64 IncrByFloat key:blob increment:blob   (the increment as the client sent it,
-                  parsed when applied: kvd.kv.longdouble)
-                  Tags 32-63 are read ops; write tags are 1-31 and 64 up.
                   op: 0 EVAL, 1 EVAL_RO, 2 SCRIPT LOAD, 3 SCRIPT FLUSH, 4 EVALSHA, 5 EVALSHA_RO
                   (EVALSHA carries the body too; see kvd.kv.script)
 
@@ -64,6 +61,11 @@ A transaction's replies are bounded (kvd.kv.machine ``TXN_REPLY_BYTES``).
 ``--value-max-bytes``): it travels in the entry so that every replica refuses
 an APPEND or SETRANGE that would grow a value past it the same way, whatever
 its own setting.
+
+INCRBYFLOAT is tag 64, ``key:blob increment:blob``: the increment as the
+client sent it, parsed (and refused) when the entry is applied
+(kvd.kv.longdouble).  Inside a transaction tags 32-63 are read ops, so
+write tags are 1-31 and 64 up.
 
 Keys and values are arbitrary bytes; neither pickle nor JSON is involved.
 
@@ -525,11 +527,11 @@ _TAG_GETDEL, _TAG_APPEND, _TAG_SETRANGE, _TAG_MSETNX, _TAG_RENAME, _TAG_COPY = 5
 _TAG_FLUSHALL = 11
 _TAG_SCRIPT = 13
 _TAG_TRANSACTION = 12
-_TAG_GET, _TAG_MGET, _TAG_EXISTS, _TAG_KEYS, _TAG_SCAN, _TAG_DBSIZE = 32, 33, 34, 35, 36, 37
-_TAG_STRLEN, _TAG_GETRANGE, _TAG_RANDOMKEY = 38, 39, 40
 #: Read ops' tags end below this (inside a transaction a tag in 32-63 is a read); writes go on from it.
 _TAG_READ_END = 64
 _TAG_INCRBYFLOAT = 64
+_TAG_GET, _TAG_MGET, _TAG_EXISTS, _TAG_KEYS, _TAG_SCAN, _TAG_DBSIZE = 32, 33, 34, 35, 36, 37
+_TAG_STRLEN, _TAG_GETRANGE, _TAG_RANDOMKEY = 38, 39, 40
 _COND_CODE = {None: 0, "NX": 1, "XX": 2}
 _CODE_COND = {v: k for k, v in _COND_CODE.items()}
 _FLAG_IFEQ, _FLAG_GET = 0x04, 0x08
@@ -572,6 +574,10 @@ def _encode_command(w: Writer, cmd) -> None:
         w.byte(_TAG_INCRBY)
         w.blob(cmd.key)
         w.sint(cmd.delta)
+    elif isinstance(cmd, IncrByFloat):
+        w.byte(_TAG_INCRBYFLOAT)
+        w.blob(cmd.key)
+        w.blob(cmd.increment)
     elif isinstance(cmd, GetDel):
         w.byte(_TAG_GETDEL)
         w.blob(cmd.key)
@@ -593,10 +599,6 @@ def _encode_command(w: Writer, cmd) -> None:
         w.byte(int(cmd.nx if isinstance(cmd, Rename) else cmd.replace))
     elif isinstance(cmd, FlushAll):
         w.byte(_TAG_FLUSHALL)
-    elif isinstance(cmd, IncrByFloat):
-        w.byte(_TAG_INCRBYFLOAT)
-        w.blob(cmd.key)
-        w.blob(cmd.increment)
     elif isinstance(cmd, Script):
         w.byte(_TAG_SCRIPT)
         w.byte(SCRIPT_OPS.index(cmd.op))
@@ -681,6 +683,8 @@ def command_size(cmd: WriteCommand) -> int:
     if isinstance(cmd, IncrBy):
         delta = cmd.delta
         return 1 + _blob_size(cmd.key) + _uint_size(delta << 1 if delta >= 0 else ((-delta) << 1) - 1)
+    if isinstance(cmd, IncrByFloat):
+        return 1 + _blob_size(cmd.key) + _blob_size(cmd.increment)
     if isinstance(cmd, GetDel):
         return 1 + _blob_size(cmd.key)
     if isinstance(cmd, Append):
@@ -691,8 +695,6 @@ def command_size(cmd: WriteCommand) -> int:
         return 2 + _blob_size(cmd.src) + _blob_size(cmd.dst)
     if isinstance(cmd, FlushAll):
         return 1
-    if isinstance(cmd, IncrByFloat):
-        return 1 + _blob_size(cmd.key) + _blob_size(cmd.increment)
     if isinstance(cmd, Script):
         return (2 + _blob_size(cmd.body) + _uint_size(len(cmd.keys)) + sum(_blob_size(k) for k in cmd.keys)
                 + _uint_size(len(cmd.args)) + sum(_blob_size(a) for a in cmd.args) + _uint_size(cmd.max_len))
@@ -798,6 +800,8 @@ def _decode_command(r: Reader, nested: bool = False) -> WriteCommand:
             return MSet(tuple((r.blob(), r.blob()) for _ in range(r.count(2))))
         if tag == _TAG_INCRBY:
             return IncrBy(r.blob(), r.sint())
+        if tag == _TAG_INCRBYFLOAT:
+            return IncrByFloat(r.blob(), r.blob())
         if tag == _TAG_GETDEL:
             return GetDel(r.blob())
         if tag == _TAG_APPEND:
@@ -813,8 +817,6 @@ def _decode_command(r: Reader, nested: bool = False) -> WriteCommand:
             return Rename(src, dst, bool(flag)) if tag == _TAG_RENAME else Copy(src, dst, bool(flag))
         if tag == _TAG_FLUSHALL:
             return FlushAll()
-        if tag == _TAG_INCRBYFLOAT:
-            return IncrByFloat(r.blob(), r.blob())
         if tag == _TAG_SCRIPT:
             op = r.byte()
             if op >= len(SCRIPT_OPS):

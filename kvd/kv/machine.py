@@ -49,9 +49,10 @@ from kvd.kv import longdouble
 from kvd.kv.codec import CodecError, Reader, Writer
 from kvd.kv.commands import (
     INT64_MAX, INT64_MIN, READ_OPS, Append, Copy, DbSize, Delete, Exists, FlushAll, Get, GetDel, GetRange, IncrBy,
-    IncrByFloat, Keys, MGet, MSet, MSetNX, RandomKey, ReadOp, Rename, Scan, Script, ScriptGet, Set, SetRange, StrLen, Transaction,
+    Keys, MGet, MSet, MSetNX, RandomKey, ReadOp, Rename, Scan, Script, ScriptGet, Set, SetRange, StrLen, Transaction,
     Versions, WriteCommand, decode_envelope, parse_int64,
 )
+from kvd.kv.commands import IncrByFloat
 from kvd.kv.glob import Pattern, PatternTooCostly
 from kvd.kv.keyspace import MAX_CURSOR, Keyspace
 from kvd.kv.results import (
@@ -146,35 +147,6 @@ def _getrange(value: bytes, start: int, end: int) -> bytes:
     if start > end or n == 0:
         return b""
     return value[start:end + 1]
-
-
-ERR_NOT_FLOAT = KVError("ERR value is not a valid float")
-ERR_FLOAT_NAN_INF = KVError("ERR increment would produce NaN or Infinity")
-
-
-def _float_arg(data: bytes):
-    """Redis's string2ld: a long double (kvd.kv.longdouble's exact rational), "inf" for an infinity, or None."""
-    value = longdouble.parse(data)
-    if value is None and longdouble.is_infinity(data):
-        return "inf"
-    return value
-
-
-def _incrbyfloat(ks, cmd: IncrByFloat):
-    """INCRBYFLOAT as Redis 7 (t_string.c): the stored value, then the increment, then their sum; as text."""
-    old = ks.get(cmd.key)
-    current = (0, 1) if old is None else _float_arg(old)
-    if current is None:
-        return ERR_NOT_FLOAT
-    incr = _float_arg(cmd.increment)
-    if incr is None:
-        return ERR_NOT_FLOAT
-    value = None if "inf" in (current, incr) else longdouble.add(current, incr)
-    if value is None:  # an infinity in, or out of, the sum
-        return ERR_FLOAT_NAN_INF
-    text = longdouble.format_human(value)
-    ks.put(cmd.key, text)
-    return text
 
 
 class KVMachine:
@@ -607,3 +579,38 @@ class KVMachine:
         self._keyspace.check()
         stamps = [s.last_stamp_ms for s in self._sessions.values()]
         assert stamps == sorted(stamps), "sessions out of activity order"
+
+
+# ------------------------------------------------------------- INCRBYFLOAT
+# (kept apart from the rest of the machine: Redis 7's long double arithmetic, kvd.kv.longdouble)
+
+ERR_NOT_FLOAT = KVError("ERR value is not a valid float")
+ERR_FLOAT_NAN_INF = KVError("ERR increment would produce NaN or Infinity")
+ERR_WRONGTYPE = KVError("WRONGTYPE Operation against a key holding the wrong kind of value")
+
+
+def _float_arg(data: bytes):
+    """Redis's string2ld: a long double (kvd.kv.longdouble's exact rational), "inf" for an infinity, or None."""
+    value = longdouble.parse(data)
+    if value is None and longdouble.is_infinity(data):
+        return "inf"
+    return value
+
+
+def _incrbyfloat(ks, cmd: IncrByFloat):
+    """INCRBYFLOAT as Redis 7 (t_string.c): the stored value, then the increment, then their sum; as text."""
+    old = ks.get(cmd.key)
+    if old is not None and not isinstance(old, bytes):  # a key of another type (a hash)
+        return ERR_WRONGTYPE
+    current = (0, 1) if old is None else _float_arg(old)
+    if current is None:
+        return ERR_NOT_FLOAT
+    incr = _float_arg(cmd.increment)
+    if incr is None:
+        return ERR_NOT_FLOAT
+    value = None if "inf" in (current, incr) else longdouble.add(current, incr)
+    if value is None:  # an infinity in, or out of, the sum
+        return ERR_FLOAT_NAN_INF
+    text = longdouble.format_human(value)
+    ks.put(cmd.key, text)
+    return text

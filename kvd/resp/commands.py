@@ -27,10 +27,10 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from kvd.kv.commands import (
     INT64_MIN, MAX_STRING_BYTES, Append, Copy, DbSize, Delete, Exists, FlushAll, Get, GetDel, GetRange, IncrBy, Keys,
-    IncrByFloat,
     MGet, MSet, MSetNX, RandomKey, ReadOp, Rename, Scan, Script, ScriptGet, Set, SetRange, StrLen, WriteCommand,
     command_keys, command_size, parse_int64, write_keys,
 )
+from kvd.kv.commands import IncrByFloat
 from kvd.kv.results import OK, KVError
 from kvd.limits import LIMITS
 from kvd.resp.encoder import SimpleString

@@ -10,11 +10,11 @@ Python values map onto RESP2 types as follows::
     int (bool too)                   -> :42                   integer
     bytes, bytearray, memoryview     -> $3 abc                bulk string
     str                              -> bulk string of its UTF-8 bytes
+    Verbatim                         -> bulk string (RESP2), =N txt:... (RESP3: CLIENT LIST, INFO)
     None                             -> $-1                   nil bulk
     NIL_ARRAY                        -> *-1                   nil array (EXEC after a WATCHed key changed)
     list, tuple                      -> *N ...                array, nested freely
     RespMap                          -> %N ... (RESP3) or a flat *2N array (RESP2)
-    Verbatim                         -> =N txt:... (RESP3) or a bulk string (RESP2)
 
 The two protocols differ only where kvd uses it: RESP3 writes nil as ``_``
 and has a map type.

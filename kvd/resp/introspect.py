@@ -48,6 +48,9 @@ for _group, _names in {
     "transactions": "multi exec discard watch unwatch",
     "scripting": "eval evalsha eval_ro evalsha_ro script",
     "kvd": "kvd.members kvd.cluster kvd.join kvd.remove",
+    # The hash commands (branch hashes), described ahead of their merge into the table.
+    "hash": "hset hmset hsetnx hdel hincrby hincrbyfloat hget hmget hgetall hkeys hvals hexists hlen hstrlen hscan "
+            "hrandfield",
 }.items():
     GROUPS.update((name, _group) for name in _names.split())
 
@@ -63,7 +66,7 @@ _EXTRA_CATEGORIES = {
 _ADMIN_BY_KVD = {"flushdb", "flushall"}
 #: Groups that are ACL categories of their commands (generic commands are not in one; server ones neither).
 _GROUP_CATEGORY = {"string": "string", "connection": "connection", "transactions": "transaction",
-                   "scripting": "scripting"}
+                   "scripting": "scripting", "hash": "hash"}
 #: Top-level commands Redis puts in no group category although their group has one.
 _NO_GROUP_CATEGORY = {"client", "script", "config"}
 
@@ -86,6 +89,13 @@ KEY_SPECS: Dict[str, Tuple[_RANGE, ...]] = {
     "watch": (("RO", 1, -1, 1),),
     "eval": (("RW access update", 2, None, None),), "evalsha": (("RW access update", 2, None, None),),
     "eval_ro": (("RO access", 2, None, None),), "evalsha_ro": (("RO access", 2, None, None),),
+    # Hashes (see GROUPS).
+    "hset": (("RW update", 1, 0, 1),), "hmset": (("RW update", 1, 0, 1),), "hsetnx": (("RW insert", 1, 0, 1),),
+    "hdel": (("RW delete", 1, 0, 1),), "hincrby": (("RW access update", 1, 0, 1),),
+    "hincrbyfloat": (("RW access update", 1, 0, 1),), "hget": (("RO access", 1, 0, 1),),
+    "hmget": (("RO access", 1, 0, 1),), "hgetall": (("RO access", 1, 0, 1),), "hkeys": (("RO access", 1, 0, 1),),
+    "hvals": (("RO access", 1, 0, 1),), "hexists": (("RO", 1, 0, 1),), "hlen": (("RO", 1, 0, 1),),
+    "hstrlen": (("RO", 1, 0, 1),), "hscan": (("RO access", 1, 0, 1),), "hrandfield": (("RO access", 1, 0, 1),),
 }
 
 #: COMMAND DOCS' summaries (Redis's words where kvd does what Redis does).
@@ -129,6 +139,17 @@ SUMMARIES = {
     "evalsha_ro": "Executes a read-only server-side Lua script by SHA1 digest.",
     "kvd.members": "kvd: the cluster's members as JSON.", "kvd.cluster": "kvd: the cluster's id.",
     "kvd.join": "kvd: adds a node to the cluster.", "kvd.remove": "kvd: removes a node from the cluster.",
+    "hset": "Creates or modifies the value of a field in a hash.", "hmset": "Sets the values of multiple fields.",
+    "hsetnx": "Sets the value of a field in a hash only when the field doesn't exist.",
+    "hdel": "Deletes one or more fields and their values from a hash.",
+    "hincrby": "Increments the integer value of a field in a hash by a number.",
+    "hincrbyfloat": "Increments the floating point value of a field by a number.",
+    "hget": "Returns the value of a field in a hash.", "hmget": "Returns the values of all fields in a hash.",
+    "hgetall": "Returns all fields and values in a hash.", "hkeys": "Returns all fields in a hash.",
+    "hvals": "Returns all values in a hash.", "hexists": "Determines whether a field exists in a hash.",
+    "hlen": "Returns the number of fields in a hash.", "hstrlen": "Returns the length of the value of a field.",
+    "hscan": "Iterates over fields and values of a hash.", "hrandfield": "Returns one or more random fields "
+    "from a hash.",
 }
 
 

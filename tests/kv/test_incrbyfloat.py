@@ -116,3 +116,21 @@ def test_inside_a_transaction(kv):  # noqa: F811
     results = kv(Transaction((IncrByFloat(b"k", b"1.5"), IncrByFloat(b"k", b"x"), IncrByFloat(b"k", b"1"),
                               Get(b"k"))))
     assert results == [b"1.5", ERR_NOT_FLOAT, b"2.5", b"2.5"]
+
+
+def test_a_key_of_another_type_answers_wrongtype():
+    """A keyspace that holds something other than a string at the key (a hash, branch hashes): WRONGTYPE, unchanged."""
+    from kvd.kv.machine import ERR_WRONGTYPE, _incrbyfloat
+
+    class Keyspace:
+        def __init__(self):
+            self.values = {b"h": object()}
+
+        def get(self, key):
+            return self.values.get(key)
+
+        def put(self, key, value):
+            raise AssertionError("nothing may be written")
+
+    assert _incrbyfloat(Keyspace(), IncrByFloat(b"h", b"1")) is ERR_WRONGTYPE
+    assert ERR_WRONGTYPE.message == "WRONGTYPE Operation against a key holding the wrong kind of value"
