@@ -11,6 +11,10 @@ PING, ECHO, SELECT, QUIT, READONLY, READWRITE, CLIENT ... and COMMAND ...
 concern the connection or the static command table, so the protocol answers
 them itself with ``execute_local`` and never bothers the executor (nor the
 cluster) with them; they still take their turn in the pipeline.
+CLIENT LIST sees every connection of the port (``registry``); CLIENT REPLY
+OFF/SKIP answer ``NO_REPLY`` and mark the connection so that the protocol
+writes nothing for the requests they silence (``dispatched``/``after_dispatch``,
+Redis's resetClient order). COMMAND is kvd.resp.introspect's.
 
 Transactions.  Between MULTI and EXEC a connection queues what it is sent
 (``queue``): each valid command answers ``+QUEUED``, and one that is refused

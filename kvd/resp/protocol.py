@@ -48,6 +48,9 @@ write, and the commands queued between MULTI and EXEC wait for nothing.
 QUIT and fatal protocol errors reply, then close once every earlier reply has
 been written.
 
+CLIENT REPLY OFF/SKIP (kvd.resp.connection): a silenced request keeps its
+slot, so order is kept, but its reply is not written.
+
 Cross-protocol requests: a web page can make a browser POST to this port, and
 each line of the HTTP request would be a command.  As Redis does, a request
 that looks like HTTP (``POST``, ``Host:``, ``GET /path HTTP/1.1``) closes the
