@@ -290,6 +290,8 @@ def write(ks, cmd: HashWrite) -> Result:
         if incr is None:
             return ERR_NOT_FLOAT
         old = ks.hget(key, args[0])
+        if old is not None and longdouble.is_infinity(old):
+            return ERR_NAN_RESULT  # Redis reads a stored "inf" (strtold does), and inf + x is infinite
         current = (0, 1) if old is None else longdouble.parse(old)
         if current is None:
             return ERR_HASH_NOT_FLOAT

@@ -75,8 +75,7 @@ def parse(data: bytes) -> Optional[Value]:
     """Redis's ``string2ld``: the long double ``data`` spells, or None (refused: also infinities' overflow)."""
     if not 0 < len(data) < MAX_CHARS:
         return None
-    data = data.split(b"\x00", 1)[0]  # string2ld hands strtold a C string
-    if not data or data[0] in _SPACE:
+    if data[0] in _SPACE:  # (a NUL inside fails the match below: string2ld wants every byte read)
         return None
     if _INF.match(data):
         return None  # Redis refuses HUGE_VAL, and an increment of inf anyway
@@ -125,7 +124,6 @@ def parse(data: bytes) -> Optional[Value]:
 
 def is_infinity(data: bytes) -> bool:
     """Whether ``data`` spells an infinity strtold reads without ERANGE ("inf", "-Infinity" ...)."""
-    data = data.split(b"\x00", 1)[0]
     return bool(_INF.match(data))
 
 
