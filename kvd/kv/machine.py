@@ -30,6 +30,11 @@ the state the disk holds (applied index, clock, sessions) instead of
 replaying the log, and snapshots are streamed from the disk by the transport
 (``snapshot`` is empty, ``restore`` reloads what the storage swapped in).
 
+Hashes (kvd.kv.hashes).  A key holds a string or a hash; the string
+commands answer WRONGTYPE on a hash and the hash commands on a string (SET,
+MSET, DEL, RENAME, COPY take either), and a keyspace keeps a hash field by
+field, so that a write of one field touches one field.
+
 Lua scripts (kvd.kv.script).  The script cache (SCRIPT LOAD, EVAL) is
 replicated state like the keys: it changes only by applying entries, is in
 snapshots, and a durable keyspace keeps each script as a record beside the

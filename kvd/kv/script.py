@@ -23,10 +23,10 @@ entry:
   no ``bit`` or ``struct`` (Redis has them; lupa's Lua has not);
 * ``redis.call``/``redis.pcall`` run kvd's own commands (kvd.resp.commands'
   table, so the same parsing and errors as at the client port) on the
-  machine: the string and key commands, PING, ECHO, SELECT 0.  TIME,
-  RANDOMKEY, KEYS, SCAN, DBSIZE, SCRIPT and the admin commands (FLUSHDB,
-  FLUSHALL: EVAL needs only the readwrite role) are refused (TIME and
-  RANDOMKEY would make replicas differ);
+  machine: the string, hash and key commands, PING, ECHO, SELECT 0.  TIME,
+  RANDOMKEY, HRANDFIELD, KEYS, SCAN, DBSIZE, SCRIPT and the admin commands (FLUSHDB,
+  FLUSHALL: EVAL needs only the readwrite role) are refused (TIME,
+  RANDOMKEY and HRANDFIELD would make replicas differ);
 * the work is bounded by a count of Lua VM instructions (a debug hook every
   ``HOOK_EVERY`` instructions; each ``redis.call`` counts ``CALL_UNITS``
   such steps): a script over ``MAX_UNITS`` steps is stopped, wherever it
