@@ -260,11 +260,6 @@ class Keyspace:
 
     # ------------------------------------------------------------ hashes (kvd.kv.hashes)
 
-    def put_hash(self, key: bytes, pairs, mod: Optional[int] = None) -> None:
-        """Make ``key`` the hash of ``pairs`` (non-empty), whatever it held."""
-        self.put(key, b"", mod)
-        self._data[key] = _hash_of(pairs)
-
     def set_mod(self, key: bytes, mod: int) -> None:
         self._mods[key] = mod
 
@@ -540,3 +535,8 @@ class Overlay(HashOverlay):
         """Assert the key count matches the keys there are; for tests."""
         n = sum(1 for _ in self._merged_from(0))
         assert n == self._count, "key count %d, %d keys stored" % (self._count, n)
+        for key, value in self._pending.items():
+            if isinstance(value, PendingHash):
+                fields = [f for _, f, _ in self.hfields_from(key)]
+                assert len(fields) == len(set(fields)) == value.count > 0, "hash %r: %d fields, header says %d" % (
+                    key, len(fields), value.count)
