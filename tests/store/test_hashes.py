@@ -115,6 +115,8 @@ def test_hset_of_one_field_writes_that_field_and_the_header_only(tmp_path):
     assert len(fields) == 2 and len(second.deletes) == 1  # f7 and n written, f8 deleted: nothing else
     assert len(second.puts) == 2 + 1 + 2  # the two fields, the header, the client's session and the state record
     assert node.machine.read(HashRead("hlen", b"big")) == 2000
+    node.apply(HashWrite("hset", b"big", (b"f9", b"w")))  # unflushed: WATCH still sees the write
+    assert node.state.mod_index(b"big") == node.machine.applied_index
     node.close()
 
 
