@@ -77,15 +77,17 @@ test-docker: install
 # kill-leader kill-random stop-leader pause-leader pause-random crash-all partition-random
 # partition-leader bridge one-way membership; groups process, partitions).
 # One summary line per run; an anomaly keeps the history and node logs under
-# TORTURE_OUT.  Partitions need root and nft.
+# TORTURE_OUT.  Partitions need root and nft.  WORKLOAD=txn (MULTI/EXEC, WATCH
+# compare-and-set) or WORKLOAD=script (Lua scripts) runs multi-key ops instead.
 DURATION ?= 300
+WORKLOAD ?= register
 NEMESIS ?= all
 RUN_SECONDS ?= 60
 TORTURE_NODES ?= 3
 TORTURE_OUT ?= $(KVD_HOME)/jepsen
 .PHONY: torture
 torture: install
-	$(PY) -m kvd.jepsen --duration $(DURATION) --nemesis $(NEMESIS) --run-seconds $(RUN_SECONDS) --nodes $(TORTURE_NODES) --out $(TORTURE_OUT)
+	$(PY) -m kvd.jepsen --duration $(DURATION) --nemesis $(NEMESIS) --run-seconds $(RUN_SECONDS) --nodes $(TORTURE_NODES) --workload $(WORKLOAD) --out $(TORTURE_OUT)
 
 # Longer fuzzing of what strangers send: the RESP parser and client port, the DNS server, the peer
 # decoder (tests/fuzz; every test run does a short pass): `make fuzz FUZZ_EXAMPLES=100000`.

@@ -15,6 +15,13 @@ For each Ready, in the order the core's persistence contract prescribes
    their proposals answered, read states recorded, ``core.advance``;
 4. reads whose index is applied are served.
 
+The core hands out a bounded run of committed entries per Ready
+(``RaftSettings.apply_entries_max``).  After a Ready that applied a full run,
+``drain`` returns with ``more`` set instead of going on, so that the embedder
+serves its network (heartbeats, clients) before it calls ``drain`` again: a
+follower that learns of ten thousand commits at once does not stop the world
+to apply them.
+
 While a write is outstanding the core must not change (the Ready it gave
 describes it), so inputs wait in an inbox; once the write has completed they
 all run, in order, and share the next Ready (one write for everything that
@@ -139,12 +146,16 @@ class Replica:
         self.machine = machine
         self.events = events or Events()
         self.writing: Optional[Ready] = None  # the Ready whose write has not completed
+        self.compacting = False  # a compaction's write has not completed
+        self._compact_call = False  # inside storage.compact: a completion there is not the loop's to drain
         self.held = False
         #: The storage error that stopped the loop for good, if any.
         self.failed: Optional[Exception] = None
         self.inbox: Deque[Callable[[RaftCore], None]] = deque()
         self._tick_queued = False
         self._draining = False
+        #: ``drain`` stopped after a full run of applied entries: call it again soon.
+        self.more = False
         #: Proposals not answered yet, in the order made: log index -> (term, token).
         self.proposals: Dict[int, Tuple[int, Any]] = {}
         #: Reads waiting for their index: ReadIndex context -> token.
@@ -154,8 +165,8 @@ class Replica:
 
     @property
     def busy(self) -> bool:
-        """Inputs wait: a write is outstanding, or the loop is held (or has failed)."""
-        return self.writing is not None or self.held or self.failed is not None
+        """Inputs wait: a write or compaction is outstanding, or the loop is held (or has failed)."""
+        return self.writing is not None or self.compacting or self.held or self.failed is not None
 
     # ------------------------------------------------------------ inputs
     def input(self, fn: Callable[[RaftCore], None]) -> None:
@@ -229,17 +240,36 @@ class Replica:
         self.input(fn)
 
     def compact_now(self, keep_entries: int) -> Optional[Snapshot]:
-        """The compaction itself, from inside an input (the core must not have a Ready outstanding)."""
-        assert self.writing is None, "compaction while a write is outstanding"
+        """
+        The compaction itself, from inside an input (the core must not have a
+        Ready outstanding).  The storage may complete it later (a writer
+        thread): until then the loop is busy, as for a write, for the disk
+        is busy with the state's flush and nothing may change the state.
+        """
+        assert self.writing is None and not self.compacting, "compaction while a write is outstanding"
         if self.machine.applied_index != self.core.applied:
             return None
         snap = self.core.compact(self.core.applied, self.machine.snapshot(), keep_entries=keep_entries)
+        self.compacting = True
+        self._compact_call = True
         try:
-            self.storage.compact(snap)
+            self.storage.compact(snap, self._compacted)
         except Exception as e:
             self._fail(e)
             return None
+        finally:
+            self._compact_call = False
         return snap
+
+    def _compacted(self, error: Optional[BaseException] = None) -> None:
+        if not self.compacting or self.failed is not None:
+            return
+        if error is not None:
+            self._fail(error)
+            return
+        self.compacting = False
+        if not self._compact_call:
+            self.drain()  # what waited behind it
 
     def hold(self) -> None:
         """Stop running inputs (a paused process): they wait in the inbox."""
@@ -262,6 +292,7 @@ class Replica:
 
     def _drain(self) -> None:
         core = self.core
+        self.more = False
         while not self.busy:
             while self.inbox and not self.busy:
                 self._run(self.inbox.popleft())
@@ -275,6 +306,9 @@ class Replica:
                 self._write(rd)
             else:
                 self._finish(rd)
+                if len(rd.committed) >= core.options.apply_entries_max and core.has_ready():
+                    self.more = True  # the embedder lets its network in, then drains again
+                    break
 
     def _guarded(self, fn: Callable, *args: Any) -> None:
         """Run ``fn(*args)``; an exception escaping it fail-stops the loop (``events.loop_failed``)."""

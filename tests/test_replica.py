@@ -31,8 +31,9 @@ class LaterStorage:
         done = self.writes[-1][4]
         done()
 
-    def compact(self, snapshot):
+    def compact(self, snapshot, done):
         self.compacted.append(snapshot)
+        done()
 
 
 class Recorder:
@@ -258,7 +259,7 @@ def test_a_failed_compaction_fail_stops_too():
         def write(self, hard_state, entries, snapshot, sync, done):
             done()
 
-        def compact(self, snapshot):
+        def compact(self, snapshot, done):
             raise OSError(5, "Input/output error")
 
     config = Configuration.make(voters=["a"], addresses={"a": "a"})
@@ -338,3 +339,80 @@ def test_a_write_that_completes_with_an_error_fail_stops_the_loop():
     replica.step(append_from_leader(index=3))
     replica.drain()
     assert len(storage.writes) == 1 and told == [error]
+
+
+def test_a_long_run_of_commits_is_applied_in_steps_with_the_network_in_between():
+    """Twenty commits learnt at once, four per Ready: drain stops after a full run (``more``) until all are applied."""
+    config = Configuration.make(voters=["a", "b", "c"], addresses={n: n for n in "abc"})
+    hs, entries = bootstrap(config)
+    core = RaftCore("b", RaftSettings(apply_entries_max=4), random.Random(1), hs, None, entries)
+    storage, events = LaterStorage(), Heard()
+    machine = KVMachine()
+    replica = Replica(core, storage, Recorder(), machine, events)
+    batch = [Entry(i, 2, EntryKind.NORMAL, encode_envelope(Envelope(b"c", i, 1, 0, Set(b"k%d" % i, b"v"))))
+             for i in range(2, 22)]
+    replica.step(AppendEntries(2, "a", "b", 1, 1, batch, 0))
+    replica.drain()
+    storage.complete()  # the entries are durable; nothing is committed yet
+    replica.step(AppendEntries(2, "a", "b", 21, 2, [], 21))  # the leader: all of them are committed
+    replica.drain()
+    storage.complete()  # the commit index (a hard state) written; then the first run is applied
+    steps = [machine.applied_index]
+    while replica.more:
+        replica.drain()
+        steps.append(machine.applied_index)
+    assert steps[-1] == 21 and len(steps) >= 3
+    assert all(b - a <= 4 for a, b in zip(steps, steps[1:]))
+
+
+def test_a_compaction_completing_later_holds_the_loop_like_a_write():
+    """A compaction on a writer thread: inputs wait until it completes (the state's flush must not move under it)."""
+
+    class LaterCompaction(LaterStorage):
+        def write(self, hard_state, entries, snapshot, sync, done):
+            done()
+
+        def compact(self, snapshot, done):
+            self.compacted.append((snapshot, done))
+
+    config = Configuration.make(voters=["a"], addresses={"a": "a"})
+    hs, entries = bootstrap(config)
+    core = RaftCore("a", RaftSettings(), random.Random(1), hs, None, entries)
+    storage, events = LaterCompaction(), Heard()
+    replica = Replica(core, storage, Recorder(), KVMachine(), events)
+    replica.input(lambda c: c.campaign())
+    replica.drain()
+    assert core.is_leader()
+    taken = []
+    replica.compact(0, then=taken.append)
+    replica.drain()
+    assert len(storage.compacted) == 1 and replica.busy and replica.compacting
+    replica.propose(encode_envelope(Envelope(b"c", 1, 1, 0, Set(b"k", b"v"))), "t")
+    replica.drain()
+    assert events.done == [] and len(replica.inbox) == 1  # waits behind the compaction
+    storage.compacted[0][1]()  # the writer thread is done
+    assert not replica.compacting and not replica.inbox
+    assert [token for token, _, _ in events.done] == ["t"]
+    assert taken and taken[0].index == storage.compacted[0][0].index
+
+
+def test_a_compaction_failing_later_fail_stops_the_loop():
+    class LaterCompaction(LaterStorage):
+        def write(self, hard_state, entries, snapshot, sync, done):
+            done()
+
+        def compact(self, snapshot, done):
+            self.compacted.append((snapshot, done))
+
+    config = Configuration.make(voters=["a"], addresses={"a": "a"})
+    hs, entries = bootstrap(config)
+    core = RaftCore("a", RaftSettings(), random.Random(1), hs, None, entries)
+    storage, events = LaterCompaction(), HeardFailure()
+    replica = Replica(core, storage, Recorder(), KVMachine(), events)
+    replica.input(lambda c: c.campaign())
+    replica.drain()
+    replica.compact(0)
+    replica.drain()
+    error = OSError(28, "No space left on device")
+    storage.compacted[0][1](error)
+    assert events.storage_errors == [error] and replica.failed is error and replica.busy

@@ -210,10 +210,25 @@ def check_key(key: str, ops: List[Op], deadline: float, clock: Callable[[], floa
     if problem:
         result.verdict, result.explanation, result.seconds = INVALID, problem, clock() - started
         return result
+    result.verdict, result.explanation = search(ops, step, None, deadline, clock, memo_limit, "register")
+    result.seconds = clock() - started
+    return result
 
+
+def search(ops, step_fn: Callable[[object, object], Tuple[bool, object]], initial, deadline: float,
+           clock: Callable[[], float] = time.monotonic, memo_limit: int = DEFAULT_MEMO_LIMIT,
+           what: str = "state") -> Tuple[str, str]:
+    """
+    The search itself, for any model: ``ops`` have ``invoke``, ``complete``
+    (None: unknown, infinitely late) and ``describe()``; ``step_fn(state,
+    op)`` answers (fits, next state), with hashable states; ``initial`` is the
+    state before the first op.  Returns (verdict, explanation).
+    """
     # Entries 1..2n; 0 is the list head, -1 the end.  Calls sort before
     # returns at equal times (the more permissive reading of a tie).
     n = len(ops)
+    if not n:
+        return VALID, ""
     events = []
     for i, op in enumerate(ops):
         events.append((op.invoke, 0, i))
@@ -261,7 +276,7 @@ def check_key(key: str, ops: List[Op], deadline: float, clock: Callable[[], floa
 
     cache = set()
     stack: List[Tuple[int, object]] = []
-    state = None
+    state = initial
     linearized = 0
     best_depth = -1
     best = None  # (stuck op, state, linearized ops in order)
@@ -274,7 +289,7 @@ def check_key(key: str, ops: List[Op], deadline: float, clock: Callable[[], floa
                 raise _OutOfBudget()
             if is_call[e]:
                 i = op_of[e]
-                fits, new_state = step(state, ops[i])
+                fits, new_state = step_fn(state, ops[i])
                 if fits:
                     marked = linearized | (1 << i)
                     memo = (marked, new_state)
@@ -300,24 +315,18 @@ def check_key(key: str, ops: List[Op], deadline: float, clock: Callable[[], floa
                 unlift(e)
                 e = nxt[e]
     except _OutOfBudget:
-        result.verdict = UNKNOWN
-        result.explanation = "undecided after %d steps and %d memo entries (time budget or memo limit)" % (steps, len(cache))
-        result.seconds = clock() - started
-        return result
-    result.seconds = clock() - started
+        return UNKNOWN, "undecided after %d steps and %d memo entries (time budget or memo limit)" % (steps, len(cache))
     if nxt[0] == -1:
-        return result
+        return VALID, ""
     stuck, at_state, recent = best
     lines = [
-        "no linearization: at best %d of %d ops linearize; then the register holds %r and this op cannot take effect before it completes:"
-        % (best_depth, n, at_state),
+        "no linearization: at best %d of %d ops linearize; then the %s holds %r and this op cannot take effect before it completes:"
+        % (best_depth, n, what, at_state),
         "  " + stuck.describe(),
         "the last ops of that longest linearizable prefix:",
     ]
     lines += ["  " + op.describe() for op in recent] or ["  (none)"]
-    result.verdict = INVALID
-    result.explanation = "\n".join(lines)
-    return result
+    return INVALID, "\n".join(lines)
 
 
 def by_key(ops: Iterable[Op]) -> Dict[str, List[Op]]:

@@ -4,7 +4,13 @@ summary line per run; exit status 1 when any run found an anomaly.
 
     python -m kvd.jepsen --duration 600 --nemesis all
     python -m kvd.jepsen --duration 120 --nemesis partition-leader,kill-leader --run-seconds 30
+    python -m kvd.jepsen --duration 60 --nemesis process --workload txn --run-seconds 20
     python -m kvd.jepsen check .kvd/jepsen/<run>/history.jsonl
+
+Workloads: register (GET, SET, SET IFEQ, DEL on single keys), txn (MULTI/EXEC
+across keys of a group, WATCH-based compare-and-set), script (EVAL/EVALSHA/
+EVAL_RO scripts reading and writing several keys); --keys is then the number
+of key groups and --ops-per-key the ops per group.
 
 Nemeses: kill-leader kill-random stop-leader pause-leader pause-random crash-all
 partition-random partition-leader bridge one-way membership; groups: all,
@@ -30,6 +36,7 @@ def _interrupt(signum, frame):
 
 
 def check_file(argv) -> int:
+    from kvd.check import txn
     from kvd.check.linear import VALID, check
     from kvd.jepsen.workload import read_history
 
@@ -38,7 +45,8 @@ def check_file(argv) -> int:
     p.add_argument("--budget", type=float, default=300.0, help="seconds before the verdict is 'unknown'")
     args = p.parse_args(argv)
     header, ops, events = read_history(args.history)
-    result = check(ops, budget_s=args.budget)
+    multikey = any(isinstance(op, txn.TxnOp) for op in ops)
+    result = (txn.check if multikey else check)(ops, budget_s=args.budget)
     print(result.report())
     return 0 if result.verdict == VALID else 1
 
@@ -62,6 +70,10 @@ def main(argv=None) -> int:
     p.add_argument("--keep", action="store_true", help="keep every run's directory")
     p.add_argument("--check-budget", type=float, default=120.0)
     p.add_argument("--think-ms", type=float, default=10.0, help="mean pause between a client's operations")
+    p.add_argument("--workload", choices=("register", "txn", "script"), default="register",
+                   help="what the clients do (txn: MULTI/EXEC and WATCH CAS; script: Lua scripts)")
+    p.add_argument("--planted-split", action="store_true",
+                   help="txn/script ops run as separate commands, recorded as atomic: a planted bug the checker must catch")
     p.add_argument("--planted-stale-reads", action="store_true", help="clients read with READONLY (stale reads allowed): a planted bug the checker must catch")
     p.add_argument("--snapshot-entries", type=int, default=400, help="nodes snapshot every this many entries (small: snapshots under faults)")
     p.add_argument("--fault-seconds", type=float, nargs=2, default=(2.0, 4.0), metavar=("MIN", "MAX"))
@@ -84,8 +96,9 @@ def main(argv=None) -> int:
     combine = args.combine if args.combine is not None else (0.25 if len(names) > 1 else 0.0)
     signal.signal(signal.SIGTERM, _interrupt)
 
-    print("torture: nemeses %s, %gs per run, %gs in all, %d nodes, %d clients, %d keys" % (
-        ",".join(names) or "none", args.run_seconds, args.duration, args.nodes, args.clients, args.keys), flush=True)
+    print("torture: %s workload, nemeses %s, %gs per run, %gs in all, %d nodes, %d clients, %d %s" % (
+        args.workload, ",".join(names) or "none", args.run_seconds, args.duration, args.nodes, args.clients, args.keys,
+        "keys" if args.workload == "register" else "key groups"), flush=True)
     deadline = time.monotonic() + args.duration
     runs = anomalies = 0
     try:
@@ -99,6 +112,8 @@ def main(argv=None) -> int:
                 snapshot_entries=args.snapshot_entries, snapshot_keep_entries=max(1, args.snapshot_entries // 4),
                 fault_s=tuple(args.fault_seconds), quiet_s=tuple(args.quiet_seconds),
                 planted_stale_reads=args.planted_stale_reads, think_s=args.think_ms / 1000.0,
+                workload=args.workload, planted_split=args.planted_split,
+                label=args.workload if args.workload != "register" else "",
             )
             result = run_once(cfg, runs)
             anomalies += result.anomaly

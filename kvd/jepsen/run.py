@@ -28,8 +28,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 from kvd.check.durability import check_durability
+from kvd.check import txn as txn_check
 from kvd.check.linear import INFO, VALID, check
 from kvd.jepsen.cluster import ProcessCluster
+from kvd.jepsen.multikey import WORKLOADS, convergence
 from kvd.jepsen.nemesis import PROBE_KEY, Nemesis, needs_netfilter, run_schedule
 from kvd.jepsen.netfilter import Netfilter
 from kvd.jepsen.workload import History, Workload, final_reads, local_reads, to_op
@@ -63,6 +65,10 @@ class RunConfig:
     snapshot_keep_entries: int = 100
     label: str = ""
     planted_stale_reads: bool = False  # clients read with READONLY: the checker must find stale reads
+    # "register" (GET/SET/SET IFEQ/DEL per key), "txn" (MULTI/EXEC, WATCH CAS) or "script" (EVAL/EVALSHA):
+    # the last two run on groups of keys (``keys`` groups, ``ops_per_key`` ops each) and are checked by kvd.check.txn.
+    workload: str = "register"
+    planted_split: bool = False  # txn/script ops run as separate commands: the checker must find torn ops
 
 
 @dataclass
@@ -84,6 +90,9 @@ class RunResult:
     kept: bool = False
     phases: Dict[str, float] = field(default_factory=dict)
     skipped: Dict[str, int] = field(default_factory=dict)
+    workload: str = "register"
+    stats: Dict[str, Dict[str, int]] = field(default_factory=dict)  # multi-key workloads: per kind of op
+    stats_line: str = ""
 
     @property
     def anomaly(self) -> bool:
@@ -100,6 +109,8 @@ class RunResult:
             "linearizable: %s (%.1fs)" % (self.verdict, self.check_seconds),
             "durable: %s" % ("yes" if not self.durability else "NO (%d)" % len(self.durability)),
         ]
+        if self.stats_line:
+            parts.insert(2, "%s: %s" % (self.workload, self.stats_line))
         if self.probes.get("sent"):
             parts.append("stale-read probes %d/%d answered" % (self.probes.get("answered", 0), self.probes["sent"]))
         if not self.healthy:
@@ -144,8 +155,12 @@ def run_once(cfg: RunConfig, index: int = 1) -> RunResult:
                           snapshot_keep_entries=cfg.snapshot_keep_entries)
         cluster.start()
         phase("start")
-        workload = Workload(cluster, history, seed, cfg.clients, cfg.keys, cfg.ops_per_key, cfg.client_timeout_s, cfg.think_s,
-                            stale_reads=cfg.planted_stale_reads)
+        if cfg.workload == "register":
+            workload = Workload(cluster, history, seed, cfg.clients, cfg.keys, cfg.ops_per_key, cfg.client_timeout_s,
+                                cfg.think_s, stale_reads=cfg.planted_stale_reads)
+        else:
+            workload = WORKLOADS[cfg.workload](cluster, history, seed, cfg.clients, cfg.keys, cfg.ops_per_key,
+                                               cfg.client_timeout_s, cfg.think_s, split=cfg.planted_split)
         nemesis = Nemesis(cluster, history, rng, netfilter, min_members=min(3, cfg.nodes), max_members=max(5, cfg.nodes),
                           keys=lambda: list(workload.keys_used))
         history.t0 = time.monotonic()
@@ -164,7 +179,12 @@ def run_once(cfg: RunConfig, index: int = 1) -> RunResult:
         healthy, health_detail = cluster.wait_healthy(60.0)
         phase("recover")
         keys = list(workload.keys_used) + ([PROBE_KEY] if nemesis.probe_seq else [])
-        final = final_reads(cluster, history, keys)
+        if cfg.workload == "register":
+            final = final_reads(cluster, history, keys)
+        else:
+            final = workload.final_reads()
+            if nemesis.probe_seq:
+                final.update(final_reads(cluster, history, [PROBE_KEY]))
         missing = [k for k in keys if k not in final]
         if missing:
             healthy, health_detail = False, "no final read answered for %d key(s), e.g. %s" % (len(missing), missing[0])
@@ -195,9 +215,16 @@ def run_once(cfg: RunConfig, index: int = 1) -> RunResult:
         phase("teardown")
 
     ops = [to_op(r) for r in history.finished_ops()]
-    result = check(ops, budget_s=cfg.check_budget_s)
-    phase("check")
-    durability = check_durability(ops, final, replicas) if final else []
+    if cfg.workload == "register":
+        result = check(ops, budget_s=cfg.check_budget_s)
+        phase("check")
+        durability = check_durability(ops, final, replicas) if final else []
+    else:
+        # The final reads are ops of the history, after every other op: a lost
+        # acknowledged write makes them, hence the history, not linearizable.
+        result = txn_check.check(ops, budget_s=cfg.check_budget_s)
+        phase("check")
+        durability = convergence(final, replicas) if final else []
     counts = history.counts()
     events: Dict[str, int] = dict(nemesis.started) if nemesis else {}
     res = RunResult(
@@ -205,6 +232,9 @@ def run_once(cfg: RunConfig, index: int = 1) -> RunResult:
         counts=counts, events=events, verdict=result.verdict, check_seconds=result.seconds, durability=durability,
         healthy=healthy, health_detail=health_detail, errors=errors, probes=dict(nemesis.probes) if nemesis else {},
         report=result.report(), phases=phases, skipped=dict(nemesis.skipped) if nemesis else {},
+        workload=cfg.workload,
+        stats={k: dict(v) for k, v in getattr(workload, "stats", {}).items()},
+        stats_line=workload.summary() if hasattr(workload, "summary") else "",
     )
     with open(os.path.join(run_dir, "summary.txt"), "w") as f:
         f.write(res.line(cfg.label) + "\n\nphases (s): %s\n\n" % phases + res.report + "\n")

@@ -30,6 +30,7 @@ from typing import Dict, List, Optional
 
 from kvd.errors import Code
 from kvd.check.linear import CAS, DELETE, FAIL, INFO, OK, READ, WRITE, Op
+from kvd.check.txn import TXN, TxnOp
 from kvd.resp.client import Connection, Indeterminate, NotSent, ReplyError, Simple
 
 
@@ -95,7 +96,24 @@ class History:
                 f.write(json.dumps(r) + "\n")
 
 
-def to_op(rec: dict) -> Op:
+def to_txn_op(rec: dict) -> TxnOp:
+    """A multi-key op (kvd.jepsen.multikey): its spec in ``value``, its reads and whether it applied in ``result``."""
+    spec, ok = rec["value"], rec["outcome"] == OK
+    result = rec.get("result") or {}
+    reads = iter(result.get("reads") or ())
+    micro = tuple((m[0], m[1], next(reads, None) if ok else None) if m[0] in ("r", "incr") else tuple(m)
+                  for m in spec["micro"])
+    guard = tuple((k, v) for k, v in spec.get("guard") or ())
+    cond = tuple(spec["cond"]) if spec.get("cond") is not None else None
+    return TxnOp(rec["index"], rec["process"], rec["key"], spec["kind"], micro, guard, cond,
+                 result.get("applied") if ok else None, rec["outcome"], rec["invoke"], rec["complete"],
+                 rec.get("node", ""))
+
+
+def to_op(rec: dict):
+    """The checker's op for a history record: an Op (one register) or a TxnOp (a multi-key op)."""
+    if rec["f"] == TXN:
+        return to_txn_op(rec)
     value = rec["value"]
     if rec["f"] == CAS:
         value = tuple(value)

@@ -376,6 +376,8 @@ class NodeService(service.Service):
             self.drain_call.cancel()
         self.drain_call = None
         self.replica.drain()
+        if self.replica.more:
+            self.schedule_drain()  # the rest of the committed entries, after this turn's I/O
         state = getattr(self.storage, "state", None)
         if state is not None and not self.replica.inbox and self.replica.writing is None:
             state.settle_staging()  # a received snapshot the core did not take is dropped now

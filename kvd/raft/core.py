@@ -112,12 +112,16 @@ class RaftSettings:
     pre_vote: bool = True
     promote_learners: bool = True  # the leader promotes a learner once it has caught up
     snapshot_retry_ticks: int = 0  # 0: 2 * election_ticks
+    # Committed entries handed out per Ready (etcd's MaxCommittedSizePerReady): a
+    # follower that learns of thousands of commits at once applies them in steps,
+    # and its embedder serves the network between two (kvd.replica).
+    apply_entries_max: int = 256
 
     def validate(self) -> None:
         if self.heartbeat_ticks < 1 or self.election_ticks <= self.heartbeat_ticks:
             raise ValueError("need 1 <= heartbeat_ticks < election_ticks")
-        if self.inflight_max < 1 or self.append_bytes_max < 1:
-            raise ValueError("inflight_max and append_bytes_max must be positive")
+        if self.inflight_max < 1 or self.append_bytes_max < 1 or self.apply_entries_max < 1:
+            raise ValueError("inflight_max, append_bytes_max and apply_entries_max must be positive")
 
 
 @dataclass
@@ -429,7 +433,7 @@ class RaftCore:
         rd.must_sync = rd.must_sync or bool(rd.entries) or rd.snapshot is not None
         start = max(self.applied, rd.snapshot.index if rd.snapshot else 0)
         if self.commit > start:
-            rd.committed = self.log.slice(start + 1, self.commit + 1)
+            rd.committed = self.log.slice(start + 1, min(self.commit, start + self.options.apply_entries_max) + 1)
         rd.messages, self.messages = self.messages, []
         rd.persisted_messages, self.persisted_messages = self.persisted_messages, []
         if rd.hard_state is not None and (hs.term != self.prev_hard.term or hs.vote != self.prev_hard.vote):

@@ -58,5 +58,9 @@ class Storage(Protocol):
         lost in a crash; ``done(error)`` tells a write that failed.
         """
 
-    def compact(self, snapshot: Snapshot) -> None:
-        """Store a snapshot taken from the local state machine, durably, and drop the entries it covers."""
+    def compact(self, snapshot: Snapshot, done: Callable[..., None]) -> None:
+        """
+        Store a snapshot taken from the local state machine, durably, and drop
+        the entries it covers; ``done()`` (or ``done(error)``) once it has, now
+        or later, as for ``write``.
+        """

@@ -113,6 +113,8 @@ class Swarm:
             heartbeat_ticks=rng.choice([1, 2, 3]),
             append_bytes_max=rng.choice([60, 200, 48 * 1024]),
             inflight_max=rng.choice([1, 2, 8, 64]),
+            # Small, so that applying in steps between network turns (kvd.replica ``more``) is exercised.
+            apply_entries_max=4,
         )
         return cls(
             enabled=f,
@@ -214,8 +216,14 @@ class SimNode:
     def drain(self) -> None:
         """Run the loop; then, as the node does after each drain, drop a received stream the core did not take."""
         self.replica.drain()
+        if self.replica.more:
+            self.cluster.schedule(0, self._drain_more, self.incarnation)  # as the node: after what is due now
         if self.state is not None and not self.replica.inbox and self.replica.writing is None:
             self.state.settle_staging()
+
+    def _drain_more(self, incarnation: int) -> None:
+        if self.up and incarnation == self.incarnation:
+            self.drain()
 
     # ------------------------------------------------------------ inputs
     def input(self, fn: Callable[[RaftCore], None]) -> None:

@@ -105,12 +105,14 @@ class SimDisk:
         self.sync()
         done()
 
-    def compact(self, snap: Snapshot) -> None:
+    def compact(self, snap: Snapshot, done: Optional[Callable[..., None]] = None) -> None:
         """A snapshot taken by compaction: written and synced at once, then the log before it is dropped."""
         self.writes += 1
         self.pending.append((None, snap, [], self._state_ops(None, force_flush=True)))
         self._state_committed(None)
         self.sync()
+        if done is not None:
+            done()
 
     # ----------------------------------------------------------- the image, piece by piece
     def put(self, hard_state: Optional[HardState], snapshot: Optional[Snapshot], entries: Sequence[Entry]) -> None:

@@ -437,8 +437,13 @@ class LmdbStorage:
         if snapshot is not None and self.state is not None:
             self.state.installed()
 
-    def compact(self, snapshot: Snapshot) -> None:
-        """Store a locally taken snapshot and drop the entries it covers."""
+    def compact(self, snapshot: Snapshot, done: Optional[Callable[..., None]] = None) -> None:
+        """
+        Store a locally taken snapshot and drop the entries it covers; with a
+        writer thread and ``done``, there (dropping ten thousand entries and
+        flushing the state is the longest write the node makes), ``done(error
+        or nothing)`` later; else here and now, then ``done()``.
+        """
 
         def apply(txn) -> None:
             self._check_snapshot_not_older(txn, snapshot)
@@ -451,7 +456,21 @@ class LmdbStorage:
                     break
 
         # The state must reach the snapshot's index before the log below it goes.
-        self._write(apply, sync=True, flush_state=True)
+        if self._writer is None or done is None:
+            self._write(apply, sync=True, flush_state=True)
+            if done is not None:
+                done()
+            return
+        state = self._state_to_flush()
+
+        def then(error: Optional[BaseException]) -> None:
+            if error is not None:
+                done(error)
+                return
+            self._committed(state)
+            done()
+
+        self._writer.submit(lambda: self._transact(apply, sync=True, state=state, flush_state=True), then)
 
     # -------------------------------------------------------------- internals
 

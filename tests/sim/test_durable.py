@@ -96,10 +96,12 @@ def state_synced_before_the_log():
 def compaction_without_flush():
     """Compaction records the snapshot and drops the log without flushing the state first."""
 
-    def compact(self, snap):
+    def compact(self, snap, done=None):
         self.writes += 1
         self.pending.append((None, snap, [], []))
         self.sync()
+        if done is not None:
+            done()
 
     return patched(sim_disk.SimDisk, "compact", compact)
 

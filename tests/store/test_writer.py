@@ -129,3 +129,21 @@ def test_close_waits_for_the_write_under_way(tmp_path):
     again.open("c", "n")
     assert len(again.load().entries) == 200 and again.load().hard_state.term == 2
     again.close()
+
+
+def test_a_compaction_runs_on_the_writer_thread_too(tmp_path):
+    from kvd.raft.messages import Configuration, Snapshot
+
+    owner = Owner()
+    storage = LmdbStorage(str(tmp_path / "n"), sync=True, deliver=owner.deliver)
+    storage.open("c", "n")
+    storage.write(HardState(term=1), entries(1, 50), None, True, lambda error=None: None)
+    owner.pump()
+    done = []
+    storage.compact(Snapshot(40, 1, Configuration(), b"state"), lambda error=None: done.append(error))
+    assert done == []
+    owner.pump()
+    assert done == [None]
+    restored = storage.load()
+    assert restored.snapshot.index == 40 and [e.index for e in restored.entries] == list(range(41, 51))
+    storage.close()
