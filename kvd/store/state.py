@@ -53,7 +53,9 @@ field's ``field_key`` (its position, then the field, cut and digested past
 ``INLINE_FIELD``): a hash's fields are contiguous and in field order, HSET
 of one field writes that field's record and the header, nothing else.  A
 field record is ``0x00 value`` or ``0x01 flen(4) field value`` (a long
-field).  Deleting or replacing a hash deletes its field records in the next
+field).  (Two keys whose 128-bit digests collide would share one set of
+field records: not guarded against, as the long keys' digests are not.)
+Deleting or replacing a hash deletes its field records in the next
 flush (``_drop_fields``: one LMDB delete per field, in that flush's
 transaction); FLUSHDB drops ``hf.N`` whole.  Data dirs of before hashes
 have no ``hf.N``: it is created empty when opened, and every record they
