@@ -118,6 +118,11 @@ bench-etcd: install bench-tools
 	$(PY) -m kvd.bench loads --etcd $(BENCH_ARGS)
 bench-failover: install bench-tools
 	$(PY) -m kvd.bench failover --kills $(KILLS) $(BENCH_ARGS)
+# Issue 14's "no leader change in 10 minutes of full write load": SET from 64 clients for SOAK_SECONDS (600).
+SOAK_SECONDS ?= 600
+.PHONY: bench-soak
+bench-soak: install bench-tools
+	$(PY) -m kvd.bench soak --soak-seconds $(SOAK_SECONDS) $(BENCH_ARGS)
 # redis-py's own test suite (the installed version's, from PyPI) against a local 3-node cluster, through the
 # leader and a follower, RESP2 and RESP3: passed/failed/errors/skipped per file (issue 15). Not part of `make test`.
 # BENCH_ARGS="--server redis" runs it against a redis-server instead; "--files test_hash --failures out.tsv".

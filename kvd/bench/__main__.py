@@ -3,7 +3,8 @@
 (kvd.bench.loads) on a three-node cluster of its own, each followed by the
 same load on etcd with ``--etcd`` (kvd.bench.etcd), with the ratio; ``python -m kvd.bench failover [--kills N]``:
 leader kills under light load (kvd.bench.failover); ``python -m kvd.bench data
-[--keys N --value-bytes S]``: issue 13's figures at scale (kvd.bench.data).  Everything runs on
+[--keys N --value-bytes S]``: issue 13's figures at scale (kvd.bench.data); ``python -m kvd.bench soak
+[--soak-seconds N]``: a full write load for ten minutes, counting elections.  Everything runs on
 loopback addresses 127.x.y.z, is bounded in requests and time, and the nodes
 (started by PID, with the defaults a user gets: 50 ms ticks, 8-tick election
 timeout, fsync on) are killed at the end.
@@ -86,9 +87,11 @@ def run_loads(args) -> dict:
             result = loads.run(target.host, target.port, load, args.short)
             cpu = procs.used(before, procs.snapshot(pids), [n.id for n in ordered])
             elections = _elections(ordered) - elections_before
+            requests = load.short_requests if args.short else load.requests
             row = {"load": load.name, "target": target.id, "ops_per_s": result.ops_per_s, "p50_ms": result.p50_ms,
                    "p99_ms": result.p99_ms, "p999_ms": result.p999_ms, "errors_shown": result.errors,
                    "seconds": result.seconds, "cpu_s_per_node_leader_first": [cpu[n.id] for n in ordered],
+                   "cpu_s_per_10k_ops_leader_first": [_per_10k(cpu[n.id], requests) for n in ordered],
                    "elections": elections}
             if etcd is not None and load.etcd is not None:
                 url = etcd.leader_url() if load.target == "leader" else etcd.follower_url()
@@ -100,9 +103,11 @@ def run_loads(args) -> dict:
                                "cpu_s_per_member": list(e_cpu.values())}
                 row["ratio_kvd_to_etcd"] = round(result.ops_per_s / e.ops_per_s, 2) if e.ops_per_s else None
             out["loads"].append(row)
-            print("%-34s %9.0f ops/s   p50 %6s ms  p99 %6s ms  p999 %6s ms   CPU s/node (leader first) %s%s" % (
+            print("%-34s %9.0f ops/s   p50 %6s ms  p99 %6s ms  p999 %6s ms   CPU s/node (leader first) %s"
+                  "   per 10K ops %s%s" % (
                 load.name, result.ops_per_s, _ms(result.p50_ms), _ms(result.p99_ms), _ms(result.p999_ms),
                 " ".join("-" if c is None else "%.1f" % c for c in row["cpu_s_per_node_leader_first"]),
+                " ".join("-" if c is None else "%.1f" % c for c in row["cpu_s_per_10k_ops_leader_first"]),
                 ("   errors shown: %d" % result.errors if result.errors else "")
                 + ("   ELECTIONS during the load: %d" % elections if elections else "")), flush=True)
             if "etcd" in row:
@@ -197,6 +202,62 @@ def run_redis_py(args) -> dict:
     return out
 
 
+def _per_10k(cpu_s, ops: int):
+    return None if cpu_s is None or not ops else round(cpu_s * 10000.0 / ops, 2)
+
+
+def run_soak(args) -> dict:
+    """
+    Issue 14's "no leader change during 10 minutes of full write load": SET from
+    64 clients to the leader, in rounds of redis-benchmark, until ``--soak-seconds``
+    have passed; the elections every node counted (INFO raft_elections) before and
+    after, and each round's figures.
+    """
+    loads.redis_benchmark()
+    run_dir = tempfile.mkdtemp(prefix="kvd-bench-soak-")
+    cluster = _cluster(run_dir, args.tick_ms, args.election_ticks, _node_args(args))
+    seconds = 5.0 if args.short else float(args.soak_seconds)
+    load = loads.Load("SET, 64 clients (soak)", "leader", ["-t", "set", "-c", "64"], 30000, 400)
+    rounds: list = []
+    print("kvd soak: SET from 64 clients to the leader for %.0f s; 3 nodes, fsync on" % seconds, flush=True)
+    try:
+        leader = cluster.leader(20.0)
+        if leader is None:
+            raise RuntimeError("no leader before the soak")
+        ordered = [leader] + [n for n in cluster.members if n is not leader]
+        pids = {n.id: n.pid for n in ordered}
+        before, elections_before = procs.snapshot(pids), _elections(ordered)
+        started = time.monotonic()
+        while time.monotonic() - started < seconds:
+            result = loads.run(leader.host, leader.port, load, args.short)
+            rounds.append({"ops_per_s": result.ops_per_s, "p99_ms": result.p99_ms, "errors_shown": result.errors,
+                           "seconds": result.seconds})
+            print("  %6.0f s: %7.0f ops/s  p99 %6s ms%s" % (
+                time.monotonic() - started, result.ops_per_s, _ms(result.p99_ms),
+                "   errors shown: %d" % result.errors if result.errors else ""), flush=True)
+        took = time.monotonic() - started
+        cpu = procs.used(before, procs.snapshot(pids), [n.id for n in ordered])
+        elections = _elections(ordered) - elections_before
+        still = cluster.leader(5.0)
+    finally:
+        cluster.close()
+        if not args.keep:
+            shutil.rmtree(run_dir, ignore_errors=True)
+    ops = sum(r["ops_per_s"] * r["seconds"] for r in rounds)
+    out = {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "commit": _commit(), "machine": _machine(),
+           "seconds": round(took, 1), "ops": int(ops), "rounds": rounds, "elections": elections,
+           "same_leader": still is not None and still.id == leader.id,
+           "cpu_s_per_node_leader_first": [cpu[n.id] for n in ordered],
+           "cpu_s_per_10k_ops_leader_first": [_per_10k(cpu[n.id], int(ops)) for n in ordered]}
+    print("soak: %d SETs in %.0f s (%.0f ops/s), %d rounds, worst p99 %s ms; elections %d, leader %s; CPU s per 10K "
+          "ops per node (leader first) %s" % (
+              out["ops"], took, ops / took if took else 0, len(rounds),
+              _ms(max((r["p99_ms"] for r in rounds if r["p99_ms"] is not None), default=None)), elections,
+              "unchanged" if out["same_leader"] else "CHANGED",
+              " ".join("-" if c is None else "%.2f" % c for c in out["cpu_s_per_10k_ops_leader_first"])), flush=True)
+    return out
+
+
 def _elections(nodes) -> int:
     """Elections the nodes have started so far (INFO raft_elections), summed: a change means a leader was lost."""
     total = 0
@@ -212,7 +273,9 @@ def _ms(value) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kvd.bench", description=__doc__.strip().splitlines()[0])
-    parser.add_argument("what", nargs="?", choices=["loads", "failover", "data", "redis-py"], default="loads")
+    parser.add_argument("what", nargs="?", choices=["loads", "failover", "data", "redis-py", "soak"], default="loads")
+    parser.add_argument("--soak-seconds", type=float, default=600.0,
+                        help="soak: how long the full write load lasts (default 600; --short: 5)")
     parser.add_argument("--short", action="store_true", help="a few requests per load: proves the bench works (CI)")
     parser.add_argument("--kills", type=int, default=20, help="failover: how many times to kill the leader")
     parser.add_argument("--membership-rounds", type=int, default=5,
@@ -248,7 +311,7 @@ def main(argv=None) -> int:
     group.add_argument("--targets", default="leader,follower", help="which kvd nodes: leader,follower (default both)")
     group.add_argument("--protocols", default="2,3", help="RESP versions to run with (default 2,3)")
     args = parser.parse_args(argv)
-    runs = {"failover": run_failover, "data": run_data, "loads": run_loads, "redis-py": run_redis_py}
+    runs = {"failover": run_failover, "data": run_data, "loads": run_loads, "redis-py": run_redis_py, "soak": run_soak}
     try:
         out = runs[args.what](args)
     except RuntimeError as e:

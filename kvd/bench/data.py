@@ -14,6 +14,7 @@ pipelined connections to the leader and reports, each with its number:
   sender (leader) and the receiver, elections meanwhile;
 - the write throughput while that node catches up, against the same load
   just before it;
+- a fifth node joining with no write load: the snapshot's transfer alone;
 - the longest reactor stall of each node (kvd.node.stall, read through INFO by
   kvd.bench.watch) during the load, during its snapshots and compactions, and
   during the join.
@@ -333,6 +334,10 @@ class DataBench:
                 r.missing(key, label, "--max-seconds reached")
         else:
             self.join(members, acked)
+            if self.out_of_time("the join with no load"):
+                r.missing("quiet_join_s", "new node to voter, no write load", "--max-seconds reached")
+            else:
+                self.quiet_join(acked)
 
         self.stalls(members)
         r.table()
@@ -400,6 +405,35 @@ class DataBench:
             r.figure("write_ratio", "throughput with / without the snapshot", round(ratio, 3), "%.0f%%" % (ratio * 100), ">= 70%")
         else:
             r.missing("write_ratio", "throughput with / without the snapshot", "no write succeeded without it", ">= 70%")
+
+    def quiet_join(self, acked: int) -> None:
+        """
+        One more node joins while nothing is written: the snapshot's transfer on
+        its own, apart from the CPU the write load takes from the sender in
+        ``join`` (two cores for four nodes and the load generator).
+        """
+        s, r = self.s, self.report
+        new = self.cluster.new_node()
+        new.start(60.0)
+        self.watch.add(new)
+        limit = min(s.join_timeout_s, max(5.0, self.left()))
+        started = time.monotonic()
+        ok, why = self.cluster.join(new, min(60.0, limit))
+        became = ok and wait_until(lambda: voter(self.cluster, new.id), max(1.0, limit - (time.monotonic() - started)), 0.05)
+        took = time.monotonic() - started
+        if not became:
+            r.missing("quiet_join_s", "new node to voter, no write load", why if not ok else "not a voter within %g s" % limit)
+            r.missing("quiet_snapshot_mb_per_s", "snapshot transfer rate, no write load", "the node did not become a voter",
+                      ">= 50 MB/s")
+            return
+        with self.cluster.lock:
+            self.cluster.members.append(new)
+        r.figure("quiet_join_s", "new node to voter, no write load", round(took, 3), "%.2f s" % took, "",
+                 "a fifth node, KVD.JOIN to listed as a voter")
+        size = self.data_bytes(acked)
+        rate = size / took / 1e6
+        r.figure("quiet_snapshot_mb_per_s", "snapshot transfer rate, no write load", round(rate, 3), "%.1f MB/s" % rate,
+                 ">= 50 MB/s", "%s of keys and values / %.2f s" % (_size(size), took))
 
     def stalls(self, members) -> None:
         r, w = self.report, self.watch

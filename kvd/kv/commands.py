@@ -4,10 +4,10 @@ The commands of the key/value machine and the codec of what goes in the log.
 
 Write commands (``Set``, ``Delete``, ``MSet``, ``IncrBy``, ``GetDel``,
 ``Append``, ``SetRange``, ``MSetNX``, ``Rename``, ``Copy``, ``FlushAll``,
-``Transaction``, ``Script``) change the state and are proposed to Raft
+``Transaction``, ``Script``, ``HashWrite``) change the state and are proposed to Raft
 inside an ``Envelope``; read ops (``Get``, ``MGet``, ``Exists``, ``Keys``,
 ``Scan``, ``DbSize``, ``StrLen``, ``GetRange``, ``RandomKey``, ``Versions``,
-``ScriptGet``) are served by ``KVMachine.read`` and never logged on their
+``ScriptGet``, ``HashRead``, ``KeyType``) are served by ``KVMachine.read`` and never logged on their
 own.  A ``Transaction`` (MULTI ... EXEC) is one entry holding write commands and
 read ops, applied in order at one index, with the versions of the keys its
 client WATCHed: if one of them changed, nothing is applied (nil).  A
@@ -40,9 +40,16 @@ Wire format, version 1 (all integers varints, see kvd.kv.codec)::
     tag 12 Transaction  n_watched (key:blob exists:byte index)...  n (op)...
                   each op a write command as above (tags 1-11) or a read op:
     tag 32 Get key   33 MGet n keys...   34 Exists n keys...   35 Keys pattern
-    tag 36 Scan cursor count has_match:byte [match]   37 DbSize   38 StrLen key
+    tag 36 Scan cursor count flags:byte [match] [type:byte]   37 DbSize   38 StrLen key
+                  flags: bit 0 a MATCH follows, bit 1 a TYPE (0 string, 1 hash, 2 another: none) follows
     tag 39 GetRange key start:zigzag end:zigzag   40 RandomKey position
     tag 13 Script op:byte body:blob n keys... n args... max_len
+    tag 14 HashWrite op:byte key:blob n args...
+                  op: 0 HSET, 1 HMSET, 2 HSETNX, 3 HDEL, 4 HINCRBY, 5 HINCRBYFLOAT (kvd.kv.hashes)
+    tag 41 HashRead op:byte key:blob n args...   (a read op, inside a transaction)
+                  op: 0 HGET, 1 HMGET, 2 HGETALL, 3 HKEYS, 4 HVALS, 5 HEXISTS, 6 HLEN, 7 HSTRLEN,
+                  8 HSCAN (args: cursor, options...), 9 HRANDFIELD (args: position[, count[, WITHVALUES]])
+    tag 42 KeyType key   (TYPE)
                   op: 0 EVAL, 1 EVAL_RO, 2 SCRIPT LOAD, 3 SCRIPT FLUSH, 4 EVALSHA, 5 EVALSHA_RO
                   (EVALSHA carries the body too; see kvd.kv.script)
 
@@ -77,6 +84,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Tuple, Union
 
+from kvd.kv import longdouble
 from kvd.kv.codec import INT64_MAX, INT64_MIN, U64_MAX, CodecError, Reader, Writer
 
 __all__ = [
@@ -85,6 +93,8 @@ __all__ = [
     "WriteCommand", "ReadOp", "WRITE_COMMANDS", "READ_OPS", "ENVELOPE_VERSION",
     "encode_envelope", "decode_envelope", "parse_int64", "INT64_MIN", "INT64_MAX", "command_size", "command_keys",
     "write_keys", "MAX_STRING_BYTES", "Transaction", "Versions", "TXN_READ_OPS", "read_keys",
+    "HashWrite", "HashRead", "KeyType", "HASH_WRITE_OPS", "HASH_READ_OPS", "KEY_TYPES", "SCAN_TYPES",
+    "float_increment_error",
 ]
 
 ENVELOPE_VERSION = 1
@@ -108,6 +118,13 @@ def parse_int64(data: bytes) -> Optional[int]:
         return None
     value = int(data)
     return value if INT64_MIN <= value <= INT64_MAX else None
+
+
+def float_increment_error(data: bytes) -> Optional[str]:
+    """What Redis answers (after "ERR ") for an INCRBYFLOAT/HINCRBYFLOAT increment it refuses, else None."""
+    if longdouble.parse(data) is not None:
+        return None
+    return "value is NaN or Infinity" if longdouble.is_infinity(data) else "value is not a valid float"
 
 
 def _bytes(name: str, value) -> None:
@@ -335,8 +352,41 @@ class Script:
         _int("max_len", self.max_len, 0, MAX_STRING_BYTES)
 
 
+#: HashWrite's operations, by their code in the log (tag 14).
+HASH_WRITE_OPS = ("hset", "hmset", "hsetnx", "hdel", "hincrby", "hincrbyfloat")
 
-SIMPLE_WRITES = (Set, Delete, MSet, IncrBy, GetDel, Append, SetRange, MSetNX, Rename, Copy, FlushAll, IncrByFloat)
+
+@dataclass(frozen=True)
+class HashWrite:
+    """
+    A write of fields of the hash at ``key`` (kvd.kv.hashes): HSET/HMSET
+    ``args`` = field value ..., HSETNX field value, HDEL field ..., HINCRBY
+    field delta (a canonical int64), HINCRBYFLOAT field increment (a float
+    Redis's strtold accepts, checked when applied: kvd.kv.longdouble).
+    """
+
+    op: str
+    key: bytes
+    args: Tuple[bytes, ...]
+
+    def __post_init__(self):
+        if self.op not in HASH_WRITE_OPS:
+            raise ValueError("op must be one of %s, not %r" % (", ".join(HASH_WRITE_OPS), self.op))
+        _bytes("key", self.key)
+        _key_tuple(self, "args")
+        n = len(self.args)
+        if self.op in ("hset", "hmset") and n % 2:
+            raise ValueError("%s needs field value pairs" % (self.op.upper(),))
+        if self.op in ("hsetnx", "hincrby", "hincrbyfloat") and n != 2:
+            raise ValueError("%s needs a field and a value" % (self.op.upper(),))
+        if self.op == "hincrby" and parse_int64(self.args[1]) is None:
+            raise ValueError("HINCRBY's increment must be a canonical 64-bit integer")
+        if self.op == "hincrbyfloat" and float_increment_error(self.args[1]) is not None:
+            raise ValueError("HINCRBYFLOAT's increment must be a finite float")
+
+
+SIMPLE_WRITES = (Set, Delete, MSet, IncrBy, GetDel, Append, SetRange, MSetNX, Rename, Copy, FlushAll, HashWrite,
+                 IncrByFloat)
 
 
 @dataclass(frozen=True)
@@ -371,7 +421,7 @@ class Transaction:
 
 
 WriteCommand = Union[Set, Delete, MSet, IncrBy, GetDel, Append, SetRange, MSetNX, Rename, Copy, FlushAll, Transaction,
-                     Script, IncrByFloat]
+                     Script, HashWrite, IncrByFloat]
 WRITE_COMMANDS = SIMPLE_WRITES + (Transaction, Script)
 
 
@@ -431,17 +481,28 @@ class Keys:
         _bytes("pattern", self.pattern)
 
 
+#: The types a key may have, as TYPE names them (their codes in the log: their index).
+KEY_TYPES = ("string", "hash")
+#: What SCAN's TYPE may name: a key type, or "other" (a type of Redis's kvd has not: no key matches).
+SCAN_TYPES = KEY_TYPES + ("other",)
+
+
 @dataclass(frozen=True)
 class Scan:
+    """SCAN cursor [MATCH match] [COUNT count] [TYPE type]: ``type`` one of KEY_TYPES or None (every key)."""
+
     cursor: int = 0
     match: Optional[bytes] = None
     count: int = 10
+    type: Optional[str] = None
 
     def __post_init__(self):
         _int("cursor", self.cursor, 0, U64_MAX)
         if self.match is not None:
             _bytes("match", self.match)
         _int("count", self.count, 1, INT64_MAX)
+        if self.type is not None and self.type not in SCAN_TYPES:
+            raise ValueError("type must be one of %s, not %r" % (", ".join(SCAN_TYPES), self.type))
 
 
 @dataclass(frozen=True)
@@ -505,15 +566,68 @@ class Versions:
         _key_tuple(self, "keys")
 
 
-ReadOp = Union[Get, MGet, Exists, Keys, Scan, DbSize, StrLen, GetRange, RandomKey, Versions, ScriptGet]
+#: HashRead's operations, by their code in the log (tag 41).
+HASH_READ_OPS = ("hget", "hmget", "hgetall", "hkeys", "hvals", "hexists", "hlen", "hstrlen", "hscan", "hrandfield")
+_HASH_READ_ARGS = {"hget": (1, 1), "hmget": (1, None), "hgetall": (0, 0), "hkeys": (0, 0), "hvals": (0, 0),
+                   "hexists": (1, 1), "hlen": (0, 0), "hstrlen": (1, 1), "hscan": (1, None), "hrandfield": (1, 3)}
+
+
+@dataclass(frozen=True)
+class HashRead:
+    """
+    A read of the hash at ``key`` (kvd.kv.hashes).  HSCAN's ``args`` are the
+    cursor (decimal) and its options as the client gave them (MATCH, COUNT:
+    Redis reads them after the key's checks, so does the machine); HRANDFIELD's
+    a position drawn by the caller (decimal; the machine draws nothing), the
+    count (decimal) if any, and b"WITHVALUES" if asked.
+    """
+
+    op: str
+    key: bytes
+    args: Tuple[bytes, ...] = ()
+
+    def __post_init__(self):
+        if self.op not in HASH_READ_OPS:
+            raise ValueError("op must be one of %s, not %r" % (", ".join(HASH_READ_OPS), self.op))
+        _bytes("key", self.key)
+        _key_tuple(self, "args", allow_empty=True)
+        low, high = _HASH_READ_ARGS[self.op]
+        if len(self.args) < low or (high is not None and len(self.args) > high):
+            raise ValueError("%s takes %s arguments, not %d" % (self.op.upper(), (low, high), len(self.args)))
+        if self.op == "hscan":
+            cursor = self.args[0]
+            if not cursor.isdigit() or len(cursor) > 20 or int(cursor) > U64_MAX:
+                raise ValueError("HSCAN's cursor must be an unsigned 64-bit decimal")
+        if self.op == "hrandfield":
+            position = self.args[0]
+            if not position.isdigit() or len(position) > 20 or int(position) > U64_MAX:
+                raise ValueError("HRANDFIELD's position must be an unsigned 64-bit decimal")
+            if len(self.args) > 1 and parse_int64(self.args[1]) is None:
+                raise ValueError("HRANDFIELD's count must be a 64-bit integer")
+            if len(self.args) > 2 and self.args[2] != b"WITHVALUES":
+                raise ValueError("HRANDFIELD's third argument can only be WITHVALUES")
+
+
+@dataclass(frozen=True)
+class KeyType:
+    """TYPE key: the type's name (KEY_TYPES) as a status, or none."""
+
+    key: bytes
+
+    def __post_init__(self):
+        _bytes("key", self.key)
+
+
+ReadOp = Union[Get, MGet, Exists, Keys, Scan, DbSize, StrLen, GetRange, RandomKey, Versions, ScriptGet, HashRead,
+               KeyType]
 #: The read ops a transaction may hold.
-TXN_READ_OPS = (Get, MGet, Exists, Keys, Scan, DbSize, StrLen, GetRange, RandomKey)
+TXN_READ_OPS = (Get, MGet, Exists, Keys, Scan, DbSize, StrLen, GetRange, RandomKey, HashRead, KeyType)
 READ_OPS = TXN_READ_OPS + (Versions, ScriptGet)
 
 
 def read_keys(op) -> Tuple[bytes, ...]:
     """The keys a read op names (for the key length limit)."""
-    if isinstance(op, (Get, StrLen, GetRange)):
+    if isinstance(op, (Get, StrLen, GetRange, HashRead, KeyType)):
         return (op.key,)
     if isinstance(op, (MGet, Exists, Versions)):
         return op.keys
@@ -532,6 +646,8 @@ _TAG_READ_END = 64
 _TAG_INCRBYFLOAT = 64
 _TAG_GET, _TAG_MGET, _TAG_EXISTS, _TAG_KEYS, _TAG_SCAN, _TAG_DBSIZE = 32, 33, 34, 35, 36, 37
 _TAG_STRLEN, _TAG_GETRANGE, _TAG_RANDOMKEY = 38, 39, 40
+_TAG_HASH_WRITE, _TAG_HASH_READ, _TAG_KEY_TYPE = 14, 41, 42
+_SCAN_MATCH, _SCAN_TYPE = 0x01, 0x02
 _COND_CODE = {None: 0, "NX": 1, "XX": 2}
 _CODE_COND = {v: k for k, v in _COND_CODE.items()}
 _FLAG_IFEQ, _FLAG_GET = 0x04, 0x08
@@ -599,6 +715,13 @@ def _encode_command(w: Writer, cmd) -> None:
         w.byte(int(cmd.nx if isinstance(cmd, Rename) else cmd.replace))
     elif isinstance(cmd, FlushAll):
         w.byte(_TAG_FLUSHALL)
+    elif isinstance(cmd, HashWrite):
+        w.byte(_TAG_HASH_WRITE)
+        w.byte(HASH_WRITE_OPS.index(cmd.op))
+        w.blob(cmd.key)
+        w.uint(len(cmd.args))
+        for arg in cmd.args:
+            w.blob(arg)
     elif isinstance(cmd, Script):
         w.byte(_TAG_SCRIPT)
         w.byte(SCRIPT_OPS.index(cmd.op))
@@ -641,9 +764,11 @@ def _encode_read(w: Writer, op) -> None:
         w.byte(_TAG_SCAN)
         w.uint(op.cursor)
         w.uint(op.count)
-        w.byte(0 if op.match is None else 1)
+        w.byte((0 if op.match is None else _SCAN_MATCH) | (0 if op.type is None else _SCAN_TYPE))
         if op.match is not None:
             w.blob(op.match)
+        if op.type is not None:
+            w.byte(SCAN_TYPES.index(op.type))
     elif isinstance(op, DbSize):
         w.byte(_TAG_DBSIZE)
     elif isinstance(op, GetRange):
@@ -654,6 +779,16 @@ def _encode_read(w: Writer, op) -> None:
     elif isinstance(op, RandomKey):
         w.byte(_TAG_RANDOMKEY)
         w.uint(op.position)
+    elif isinstance(op, HashRead):
+        w.byte(_TAG_HASH_READ)
+        w.byte(HASH_READ_OPS.index(op.op))
+        w.blob(op.key)
+        w.uint(len(op.args))
+        for arg in op.args:
+            w.blob(arg)
+    elif isinstance(op, KeyType):
+        w.byte(_TAG_KEY_TYPE)
+        w.blob(op.key)
     else:
         raise TypeError("not a read op a transaction may hold: %s" % (type(op).__name__,))
 
@@ -695,6 +830,8 @@ def command_size(cmd: WriteCommand) -> int:
         return 2 + _blob_size(cmd.src) + _blob_size(cmd.dst)
     if isinstance(cmd, FlushAll):
         return 1
+    if isinstance(cmd, HashWrite):
+        return 2 + _blob_size(cmd.key) + _uint_size(len(cmd.args)) + sum(_blob_size(a) for a in cmd.args)
     if isinstance(cmd, Script):
         return (2 + _blob_size(cmd.body) + _uint_size(len(cmd.keys)) + sum(_blob_size(k) for k in cmd.keys)
                 + _uint_size(len(cmd.args)) + sum(_blob_size(a) for a in cmd.args) + _uint_size(cmd.max_len))
@@ -731,6 +868,8 @@ def command_keys(cmd: WriteCommand) -> int:
         return 2
     if isinstance(cmd, Script):  # what it writes is known once it runs; kvd.kv.script bounds that
         return len(cmd.keys)
+    if isinstance(cmd, HashWrite):  # one key, but each field written costs as much as a key
+        return max(1, len(cmd.args) // 2 if cmd.op in ("hset", "hmset") else len(cmd.args) if cmd.op == "hdel" else 1)
     return 1
 
 
@@ -817,6 +956,12 @@ def _decode_command(r: Reader, nested: bool = False) -> WriteCommand:
             return Rename(src, dst, bool(flag)) if tag == _TAG_RENAME else Copy(src, dst, bool(flag))
         if tag == _TAG_FLUSHALL:
             return FlushAll()
+        if tag == _TAG_HASH_WRITE:
+            op = r.byte()
+            if op >= len(HASH_WRITE_OPS):
+                raise CodecError("invalid hash write op %d" % (op,))
+            key = r.blob()
+            return HashWrite(HASH_WRITE_OPS[op], key, tuple(r.blob() for _ in range(r.count())))
         if tag == _TAG_SCRIPT:
             op = r.byte()
             if op >= len(SCRIPT_OPS):
@@ -843,14 +988,29 @@ def _decode_read(r: Reader, tag: int):
     if tag == _TAG_KEYS:
         return Keys(r.blob())
     if tag == _TAG_SCAN:
-        cursor, count, has_match = r.uint(), r.uint(), r.byte()
-        if has_match > 1:
-            raise CodecError("invalid SCAN flag %d" % (has_match,))
-        return Scan(cursor, r.blob() if has_match else None, count)
+        cursor, count, flags = r.uint(), r.uint(), r.byte()
+        if flags & ~(_SCAN_MATCH | _SCAN_TYPE):
+            raise CodecError("invalid SCAN flags %d" % (flags,))
+        match = r.blob() if flags & _SCAN_MATCH else None
+        type_ = None
+        if flags & _SCAN_TYPE:
+            code = r.byte()
+            if code >= len(SCAN_TYPES):
+                raise CodecError("invalid SCAN type %d" % (code,))
+            type_ = SCAN_TYPES[code]
+        return Scan(cursor, match, count, type_)
     if tag == _TAG_DBSIZE:
         return DbSize()
     if tag == _TAG_GETRANGE:
         return GetRange(r.blob(), r.sint(), r.sint())
     if tag == _TAG_RANDOMKEY:
         return RandomKey(r.uint())
+    if tag == _TAG_HASH_READ:
+        op = r.byte()
+        if op >= len(HASH_READ_OPS):
+            raise CodecError("invalid hash read op %d" % (op,))
+        key = r.blob()
+        return HashRead(HASH_READ_OPS[op], key, tuple(r.blob() for _ in range(r.count())))
+    if tag == _TAG_KEY_TYPE:
+        return KeyType(r.blob())
     raise CodecError("unknown read op tag %d" % (tag,))

@@ -46,6 +46,7 @@ from hashlib import blake2b
 from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 from kvd.kv.glob import Pattern
+from kvd.kv.hashes import HASH, INLINE_FIELD, HashOverlay, PendingHash, field_key
 
 _MASK63 = (1 << 63) - 1
 MAX_CURSOR = _MASK63
@@ -157,8 +158,59 @@ class _SortedChunks:
         assert all(self._chunks), "empty chunk"
 
 
+class _MemHash:
+    """A hash in memory: its fields, and their field keys in order (kvd.kv.hashes)."""
+
+    __slots__ = ("fields", "index", "long")
+
+    def __init__(self):
+        self.fields: Dict[bytes, bytes] = {}
+        self.index = _SortedChunks(64)
+        #: field key -> field, for the fields too long to be read back from their field key.
+        self.long: Dict[bytes, bytes] = {}
+
+    def set(self, field: bytes, value: bytes) -> bool:
+        new = field not in self.fields
+        if new:
+            fk = field_key(field)
+            self.index.add(fk)
+            if len(field) > INLINE_FIELD:
+                self.long[fk] = field
+        self.fields[field] = value
+        return new
+
+    def delete(self, field: bytes) -> bool:
+        if field not in self.fields:
+            return False
+        del self.fields[field]
+        fk = field_key(field)
+        self.index.remove(fk)
+        self.long.pop(fk, None)
+        return True
+
+    def items_from(self, start: bytes = b"") -> Iterator[Tuple[bytes, bytes, bytes]]:
+        fields, long = self.fields, self.long
+        for fk in self.index.iter_from(start):
+            field = long[fk] if len(fk) > 8 + INLINE_FIELD else fk[8:]
+            yield fk, field, fields[field]
+
+    def pairs(self) -> List[Tuple[bytes, bytes]]:
+        return [(field, value) for _, field, value in self.items_from()]
+
+
+def _hash_of(pairs) -> _MemHash:
+    h = _MemHash()
+    for field, value in pairs:
+        h.set(field, value)
+    return h
+
+
 class Keyspace:
-    """Keys to values, with SCAN and KEYS; no notion of sessions or logs."""
+    """
+    Keys to values, with SCAN and KEYS; no notion of sessions or logs.  A
+    value is bytes (a string) or a hash (kvd.kv.hashes: ``get`` answers
+    ``HASH``, the fields are read and written one by one).
+    """
 
     __slots__ = ("_data", "_index", "_mods", "write_index", "deleted_at")
 
@@ -178,7 +230,7 @@ class Keyspace:
         self = cls(load)
         data, mods = self._data, self._mods
         for item in items:
-            data[item[0]] = item[1]
+            data[item[0]] = _hash_of(item[1]) if isinstance(item[1], list) else item[1]
             mods[item[0]] = item[2] if len(item) > 2 else 0
         entries = [_entry(k) for k in data]
         entries.sort()  # Timsort: linear when the input came from items_in_order()
@@ -191,8 +243,10 @@ class Keyspace:
     def __contains__(self, key: bytes) -> bool:
         return key in self._data
 
-    def get(self, key: bytes) -> Optional[bytes]:
-        return self._data.get(key)
+    def get(self, key: bytes):
+        """The string's bytes, ``HASH`` for a hash, None if there is no such key."""
+        value = self._data.get(key)
+        return HASH if isinstance(value, _MemHash) else value
 
     def mod_index(self, key: bytes) -> Optional[int]:
         """The log index of the last write of ``key``, None if it does not exist."""
@@ -203,6 +257,40 @@ class Keyspace:
             self._index.add(_entry(key))
         self._data[key] = value
         self._mods[key] = self.write_index if mod is None else mod
+
+    # ------------------------------------------------------------ hashes (kvd.kv.hashes)
+
+    def set_mod(self, key: bytes, mod: int) -> None:
+        self._mods[key] = mod
+
+    def hget(self, key: bytes, field: bytes) -> Optional[bytes]:
+        value = self._data.get(key)
+        return value.fields.get(field) if isinstance(value, _MemHash) else None
+
+    def hlen(self, key: bytes) -> int:
+        value = self._data.get(key)
+        return len(value.fields) if isinstance(value, _MemHash) else 0
+
+    def hset(self, key: bytes, field: bytes, value: bytes, mod: Optional[int] = None) -> bool:
+        h = self._data.get(key)
+        if not isinstance(h, _MemHash):
+            self.put(key, b"", mod)
+            h = self._data[key] = _MemHash()
+        self._mods[key] = self.write_index if mod is None else mod
+        return h.set(field, value)
+
+    def hdel(self, key: bytes, field: bytes) -> bool:
+        h = self._data.get(key)
+        if not isinstance(h, _MemHash) or not h.delete(field):
+            return False
+        self._mods[key] = self.write_index
+        if not h.fields:
+            self.delete(key)
+        return True
+
+    def hfields_from(self, key: bytes, start: bytes = b"") -> Iterator[Tuple[bytes, bytes, bytes]]:
+        h = self._data.get(key)
+        return h.items_from(start) if isinstance(h, _MemHash) else iter(())
 
     def clear(self) -> None:
         """Every key gone (FLUSHDB): new empty containers, the old ones freed whole."""
@@ -253,28 +341,32 @@ class Keyspace:
             return [literal] if literal in self._data else []
         return sorted(k for k in self._data if pattern.matches(k))
 
-    def items_in_order(self) -> Iterator[Tuple[bytes, bytes]]:
-        """(key, value) pairs in SCAN order: a function of the key set alone."""
-        data = self._data
-        for entry in self._index:
-            key = entry[8:]
-            yield key, data[key]
+    def items_in_order(self) -> Iterator[Tuple[bytes, object]]:
+        """(key, value) pairs in SCAN order: a function of the key set alone (a hash's value: its (field, value) list)."""
+        for key, value, _ in self.records_in_order():
+            yield key, value
 
-    def records_in_order(self) -> Iterator[Tuple[bytes, bytes, int]]:
-        """(key, value, mod index) in SCAN order."""
+    def records_in_order(self) -> Iterator[Tuple[bytes, object, int]]:
+        """(key, value, mod index) in SCAN order; a hash's value is the list of its (field, value) in field order."""
         data, mods = self._data, self._mods
         for entry in self._index:
             key = entry[8:]
-            yield key, data[key], mods[key]
+            value = data[key]
+            yield key, value.pairs() if isinstance(value, _MemHash) else value, mods[key]
 
     def check(self) -> None:
         """Assert the index matches the dict; for tests."""
         self._index.check()
         assert sorted(e[8:] for e in self._index) == sorted(self._data), "index and data disagree"
         assert self._mods.keys() == self._data.keys(), "mod indexes and data disagree"
+        for value in self._data.values():
+            if isinstance(value, _MemHash):
+                value.index.check()
+                assert value.fields, "an empty hash"
+                assert sorted(value.index) == sorted(field_key(f) for f in value.fields), "hash index and fields disagree"
 
 
-class Overlay:
+class Overlay(HashOverlay):
     """
     What a durable keyspace (kvd.store.state, and the simulator's model of
     it, kvd.sim.state) keeps in memory: the writes applied since its last
@@ -294,6 +386,18 @@ class Overlay:
         self._count = count
         #: Every stored key is deleted (FLUSHDB), until the flush that drops them commits.
         self._cleared = False
+        #: Keys whose stored hash fields are to be dropped by the next flush (the hash was deleted or replaced).
+        self._drop_fields: set = set()
+        #: Fields written since the last flush (a flush is due after as many as keys).
+        self._field_writes = 0
+
+    def _forget_pending(self) -> None:
+        """The overlay's writes are on disk (or replaced by what is): forget them."""
+        self._pending.clear()
+        self._pending_mod.clear()
+        self._drop_fields = set()
+        self._field_writes = 0
+        self._cleared = False
 
     def _stored(self, key: bytes) -> Optional[bytes]:
         raise NotImplementedError
@@ -301,6 +405,46 @@ class Overlay:
     def _stored_mod(self, key: bytes) -> Optional[int]:
         """The stored key's mod index, None if it is not stored."""
         raise NotImplementedError
+
+    def _stored_field(self, key: bytes, field: bytes) -> Optional[bytes]:
+        """A field of the stored hash at ``key``."""
+        raise NotImplementedError
+
+    def _stored_hlen(self, key: bytes) -> int:
+        raise NotImplementedError
+
+    def _stored_fields_from(self, key: bytes, start: bytes) -> Iterator[Tuple[bytes, bytes, bytes]]:
+        """(field key, field, value) of the stored hash at ``key`` from field key ``start`` on, in order."""
+        raise NotImplementedError
+
+    # HashOverlay's hooks
+    def _hash_writes(self) -> dict:
+        return self._pending
+
+    def _hash_hidden(self) -> bool:
+        return self._cleared
+
+    def _below_field(self, key, field):
+        return self._stored_field(key, field)
+
+    def _below_hlen(self, key):
+        return self._stored_hlen(key)
+
+    def _below_fields_from(self, key, start):
+        return self._stored_fields_from(key, start)
+
+    def _hash_written(self, key: bytes, size: int) -> None:
+        self._pending_mod[key] = self.write_index
+        self._field_writes += 1
+
+    def _hash_created(self, key: bytes) -> None:
+        self._count += 1
+
+    def _retire_fields(self, key: bytes) -> None:
+        """The hash at ``key`` is deleted or replaced: its stored fields (if any) go at the next flush."""
+        pending = self._pending.get(key)
+        if not (isinstance(pending, PendingHash) and pending.fresh):
+            self._drop_fields.add(key)
 
     def mod_index(self, key: bytes) -> Optional[int]:
         if key in self._pending:
@@ -315,9 +459,11 @@ class Overlay:
     def __contains__(self, key: bytes) -> bool:
         return self.get(key) is not None
 
-    def get(self, key: bytes) -> Optional[bytes]:
+    def get(self, key: bytes):
+        """The string's bytes, ``HASH`` for a hash, None: as ``Keyspace.get``."""
         if key in self._pending:
-            return self._pending[key]
+            value = self._pending[key]
+            return HASH if isinstance(value, PendingHash) else value
         if self._cleared:
             return None
         return self._stored(key)
@@ -333,18 +479,25 @@ class Overlay:
             self.deleted_at = self.write_index
         self._pending.clear()
         self._pending_mod.clear()
+        self._drop_fields = set()  # the flush drops every stored field whole
         self._cleared = True
         self._count = 0
 
     def put(self, key: bytes, value: bytes) -> None:
-        if self.get(key) is None:
+        current = self.get(key)
+        if current is None:
             self._count += 1
+        elif current is HASH:
+            self._retire_fields(key)
         self._pending[key] = bytes(value)
         self._pending_mod[key] = self.write_index
 
     def delete(self, key: bytes) -> bool:
-        if self.get(key) is None:
+        current = self.get(key)
+        if current is None:
             return False
+        if current is HASH:
+            self._retire_fields(key)
         self._count -= 1
         self._pending[key] = None
         self._pending_mod.pop(key, None)
@@ -382,3 +535,8 @@ class Overlay:
         """Assert the key count matches the keys there are; for tests."""
         n = sum(1 for _ in self._merged_from(0))
         assert n == self._count, "key count %d, %d keys stored" % (self._count, n)
+        for key, value in self._pending.items():
+            if isinstance(value, PendingHash):
+                fields = [f for _, f, _ in self.hfields_from(key)]
+                assert len(fields) == len(set(fields)) == value.count > 0, "hash %r: %d fields, header says %d" % (
+                    key, len(fields), value.count)

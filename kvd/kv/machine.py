@@ -30,6 +30,11 @@ the state the disk holds (applied index, clock, sessions) instead of
 replaying the log, and snapshots are streamed from the disk by the transport
 (``snapshot`` is empty, ``restore`` reloads what the storage swapped in).
 
+Hashes (kvd.kv.hashes).  A key holds a string or a hash; the string
+commands answer WRONGTYPE on a hash and the hash commands on a string (SET,
+MSET, DEL, RENAME, COPY take either), and a keyspace keeps a hash field by
+field, so that a write of one field touches one field.
+
 Lua scripts (kvd.kv.script).  The script cache (SCRIPT LOAD, EVAL) is
 replicated state like the keys: it changes only by applying entries, is in
 snapshots, and a durable keyspace keeps each script as a record beside the
@@ -47,13 +52,15 @@ from typing import Dict
 
 from kvd.kv import longdouble
 from kvd.kv.codec import CodecError, Reader, Writer
+from kvd.kv import hashes
 from kvd.kv.commands import (
-    INT64_MAX, INT64_MIN, READ_OPS, Append, Copy, DbSize, Delete, Exists, FlushAll, Get, GetDel, GetRange, IncrBy,
-    Keys, MGet, MSet, MSetNX, RandomKey, ReadOp, Rename, Scan, Script, ScriptGet, Set, SetRange, StrLen, Transaction,
-    Versions, WriteCommand, decode_envelope, parse_int64,
+    INT64_MAX, INT64_MIN, READ_OPS, Append, Copy, DbSize, Delete, Exists, FlushAll, Get, GetDel, GetRange, HashRead,
+    HashWrite, IncrBy, Keys, KeyType, MGet, MSet, MSetNX, RandomKey, ReadOp, Rename, Scan, Script, ScriptGet, Set,
+    SetRange, StrLen, Transaction, Versions, WriteCommand, decode_envelope, parse_int64,
 )
 from kvd.kv.commands import IncrByFloat
 from kvd.kv.glob import Pattern, PatternTooCostly
+from kvd.kv.hashes import HASH, WRONGTYPE
 from kvd.kv.keyspace import MAX_CURSOR, Keyspace
 from kvd.kv.results import (
     ERR_NO_SUCH_KEY, ERR_NOT_INTEGER, ERR_OVERFLOW, ERR_SESSION_EXPIRED, ERR_STALE_SEQ, ERR_STRING_TOO_LONG, OK,
@@ -85,8 +92,10 @@ def _over_reply_limit(total: int, write: bool) -> KVError:
         "this read was not answered: read it outside MULTI"))
 SNAPSHOT_MAGIC = b"KVDS"
 #: 2: each key with its mod index, and the keyspace's deleted_at (version 1 is still read: mod indexes 0);
-#: 3: the script cache after the keys (versions 1 and 2 are still read: no scripts).
-SNAPSHOT_VERSION = 3
+#: 3: the script cache after the keys (versions 1 and 2 are still read: no scripts);
+#: 4: each key with its type: a string's value, or a hash's fields (versions 1-3 are still read: strings only).
+SNAPSHOT_VERSION = 4
+_KIND_STRING, _KIND_HASH = 0, 1
 #: A durable keyspace keeps script SHA -> body under this prefix and the SHA, among the sessions: client ids
 #: are "node id/hex" (kvd.node.session), so none starts with a NUL byte, and the machine refuses one that does.
 SCRIPT_RECORD = b"\x00script:"
@@ -134,6 +143,18 @@ def decode_session(data: bytes) -> _Session:
     return session
 
 
+def _type_name(value) -> bytes:
+    return b"none" if value is None else b"hash" if value is HASH else b"string"
+
+
+def _copy_hash(ks, src: bytes, dst: bytes) -> None:
+    """``dst`` becomes a copy of the hash at ``src`` (whatever it held): every field is read and written."""
+    pairs = [(field, value) for _, field, value in ks.hfields_from(src)]
+    ks.delete(dst)
+    for field, value in pairs:
+        ks.hset(dst, field, value)
+
+
 def _getrange(value: bytes, start: int, end: int) -> bytes:
     """Redis 7's GETRANGE: inclusive bounds, negative from the end, clamped; empty when the range is."""
     n = len(value)
@@ -147,6 +168,24 @@ def _getrange(value: bytes, start: int, end: int) -> bytes:
     if start > end or n == 0:
         return b""
     return value[start:end + 1]
+
+
+def _read_record(r: Reader) -> tuple:
+    """(key, value, mod) of a version 4 snapshot: a hash's value is its (field, value) list."""
+    key = r.blob()
+    kind = r.byte()
+    if kind == _KIND_STRING:
+        value = r.blob()
+    elif kind == _KIND_HASH:
+        n = r.count(2)
+        if not n:
+            raise CodecError("snapshot holds an empty hash")
+        value = [(r.blob(), r.blob()) for _ in range(n)]
+        if len(dict(value)) != n:
+            raise CodecError("snapshot repeats a hash field")
+    else:
+        raise CodecError("unknown key kind %d in snapshot" % (kind,))
+    return key, value, r.uint()
 
 
 class KVMachine:
@@ -275,8 +314,12 @@ class KVMachine:
                 total += size
                 results.append(result)
             return results
+        if isinstance(cmd, HashWrite):
+            return hashes.write(ks, cmd)
         if isinstance(cmd, Set):
             old = ks.get(cmd.key)
+            if old is HASH and (cmd.get or cmd.ifeq is not None):
+                return WRONGTYPE
             if cmd.cond == "NX":
                 do_set = old is None
             elif cmd.cond == "XX":
@@ -296,6 +339,8 @@ class KVMachine:
             for k, v in cmd.pairs:
                 ks.put(k, v)
             return OK
+        if isinstance(cmd, (IncrBy, GetDel, Append, SetRange)) and ks.get(cmd.key) is HASH:
+            return WRONGTYPE
         if isinstance(cmd, IncrBy):
             old = ks.get(cmd.key)
             current = 0 if old is None else parse_int64(old)
@@ -350,14 +395,20 @@ class KVMachine:
                 return 0 if cmd.nx else OK
             if cmd.nx and cmd.dst in ks:
                 return 0
-            ks.put(cmd.dst, value)
+            if value is HASH:
+                _copy_hash(ks, cmd.src, cmd.dst)
+            else:
+                ks.put(cmd.dst, value)
             ks.delete(cmd.src)
             return 1 if cmd.nx else OK
         if isinstance(cmd, Copy):
             value = ks.get(cmd.src)
             if value is None or (not cmd.replace and cmd.dst in ks):
                 return 0
-            ks.put(cmd.dst, value)
+            if value is HASH:
+                _copy_hash(ks, cmd.src, cmd.dst)
+            else:
+                ks.put(cmd.dst, value)
             return 1
         if isinstance(cmd, FlushAll):
             ks.clear()
@@ -389,17 +440,23 @@ class KVMachine:
             ks = self._keyspace
         if isinstance(op, ScriptGet):
             return [self._scripts.get(sha) for sha in op.shas]
+        if isinstance(op, HashRead):
+            return hashes.read(ks, op)
+        if isinstance(op, KeyType):
+            return _type_name(ks.get(op.key))
         if isinstance(op, Get):
-            return ks.get(op.key)
+            value = ks.get(op.key)
+            return WRONGTYPE if value is HASH else value
         if isinstance(op, MGet):
-            return [ks.get(k) for k in op.keys]
+            return [value if value is not HASH else None for value in (ks.get(k) for k in op.keys)]
         if isinstance(op, Exists):
             return sum(1 for k in op.keys if k in ks)
         if isinstance(op, StrLen):
             value = ks.get(op.key)
-            return 0 if value is None else len(value)
+            return WRONGTYPE if value is HASH else 0 if value is None else len(value)
         if isinstance(op, GetRange):
-            return _getrange(ks.get(op.key) or b"", op.start, op.end)
+            value = ks.get(op.key)
+            return WRONGTYPE if value is HASH else _getrange(value or b"", op.start, op.end)
         if isinstance(op, RandomKey):
             if not len(ks):
                 return None
@@ -414,6 +471,8 @@ class KVMachine:
             if isinstance(op, Scan):
                 match = None if op.match is None or op.match == b"*" else Pattern(op.match)
                 cursor, keys = ks.scan(op.cursor, match, op.count)
+                if op.type is not None:
+                    keys = [k for k in keys if _type_name(ks.get(k)) == op.type.encode()]
                 return [b"%d" % cursor, keys]
         except PatternTooCostly as e:
             return KVError("ERR " + str(e))
@@ -435,7 +494,8 @@ class KVMachine:
 
             "KVDS" version applied_index clock_ms
             n_sessions (client_id last_stamp_ms ack_below n (seq result)...)...
-            deleted_at n_keys (key value mod_index)...    in SCAN order
+            deleted_at n_keys (key kind value mod_index)...    in SCAN order
+                kind 0: value a blob (a string); 1: n (field value)... in field order (a hash)
             n_scripts (sha body)...          in the order they were added (version 3)
             crc32 of all the above, 4 bytes big-endian
 
@@ -456,7 +516,15 @@ class KVMachine:
         w.uint(len(self._keyspace))
         for key, value, mod in self._keyspace.records_in_order():
             w.blob(key)
-            w.blob(value)
+            if isinstance(value, list):
+                w.byte(_KIND_HASH)
+                w.uint(len(value))
+                for field, item in value:
+                    w.blob(field)
+                    w.blob(item)
+            else:
+                w.byte(_KIND_STRING)
+                w.blob(value)
             w.uint(mod)
         w.uint(len(self._scripts))
         for sha, script in self._scripts.items():
@@ -485,7 +553,7 @@ class KVMachine:
         r = Reader(body)
         r.raw(len(SNAPSHOT_MAGIC))
         version = r.byte()
-        if version not in (1, 2, SNAPSHOT_VERSION):
+        if version not in (1, 2, 3, SNAPSHOT_VERSION):
             raise CodecError("unknown snapshot version %d" % (version,))
         applied_index = r.uint()
         clock_ms = r.uint()
@@ -496,7 +564,9 @@ class KVMachine:
             sessions[client_id] = _read_session(r)
         deleted_at = r.uint() if version >= 2 else 0
         n_keys = r.count(2)
-        if version >= 2:
+        if version >= 4:
+            keyspace = Keyspace.from_items(_read_record(r) for _ in range(n_keys))
+        elif version >= 2:
             keyspace = Keyspace.from_items((r.blob(), r.blob(), r.uint()) for _ in range(n_keys))
         else:
             keyspace = Keyspace.from_items((r.blob(), r.blob()) for _ in range(n_keys))
@@ -549,7 +619,11 @@ class KVMachine:
             raise ValueError("copy_from needs an empty machine")
         for key, value, mod in other._keyspace.records_in_order():
             self._keyspace.write_index = mod
-            self._keyspace.put(key, value)
+            if isinstance(value, list):
+                for field, item in value:
+                    self._keyspace.hset(key, field, item)
+            else:
+                self._keyspace.put(key, value)
         self._keyspace.deleted_at = other._keyspace.deleted_at
         self._sessions = OrderedDict(other._sessions)
         if self._dirty is not None:

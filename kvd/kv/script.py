@@ -23,10 +23,10 @@ entry:
   no ``bit`` or ``struct`` (Redis has them; lupa's Lua has not);
 * ``redis.call``/``redis.pcall`` run kvd's own commands (kvd.resp.commands'
   table, so the same parsing and errors as at the client port) on the
-  machine: the string and key commands, PING, ECHO, SELECT 0.  TIME,
-  RANDOMKEY, KEYS, SCAN, DBSIZE, SCRIPT and the admin commands (FLUSHDB,
-  FLUSHALL: EVAL needs only the readwrite role) are refused (TIME and
-  RANDOMKEY would make replicas differ);
+  machine: the string, hash and key commands, PING, ECHO, SELECT 0.  TIME,
+  RANDOMKEY, HRANDFIELD, KEYS, SCAN, DBSIZE, SCRIPT and the admin commands (FLUSHDB,
+  FLUSHALL: EVAL needs only the readwrite role) are refused (TIME,
+  RANDOMKEY and HRANDFIELD would make replicas differ);
 * the work is bounded by a count of Lua VM instructions (a debug hook every
   ``HOOK_EVERY`` instructions; each ``redis.call`` counts ``CALL_UNITS``
   such steps): a script over ``MAX_UNITS`` steps is stopped, wherever it
@@ -74,12 +74,13 @@ from typing import Dict, List, Optional
 import lupa.lua51 as lua
 
 from kvd.kv.commands import INT64_MAX, INT64_MIN, Script, ScriptGet
+from kvd.kv.hashes import HASH, HashOverlay, PendingHash
 from kvd.kv.results import OK, KVError, Result, StatusText
 
 # The bound on what a session remembers of one entry's reply, and its measure (a transaction's too).
 from kvd.kv.machine import TXN_REPLY_BYTES, _reply_bytes as reply_bytes  # noqa: E402
 from kvd.resp.commands import COMMANDS, Admin, Read, Write, parse_request, shape_reply
-from kvd.resp.encoder import SimpleString
+from kvd.resp.encoder import RespMap, SimpleString
 from kvd.resp.errors import RespError
 
 #: The instruction hook runs every this many Lua VM instructions: one step of the budget.
@@ -110,10 +111,11 @@ def sha1hex(body: bytes) -> bytes:
     return hashlib.sha1(body).hexdigest().encode()
 
 
-class Buffer:
+class Buffer(HashOverlay):
     """
     A script's writes over the keyspace: reads see them, ``commit`` applies
-    them in the order written, dropping the buffer applies nothing.
+    them in the order written, dropping the buffer applies nothing.  A hash's
+    writes are kept field by field (kvd.kv.hashes ``PendingHash``).
     """
 
     def __init__(self, base, max_bytes: Optional[int] = None):
@@ -123,10 +125,34 @@ class Buffer:
         self.max_bytes = MAX_WRITE_BYTES if max_bytes is None else max_bytes
         self.bytes = 0
 
-    def get(self, key: bytes) -> Optional[bytes]:
+    def get(self, key: bytes):
         if key in self.writes:
-            return self.writes[key]
+            value = self.writes[key]
+            return HASH if isinstance(value, PendingHash) else value
         return None if self.cleared else self.base.get(key)
+
+    # HashOverlay's hooks: the keyspace below is the machine's
+    def _hash_writes(self) -> dict:
+        return self.writes
+
+    def _hash_hidden(self) -> bool:
+        return self.cleared
+
+    def _below_field(self, key, field):
+        return self.base.hget(key, field)
+
+    def _below_hlen(self, key):
+        return self.base.hlen(key)
+
+    def _below_fields_from(self, key, start):
+        return self.base.hfields_from(key, start)
+
+    def _hash_written(self, key: bytes, size: int) -> None:
+        self.bytes += len(key) + size
+        if self.bytes > self.max_bytes:
+            raise _OverBudget("ERR Script killed: its writes are over kvd's limit of %d bytes in one script; "
+                              "nothing it wrote was applied" % (self.max_bytes,))
+        self.writes[key] = self.writes.pop(key)  # the commit order is the order of the last writes
 
     def __contains__(self, key: bytes) -> bool:
         return self.get(key) is not None
@@ -156,6 +182,14 @@ class Buffer:
         for key, value in self.writes.items():
             if value is None:
                 self.base.delete(key)
+            elif isinstance(value, PendingHash):
+                if value.fresh:
+                    self.base.delete(key)
+                for field, item in value.fields.items():
+                    if item is None:
+                        self.base.hdel(key, field)
+                    else:
+                        self.base.hset(key, field, item)
             else:
                 self.base.put(key, value)
 
@@ -962,6 +996,12 @@ def _integer(number) -> int:
     return value if INT64_MIN <= value <= INT64_MAX else INT64_MIN
 
 
+#: The reads a script may run: those whose answer is the same on every replica (not RANDOMKEY, HRANDFIELD)
+#: and bounded (not KEYS, SCAN, DBSIZE: as before).
+_SCRIPT_READS = frozenset((b"get", b"mget", b"exists", b"strlen", b"getrange", b"substr", b"type", b"hget", b"hmget",
+                           b"hgetall", b"hkeys", b"hvals", b"hexists", b"hlen", b"hstrlen", b"hscan"))
+
+
 class _Run:
     """One script's run: the dispatcher ``redis.call`` reaches, on the machine and a buffer."""
 
@@ -1038,7 +1078,7 @@ class _Run:
             result = self.machine._execute(request.command, self.buffer)
             return shape_reply(request, result)
         if isinstance(request, Read):
-            if name in (b"get", b"mget", b"exists", b"strlen", b"getrange", b"substr", b"type"):
+            if name in _SCRIPT_READS:
                 return shape_reply(request, self.machine.read(request.op, self.buffer))
             return KVError("ERR kvd does not run %s inside scripts" % (name.decode().upper(),))
         if isinstance(request, Admin):
@@ -1061,6 +1101,8 @@ class _Run:
             return value
         if isinstance(value, list):
             return self.runtime.table_from([self.to_lua(item) for item in value])
+        if isinstance(value, RespMap):  # HGETALL: a flat array, as Redis hands a RESP2 script
+            return self.runtime.table_from([self.to_lua(item) for pair in value.pairs for item in pair])
         raise TypeError("no Lua value for %r" % (value,))
 
 

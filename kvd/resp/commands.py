@@ -26,14 +26,15 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from kvd.kv.commands import (
-    INT64_MIN, MAX_STRING_BYTES, Append, Copy, DbSize, Delete, Exists, FlushAll, Get, GetDel, GetRange, IncrBy, Keys,
-    MGet, MSet, MSetNX, RandomKey, ReadOp, Rename, Scan, Script, ScriptGet, Set, SetRange, StrLen, WriteCommand,
-    command_keys, command_size, parse_int64, write_keys,
+    INT64_MIN, KEY_TYPES, MAX_STRING_BYTES, Append, Copy, DbSize, Delete, Exists, FlushAll, Get, GetDel, GetRange,
+    HashRead, HashWrite, IncrBy, Keys, KeyType, MGet, MSet, MSetNX, RandomKey, ReadOp, Rename, Scan, Script,
+    ScriptGet, Set, SetRange, StrLen, WriteCommand, command_keys, command_size, float_increment_error, parse_int64,
+    read_keys, write_keys,
 )
 from kvd.kv.commands import IncrByFloat
 from kvd.kv.results import OK, KVError
 from kvd.limits import LIMITS
-from kvd.resp.encoder import SimpleString
+from kvd.resp.encoder import RespMap, RespPairs, SimpleString
 from kvd.resp.errors import CommandError, Rejected
 
 
@@ -65,8 +66,8 @@ def _as_bool(result):
 
 
 def _as_type(result):
-    """TYPE: EXISTS's count of the one key as the key's type, a status reply (kvd stores only strings)."""
-    return SimpleString("string") if result == 1 else SimpleString("none") if result == 0 else result
+    """TYPE: the key's type name (b"string", b"hash", b"none") as a status reply."""
+    return SimpleString(result.decode()) if isinstance(result, bytes) else result
 
 
 def _as_exists(result):
@@ -74,8 +75,19 @@ def _as_exists(result):
     return [0 if body is None else 1 for body in result]
 
 
+def _as_map(result):
+    """HGETALL: the flat [field, value, ...] as a map (RESP3; a flat array in RESP2)."""
+    return RespMap(tuple(zip(result[0::2], result[1::2]))) if isinstance(result, list) else result
+
+
+def _as_pairs(result):
+    """HRANDFIELD ... WITHVALUES: [[field, value], ...] as RESP3 pairs (a flat array in RESP2)."""
+    return RespPairs(tuple(tuple(pair) for pair in result)) if isinstance(result, list) else result
+
+
 #: How a result becomes the reply of a request whose ``reply`` names it; errors pass through.
-REPLY_SHAPES: Dict[str, Callable[[Any], Any]] = {"bool": _as_bool, "type": _as_type, "exists": _as_exists}
+REPLY_SHAPES: Dict[str, Callable[[Any], Any]] = {"bool": _as_bool, "type": _as_type, "exists": _as_exists,
+                                                 "map": _as_map, "pairs": _as_pairs}
 
 
 def shape_reply(request, result):
@@ -296,6 +308,7 @@ def _parse_scan(args: List[bytes]) -> Parsed:
         return CommandError("ERR", "invalid cursor")
     match: Optional[bytes] = None
     count = 10
+    type_: Optional[str] = None
     i = 2
     while i < len(args):
         opt = args[i].upper()
@@ -310,12 +323,80 @@ def _parse_scan(args: List[bytes]) -> Parsed:
             if count < 1:
                 return SYNTAX_ERROR
         elif opt == b"TYPE":
-            if args[i + 1].lower() != b"string":
-                return CommandError("ERR", "kvd only stores strings: TYPE must be 'string'")
+            # Redis compares type names without case; a type kvd does not have matches no key.
+            type_ = args[i + 1].lower().decode("latin-1")
+            type_ = type_ if type_ in KEY_TYPES else "other"
         else:
             return SYNTAX_ERROR
         i += 2
-    return Read(Scan(int(cursor_text), match, count))
+    return Read(Scan(int(cursor_text), match, count, type_))
+
+
+# ------------------------------------------------------------- hashes (kvd.kv.hashes)
+
+
+def _parse_hset(name: str) -> Callable[[List[bytes]], Parsed]:
+    def parse(args: List[bytes]) -> Parsed:
+        if len(args) % 2:
+            return _odd_arity(name)
+        return Write(HashWrite(name, args[1], tuple(args[2:])), name=name)
+
+    return parse
+
+
+def _parse_hincrby(args: List[bytes]) -> Parsed:
+    delta = _int_arg(args[3])
+    if isinstance(delta, CommandError):
+        return delta
+    return Write(HashWrite("hincrby", args[1], (args[2], args[3])), name="hincrby")
+
+
+def _parse_hincrbyfloat(args: List[bytes]) -> Parsed:
+    error = float_increment_error(args[3])
+    if error is not None:
+        return CommandError("ERR", error)
+    return Write(HashWrite("hincrbyfloat", args[1], (args[2], args[3])), name="hincrbyfloat")
+
+
+def _hash_read(op: str, shape: Optional[str] = None) -> Callable[[List[bytes]], Parsed]:
+    def parse(args: List[bytes]) -> Parsed:
+        return Read(HashRead(op, args[1], tuple(args[2:])), name=op, reply=shape)
+
+    return parse
+
+
+def _parse_hscan(args: List[bytes]) -> Parsed:
+    # The options are read by the machine, after the key's checks (a missing key answers an empty scan, as Redis).
+    cursor = args[2]
+    if not cursor.isdigit() or len(cursor) > 20 or int(cursor) > 2**64 - 1:
+        return CommandError("ERR", "invalid cursor")
+    return Read(HashRead("hscan", args[1], (b"%d" % int(cursor),) + tuple(args[3:])), name="hscan")
+
+
+#: HRANDFIELD with a negative count makes that many picks: kvd bounds the work of one read.
+MAX_RANDFIELD_PICKS = 1_000_000
+
+
+def _parse_hrandfield(args: List[bytes]) -> Parsed:
+    position = b"%d" % random.getrandbits(63)  # drawn here, outside the machine, which draws nothing
+    if len(args) == 2:
+        return Read(HashRead("hrandfield", args[1], (position,)), name="hrandfield")
+    count = _int_arg(args[2])
+    if isinstance(count, CommandError):
+        return count
+    if count == INT64_MIN:
+        return CommandError("ERR", "value is out of range")
+    if len(args) > 4 or (len(args) == 4 and args[3].lower() != b"withvalues"):
+        return SYNTAX_ERROR
+    withvalues = len(args) == 4
+    if withvalues and not -(2**62) <= count <= 2**62 - 1:
+        return CommandError("ERR", "value is out of range")
+    if count < -MAX_RANDFIELD_PICKS:
+        return CommandError("ERR", "kvd answers HRANDFIELD with a negative count of at most %d picks"
+                            % (MAX_RANDFIELD_PICKS,))
+    extra = (b"%d" % count,) + ((b"WITHVALUES",) if withvalues else ())
+    return Read(HashRead("hrandfield", args[1], (position,) + extra), name="hrandfield",
+                reply="pairs" if withvalues else None)
 
 
 def _parse_select(args: List[bytes]) -> Parsed:
@@ -435,7 +516,25 @@ _COMMANDS = [
     _spec("strlen", 2, _R, (1, 1, 1), lambda a: Read(StrLen(a[1]))),
     _spec("getrange", 4, "readonly", (1, 1, 1), _parse_getrange),
     _spec("substr", 4, "readonly", (1, 1, 1), _parse_getrange),
-    _spec("type", 2, _R, (1, 1, 1), lambda a: Read(Exists((a[1],)), "type", "type")),
+    _spec("type", 2, _R, (1, 1, 1), lambda a: Read(KeyType(a[1]), "type", "type")),
+    # Hashes (kvd.kv.hashes): each write one log entry, each field its own record on disk.
+    _spec("hset", -4, _W + " fast", (1, 1, 1), _parse_hset("hset")),
+    _spec("hmset", -4, _W + " fast", (1, 1, 1), _parse_hset("hmset")),
+    _spec("hsetnx", 4, _W + " fast", (1, 1, 1),
+          lambda a: Write(HashWrite("hsetnx", a[1], (a[2], a[3])), name="hsetnx")),
+    _spec("hdel", -3, "write fast", (1, 1, 1), lambda a: Write(HashWrite("hdel", a[1], tuple(a[2:])), name="hdel")),
+    _spec("hincrby", 4, _W + " fast", (1, 1, 1), _parse_hincrby),
+    _spec("hincrbyfloat", 4, _W + " fast", (1, 1, 1), _parse_hincrbyfloat),
+    _spec("hget", 3, _R, (1, 1, 1), _hash_read("hget")),
+    _spec("hmget", -3, _R, (1, 1, 1), _hash_read("hmget")),
+    _spec("hgetall", 2, "readonly", (1, 1, 1), _hash_read("hgetall", "map")),
+    _spec("hkeys", 2, "readonly", (1, 1, 1), _hash_read("hkeys")),
+    _spec("hvals", 2, "readonly", (1, 1, 1), _hash_read("hvals")),
+    _spec("hexists", 3, _R, (1, 1, 1), _hash_read("hexists")),
+    _spec("hlen", 2, _R, (1, 1, 1), _hash_read("hlen")),
+    _spec("hstrlen", 3, _R, (1, 1, 1), _hash_read("hstrlen")),
+    _spec("hscan", -3, "readonly", (1, 1, 1), _parse_hscan),
+    _spec("hrandfield", -2, "readonly", (1, 1, 1), _parse_hrandfield),
     _spec("randomkey", 1, "readonly", parse=_parse_randomkey),
     _spec("time", 1, "loading stale fast"),
     # Redis's ACL puts these in @dangerous; kvd's roles have admin: a readwrite user may not wipe the store.
@@ -563,9 +662,7 @@ def _write_too_big(name: str, command: WriteCommand) -> Optional[CommandError]:
 
 
 def _read_keys(op: ReadOp):
-    if isinstance(op, (Get, StrLen, GetRange)):
-        return (op.key,)
-    return op.keys if isinstance(op, (MGet, Exists)) else ()
+    return read_keys(op)
 
 
 def _key_too_long(keys) -> Optional[CommandError]:
@@ -590,7 +687,8 @@ _WRITE_NAMES = {"Set": "set", "MSet": "mset", "Delete": "del", "IncrBy": "incrby
                 "FlushAll": "flushall", "Script": "eval",
                 "IncrByFloat": "incrbyfloat"}
 _READ_NAMES = {"Get": "get", "MGet": "mget", "Exists": "exists", "Keys": "keys", "Scan": "scan", "DbSize": "dbsize",
-               "StrLen": "strlen", "GetRange": "getrange", "RandomKey": "randomkey", "ScriptGet": "script|exists"}
+               "StrLen": "strlen", "GetRange": "getrange", "RandomKey": "randomkey", "ScriptGet": "script|exists",
+               "KeyType": "type"}
 
 
 def request_name(request: Request) -> str:

@@ -15,6 +15,7 @@ Python values map onto RESP2 types as follows::
     NIL_ARRAY                        -> *-1                   nil array (EXEC after a WATCHed key changed)
     list, tuple                      -> *N ...                array, nested freely
     RespMap                          -> %N ... (RESP3) or a flat *2N array (RESP2)
+    RespPairs                        -> *N of *2 arrays (RESP3) or a flat *2N array (RESP2)
 
 The two protocols differ only where kvd uses it: RESP3 writes nil as ``_``
 and has a map type.
@@ -72,6 +73,11 @@ class RespMap:
     pairs: tuple  # ((key, value), ...)
 
 
+@dataclass(frozen=True)
+class RespPairs(RespMap):
+    """HRANDFIELD ... WITHVALUES: an array of [field, value] arrays in RESP3, a flat array in RESP2."""
+
+
 def _line(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape").translate(_LINE_FIX)
 
@@ -108,6 +114,8 @@ def _encode(value: Any, out: List[bytes], resp3: bool = False) -> None:
         _encode(value.encode("utf-8", "surrogateescape"), out, resp3)
     elif isinstance(value, (bytearray, memoryview)):
         _encode(bytes(value), out)
+    elif isinstance(value, RespPairs) and resp3:
+        _encode([list(pair) for pair in value.pairs], out, resp3)
     elif isinstance(value, RespMap):
         out.append(b"%%%d\r\n" % len(value.pairs) if resp3 else b"*%d\r\n" % (2 * len(value.pairs)))
         for k, v in value.pairs:

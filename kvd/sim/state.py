@@ -42,11 +42,14 @@ import struct
 import zlib
 from typing import Dict, Iterator, List, Optional, Tuple
 
+from kvd.kv.hashes import PendingHash
 from kvd.kv.keyspace import Keyspace, Overlay, scan_position
 from kvd.sim.invariants import Violation
 
 FLUSH, INSTALL, STAGE_BEGIN, STAGE_RECORDS, STAGE_DONE = "flush", "install", "stage-begin", "stage-records", "stage-done"
-KIND_STATE, KIND_SESSION, KIND_KV = 1, 2, 3
+#: A hash is a KIND_HASH record (mod index, field count) followed by one KIND_FIELD record per field
+#: (field, value), as LmdbState keeps a header and one record per field.
+KIND_STATE, KIND_SESSION, KIND_KV, KIND_HASH, KIND_FIELD = 1, 2, 3, 4, 5
 _HEAD = struct.Struct(">BI")
 _U32 = struct.Struct(">I")
 _STATE = struct.Struct(">QQQ")  # applied index, clock, deleted_at (kvd.kv.keyspace)
@@ -69,7 +72,7 @@ class StagingBusy(StateError):
 class Slot:
     """One copy of the applied state."""
 
-    __slots__ = ("applied", "clock", "keys", "sessions", "base")
+    __slots__ = ("applied", "clock", "keys", "sessions", "base", "receiving_hash")
 
     def __init__(self) -> None:
         self.applied = 0
@@ -78,6 +81,8 @@ class Slot:
         self.sessions: Dict[bytes, bytes] = {}
         #: The applied index it was received at (0: built by applying the log here).
         self.base = 0
+        #: (key, mod index) of the hash whose KIND_FIELD records a stream is writing.
+        self.receiving_hash: Optional[Tuple[bytes, int]] = None
 
     def copy(self) -> "Slot":
         s = Slot()
@@ -91,7 +96,12 @@ class Slot:
         """The slot as a stream's records, in a fixed order: equal slots give equal records."""
         out = [(KIND_STATE, b"", _STATE.pack(self.applied, self.clock, self.keys.deleted_at))]
         out += [(KIND_SESSION, cid, self.sessions[cid]) for cid in sorted(self.sessions)]
-        out += [(KIND_KV, k, _MOD.pack(mod) + v) for k, v, mod in self.keys.records_in_order()]
+        for k, v, mod in self.keys.records_in_order():
+            if isinstance(v, list):
+                out.append((KIND_HASH, k, _MOD.pack(mod) + _MOD.pack(len(v))))
+                out += [(KIND_FIELD, field, value) for field, value in v]
+            else:
+                out.append((KIND_KV, k, _MOD.pack(mod) + v))
         return out
 
 
@@ -123,6 +133,18 @@ class StateImage:
             for key, value in kv.items():
                 if value is None:
                     slot.keys.delete(key)
+                elif isinstance(value, PendingHash):  # a hash's header and the fields written
+                    if value.fresh:
+                        slot.keys.delete(key)
+                    for field, item in value.fields.items():
+                        if item is None:
+                            slot.keys.hdel(key, field)
+                        else:
+                            slot.keys.hset(key, field, item, mods[key])
+                    slot.keys.set_mod(key, mods[key])
+                    if slot.keys.hlen(key) != value.count:
+                        raise Violation("state flush", "%s: hash %r has %d fields, its header says %d"
+                                        % (node_id, key, slot.keys.hlen(key), value.count))
                 else:
                     slot.keys.put(key, value, mods[key])
             slot.keys.deleted_at = deleted_at
@@ -156,6 +178,11 @@ class StateImage:
                     slot.base = slot.applied
                 elif kind_ == KIND_SESSION:
                     slot.sessions[key] = value
+                elif kind_ == KIND_HASH:
+                    slot.receiving_hash = (key, _MOD.unpack_from(value)[0])
+                elif kind_ == KIND_FIELD:
+                    hash_key, mod = slot.receiving_hash
+                    slot.keys.hset(hash_key, key, value, mod)
                 else:
                     slot.keys.put(key, value[_MOD.size:], _MOD.unpack_from(value)[0])
         elif kind == STAGE_DONE:
@@ -221,9 +248,7 @@ class SimState(Overlay):
 
     def load(self) -> Tuple[int, int, List[Tuple[bytes, bytes]]]:
         live = self._live
-        self._pending.clear()
-        self._pending_mod.clear()
-        self._cleared = False
+        self._forget_pending()
         self._count = len(live.keys)
         self.deleted_at = live.keys.deleted_at
         self.loaded = True
@@ -236,8 +261,17 @@ class SimState(Overlay):
     def _stored_mod(self, key: bytes) -> Optional[int]:
         return self._live.keys.mod_index(key)
 
+    def _stored_field(self, key: bytes, field: bytes) -> Optional[bytes]:
+        return self._live.keys.hget(key, field)
+
+    def _stored_hlen(self, key: bytes) -> int:
+        return self._live.keys.hlen(key)
+
+    def _stored_fields_from(self, key: bytes, start: bytes):
+        return iter(list(self._live.keys.hfields_from(key, start)))
+
     def _merged_from(self, start: int) -> Iterator[Tuple[int, bytes]]:
-        keys = set() if self._cleared else {k for k, _ in self._live.keys.items_in_order()}
+        keys = set() if self._cleared else {e[8:] for e in self._live.keys._index}
         for k, v in self._pending.items():
             if v is None:
                 keys.discard(k)
@@ -260,16 +294,15 @@ class SimState(Overlay):
             return
         self._flushing = True
         applied, clock, sessions = self._machine.durable_changes()
-        ops.append((FLUSH, self.disk.visible.live, applied, clock, dict(self._pending), dict(self._pending_mod),
+        kv = {k: v.copy() if isinstance(v, PendingHash) else v for k, v in self._pending.items()}
+        ops.append((FLUSH, self.disk.visible.live, applied, clock, kv, dict(self._pending_mod),
                     self.deleted_at, sessions, self._cleared))
 
     def committed(self) -> None:
         if not self._flushing:
             return
         self._flushing = False
-        self._pending.clear()
-        self._pending_mod.clear()
-        self._cleared = False
+        self._forget_pending()
         if self._machine is not None:
             self._machine.durable_flushed()
 
@@ -284,9 +317,7 @@ class SimState(Overlay):
         ops.append((INSTALL, staging[0], stream_id))
 
     def installed(self) -> None:
-        self._pending.clear()
-        self._pending_mod.clear()
-        self._cleared = False
+        self._forget_pending()
         self._staged_complete = None
         self._count = len(self._live.keys)
         self.deleted_at = self._live.keys.deleted_at
@@ -374,7 +405,7 @@ class _Writer:
                 if self._seen_state:
                     raise StateError("a second state record")
                 self._seen_state = True
-            elif kind not in (KIND_SESSION, KIND_KV) or not self._seen_state:
+            elif kind not in (KIND_SESSION, KIND_KV, KIND_HASH, KIND_FIELD) or not self._seen_state:
                 raise StateError("record of kind %d out of place" % kind)
             self.count += 1
             self._batch.append((kind, key, value))

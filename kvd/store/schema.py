@@ -38,8 +38,8 @@ DB_META = b"meta"
 DB_LOG = b"log"
 DB_SNAPSHOT = b"snapshot"
 #: Named databases used by the environment (LMDB needs the count up front): these
-#: three and the applied state's two slots of two (kvd.store.state).
-MAX_DBS = 8
+#: three and the applied state's two slots of three (kvd.store.state), and one spare.
+MAX_DBS = 10
 
 META_FORMAT_VERSION = b"format_version"
 META_CLUSTER_ID = b"cluster_id"

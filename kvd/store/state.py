@@ -43,10 +43,29 @@ An older kvd reading layouts 2 and 3 takes them for corrupt records.
     layout 1  klen(4) key value              (a long key)
     layout 2  mod(8) value
     layout 3  mod(8) klen(4) key value
+    layout 4  mod(8) count(8)                a hash's header: its field count
+    layout 5  mod(8) count(8) klen(4) key    (a long key)
+
+Hashes (kvd.kv.hashes).  A hash is its header record in ``kv.N`` (so SCAN,
+KEYS, DBSIZE, RANDOMKEY see it once, like any key) and one record per field
+in ``hf.N``, keyed by a 16-byte BLAKE2b digest of the hash's key then the
+field's ``field_key`` (its position, then the field, cut and digested past
+``INLINE_FIELD``): a hash's fields are contiguous and in field order, HSET
+of one field writes that field's record and the header, nothing else.  A
+field record is ``0x00 value`` or ``0x01 flen(4) field value`` (a long
+field).  (Two keys whose 128-bit digests collide would share one set of
+field records: not guarded against, as the long keys' digests are not.)
+Deleting or replacing a hash deletes its field records in the next
+flush (``_drop_fields``: one LMDB delete per field, in that flush's
+transaction); FLUSHDB drops ``hf.N`` whole.  Data dirs of before hashes
+have no ``hf.N``: it is created empty when opened, and every record they
+hold is a string.
 
 The stream a snapshot travels as is a run of records ``kind(1) klen(4)
 key vlen(4) value`` with the values exactly as stored (sealed, so the
-receiver checks each one), then a count and a CRC32C of all the bytes.
+receiver checks each one): the state, the sessions, ``kv.N``, then the
+field records (kind 4, in ``hf.N`` order), then a count and a CRC32C of all
+the bytes.
 
 Imports: as the layer table in tests/test_layers.py allows.
 """
@@ -59,6 +78,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import lmdb
 
+from kvd.kv.hashes import HASH, INLINE_FIELD, PendingHash, field_key
 from kvd.kv.keyspace import Overlay, scan_position
 from kvd.store import checksum
 from kvd.store.lmdb import CorruptStorage
@@ -75,7 +95,8 @@ _RECORD_HEAD = struct.Struct(">BI")
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 
-KIND_STATE, KIND_SESSION, KIND_KV = 1, 2, 3
+KIND_STATE, KIND_SESSION, KIND_KV, KIND_FIELD = 1, 2, 3, 4
+_HASH_PREFIX = 16
 
 META_SLOT = b"state.slot"
 META_STAGING = b"state.staging"
@@ -98,6 +119,27 @@ class StagingBusy(StateError):
 
 def _db_names(slot: int) -> Tuple[bytes, bytes]:
     return b"kv.%d" % slot, b"sessions.%d" % slot
+
+
+def _fields_name(slot: int) -> bytes:
+    return b"hf.%d" % slot
+
+
+def hash_prefix(key: bytes) -> bytes:
+    """Where the fields of the hash at ``key`` are stored in ``hf.N``: under this prefix."""
+    return blake2b(key, digest_size=_HASH_PREFIX, person=b"kvd hash fields").digest()
+
+
+def _field_record(field: bytes, value: bytes) -> bytes:
+    if len(field) <= INLINE_FIELD:
+        return checksum.seal(b"\x00" + value)
+    return checksum.seal(b"\x01" + _U32.pack(len(field)) + field + value)
+
+
+def _header_record(key: bytes, mod: int, count: int) -> bytes:
+    if len(key) <= _INLINE_KEY:
+        return checksum.seal(b"\x04" + _U64.pack(mod) + _U64.pack(count))
+    return checksum.seal(b"\x05" + _U64.pack(mod) + _U64.pack(count) + _U32.pack(len(key)) + key)
 
 
 def _state_key(slot: int) -> bytes:
@@ -162,7 +204,7 @@ class LmdbState(Overlay):
         self._meta = meta_db
         self.path = path
         for slot in (0, 1):
-            for name in _db_names(slot):
+            for name in _db_names(slot) + (_fields_name(slot),):
                 self._dbs[name] = env.open_db(name)
         with env.begin() as txn:
             raw = txn.get(META_SLOT, db=meta_db)
@@ -172,9 +214,7 @@ class LmdbState(Overlay):
             raise self._corrupt(StateError(f"state slot {self._slot} is neither 0 nor 1"))
         self._count = count
         self.deleted_at = deleted_at
-        self._pending.clear()
-        self._pending_mod.clear()
-        self._cleared = False
+        self._forget_pending()
         self._flushing = False
         self._writes_since_flush = 0
         self._scrub_at = (0, b"")
@@ -195,14 +235,16 @@ class LmdbState(Overlay):
     def _sessions(self):
         return self._dbs[_db_names(self._slot)[1]]
 
+    @property
+    def _fields(self):
+        return self._dbs[_fields_name(self._slot)]
+
     # ------------------------------------------------------- the machine's view
 
     def load(self) -> Tuple[int, int, List[Tuple[bytes, bytes]]]:
         """(applied index, clock ms, [(client id, encoded session)]) of the live slot."""
         env = self._require_env()
-        self._pending.clear()
-        self._pending_mod.clear()
-        self._cleared = False
+        self._forget_pending()
         with env.begin() as txn:
             applied, clock, count, deleted_at = self._read_state(txn, self._slot)
             sessions = [(bytes(k), self._unseal(v, f"session of client {bytes(k)!r}"))
@@ -229,6 +271,43 @@ class LmdbState(Overlay):
             return None
         stored_key, _, mod = self._decode_kv_mod(dbkey, raw)
         return mod if stored_key == key else None
+
+    def _stored_header(self, key: bytes) -> Optional[Tuple[int, int]]:
+        """(mod index, field count) of the stored hash at ``key``, None if no hash is stored there."""
+        dbkey = lmdb_key(key)
+        with self._require_env().begin(db=self._kv) as txn:
+            raw = txn.get(dbkey)
+        if raw is None:
+            return None
+        return self._decode_header(dbkey, raw, key)
+
+    def _stored_hlen(self, key: bytes) -> int:
+        header = self._stored_header(key)
+        return 0 if header is None else header[1]
+
+    def _stored_field(self, key: bytes, field: bytes) -> Optional[bytes]:
+        dbkey = hash_prefix(key) + field_key(field)
+        with self._require_env().begin(db=self._fields) as txn:
+            raw = txn.get(dbkey)
+        if raw is None:
+            return None
+        stored_field, value = self._decode_field(dbkey, raw)
+        return value if stored_field == field else None
+
+    def _stored_fields_from(self, key: bytes, start: bytes) -> Iterator[Tuple[bytes, bytes, bytes]]:
+        """(field key, field, value) of the stored hash at ``key`` from ``start`` on; read in one transaction."""
+        prefix = hash_prefix(key)
+        n = len(prefix)
+        with self._require_env().begin(db=self._fields) as txn:
+            cur = txn.cursor()
+            if not cur.set_range(prefix + start):
+                return
+            for dbkey, raw in cur.iternext():
+                if dbkey[:n] != prefix:
+                    return
+                dbkey = bytes(dbkey)
+                field, value = self._decode_field(dbkey, raw)
+                yield dbkey[n:], field, value
 
     def _merged_from(self, start: int) -> Iterator[Tuple[int, bytes]]:
         """LMDB's keys from SCAN position ``start`` on, merged with the overlay's (which wins for a key in both)."""
@@ -282,18 +361,34 @@ class LmdbState(Overlay):
         if self._machine is None:
             return
         self._writes_since_flush += 1
-        if not force and len(self._pending) < self.flush_keys and self._writes_since_flush < self.flush_writes:
+        pending_writes = len(self._pending) + self._field_writes
+        if not force and pending_writes < self.flush_keys and self._writes_since_flush < self.flush_writes:
             return
         self._flushing = True
         applied, clock, sessions = self._machine.durable_changes()
-        kv, sess = self._kv, self._sessions
+        kv, sess, fields = self._kv, self._sessions, self._fields
         if self._cleared:
             # FLUSHDB: the stored keys go whole (LMDB frees their pages), not key by key.
             txn.drop(kv, delete=False)
+            txn.drop(fields, delete=False)
+        for key in self._drop_fields:  # hashes deleted or replaced: their stored fields go, one by one
+            prefix = hash_prefix(key)
+            cur = txn.cursor(db=fields)
+            found = cur.set_range(prefix)
+            while found and bytes(cur.key()[:len(prefix)]) == prefix:
+                found = cur.delete()
         for key, value in self._pending.items():
             dbkey = lmdb_key(key)
             if value is None:
                 txn.delete(dbkey, db=kv)
+            elif isinstance(value, PendingHash):
+                txn.put(dbkey, _header_record(key, self._pending_mod[key], value.count), db=kv)
+                prefix = hash_prefix(key)
+                for field, item in value.fields.items():
+                    if item is None:
+                        txn.delete(prefix + field_key(field), db=fields)
+                    else:
+                        txn.put(prefix + field_key(field), _field_record(field, item), db=fields)
             else:
                 txn.put(dbkey, _kv_record(key, value, self._pending_mod[key]), db=kv)
         for client_id, data in sessions.items():
@@ -310,9 +405,7 @@ class LmdbState(Overlay):
             return
         self._flushing = False
         self._writes_since_flush = 0
-        self._pending.clear()
-        self._pending_mod.clear()
-        self._cleared = False
+        self._forget_pending()
         if self._machine is not None:
             self._machine.durable_flushed()
 
@@ -341,9 +434,7 @@ class LmdbState(Overlay):
             raw = txn.get(META_SLOT, db=self._meta)
         self._slot = self._unseal(raw, "state slot")[0]
         self._scrub_at = (0, b"")
-        self._pending.clear()
-        self._pending_mod.clear()
-        self._cleared = False
+        self._forget_pending()
         self._staged_complete = None
 
     def settle_staging(self) -> None:
@@ -355,15 +446,15 @@ class LmdbState(Overlay):
     def scrub(self, max_records: int) -> bool:
         """
         Verify the checksums of the next ``max_records`` stored records of
-        the live slot (sessions, then keys), resuming where the last call
+        the live slot (sessions, then keys, then hash fields), resuming where the last call
         stopped; True once a whole pass is done.  A value nobody reads is
         checked too, within minutes, without a restart having to read the
         whole state (which would make restarts as slow as the data is big).
         """
         env = self._require_env()
         cursor_db, position = self._scrub_at
-        order = [self._sessions, self._kv]
-        if cursor_db not in (0, 1):
+        order = [self._sessions, self._kv, self._fields]
+        if cursor_db not in (0, 1, 2):
             cursor_db, position = 0, b""
         left = max_records
         with env.begin() as txn:
@@ -374,18 +465,20 @@ class LmdbState(Overlay):
                     key, value = bytes(cur.key()), cur.value()
                     if cursor_db == 0:
                         self._unseal(value, f"session of client {key!r}")
-                    else:
+                    elif cursor_db == 1:
                         self._decode_kv(key, value)
+                    else:
+                        self._decode_field(key, value)
                     left -= 1
                     found = cur.next()
                     position = bytes(cur.key()) if found else b""
                 if found:
                     break
-                if cursor_db == 1:
+                if cursor_db == 2:
                     self._scrub_at = (0, b"")
                     self.scrub_passes += 1
                     return True
-                cursor_db, position = 1, b""
+                cursor_db, position = cursor_db + 1, b""
         self._scrub_at = (cursor_db, position)
         return False
 
@@ -422,10 +515,43 @@ class LmdbState(Overlay):
         key, value, _ = self._decode_kv_mod(dbkey, raw)
         return key, value
 
-    def _decode_kv_mod(self, dbkey: bytes, raw) -> Tuple[bytes, bytes, int]:
-        """(key, value, mod index) of a value record (see the module docstring for its layouts)."""
+    def _decode_header(self, dbkey: bytes, raw, key: bytes) -> Optional[Tuple[int, int]]:
+        """(mod index, field count) if the record at ``dbkey`` is the header of the hash at ``key``, else None."""
         record = self._unseal(raw, f"value at {bytes(dbkey[8:40])!r}")
         layout = record[:1]
+        if layout == b"\x04" and len(record) == 17:
+            stored_key = bytes(dbkey[8:])
+        elif layout == b"\x05" and len(record) >= 21:
+            stored_key = record[21:]
+        elif layout in (b"\x04", b"\x05"):
+            raise self._corrupt(CorruptRecord(f"hash header at {bytes(dbkey[8:40])!r} is malformed"))
+        else:
+            return None
+        if stored_key != key:
+            return None
+        return _U64.unpack_from(record, 1)[0], _U64.unpack_from(record, 9)[0]
+
+    def _decode_field(self, dbkey: bytes, raw) -> Tuple[bytes, bytes]:
+        """(field, value) of a field record."""
+        record = self._unseal(raw, f"hash field at {bytes(dbkey[:40])!r}")
+        layout = record[:1]
+        if layout == b"\x00" and len(dbkey) <= _HASH_PREFIX + 8 + INLINE_FIELD:
+            return bytes(dbkey[_HASH_PREFIX + 8:]), record[1:]
+        if layout == b"\x01" and len(record) >= 5:
+            (n,) = _U32.unpack_from(record, 1)
+            if len(record) >= 5 + n:
+                return record[5:5 + n], record[5 + n:]
+        raise self._corrupt(CorruptRecord(f"hash field record at {bytes(dbkey[:40])!r} has an unknown layout"))
+
+    def _decode_kv_mod(self, dbkey: bytes, raw) -> Tuple[bytes, object, int]:
+        """(key, value or HASH, mod index) of a value record (see the module docstring for its layouts)."""
+        record = self._unseal(raw, f"value at {bytes(dbkey[8:40])!r}")
+        layout = record[:1]
+        if layout == b"\x04" and len(record) == 17:
+            return bytes(dbkey[8:]), HASH, _U64.unpack_from(record, 1)[0]
+        if layout == b"\x05" and len(record) >= 21:
+            (n,) = _U32.unpack_from(record, 17)
+            return record[21:21 + n], HASH, _U64.unpack_from(record, 1)[0]
         if layout == b"\x02" and len(record) >= 9:
             return bytes(dbkey[8:]), record[9:], _U64.unpack_from(record, 1)[0]
         if layout == b"\x03" and len(record) >= 13:
@@ -484,15 +610,15 @@ class StateStream:
             raise StateError(f"the state on disk is at index {applied}, the snapshot at {min_index}")
         self.applied_index = applied
         kv, sessions = (state._dbs[name] for name in _db_names(slot))
-        self._records = self._iter(raw_state, sessions, kv)
+        self._records = self._iter(raw_state, sessions, kv, state._dbs[_fields_name(slot)])
         self._buffer = bytearray()
         self.count = 0
         self.crc = 0
         self.done = False
 
-    def _iter(self, raw_state, sessions_db, kv_db) -> Iterator[bytes]:
+    def _iter(self, raw_state, sessions_db, kv_db, fields_db) -> Iterator[bytes]:
         yield _pack_record(KIND_STATE, b"", raw_state if raw_state is not None else checksum.seal(_STATE.pack(0, 0, 0, 0)))
-        for db, kind in ((sessions_db, KIND_SESSION), (kv_db, KIND_KV)):
+        for db, kind in ((sessions_db, KIND_SESSION), (kv_db, KIND_KV), (fields_db, KIND_FIELD)):
             for key, value in self._txn.cursor(db=db):
                 yield _pack_record(kind, key, value)
 
@@ -555,6 +681,7 @@ class _StagingWriter:
         def apply(txn) -> None:
             txn.drop(state._dbs[kv_name], delete=False)
             txn.drop(state._dbs[sessions_name], delete=False)
+            txn.drop(state._dbs[_fields_name(self.slot)], delete=False)
             txn.delete(_state_key(self.slot), db=state._meta)
             txn.put(META_STAGING, checksum.seal(_STAGING.pack(self.slot, self.stream_id, 0)), db=state._meta)
 
@@ -591,7 +718,7 @@ class _StagingWriter:
             if self._seen_state or key:
                 raise CorruptRecord("received snapshot has a second or malformed state record")
             self._seen_state = True
-        elif kind not in (KIND_SESSION, KIND_KV) or not self._seen_state:
+        elif kind not in (KIND_SESSION, KIND_KV, KIND_FIELD) or not self._seen_state:
             raise CorruptRecord(f"received snapshot record of kind {kind} out of place")
         self.count += 1
         self._batch.append((kind, key, value))
@@ -603,11 +730,14 @@ class _StagingWriter:
             return
         state = self.state
         kv_db, sessions_db = (state._dbs[name] for name in _db_names(self.slot))
+        fields_db = state._dbs[_fields_name(self.slot)]
 
         def apply(txn) -> None:
             for kind, key, value in batch:
                 if kind == KIND_KV:
                     txn.put(key, value, db=kv_db, append=True)
+                elif kind == KIND_FIELD:
+                    txn.put(key, value, db=fields_db, append=True)
                 elif kind == KIND_SESSION:
                     txn.put(key, value, db=sessions_db)
                 else:

@@ -35,6 +35,8 @@ FIGURES = {
     "join_elections": "elections during the join:",
     "write_ops_during_snapshot": "write throughput, snapshot being sent:",
     "write_ratio": "throughput with / without the snapshot:",
+    "quiet_join_s": "new node to voter, no write load:",
+    "quiet_snapshot_mb_per_s": "snapshot transfer rate, no write load:",
     "stall_load_ms": "max reactor stall, load:",
     "stall_compaction_ms": "max reactor stall, compaction:",
     "stall_snapshot_ms": "max reactor stall, join (snapshot):",

@@ -36,7 +36,9 @@ def err(message, prefix="ERR"):
         (b"SCAN 0", Read(Scan(0, None, 10))),
         (b"SCAN 17 MATCH a* COUNT 100", Read(Scan(17, b"a*", 100))),
         (b"scan 17 count 5 match b?", Read(Scan(17, b"b?", 5))),
-        (b"SCAN 0 TYPE string", Read(Scan(0, None, 10))),
+        (b"SCAN 0 TYPE string", Read(Scan(0, None, 10, "string"))),
+        (b"SCAN 0 TYPE HASH", Read(Scan(0, None, 10, "hash"))),
+        (b"SCAN 0 TYPE zset", Read(Scan(0, None, 10, "other"))),
         (b"SCAN 18446744073709551615", Read(Scan(2**64 - 1, None, 10))),
         (b"DBSIZE", Read(DbSize())),
         (b"PING", Admin("ping")),
@@ -234,10 +236,9 @@ def test_scan_option_errors(args, error):
     assert req(args) == err(error)
 
 
-def test_scan_type_other_than_string():
-    """Only strings exist, so TYPE must be 'string'; other types are refused with an explanation."""
-    result = req(b"SCAN 0 TYPE hash")
-    assert isinstance(result, CommandError) and "string" in result.message
+def test_scan_type_of_a_type_kvd_has_not_matches_nothing():
+    """Redis compares TYPE's name with each key's type: a name no key has (list, zset, nonsense) matches none."""
+    assert req(b"SCAN 0 TYPE list") == Read(Scan(0, None, 10, "other"))
 
 
 # -------------------------------------------------------------- CLIENT
@@ -297,6 +298,9 @@ def test_table_has_every_supported_command():
         b"eval", b"evalsha", b"eval_ro", b"evalsha_ro", b"script",
         # issue 15, the rest of the everyday commands
         b"incrbyfloat",
+        # issue 15, hashes
+        b"hset", b"hmset", b"hsetnx", b"hdel", b"hincrby", b"hincrbyfloat", b"hget", b"hmget", b"hgetall",
+        b"hkeys", b"hvals", b"hexists", b"hlen", b"hstrlen", b"hscan", b"hrandfield",
     }
 
 

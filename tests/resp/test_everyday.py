@@ -13,6 +13,7 @@ from twisted.internet.testing import StringTransport
 
 from kvd.bench.redispy import RedisServer
 from kvd.kv.commands import (
+    KeyType,
     MAX_STRING_BYTES, Append, Copy, Delete, Exists, FlushAll, GetDel, GetRange, MSetNX, RandomKey, Rename, Set,
     SetRange, StrLen,
 )
@@ -66,7 +67,7 @@ TOO_LONG = err("string exceeds maximum allowed size (proto-max-bulk-len)")
         (b"STRLEN k", Read(StrLen(b"k"))),
         (b"GETRANGE k 0 -1", Read(GetRange(b"k", 0, -1), "getrange")),
         (b"SUBSTR k -3 9", Read(GetRange(b"k", -3, 9), "substr")),
-        (b"TYPE k", Read(Exists((b"k",)), "type", "type")),
+        (b"TYPE k", Read(KeyType(b"k"), "type", "type")),
         (b"TIME", Admin("time")),
         (b"FLUSHDB", Write(FlushAll(), "flushdb")),
         (b"flushdb async", Write(FlushAll(), "flushdb")),
@@ -150,11 +151,12 @@ def test_msetnx_of_too_many_keys_is_refused():
 def test_reply_shapes():
     setnx, type_ = req(b"SETNX k v"), req(b"TYPE k")
     assert shape_reply(setnx, OK) == 1 and shape_reply(setnx, None) == 0
-    assert shape_reply(type_, 1) == SimpleString("string") and shape_reply(type_, 0) == SimpleString("none")
+    assert shape_reply(type_, b"string") == SimpleString("string") and shape_reply(type_, b"none") == SimpleString("none")
+    assert shape_reply(type_, b"hash") == SimpleString("hash")
     error = KVError("ERR boom")
     assert shape_reply(setnx, error) is error and shape_reply(type_, error) is error
     assert shape_reply(req(b"GETSET k v"), b"old") == b"old"
-    assert encode(shape_reply(type_, 1), resp3=True) == b"+string\r\n"
+    assert encode(shape_reply(type_, b"string"), resp3=True) == b"+string\r\n"
 
 
 def test_roles_and_names():

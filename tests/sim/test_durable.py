@@ -357,3 +357,45 @@ def test_a_stream_waits_for_its_install_and_a_crash_before_it_keeps_the_old_stat
         assert machine.applied_index == 10 and machine.read(Get(b"mine")) is None
     state.settle_staging()
     state.begin(44)  # a new stream clears what was staged
+
+
+def test_sim_state_keeps_hashes_as_memory_does_flushed_or_not_and_streams_them():
+    """Hashes in the simulator's model of LmdbState: a header and a record per field, through flushes, a
+    restart and a streamed snapshot, answering as the in-memory keyspace does."""
+    import random
+
+    from kvd.kv.commands import READ_OPS
+    from kvd.raft.messages import Configuration, HardState, Snapshot
+    from kvd.sim.state import KIND_FIELD, KIND_HASH
+    from tests.kv.hash_workload import dump, random_hash_commands
+
+    rng = random.Random(5)
+    disk, state, machine = _node("a")
+    memory = KVMachine()
+    for seq, command in enumerate(random_hash_commands(rng, 400), 1):
+        if isinstance(command, READ_OPS):
+            assert machine.read(command) == memory.read(command), command
+            continue
+        assert _apply(machine, seq, command) == _apply(memory, seq, command), command
+        if rng.random() < 0.3:
+            _write(disk, machine.applied_index)
+        if seq % 40 == 0:
+            assert dump(machine) == dump(memory)
+            state.check()
+    _write(disk, machine.applied_index)  # every write of this disk flushes (skip_flush draws never)
+    assert dump(machine) == dump(memory)
+    kinds = [r[0] for r in disk.image.slots[disk.image.live].records()]
+    assert KIND_HASH in kinds and KIND_FIELD in kinds
+    state, machine = _reopen(disk)
+    assert machine.applied_index == memory.applied_index and dump(machine) == dump(memory)
+
+    follower_disk, follower, follower_machine = _node("follower", seed=1)
+    stream = state.open_stream(1)
+    writer = follower.begin(7)
+    while not stream.done:
+        writer.feed(stream.read(50))
+    token = writer.finish(stream.count, stream.crc)
+    snapshot = Snapshot(machine.applied_index, 1, Configuration.make(voters={"a": "a"}, addresses={"a": "a"}), token)
+    follower_disk.put(HardState(1, None, machine.applied_index), snapshot, [])
+    follower_machine.restore(token)
+    assert dump(follower_machine) == dump(memory)

@@ -28,6 +28,7 @@ def test_bench_loads_short_form(tmp_path):
     assert [row["load"] for row in figures["loads"]] == [load.name for load in loads.LOADS]
     for row in figures["loads"]:
         assert row["ops_per_s"] > 0 and row["p50_ms"] is not None and len(row["cpu_s_per_node_leader_first"]) == 3
+        assert all(c is None or c > 0 for c in row["cpu_s_per_10k_ops_leader_first"]), row
     compared = [row for row in figures["loads"] if "etcd" in row]
     assert len(compared) == sum(1 for load in loads.LOADS if load.etcd)
     for row in compared:
@@ -45,6 +46,18 @@ def test_bench_failover_short_form(tmp_path):
     (round_,) = figures["membership_rounds"]  # one removal of the leader, then its re-adding
     assert all(isinstance(round_[k], float) for k in ("leader_after_s", "write_after_s", "join_to_voter_s")), round_
     assert "re-added at the same address -> voter:" in done.stdout
+
+
+def test_bench_soak_short_form(tmp_path):
+    """The ten-minute write load of issue 14, for five seconds: rounds run, elections and CPU per 10K ops are counted."""
+    out = tmp_path / "soak.json"
+    done = subprocess.run([sys.executable, "-m", "kvd.bench", "soak", "--short", "--json", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    figures = json.loads(out.read_text())
+    assert figures["seconds"] >= 5 and figures["ops"] > 0 and figures["rounds"]
+    assert isinstance(figures["elections"], int) and len(figures["cpu_s_per_10k_ops_leader_first"]) == 3
+    assert "soak: " in done.stdout and "elections" in done.stdout
 
 
 def test_the_report_parser_reads_redis_benchmark_7():
