@@ -51,7 +51,7 @@ from typing import Dict, List, Optional, Tuple
 from kvd.check.linear import FAIL, INFO, OK
 from kvd.check.txn import TXN, group_of
 from kvd.errors import Code
-from kvd.jepsen.workload import History
+from kvd.jepsen.workload import ClientThreads, History
 from kvd.resp.client import Connection, Indeterminate, NotSent, ReplyError, Simple
 
 FIELDS = ("a", "b", "c")
@@ -115,9 +115,10 @@ def classify(e: ReplyError, sent_write: bool) -> Tuple[str, str]:
     return INFO, "unexpected error: " + e.text
 
 
-class GroupWorkload:
+class GroupWorkload(ClientThreads):
     """Clients running multi-key ops on a few contended groups of keys (see the module's docstring)."""
 
+    STOP_TIMEOUTS = 4
     PREFIX = "g"
     MIX: Tuple[Tuple[str, float], ...] = ()
     FIELDS = FIELDS
@@ -146,23 +147,6 @@ class GroupWorkload:
         self.stats: Dict[str, Dict[str, int]] = {}
 
     # ------------------------------------------------------------ running
-    def prepare(self) -> None:
-        """Anything to do once before the clients start (the script workload loads its scripts)."""
-
-    def start(self) -> None:
-        self.prepare()
-        for i in range(self.n_clients):
-            t = threading.Thread(target=self._client, args=(i,), name="kvdj-%s-%d" % (self.PREFIX, i), daemon=True)
-            self.threads.append(t)
-            t.start()
-
-    def stop(self) -> bool:
-        self.stopping.set()
-        deadline = time.monotonic() + self.timeout_s * 4 + 5
-        for t in self.threads:
-            t.join(max(0.0, deadline - time.monotonic()))
-        return not any(t.is_alive() for t in self.threads)
-
     def keys_of(self, group: str) -> List[str]:
         return ["%s.%s" % (group, f) for f in self.FIELDS]
 

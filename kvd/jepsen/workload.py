@@ -181,7 +181,37 @@ def execute(conn: Connection, f: str, key: str, value):
         return INFO, None, str(e)
 
 
-class Workload:
+class ClientThreads:
+    """
+    The clients of a workload: ``n_clients`` threads each running
+    ``self._client(i)`` until ``stopping`` is set.  Subclasses set
+    ``n_clients``, ``timeout_s``, ``stopping`` and ``threads``.
+    """
+
+    THREAD_NAME = "client"
+    #: ``stop`` waits this many request timeouts (plus 5 s) for the clients' last operations.
+    STOP_TIMEOUTS = 3
+
+    def prepare(self) -> None:
+        """Anything to do once before the clients start."""
+
+    def start(self) -> None:
+        self.prepare()
+        for i in range(self.n_clients):
+            t = threading.Thread(target=self._client, args=(i,), name="kvdj-%s-%d" % (self.THREAD_NAME, i), daemon=True)
+            self.threads.append(t)
+            t.start()
+
+    def stop(self) -> bool:
+        """Stop the clients; True when every one has finished its last operation."""
+        self.stopping.set()
+        deadline = time.monotonic() + self.timeout_s * self.STOP_TIMEOUTS + 5
+        for t in self.threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in self.threads)
+
+
+class Workload(ClientThreads):
     MIX = ((READ, 0.4), (WRITE, 0.2), (CAS, 0.3), (DELETE, 0.1))
 
     def __init__(self, cluster, history: History, seed: int, clients: int = 5, keys: int = 4, ops_per_key: int = 200,
@@ -204,20 +234,6 @@ class Workload:
         self.stopping = threading.Event()
         self.threads: List[threading.Thread] = []
         self.unexpected: List[str] = []
-
-    def start(self) -> None:
-        for i in range(self.n_clients):
-            t = threading.Thread(target=self._client, args=(i,), name="kvdj-client-%d" % i, daemon=True)
-            self.threads.append(t)
-            t.start()
-
-    def stop(self) -> bool:
-        """Stop the clients; True when every one has finished its last operation."""
-        self.stopping.set()
-        deadline = time.monotonic() + self.timeout_s * 3 + 5
-        for t in self.threads:
-            t.join(max(0.0, deadline - time.monotonic()))
-        return not any(t.is_alive() for t in self.threads)
 
     def _key(self, rng: random.Random) -> str:
         with self.lock:

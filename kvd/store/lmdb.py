@@ -385,15 +385,20 @@ class LmdbStorage:
             done()
             return
         state = self._state_to_flush()
+        self._on_writer(lambda: self._transact(apply, sync=sync, state=state),
+                        lambda: self._saved(hard_state, None, state), done)
+
+    def _on_writer(self, work: Callable[[], None], after: Callable[[], None], done: Callable[..., None]) -> None:
+        """``work()`` on the writer thread; back on ours, ``after()`` then ``done()``, or ``done(error)``."""
 
         def then(error: Optional[BaseException]) -> None:
             if error is not None:
                 done(error)
                 return
-            self._saved(hard_state, None, state)
+            after()
             done()
 
-        self._writer.submit(lambda: self._transact(apply, sync=sync, state=state), then)
+        self._writer.submit(work, then)
 
     def _batch(
         self,
@@ -462,15 +467,8 @@ class LmdbStorage:
                 done()
             return
         state = self._state_to_flush()
-
-        def then(error: Optional[BaseException]) -> None:
-            if error is not None:
-                done(error)
-                return
-            self._committed(state)
-            done()
-
-        self._writer.submit(lambda: self._transact(apply, sync=True, state=state, flush_state=True), then)
+        self._on_writer(lambda: self._transact(apply, sync=True, state=state, flush_state=True),
+                        lambda: self._committed(state), done)
 
     # -------------------------------------------------------------- internals
 
