@@ -69,6 +69,16 @@ A transaction's replies are bounded (kvd.kv.machine ``TXN_REPLY_BYTES``).
 an APPEND or SETRANGE that would grow a value past it the same way, whatever
 its own setting.
 
+Expiry (kvd.kv.expiry): SET's flags gain bit 4 KEEPTTL, bit 5 "an expiry
+in ms from the entry's stamp follows" and bit 6 "a Unix time in ms follows"
+(``expire:uint`` after ``ifeq``)::
+
+    tag 65 Expire  op:byte key:blob when:zigzag flags:byte
+                  op: 0 EXPIRE, 1 PEXPIRE, 2 EXPIREAT, 3 PEXPIREAT, 4 PERSIST; flags: 1 NX, 2 XX, 4 GT, 8 LT
+    tag 66 GetEx   key:blob flags:byte [expire:uint]   flags: 1 relative ms, 2 Unix ms, 4 PERSIST
+    tag 67 Tick    (no body: carries the leader's clock into the log)
+    tag 43 Ttl     op:byte key:blob   (a read op) op: 0 TTL, 1 PTTL, 2 EXPIRETIME, 3 PEXPIRETIME
+
 INCRBYFLOAT is tag 64, ``key:blob increment:blob``: the increment as the
 client sent it, parsed (and refused) when the entry is applied
 (kvd.kv.longdouble).  Inside a transaction tags 32-63 are read ops, so
@@ -94,7 +104,8 @@ __all__ = [
     "encode_envelope", "decode_envelope", "parse_int64", "INT64_MIN", "INT64_MAX", "command_size", "command_keys",
     "write_keys", "MAX_STRING_BYTES", "Transaction", "Versions", "TXN_READ_OPS", "read_keys",
     "HashWrite", "HashRead", "KeyType", "HASH_WRITE_OPS", "HASH_READ_OPS", "KEY_TYPES", "SCAN_TYPES",
-    "float_increment_error",
+    "float_increment_error", "Expire", "GetEx", "Tick", "Ttl", "EXPIRE_OPS", "TTL_OPS",
+    "EXPIRE_NX", "EXPIRE_XX", "EXPIRE_GT", "EXPIRE_LT",
 ]
 
 ENVELOPE_VERSION = 1
@@ -156,13 +167,20 @@ def _key_tuple(obj, name: str, allow_empty: bool = False) -> None:
 
 @dataclass(frozen=True)
 class Set:
-    """SET key value [NX|XX|IFEQ ifeq] [GET]; IFEQ excludes NX and XX, as in Valkey 8.1."""
+    """
+    SET key value [NX|XX|IFEQ ifeq] [GET] [EX|PX|EXAT|PXAT|KEEPTTL]; IFEQ excludes NX and XX, as in Valkey 8.1.
+    ``expire`` is in milliseconds (EX's seconds times 1000), from the entry's log time unless ``expire_at``
+    (then a Unix time); ``keepttl`` keeps the key's time to live, else a SET drops it (kvd.kv.expiry).
+    """
 
     key: bytes
     value: bytes
     cond: Optional[str] = None
     ifeq: Optional[bytes] = None
     get: bool = False
+    expire: Optional[int] = None
+    expire_at: bool = False
+    keepttl: bool = False
 
     def __post_init__(self):
         _bytes("key", self.key)
@@ -173,8 +191,15 @@ class Set:
             _bytes("ifeq", self.ifeq)
             if self.cond is not None:
                 raise ValueError("IFEQ cannot be combined with NX or XX")
-        if not isinstance(self.get, bool):
-            raise TypeError("get must be a bool")
+        for name in ("get", "expire_at", "keepttl"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError("%s must be a bool" % (name,))
+        if self.expire is not None:
+            _int("expire", self.expire, 1, INT64_MAX)
+            if self.keepttl:
+                raise ValueError("KEEPTTL excludes an expiry")
+        elif self.expire_at:
+            raise ValueError("expire_at needs an expire")
 
 
 @dataclass(frozen=True)
@@ -385,8 +410,73 @@ class HashWrite:
             raise ValueError("HINCRBYFLOAT's increment must be a finite float")
 
 
+#: Expire's operations, by their code in the log (tag 65): the first four set a time to live, PERSIST drops it.
+EXPIRE_OPS = ("expire", "pexpire", "expireat", "pexpireat", "persist")
+#: Expire's conditions (Redis 7's options), as bits.
+EXPIRE_NX, EXPIRE_XX, EXPIRE_GT, EXPIRE_LT = 1, 2, 4, 8
+
+
+@dataclass(frozen=True)
+class Expire:
+    """
+    EXPIRE/PEXPIRE/EXPIREAT/PEXPIREAT key when [NX|XX|GT|LT], and PERSIST key (``when`` 0, no flags):
+    ``when`` is the client's integer (seconds or milliseconds, relative or a Unix time, by ``op``),
+    converted and checked for overflow when the entry is applied, against the log's time (kvd.kv.expiry).
+    """
+
+    op: str
+    key: bytes
+    when: int = 0
+    flags: int = 0
+
+    def __post_init__(self):
+        if self.op not in EXPIRE_OPS:
+            raise ValueError("op must be one of %s, not %r" % (", ".join(EXPIRE_OPS), self.op))
+        _bytes("key", self.key)
+        _int("when", self.when, INT64_MIN, INT64_MAX)
+        _int("flags", self.flags, 0, 15)
+        if self.flags & EXPIRE_NX and self.flags & (EXPIRE_XX | EXPIRE_GT | EXPIRE_LT):
+            raise ValueError("NX and XX, GT or LT options at the same time are not compatible")
+        if self.flags & EXPIRE_GT and self.flags & EXPIRE_LT:
+            raise ValueError("GT and LT options at the same time are not compatible")
+        if self.op == "persist" and (self.when or self.flags):
+            raise ValueError("PERSIST takes no time and no option")
+
+
+@dataclass(frozen=True)
+class GetEx:
+    """
+    GETEX key [EX|PX|EXAT|PXAT|PERSIST]: the string's value, its time to live set (``expire`` in
+    milliseconds, from the log's time unless ``expire_at``), dropped (``persist``) or left alone.
+    """
+
+    key: bytes
+    expire: Optional[int] = None
+    expire_at: bool = False
+    persist: bool = False
+
+    def __post_init__(self):
+        _bytes("key", self.key)
+        if not isinstance(self.expire_at, bool) or not isinstance(self.persist, bool):
+            raise TypeError("expire_at and persist must be bools")
+        if self.expire is not None:
+            _int("expire", self.expire, 1, INT64_MAX)
+            if self.persist:
+                raise ValueError("PERSIST excludes an expiry")
+        elif self.expire_at:
+            raise ValueError("expire_at needs an expire")
+
+
+@dataclass(frozen=True)
+class Tick:
+    """
+    No change of any key: an entry that carries the leader's clock into the log, so that reads and the
+    reclaiming of expired keys see the time move on an idle cluster (kvd.kv.expiry).
+    """
+
+
 SIMPLE_WRITES = (Set, Delete, MSet, IncrBy, GetDel, Append, SetRange, MSetNX, Rename, Copy, FlushAll, HashWrite,
-                 IncrByFloat)
+                 IncrByFloat, Expire, GetEx, Tick)
 
 
 @dataclass(frozen=True)
@@ -421,7 +511,7 @@ class Transaction:
 
 
 WriteCommand = Union[Set, Delete, MSet, IncrBy, GetDel, Append, SetRange, MSetNX, Rename, Copy, FlushAll, Transaction,
-                     Script, HashWrite, IncrByFloat]
+                     Script, HashWrite, IncrByFloat, Expire, GetEx, Tick]
 WRITE_COMMANDS = SIMPLE_WRITES + (Transaction, Script)
 
 
@@ -618,16 +708,33 @@ class KeyType:
         _bytes("key", self.key)
 
 
+#: Ttl's operations, by their code in the log (tag 43).
+TTL_OPS = ("ttl", "pttl", "expiretime", "pexpiretime")
+
+
+@dataclass(frozen=True)
+class Ttl:
+    """TTL, PTTL, EXPIRETIME, PEXPIRETIME key: -2 if there is no such key, -1 if it has no time to live."""
+
+    op: str
+    key: bytes
+
+    def __post_init__(self):
+        if self.op not in TTL_OPS:
+            raise ValueError("op must be one of %s, not %r" % (", ".join(TTL_OPS), self.op))
+        _bytes("key", self.key)
+
+
 ReadOp = Union[Get, MGet, Exists, Keys, Scan, DbSize, StrLen, GetRange, RandomKey, Versions, ScriptGet, HashRead,
-               KeyType]
+               KeyType, Ttl]
 #: The read ops a transaction may hold.
-TXN_READ_OPS = (Get, MGet, Exists, Keys, Scan, DbSize, StrLen, GetRange, RandomKey, HashRead, KeyType)
+TXN_READ_OPS = (Get, MGet, Exists, Keys, Scan, DbSize, StrLen, GetRange, RandomKey, HashRead, KeyType, Ttl)
 READ_OPS = TXN_READ_OPS + (Versions, ScriptGet)
 
 
 def read_keys(op) -> Tuple[bytes, ...]:
     """The keys a read op names (for the key length limit)."""
-    if isinstance(op, (Get, StrLen, GetRange, HashRead, KeyType)):
+    if isinstance(op, (Get, StrLen, GetRange, HashRead, KeyType, Ttl)):
         return (op.key,)
     if isinstance(op, (MGet, Exists, Versions)):
         return op.keys
@@ -647,6 +754,9 @@ _TAG_INCRBYFLOAT = 64
 _TAG_GET, _TAG_MGET, _TAG_EXISTS, _TAG_KEYS, _TAG_SCAN, _TAG_DBSIZE = 32, 33, 34, 35, 36, 37
 _TAG_STRLEN, _TAG_GETRANGE, _TAG_RANDOMKEY = 38, 39, 40
 _TAG_HASH_WRITE, _TAG_HASH_READ, _TAG_KEY_TYPE = 14, 41, 42
+_TAG_EXPIRE, _TAG_GETEX, _TAG_TICK, _TAG_TTL = 65, 66, 67, 43
+_FLAG_KEEPTTL, _FLAG_EXPIRE, _FLAG_EXPIRE_AT = 0x10, 0x20, 0x40
+_GETEX_EXPIRE, _GETEX_EXPIRE_AT, _GETEX_PERSIST = 0x01, 0x02, 0x04
 _SCAN_MATCH, _SCAN_TYPE = 0x01, 0x02
 _COND_CODE = {None: 0, "NX": 1, "XX": 2}
 _CODE_COND = {v: k for k, v in _COND_CODE.items()}
@@ -672,9 +782,31 @@ def _encode_command(w: Writer, cmd) -> None:
         w.blob(cmd.key)
         w.blob(cmd.value)
         flags = _COND_CODE[cmd.cond] | (_FLAG_IFEQ if cmd.ifeq is not None else 0) | (_FLAG_GET if cmd.get else 0)
+        flags |= _FLAG_KEEPTTL if cmd.keepttl else 0
+        if cmd.expire is not None:
+            flags |= _FLAG_EXPIRE_AT if cmd.expire_at else _FLAG_EXPIRE
         w.byte(flags)
         if cmd.ifeq is not None:
             w.blob(cmd.ifeq)
+        if cmd.expire is not None:
+            w.uint(cmd.expire)
+    elif isinstance(cmd, Expire):
+        w.byte(_TAG_EXPIRE)
+        w.byte(EXPIRE_OPS.index(cmd.op))
+        w.blob(cmd.key)
+        w.sint(cmd.when)
+        w.byte(cmd.flags)
+    elif isinstance(cmd, GetEx):
+        w.byte(_TAG_GETEX)
+        w.blob(cmd.key)
+        flags = _GETEX_PERSIST if cmd.persist else 0
+        if cmd.expire is not None:
+            flags |= _GETEX_EXPIRE_AT if cmd.expire_at else _GETEX_EXPIRE
+        w.byte(flags)
+        if cmd.expire is not None:
+            w.uint(cmd.expire)
+    elif isinstance(cmd, Tick):
+        w.byte(_TAG_TICK)
     elif isinstance(cmd, Delete):
         w.byte(_TAG_DELETE)
         w.uint(len(cmd.keys))
@@ -789,6 +921,10 @@ def _encode_read(w: Writer, op) -> None:
     elif isinstance(op, KeyType):
         w.byte(_TAG_KEY_TYPE)
         w.blob(op.key)
+    elif isinstance(op, Ttl):
+        w.byte(_TAG_TTL)
+        w.byte(TTL_OPS.index(op.op))
+        w.blob(op.key)
     else:
         raise TypeError("not a read op a transaction may hold: %s" % (type(op).__name__,))
 
@@ -810,7 +946,15 @@ def command_size(cmd: WriteCommand) -> int:
     """
     if isinstance(cmd, Set):
         size = 2 + _blob_size(cmd.key) + _blob_size(cmd.value)  # tag, flags
+        size += _uint_size(cmd.expire) if cmd.expire is not None else 0
         return size + (_blob_size(cmd.ifeq) if cmd.ifeq is not None else 0)
+    if isinstance(cmd, Expire):
+        when = cmd.when
+        return 3 + _blob_size(cmd.key) + _uint_size(when << 1 if when >= 0 else ((-when) << 1) - 1)
+    if isinstance(cmd, GetEx):
+        return 2 + _blob_size(cmd.key) + (_uint_size(cmd.expire) if cmd.expire is not None else 0)
+    if isinstance(cmd, Tick):
+        return 1
     if isinstance(cmd, Delete):
         return 1 + _uint_size(len(cmd.keys)) + sum(_blob_size(k) for k in cmd.keys)
     if isinstance(cmd, (MSet, MSetNX)):
@@ -854,7 +998,7 @@ def command_keys(cmd: WriteCommand) -> int:
     How many keys ``cmd`` writes (repeats counted): what applying it costs.
     FlushAll names none: the keyspace drops its keys whole (``clear``).
     """
-    if isinstance(cmd, FlushAll):
+    if isinstance(cmd, (FlushAll, Tick)):
         return 0
     if isinstance(cmd, Transaction):
         # What applying it costs: each write's keys, each read's keys (at least one), each watched key.
@@ -881,7 +1025,7 @@ def write_keys(cmd: WriteCommand) -> Tuple[bytes, ...]:
         return tuple(k for k, _ in cmd.pairs)
     if isinstance(cmd, (Rename, Copy)):
         return (cmd.src, cmd.dst)
-    if isinstance(cmd, FlushAll):
+    if isinstance(cmd, (FlushAll, Tick)):
         return ()
     if isinstance(cmd, Script):
         return cmd.keys
@@ -929,10 +1073,26 @@ def _decode_command(r: Reader, nested: bool = False) -> WriteCommand:
             return Transaction(ops, tuple(watched))
         if tag == _TAG_SET:
             key, value, flags = r.blob(), r.blob(), r.byte()
-            if flags & ~(0x03 | _FLAG_IFEQ | _FLAG_GET) or (flags & 0x03) not in _CODE_COND:
+            if (flags & ~(0x03 | _FLAG_IFEQ | _FLAG_GET | _FLAG_KEEPTTL | _FLAG_EXPIRE | _FLAG_EXPIRE_AT)
+                    or (flags & 0x03) not in _CODE_COND or (flags & _FLAG_EXPIRE and flags & _FLAG_EXPIRE_AT)):
                 raise CodecError("invalid SET flags 0x%02x" % (flags,))
             ifeq = r.blob() if flags & _FLAG_IFEQ else None
-            return Set(key, value, _CODE_COND[flags & 0x03], ifeq, bool(flags & _FLAG_GET))
+            expire = r.uint() if flags & (_FLAG_EXPIRE | _FLAG_EXPIRE_AT) else None
+            return Set(key, value, _CODE_COND[flags & 0x03], ifeq, bool(flags & _FLAG_GET), expire,
+                       bool(flags & _FLAG_EXPIRE_AT), bool(flags & _FLAG_KEEPTTL))
+        if tag == _TAG_EXPIRE:
+            op = r.byte()
+            if op >= len(EXPIRE_OPS):
+                raise CodecError("invalid expire op %d" % (op,))
+            return Expire(EXPIRE_OPS[op], r.blob(), r.sint(), r.byte())
+        if tag == _TAG_GETEX:
+            key, flags = r.blob(), r.byte()
+            if flags & ~0x07 or (flags & _GETEX_EXPIRE and flags & _GETEX_EXPIRE_AT):
+                raise CodecError("invalid GETEX flags 0x%02x" % (flags,))
+            expire = r.uint() if flags & (_GETEX_EXPIRE | _GETEX_EXPIRE_AT) else None
+            return GetEx(key, expire, bool(flags & _GETEX_EXPIRE_AT), bool(flags & _GETEX_PERSIST))
+        if tag == _TAG_TICK:
+            return Tick()
         if tag == _TAG_DELETE:
             return Delete(tuple(r.blob() for _ in range(r.count())))
         if tag == _TAG_MSET:
@@ -1013,4 +1173,9 @@ def _decode_read(r: Reader, tag: int):
         return HashRead(HASH_READ_OPS[op], key, tuple(r.blob() for _ in range(r.count())))
     if tag == _TAG_KEY_TYPE:
         return KeyType(r.blob())
+    if tag == _TAG_TTL:
+        op = r.byte()
+        if op >= len(TTL_OPS):
+            raise CodecError("invalid TTL op %d" % (op,))
+        return Ttl(TTL_OPS[op], r.blob())
     raise CodecError("unknown read op tag %d" % (tag,))

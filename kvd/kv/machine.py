@@ -58,7 +58,13 @@ from kvd.kv.commands import (
     HashWrite, IncrBy, Keys, KeyType, MGet, MSet, MSetNX, RandomKey, ReadOp, Rename, Scan, Script, ScriptGet, Set,
     SetRange, StrLen, Transaction, Versions, WriteCommand, decode_envelope, parse_int64,
 )
-from kvd.kv.commands import IncrByFloat
+from kvd.kv.commands import (
+    EXPIRE_GT, EXPIRE_LT, EXPIRE_NX, EXPIRE_XX, Expire, GetEx, IncrByFloat, Tick, Ttl, read_keys,
+)
+from kvd.kv.expiry import (
+    READ_MARGIN_MS, RECLAIM_PER_ENTRY, RECLAIM_PER_TICK, TTL_RECORD, Expiries, View, decode_record, encode_record,
+    record_name,
+)
 from kvd.kv.glob import Pattern, PatternTooCostly
 from kvd.kv.hashes import HASH, WRONGTYPE
 from kvd.kv.keyspace import MAX_CURSOR, Keyspace
@@ -93,8 +99,9 @@ def _over_reply_limit(total: int, write: bool) -> KVError:
 SNAPSHOT_MAGIC = b"KVDS"
 #: 2: each key with its mod index, and the keyspace's deleted_at (version 1 is still read: mod indexes 0);
 #: 3: the script cache after the keys (versions 1 and 2 are still read: no scripts);
-#: 4: each key with its type: a string's value, or a hash's fields (versions 1-3 are still read: strings only).
-SNAPSHOT_VERSION = 4
+#: 4: each key with its type: a string's value, or a hash's fields (versions 1-3 are still read: strings only);
+#: 5: the keys' expiries after the scripts (kvd.kv.expiry; versions 1-4 are still read: none).
+SNAPSHOT_VERSION = 5
 _KIND_STRING, _KIND_HASH = 0, 1
 #: A durable keyspace keeps script SHA -> body under this prefix and the SHA, among the sessions: client ids
 #: are "node id/hex" (kvd.node.session), so none starts with a NUL byte, and the machine refuses one that does.
@@ -201,6 +208,8 @@ class KVMachine:
         self._scripts: Dict[bytes, bytes] = {}
         #: SHAs whose script was added or dropped since the durable keyspace last flushed (None: in memory).
         self._scripts_dirty = set() if self.durable else None
+        #: The keys' expiries (kvd.kv.expiry): replicated state, kept beside the sessions on disk.
+        self._expiries = Expiries(durable=self.durable)
         #: Client ids whose session changed since the durable keyspace last flushed (None: in memory).
         self._dirty = set() if self.durable else None
         if self.durable:
@@ -221,11 +230,40 @@ class KVMachine:
         return len(self._sessions)
 
     def __len__(self) -> int:
-        return len(self._keyspace)
+        return len(self.view())
 
     def key_count(self) -> int:
         """How many keys there are (a method, so that wrappers such as the metrics' pass it on)."""
-        return len(self._keyspace)
+        return len(self.view())
+
+    def view(self) -> View:
+        """The keyspace as at the log's time: expired keys absent (kvd.kv.expiry)."""
+        return View(self._keyspace, self._expiries, self._clock_ms)
+
+    def expiry_count(self) -> int:
+        """How many keys have an expiry (expired ones not reclaimed yet included)."""
+        return len(self._expiries)
+
+    def expired_count(self, now_ms: int) -> int:
+        """How many keys with an expiry at or before ``now_ms`` are still stored (what a Tick would reclaim)."""
+        return self._expiries.count_due(now_ms)
+
+    def needs_time(self, op: ReadOp, now_ms: int) -> bool:
+        """
+        Whether serving ``op`` at the log's time could answer with a key that expires before ``now_ms`` (a
+        node's clock) plus READ_MARGIN_MS: then the node moves the log's time on first (a Tick; kvd.kv.expiry).
+        """
+        exp = self._expiries
+        low, high = self._clock_ms, now_ms + READ_MARGIN_MS
+        if not len(exp) or high <= low:
+            return False
+        if isinstance(op, (Keys, Scan, DbSize, RandomKey)):
+            return exp.any_between(low, high)
+        for key in read_keys(op):
+            at_ms = exp.get(key)
+            if at_ms is not None and low < at_ms <= high:
+                return True
+        return False
 
     # ------------------------------------------------------------ log entries
 
@@ -253,6 +291,8 @@ class KVMachine:
         if env.stamp_ms > self._clock_ms:
             self._clock_ms = env.stamp_ms
         self._expire_sessions()
+        self._keyspace.write_index = index
+        self.view().reclaim(RECLAIM_PER_TICK if isinstance(env.command, Tick) else RECLAIM_PER_ENTRY)
         if self._dirty is not None:
             self._dirty.add(env.client_id)
         session = self._sessions.get(env.client_id)
@@ -286,7 +326,7 @@ class KVMachine:
 
     def _changed(self, key: bytes, exists: bool, index: int) -> bool:
         """Whether a key WATCHed as (exists, index) (see kvd.kv.commands ``Versions``) may have been written since."""
-        ks = self._keyspace
+        ks = self.view()  # a key expired since counts as changed, as in Redis
         mod = ks.mod_index(key)
         if exists:
             return mod != index
@@ -295,7 +335,7 @@ class KVMachine:
     def _execute(self, cmd: WriteCommand, ks=None) -> Result:
         """Apply ``cmd`` to the keyspace, or to ``ks`` (a script's buffer of writes, kvd.kv.script)."""
         if ks is None:
-            ks = self._keyspace
+            ks = self.view()
         if isinstance(cmd, Script):
             from kvd.kv import script  # Lua (lupa) is loaded by the first script only
 
@@ -317,6 +357,11 @@ class KVMachine:
         if isinstance(cmd, HashWrite):
             return hashes.write(ks, cmd)
         if isinstance(cmd, Set):
+            at_ms = None
+            if cmd.expire is not None:
+                at_ms = _expire_time(cmd.expire, cmd.expire_at, self._clock_ms)
+                if at_ms is None:
+                    return _invalid_expire("set")
             old = ks.get(cmd.key)
             if old is HASH and (cmd.get or cmd.ifeq is not None):
                 return WRONGTYPE
@@ -330,6 +375,8 @@ class KVMachine:
                 do_set = True
             if do_set:
                 ks.put(cmd.key, cmd.value)
+                if not cmd.keepttl:
+                    ks.set_expire(cmd.key, at_ms)
             if cmd.get:
                 return old
             return OK if do_set else None
@@ -338,6 +385,13 @@ class KVMachine:
         if isinstance(cmd, MSet):
             for k, v in cmd.pairs:
                 ks.put(k, v)
+                ks.set_expire(k, None)
+            return OK
+        if isinstance(cmd, Expire):
+            return self._expire(ks, cmd)
+        if isinstance(cmd, GetEx):
+            return self._getex(ks, cmd)
+        if isinstance(cmd, Tick):
             return OK
         if isinstance(cmd, (IncrBy, GetDel, Append, SetRange)) and ks.get(cmd.key) is HASH:
             return WRONGTYPE
@@ -386,6 +440,7 @@ class KVMachine:
                 return 0
             for k, v in cmd.pairs:
                 ks.put(k, v)
+                ks.set_expire(k, None)
             return 1
         if isinstance(cmd, Rename):
             value = ks.get(cmd.src)
@@ -395,20 +450,24 @@ class KVMachine:
                 return 0 if cmd.nx else OK
             if cmd.nx and cmd.dst in ks:
                 return 0
+            at_ms = ks.expire_at(cmd.src)
             if value is HASH:
                 _copy_hash(ks, cmd.src, cmd.dst)
             else:
                 ks.put(cmd.dst, value)
             ks.delete(cmd.src)
+            ks.set_expire(cmd.dst, at_ms)
             return 1 if cmd.nx else OK
         if isinstance(cmd, Copy):
             value = ks.get(cmd.src)
             if value is None or (not cmd.replace and cmd.dst in ks):
                 return 0
+            at_ms = ks.expire_at(cmd.src)
             if value is HASH:
                 _copy_hash(ks, cmd.src, cmd.dst)
             else:
                 ks.put(cmd.dst, value)
+            ks.set_expire(cmd.dst, at_ms)
             return 1
         if isinstance(cmd, FlushAll):
             ks.clear()
@@ -416,6 +475,58 @@ class KVMachine:
         if isinstance(cmd, IncrByFloat):
             return _incrbyfloat(ks, cmd)
         raise TypeError("not a write command: %r" % (cmd,))
+
+    def _expire(self, ks, cmd: Expire) -> Result:
+        """EXPIRE, PEXPIRE, EXPIREAT, PEXPIREAT, PERSIST as Redis 7 (expire.c): 1 if changed, else 0."""
+        if cmd.op == "persist":
+            if ks.get(cmd.key) is None or ks.expire_at(cmd.key) is None:
+                return 0
+            ks.set_expire(cmd.key, None)
+            return 1
+        when = cmd.when
+        if cmd.op in ("expire", "expireat"):
+            if not -(INT64_MAX // 1000) <= when <= INT64_MAX // 1000:  # C's LLONG_MIN / 1000 rounds toward zero
+                return _invalid_expire(cmd.op)
+            when *= 1000
+        base = self._clock_ms if cmd.op in ("expire", "pexpire") else 0
+        if when > INT64_MAX - base:
+            return _invalid_expire(cmd.op)
+        when += base
+        if ks.get(cmd.key) is None:
+            return 0
+        if cmd.flags:
+            current = ks.expire_at(cmd.key)
+            if cmd.flags & EXPIRE_NX and current is not None:
+                return 0
+            if cmd.flags & EXPIRE_XX and current is None:
+                return 0
+            if cmd.flags & EXPIRE_GT and (current is None or when <= current):
+                return 0
+            if cmd.flags & EXPIRE_LT and current is not None and when >= current:
+                return 0
+        if when <= self._clock_ms:
+            ks.delete(cmd.key)
+        else:
+            ks.set_expire(cmd.key, when)
+        return 1
+
+    def _getex(self, ks, cmd: GetEx) -> Result:
+        """GETEX as Redis 7 (t_string.c): the value (nil, WRONGTYPE), then the expiry set or dropped."""
+        at_ms = None
+        if cmd.expire is not None:
+            at_ms = _expire_time(cmd.expire, cmd.expire_at, self._clock_ms)
+            if at_ms is None:
+                return _invalid_expire("getex")
+        value = ks.get(cmd.key)
+        if value is None:
+            return None
+        if value is HASH:
+            return WRONGTYPE
+        if at_ms is not None:
+            ks.set_expire(cmd.key, at_ms)  # a time already past deletes the key
+        elif cmd.persist:
+            ks.set_expire(cmd.key, None)
+        return value
 
     # ---------------------------------------------------------- script cache
 
@@ -436,14 +547,23 @@ class KVMachine:
     # ------------------------------------------------------------------ reads
 
     def read(self, op: ReadOp, ks=None) -> Result:
+        """Answer ``op`` at the log's time (``clock_ms``), or from ``ks`` (a script's buffer)."""
         if ks is None:
-            ks = self._keyspace
+            ks = self.view()
         if isinstance(op, ScriptGet):
             return [self._scripts.get(sha) for sha in op.shas]
         if isinstance(op, HashRead):
             return hashes.read(ks, op)
         if isinstance(op, KeyType):
             return _type_name(ks.get(op.key))
+        if isinstance(op, Ttl):
+            if ks.get(op.key) is None:
+                return -2
+            at_ms = ks.expire_at(op.key)
+            if at_ms is None:
+                return -1
+            ttl = max(0, at_ms if op.op in ("expiretime", "pexpiretime") else at_ms - self._clock_ms)
+            return ttl if op.op in ("pttl", "pexpiretime") else (ttl + 500) // 1000
         if isinstance(op, Get):
             value = ks.get(op.key)
             return WRONGTYPE if value is HASH else value
@@ -458,6 +578,8 @@ class KVMachine:
             value = ks.get(op.key)
             return WRONGTYPE if value is HASH else _getrange(value or b"", op.start, op.end)
         if isinstance(op, RandomKey):
+            if isinstance(ks, View):
+                return ks.random_key(op.position & MAX_CURSOR)
             if not len(ks):
                 return None
             position = op.position & MAX_CURSOR
@@ -497,6 +619,7 @@ class KVMachine:
             deleted_at n_keys (key kind value mod_index)...    in SCAN order
                 kind 0: value a blob (a string); 1: n (field value)... in field order (a hash)
             n_scripts (sha body)...          in the order they were added (version 3)
+            n_expiries (key expiry_ms)...    in key order (version 5)
             crc32 of all the above, 4 bytes big-endian
 
         Empty for a durable machine: its state is streamed from the disk.
@@ -530,6 +653,10 @@ class KVMachine:
         for sha, script in self._scripts.items():
             w.blob(sha)
             w.blob(script)
+        w.uint(len(self._expiries))
+        for key, at_ms in self._expiries.items():
+            w.blob(key)
+            w.uint(at_ms)
         body = w.getvalue()
         return body + zlib.crc32(body).to_bytes(4, "big")
 
@@ -553,7 +680,7 @@ class KVMachine:
         r = Reader(body)
         r.raw(len(SNAPSHOT_MAGIC))
         version = r.byte()
-        if version not in (1, 2, 3, SNAPSHOT_VERSION):
+        if version not in (1, 2, 3, 4, SNAPSHOT_VERSION):
             raise CodecError("unknown snapshot version %d" % (version,))
         applied_index = r.uint()
         clock_ms = r.uint()
@@ -576,14 +703,25 @@ class KVMachine:
         for _ in range(n_scripts):
             sha = r.blob()
             scripts[sha] = r.blob()
+        n_expiries = r.count(2) if version >= 5 else 0
+        expiries = []
+        for _ in range(n_expiries):
+            key = r.blob()
+            at_ms = r.uint()
+            if key not in keyspace or at_ms > INT64_MAX:
+                raise CodecError("snapshot holds an expiry of a missing key, or out of range")
+            expiries.append((key, at_ms))
         r.expect_end()
         if len(keyspace) != n_keys or len(sessions) != n_sessions or len(scripts) != n_scripts:
             raise CodecError("snapshot repeats a key, a client id or a script")
+        if len(dict(expiries)) != n_expiries:
+            raise CodecError("snapshot repeats a key's expiry")
         self.applied_index = applied_index
         self._clock_ms = clock_ms
         self._sessions = sessions
         self._keyspace = keyspace
         self._scripts = scripts
+        self._expiries = Expiries(expiries)
 
     # ---------------------------------------------------------- durable state
 
@@ -592,7 +730,14 @@ class KVMachine:
         applied_index, clock_ms, records = self._keyspace.load()
         sessions = []
         scripts = {}
+        expiries = []
         for client_id, data in records:
+            if client_id.startswith(TTL_RECORD):
+                try:
+                    expiries.append(decode_record(data))
+                except CodecError as e:
+                    raise CodecError("stored expiry %r: %s" % (client_id, e)) from None
+                continue
             if client_id.startswith(SCRIPT_RECORD):
                 scripts[client_id[len(SCRIPT_RECORD):]] = bytes(data)
                 continue
@@ -609,6 +754,7 @@ class KVMachine:
         # Records come in key order: scripts are kept in SHA order across a restart (SCRIPT EXISTS needs none).
         self._scripts = dict(sorted(scripts.items()))
         self._scripts_dirty = set()
+        self._expiries = Expiries(expiries, durable=True)
 
     def copy_from(self, other: "KVMachine") -> None:
         """
@@ -630,6 +776,8 @@ class KVMachine:
             self._dirty.update(self._sessions)
         for sha, body in other._scripts.items():
             self.script_add(sha, body)
+        for key, at_ms in other._expiries.items():
+            self._expiries.set(key, at_ms)
         self.applied_index = other.applied_index
         self._clock_ms = other._clock_ms
 
@@ -641,18 +789,37 @@ class KVMachine:
             changed[client_id] = None if session is None else encode_session(session)
         for sha in self._scripts_dirty:
             changed[SCRIPT_RECORD + sha] = self._scripts.get(sha)
+        for key in self._expiries.dirty:
+            at_ms = self._expiries.get(key)
+            changed[record_name(key)] = None if at_ms is None else encode_record(key, at_ms)
         return self.applied_index, self._clock_ms, changed
 
     def durable_flushed(self) -> None:
         """The changes ``durable_changes`` gave are committed to disk."""
         self._dirty.clear()
         self._scripts_dirty.clear()
+        self._expiries.dirty.clear()
 
     def check(self) -> None:
         """Assert the internal invariants; for tests."""
         self._keyspace.check()
+        self._expiries.check(self._keyspace)
         stamps = [s.last_stamp_ms for s in self._sessions.values()]
         assert stamps == sorted(stamps), "sessions out of activity order"
+
+
+# ------------------------------------------------------------- expiry
+
+
+def _expire_time(expire: int, absolute: bool, now_ms: int):
+    """SET's and GETEX's expiry in Unix ms (Redis's getExpireMillisecondsOrReply), None if it overflows."""
+    if absolute:
+        return expire
+    return None if expire > INT64_MAX - now_ms else expire + now_ms
+
+
+def _invalid_expire(name: str) -> KVError:
+    return KVError("ERR invalid expire time in '%s' command" % (name,))
 
 
 # ------------------------------------------------------------- INCRBYFLOAT

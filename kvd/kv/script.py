@@ -119,8 +119,10 @@ class Buffer(HashOverlay):
     """
 
     def __init__(self, base, max_bytes: Optional[int] = None):
-        self.base = base
+        self.base = base  # the machine's view (kvd.kv.expiry): expired keys are absent
         self.writes: Dict[bytes, Optional[bytes]] = {}
+        #: Expiries set (Unix ms) or dropped (None) by the script, applied after its writes.
+        self.expiries: Dict[bytes, Optional[int]] = {}
         self.cleared = False
         self.max_bytes = MAX_WRITE_BYTES if max_bytes is None else max_bytes
         self.bytes = 0
@@ -170,11 +172,26 @@ class Buffer(HashOverlay):
         if existed or not self.cleared:
             self.writes.pop(key, None)
             self.writes[key] = None
+        self.expiries[key] = None
         return existed
 
     def clear(self) -> None:
         self.cleared = True
         self.writes.clear()
+        self.expiries.clear()
+
+    def expire_at(self, key: bytes) -> Optional[int]:
+        if self.get(key) is None:
+            return None
+        if key in self.expiries:
+            return self.expiries[key]
+        return None if self.cleared else self.base.expire_at(key)
+
+    def set_expire(self, key: bytes, at_ms: Optional[int]) -> None:
+        if at_ms is not None and at_ms <= self.base.now_ms:
+            self.delete(key)
+        elif at_ms is None or self.get(key) is not None:
+            self.expiries[key] = at_ms
 
     def commit(self) -> None:
         if self.cleared:
@@ -192,6 +209,8 @@ class Buffer(HashOverlay):
                         self.base.hset(key, field, item)
             else:
                 self.base.put(key, value)
+        for key, at_ms in self.expiries.items():
+            self.base.set_expire(key, at_ms)
 
 
 class _OverBudget(Exception):
@@ -999,7 +1018,8 @@ def _integer(number) -> int:
 #: The reads a script may run: those whose answer is the same on every replica (not RANDOMKEY, HRANDFIELD)
 #: and bounded (not KEYS, SCAN, DBSIZE: as before).
 _SCRIPT_READS = frozenset((b"get", b"mget", b"exists", b"strlen", b"getrange", b"substr", b"type", b"hget", b"hmget",
-                           b"hgetall", b"hkeys", b"hvals", b"hexists", b"hlen", b"hstrlen", b"hscan"))
+                           b"hgetall", b"hkeys", b"hvals", b"hexists", b"hlen", b"hstrlen", b"hscan",
+                           b"ttl", b"pttl", b"expiretime", b"pexpiretime"))
 
 
 class _Run:
@@ -1009,7 +1029,7 @@ class _Run:
         self.machine = machine
         self.cmd = cmd
         self.read_only = read_only
-        self.buffer = Buffer(machine._keyspace)
+        self.buffer = Buffer(machine.view())
         self.runtime = None
         self.state = None
         self.over: Optional[str] = None

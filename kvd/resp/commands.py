@@ -31,7 +31,9 @@ from kvd.kv.commands import (
     ScriptGet, Set, SetRange, StrLen, WriteCommand, command_keys, command_size, float_increment_error, parse_int64,
     read_keys, write_keys,
 )
-from kvd.kv.commands import IncrByFloat
+from kvd.kv.commands import (
+    EXPIRE_GT, EXPIRE_LT, EXPIRE_NX, EXPIRE_XX, INT64_MAX, Expire, GetEx, IncrByFloat, Ttl,
+)
 from kvd.kv.results import OK, KVError
 from kvd.limits import LIMITS
 from kvd.resp.encoder import RespMap, RespPairs, SimpleString
@@ -157,13 +159,33 @@ def _int_arg(data: bytes) -> Union[int, CommandError]:
 # ------------------------------------------------------------- parsers
 
 
+_EXPIRE_UNITS = (b"EX", b"PX", b"EXAT", b"PXAT")
+
+
+def _expire_arg(data: bytes, unit: bytes, name: str):
+    """(milliseconds, absolute) of SET's or GETEX's expiry (Redis's getExpireMillisecondsOrReply), or the error."""
+    value = parse_int64(data)
+    if value is None:
+        return NOT_INTEGER
+    seconds = unit in (b"EX", b"EXAT")
+    if value <= 0 or (seconds and value > INT64_MAX // 1000):
+        return invalid_expire(name)
+    return (value * 1000 if seconds else value), unit in (b"EXAT", b"PXAT")
+
+
+def invalid_expire(name: str) -> CommandError:
+    return CommandError("ERR", "invalid expire time in '%s' command" % (name,))
+
+
 def _parse_set(args: List[bytes]) -> Parsed:
     cond: Optional[str] = None
     ifeq: Optional[bytes] = None
-    get = False
+    get = keepttl = False
+    unit = when = None
     i = 3
     while i < len(args):
         opt = args[i].upper()
+        more = i + 1 < len(args)
         if opt == b"NX" and cond != "XX" and ifeq is None:
             cond = "NX"
         elif opt == b"XX" and cond != "NX" and ifeq is None:
@@ -173,14 +195,78 @@ def _parse_set(args: List[bytes]) -> Parsed:
         elif opt == b"IFEQ" and cond is None and ifeq is None and i + 1 < len(args):
             i += 1
             ifeq = args[i]
-        elif opt == b"KEEPTTL":
-            pass  # there are no TTLs to keep
-        elif opt in (b"EX", b"PX", b"EXAT", b"PXAT"):
-            return CommandError("ERR", "key expiry (EX, PX, EXAT, PXAT) is not supported")
+        elif opt == b"KEEPTTL" and unit is None:
+            keepttl = True
+        elif opt in _EXPIRE_UNITS and not keepttl and unit in (None, opt) and more:
+            unit, when = opt, args[i + 1]
+            i += 1
         else:
             return SYNTAX_ERROR
         i += 1
-    return Write(Set(args[1], args[2], cond=cond, ifeq=ifeq, get=get))
+    expire = expire_at = None
+    if unit is not None:
+        parsed = _expire_arg(when, unit, "set")
+        if isinstance(parsed, CommandError):
+            return parsed
+        expire, expire_at = parsed
+    return Write(Set(args[1], args[2], cond=cond, ifeq=ifeq, get=get, expire=expire, expire_at=bool(expire_at),
+                     keepttl=keepttl))
+
+
+def _parse_setex(name: str, unit: bytes) -> Callable[[List[bytes]], Parsed]:
+    def parse(args: List[bytes]) -> Parsed:
+        parsed = _expire_arg(args[2], unit, name)
+        if isinstance(parsed, CommandError):
+            return parsed
+        return Write(Set(args[1], args[3], expire=parsed[0]), name)
+    return parse
+
+
+def _parse_getex(args: List[bytes]) -> Parsed:
+    persist = False
+    unit = when = None
+    i = 2
+    while i < len(args):
+        opt = args[i].upper()
+        if opt in _EXPIRE_UNITS and not persist and unit in (None, opt) and i + 1 < len(args):
+            unit, when = opt, args[i + 1]
+            i += 1
+        elif opt == b"PERSIST" and unit is None:
+            persist = True
+        else:
+            return SYNTAX_ERROR
+        i += 1
+    if unit is None:
+        return Write(GetEx(args[1], persist=persist), "getex")
+    parsed = _expire_arg(when, unit, "getex")
+    if isinstance(parsed, CommandError):
+        return parsed
+    return Write(GetEx(args[1], parsed[0], parsed[1]), "getex")
+
+
+_EXPIRE_FLAGS = {b"NX": EXPIRE_NX, b"XX": EXPIRE_XX, b"GT": EXPIRE_GT, b"LT": EXPIRE_LT}
+
+
+def _parse_expire(name: str) -> Callable[[List[bytes]], Parsed]:
+    """EXPIRE and kin as Redis 7's expireGenericCommand: the options first, then the integer."""
+    def parse(args: List[bytes]) -> Parsed:
+        flags = 0
+        for arg in args[3:]:
+            flag = _EXPIRE_FLAGS.get(arg.upper())
+            if flag is None:
+                return CommandError("ERR", "Unsupported option %s" % (_text(arg),))
+            flags |= flag
+        if flags & EXPIRE_NX and flags & (EXPIRE_XX | EXPIRE_GT | EXPIRE_LT):
+            return CommandError("ERR", "NX and XX, GT or LT options at the same time are not compatible")
+        if flags & EXPIRE_GT and flags & EXPIRE_LT:
+            return CommandError("ERR", "GT and LT options at the same time are not compatible")
+        when = _int_arg(args[2])
+        if isinstance(when, CommandError):
+            return when
+        if name in ("expire", "expireat") and not -(INT64_MAX // 1000) <= when <= INT64_MAX // 1000:
+            return invalid_expire(name)
+        return Write(Expire(name, args[1], when, flags), name)
+    return parse
 
 
 def _odd_arity(name: str) -> CommandError:
@@ -517,6 +603,19 @@ _COMMANDS = [
     _spec("getrange", 4, "readonly", (1, 1, 1), _parse_getrange),
     _spec("substr", 4, "readonly", (1, 1, 1), _parse_getrange),
     _spec("type", 2, _R, (1, 1, 1), lambda a: Read(KeyType(a[1]), "type", "type")),
+    # Expiry (kvd.kv.expiry): decided from the log's time, the same on every replica.
+    _spec("setex", 4, _W, (1, 1, 1), _parse_setex("setex", b"EX")),
+    _spec("psetex", 4, _W, (1, 1, 1), _parse_setex("psetex", b"PX")),
+    _spec("getex", -2, "write fast", (1, 1, 1), _parse_getex),
+    _spec("expire", -3, "write fast", (1, 1, 1), _parse_expire("expire")),
+    _spec("pexpire", -3, "write fast", (1, 1, 1), _parse_expire("pexpire")),
+    _spec("expireat", -3, "write fast", (1, 1, 1), _parse_expire("expireat")),
+    _spec("pexpireat", -3, "write fast", (1, 1, 1), _parse_expire("pexpireat")),
+    _spec("persist", 2, "write fast", (1, 1, 1), lambda a: Write(Expire("persist", a[1]), "persist")),
+    _spec("ttl", 2, _R, (1, 1, 1), lambda a: Read(Ttl("ttl", a[1]), "ttl")),
+    _spec("pttl", 2, _R, (1, 1, 1), lambda a: Read(Ttl("pttl", a[1]), "pttl")),
+    _spec("expiretime", 2, _R, (1, 1, 1), lambda a: Read(Ttl("expiretime", a[1]), "expiretime")),
+    _spec("pexpiretime", 2, _R, (1, 1, 1), lambda a: Read(Ttl("pexpiretime", a[1]), "pexpiretime")),
     # Hashes (kvd.kv.hashes): each write one log entry, each field its own record on disk.
     _spec("hset", -4, _W + " fast", (1, 1, 1), _parse_hset("hset")),
     _spec("hmset", -4, _W + " fast", (1, 1, 1), _parse_hset("hmset")),
@@ -685,7 +784,7 @@ def spec_of(name: str) -> Optional[CommandSpec]:
 _WRITE_NAMES = {"Set": "set", "MSet": "mset", "Delete": "del", "IncrBy": "incrby", "GetDel": "getdel",
                 "Append": "append", "SetRange": "setrange", "MSetNX": "msetnx", "Rename": "rename", "Copy": "copy",
                 "FlushAll": "flushall", "Script": "eval",
-                "IncrByFloat": "incrbyfloat"}
+                "IncrByFloat": "incrbyfloat", "GetEx": "getex", "Tick": "kvd.tick"}
 _READ_NAMES = {"Get": "get", "MGet": "mget", "Exists": "exists", "Keys": "keys", "Scan": "scan", "DbSize": "dbsize",
                "StrLen": "strlen", "GetRange": "getrange", "RandomKey": "randomkey", "ScriptGet": "script|exists",
                "KeyType": "type"}

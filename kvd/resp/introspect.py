@@ -41,8 +41,9 @@ CATEGORY_ORDER = ("keyspace", "read", "write", "set", "sortedset", "list", "hash
 GROUPS: Dict[str, str] = {}
 for _group, _names in {
     "string": "get set mget mset incr decr incrby decrby incrbyfloat setnx getset getdel append setrange msetnx "
-              "strlen getrange substr",
-    "generic": "del exists unlink rename renamenx copy type randomkey keys scan",
+              "strlen getrange substr setex psetex getex",
+    "generic": "del exists unlink rename renamenx copy type randomkey keys scan expire pexpire expireat pexpireat "
+               "persist ttl pttl expiretime pexpiretime",
     "server": "time flushdb flushall dbsize info role config command",
     "connection": "ping hello auth echo select quit readonly readwrite client",
     "transactions": "multi exec discard watch unwatch",
@@ -62,6 +63,8 @@ _EXTRA_CATEGORIES = {
     "renamenx": ("keyspace",), "copy": ("keyspace",), "type": ("keyspace",), "randomkey": ("keyspace",),
     "scan": ("keyspace",), "dbsize": ("keyspace",), "command|*": ("connection",),
 }
+_EXTRA_CATEGORIES.update((name, ("keyspace",)) for name in (
+    "expire", "pexpire", "expireat", "pexpireat", "persist", "ttl", "pttl", "expiretime", "pexpiretime"))
 #: Commands only kvd's roles make admin (a readwrite user may not wipe the store): Redis's categories kept.
 _ADMIN_BY_KVD = {"flushdb", "flushall"}
 #: Groups that are ACL categories of their commands (generic commands are not in one; server ones neither).
@@ -96,13 +99,19 @@ KEY_SPECS: Dict[str, Tuple[_RANGE, ...]] = {
     "hmget": (("RO access", 1, 0, 1),), "hgetall": (("RO access", 1, 0, 1),), "hkeys": (("RO access", 1, 0, 1),),
     "hvals": (("RO access", 1, 0, 1),), "hexists": (("RO", 1, 0, 1),), "hlen": (("RO", 1, 0, 1),),
     "hstrlen": (("RO", 1, 0, 1),), "hscan": (("RO access", 1, 0, 1),), "hrandfield": (("RO access", 1, 0, 1),),
+    # Expiry (kvd.kv.expiry).
+    "setex": (("OW update", 1, 0, 1),), "psetex": (("OW update", 1, 0, 1),), "getex": (("RW access update", 1, 0, 1),),
+    "expire": (("RW update", 1, 0, 1),), "pexpire": (("RW update", 1, 0, 1),), "expireat": (("RW update", 1, 0, 1),),
+    "pexpireat": (("RW update", 1, 0, 1),), "persist": (("RW update", 1, 0, 1),), "ttl": (("RO access", 1, 0, 1),),
+    "pttl": (("RO access", 1, 0, 1),), "expiretime": (("RO access", 1, 0, 1),),
+    "pexpiretime": (("RO access", 1, 0, 1),),
 }
 
 #: COMMAND DOCS' summaries (Redis's words where kvd does what Redis does).
 SUMMARIES = {
     "ping": "Returns the server's liveliness response.", "echo": "Returns the given string.",
     "hello": "Handshakes with the Redis server.", "auth": "Authenticates the connection.",
-    "get": "Returns the string value of a key.", "set": "Sets the string value of a key (NX, XX, GET, IFEQ).",
+    "get": "Returns the string value of a key.", "set": "Sets the string value of a key (NX, XX, GET, IFEQ, EX, PX, EXAT, PXAT, KEEPTTL).",
     "del": "Deletes one or more keys.", "unlink": "Deletes one or more keys.",
     "exists": "Determines whether one or more keys exist.", "mget": "Atomically returns the string values of "
     "one or more keys.", "mset": "Atomically creates or modifies the string values of one or more keys.",
@@ -150,6 +159,15 @@ SUMMARIES = {
     "hlen": "Returns the number of fields in a hash.", "hstrlen": "Returns the length of the value of a field.",
     "hscan": "Iterates over fields and values of a hash.", "hrandfield": "Returns one or more random fields "
     "from a hash.",
+    "setex": "Set the value and expiration of a key.", "psetex": "Set the value and expiration in milliseconds "
+    "of a key.", "getex": "Get the value of a key and optionally set its expiration.",
+    "expire": "Set a key's time to live in seconds.", "pexpire": "Set a key's time to live in milliseconds.",
+    "expireat": "Set the expiration for a key as a UNIX timestamp.",
+    "pexpireat": "Set the expiration for a key as a UNIX timestamp specified in milliseconds.",
+    "persist": "Remove the expiration from a key.", "ttl": "Get the time to live for a key in seconds.",
+    "pttl": "Get the time to live for a key in milliseconds.",
+    "expiretime": "Get the expiration Unix timestamp for a key.",
+    "pexpiretime": "Get the expiration Unix timestamp for a key in milliseconds.",
 }
 
 

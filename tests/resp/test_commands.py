@@ -92,7 +92,12 @@ def test_keys_and_values_are_binary():
         (b"SET k v GET IFEQ old", Set(b"k", b"v", ifeq=b"old", get=True)),
         (b"SET k v IFEQ NX", Set(b"k", b"v", ifeq=b"NX")),  # the word after IFEQ is its value
         (b"SET k v NX NX", Set(b"k", b"v", cond="NX")),
-        (b"SET k v KEEPTTL", Set(b"k", b"v")),
+        (b"SET k v KEEPTTL", Set(b"k", b"v", keepttl=True)),
+        (b"SET k v EX 10", Set(b"k", b"v", expire=10000)),
+        (b"SET k v px 10 GET", Set(b"k", b"v", get=True, expire=10)),
+        (b"SET k v EXAT 10 NX", Set(b"k", b"v", cond="NX", expire=10000, expire_at=True)),
+        (b"SET k v PXAT 10", Set(b"k", b"v", expire=10, expire_at=True)),
+        (b"SET k v EX 1 EX 2", Set(b"k", b"v", expire=2000)),
     ],
 )
 def test_set_options(args, expected):
@@ -103,17 +108,32 @@ def test_set_options(args, expected):
 @pytest.mark.parametrize(
     "args",
     [b"SET k v NX XX", b"SET k v XX NX", b"SET k v NX IFEQ a", b"SET k v IFEQ a XX", b"SET k v IFEQ a IFEQ b",
-     b"SET k v IFEQ", b"SET k v BOGUS", b"SET k v GETX"],
+     b"SET k v IFEQ", b"SET k v BOGUS", b"SET k v GETX", b"SET k v EX 1 PX 2", b"SET k v EX 1 KEEPTTL",
+     b"SET k v KEEPTTL PXAT 1", b"SET k v EX", b"SET k v PERSIST"],
 )
 def test_set_option_clashes_are_syntax_errors(args):
     """NX with XX, IFEQ with NX/XX, a repeated IFEQ or a missing IFEQ value are refused like Valkey."""
     assert req(args) == err("syntax error")
 
 
-def test_set_expiry_is_refused_clearly():
-    """There are no TTLs; asking for one says so rather than silently ignoring it."""
-    result = req(b"SET k v EX 10")
-    assert isinstance(result, CommandError) and "expiry" in result.message
+@pytest.mark.parametrize("args,message", [
+    (b"SET k v EX 0", "invalid expire time in 'set' command"),
+    (b"SET k v PX -1", "invalid expire time in 'set' command"),
+    (b"SET k v EX 9223372036854776", "invalid expire time in 'set' command"),
+    (b"SET k v EX x", "value is not an integer or out of range"),
+    (b"SETEX k 0 v", "invalid expire time in 'setex' command"),
+    (b"PSETEX k 0 v", "invalid expire time in 'psetex' command"),
+    (b"GETEX k EX 0", "invalid expire time in 'getex' command"),
+    (b"GETEX k EX 1 PERSIST", "syntax error"),
+    (b"EXPIRE k 1 NX XX", "NX and XX, GT or LT options at the same time are not compatible"),
+    (b"EXPIRE k 1 GT LT", "GT and LT options at the same time are not compatible"),
+    (b"EXPIRE k 1 foo", "Unsupported option foo"),
+    (b"EXPIRE k x", "value is not an integer or out of range"),
+    (b"EXPIRE k 9223372036854776", "invalid expire time in 'expire' command"),
+])
+def test_expiry_errors(args, message):
+    """Expiry arguments are refused with Redis 7's texts."""
+    assert req(args) == err(message)
 
 
 # -------------------------------------------------------------- arity
@@ -301,6 +321,9 @@ def test_table_has_every_supported_command():
         # issue 15, hashes
         b"hset", b"hmset", b"hsetnx", b"hdel", b"hincrby", b"hincrbyfloat", b"hget", b"hmget", b"hgetall",
         b"hkeys", b"hvals", b"hexists", b"hlen", b"hstrlen", b"hscan", b"hrandfield",
+        # issue 16, expiry
+        b"setex", b"psetex", b"getex", b"expire", b"pexpire", b"expireat", b"pexpireat", b"persist", b"ttl",
+        b"pttl", b"expiretime", b"pexpiretime",
     }
 
 
