@@ -46,6 +46,7 @@ from twisted.python.failure import Failure
 
 from kvd.address import MemberAddress
 from kvd.errors import Code, KvdError
+from kvd.kv.commands import Tick
 from kvd.node.settings import NodeSettings
 from kvd.node.membership import Membership
 from kvd.node.reads import LinearizableReads, Read
@@ -73,6 +74,9 @@ CATCH_UP_STALL_S = 10.0
 REFUSED_LOG_INTERVAL_S = 10.0
 
 #: Process exit status after a storage fail-stop (sysexits' EX_IOERR), and after any other failure of the Raft loop (EX_SOFTWARE).
+#: How often at most the leader proposes a Tick to reclaim expired keys (kvd.kv.expiry).
+RECLAIM_INTERVAL_S = 1.0
+
 EXIT_STORAGE = 74
 EXIT_LOOP_FAILED = 70
 
@@ -106,7 +110,8 @@ class NodeService(service.Service):
         self.reads = LinearizableReads(self)
         self.membership = Membership(self)
         self.view = NodeView(self)
-        self.stats = {"leader_changes": 0, "elections": 0, "proposals": 0, "reads": 0, "snapshots": 0}
+        self.stats = {"leader_changes": 0, "elections": 0, "proposals": 0, "reads": 0, "snapshots": 0,
+                      "read_ticks": 0}
         # The highest commit index a leader has told us (AppendEntries and
         # Heartbeat carry it): how far behind the cluster this node's applied
         # index is, for /v1/health and metrics.  A view only; Raft never reads it.
@@ -119,6 +124,8 @@ class NodeService(service.Service):
         #: The process exit status the failure calls for (EXIT_STORAGE, EXIT_LOOP_FAILED), None while healthy.
         self.exit_code: Optional[int] = None
         self._refused_logged = {}  # reason -> (count logged, clock time)
+        self._reclaiming = False  # a Tick to reclaim expired keys is in flight
+        self._reclaim_after = 0.0
         #: Peers streamed a snapshot, catching up: peer -> (stream index, match seen, when it last rose).
         self._catching_up = {}
 
@@ -309,7 +316,28 @@ class NodeService(service.Service):
                 return
         now = self.clock.seconds()
         self._expire(now)
+        self._reclaim_expired(now)
         self.reads.ask_again(now - self.config.tick_s * max(3, 2 * self.config.heartbeat_ticks))
+
+    def _reclaim_expired(self, now: float) -> None:
+        """
+        The leader proposes a Tick (at most one in flight, one per RECLAIM_INTERVAL_S) while keys it sees
+        expired by its clock are stored: applying it deletes a bounded batch of them, on every replica
+        alike (kvd.kv.expiry).  Nothing is deleted outside the log.
+        """
+        if (self._reclaiming or now < self._reclaim_after or self.stopping or self.failure is not None
+                or not self.core.is_leader()):
+            return
+        machine = self.machine
+        if not machine.expiry_count() or not machine.expired_count(int(now * 1000)):
+            return
+        self._reclaiming = True
+        self._reclaim_after = now + RECLAIM_INTERVAL_S
+
+        def done(_):
+            self._reclaiming = False
+
+        self.submit(Tick()).addBoth(done)
 
     def _expire(self, now: float):
         """Fail the requests whose time is up (oldest first; they were made in order)."""
