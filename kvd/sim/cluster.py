@@ -406,7 +406,11 @@ class SimClient:
             value = b"%s.%d" % (self.id, self.seq)
             if r < 0.5:
                 key = self.rng.choice(REGISTER_KEYS)
-                cmd, keys = Set(key, value), [key]
+                # Every fifth write of a client's gives its key an expiry (kvd.kv.expiry: decided from the
+                # leaders' stamps, so every replica drops it at the same index); drawn without the rng, so
+                # that a seed's schedule of faults is the one it had before expiry existed.
+                expire = 1 + (self.seq * 37) % (20 * TICK) if self.seq % 5 == 0 else None
+                cmd, keys = Set(key, value, expire=expire), [key]
             elif r < 0.8:
                 cmd, keys = IncrBy(COUNTER_KEY, 1), [COUNTER_KEY]
             elif r < 0.9:

@@ -51,7 +51,9 @@ from typing import Dict, List, Optional, Tuple
 
 from hashlib import blake2b
 
+from kvd.kv.codec import CodecError
 from kvd.kv.commands import Delete, Get, IncrBy, Keys, MSet, Set, decode_envelope
+from kvd.kv.glob import Pattern
 from kvd.kv.keyspace import Keyspace
 from kvd.kv.machine import KVMachine, encode_session
 from kvd.kv.results import OK
@@ -85,9 +87,12 @@ def machine_digest(machine) -> bytes:
     if isinstance(keyspace, Keyspace):
         items = sorted(keyspace._data.items())  # the reference's and in-memory machines': the quick way
     else:
-        items = [(key, machine.read(Get(key))) for key in machine.read(Keys(b"*"))]
+        # What is stored, expired keys not reclaimed yet included (reclaiming is replicated state too).
+        items = [(key, keyspace.get(key)) for key in keyspace.keys(Pattern(b"*"))]
     for key, value in items:
         h.update(b"%d:%s%d:%s" % (len(key), key, len(value), value))
+    for key, at_ms in machine._expiries.items():  # the keys' expiries (kvd.kv.expiry)
+        h.update(b"e%d:%s%d;" % (len(key), key, at_ms))
     return h.digest()
 
 
@@ -164,6 +169,11 @@ class Checker:
         self.checks = 0
         # The reference machine, fed the applied history on demand, and its digest at each index it passed.
         self.reference_machine = KVMachine()
+        #: The log's time (kvd.kv.expiry): the largest stamp applied, after each normal entry, by index.
+        self.clock_idx: List[int] = []
+        self.clock_ms: List[int] = []
+        #: Reads served after their key's expiry (the reference answers nil): how much expiry was exercised.
+        self.expired_reads = 0
         self.reference_digests: Dict[int, bytes] = {0: machine_digest(self.reference_machine)}
 
     # ------------------------------------------------------------ elections
@@ -341,8 +351,19 @@ class Checker:
                 "%s answers %s at index %d where %s was answered" % (node, rkey, e.index, self.results[e.index]),
             )
 
+    def clock_at(self, index: int) -> int:
+        """The log's time once entry ``index`` is applied: what expiry is decided from."""
+        i = bisect_right(self.clock_idx, index)
+        return self.clock_ms[i - 1] if i else 0
+
     def _reference_apply(self, index: int, data: bytes, result) -> None:
-        env = decode_envelope(data)
+        try:
+            env = decode_envelope(data)
+        except CodecError:
+            return
+        clock = max(env.stamp_ms, self.clock_ms[-1] if self.clock_ms else 0)
+        self.clock_idx.append(index)
+        self.clock_ms.append(clock)
         ident = (env.client_id, env.seq)
         if ident in self.first:
             return  # a retry or a duplicate: must take no effect
@@ -350,7 +371,9 @@ class Checker:
         cmd = env.command
         if isinstance(cmd, Set):
             assert cmd.cond is None and cmd.ifeq is None and not cmd.get, "the workload only sends plain SETs"
-            self._key(cmd.key).put(index, cmd.value)
+            assert not cmd.expire_at and not cmd.keepttl, "the workload's expiries are relative"
+            # A value with an expiry is (value, Unix ms): gone for reads at indexes whose log time reaches it.
+            self._key(cmd.key).put(index, cmd.value if cmd.expire is None else (cmd.value, clock + cmd.expire))
             self.first_result[ident] = OK
         elif isinstance(cmd, IncrBy):
             h = self._key(cmd.key)
@@ -362,7 +385,7 @@ class Checker:
             n = 0
             for k in dict.fromkeys(cmd.keys):
                 h = self._key(k)
-                if h.at(index) is not None:
+                if self.reference(k, index) is not None:
                     n += 1
                 h.put(index, None)
             self.first_result[ident] = n
@@ -384,7 +407,10 @@ class Checker:
 
     def reference(self, key: bytes, index: int) -> Optional[bytes]:
         h = self.keys.get(key)
-        return h.at(index) if h else None
+        value = h.at(index) if h else None
+        if isinstance(value, tuple):  # with an expiry: gone once the log's time at ``index`` reaches it
+            return value[0] if value[1] > self.clock_at(index) else None
+        return value
 
     # ------------------------------------------------------------ clients
     def on_write_acked(self, step: int, client: bytes, seq: int, keys: List[bytes], result) -> None:
@@ -406,6 +432,9 @@ class Checker:
         """A node serves a read at its applied index: the value must be the reference's there."""
         self.checks += 1
         want = self.reference(key, applied)
+        h = self.keys.get(key)
+        if want is None and h is not None and isinstance(h.at(applied), tuple):
+            self.expired_reads += 1
         if value != want:
             raise Violation(
                 "linearizable read",
