@@ -180,7 +180,9 @@ class ServerInfo:
 
     def _keyspace(self, raft):
         keys = self.view.key_count()
-        return [("db0", "keys=%d,expires=0,avg_ttl=0" % keys)] if keys else []
+        count = getattr(self.view, "expiry_count", None)
+        expires = min(keys, count()) if callable(count) else 0
+        return [("db0", "keys=%d,expires=%d,avg_ttl=0" % (keys, expires))] if keys else []
 
     def _raft(self, raft):
         return list(raft.items()) + [("raft_peer_security", self.peer_security)]

@@ -175,6 +175,11 @@ class NodeView:
     def key_count(self) -> int:
         return self._node.machine.key_count()
 
+    def expiry_count(self) -> int:
+        """How many keys have an expiry (kvd.kv.expiry)."""
+        count = getattr(self._node.machine, "expiry_count", None)
+        return count() if callable(count) else 0
+
     @property
     def config(self):
         """The node's settings (read-only by convention: NodeSettings)."""
