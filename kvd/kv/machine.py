@@ -244,6 +244,10 @@ class KVMachine:
         """How many keys have an expiry (expired ones not reclaimed yet included)."""
         return len(self._expiries)
 
+    def next_expiry(self):
+        """The earliest expiry of a stored key (Unix ms), None if none has one."""
+        return self._expiries.first_at()
+
     def expired_count(self, now_ms: int) -> int:
         """How many keys with an expiry at or before ``now_ms`` are still stored (what a Tick would reclaim)."""
         return self._expiries.count_due(now_ms)

@@ -47,6 +47,7 @@ from twisted.python.failure import Failure
 from kvd.address import MemberAddress
 from kvd.errors import Code, KvdError
 from kvd.kv.commands import Tick
+from kvd.kv.results import OK
 from kvd.node.settings import NodeSettings
 from kvd.node.membership import Membership
 from kvd.node.reads import LinearizableReads, Read
@@ -329,13 +330,19 @@ class NodeService(service.Service):
                 or not self.core.is_leader()):
             return
         machine = self.machine
-        if not machine.expiry_count() or not machine.expired_count(int(now * 1000)):
+        first = machine.next_expiry()
+        if first is None or first > int(now * 1000):
             return
         self._reclaiming = True
         self._reclaim_after = now + RECLAIM_INTERVAL_S
 
-        def done(_):
+        def done(result):
             self._reclaiming = False
+            # A mass expiry: go on at once while keys are left that had expired when this Tick was proposed.
+            left = self.machine.next_expiry()
+            if result is OK and left is not None and left <= int(now * 1000):
+                self._reclaim_after = 0.0
+            return None
 
         self.submit(Tick()).addBoth(done)
 

@@ -264,3 +264,18 @@ def test_the_snapshot_carries_expiries_and_old_snapshots_have_none(m):
     copy.restore(m.machine.snapshot())
     assert copy.read(Ttl("pttl", b"k")) == 10_000 and copy.read(Ttl("pttl", b"p")) == -1
     assert copy.snapshot() == m.machine.snapshot()
+
+
+def test_the_expiry_index_counts_what_is_due():
+    from kvd.kv.expiry import Expiries
+
+    rng = random.Random(5)
+    exp = Expiries()
+    for i in range(3000):
+        exp.set(b"k%d" % rng.randrange(2000), rng.randrange(1, 5000))
+        if rng.random() < 0.2:
+            exp.drop(b"k%d" % rng.randrange(2000))
+    ats = sorted(exp.get(k) for k in list(exp._at))
+    for now in (0, 1, 17, 2500, 4999, 5000, 10 ** 18):
+        assert exp.count_due(now) == sum(1 for at in ats if at <= now) == len(exp.due(now))
+    assert exp.first_at() == ats[0]
