@@ -95,6 +95,9 @@ REPLY_SHAPES: Dict[str, Callable[[Any], Any]] = {"bool": _as_bool, "type": _as_t
 def shape_reply(request, result):
     """The reply to ``request`` (a Write or a Read) from the machine's ``result``."""
     shape = getattr(request, "reply", None)
+    if isinstance(result, KVError) and result.message == "ERR invalid expire time in 'set' command":
+        # SETEX and PSETEX are Sets: an expiry that overflows the log's time (found when applied) names them.
+        return KVError("ERR invalid expire time in '%s' command" % (request_name(request),))
     if shape is None or isinstance(result, KVError):
         return result
     return REPLY_SHAPES[shape](result)

@@ -279,3 +279,26 @@ def test_the_expiry_index_counts_what_is_due():
     for now in (0, 1, 17, 2500, 4999, 5000, 10 ** 18):
         assert exp.count_due(now) == sum(1 for at in ats if at <= now) == len(exp.due(now))
     assert exp.first_at() == ats[0]
+
+
+def test_a_version_4_snapshot_still_restores_with_no_expiries():
+    import zlib
+
+    m = Clocked()
+    m(Set(b"k", b"v"))
+    body = m.machine.snapshot()[:-4]
+    assert body[4] == 5 and body.endswith(b"\x00")  # version 5, no expiries
+    old = body[:4] + b"\x04" + body[5:-1]
+    machine = KVMachine()
+    machine.restore(old + zlib.crc32(old).to_bytes(4, "big"))
+    assert machine.read(Get(b"k")) == b"v" and machine.expiry_count() == 0
+
+
+def test_a_killed_script_applies_no_expiry():
+    pytest.importorskip("lupa")
+    m = Clocked()
+    m(Set(b"k", b"v", expire=5_000))
+    body = b"redis.call('PERSIST', KEYS[1]) redis.call('SET', KEYS[2], 'x', 'EX', 9) while true do end"
+    assert "Script killed" in m(Script("eval", body, (b"k", b"n"), (), 1 << 20)).message
+    assert m.read(Ttl("pttl", b"k")) == 5_000 and m.read(Get(b"n")) is None
+    m.machine.check()
