@@ -486,6 +486,7 @@ class KVMachine:
             if ks.get(cmd.key) is None or ks.expire_at(cmd.key) is None:
                 return 0
             ks.set_expire(cmd.key, None)
+            _touch(ks, cmd.key)
             return 1
         when = cmd.when
         if cmd.op in ("expire", "expireat"):
@@ -512,6 +513,7 @@ class KVMachine:
             ks.delete(cmd.key)
         else:
             ks.set_expire(cmd.key, when)
+            _touch(ks, cmd.key)
         return 1
 
     def _getex(self, ks, cmd: GetEx) -> Result:
@@ -528,8 +530,10 @@ class KVMachine:
             return WRONGTYPE
         if at_ms is not None:
             ks.set_expire(cmd.key, at_ms)  # a time already past deletes the key
-        elif cmd.persist:
+            _touch(ks, cmd.key)
+        elif cmd.persist and ks.expire_at(cmd.key) is not None:
             ks.set_expire(cmd.key, None)
+            _touch(ks, cmd.key)
         return value
 
     # ---------------------------------------------------------- script cache
@@ -820,6 +824,22 @@ def _expire_time(expire: int, absolute: bool, now_ms: int):
     if absolute:
         return expire
     return None if expire > INT64_MAX - now_ms else expire + now_ms
+
+
+def _touch(ks, key: bytes) -> None:
+    """
+    A change of ``key``'s expiry is a write of the key for WATCH (Redis signals it modified): its mod index
+    becomes this entry's, by writing the same string again, or a hash's first field again (one record).
+    """
+    value = ks.get(key)
+    if value is None:
+        return
+    if value is HASH:
+        for _, field, item in ks.hfields_from(key):
+            ks.hset(key, field, item)
+            return
+    else:
+        ks.put(key, value)
 
 
 def _invalid_expire(name: str) -> KVError:

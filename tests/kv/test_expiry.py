@@ -177,6 +177,23 @@ def test_watch_sees_an_expiry_as_a_change(m):
     assert m(Transaction((Get(b"k"),), ((b"k", True, index),))) is None
 
 
+@pytest.mark.parametrize("change", [Expire("expire", b"k", 100), Expire("persist", b"k"), GetEx(b"k", 500),
+                                    GetEx(b"k", persist=True)])
+@pytest.mark.parametrize("hash_key", [False, True])
+def test_watch_sees_a_change_of_the_expiry_as_a_change(m, change, hash_key):
+    if hash_key:
+        if isinstance(change, GetEx):
+            return
+        m(HashWrite("hset", b"k", (b"f", b"1", b"g", b"2")))
+        m(Expire("expire", b"k", 50))
+    else:
+        m(Set(b"k", b"v", expire=50_000))
+    ((exists, index),) = m.read(Versions((b"k",)))
+    assert m(change) not in (0, None)
+    assert m(Transaction((KeyType(b"k"),), ((b"k", True, index),))) is None
+    m.machine.check()
+
+
 def test_scripts_see_and_set_expiries():
     pytest.importorskip("lupa")
     m = Clocked()
