@@ -69,17 +69,28 @@ def test_an_oversized_value_is_an_error_and_the_connection_stays(cluster):
     assert r.get("big") is None
 
 
-def test_redis_py_default_pipeline_raises_and_applies_nothing(cluster):
-    """r.pipeline() (MULTI ... EXEC) with a SET and an INCR raises, and neither write took effect."""
+def test_redis_py_default_pipeline_is_a_transaction_on_every_node(cluster):
+    """
+    r.pipeline() (MULTI ... EXEC) through the leader and a follower applies its writes as one entry and
+    answers each command's reply; a command Redis refuses at queue time (unknown) aborts the whole
+    transaction with EXECABORT and applies nothing.  (Before transactions existed this test asserted
+    that the pipeline raised and applied nothing.)
+    """
     c = cluster()
-    for node in (c.leader(), c.followers()[0]):
+    for i, node in enumerate((c.leader(), c.followers()[0])):
         r = node.client()
         pipe = r.pipeline()
-        pipe.set("p", "1")
-        pipe.incr("n")
-        with pytest.raises(redis.exceptions.RedisError):
+        pipe.set("p%d" % i, "1")
+        pipe.incr("n%d" % i)
+        pipe.get("p%d" % i)
+        assert pipe.execute() == [True, 1, b"1"]
+        assert r.get("n%d" % i) == b"1"
+        pipe = r.pipeline()
+        pipe.set("q%d" % i, "1")
+        pipe.execute_command("NOSUCHCOMMAND")
+        with pytest.raises(redis.exceptions.ResponseError, match="EXECABORT|unknown command"):
             pipe.execute()
-        assert r.get("p") is None and r.get("n") is None
+        assert r.get("q%d" % i) is None
         assert r.ping()
 
 
