@@ -108,6 +108,7 @@ class ClientExecutor:
         raise RespError("ERR", "CONFIG SET is not supported: kvd's settings are twistd kvd options (twistd kvd --help)")
 
     def _admin_config_resetstat(self, args):
+        self.server_info.reset_stats()
         return OK
 
     def _admin_config_rewrite(self, args):

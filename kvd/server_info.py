@@ -68,6 +68,14 @@ class ServerInfo:
         self.now = now
         self.clients = clients
         self.started = now()
+        #: The node's counters when CONFIG RESETSTAT last ran: INFO stats counts from there (the
+        #: counters themselves go on: /metrics and the cluster view read them).
+        self._stats_base: Dict[str, int] = {}
+
+    def reset_stats(self) -> None:
+        """CONFIG RESETSTAT: INFO's stats section starts again from zero."""
+        stats = self.view.stats()
+        self._stats_base = {name: stats.get(name, 0) for name in ("proposals", "reads")}
 
     # ------------------------------------------------------------------ INFO
     def info(self, args: Tuple[bytes, ...]) -> bytes:
@@ -145,11 +153,13 @@ class ServerInfo:
         ]
 
     def _stats(self, raft):
-        stats = self.view.stats()
+        stats, base = self.view.stats(), self._stats_base
+        proposals = stats.get("proposals", 0) - base.get("proposals", 0)
+        reads = stats.get("reads", 0) - base.get("reads", 0)
         return [
-            ("total_commands_processed", stats.get("proposals", 0) + stats.get("reads", 0)),
-            ("kvd_writes_proposed", stats.get("proposals", 0)),
-            ("kvd_linearizable_reads", stats.get("reads", 0)),
+            ("total_commands_processed", proposals + reads),
+            ("kvd_writes_proposed", proposals),
+            ("kvd_linearizable_reads", reads),
             ("expired_keys", 0),
             ("evicted_keys", 0),
         ]

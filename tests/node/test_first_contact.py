@@ -77,6 +77,24 @@ def test_config_get_answers_what_kvd_does(wired_cluster):
     assert ask(clock, proto, t, b"CONFIG SET save 60\r\n").startswith(b"-ERR CONFIG SET is not supported")
 
 
+def test_config_resetstat_starts_the_stats_from_zero(wired_cluster):
+    """CONFIG RESETSTAT used to answer +OK and reset nothing (redis-py's test_config_resetstat found it)."""
+    clock, network = wired_cluster
+    (leader,) = leaders(network)
+    proto, t = client_of(leader)
+    assert ask(clock, proto, t, b"SET a 1\r\nSET b 2\r\nGET a\r\n") == b"+OK\r\n+OK\r\n$1\r\n1\r\n"
+
+    def processed():
+        reply = ask(clock, proto, t, b"INFO stats\r\n")
+        return int(reply.split(b"total_commands_processed:")[1].split(b"\r\n")[0])
+
+    assert processed() >= 3
+    assert ask(clock, proto, t, b"CONFIG RESETSTAT\r\n") == b"+OK\r\n"
+    assert processed() == 0
+    assert ask(clock, proto, t, b"SET c 3\r\n") == b"+OK\r\n"
+    assert processed() == 1
+
+
 def test_a_lost_read_index_request_is_asked_again(wired_cluster):
     """A follower's ReadIndex request dropped on the way (link not up yet) is re-sent, not left to time out."""
     clock, network = wired_cluster
