@@ -365,15 +365,18 @@ def test_a_long_run_of_commits_is_applied_in_steps_with_the_network_in_between()
     assert all(b - a <= 4 for a, b in zip(steps, steps[1:]))
 
 
+class LaterCompaction(LaterStorage):
+    """Writes complete at once; a compaction only when the test calls its ``done`` (a writer thread's)."""
+
+    def write(self, hard_state, entries, snapshot, sync, done):
+        done()
+
+    def compact(self, snapshot, done):
+        self.compacted.append((snapshot, done))
+
+
 def test_a_compaction_completing_later_holds_the_loop_like_a_write():
     """A compaction on a writer thread: inputs wait until it completes (the state's flush must not move under it)."""
-
-    class LaterCompaction(LaterStorage):
-        def write(self, hard_state, entries, snapshot, sync, done):
-            done()
-
-        def compact(self, snapshot, done):
-            self.compacted.append((snapshot, done))
 
     config = Configuration.make(voters=["a"], addresses={"a": "a"})
     hs, entries = bootstrap(config)
@@ -397,13 +400,6 @@ def test_a_compaction_completing_later_holds_the_loop_like_a_write():
 
 
 def test_a_compaction_failing_later_fail_stops_the_loop():
-    class LaterCompaction(LaterStorage):
-        def write(self, hard_state, entries, snapshot, sync, done):
-            done()
-
-        def compact(self, snapshot, done):
-            self.compacted.append((snapshot, done))
-
     config = Configuration.make(voters=["a"], addresses={"a": "a"})
     hs, entries = bootstrap(config)
     core = RaftCore("a", RaftSettings(), random.Random(1), hs, None, entries)

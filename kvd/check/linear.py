@@ -343,9 +343,18 @@ def check(ops: Iterable[Op], budget_s: float = 60.0, clock: Callable[[], float] 
     every key is decided linearizable, ``invalid`` when any key is not,
     ``unknown`` otherwise.
     """
+    return check_each(list(ops), check_key, budget_s, clock, memo_limit)
+
+
+def check_each(ops: List, check_one: Callable, budget_s: float, clock: Callable[[], float],
+               memo_limit: int) -> CheckResult:
+    """
+    ``ops`` split by ``op.key``, each part decided by ``check_one(key, ops,
+    deadline, clock, memo_limit) -> KeyResult`` within one budget: ``valid``
+    only when every part is, ``invalid`` when any is not, ``unknown`` otherwise.
+    """
     started = clock()
     deadline = started + budget_s
-    ops = list(ops)
     keys = by_key(ops)
     out = CheckResult(VALID, ops=len(ops))
     # Small keys first: the budget decides as many keys as it can.
@@ -353,7 +362,7 @@ def check(ops: Iterable[Op], budget_s: float = 60.0, clock: Callable[[], float] 
         if clock() > deadline:
             out.keys.append(KeyResult(key, UNKNOWN, len(keys[key]), 0.0, "not checked: the time budget ran out"))
             continue
-        out.keys.append(check_key(key, keys[key], deadline, clock, memo_limit))
+        out.keys.append(check_one(key, keys[key], deadline, clock, memo_limit))
     if out.anomalies:
         out.verdict = INVALID
     elif out.undecided:

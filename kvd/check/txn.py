@@ -50,8 +50,8 @@ from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 from kvd.check.linear import (
-    CAS, DEFAULT_MEMO_LIMIT, DELETE, FAIL, INFO, INVALID, OK, OUTCOMES, READ, UNKNOWN, VALID, WRITE,
-    CheckResult, KeyResult, Op, search,
+    CAS, DEFAULT_MEMO_LIMIT, DELETE, FAIL, INFO, INVALID, OK, OUTCOMES, READ, VALID, WRITE,
+    CheckResult, KeyResult, Op, check_each, search,
 )
 
 TXN = "txn"
@@ -225,21 +225,5 @@ def check(ops: Iterable[object], budget_s: float = 60.0, clock: Callable[[], flo
     group by group: ``valid`` only when every group is decided linearizable,
     ``invalid`` when any is not, ``unknown`` otherwise.
     """
-    started = clock()
-    deadline = started + budget_s
     ops = [op if isinstance(op, TxnOp) else from_register(op) for op in ops]
-    groups: Dict[str, List[TxnOp]] = {}
-    for op in ops:
-        groups.setdefault(op.key, []).append(op)
-    out = CheckResult(VALID, ops=len(ops))
-    for group in sorted(groups, key=lambda g: (len(groups[g]), g)):
-        if clock() > deadline:
-            out.keys.append(KeyResult(group, UNKNOWN, len(groups[group]), 0.0, "not checked: the time budget ran out"))
-            continue
-        out.keys.append(check_group(group, groups[group], deadline, clock, memo_limit))
-    if out.anomalies:
-        out.verdict = INVALID
-    elif out.undecided:
-        out.verdict = UNKNOWN
-    out.seconds = clock() - started
-    return out
+    return check_each(ops, check_group, budget_s, clock, memo_limit)
