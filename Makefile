@@ -110,12 +110,13 @@ bench-tools:
 		else echo "make bench needs redis-benchmark; run: sudo apt-get install -y redis-tools" >&2; exit 1; fi; }
 bench: install bench-tools
 	$(PY) -m kvd.bench loads $(BENCH_ARGS)
-# The same loads, each followed by the same load on a 3-member etcd (Debian's etcd-server, driven by wrk).
+# The same loads, each followed by the same load on a 3-member etcd (Debian's etcd-server, driven by wrk)
+# and on one redis-server with appendfsync always.  BENCH_ARGS=--profile adds where each node's time goes.
 bench-etcd: install bench-tools
-	@command -v etcd >/dev/null 2>&1 && command -v wrk >/dev/null 2>&1 || { \
-		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server wrk >/dev/null; \
-		else echo "make bench-etcd needs etcd and wrk; run: sudo apt-get install -y etcd-server wrk" >&2; exit 1; fi; }
-	$(PY) -m kvd.bench loads --etcd $(BENCH_ARGS)
+	@command -v etcd >/dev/null 2>&1 && command -v wrk >/dev/null 2>&1 && command -v redis-server >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server wrk redis-server >/dev/null; \
+		else echo "make bench-etcd needs etcd, wrk and redis-server; run: sudo apt-get install -y etcd-server wrk redis-server" >&2; exit 1; fi; }
+	$(PY) -m kvd.bench loads --etcd --redis $(BENCH_ARGS)
 bench-failover: install bench-tools
 	$(PY) -m kvd.bench failover --kills $(KILLS) $(BENCH_ARGS)
 # Issue 14's "no leader change in 10 minutes of full write load": SET from 64 clients for SOAK_SECONDS (600).

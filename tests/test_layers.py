@@ -89,7 +89,7 @@ LAYERS = {
     "kvd.jepsen": Layer(_set("__init__ __main__ cluster multikey nemesis netfilter run workload"),
                         kvd=_set("kvd.jepsen kvd.check kvd.errors kvd.resp.client kvd.cli.certs")),
     # Benchmarks: a black box too, driving a cluster of the fault suite's processes with redis-benchmark.
-    "kvd.bench": Layer(_set("__init__ __main__ data etcd failover loads pipeline procs redispy watch"),
+    "kvd.bench": Layer(_set("__init__ __main__ data etcd failover loads pipeline procs profile redis_server redispy watch"),
                        kvd=_set("kvd.bench kvd.jepsen.cluster kvd.resp.client"), third=_set("redis pytest_timeout")),
     "kvd": Layer(_set("__init__")),
     # The twistd dropin only names kvd.tap by string: twistd --help must not import kvd.

@@ -1,7 +1,9 @@
 """
 ``python -m kvd.bench [--short] [--etcd] [--json FILE]``: the loads
 (kvd.bench.loads) on a three-node cluster of its own, each followed by the
-same load on etcd with ``--etcd`` (kvd.bench.etcd), with the ratio; ``python -m kvd.bench failover [--kills N]``:
+same load on etcd with ``--etcd`` (kvd.bench.etcd), with the ratio, and on one
+redis-server with fsync always with ``--redis`` (kvd.bench.redis_server); ``--profile`` adds where each node
+spent its time (kvd.bench.profile); ``python -m kvd.bench failover [--kills N]``:
 leader kills under light load (kvd.bench.failover); ``python -m kvd.bench data
 [--keys N --value-bytes S]``: issue 13's figures at scale (kvd.bench.data); ``python -m kvd.bench soak
 [--soak-seconds N]``: a full write load for ten minutes, counting elections.  Everything runs on
@@ -24,7 +26,8 @@ import time
 from typing import Sequence, Tuple
 
 from kvd.bench import etcd as etcd_bench
-from kvd.bench import data, failover, loads, procs, redispy
+from kvd.bench import data, failover, loads, procs, profile, redispy
+from kvd.bench import redis_server as redis_bench
 from kvd.jepsen.cluster import ProcessCluster
 
 
@@ -69,6 +72,13 @@ def run_loads(args) -> dict:
         etcd = etcd_bench.EtcdCluster(os.path.join(run_dir, "etcd"))
         os.makedirs(etcd.dir, exist_ok=True)
         etcd.start()
+    redis = None
+    if args.redis:
+        problem = redis_bench.tools_problem()
+        if problem:
+            raise RuntimeError("--redis %s" % problem)
+        redis = redis_bench.RedisServer(os.path.join(run_dir, "redis"))
+        redis.start()
     cluster = _cluster(run_dir, args.tick_ms, args.election_ticks, _node_args(args))
     out = {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "commit": _commit(), "machine": _machine(),
            "short": args.short, "loads": []}
@@ -84,8 +94,10 @@ def run_loads(args) -> dict:
             pids = {n.id: n.pid for n in ordered}
             before = procs.snapshot(pids)
             elections_before = _elections(ordered)
+            recording = profile.Recording(pids, run_dir, str(len(out["loads"]))) if args.profile else None
             result = loads.run(target.host, target.port, load, args.short)
             cpu = procs.used(before, procs.snapshot(pids), [n.id for n in ordered])
+            profiles = recording.stop() if recording is not None else None
             elections = _elections(ordered) - elections_before
             requests = load.short_requests if args.short else load.requests
             row = {"load": load.name, "target": target.id, "ops_per_s": result.ops_per_s, "p50_ms": result.p50_ms,
@@ -102,6 +114,17 @@ def run_loads(args) -> dict:
                 row["etcd"] = {"ops_per_s": e.ops_per_s, "p50_ms": e.p50_ms, "p99_ms": e.p99_ms, "errors": e.errors,
                                "cpu_s_per_member": list(e_cpu.values())}
                 row["ratio_kvd_to_etcd"] = round(result.ops_per_s / e.ops_per_s, 2) if e.ops_per_s else None
+            if redis is not None and load.target == "leader":
+                r_before = procs.snapshot({"redis": redis.pid})
+                r = loads.run(redis.host, redis.port, load, args.short)
+                r_cpu = procs.used(r_before, procs.snapshot({"redis": redis.pid}), ["redis"])["redis"]
+                row["redis_aof_always"] = {"ops_per_s": r.ops_per_s, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms,
+                                           "cpu_s": r_cpu}
+                row["ratio_kvd_to_redis"] = round(result.ops_per_s / r.ops_per_s, 3) if r.ops_per_s else None
+            if profiles is not None:
+                row["profile_us_per_request"] = {
+                    name: {"%s/%s" % key: round(1e6 * n / profile.RATE_HZ / requests, 1)
+                           for key, n in profiles[name].samples.items()} for name in pids}
             out["loads"].append(row)
             print("%-34s %9.0f ops/s   p50 %6s ms  p99 %6s ms  p999 %6s ms   CPU s/node (leader first) %s"
                   "   per 10K ops %s%s" % (
@@ -115,10 +138,21 @@ def run_loads(args) -> dict:
                 print("%-34s %9.0f ops/s   p50 %6s ms  p99 %6s ms                  kvd/etcd = %.2fx%s" % (
                     "  etcd, the same load", e["ops_per_s"], _ms(e["p50_ms"]), _ms(e["p99_ms"]),
                     row["ratio_kvd_to_etcd"] or 0, "   etcd errors: %d" % e["errors"] if e["errors"] else ""), flush=True)
+            if "redis_aof_always" in row:
+                r = row["redis_aof_always"]
+                print("%-34s %9.0f ops/s   p50 %6s ms  p99 %6s ms                  kvd/redis = %.3fx" % (
+                    "  Redis, one node, AOF fsync always", r["ops_per_s"], _ms(r["p50_ms"]), _ms(r["p99_ms"]),
+                    row["ratio_kvd_to_redis"] or 0), flush=True)
+            if profiles is not None:
+                print("  where the time goes (py-spy, us per request; reactor and writer threads):")
+                for line in profile.table(profiles, requests, result.seconds, [n.id for n in ordered]):
+                    print(line, flush=True)
     finally:
         cluster.close()
         if etcd is not None:
             etcd.close()
+        if redis is not None:
+            redis.close()
         if not args.keep:
             shutil.rmtree(run_dir, ignore_errors=True)
     return out
@@ -282,6 +316,12 @@ def main(argv=None) -> int:
                         help="failover: how many times to remove the leader and re-add it (0: none)")
     parser.add_argument("--etcd", action="store_true",
                         help="loads: after each kvd load, the same load on a 3-member etcd (Debian's etcd-server, via wrk)")
+    parser.add_argument("--redis", action="store_true",
+                        help="loads: after each kvd load to the leader, the same load on one redis-server with "
+                        "appendfsync always (the single-node ceiling)")
+    parser.add_argument("--profile", action="store_true",
+                        help="loads: sample every node with py-spy during each load and print where the time goes "
+                        "(installs py-spy from PyPI if missing; sampling costs the nodes a little CPU)")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON, to compare commits")
     parser.add_argument("--keep", action="store_true", help="keep the run directory (node logs)")
     parser.add_argument("--tick-ms", type=int, default=50, help="the nodes' --tick-ms (default: twistd kvd's, 50)")

@@ -17,10 +17,10 @@ pytestmark = pytest.mark.system
 
 def test_bench_loads_short_form(tmp_path):
     out = tmp_path / "bench.json"
-    done = subprocess.run([sys.executable, "-m", "kvd.bench", "loads", "--short", "--etcd", "--json", str(out)],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    done = subprocess.run([sys.executable, "-m", "kvd.bench", "loads", "--short", "--etcd", "--redis", "--profile",
+                           "--json", str(out)], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
-    lines = [line for line in done.stdout.splitlines() if "ops/s" in line and not line.startswith("  etcd")]
+    lines = [line for line in done.stdout.splitlines() if "ops/s" in line and not line.startswith("  ")]
     etcd_lines = [line for line in done.stdout.splitlines() if line.startswith("  etcd, the same load")]
     assert len(lines) == len(loads.LOADS), done.stdout
     assert len(etcd_lines) == sum(1 for load in loads.LOADS if load.etcd), done.stdout
@@ -33,6 +33,14 @@ def test_bench_loads_short_form(tmp_path):
     assert len(compared) == sum(1 for load in loads.LOADS if load.etcd)
     for row in compared:
         assert row["etcd"]["ops_per_s"] > 0 and row["etcd"]["errors"] == 0, row  # etcd accepted every put/range
+    # Redis with fsync always ran every load to the leader, and each node was sampled under every load.
+    to_leader = [row for row in figures["loads"] if "follower" not in row["load"]]
+    assert all(row["redis_aof_always"]["ops_per_s"] > 0 for row in to_leader), figures["loads"]
+    assert all("redis_aof_always" not in row for row in figures["loads"] if row not in to_leader)
+    for row in figures["loads"]:
+        profiles = row["profile_us_per_request"]
+        assert len(profiles) == 3 and all(profiles.values()), row
+    assert done.stdout.count("where the time goes") == len(loads.LOADS), done.stdout
 
 
 def test_bench_failover_short_form(tmp_path):
