@@ -28,9 +28,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 from kvd.check.durability import check_durability
+from kvd.check import expiry as expiry_check
 from kvd.check import txn as txn_check
 from kvd.check.linear import INFO, VALID, check
 from kvd.jepsen.cluster import ProcessCluster
+from kvd.jepsen.expiry import ExpiryWorkload
 from kvd.jepsen.multikey import WORKLOADS, convergence
 from kvd.jepsen.nemesis import PROBE_KEY, Nemesis, needs_netfilter, run_schedule
 from kvd.jepsen.netfilter import Netfilter
@@ -66,9 +68,12 @@ class RunConfig:
     label: str = ""
     planted_stale_reads: bool = False  # clients read with READONLY: the checker must find stale reads
     # "register" (GET/SET/SET IFEQ/DEL per key), "txn" (MULTI/EXEC, WATCH CAS) or "script" (EVAL/EVALSHA):
-    # the last two run on groups of keys (``keys`` groups, ``ops_per_key`` ops each) and are checked by kvd.check.txn.
+    # the last two run on groups of keys (``keys`` groups, ``ops_per_key`` ops each) and are checked by kvd.check.txn;
+    # "expiry" (SET PX / GET, kvd.jepsen.expiry) is checked by kvd.check.expiry.
     workload: str = "register"
-    planted_split: bool = False  # txn/script ops run as separate commands: the checker must find torn ops
+    # txn/script ops run as separate commands (the checker must find torn ops); expiry: writes recorded with a
+    # third of their ttl (the checker must find reads "after expiry").
+    planted_split: bool = False
 
 
 @dataclass
@@ -159,7 +164,7 @@ def run_once(cfg: RunConfig, index: int = 1) -> RunResult:
             workload = Workload(cluster, history, seed, cfg.clients, cfg.keys, cfg.ops_per_key, cfg.client_timeout_s,
                                 cfg.think_s, stale_reads=cfg.planted_stale_reads)
         else:
-            workload = WORKLOADS[cfg.workload](cluster, history, seed, cfg.clients, cfg.keys, cfg.ops_per_key,
+            workload = dict(WORKLOADS, expiry=ExpiryWorkload)[cfg.workload](cluster, history, seed, cfg.clients, cfg.keys, cfg.ops_per_key,
                                                cfg.client_timeout_s, cfg.think_s, split=cfg.planted_split)
         nemesis = Nemesis(cluster, history, rng, netfilter, min_members=min(3, cfg.nodes), max_members=max(5, cfg.nodes),
                           keys=lambda: list(workload.keys_used))
@@ -196,6 +201,7 @@ def run_once(cfg: RunConfig, index: int = 1) -> RunResult:
         phase("final reads")
         errors.extend(nemesis.problems)
         errors.extend(workload.unexpected)
+        errors.extend(getattr(workload, "leftovers", ()))
     except BaseException as e:
         errors.append("harness error: %s\n%s" % (e, traceback.format_exc()))
         if isinstance(e, KeyboardInterrupt):
@@ -214,8 +220,15 @@ def run_once(cfg: RunConfig, index: int = 1) -> RunResult:
         history.write(history_path)
         phase("teardown")
 
-    ops = [to_op(r) for r in history.finished_ops()]
-    if cfg.workload == "register":
+    if cfg.workload == "expiry":
+        ops = [expiry_check.from_record(r) for r in history.finished_ops() if r["key"] != PROBE_KEY]
+    else:
+        ops = [to_op(r) for r in history.finished_ops()]
+    if cfg.workload == "expiry":
+        result = expiry_check.check_history(ops)
+        phase("check")
+        durability = convergence(final, replicas) if final else []
+    elif cfg.workload == "register":
         result = check(ops, budget_s=cfg.check_budget_s)
         phase("check")
         durability = check_durability(ops, final, replicas) if final else []
