@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import struct
 
 import pytest
 from twisted.internet.testing import StringTransport
@@ -134,29 +135,34 @@ def through_amp(message, decoder=None, blob_id=1):
 # ------------------------------------------------------------------ tests
 
 
-def test_one_command_per_message_type_with_matching_arguments():
-    """Every Raft message has a one-way command whose arguments are exactly its fields."""
-    assert set(codec.COMMAND_FOR_MESSAGE) == set(m.MESSAGE_TYPES)
-    for message_type, command in codec.COMMAND_FOR_MESSAGE.items():
-        assert command.requiresAnswer is False
-        assert command.commandName == message_type.__name__.encode()
-        names = [name.decode() for name, _ in command.arguments]
-        assert names == [f.name for f in dataclasses.fields(message_type)]
-    assert len(set(codec.MESSAGE_COMMANDS_BY_NAME)) == 12
-    # The transport passes boxes as keywords to AMP's callRemoteString(command, requiresAnswer, **kw).
-    for command in list(codec.COMMAND_FOR_MESSAGE.values()) + [codec.Chunk]:
+def test_every_message_type_has_a_tag_and_travels_in_the_one_raft_command():
+    """Every Raft message is a one-way ``Raft`` box with one argument; the transport passes it as a keyword."""
+    assert set(codec._TAG_FOR_TYPE) == set(m.MESSAGE_TYPES)
+    assert len(set(codec._TAG_FOR_TYPE.values())) == len(m.MESSAGE_TYPES)
+    assert codec.MESSAGE_COMMANDS_BY_NAME == {b"Raft": codec.RaftCommand}
+    assert codec.RaftCommand.requiresAnswer is False
+    # AMP's callRemoteString(command, requiresAnswer, **kw) takes the box as keywords.
+    for command in (codec.RaftCommand, codec.Chunk):
         assert not {b"command", b"requiresAnswer"} & {name for name, _ in command.arguments}
 
 
-def test_message_arguments_round_trip_without_wire():
-    """message_to_arguments and arguments_to_message are inverse for every type."""
+def test_binary_layout_round_trips_without_wire():
+    """encode_binary and decode_binary are inverse for every type; anything else is refused."""
     rng = random.Random(1)
     for message_type in m.MESSAGE_TYPES:
-        message = random_message(rng, message_type)
-        command, arguments = codec.message_to_arguments(message)
-        assert codec.arguments_to_message(command, arguments) == message
+        for _ in range(50):
+            message = random_message(rng, message_type)
+            assert codec.decode_binary(codec.encode_binary(message)) == message
     with pytest.raises(TypeError):
-        codec.message_to_arguments(object())
+        codec.encode_binary(object())
+
+
+def test_the_binary_layout_is_the_documented_one():
+    """A reply laid out by hand: tag 6, term, ids with u16 lengths, then success, index, conflict index and term."""
+    reply = m.AppendEntriesReply(term=7, src="a", dst="bc", success=True, index=9, conflict_index=0, conflict_term=0)
+    expected = (bytes([6]) + (7).to_bytes(8, "big") + b"\x00\x01a" + b"\x00\x02bc" + b"\x01"
+                + (9).to_bytes(8, "big") + bytes(16))
+    assert codec.encode_binary(reply) == expected
 
 
 @pytest.mark.parametrize("message_type", m.MESSAGE_TYPES, ids=lambda t: t.__name__)
@@ -172,10 +178,10 @@ def test_random_messages_round_trip_through_real_amp_boxes(message_type):
     assert decoder.assembler.staged_bytes == 0
 
 
-def test_small_message_is_one_box_of_its_own_command():
-    """A heartbeat goes as a single Heartbeat box, never as chunks."""
+def test_small_message_is_one_raft_box():
+    """A heartbeat goes as a single Raft box, never as chunks."""
     frames, decoded = through_amp(m.Heartbeat(term=3, src="a", dst="b", commit=9, ctx=b"r1"))
-    assert [name for name, _ in frames] == [b"Heartbeat"]
+    assert [name for name, _ in frames] == [b"Raft"]
     assert decoded == [m.Heartbeat(term=3, src="a", dst="b", commit=9, ctx=b"r1")]
 
 
@@ -270,24 +276,36 @@ def test_bytes_blob_is_held_until_claimed():
 
 
 def test_malformed_boxes_raise_protocol_violation():
-    """Truncated entries, bad kinds, bad integers, missing fields and unknown names are all rejected."""
+    """Truncated entries, bad kinds, bad flags, trailing bytes, missing arguments and unknown names are all rejected."""
     name, strings = codec.encode_message(
         m.AppendEntries(
             term=1, src="a", dst="b", prev_index=0, prev_term=0, entries=(Entry(1, 1, data=b"xyz"),), commit=0
         )
     )
+    data = strings[b"m"]
     assert codec.decode_message(name, strings).entries[0].data == b"xyz"
-    with pytest.raises(ProtocolViolation, match="malformed AppendEntries"):
-        codec.decode_message(name, dict(strings) | {b"entries": strings[b"entries"][:-1]})
-    bad_kind = bytearray(strings[b"entries"])
-    bad_kind[4 + 16] = 7  # count (4 bytes), index and term (16), then the kind byte
+    with pytest.raises(ProtocolViolation, match="malformed Raft"):
+        codec.decode_message(name, {b"m": data[:-1]})
+    head = 1 + 8 + 2 + 1 + 2 + 1 + 24  # tag, term, src, dst, prev index/term, commit
+    bad_kind = bytearray(data)
+    bad_kind[head + 4 + 16] = 7  # count (4 bytes), index and term (16), then the kind byte
     with pytest.raises(ProtocolViolation):
-        codec.decode_message(name, dict(strings) | {b"entries": bytes(bad_kind)})
+        codec.decode_message(name, {b"m": bytes(bad_kind)})
+    with pytest.raises(ProtocolViolation, match="unknown message tag"):
+        codec.decode_message(name, {b"m": b"\x63" + data[1:]})
+    with pytest.raises(ProtocolViolation, match="node ids"):
+        codec.decode_message(name, {b"m": data[:9] + b"\xff\xff" + data[11:]})
+    vote = codec.encode_binary(m.PreVoteReply(term=1, src="a", dst="b", granted=True))
+    with pytest.raises(ProtocolViolation, match="not a boolean"):
+        codec.decode_message(name, {b"m": vote[:-1] + b"\x02"})
+    with pytest.raises(ProtocolViolation, match="trailing"):
+        codec.decode_message(name, {b"m": codec.encode_binary(m.TimeoutNow(term=1, src="a", dst="b")) + b"x"})
+    with pytest.raises(ProtocolViolation, match="not 1"):
+        codec.decode_message(name, {b"m": vote + b"x"})
     with pytest.raises(ProtocolViolation):
-        codec.decode_message(name, dict(strings) | {b"term": b"one"})
-    without_commit = {k: v for k, v in strings.items() if k != b"commit"}
-    with pytest.raises(ProtocolViolation):
-        codec.decode_message(name, without_commit)
+        codec.decode_message(name, {})
+    with pytest.raises(ProtocolViolation, match="outside"):  # a term over MAX_TERM
+        codec.decode_message(name, {b"m": data[:1] + (m.MAX_TERM + 1).to_bytes(8, "big") + data[9:]})
     with pytest.raises(ProtocolViolation, match="unknown message command"):
         codec.decode_message(b"StartTLS", strings)
     with pytest.raises(ProtocolViolation):
@@ -316,32 +334,40 @@ def test_forward_error_survives_its_wire_description():
 @pytest.mark.parametrize("value", [m.MAX_TERM + 1, (1 << 63), (1 << 64) - 1, 1 << 64, 1 << 200, -1])
 def test_terms_and_indexes_beyond_the_bound_are_malformed(value):
     """A term or index outside [0, MAX_TERM] (2^62 - 1), in any integer field, an entry or a snapshot, is a
-    malformed box: the transport drops it before the core sees it.  The bound itself decodes."""
+    malformed box: the transport drops it before the core sees it.  The bound itself decodes.  (The wire's
+    integers are u64: a negative value or one of 2^64 or more cannot be sent at all.)"""
     vote = m.RequestVote(term=m.MAX_TERM, src="a", dst="b", last_log_index=m.MAX_INDEX, last_log_term=1)
     name, strings = codec.encode_message(vote)
     assert codec.decode_message(name, strings) == vote
-    for field in (b"term", b"last_log_index", b"last_log_term"):
-        with pytest.raises(ProtocolViolation, match="malformed RequestVote"):
-            codec.decode_message(name, dict(strings) | {field: str(value).encode()})
-    reply = m.AppendEntriesReply(term=1, src="a", dst="b", success=False, index=1, conflict_index=2, conflict_term=1)
-    name, strings = codec.encode_message(reply)
+    if not 0 <= value < (1 << 64):
+        with pytest.raises((ValueError, struct.error)):
+            codec.encode_binary(dataclasses.replace(vote, last_log_term=value))
+        return
+    for field in ("term", "last_log_index", "last_log_term"):
+        _, strings = codec.encode_message(dataclasses.replace(vote, **{field: value}))
+        with pytest.raises(ProtocolViolation, match="malformed Raft.*outside"):
+            codec.decode_message(name, strings)
+    reply = m.AppendEntriesReply(term=1, src="a", dst="b", success=False, index=1, conflict_index=2, conflict_term=value)
     with pytest.raises(ProtocolViolation):
-        codec.decode_message(name, dict(strings) | {b"conflict_term": str(value).encode()})
-    if 0 <= value < (1 << 64):  # representable in the binary headers
-        for entry in (Entry(value, 1), Entry(1, value)):
-            name, strings = codec.encode_message(
-                m.AppendEntries(term=1, src="a", dst="b", prev_index=0, prev_term=0, entries=(entry,), commit=0)
-            )
-            with pytest.raises(ProtocolViolation, match="out of range"):
-                codec.decode_message(name, strings)
-        for snap in (Snapshot(index=value, term=1), Snapshot(index=1, term=value)):
-            name, strings = codec.encode_message(m.InstallSnapshot(term=1, src="a", dst="b", snapshot=snap))
-            with pytest.raises(ProtocolViolation, match="out of range"):
-                codec.decode_message(name, strings)
+        codec.decode_message(*codec.encode_message(reply))
+    for entry in (Entry(value, 1), Entry(1, value)):
+        name, strings = codec.encode_message(
+            m.AppendEntries(term=1, src="a", dst="b", prev_index=0, prev_term=0, entries=(entry,), commit=0)
+        )
+        with pytest.raises(ProtocolViolation, match="out of range"):
+            codec.decode_message(name, strings)
+    for snap in (Snapshot(index=value, term=1), Snapshot(index=1, term=value)):
+        name, strings = codec.encode_message(m.InstallSnapshot(term=1, src="a", dst="b", snapshot=snap))
+        with pytest.raises(ProtocolViolation, match="out of range"):
+            codec.decode_message(name, strings)
 
 
 def test_node_ids_must_be_present_and_bounded():
-    name, strings = codec.encode_message(m.TimeoutNow(term=1, src="a", dst="b"))
-    for bad in (b"", ("x" * (m.MAX_NODE_ID_LENGTH + 1)).encode()):
-        with pytest.raises(ProtocolViolation, match="malformed TimeoutNow"):
-            codec.decode_message(name, dict(strings) | {b"src": bad})
+    for bad in ("", "x" * (m.MAX_NODE_ID_LENGTH + 1)):
+        for field in ("src", "dst"):
+            name, strings = codec.encode_message(m.TimeoutNow(**{"term": 1, "src": "a", "dst": "b", field: bad}))
+            with pytest.raises(ProtocolViolation, match="malformed Raft.*characters"):
+                codec.decode_message(name, strings)
+    invalid_utf8 = codec.encode_binary(m.TimeoutNow(term=1, src="a", dst="b")).replace(b"\x00\x01a", b"\x00\x01\xff")
+    with pytest.raises(ProtocolViolation, match="utf-8"):
+        codec.decode_message(b"Raft", {b"m": invalid_utf8})

@@ -239,7 +239,8 @@ def test_message_before_hello_disconnects(reactor, b):
     """A peer that sends a Raft message without Hello is logged and dropped."""
     client, pump = _raw_client(reactor, b.server)
     with LogCapture() as logs:
-        client.callRemote(codec.PreVoteCommand, term=1, src="a", dst="b", last_log_index=0, last_log_term=0)
+        client.callRemote(codec.RaftCommand, m=codec.encode_binary(
+            m.PreVote(term=1, src="a", dst="b", last_log_index=0, last_log_term=0)))
         pump.flush()
     assert pump.closed and b.received == []
     assert any("before a successful Hello" in line for line in logs.messages(LogLevel.warn))
@@ -255,18 +256,17 @@ def _hello(client, pump, node="a"):
 
 
 def test_malformed_box_disconnects_and_logs(reactor, b):
-    """After Hello, an AppendEntries whose term is not a number drops the connection, with a log."""
+    """After Hello, an AppendEntries cut short drops the connection, with a log."""
     client, pump = _raw_client(reactor, b.server)
     _hello(client, pump)
+    append = codec.encode_binary(m.AppendEntries(term=1, src="a", dst="b", prev_index=0, prev_term=0, entries=(), commit=0))
     with LogCapture() as logs:
-        client.callRemoteString(
-            b"AppendEntries", False, term=b"abc", src=b"a", dst=b"b", prev_index=b"0", prev_term=b"0",
-            entries=b"\x00\x00\x00\x00", commit=b"0",
-        )
-        client.callRemote(codec.TimeoutNowCommand, term=1, src="a", dst="b")  # must not be delivered
+        client.callRemoteString(b"Raft", False, m=append[:-2])
+        # must not be delivered:
+        client.callRemote(codec.RaftCommand, m=codec.encode_binary(m.TimeoutNow(term=1, src="a", dst="b")))
         pump.flush()
     assert pump.closed and b.received == []
-    assert any("malformed AppendEntries" in line for line in logs.messages(LogLevel.warn))
+    assert any("malformed Raft" in line for line in logs.messages(LogLevel.warn))
 
 
 def test_unknown_command_and_starttls_disconnect(reactor, b):
