@@ -696,7 +696,7 @@ _COMMANDS = [
     _spec("kvd.remove", 2, "admin noscript"),
     # Leases (kvd.kv.leases, etcd's model): GRANT, KEEPALIVE and REVOKE are log entries of their own (not inside
     # MULTI nor a script: one grant per entry keeps ids unique); TTL and LIST are reads.
-    _spec("kvd.lease", -2, "", subcommands=(
+    _spec("kvd.lease", -2, "noscript", subcommands=(
         _spec("kvd.lease|grant", 3, "write noscript fast", parse=_parse_lease_grant),
         _spec("kvd.lease|keepalive", 3, "write noscript fast", parse=_parse_lease_id_op("keepalive")),
         _spec("kvd.lease|revoke", 3, "write noscript fast", parse=_parse_lease_id_op("revoke")),
