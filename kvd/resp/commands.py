@@ -250,7 +250,7 @@ def _parse_lease_ttl(args: List[bytes]) -> Parsed:
     lease_id = _lease_id(args[2])
     if isinstance(lease_id, CommandError):
         return lease_id
-    if len(args) == 4 and args[3].upper() != b"KEYS":
+    if len(args) > 4 or (len(args) == 4 and args[3].upper() != b"KEYS"):
         return SYNTAX_ERROR
     return Read(LeaseRead("ttl", lease_id, len(args) == 4), "kvd.lease|ttl")
 
