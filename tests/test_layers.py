@@ -55,7 +55,7 @@ LAYERS = {
     "kvd.limits": Layer(_set("limits"), std=PURE),
     "kvd.address": Layer(_set("address")),
     # The simulator runs the real core and loop on simulated time and disks.
-    "kvd.sim": Layer(_set("__init__ cluster disk invariants network state streams"),
+    "kvd.sim": Layer(_set("__init__ cluster disk invariants leases network state streams"),
                      kvd=_set("kvd.sim kvd.raft kvd.kv kvd.replica"), std=PURE | {"traceback"}),
     "kvd.sim.__main__": Layer(_set("__main__"), kvd=_set("kvd.sim"), std=_set("__future__ argparse sys time")),
     # I/O at the edges, one room each.
