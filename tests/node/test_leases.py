@@ -87,3 +87,21 @@ def test_no_promote_without_leases(cluster):
     run(clock, 1)
     new = _election_gap(clock, network, old)
     assert "lease_promotes" not in new.stats
+
+
+def test_no_read_of_a_key_whose_lease_expired_with_a_stale_log_time(cluster, monkeypatch):
+    """No entry after the lease's last keepalive: reads on every node still see its key gone once it expires."""
+    monkeypatch.setattr(NodeService, "_reclaim_expired", lambda self, now: None)  # only the reads move time on
+    clock, network = cluster
+    (leader,) = leaders(network)
+    lease_id = answer(clock, leader.submit(Lease("grant", ttl=3)))
+    assert answer(clock, leader.submit(Set(b"k", b"v", lease=lease_id))) is OK
+    for node in network.nodes.values():
+        assert answer(clock, node.read(Get(b"k"))) == b"v"
+    run(clock, 10)  # no writes: every machine's log time is 10 s behind
+    for node in network.nodes.values():
+        assert node.machine.read(Get(b"k")) == b"v"  # what the stale log time alone would answer
+    for node in network.nodes.values():
+        assert answer(clock, node.read(Get(b"k"))) is None
+        assert answer(clock, node.read(LeaseRead("list"))) == []
+        assert answer(clock, node.read(LeaseRead("ttl", lease_id))) == KVError("ERR lease not found")
