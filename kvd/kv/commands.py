@@ -4,10 +4,11 @@ The commands of the key/value machine and the codec of what goes in the log.
 
 Write commands (``Set``, ``Delete``, ``MSet``, ``IncrBy``, ``GetDel``,
 ``Append``, ``SetRange``, ``MSetNX``, ``Rename``, ``Copy``, ``FlushAll``,
-``Transaction``, ``Script``, ``HashWrite``, ``IncrByFloat``, ``Expire``, ``GetEx``, ``Tick``) change the state and are proposed to Raft
+``Transaction``, ``Script``, ``HashWrite``, ``IncrByFloat``, ``Expire``, ``GetEx``, ``Tick``, ``Lease``) change the state and
+are proposed to Raft
 inside an ``Envelope``; read ops (``Get``, ``MGet``, ``Exists``, ``Keys``,
 ``Scan``, ``DbSize``, ``StrLen``, ``GetRange``, ``RandomKey``, ``Versions``,
-``ScriptGet``, ``HashRead``, ``KeyType``, ``Ttl``) are served by ``KVMachine.read`` and never logged on their
+``ScriptGet``, ``HashRead``, ``KeyType``, ``Ttl``, ``LeaseRead``) are served by ``KVMachine.read`` and never logged on their
 own.  A ``Transaction`` (MULTI ... EXEC) is one entry holding write commands and
 read ops, applied in order at one index, with the versions of the keys its
 client WATCHed: if one of them changed, nothing is applied (nil).  A

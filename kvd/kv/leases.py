@@ -41,7 +41,6 @@ Imports: as the layer table in tests/test_layers.py allows.
 
 from __future__ import annotations
 
-import heapq
 from hashlib import blake2b
 from typing import Dict, Iterator, List, Optional, Tuple
 
@@ -105,12 +104,15 @@ def _entry(lease_id: int, expiry_ms: int) -> bytes:
 
 
 class Lease:
-    __slots__ = ("ttl_ms", "expiry_ms", "keys")
+    __slots__ = ("ttl_ms", "expiry_ms", "keys", "doomed")
 
     def __init__(self, ttl_ms: int, expiry_ms: int):
         self.ttl_ms = ttl_ms
         self.expiry_ms = expiry_ms
         self.keys = set()
+        #: Once dead: its keys in key order, as ``reclaim`` deletes them (a dead lease gains no key, so the
+        #: order is fixed; built at its first reclaim, a function of the state, the same on every replica).
+        self.doomed: Optional[List[bytes]] = None
 
 
 class Leases:
@@ -272,12 +274,17 @@ class Leases:
         for lease_id, lease in self._dead_leases(now_ms):
             if budget <= 0:
                 break
-            batch = heapq.nsmallest(budget, lease.keys)
-            for key in batch:
+            if lease.doomed is None:
+                lease.doomed = sorted(lease.keys, reverse=True)  # popped from the end: key order
+            doomed = lease.doomed
+            while doomed and budget > 0:
+                key = doomed.pop()
+                if key not in lease.keys:  # detached since it died (a write purged it): not this lease's now
+                    continue
                 self.detach(key)
                 keyspace.delete(key)
                 deleted.append(key)
-            budget -= len(batch)
+                budget -= 1
             if not lease.keys and budget > 0:
                 done.append(lease_id)
                 budget -= 1
