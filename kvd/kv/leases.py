@@ -11,8 +11,9 @@ time to live of its own (kvd.kv.expiry): setting one (EXPIRE, SET EX, GETEX
 EX) or dropping it (PERSIST, a SET without LEASE or KEEPTTL, MSET) detaches
 the key, and deleting the key (DEL, GETDEL, FLUSHALL...) detaches it.  INCR,
 APPEND, the hash writes and SET KEEPTTL keep it attached; RENAME and COPY
-attach the destination to the source's lease.  TTL/PTTL/EXPIRETIME of an
-attached key answer its lease's.
+attach the destination to the source's lease (inside a script, which sees no
+lease, they give it the lease's expiry as its own TTL).  TTL/PTTL/EXPIRETIME
+of an attached key answer its lease's.
 
 Time is the log's only, as for keys' expiries: a lease whose expiry is at or
 before the time of the entry being applied is dead for that entry, on every
@@ -99,6 +100,11 @@ def decode_key(data: bytes) -> Tuple[bytes, int]:
     return key, lease_id
 
 
+def _until(now_ms: int, ttl_ms: int) -> int:
+    """``now_ms`` plus ``ttl_ms``, at most INT64_MAX (a leader's clock far in the future must not poison an entry)."""
+    return min(INT64_MAX, now_ms + ttl_ms)
+
+
 def _entry(lease_id: int, expiry_ms: int) -> bytes:
     return expiry_ms.to_bytes(8, "big") + lease_id.to_bytes(8, "big")
 
@@ -176,14 +182,14 @@ class Leases:
     def grant(self, lease_id: int, ttl_ms: int, now_ms: int) -> None:
         if lease_id in self._leases:
             raise ValueError("lease %d exists" % (lease_id,))
-        self._put(lease_id, ttl_ms, now_ms + ttl_ms)
+        self._put(lease_id, ttl_ms, _until(now_ms, ttl_ms))
 
     def keepalive(self, lease_id: int, now_ms: int) -> bool:
         """Reset a live lease's expiry to ``now_ms`` plus its ttl; False if it is not alive."""
         lease = self.live(lease_id, now_ms)
         if lease is None:
             return False
-        self._put(lease_id, lease.ttl_ms, now_ms + lease.ttl_ms)
+        self._put(lease_id, lease.ttl_ms, _until(now_ms, lease.ttl_ms))
         return True
 
     def revoke(self, lease_id: int, now_ms: int) -> bool:
@@ -201,8 +207,8 @@ class Leases:
             lease = self._leases[lease_id]
             if lease.expiry_ms > before_ms:
                 n += 1
-                if stamp_ms + lease.ttl_ms > lease.expiry_ms:
-                    self._put(lease_id, lease.ttl_ms, stamp_ms + lease.ttl_ms)
+                if _until(stamp_ms, lease.ttl_ms) > lease.expiry_ms:
+                    self._put(lease_id, lease.ttl_ms, _until(stamp_ms, lease.ttl_ms))
         return n
 
     # -------------------------------------------------------------- keys

@@ -345,3 +345,16 @@ def test_an_attached_key_is_never_read_after_its_lease_expired():
                 lease_id = m.machine._leases.lease_of(key)
                 if lease_id is not None and m.read(Get(key)) is not None:
                     assert expiry[lease_id] > m.now
+
+
+def test_a_clock_far_in_the_future_does_not_poison_the_entry():
+    from kvd.kv.codec import INT64_MAX
+
+    m = Clocked()
+    m.now = INT64_MAX - 5
+    a = grant(m, 10)
+    assert m.read(LeaseRead("ttl", a)) == [10, 0]  # its expiry is the largest time there is
+    assert m(Lease("keepalive", id=a)) == 10 and m(Lease("promote")) == 1
+    m.machine.check()
+    other = KVMachine()
+    other.restore(m.machine.snapshot())
