@@ -269,6 +269,10 @@ class KVMachine:
         """
         return self._expiries.count_due(now_ms) + self._leases.dead_count(now_ms)
 
+    def attached_count(self) -> int:
+        """How many keys are attached to a lease (those of dead leases not reclaimed yet included)."""
+        return self._leases.attached_count()
+
     def lease_count(self) -> int:
         """How many leases there are (dead ones not reclaimed yet included)."""
         return len(self._leases)

@@ -44,6 +44,7 @@ def test_a_lease_kept_alive_through_the_old_leader_survives_the_election_gap(clu
     lease_id = answer(clock, old.submit(Lease("grant", ttl=3)))
     assert answer(clock, follower.submit(Set(b"svc", b"up", lease=lease_id))) is OK
     assert answer(clock, old.submit(Lease("keepalive", id=lease_id))) == 3
+    assert old.view.expiry_count() == 1  # INFO keyspace's expires: an attached key has its lease's
     new = _election_gap(clock, network, old)  # over 3 s without a leader: past the lease's expiry
     assert new.stats.get("lease_promotes") == 1
     assert answer(clock, new.read(Get(b"svc"))) == b"up"
