@@ -4,10 +4,11 @@ The commands of the key/value machine and the codec of what goes in the log.
 
 Write commands (``Set``, ``Delete``, ``MSet``, ``IncrBy``, ``GetDel``,
 ``Append``, ``SetRange``, ``MSetNX``, ``Rename``, ``Copy``, ``FlushAll``,
-``Transaction``, ``Script``, ``HashWrite``, ``IncrByFloat``, ``Expire``, ``GetEx``, ``Tick``) change the state and are proposed to Raft
+``Transaction``, ``Script``, ``HashWrite``, ``IncrByFloat``, ``Expire``, ``GetEx``, ``Tick``, ``Lease``) change the state and
+are proposed to Raft
 inside an ``Envelope``; read ops (``Get``, ``MGet``, ``Exists``, ``Keys``,
 ``Scan``, ``DbSize``, ``StrLen``, ``GetRange``, ``RandomKey``, ``Versions``,
-``ScriptGet``, ``HashRead``, ``KeyType``, ``Ttl``) are served by ``KVMachine.read`` and never logged on their
+``ScriptGet``, ``HashRead``, ``KeyType``, ``Ttl``, ``LeaseRead``) are served by ``KVMachine.read`` and never logged on their
 own.  A ``Transaction`` (MULTI ... EXEC) is one entry holding write commands and
 read ops, applied in order at one index, with the versions of the keys its
 client WATCHed: if one of them changed, nothing is applied (nil).  A
@@ -79,6 +80,14 @@ in ms from the entry's stamp follows" and bit 6 "a Unix time in ms follows"
     tag 67 Tick    (no body: carries the leader's clock into the log)
     tag 43 Ttl     op:byte key:blob   (a read op) op: 0 TTL, 1 PTTL, 2 EXPIRETIME, 3 PEXPIRETIME
 
+Leases (kvd.kv.leases): SET's flags gain bit 7 "a lease id follows" (``lease:uint``
+after ``ifeq``; it excludes bits 4-6)::
+
+    tag 68 Lease      op:byte [id] [ttl_s]
+                  op: 0 GRANT ttl_s, 1 KEEPALIVE id, 2 REVOKE id, 3 PROMOTE (a new leader's, no body)
+    tag 44 LeaseRead  op:byte [id flags:byte]   (a read op)
+                  op: 0 TTL id flags (bit 0: KEYS, the attached keys too), 1 LIST
+
 INCRBYFLOAT is tag 64, ``key:blob increment:blob``: the increment as the
 client sent it, parsed (and refused) when the entry is applied
 (kvd.kv.longdouble).  Inside a transaction tags 32-63 are read ops, so
@@ -105,7 +114,7 @@ __all__ = [
     "write_keys", "MAX_STRING_BYTES", "Transaction", "Versions", "TXN_READ_OPS", "read_keys",
     "HashWrite", "HashRead", "KeyType", "HASH_WRITE_OPS", "HASH_READ_OPS", "KEY_TYPES", "SCAN_TYPES",
     "float_increment_error", "Expire", "GetEx", "Tick", "Ttl", "EXPIRE_OPS", "TTL_OPS",
-    "EXPIRE_NX", "EXPIRE_XX", "EXPIRE_GT", "EXPIRE_LT",
+    "EXPIRE_NX", "EXPIRE_XX", "EXPIRE_GT", "EXPIRE_LT", "Lease", "LeaseRead", "LEASE_OPS", "LEASE_READ_OPS",
 ]
 
 ENVELOPE_VERSION = 1
@@ -168,9 +177,10 @@ def _key_tuple(obj, name: str, allow_empty: bool = False) -> None:
 @dataclass(frozen=True)
 class Set:
     """
-    SET key value [NX|XX|IFEQ ifeq] [GET] [EX|PX|EXAT|PXAT|KEEPTTL]; IFEQ excludes NX and XX, as in Valkey 8.1.
-    ``expire`` is in milliseconds (EX's seconds times 1000), from the entry's log time unless ``expire_at``
-    (then a Unix time); ``keepttl`` keeps the key's time to live, else a SET drops it (kvd.kv.expiry).
+    SET key value [NX|XX|IFEQ ifeq] [GET] [EX|PX|EXAT|PXAT|KEEPTTL|LEASE id]; IFEQ excludes NX and XX, as in
+    Valkey 8.1.  ``expire`` is in milliseconds (EX's seconds times 1000), from the entry's log time unless
+    ``expire_at`` (then a Unix time); ``keepttl`` keeps the key's time to live (or lease), else a SET drops it
+    (kvd.kv.expiry); ``lease`` attaches the key to that live lease (kvd.kv.leases).
     """
 
     key: bytes
@@ -181,10 +191,15 @@ class Set:
     expire: Optional[int] = None
     expire_at: bool = False
     keepttl: bool = False
+    lease: Optional[int] = None
 
     def __post_init__(self):
         _bytes("key", self.key)
         _bytes("value", self.value)
+        if self.lease is not None:
+            _int("lease", self.lease, 1, INT64_MAX)
+            if self.expire is not None or self.keepttl:
+                raise ValueError("LEASE excludes an expiry and KEEPTTL")
         if self.cond not in (None, "NX", "XX"):
             raise ValueError("cond must be None, 'NX' or 'XX', not %r" % (self.cond,))
         if self.ifeq is not None:
@@ -475,6 +490,39 @@ class Tick:
     """
 
 
+#: Lease's operations, by their code in the log (tag 68).
+LEASE_OPS = ("grant", "keepalive", "revoke", "promote")
+
+
+@dataclass(frozen=True)
+class Lease:
+    """
+    KVD.LEASE GRANT ttl (``ttl`` seconds; the lease's id is the entry's index), KEEPALIVE id, REVOKE id, and
+    PROMOTE, which a new leader proposes (kvd.kv.leases).  Not inside a transaction or a script: one grant per
+    entry keeps ids unique.
+    """
+
+    op: str
+    id: int = 0
+    ttl: int = 0
+
+    def __post_init__(self):
+        if self.op not in LEASE_OPS:
+            raise ValueError("op must be one of %s, not %r" % (", ".join(LEASE_OPS), self.op))
+        _int("id", self.id, 0, INT64_MAX)
+        _int("ttl", self.ttl, 0, INT64_MAX)
+        if self.op == "grant" and (self.id or not 1 <= self.ttl <= LEASE_MAX_TTL_S):
+            raise ValueError("GRANT takes a ttl of 1 to %d seconds and no id" % (LEASE_MAX_TTL_S,))
+        if self.op in ("keepalive", "revoke") and (not self.id or self.ttl):
+            raise ValueError("%s takes a lease id only" % (self.op.upper(),))
+        if self.op == "promote" and (self.id or self.ttl):
+            raise ValueError("PROMOTE takes nothing")
+
+
+#: etcd's bound on a lease's ttl (MaxLeaseTTL), in seconds (kvd.kv.leases).
+LEASE_MAX_TTL_S = 9_000_000_000
+
+
 SIMPLE_WRITES = (Set, Delete, MSet, IncrBy, GetDel, Append, SetRange, MSetNX, Rename, Copy, FlushAll, HashWrite,
                  IncrByFloat, Expire, GetEx, Tick)
 
@@ -511,8 +559,8 @@ class Transaction:
 
 
 WriteCommand = Union[Set, Delete, MSet, IncrBy, GetDel, Append, SetRange, MSetNX, Rename, Copy, FlushAll, Transaction,
-                     Script, HashWrite, IncrByFloat, Expire, GetEx, Tick]
-WRITE_COMMANDS = SIMPLE_WRITES + (Transaction, Script)
+                     Script, HashWrite, IncrByFloat, Expire, GetEx, Tick, Lease]
+WRITE_COMMANDS = SIMPLE_WRITES + (Transaction, Script, Lease)
 
 
 @dataclass(frozen=True)
@@ -725,10 +773,35 @@ class Ttl:
         _bytes("key", self.key)
 
 
+#: LeaseRead's operations, by their code in the log (tag 44).
+LEASE_READ_OPS = ("ttl", "list")
+
+
+@dataclass(frozen=True)
+class LeaseRead:
+    """KVD.LEASE TTL id [KEYS] (granted ttl, remaining ttl, and the attached keys if ``keys``), KVD.LEASE LIST."""
+
+    op: str
+    id: int = 0
+    keys: bool = False
+
+    def __post_init__(self):
+        if self.op not in LEASE_READ_OPS:
+            raise ValueError("op must be one of %s, not %r" % (", ".join(LEASE_READ_OPS), self.op))
+        _int("id", self.id, 0, INT64_MAX)
+        if not isinstance(self.keys, bool):
+            raise TypeError("keys must be a bool")
+        if self.op == "ttl" and not self.id:
+            raise ValueError("TTL takes a lease id")
+        if self.op == "list" and (self.id or self.keys):
+            raise ValueError("LIST takes nothing")
+
+
 ReadOp = Union[Get, MGet, Exists, Keys, Scan, DbSize, StrLen, GetRange, RandomKey, Versions, ScriptGet, HashRead,
-               KeyType, Ttl]
+               KeyType, Ttl, LeaseRead]
 #: The read ops a transaction may hold.
-TXN_READ_OPS = (Get, MGet, Exists, Keys, Scan, DbSize, StrLen, GetRange, RandomKey, HashRead, KeyType, Ttl)
+TXN_READ_OPS = (Get, MGet, Exists, Keys, Scan, DbSize, StrLen, GetRange, RandomKey, HashRead, KeyType, Ttl,
+                LeaseRead)
 READ_OPS = TXN_READ_OPS + (Versions, ScriptGet)
 
 
@@ -755,7 +828,9 @@ _TAG_GET, _TAG_MGET, _TAG_EXISTS, _TAG_KEYS, _TAG_SCAN, _TAG_DBSIZE = 32, 33, 34
 _TAG_STRLEN, _TAG_GETRANGE, _TAG_RANDOMKEY = 38, 39, 40
 _TAG_HASH_WRITE, _TAG_HASH_READ, _TAG_KEY_TYPE = 14, 41, 42
 _TAG_EXPIRE, _TAG_GETEX, _TAG_TICK, _TAG_TTL = 65, 66, 67, 43
-_FLAG_KEEPTTL, _FLAG_EXPIRE, _FLAG_EXPIRE_AT = 0x10, 0x20, 0x40
+_TAG_LEASE, _TAG_LEASE_READ = 68, 44
+_FLAG_KEEPTTL, _FLAG_EXPIRE, _FLAG_EXPIRE_AT, _FLAG_LEASE = 0x10, 0x20, 0x40, 0x80
+_LEASE_READ_KEYS = 0x01
 _GETEX_EXPIRE, _GETEX_EXPIRE_AT, _GETEX_PERSIST = 0x01, 0x02, 0x04
 _SCAN_MATCH, _SCAN_TYPE = 0x01, 0x02
 _COND_CODE = {None: 0, "NX": 1, "XX": 2}
@@ -785,11 +860,21 @@ def _encode_command(w: Writer, cmd) -> None:
         flags |= _FLAG_KEEPTTL if cmd.keepttl else 0
         if cmd.expire is not None:
             flags |= _FLAG_EXPIRE_AT if cmd.expire_at else _FLAG_EXPIRE
+        flags |= _FLAG_LEASE if cmd.lease is not None else 0
         w.byte(flags)
         if cmd.ifeq is not None:
             w.blob(cmd.ifeq)
         if cmd.expire is not None:
             w.uint(cmd.expire)
+        if cmd.lease is not None:
+            w.uint(cmd.lease)
+    elif isinstance(cmd, Lease):
+        w.byte(_TAG_LEASE)
+        w.byte(LEASE_OPS.index(cmd.op))
+        if cmd.op in ("keepalive", "revoke"):
+            w.uint(cmd.id)
+        elif cmd.op == "grant":
+            w.uint(cmd.ttl)
     elif isinstance(cmd, Expire):
         w.byte(_TAG_EXPIRE)
         w.byte(EXPIRE_OPS.index(cmd.op))
@@ -925,6 +1010,12 @@ def _encode_read(w: Writer, op) -> None:
         w.byte(_TAG_TTL)
         w.byte(TTL_OPS.index(op.op))
         w.blob(op.key)
+    elif isinstance(op, LeaseRead):
+        w.byte(_TAG_LEASE_READ)
+        w.byte(LEASE_READ_OPS.index(op.op))
+        if op.op == "ttl":
+            w.uint(op.id)
+            w.byte(_LEASE_READ_KEYS if op.keys else 0)
     else:
         raise TypeError("not a read op a transaction may hold: %s" % (type(op).__name__,))
 
@@ -947,6 +1038,7 @@ def command_size(cmd: WriteCommand) -> int:
     if isinstance(cmd, Set):
         size = 2 + _blob_size(cmd.key) + _blob_size(cmd.value)  # tag, flags
         size += _uint_size(cmd.expire) if cmd.expire is not None else 0
+        size += _uint_size(cmd.lease) if cmd.lease is not None else 0
         return size + (_blob_size(cmd.ifeq) if cmd.ifeq is not None else 0)
     if isinstance(cmd, Expire):
         when = cmd.when
@@ -955,6 +1047,8 @@ def command_size(cmd: WriteCommand) -> int:
         return 2 + _blob_size(cmd.key) + (_uint_size(cmd.expire) if cmd.expire is not None else 0)
     if isinstance(cmd, Tick):
         return 1
+    if isinstance(cmd, Lease):
+        return 2 + (_uint_size(cmd.id) if cmd.id else 0) + (_uint_size(cmd.ttl) if cmd.ttl else 0)
     if isinstance(cmd, Delete):
         return 1 + _uint_size(len(cmd.keys)) + sum(_blob_size(k) for k in cmd.keys)
     if isinstance(cmd, (MSet, MSetNX)):
@@ -1000,6 +1094,8 @@ def command_keys(cmd: WriteCommand) -> int:
     """
     if isinstance(cmd, (FlushAll, Tick)):
         return 0
+    if isinstance(cmd, Lease):  # its keys are deleted by later entries, in bounded steps (kvd.kv.leases)
+        return 1
     if isinstance(cmd, Transaction):
         # What applying it costs: each write's keys, each read's keys (at least one), each watched key.
         return len(cmd.watched) + sum(
@@ -1025,7 +1121,7 @@ def write_keys(cmd: WriteCommand) -> Tuple[bytes, ...]:
         return tuple(k for k, _ in cmd.pairs)
     if isinstance(cmd, (Rename, Copy)):
         return (cmd.src, cmd.dst)
-    if isinstance(cmd, (FlushAll, Tick)):
+    if isinstance(cmd, (FlushAll, Tick, Lease)):
         return ()
     if isinstance(cmd, Script):
         return cmd.keys
@@ -1073,13 +1169,22 @@ def _decode_command(r: Reader, nested: bool = False) -> WriteCommand:
             return Transaction(ops, tuple(watched))
         if tag == _TAG_SET:
             key, value, flags = r.blob(), r.blob(), r.byte()
-            if (flags & ~(0x03 | _FLAG_IFEQ | _FLAG_GET | _FLAG_KEEPTTL | _FLAG_EXPIRE | _FLAG_EXPIRE_AT)
-                    or (flags & 0x03) not in _CODE_COND or (flags & _FLAG_EXPIRE and flags & _FLAG_EXPIRE_AT)):
+            if ((flags & 0x03) not in _CODE_COND or (flags & _FLAG_EXPIRE and flags & _FLAG_EXPIRE_AT)
+                    or (flags & _FLAG_LEASE and flags & (_FLAG_KEEPTTL | _FLAG_EXPIRE | _FLAG_EXPIRE_AT))):
                 raise CodecError("invalid SET flags 0x%02x" % (flags,))
             ifeq = r.blob() if flags & _FLAG_IFEQ else None
             expire = r.uint() if flags & (_FLAG_EXPIRE | _FLAG_EXPIRE_AT) else None
+            lease = r.uint() if flags & _FLAG_LEASE else None
             return Set(key, value, _CODE_COND[flags & 0x03], ifeq, bool(flags & _FLAG_GET), expire,
-                       bool(flags & _FLAG_EXPIRE_AT), bool(flags & _FLAG_KEEPTTL))
+                       bool(flags & _FLAG_EXPIRE_AT), bool(flags & _FLAG_KEEPTTL), lease)
+        if tag == _TAG_LEASE and not nested:
+            op = r.byte()
+            if op >= len(LEASE_OPS):
+                raise CodecError("invalid lease op %d" % (op,))
+            op = LEASE_OPS[op]
+            if op in ("keepalive", "revoke"):
+                return Lease(op, id=r.uint())
+            return Lease(op, ttl=r.uint()) if op == "grant" else Lease(op)
         if tag == _TAG_EXPIRE:
             op = r.byte()
             if op >= len(EXPIRE_OPS):
@@ -1178,4 +1283,14 @@ def _decode_read(r: Reader, tag: int):
         if op >= len(TTL_OPS):
             raise CodecError("invalid TTL op %d" % (op,))
         return Ttl(TTL_OPS[op], r.blob())
+    if tag == _TAG_LEASE_READ:
+        op = r.byte()
+        if op >= len(LEASE_READ_OPS):
+            raise CodecError("invalid lease read op %d" % (op,))
+        if LEASE_READ_OPS[op] == "list":
+            return LeaseRead("list")
+        lease_id, flags = r.uint(), r.byte()
+        if flags & ~_LEASE_READ_KEYS:
+            raise CodecError("invalid lease read flags %d" % (flags,))
+        return LeaseRead("ttl", lease_id, bool(flags & _LEASE_READ_KEYS))
     raise CodecError("unknown read op tag %d" % (tag,))

@@ -193,12 +193,14 @@ class View:
     A write through the view first deletes an expired key it names (only entries write, at apply time).
     """
 
-    __slots__ = ("ks", "exp", "now_ms")
+    __slots__ = ("ks", "exp", "now_ms", "leases")
 
-    def __init__(self, ks, exp: Expiries, now_ms: int):
+    def __init__(self, ks, exp: Expiries, now_ms: int, leases=None):
         self.ks = ks
         self.exp = exp
         self.now_ms = now_ms
+        #: The keys' leases (kvd.kv.leases): a key attached to a dead lease is absent like an expired one.
+        self.leases = leases if leases is not None else _NO_LEASES
 
     @property
     def write_index(self) -> int:
@@ -210,11 +212,18 @@ class View:
 
     def _dead(self, key: bytes) -> bool:
         at_ms = self.exp._at.get(key)
-        return at_ms is not None and at_ms <= self.now_ms
+        if at_ms is not None:
+            return at_ms <= self.now_ms
+        return self.leases.dead(key, self.now_ms)
+
+    def _mortal(self) -> bool:
+        """Whether some key may be dead (has an expiry or a lease)."""
+        return bool(len(self.exp) or self.leases.attached_count())
 
     def _purge(self, key: bytes) -> None:
         if self._dead(key):
             self.exp.drop(key)
+            self.leases.detach(key)
             self.ks.delete(key)
 
     # ------------------------------------------------------------- reads
@@ -226,7 +235,9 @@ class View:
 
     def __len__(self) -> int:
         n = len(self.ks)
-        return n - self.exp.count_due(self.now_ms) if len(self.exp) else n
+        if len(self.exp):  # a key has an expiry or a lease, never both (kvd.kv.leases)
+            n -= self.exp.count_due(self.now_ms)
+        return n - self.leases.dead_key_count(self.now_ms) if self.leases.attached_count() else n
 
     def mod_index(self, key: bytes) -> Optional[int]:
         return None if self._dead(key) else self.ks.mod_index(key)
@@ -242,13 +253,13 @@ class View:
 
     def scan(self, cursor: int, match, count: int):
         cursor, keys = self.ks.scan(cursor, match, count)
-        if len(self.exp):
+        if self._mortal():
             keys = [k for k in keys if not self._dead(k)]
         return cursor, keys
 
     def keys(self, pattern) -> List[bytes]:
         keys = self.ks.keys(pattern)
-        return [k for k in keys if not self._dead(k)] if len(self.exp) else keys
+        return [k for k in keys if not self._dead(k)] if self._mortal() else keys
 
     def random_key(self, position: int) -> Optional[bytes]:
         """The first live key at or after SCAN position ``position``, wrapping around; None if there is none."""
@@ -265,8 +276,21 @@ class View:
                 wrapped = True
 
     def expire_at(self, key: bytes) -> Optional[int]:
-        """The key's expiry (Unix ms), None if it has none (or is gone)."""
-        return None if self._dead(key) else self.exp.get(key)
+        """The key's expiry (Unix ms), or its lease's; None if it has neither (or is gone)."""
+        if self._dead(key):
+            return None
+        at_ms = self.exp.get(key)
+        return self.leases.expiry_of(key) if at_ms is None else at_ms
+
+    def lease_of(self, key: bytes) -> Optional[int]:
+        """The id of the (live) key's lease, None if it has none."""
+        return None if self._dead(key) else self.leases.lease_of(key)
+
+    def attach(self, key: bytes, lease_id: int) -> None:
+        """Attach the (live) key to a live lease: it loses its own expiry (kvd.kv.leases)."""
+        if self.ks.get(key) is not None:
+            self.exp.drop(key)
+            self.leases.attach(key, lease_id)
 
     # ------------------------------------------------------------ writes
     def put(self, key: bytes, value: bytes) -> None:
@@ -279,10 +303,12 @@ class View:
             self._purge(key)
             return False
         self.exp.drop(key)
+        self.leases.detach(key)
         return self.ks.delete(key)
 
     def clear(self) -> None:
         self.exp.drop_all()
+        self.leases.detach_all()
         self.ks.clear()
 
     def hset(self, key: bytes, field: bytes, value: bytes) -> bool:
@@ -294,21 +320,63 @@ class View:
         deleted = self.ks.hdel(key, field)
         if deleted and self.ks.get(key) is None:
             self.exp.drop(key)
+            self.leases.detach(key)
         return deleted
 
     def set_expire(self, key: bytes, at_ms: Optional[int]) -> None:
-        """Give the (live) key this expiry, or none; an expiry at or before now deletes it."""
+        """
+        Give the (live) key this expiry, or none; an expiry at or before now deletes it.  Either detaches
+        the key from its lease: a key's own time to live replaces its lease's (kvd.kv.leases).
+        """
         if at_ms is None:
             self.exp.drop(key)
+            self.leases.detach(key)
         elif at_ms <= self.now_ms:
             self.delete(key)
         elif self.ks.get(key) is not None:
+            self.leases.detach(key)
             self.exp.set(key, at_ms)
 
     def reclaim(self, limit: int) -> int:
-        """Delete up to ``limit`` expired keys, earliest first; how many."""
+        """
+        Delete up to ``limit`` expired keys, earliest first, then with what is left of ``limit`` keys of
+        dead leases (kvd.kv.leases ``reclaim``); how many keys.
+        """
         keys = self.exp.due(self.now_ms, limit)
         for key in keys:
             self.exp.drop(key)
             self.ks.delete(key)
+        if len(keys) < limit and len(self.leases):
+            return len(keys) + len(self.leases.reclaim(self.ks, self.now_ms, limit - len(keys)))
         return len(keys)
+
+
+class _NoLeases:
+    """A View's leases when it is given none (tests of expiry alone): no key has one."""
+
+    def __len__(self) -> int:
+        return 0
+
+    def attached_count(self) -> int:
+        return 0
+
+    def dead(self, key, now_ms) -> bool:
+        return False
+
+    def expiry_of(self, key):
+        return None
+
+    def lease_of(self, key):
+        return None
+
+    def detach(self, key) -> bool:
+        return False
+
+    def detach_all(self) -> None:
+        pass
+
+    def dead_key_count(self, now_ms) -> int:
+        return 0
+
+
+_NO_LEASES = _NoLeases()

@@ -41,6 +41,9 @@ snapshots, and a durable keyspace keeps each script as a record beside the
 client sessions, under a client id no client can have (``SCRIPT_RECORD``
 and the script's SHA1).
 
+Leases (kvd.kv.leases) are replicated state too: in snapshots (version 6)
+and, for a durable keyspace, records beside the sessions.
+
 Imports: as the layer table in tests/test_layers.py allows.
 """
 
@@ -65,7 +68,11 @@ from kvd.kv.expiry import (
     READ_MARGIN_MS, RECLAIM_PER_ENTRY, RECLAIM_PER_TICK, TTL_RECORD, Expiries, View, decode_record, encode_record,
     record_name,
 )
+from kvd.kv.commands import LEASE_MAX_TTL_S, Lease, LeaseRead
 from kvd.kv.glob import Pattern, PatternTooCostly
+from kvd.kv.leases import (
+    LEASE_KEY_RECORD, LEASE_RECORD, Leases, decode_key as decode_lease_key, decode_lease,
+)
 from kvd.kv.hashes import HASH, WRONGTYPE
 from kvd.kv.keyspace import MAX_CURSOR, Keyspace
 from kvd.kv.results import (
@@ -100,13 +107,17 @@ SNAPSHOT_MAGIC = b"KVDS"
 #: 2: each key with its mod index, and the keyspace's deleted_at (version 1 is still read: mod indexes 0);
 #: 3: the script cache after the keys (versions 1 and 2 are still read: no scripts);
 #: 4: each key with its type: a string's value, or a hash's fields (versions 1-3 are still read: strings only);
-#: 5: the keys' expiries after the scripts (kvd.kv.expiry; versions 1-4 are still read: none).
-SNAPSHOT_VERSION = 5
+#: 5: the keys' expiries after the scripts (kvd.kv.expiry; versions 1-4 are still read: none);
+#: 6: the leases and their keys after the expiries (kvd.kv.leases; versions 1-5 are still read: none).
+SNAPSHOT_VERSION = 6
 _KIND_STRING, _KIND_HASH = 0, 1
 #: A durable keyspace keeps script SHA -> body under this prefix and the SHA, among the sessions: client ids
 #: are "node id/hex" (kvd.node.session), so none starts with a NUL byte, and the machine refuses one that does.
 SCRIPT_RECORD = b"\x00script:"
 ERR_RESERVED_CLIENT = KVError("ERR client ids starting with a NUL byte are reserved")
+#: etcd answers "etcdserver: requested lease not found" for a lease that is unknown, revoked or expired.
+ERR_LEASE_NOT_FOUND = KVError("ERR lease not found")
+ERR_LEASE_IN_SCRIPT = KVError("ERR SET ... LEASE is not allowed in scripts")
 
 
 class _Session:
@@ -210,6 +221,8 @@ class KVMachine:
         self._scripts_dirty = set() if self.durable else None
         #: The keys' expiries (kvd.kv.expiry): replicated state, kept beside the sessions on disk.
         self._expiries = Expiries(durable=self.durable)
+        #: The leases and their keys (kvd.kv.leases): replicated state, kept beside the sessions on disk.
+        self._leases = Leases(durable=self.durable)
         #: Client ids whose session changed since the durable keyspace last flushed (None: in memory).
         self._dirty = set() if self.durable else None
         if self.durable:
@@ -238,33 +251,52 @@ class KVMachine:
 
     def view(self) -> View:
         """The keyspace as at the log's time: expired keys absent (kvd.kv.expiry)."""
-        return View(self._keyspace, self._expiries, self._clock_ms)
+        return View(self._keyspace, self._expiries, self._clock_ms, self._leases)
 
     def expiry_count(self) -> int:
         """How many keys have an expiry (expired ones not reclaimed yet included)."""
         return len(self._expiries)
 
     def next_expiry(self):
-        """The earliest expiry of a stored key (Unix ms), None if none has one."""
-        return self._expiries.first_at()
+        """The earliest expiry of a stored key or of a lease (Unix ms), None if there is none."""
+        times = [t for t in (self._expiries.first_at(), self._leases.first_at()) if t is not None]
+        return min(times) if times else None
 
     def expired_count(self, now_ms: int) -> int:
-        """How many keys with an expiry at or before ``now_ms`` are still stored (what a Tick would reclaim)."""
-        return self._expiries.count_due(now_ms)
+        """
+        How many keys with an expiry at or before ``now_ms`` are still stored, and leases dead by then and
+        their keys (what Ticks would reclaim).
+        """
+        return self._expiries.count_due(now_ms) + self._leases.dead_count(now_ms)
+
+    def attached_count(self) -> int:
+        """How many keys are attached to a lease (those of dead leases not reclaimed yet included)."""
+        return self._leases.attached_count()
+
+    def lease_count(self) -> int:
+        """How many leases there are (dead ones not reclaimed yet included)."""
+        return len(self._leases)
 
     def needs_time(self, op: ReadOp, now_ms: int) -> bool:
         """
         Whether serving ``op`` at the log's time could answer with a key that expires before ``now_ms`` (a
         node's clock) plus READ_MARGIN_MS: then the node moves the log's time on first (a Tick; kvd.kv.expiry).
         """
-        exp = self._expiries
+        exp, leases = self._expiries, self._leases
         low, high = self._clock_ms, now_ms + READ_MARGIN_MS
-        if not len(exp) or high <= low:
+        if not (len(exp) or len(leases)) or high <= low:
             return False
+        if isinstance(op, LeaseRead):  # a lease that expires is no longer listed nor found
+            if op.op == "list":
+                return leases.any_between(low, high, with_keys=False)
+            lease = leases.get(op.id)
+            return lease is not None and low < lease.expiry_ms <= high
         if isinstance(op, (Keys, Scan, DbSize, RandomKey)):
-            return exp.any_between(low, high)
+            return exp.any_between(low, high) or leases.any_between(low, high)
         for key in read_keys(op):
             at_ms = exp.get(key)
+            if at_ms is None:
+                at_ms = leases.expiry_of(key)
             if at_ms is not None and low < at_ms <= high:
                 return True
         return False
@@ -292,6 +324,10 @@ class KVMachine:
             return KVError("ERR undecodable command: %s" % (e,))
         if env.client_id.startswith(b"\x00"):
             return ERR_RESERVED_CLIENT
+        if isinstance(env.command, Lease) and env.command.op == "promote":
+            # Before this entry's stamp moves the log's time on: a lease alive until now outlives the
+            # election gap (kvd.kv.leases).
+            self._leases.promote(self._clock_ms, max(self._clock_ms, env.stamp_ms))
         if env.stamp_ms > self._clock_ms:
             self._clock_ms = env.stamp_ms
         self._expire_sessions()
@@ -360,7 +396,14 @@ class KVMachine:
             return results
         if isinstance(cmd, HashWrite):
             return hashes.write(ks, cmd)
+        if isinstance(cmd, Lease):
+            return self._lease(cmd)
         if isinstance(cmd, Set):
+            if cmd.lease is not None:
+                if not isinstance(ks, View):
+                    return ERR_LEASE_IN_SCRIPT
+                if self._leases.live(cmd.lease, self._clock_ms) is None:
+                    return ERR_LEASE_NOT_FOUND
             at_ms = None
             if cmd.expire is not None:
                 at_ms = _expire_time(cmd.expire, cmd.expire_at, self._clock_ms)
@@ -381,6 +424,8 @@ class KVMachine:
                 ks.put(cmd.key, cmd.value)
                 if not cmd.keepttl:
                     ks.set_expire(cmd.key, at_ms)
+                if cmd.lease is not None:
+                    ks.attach(cmd.key, cmd.lease)
             if cmd.get:
                 return old
             return OK if do_set else None
@@ -454,24 +499,28 @@ class KVMachine:
                 return 0 if cmd.nx else OK
             if cmd.nx and cmd.dst in ks:
                 return 0
-            at_ms = ks.expire_at(cmd.src)
+            at_ms, lease = ks.expire_at(cmd.src), _lease_of(ks, cmd.src)
             if value is HASH:
                 _copy_hash(ks, cmd.src, cmd.dst)
             else:
                 ks.put(cmd.dst, value)
             ks.delete(cmd.src)
-            ks.set_expire(cmd.dst, at_ms)
+            ks.set_expire(cmd.dst, None if lease is not None else at_ms)
+            if lease is not None:
+                ks.attach(cmd.dst, lease)
             return 1 if cmd.nx else OK
         if isinstance(cmd, Copy):
             value = ks.get(cmd.src)
             if value is None or (not cmd.replace and cmd.dst in ks):
                 return 0
-            at_ms = ks.expire_at(cmd.src)
+            at_ms, lease = ks.expire_at(cmd.src), _lease_of(ks, cmd.src)
             if value is HASH:
                 _copy_hash(ks, cmd.src, cmd.dst)
             else:
                 ks.put(cmd.dst, value)
-            ks.set_expire(cmd.dst, at_ms)
+            ks.set_expire(cmd.dst, None if lease is not None else at_ms)
+            if lease is not None:
+                ks.attach(cmd.dst, lease)
             return 1
         if isinstance(cmd, FlushAll):
             ks.clear()
@@ -479,6 +528,40 @@ class KVMachine:
         if isinstance(cmd, IncrByFloat):
             return _incrbyfloat(ks, cmd)
         raise TypeError("not a write command: %r" % (cmd,))
+
+    def _lease(self, cmd: Lease) -> Result:
+        """KVD.LEASE GRANT (the new id), KEEPALIVE (the ttl, in seconds), REVOKE (OK); PROMOTE (leases extended)."""
+        leases, now = self._leases, self._clock_ms
+        if cmd.op == "grant":
+            lease_id = self.applied_index
+            if leases.get(lease_id) is not None:  # cannot happen: one grant per entry, ids are indexes
+                return KVError("ERR lease %d exists" % (lease_id,))
+            leases.grant(lease_id, cmd.ttl * 1000, now)
+            return lease_id
+        if cmd.op == "keepalive":
+            if not leases.keepalive(cmd.id, now):
+                return ERR_LEASE_NOT_FOUND
+            return leases.get(cmd.id).ttl_ms // 1000
+        if cmd.op == "revoke":
+            if not leases.revoke(cmd.id, now):
+                return ERR_LEASE_NOT_FOUND
+            # Its keys are dead from now on; this entry deletes a first batch, Ticks the rest.
+            self.view().reclaim(RECLAIM_PER_TICK)
+            return OK
+        return len(leases.live_ids(now))  # promote: done in apply, before the stamp moved the time on
+
+    def _lease_read(self, op: LeaseRead) -> Result:
+        """KVD.LEASE TTL id [KEYS]: [granted ttl, remaining ttl (seconds)[, keys]]; LIST: the live ids."""
+        now = self._clock_ms
+        if op.op == "list":
+            return self._leases.live_ids(now)
+        lease = self._leases.live(op.id, now)
+        if lease is None:
+            return ERR_LEASE_NOT_FOUND
+        reply = [lease.ttl_ms // 1000, (lease.expiry_ms - now + 500) // 1000]
+        if op.keys:
+            reply.append(sorted(lease.keys))
+        return reply
 
     def _expire(self, ks, cmd: Expire) -> Result:
         """EXPIRE, PEXPIRE, EXPIREAT, PEXPIREAT, PERSIST as Redis 7 (expire.c): 1 if changed, else 0."""
@@ -564,6 +647,8 @@ class KVMachine:
             return hashes.read(ks, op)
         if isinstance(op, KeyType):
             return _type_name(ks.get(op.key))
+        if isinstance(op, LeaseRead):
+            return self._lease_read(op)
         if isinstance(op, Ttl):
             if ks.get(op.key) is None:
                 return -2
@@ -628,6 +713,7 @@ class KVMachine:
                 kind 0: value a blob (a string); 1: n (field value)... in field order (a hash)
             n_scripts (sha body)...          in the order they were added (version 3)
             n_expiries (key expiry_ms)...    in key order (version 5)
+            n_leases (id ttl_ms expiry_ms)... in id order, n_attached (key id)... in key order (version 6)
             crc32 of all the above, 4 bytes big-endian
 
         Empty for a durable machine: its state is streamed from the disk.
@@ -665,6 +751,15 @@ class KVMachine:
         for key, at_ms in self._expiries.items():
             w.blob(key)
             w.uint(at_ms)
+        w.uint(len(self._leases))
+        for lease_id, ttl_ms, expiry_ms in self._leases.items():
+            w.uint(lease_id)
+            w.uint(ttl_ms)
+            w.uint(expiry_ms)
+        w.uint(self._leases.attached_count())
+        for key, lease_id in self._leases.attached():
+            w.blob(key)
+            w.uint(lease_id)
         body = w.getvalue()
         return body + zlib.crc32(body).to_bytes(4, "big")
 
@@ -688,7 +783,7 @@ class KVMachine:
         r = Reader(body)
         r.raw(len(SNAPSHOT_MAGIC))
         version = r.byte()
-        if version not in (1, 2, 3, 4, SNAPSHOT_VERSION):
+        if version not in (1, 2, 3, 4, 5, SNAPSHOT_VERSION):
             raise CodecError("unknown snapshot version %d" % (version,))
         applied_index = r.uint()
         clock_ms = r.uint()
@@ -719,6 +814,7 @@ class KVMachine:
             if key not in keyspace or at_ms > INT64_MAX:
                 raise CodecError("snapshot holds an expiry of a missing key, or out of range")
             expiries.append((key, at_ms))
+        leases = _read_leases(r, keyspace, dict(expiries)) if version >= 6 else Leases()
         r.expect_end()
         if len(keyspace) != n_keys or len(sessions) != n_sessions or len(scripts) != n_scripts:
             raise CodecError("snapshot repeats a key, a client id or a script")
@@ -730,6 +826,7 @@ class KVMachine:
         self._keyspace = keyspace
         self._scripts = scripts
         self._expiries = Expiries(expiries)
+        self._leases = leases
 
     # ---------------------------------------------------------- durable state
 
@@ -739,7 +836,17 @@ class KVMachine:
         sessions = []
         scripts = {}
         expiries = []
+        leases, attached = [], []
         for client_id, data in records:
+            if client_id.startswith(LEASE_RECORD) or client_id.startswith(LEASE_KEY_RECORD):
+                try:
+                    if client_id.startswith(LEASE_RECORD):
+                        leases.append(decode_lease(client_id, data))
+                    else:
+                        attached.append(decode_lease_key(data))
+                except CodecError as e:
+                    raise CodecError("stored lease record %r: %s" % (client_id, e)) from None
+                continue
             if client_id.startswith(TTL_RECORD):
                 try:
                     expiries.append(decode_record(data))
@@ -763,6 +870,7 @@ class KVMachine:
         self._scripts = dict(sorted(scripts.items()))
         self._scripts_dirty = set()
         self._expiries = Expiries(expiries, durable=True)
+        self._leases = Leases(leases, attached, durable=True)
 
     def copy_from(self, other: "KVMachine") -> None:
         """
@@ -786,6 +894,10 @@ class KVMachine:
             self.script_add(sha, body)
         for key, at_ms in other._expiries.items():
             self._expiries.set(key, at_ms)
+        for lease_id, ttl_ms, expiry_ms in other._leases.items():
+            self._leases._put(lease_id, ttl_ms, expiry_ms)
+        for key, lease_id in other._leases.attached():
+            self._leases.attach(key, lease_id)
         self.applied_index = other.applied_index
         self._clock_ms = other._clock_ms
 
@@ -800,6 +912,7 @@ class KVMachine:
         for key in self._expiries.dirty:
             at_ms = self._expiries.get(key)
             changed[record_name(key)] = None if at_ms is None else encode_record(key, at_ms)
+        self._leases.durable_changes(changed)
         return self.applied_index, self._clock_ms, changed
 
     def durable_flushed(self) -> None:
@@ -807,11 +920,13 @@ class KVMachine:
         self._dirty.clear()
         self._scripts_dirty.clear()
         self._expiries.dirty.clear()
+        self._leases.flushed()
 
     def check(self) -> None:
         """Assert the internal invariants; for tests."""
         self._keyspace.check()
         self._expiries.check(self._keyspace)
+        self._leases.check(self._keyspace, self._expiries)
         stamps = [s.last_stamp_ms for s in self._sessions.values()]
         assert stamps == sorted(stamps), "sessions out of activity order"
 
@@ -824,6 +939,32 @@ def _expire_time(expire: int, absolute: bool, now_ms: int):
     if absolute:
         return expire
     return None if expire > INT64_MAX - now_ms else expire + now_ms
+
+
+def _lease_of(ks, key: bytes):
+    """The id of the key's lease; None if it has none, or ``ks`` is a script's buffer (which sees no lease)."""
+    lease_of = getattr(ks, "lease_of", None)
+    return None if lease_of is None else lease_of(key)
+
+
+def _read_leases(r: Reader, keyspace, expiries: dict) -> Leases:
+    """The leases of a version 6 snapshot, checked: every key attached exists, to one live lease, without an expiry."""
+    items = []
+    for _ in range(r.count(3)):
+        lease_id, ttl_ms, expiry_ms = r.uint(), r.uint(), r.uint()
+        if not 0 < ttl_ms <= LEASE_MAX_TTL_S * 1000 or expiry_ms > INT64_MAX or not 0 < lease_id <= INT64_MAX:
+            raise CodecError("snapshot holds a lease out of range")
+        items.append((lease_id, ttl_ms, expiry_ms))
+    ids = {item[0] for item in items}
+    attached = []
+    for _ in range(r.count(2)):
+        key, lease_id = r.blob(), r.uint()
+        if key not in keyspace or lease_id not in ids or key in expiries:
+            raise CodecError("snapshot attaches a missing key, or to a missing lease, or a key with an expiry")
+        attached.append((key, lease_id))
+    if len(ids) != len(items) or len(dict(attached)) != len(attached):
+        raise CodecError("snapshot repeats a lease or an attached key")
+    return Leases(items, attached)
 
 
 def _touch(ks, key: bytes) -> None:

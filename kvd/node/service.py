@@ -46,7 +46,7 @@ from twisted.python.failure import Failure
 
 from kvd.address import MemberAddress
 from kvd.errors import Code, KvdError
-from kvd.kv.commands import Tick
+from kvd.kv.commands import Lease, Tick
 from kvd.kv.results import OK
 from kvd.node.settings import NodeSettings
 from kvd.node.membership import Membership
@@ -75,7 +75,7 @@ CATCH_UP_STALL_S = 10.0
 REFUSED_LOG_INTERVAL_S = 10.0
 
 #: Process exit status after a storage fail-stop (sysexits' EX_IOERR), and after any other failure of the Raft loop (EX_SOFTWARE).
-#: How often at most the leader proposes a Tick to reclaim expired keys (kvd.kv.expiry).
+#: How often at most the leader proposes a Tick to reclaim expired keys and leases (kvd.kv.expiry, kvd.kv.leases).
 RECLAIM_INTERVAL_S = 1.0
 
 EXIT_STORAGE = 74
@@ -550,6 +550,8 @@ class NodeService(service.Service):
         if leader is not None and leader != self.last_leader_seen:
             self.stats["new_leaders"] = self.stats.get("new_leaders", 0) + 1
             self.last_leader_seen = leader
+        if role is Role.LEADER:
+            self._promote_leases()
         if leader is not None:
             waiters, self.leader_waiters = self.leader_waiters, []
             for d in waiters:
@@ -559,6 +561,28 @@ class NodeService(service.Service):
         # leadership; ask again.
         for _, r in self.replica.take_waiting_reads():
             self.reads.request_index(r)
+
+    def _promote_leases(self) -> None:
+        """
+        A new leader's first proposal, when leases may exist (the machine has some, or a command not applied
+        yet may grant one): PROMOTE extends every live lease by its ttl from this leader's stamp (etcd's
+        promote, kvd.kv.leases), so the election gap cuts off no client that kept its lease alive through the
+        old leader.  Proposed before any Tick of this leader's, so no lease expires across the gap first.
+        """
+        core = self.core
+        log = core.log
+        pending = any(log.entry(i).kind is EntryKind.NORMAL
+                      for i in range(max(core.applied, log.snapshot_index) + 1, log.last_index() + 1))
+        if not (self.machine.lease_count() or pending):
+            return
+        self.stats["lease_promotes"] = self.stats.get("lease_promotes", 0) + 1
+
+        def failed(f):
+            # Not applied (leadership lost at once): the next leader promotes; nothing else to do.
+            self.log.info("{node}: lease promote not applied: {error}", node=self.config.node_id,
+                          error=f.getErrorMessage())
+
+        self.submit(Lease("promote")).addErrback(failed)
 
     def _maybe_snapshot(self):
         core = self.core

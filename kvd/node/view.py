@@ -176,9 +176,11 @@ class NodeView:
         return self._node.machine.key_count()
 
     def expiry_count(self) -> int:
-        """How many keys have an expiry (kvd.kv.expiry)."""
-        count = getattr(self._node.machine, "expiry_count", None)
-        return count() if callable(count) else 0
+        """How many keys have an expiry (kvd.kv.expiry), their own or their lease's (kvd.kv.leases): INFO's expires."""
+        machine = self._node.machine
+        count = getattr(machine, "expiry_count", None)
+        attached = getattr(machine, "attached_count", None)
+        return (count() if callable(count) else 0) + (attached() if callable(attached) else 0)
 
     @property
     def config(self):

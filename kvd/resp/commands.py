@@ -34,6 +34,7 @@ from kvd.kv.commands import (
 from kvd.kv.commands import (
     EXPIRE_GT, EXPIRE_LT, EXPIRE_NX, EXPIRE_XX, INT64_MAX, Expire, GetEx, IncrByFloat, Ttl,
 )
+from kvd.kv.commands import LEASE_MAX_TTL_S, Lease, LeaseRead
 from kvd.kv.results import OK, KVError
 from kvd.limits import LIMITS
 from kvd.resp.encoder import RespMap, RespPairs, SimpleString
@@ -184,7 +185,7 @@ def _parse_set(args: List[bytes]) -> Parsed:
     cond: Optional[str] = None
     ifeq: Optional[bytes] = None
     get = keepttl = False
-    unit = when = None
+    unit = when = lease = None
     i = 3
     while i < len(args):
         opt = args[i].upper()
@@ -198,11 +199,16 @@ def _parse_set(args: List[bytes]) -> Parsed:
         elif opt == b"IFEQ" and cond is None and ifeq is None and i + 1 < len(args):
             i += 1
             ifeq = args[i]
-        elif opt == b"KEEPTTL" and unit is None:
+        elif opt == b"KEEPTTL" and unit is None and lease is None:
             keepttl = True
-        elif opt in _EXPIRE_UNITS and not keepttl and unit in (None, opt) and more:
+        elif opt in _EXPIRE_UNITS and not keepttl and unit in (None, opt) and lease is None and more:
             unit, when = opt, args[i + 1]
             i += 1
+        elif opt == b"LEASE" and not keepttl and unit is None and lease is None and more:
+            i += 1
+            lease = _lease_id(args[i])  # kvd's own option (kvd.kv.leases): attach the key to a lease
+            if isinstance(lease, CommandError):
+                return lease
         else:
             return SYNTAX_ERROR
         i += 1
@@ -213,7 +219,40 @@ def _parse_set(args: List[bytes]) -> Parsed:
             return parsed
         expire, expire_at = parsed
     return Write(Set(args[1], args[2], cond=cond, ifeq=ifeq, get=get, expire=expire, expire_at=bool(expire_at),
-                     keepttl=keepttl))
+                     keepttl=keepttl, lease=lease))
+
+
+INVALID_LEASE_ID = CommandError("ERR", "invalid lease id: a positive integer is expected")
+
+
+def _lease_id(data: bytes):
+    value = parse_int64(data)
+    return INVALID_LEASE_ID if value is None or value <= 0 else value
+
+
+def _parse_lease_grant(args: List[bytes]) -> Parsed:
+    ttl = parse_int64(args[2])
+    if ttl is None or not 1 <= ttl <= LEASE_MAX_TTL_S:
+        return CommandError("ERR", "invalid lease TTL: an integer of 1 to %d seconds is expected" % (LEASE_MAX_TTL_S,))
+    return Write(Lease("grant", ttl=ttl), "kvd.lease|grant")
+
+
+def _parse_lease_id_op(op: str) -> Callable[[List[bytes]], Parsed]:
+    def parse(args: List[bytes]) -> Parsed:
+        lease_id = _lease_id(args[2])
+        if isinstance(lease_id, CommandError):
+            return lease_id
+        return Write(Lease(op, id=lease_id), "kvd.lease|" + op)
+    return parse
+
+
+def _parse_lease_ttl(args: List[bytes]) -> Parsed:
+    lease_id = _lease_id(args[2])
+    if isinstance(lease_id, CommandError):
+        return lease_id
+    if len(args) > 4 or (len(args) == 4 and args[3].upper() != b"KEYS"):
+        return SYNTAX_ERROR
+    return Read(LeaseRead("ttl", lease_id, len(args) == 4), "kvd.lease|ttl")
 
 
 def _parse_setex(name: str, unit: bytes) -> Callable[[List[bytes]], Parsed]:
@@ -655,6 +694,15 @@ _COMMANDS = [
     _spec("kvd.cluster", 1, "loading stale fast"),
     _spec("kvd.join", 3, "admin noscript"),
     _spec("kvd.remove", 2, "admin noscript"),
+    # Leases (kvd.kv.leases, etcd's model): GRANT, KEEPALIVE and REVOKE are log entries of their own (not inside
+    # MULTI nor a script: one grant per entry keeps ids unique); TTL and LIST are reads.
+    _spec("kvd.lease", -2, "noscript", subcommands=(
+        _spec("kvd.lease|grant", 3, "write noscript fast", parse=_parse_lease_grant),
+        _spec("kvd.lease|keepalive", 3, "write noscript fast", parse=_parse_lease_id_op("keepalive")),
+        _spec("kvd.lease|revoke", 3, "write noscript fast", parse=_parse_lease_id_op("revoke")),
+        _spec("kvd.lease|ttl", -3, "readonly noscript fast", parse=_parse_lease_ttl),
+        _spec("kvd.lease|list", 2, "readonly noscript fast", parse=lambda a: Read(LeaseRead("list"), "kvd.lease|list")),
+    )),
     # Transactions: the connection queues (kvd.resp.connection), EXEC is one log entry (kvd.resp.protocol).
     _spec("multi", 1, "noscript loading stale fast allow_busy"),
     _spec("exec", 1, "noscript loading stale skip_slowlog"),

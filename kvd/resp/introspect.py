@@ -48,7 +48,7 @@ for _group, _names in {
     "connection": "ping hello auth echo select quit readonly readwrite client",
     "transactions": "multi exec discard watch unwatch",
     "scripting": "eval evalsha eval_ro evalsha_ro script",
-    "kvd": "kvd.members kvd.cluster kvd.join kvd.remove",
+    "kvd": "kvd.members kvd.cluster kvd.join kvd.remove kvd.lease",
     # The hash commands (branch hashes), described ahead of their merge into the table.
     "hash": "hset hmset hsetnx hdel hincrby hincrbyfloat hget hmget hgetall hkeys hvals hexists hlen hstrlen hscan "
             "hrandfield",
@@ -148,6 +148,7 @@ SUMMARIES = {
     "evalsha_ro": "Executes a read-only server-side Lua script by SHA1 digest.",
     "kvd.members": "kvd: the cluster's members as JSON.", "kvd.cluster": "kvd: the cluster's id.",
     "kvd.join": "kvd: adds a node to the cluster.", "kvd.remove": "kvd: removes a node from the cluster.",
+    "kvd.lease": "kvd: leases (etcd's): GRANT, KEEPALIVE, REVOKE, TTL, LIST; SET k v LEASE id attaches a key.",
     "hset": "Creates or modifies the value of a field in a hash.", "hmset": "Sets the values of multiple fields.",
     "hsetnx": "Sets the value of a field in a hash only when the field doesn't exist.",
     "hdel": "Deletes one or more fields and their values from a hash.",

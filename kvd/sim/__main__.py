@@ -42,6 +42,7 @@ def main(argv=None) -> int:
     p.add_argument("--ticks", type=int, default=SimOptions.ticks, help="ticks of the faulty phase (default %d)" % SimOptions.ticks)
     p.add_argument("--liveness-ticks", type=int, default=SimOptions.liveness_ticks, help="bound on the healed phase")
     p.add_argument("--budget-s", type=float, default=0.0, help="stop starting new seeds after this many seconds")
+    p.add_argument("--leases", action="store_true", help="drive leases too, with skewed node clocks (kvd.sim.leases)")
     p.add_argument("--trace", action="store_true", help="print the whole trace of every run")
     p.add_argument("--quiet", action="store_true", help="print only failures and the summary")
     args = p.parse_args(argv)
@@ -61,6 +62,7 @@ def main(argv=None) -> int:
             ticks=args.ticks,
             liveness_ticks=args.liveness_ticks,
             trace_keep=0 if args.trace else 30,
+            leases=args.leases,
         )
         result = run_one(opts)
         runs += 1

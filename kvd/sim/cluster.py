@@ -33,7 +33,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Deque, Dict, FrozenSet, List, Optional
 
-from kvd.kv.commands import Delete, Envelope, Get, IncrBy, MSet, Set, encode_envelope
+from kvd.kv.commands import Delete, Envelope, Get, IncrBy, Lease, MSet, Set, encode_envelope
 from kvd.kv.machine import KVMachine
 from kvd.raft.core import ConfigChangeRejected, NotLeader, RaftSettings, ProposalDropped, RaftCore, Ready, bootstrap
 from kvd.raft.messages import Configuration, InstallSnapshot, Role
@@ -41,6 +41,7 @@ from kvd.replica import Events, Overtaken, Replaced, Replica
 from kvd.sim.invariants import Checker, Violation
 from kvd.sim.disk import SimDisk
 from kvd.sim.network import NetworkFaults, SimNetwork
+from kvd.sim.leases import MAX_SKEW, LeaseClient
 from kvd.sim.state import SimState
 from kvd.sim.streams import SimStreams
 
@@ -70,6 +71,8 @@ class SimOptions:
     #: How often a durable state's flush waits for a later write (kvd.store.state flushes in batches);
     #: None: drawn per seed among 0, 0.5 and 0.9.
     flush_skip: Optional[float] = None
+    #: Drive leases (kvd.sim.leases): a lease client, nodes' stamps skewed by their clocks, a new leader's PROMOTE.
+    leases: bool = False
 
 
 @dataclass
@@ -159,6 +162,12 @@ class SimNode:
         self.machine: Optional[KVMachine] = None
         self.state: Optional[SimState] = None  # the durable keyspace, in the durable mode
         self.tick_period = TICK  # a node whose clock runs slow or fast ticks at another rate
+        self.clock_offset = 0  # how far its clock, which stamps its entries, is from the simulation's (leases runs)
+        self.promotes = 0
+
+    def clock_ms(self) -> int:
+        """This node's clock: what it stamps the entries it proposes with."""
+        return max(0, self.cluster.now + self.clock_offset)
 
     @property
     def busy(self) -> bool:
@@ -259,7 +268,7 @@ class SimNode:
                 self.cluster.reply(client, op_no, attempt, "redirect", core.leader)
                 return
             cid, seq, cmd = envelope_args
-            data = encode_envelope(Envelope(cid, seq, seq, self.cluster.now, cmd))
+            data = encode_envelope(Envelope(cid, seq, seq, self.clock_ms(), cmd))
             self.replica.propose(data, (client, op_no, attempt))
 
         self.input(fn)
@@ -270,6 +279,19 @@ class SimNode:
             self.replica.read_index(ctx, (client, op_no, attempt, key))
 
         self.input(fn)
+
+    def promote(self, incarnation: int, term: int) -> None:
+        """A new leader's first proposal (kvd.node.service): PROMOTE, extending the live leases (kvd.kv.leases)."""
+        def fn(core: RaftCore) -> None:
+            if core.role is not Role.LEADER or core.term != term:
+                return
+            self.promotes += 1
+            cid = b"promote/%s/%d/%d/%d" % (self.id.encode(), incarnation, term, self.promotes)
+            self.replica.propose(encode_envelope(Envelope(cid, 1, 1, self.clock_ms(), Lease("promote"))), None)
+            self.cluster.stats["promotes"] = self.cluster.stats.get("promotes", 0) + 1
+
+        if incarnation == self.incarnation:
+            self.input(fn)
 
     # ------------------------------------------------------------ maintenance
     def compact(self, keep_entries: int) -> None:
@@ -336,6 +358,8 @@ class _SimEvents(Events):
             # vote alone whose term never reached the disk was never seen by anyone.
             self.c.checker.on_leader(self.node.id, self.node.incarnation, rd.soft_state[2], core)
             self.c.stats["leaders"] += 1
+            if self.c.opts.leases:
+                self.c.schedule(0, self.node.promote, self.node.incarnation, rd.soft_state[2])
             self.c.nemesis_new_leader(self.node)
 
     def snapshot_installed(self, snapshot) -> None:
@@ -346,6 +370,8 @@ class _SimEvents(Events):
 
     def applied(self, entry, result) -> None:
         self.c.checker.on_apply(self.node.id, entry, result)
+        if self.c.opts.leases:
+            self.c.checker.on_lease_state(self.node.id, self.node.machine)
 
     def storage_failed(self, error: Exception) -> None:
         # The simulated disk raises only the checker's Violations (kvd.sim.disk):
@@ -353,10 +379,14 @@ class _SimEvents(Events):
         raise error
 
     def proposal_done(self, token, result, index: int) -> None:
+        if token is None:  # a node's own PROMOTE
+            return
         client, op_no, attempt = token
         self.c.reply(client, op_no, attempt, "ok", (result, index))
 
     def proposal_failed(self, token, error: Exception) -> None:
+        if token is None:  # a node's own PROMOTE: the next leader promotes
+            return
         client, op_no, attempt = token
         if isinstance(error, Replaced):
             self.c.reply(client, op_no, attempt, "retry", None)
@@ -393,10 +423,22 @@ class SimClient:
         self.op: Optional[dict] = None
         self.target: Optional[str] = None
         self.done = 0
+        self.lease: Optional[LeaseClient] = None  # the lease workload's decisions (kvd.sim.leases)
 
     def maybe_start(self) -> None:
         c = self.cluster
         if self.op is not None or self.rng.random() >= c.swarm.client_rate:
+            return
+        if self.lease is not None:
+            op = self.lease.next_op(self.seq + 1)
+            if op is None:
+                return
+            kind, what, keys = op
+            if kind == "read":
+                self.begin({"kind": "read", "key": what})
+            else:
+                self.seq += 1
+                self.begin({"kind": "write", "seq": self.seq, "cmd": what, "keys": keys})
             return
         if self.rng.random() < c.swarm.read_ratio:
             self.begin({"kind": "read", "key": self.rng.choice(REGISTER_KEYS + (COUNTER_KEY,))})
@@ -466,6 +508,8 @@ class SimClient:
         if op["kind"] == "write":
             result, index = payload
             c.checker.on_write_acked(c.step_no, self.id, op["seq"], op["keys"], result)
+            if self.lease is not None:
+                self.lease.acked(op["cmd"], result)
             c.stats["acks"] += 1
             c.event(self.id.decode(), "acked", "#%d at %d -> %r" % (op["seq"], index, result))
         else:
@@ -499,6 +543,8 @@ class SimCluster:
         self.rng_flush = random.Random(master.getrandbits(64))  # after it, for the same reason
         #: How often a durable state's flush waits for a later write (LmdbState flushes in batches).
         self.flush_skip = self.rng_flush.choice([0.0, 0.5, 0.9]) if opts.flush_skip is None else opts.flush_skip
+        # The lease workload's draws (clock skews, its client): apart, so that a seed without leases runs as before.
+        self.rng_leases = random.Random(master.getrandbits(64) ^ 0x1EA5E)
         self.swarm = Swarm.draw(self.rng_swarm, opts)
         if opts.state not in STATE_MODES:
             raise ValueError("state must be one of %s" % ", ".join(STATE_MODES))
@@ -541,6 +587,10 @@ class SimCluster:
         for n in founders:
             self.nodes[n].start()
         self.clients = [SimClient(self, b"c%d" % i, random.Random(self.rng_clients.getrandbits(64))) for i in range(self.swarm.clients)]
+        if opts.leases:
+            lease_client = SimClient(self, b"lease", random.Random(self.rng_leases.getrandbits(64)))
+            lease_client.lease = LeaseClient(random.Random(self.rng_leases.getrandbits(64)))
+            self.clients.append(lease_client)
         self.probe: Optional[SimClient] = None
 
     def _new_node(self, node_id: str) -> SimNode:
@@ -551,6 +601,8 @@ class SimCluster:
         node = self.nodes[node_id] = SimNode(self, node_id, disk)
         if self.swarm.skew:
             node.tick_period = self.rng_disk.choice([TICK, TICK, TICK * 7 // 10, TICK * 3 // 2, TICK * 2])
+            if self.opts.leases:
+                node.clock_offset = self.rng_leases.randint(-MAX_SKEW, MAX_SKEW)
         # Timers of different nodes are not aligned.
         self.schedule(self.rng_disk.randint(1, node.tick_period), self._node_tick, node)
         return node

@@ -35,7 +35,11 @@ Safety (Raft paper Figure 3, plus what kvd promises its clients):
   state that lost a flush, skipped an entry, took a half-written stream or
   a stream read from a moving state shows); in kvd.sim.disk: the durable
   state never ahead of the durable commit, never behind the durable
-  snapshot, and only a complete stream installed.
+  snapshot, and only a complete stream installed;
+- **lease deletion** (runs with leases, kvd.sim.leases): every node holds
+  the same leases, attached keys and stored lease keys at the same index, so
+  a lease's keys are deleted at the same index everywhere; the lease
+  commands' answers and the reads of attached keys are the lease model's.
 
 The reference model is built here from the applied history alone (first
 application of each index, duplicates removed by (client, seq)); it does not
@@ -52,12 +56,13 @@ from typing import Dict, List, Optional, Tuple
 from hashlib import blake2b
 
 from kvd.kv.codec import CodecError
-from kvd.kv.commands import Delete, Get, IncrBy, Keys, MSet, Set, decode_envelope
+from kvd.kv.commands import Delete, Get, IncrBy, Keys, Lease, MSet, Set, decode_envelope
 from kvd.kv.glob import Pattern
 from kvd.kv.keyspace import Keyspace
 from kvd.kv.machine import KVMachine, encode_session
 from kvd.kv.results import OK
 from kvd.raft.messages import AppendEntriesReply, Entry, EntryKind, RequestVoteReply
+from kvd.sim.leases import LeaseModel, lease_state
 
 
 class Violation(Exception):
@@ -93,6 +98,8 @@ def machine_digest(machine) -> bytes:
         h.update(b"%d:%s%d:%s" % (len(key), key, len(value), value))
     for key, at_ms in machine._expiries.items():  # the keys' expiries (kvd.kv.expiry)
         h.update(b"e%d:%s%d;" % (len(key), key, at_ms))
+    if len(machine._leases):  # the leases (kvd.kv.leases): none in a run without them, the digest as before
+        h.update(b"l" + lease_state(machine))
     return h.digest()
 
 
@@ -175,6 +182,9 @@ class Checker:
         #: Reads served after their key's expiry (the reference answers nil): how much expiry was exercised.
         self.expired_reads = 0
         self.reference_digests: Dict[int, bytes] = {0: machine_digest(self.reference_machine)}
+        #: The leases as the applied history defines them (kvd.sim.leases), and each index's lease state.
+        self.lease_model = LeaseModel()
+        self.lease_states: Dict[int, Tuple[str, bytes]] = {}
 
     # ------------------------------------------------------------ elections
     def on_leader(self, node: str, incarnation: int, term: int, core) -> None:
@@ -361,15 +371,21 @@ class Checker:
             env = decode_envelope(data)
         except CodecError:
             return
-        clock = max(env.stamp_ms, self.clock_ms[-1] if self.clock_ms else 0)
+        before = self.clock_ms[-1] if self.clock_ms else 0
+        clock = max(env.stamp_ms, before)
         self.clock_idx.append(index)
         self.clock_ms.append(clock)
+        cmd = env.command
+        if isinstance(cmd, Lease) and cmd.op == "promote":
+            self.lease_model.promote(index, before, clock)
         ident = (env.client_id, env.seq)
         if ident in self.first:
             return  # a retry or a duplicate: must take no effect
         self.first[ident] = index
-        cmd = env.command
-        if isinstance(cmd, Set):
+        if isinstance(cmd, Lease) or (isinstance(cmd, Set) and cmd.lease is not None):
+            self.first_result[ident] = self.lease_model.apply(
+                index, cmd, clock, lambda key, value: self._key(key).put(index, value))
+        elif isinstance(cmd, Set):
             assert cmd.cond is None and cmd.ifeq is None and not cmd.get, "the workload only sends plain SETs"
             assert not cmd.expire_at and not cmd.keepttl, "the workload's expiries are relative"
             # A value with an expiry is (value, Unix ms): gone for reads at indexes whose log time reaches it.
@@ -408,6 +424,8 @@ class Checker:
     def reference(self, key: bytes, index: int) -> Optional[bytes]:
         h = self.keys.get(key)
         value = h.at(index) if h else None
+        if isinstance(value, tuple) and isinstance(value[1], tuple):  # attached to a lease: gone once it expired
+            return value[0] if self.lease_model.alive_at(value[1][1], index, self.clock_at(index)) else None
         if isinstance(value, tuple):  # with an expiry: gone once the log's time at ``index`` reaches it
             return value[0] if value[1] > self.clock_at(index) else None
         return value
@@ -435,6 +453,8 @@ class Checker:
         h = self.keys.get(key)
         if want is None and h is not None and isinstance(h.at(applied), tuple):
             self.expired_reads += 1
+            if isinstance(h.at(applied)[1], tuple):
+                self.lease_model.expired_reads += 1
         if value != want:
             raise Violation(
                 "linearizable read",
@@ -451,6 +471,19 @@ class Checker:
                 "linearizable read",
                 "%s read %r at index %d, but a write at index %d was acknowledged before the read began"
                 % (client.decode(), key, applied, needed),
+            )
+
+    def on_lease_state(self, node: str, machine) -> None:
+        """After a node applied an entry: its leases and lease keys are those every node had at that index."""
+        self.checks += 1
+        index = machine.applied_index
+        mine = lease_state(machine)
+        first = self.lease_states.setdefault(index, (node, mine))
+        if first[1] != mine:
+            raise Violation(
+                "lease deletion",
+                "%s holds other leases or lease keys at index %d than %s did: %r, %r" % (
+                    node, index, first[0], list(machine._leases.items()), list(machine._leases.attached())),
             )
 
     def reference_digest(self, index: int) -> Optional[bytes]:

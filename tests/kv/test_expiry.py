@@ -304,8 +304,8 @@ def test_a_version_4_snapshot_still_restores_with_no_expiries():
     m = Clocked()
     m(Set(b"k", b"v"))
     body = m.machine.snapshot()[:-4]
-    assert body[4] == 5 and body.endswith(b"\x00")  # version 5, no expiries
-    old = body[:4] + b"\x04" + body[5:-1]
+    assert body[4] == 6 and body.endswith(b"\x00\x00\x00")  # version 6: no expiries, leases, attached keys
+    old = body[:4] + b"\x04" + body[5:-3]
     machine = KVMachine()
     machine.restore(old + zlib.crc32(old).to_bytes(4, "big"))
     assert machine.read(Get(b"k")) == b"v" and machine.expiry_count() == 0

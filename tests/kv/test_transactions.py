@@ -74,7 +74,7 @@ def _raw(*parts):
     ((("byte", 32), ("blob", b"k")), "unknown command tag 32"),  # a read op alone is not a write
     ((("byte", 12), ("uint", 1), ("blob", b"k"), ("byte", 2), ("uint", 0), ("uint", 0)), "watched-key flag"),
     ((("byte", 12), ("uint", 0), ("uint", 1), ("byte", 36), ("uint", 0), ("uint", 1), ("byte", 4)), "SCAN flag"),
-    ((("byte", 12), ("uint", 0), ("uint", 1), ("byte", 44)), "unknown read op tag 44"),
+    ((("byte", 12), ("uint", 0), ("uint", 1), ("byte", 63)), "unknown read op tag 63"),
     ((("byte", 12), ("uint", 0), ("uint", 2), ("byte", 37)), "exceeds the remaining input"),
     ((("byte", 12), ("uint", 0), ("uint", 1), ("byte", 32)), "truncated"),
     ((("byte", 12), ("uint", 0), ("uint", 1), ("byte", 36), ("uint", 0), ("uint", 0), ("byte", 0)), "count"),
