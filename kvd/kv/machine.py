@@ -41,6 +41,11 @@ snapshots, and a durable keyspace keeps each script as a record beside the
 client sessions, under a client id no client can have (``SCRIPT_RECORD``
 and the script's SHA1).
 
+Revisions (kvd.kv.revisions).  The keyspace counts the entries that changed
+a key (the store's revision) and keeps each key's create revision, mod
+revision and version; ``RevRead`` reads them, ``KvTxn`` (KVD.TXN,
+kvd.kv.txn) compares and writes keys by them in one entry.
+
 Imports: as the layer table in tests/test_layers.py allows.
 """
 
@@ -52,14 +57,14 @@ from typing import Dict
 
 from kvd.kv import longdouble
 from kvd.kv.codec import CodecError, Reader, Writer
-from kvd.kv import hashes
+from kvd.kv import hashes, txn
 from kvd.kv.commands import (
     INT64_MAX, INT64_MIN, READ_OPS, Append, Copy, DbSize, Delete, Exists, FlushAll, Get, GetDel, GetRange, HashRead,
     HashWrite, IncrBy, Keys, KeyType, MGet, MSet, MSetNX, RandomKey, ReadOp, Rename, Scan, Script, ScriptGet, Set,
     SetRange, StrLen, Transaction, Versions, WriteCommand, decode_envelope, parse_int64,
 )
 from kvd.kv.commands import (
-    EXPIRE_GT, EXPIRE_LT, EXPIRE_NX, EXPIRE_XX, Expire, GetEx, IncrByFloat, Tick, Ttl, read_keys,
+    EXPIRE_GT, EXPIRE_LT, EXPIRE_NX, EXPIRE_XX, Expire, GetEx, IncrByFloat, KvTxn, RevRead, Tick, Ttl, read_keys,
 )
 from kvd.kv.expiry import (
     READ_MARGIN_MS, RECLAIM_PER_ENTRY, RECLAIM_PER_TICK, TTL_RECORD, Expiries, View, decode_record, encode_record,
@@ -100,8 +105,10 @@ SNAPSHOT_MAGIC = b"KVDS"
 #: 2: each key with its mod index, and the keyspace's deleted_at (version 1 is still read: mod indexes 0);
 #: 3: the script cache after the keys (versions 1 and 2 are still read: no scripts);
 #: 4: each key with its type: a string's value, or a hash's fields (versions 1-3 are still read: strings only);
-#: 5: the keys' expiries after the scripts (kvd.kv.expiry; versions 1-4 are still read: none).
-SNAPSHOT_VERSION = 5
+#: 5: the keys' expiries after the scripts (kvd.kv.expiry; versions 1-4 are still read: none);
+#: 6: the store's revision after deleted_at, each key's meta after its mod index (kvd.kv.revisions;
+#:    versions 1-5 are still read: revision 0, metas (0, 0, 0)).
+SNAPSHOT_VERSION = 6
 _KIND_STRING, _KIND_HASH = 0, 1
 #: A durable keyspace keeps script SHA -> body under this prefix and the SHA, among the sessions: client ids
 #: are "node id/hex" (kvd.node.session), so none starts with a NUL byte, and the machine refuses one that does.
@@ -177,8 +184,8 @@ def _getrange(value: bytes, start: int, end: int) -> bytes:
     return value[start:end + 1]
 
 
-def _read_record(r: Reader) -> tuple:
-    """(key, value, mod) of a version 4 snapshot: a hash's value is its (field, value) list."""
+def _read_record(r: Reader, version: int) -> tuple:
+    """(key, value, mod[, meta]) of a version 4-6 snapshot: a hash's value is its (field, value) list."""
     key = r.blob()
     kind = r.byte()
     if kind == _KIND_STRING:
@@ -192,6 +199,8 @@ def _read_record(r: Reader) -> tuple:
             raise CodecError("snapshot repeats a hash field")
     else:
         raise CodecError("unknown key kind %d in snapshot" % (kind,))
+    if version >= 6:
+        return key, value, r.uint(), (r.uint(), r.uint(), r.uint())
     return key, value, r.uint()
 
 
@@ -360,6 +369,8 @@ class KVMachine:
             return results
         if isinstance(cmd, HashWrite):
             return hashes.write(ks, cmd)
+        if isinstance(cmd, KvTxn):
+            return txn.apply(ks, cmd)
         if isinstance(cmd, Set):
             at_ms = None
             if cmd.expire is not None:
@@ -564,6 +575,15 @@ class KVMachine:
             return hashes.read(ks, op)
         if isinstance(op, KeyType):
             return _type_name(ks.get(op.key))
+        if isinstance(op, RevRead):
+            if op.op == "revision":
+                return ks.revision
+            value = ks.get(op.key)
+            if value is None:
+                return None
+            if value is HASH:
+                return WRONGTYPE
+            return [value] + list(ks.rev_meta(op.key))
         if isinstance(op, Ttl):
             if ks.get(op.key) is None:
                 return -2
@@ -624,7 +644,7 @@ class KVMachine:
 
             "KVDS" version applied_index clock_ms
             n_sessions (client_id last_stamp_ms ack_below n (seq result)...)...
-            deleted_at n_keys (key kind value mod_index)...    in SCAN order
+            deleted_at revision n_keys (key kind value mod_index create_rev mod_rev version)...  in SCAN order
                 kind 0: value a blob (a string); 1: n (field value)... in field order (a hash)
             n_scripts (sha body)...          in the order they were added (version 3)
             n_expiries (key expiry_ms)...    in key order (version 5)
@@ -644,8 +664,9 @@ class KVMachine:
             w.blob(client_id)
             w.raw(encode_session(session))
         w.uint(self._keyspace.deleted_at)
+        w.uint(self._keyspace.revision)
         w.uint(len(self._keyspace))
-        for key, value, mod in self._keyspace.records_in_order():
+        for key, value, mod, meta in self._keyspace.records_in_order():
             w.blob(key)
             if isinstance(value, list):
                 w.byte(_KIND_HASH)
@@ -657,6 +678,8 @@ class KVMachine:
                 w.byte(_KIND_STRING)
                 w.blob(value)
             w.uint(mod)
+            for number in meta:
+                w.uint(number)
         w.uint(len(self._scripts))
         for sha, script in self._scripts.items():
             w.blob(sha)
@@ -688,7 +711,7 @@ class KVMachine:
         r = Reader(body)
         r.raw(len(SNAPSHOT_MAGIC))
         version = r.byte()
-        if version not in (1, 2, 3, 4, SNAPSHOT_VERSION):
+        if version not in (1, 2, 3, 4, 5, SNAPSHOT_VERSION):
             raise CodecError("unknown snapshot version %d" % (version,))
         applied_index = r.uint()
         clock_ms = r.uint()
@@ -698,14 +721,16 @@ class KVMachine:
             client_id = r.blob()
             sessions[client_id] = _read_session(r)
         deleted_at = r.uint() if version >= 2 else 0
+        revision = r.uint() if version >= 6 else 0
         n_keys = r.count(2)
         if version >= 4:
-            keyspace = Keyspace.from_items(_read_record(r) for _ in range(n_keys))
+            keyspace = Keyspace.from_items(_read_record(r, version) for _ in range(n_keys))
         elif version >= 2:
             keyspace = Keyspace.from_items((r.blob(), r.blob(), r.uint()) for _ in range(n_keys))
         else:
             keyspace = Keyspace.from_items((r.blob(), r.blob()) for _ in range(n_keys))
         keyspace.deleted_at = deleted_at
+        keyspace.revision = revision
         scripts: Dict[bytes, bytes] = {}
         n_scripts = r.count(2) if version >= 3 else 0
         for _ in range(n_scripts):
@@ -771,14 +796,16 @@ class KVMachine:
         """
         if len(self._keyspace) or self._sessions or self.applied_index:
             raise ValueError("copy_from needs an empty machine")
-        for key, value, mod in other._keyspace.records_in_order():
+        for key, value, mod, meta in other._keyspace.records_in_order():
             self._keyspace.write_index = mod
             if isinstance(value, list):
                 for field, item in value:
                     self._keyspace.hset(key, field, item)
             else:
                 self._keyspace.put(key, value)
+            self._keyspace.set_rev(key, meta)
         self._keyspace.deleted_at = other._keyspace.deleted_at
+        self._keyspace.revision = other._keyspace.revision
         self._sessions = OrderedDict(other._sessions)
         if self._dirty is not None:
             self._dirty.update(self._sessions)

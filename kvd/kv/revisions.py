@@ -1,0 +1,100 @@
+# -*- test-case-name: tests.kv.test_revisions -*-
+"""
+Revisions, etcd's MVCC numbering, kept by every keyspace.
+
+The store's ``revision`` counts the log entries that changed a key: the
+first change (put, delete, a hash field, FLUSHDB of a non-empty store, a
+reclaimed expired key) an entry makes bumps it by one, later changes by the
+same entry do not, so one MULTI/EXEC or KVD.TXN is one revision.  An entry
+that changes nothing (a GET inside MULTI, a SET NX that lost, a Tick with
+nothing to reclaim) leaves it alone.  A change of a key's time to live is a
+write of the key (kvd.kv.machine ``_touch``, as WATCH sees it), so it counts.
+
+Each key carries its *meta* ``(create_revision, mod_revision, version)``:
+the revision that created it, the one that last changed it, and how many
+revisions changed it since it was created (1 when created).  A deleted key
+has none; written again it is created anew (version 1).  A key replaced
+whole by RENAME or COPY over it is changed (version + 1) when it was a
+string, and created anew when it was a hash (the hash is deleted, then its
+fields copied in).  Keys and stores from before revisions read as meta
+``(0, 0, 0)`` and revision 0.
+
+How a keyspace keeps it: the machine sets ``write_index`` (the entry's log
+index) before applying an entry; ``Stamper.bump`` turns the first change
+under a new ``write_index`` into a new revision.  The meta travels with each
+key's mod index: in the snapshot (kvd.kv.machine, version 6) and in the
+durable record of the key (kvd.store.state layouts 6-9, ``pack_meta``:
+three varints, 3 to 9 bytes for a store below 2**21 revisions).
+
+Imports: as the layer table in tests/test_layers.py allows.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+from kvd.kv.codec import CodecError
+
+__all__ = ["Meta", "NO_META", "next_meta", "pack_meta", "unpack_meta", "Stamper"]
+
+#: (create_revision, mod_revision, version)
+Meta = Tuple[int, int, int]
+#: What a key stored before revisions existed reads as.
+NO_META: Meta = (0, 0, 0)
+
+
+def next_meta(old: Optional[Meta], revision: int) -> Meta:
+    """A key's meta once written at ``revision``; ``old`` is its meta before (None: it did not exist)."""
+    if old is None:
+        return (revision, revision, 1)
+    if old[1] == revision:  # already changed by this entry: one revision, one version
+        return old
+    return (old[0], revision, old[2] + 1)
+
+
+class Stamper:
+    """
+    The bump-once-per-entry rule, mixed into a keyspace that has
+    ``write_index``, ``revision`` and ``_rev_at`` (the write index of the
+    last bump; -1 after a load: no entry has been applied since).
+    """
+
+    __slots__ = ()
+
+    def bump(self) -> int:
+        """The revision of the entry being applied, made if this is its first change."""
+        if self._rev_at != self.write_index:
+            self.revision += 1
+            self._rev_at = self.write_index
+        return self.revision
+
+
+def pack_meta(meta: Meta) -> bytes:
+    """Three unsigned LEB128 varints: what a durable record adds to a key for its meta."""
+    out = bytearray()
+    for value in meta:
+        while value >= 0x80:
+            out.append((value & 0x7F) | 0x80)
+            value >>= 7
+        out.append(value)
+    return bytes(out)
+
+
+def unpack_meta(data, offset: int) -> Tuple[Meta, int]:
+    """(meta, offset past it) of ``pack_meta``'s bytes at ``offset``; CodecError if truncated or too long."""
+    values = []
+    pos = offset
+    n = len(data)
+    for _ in range(3):
+        value = shift = 0
+        while True:
+            if pos >= n or shift > 63:
+                raise CodecError("truncated or over-long revision varint")
+            b = data[pos]
+            pos += 1
+            value |= (b & 0x7F) << shift
+            if not b & 0x80:
+                break
+            shift += 7
+        values.append(value)
+    return (values[0], values[1], values[2]), pos

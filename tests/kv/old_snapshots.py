@@ -1,0 +1,59 @@
+"""
+Snapshots in the layouts of older kvds (kvd.kv.machine SNAPSHOT_VERSION's history), made from a current one:
+what the tests of "an old snapshot still restores" feed the machine.
+"""
+
+import zlib
+
+from kvd.kv.codec import Reader, Writer
+from kvd.kv.machine import SNAPSHOT_MAGIC, _read_record, _read_session, encode_session
+
+
+def downgrade(snapshot: bytes, version: int) -> bytes:
+    """``snapshot`` (the current version, 6) rewritten as version 5 (no revisions) or 4 (nor expiries)."""
+    assert version in (4, 5)
+    r = Reader(snapshot[:-4])
+    assert r.raw(4) == SNAPSHOT_MAGIC and r.byte() == 6
+    w = Writer()
+    w.raw(SNAPSHOT_MAGIC)
+    w.byte(version)
+    w.uint(r.uint())  # applied index
+    w.uint(r.uint())  # clock
+    n = r.uint()
+    w.uint(n)
+    for _ in range(n):
+        w.blob(r.blob())
+        w.raw(encode_session(_read_session(r)))
+    w.uint(r.uint())  # deleted_at
+    r.uint()  # the revision: dropped
+    n = r.uint()
+    w.uint(n)
+    for _ in range(n):
+        key, value, mod, _ = _read_record(r, 6)
+        w.blob(key)
+        if isinstance(value, list):
+            w.byte(1)
+            w.uint(len(value))
+            for field, item in value:
+                w.blob(field)
+                w.blob(item)
+        else:
+            w.byte(0)
+            w.blob(value)
+        w.uint(mod)
+    n = r.uint()
+    w.uint(n)
+    for _ in range(n):
+        w.blob(r.blob())
+        w.blob(r.blob())
+    n = r.uint()
+    if version >= 5:
+        w.uint(n)
+    for _ in range(n):
+        key, at_ms = r.blob(), r.uint()
+        if version >= 5:
+            w.blob(key)
+            w.uint(at_ms)
+    r.expect_end()
+    body = w.getvalue()
+    return body + zlib.crc32(body).to_bytes(4, "big")
