@@ -64,7 +64,7 @@ LAYERS = {
     "kvd.wire": Layer(_set("__init__ codec errors peers snapshots tls"), kvd=_set("kvd.wire kvd.raft.messages kvd.errors kvd.limits"),
                       third=_set("twisted zope OpenSSL cryptography")),
     "kvd.resp": Layer(_set("__init__ auth commands connection encoder errors introspect parser protocol"),
-                      kvd=_set("kvd.resp kvd.kv.commands kvd.kv.results kvd.errors kvd.limits"), third=_set("twisted zope")),
+                      kvd=_set("kvd.resp kvd.kv.commands kvd.kv.results kvd.kv.txn kvd.errors kvd.limits"), third=_set("twisted zope")),
     # The package's one blocking client: the CLI, the fault suite and the cluster view use it without the node.
     "kvd.resp.client": Layer(_set("client")),
     "kvd.node": Layer(_set("__init__ membership reads service session settings stall view"),

@@ -324,6 +324,8 @@ def test_table_has_every_supported_command():
         # issue 16, expiry
         b"setex", b"psetex", b"getex", b"expire", b"pexpire", b"expireat", b"pexpireat", b"persist", b"ttl",
         b"pttl", b"expiretime", b"pexpiretime",
+        # issue 16, revisions and KVD.TXN
+        b"kvd.txn", b"kvd.get", b"kvd.revision",
     }
 
 
