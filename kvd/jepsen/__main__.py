@@ -9,7 +9,8 @@ summary line per run; exit status 1 when any run found an anomaly.
 
 Workloads: register (GET, SET, SET IFEQ, DEL on single keys), txn (MULTI/EXEC
 across keys of a group, WATCH-based compare-and-set), script (EVAL/EVALSHA/
-EVAL_RO scripts reading and writing several keys); --keys is then the number
+EVAL_RO scripts reading and writing several keys), kvtxn (KVD.TXN compare-and-
+swap transfers between two keys, blind writes, reads); --keys is then the number
 of key groups and --ops-per-key the ops per group.
 
 Nemeses: kill-leader kill-random stop-leader pause-leader pause-random crash-all
@@ -70,10 +71,11 @@ def main(argv=None) -> int:
     p.add_argument("--keep", action="store_true", help="keep every run's directory")
     p.add_argument("--check-budget", type=float, default=120.0)
     p.add_argument("--think-ms", type=float, default=10.0, help="mean pause between a client's operations")
-    p.add_argument("--workload", choices=("register", "txn", "script"), default="register",
-                   help="what the clients do (txn: MULTI/EXEC and WATCH CAS; script: Lua scripts)")
+    p.add_argument("--workload", choices=("register", "txn", "script", "kvtxn"), default="register",
+                   help="what the clients do (txn: MULTI/EXEC and WATCH CAS; script: Lua scripts; "
+                        "kvtxn: KVD.TXN compare-and-swap transfers)")
     p.add_argument("--planted-split", action="store_true",
-                   help="txn/script ops run as separate commands, recorded as atomic: a planted bug the checker must catch")
+                   help="txn/script/kvtxn ops run as separate commands, recorded as atomic: a planted bug the checker must catch")
     p.add_argument("--planted-stale-reads", action="store_true", help="clients read with READONLY (stale reads allowed): a planted bug the checker must catch")
     p.add_argument("--snapshot-entries", type=int, default=400, help="nodes snapshot every this many entries (small: snapshots under faults)")
     p.add_argument("--fault-seconds", type=float, nargs=2, default=(2.0, 4.0), metavar=("MIN", "MAX"))

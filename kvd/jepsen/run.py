@@ -65,7 +65,8 @@ class RunConfig:
     snapshot_keep_entries: int = 100
     label: str = ""
     planted_stale_reads: bool = False  # clients read with READONLY: the checker must find stale reads
-    # "register" (GET/SET/SET IFEQ/DEL per key), "txn" (MULTI/EXEC, WATCH CAS) or "script" (EVAL/EVALSHA):
+    # "register" (GET/SET/SET IFEQ/DEL per key), "txn" (MULTI/EXEC, WATCH CAS), "script" (EVAL/EVALSHA) or
+    # "kvtxn" (KVD.TXN):
     # the last two run on groups of keys (``keys`` groups, ``ops_per_key`` ops each) and are checked by kvd.check.txn.
     workload: str = "register"
     planted_split: bool = False  # txn/script ops run as separate commands: the checker must find torn ops
