@@ -456,6 +456,11 @@ class Overlay(HashOverlay, Stamper):
         """The stored key's meta (kvd.kv.revisions), None if it is not stored."""
         raise NotImplementedError
 
+    def _stored_with_meta(self, key: bytes) -> Tuple[object, Optional[Meta]]:
+        """(value or HASH, meta) of the stored key, (None, None) if it is not; subclasses may read once."""
+        value = self._stored(key)
+        return (None, None) if value is None else (value, self._stored_rev(key))
+
     def _stored_field(self, key: bytes, field: bytes) -> Optional[bytes]:
         """A field of the stored hash at ``key``."""
         raise NotImplementedError
@@ -552,8 +557,14 @@ class Overlay(HashOverlay, Stamper):
         self._count = 0
 
     def put(self, key: bytes, value: bytes) -> None:
-        current = self.get(key)
-        old = None if current is None else self.rev_meta(key)
+        if key in self._pending:
+            current = self._pending[key]
+            current, old = (None, None) if current is None else (
+                HASH if isinstance(current, PendingHash) else current, self._pending_rev[key])
+        elif self._cleared:
+            current, old = None, None
+        else:
+            current, old = self._stored_with_meta(key)
         if current is None:
             self._count += 1
         elif current is HASH:

@@ -23,8 +23,9 @@ How a keyspace keeps it: the machine sets ``write_index`` (the entry's log
 index) before applying an entry; ``Stamper.bump`` turns the first change
 under a new ``write_index`` into a new revision.  The meta travels with each
 key's mod index: in the snapshot (kvd.kv.machine, version 6) and in the
-durable record of the key (kvd.store.state layouts 6-9, ``pack_meta``:
-three varints, 3 to 9 bytes for a store below 2**21 revisions).
+durable record of the key (kvd.store.state layouts 6-9, ``pack_meta``: a
+length byte and three varints, 4 to 10 bytes for a store below 2**21
+revisions; the length lets a reader of the value skip the meta unread).
 
 Imports: as the layer table in tests/test_layers.py allows.
 """
@@ -35,7 +36,7 @@ from typing import Optional, Tuple
 
 from kvd.kv.codec import CodecError
 
-__all__ = ["Meta", "NO_META", "next_meta", "pack_meta", "unpack_meta", "Stamper"]
+__all__ = ["Meta", "NO_META", "next_meta", "pack_meta", "unpack_meta", "meta_end", "Stamper"]
 
 #: (create_revision, mod_revision, version)
 Meta = Tuple[int, int, int]
@@ -70,21 +71,36 @@ class Stamper:
 
 
 def pack_meta(meta: Meta) -> bytes:
-    """Three unsigned LEB128 varints: what a durable record adds to a key for its meta."""
-    out = bytearray()
+    """A length byte, then three unsigned LEB128 varints: what a durable record adds to a key for its meta."""
+    out = bytearray(1)
     for value in meta:
         while value >= 0x80:
             out.append((value & 0x7F) | 0x80)
             value >>= 7
         out.append(value)
+    out[0] = len(out) - 1
     return bytes(out)
 
 
+def meta_end(data, offset: int) -> int:
+    """Where ``pack_meta``'s bytes at ``offset`` end, without decoding them."""
+    return offset + 1 + data[offset]
+
+
 def unpack_meta(data, offset: int) -> Tuple[Meta, int]:
-    """(meta, offset past it) of ``pack_meta``'s bytes at ``offset``; CodecError if truncated or too long."""
+    """(meta, offset past it) of ``pack_meta``'s bytes at ``offset``; CodecError if truncated or malformed."""
+    if offset >= len(data):
+        raise CodecError("truncated revision meta")
+    end = offset + 1 + data[offset]
+    if end > len(data):
+        raise CodecError("truncated revision meta")
+    if end - offset == 4:  # the common case: three one-byte varints
+        a, b, c = data[offset + 1:end]
+        if a < 0x80 and b < 0x80 and c < 0x80:
+            return (a, b, c), end
     values = []
-    pos = offset
-    n = len(data)
+    pos = offset + 1
+    n = end
     for _ in range(3):
         value = shift = 0
         while True:
@@ -97,4 +113,6 @@ def unpack_meta(data, offset: int) -> Tuple[Meta, int]:
                 break
             shift += 7
         values.append(value)
+    if pos != end:
+        raise CodecError("revision meta of the wrong length")
     return (values[0], values[1], values[2]), pos

@@ -41,7 +41,8 @@ An older kvd reading layouts 2 and 3 takes them for corrupt records.
 
 Revisions (kvd.kv.revisions): a key's meta (create revision, mod revision,
 version) rides in the same record, after the mod index, as three varints
-(``meta``, 3-9 bytes for a store below 2**21 revisions; layouts 6-9, the
+(``meta``: a length byte and the varints, kvd.kv.revisions ``pack_meta``,
+4-10 bytes for a store below 2**21 revisions; layouts 6-9, the
 only ones written now); records of layouts 0-5 read as meta (0, 0, 0).
 The state record holds the store's revision after ``deleted_at`` (40
 bytes; records of 32 or 24 bytes read as revision 0).
@@ -92,7 +93,7 @@ import lmdb
 from kvd.kv.hashes import HASH, INLINE_FIELD, PendingHash, field_key
 from kvd.kv.codec import CodecError
 from kvd.kv.keyspace import Overlay, scan_position
-from kvd.kv.revisions import NO_META, Meta, pack_meta, unpack_meta
+from kvd.kv.revisions import NO_META, Meta, meta_end, pack_meta, unpack_meta
 from kvd.store import checksum
 from kvd.store.lmdb import CorruptStorage
 from kvd.store.schema import CorruptRecord
@@ -278,6 +279,16 @@ class LmdbState(Overlay):
             return None
         stored_key, value = self._decode_kv(dbkey, raw)
         return value if stored_key == key else None
+
+    def _stored_with_meta(self, key: bytes):
+        """(value or HASH, meta) of the stored key, (None, None) if not stored: one read where a put needs both."""
+        dbkey = lmdb_key(key)
+        with self._require_env().begin(db=self._kv) as txn:
+            raw = txn.get(dbkey)
+        if raw is None:
+            return None, None
+        stored_key, value, _, meta = self._decode_kv_full(dbkey, raw)
+        return (value, meta) if stored_key == key else (None, None)
 
     def _stored_mod(self, key: bytes) -> Optional[int]:
         dbkey = lmdb_key(key)
@@ -539,7 +550,7 @@ class LmdbState(Overlay):
         return _STATE.unpack(payload)
 
     def _decode_kv(self, dbkey: bytes, raw) -> Tuple[bytes, bytes]:
-        key, value, _ = self._decode_kv_mod(dbkey, raw)
+        key, value, _, _ = self._decode_kv_full(dbkey, raw, want_meta=False)
         return key, value
 
     def _decode_header(self, dbkey: bytes, raw, key: bytes) -> Optional[Tuple[int, int]]:
@@ -566,24 +577,34 @@ class LmdbState(Overlay):
 
     def _decode_kv_mod(self, dbkey: bytes, raw) -> Tuple[bytes, object, int]:
         """(key, value or HASH, mod index) of a value record (see the module docstring for its layouts)."""
-        return self._decode_kv_full(dbkey, raw)[:3]
+        return self._decode_kv_full(dbkey, raw, want_meta=False)[:3]
 
-    def _decode_kv_full(self, dbkey: bytes, raw, record: Optional[bytes] = None) -> Tuple[bytes, object, int, Meta]:
-        """(key, value or HASH, mod index, meta) of a value record (see the module docstring for its layouts)."""
+    def _decode_kv_full(self, dbkey: bytes, raw, record: Optional[bytes] = None,
+                        want_meta: bool = True) -> Tuple[bytes, object, int, Meta]:
+        """
+        (key, value or HASH, mod index, meta) of a value record (see the module docstring for its layouts);
+        the meta is None unless ``want_meta`` (a read of the value skips it).
+        """
         if record is None:
             record = self._unseal(raw, f"value at {bytes(dbkey[8:40])!r}")
         layout = record[:1]
         if layout in (b"\x06", b"\x07", b"\x08", b"\x09"):
-            return self._decode_with_meta(dbkey, record, layout)
+            return self._decode_with_meta(dbkey, record, layout, want_meta)
         return self._decode_before_meta(dbkey, record, layout) + (NO_META,)
 
-    def _decode_with_meta(self, dbkey: bytes, record: bytes, layout: bytes) -> Tuple[bytes, object, int, Meta]:
-        """Layouts 6-9: the mod index, a hash's count, the meta (varints), then as layouts 2-5."""
+    def _decode_with_meta(self, dbkey: bytes, record: bytes, layout: bytes,
+                          want_meta: bool) -> Tuple[bytes, object, int, Meta]:
+        """Layouts 6-9: the mod index, a hash's count, the meta (kvd.kv.revisions), then as layouts 2-5."""
         head = 17 if layout in (b"\x08", b"\x09") else 9
         try:
-            if len(record) < head:
+            if len(record) <= head:
                 raise CodecError("record too short")
-            meta, pos = unpack_meta(record, head)
+            if want_meta:
+                meta, pos = unpack_meta(record, head)
+            else:
+                meta, pos = None, meta_end(record, head)
+                if pos > len(record):
+                    raise CodecError("truncated revision meta")
         except CodecError:
             raise self._corrupt(CorruptRecord(f"value record at {bytes(dbkey[8:40])!r} has a malformed revision"))
         mod = _U64.unpack_from(record, 1)[0]

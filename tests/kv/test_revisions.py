@@ -132,9 +132,10 @@ def test_meta_helpers():
     for meta in [(0, 0, 0), (1, 2, 3), (2 ** 64 - 1, 2 ** 40, 127)]:
         packed = pack_meta(meta)
         assert unpack_meta(b"xx" + packed + b"tail", 2) == (meta, 2 + len(packed))
-    assert len(pack_meta((100_000, 100_000, 5))) == 7
-    with pytest.raises(CodecError):
-        unpack_meta(b"\x80\x80", 0)
+    assert len(pack_meta((100_000, 100_000, 5))) == 8 and pack_meta((1, 2, 3)) == b"\x03\x01\x02\x03"
+    for bad in (b"", b"\x80\x80", b"\x03\x01\x02", b"\x04\x01\x02\x03\x04", b"\x03\x81\x01\x02"):
+        with pytest.raises(CodecError):
+            unpack_meta(bad, 0)
 
 
 # ------------------------------------------------------------------ KVD.TXN
