@@ -59,7 +59,7 @@ LAYERS = {
                      kvd=_set("kvd.sim kvd.raft kvd.kv kvd.replica"), std=PURE | {"traceback"}),
     "kvd.sim.__main__": Layer(_set("__main__"), kvd=_set("kvd.sim"), std=_set("__future__ argparse sys time")),
     # I/O at the edges, one room each.
-    "kvd.store": Layer(_set("__init__ bench checksum lmdb schema state upgrade writer"), kvd=_set("kvd.store kvd.raft.messages kvd.raft.storage kvd.kv.codec kvd.kv.hashes kvd.kv.keyspace kvd.kv.machine kvd.kv.revisions"),
+    "kvd.store": Layer(_set("__init__ bench checksum lmdb schema state state_bench upgrade writer"), kvd=_set("kvd.store kvd.raft.messages kvd.raft.storage kvd.kv.codec kvd.kv.commands kvd.kv.hashes kvd.kv.keyspace kvd.kv.machine kvd.kv.revisions"),
                        third=_set("lmdb crc32c")),
     "kvd.wire": Layer(_set("__init__ codec errors peers snapshots tls"), kvd=_set("kvd.wire kvd.raft.messages kvd.errors kvd.limits"),
                       third=_set("twisted zope OpenSSL cryptography")),

@@ -72,6 +72,11 @@ class Stamper:
 
 def pack_meta(meta: Meta) -> bytes:
     """A length byte, then three unsigned LEB128 varints: what a durable record adds to a key for its meta."""
+    create, mod, version = meta
+    if create < 0x80 and mod < 0x80 and version < 0x80:
+        return bytes((3, create, mod, version))
+    if 0x80 <= create < 0x4000 and 0x80 <= mod < 0x4000 and version < 0x80:  # two bytes each
+        return bytes((5, (create & 0x7F) | 0x80, create >> 7, (mod & 0x7F) | 0x80, mod >> 7, version))
     out = bytearray(1)
     for value in meta:
         while value >= 0x80:
@@ -98,21 +103,17 @@ def unpack_meta(data, offset: int) -> Tuple[Meta, int]:
         a, b, c = data[offset + 1:end]
         if a < 0x80 and b < 0x80 and c < 0x80:
             return (a, b, c), end
+    if end - offset > 31:  # three varints of at most 10 bytes each
+        raise CodecError("revision meta too long")
     values = []
-    pos = offset + 1
-    n = end
-    for _ in range(3):
-        value = shift = 0
-        while True:
-            if pos >= n or shift > 63:
-                raise CodecError("truncated or over-long revision varint")
-            b = data[pos]
-            pos += 1
-            value |= (b & 0x7F) << shift
-            if not b & 0x80:
-                break
+    value = shift = 0
+    for b in data[offset + 1:end]:
+        value |= (b & 0x7F) << shift
+        if b & 0x80:
             shift += 7
-        values.append(value)
-    if pos != end:
+        else:
+            values.append(value)
+            value = shift = 0
+    if len(values) != 3 or shift:
         raise CodecError("revision meta of the wrong length")
-    return (values[0], values[1], values[2]), pos
+    return (values[0], values[1], values[2]), end

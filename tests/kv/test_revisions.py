@@ -132,6 +132,18 @@ def test_meta_helpers():
     for meta in [(0, 0, 0), (1, 2, 3), (2 ** 64 - 1, 2 ** 40, 127)]:
         packed = pack_meta(meta)
         assert unpack_meta(b"xx" + packed + b"tail", 2) == (meta, 2 + len(packed))
+    rng = random.Random(3)
+    for bits in (7, 8, 14, 15, 21, 64):  # the fast paths give exactly the plain varints
+        for _ in range(300):
+            meta = (rng.randrange(1 << bits), rng.randrange(1 << bits), rng.randrange(300))
+            plain = bytearray()
+            for value in meta:
+                while value >= 0x80:
+                    plain.append((value & 0x7F) | 0x80)
+                    value >>= 7
+                plain.append(value)
+            assert pack_meta(meta) == bytes((len(plain),)) + plain
+            assert unpack_meta(pack_meta(meta), 0) == (meta, len(plain) + 1)
     assert len(pack_meta((100_000, 100_000, 5))) == 8 and pack_meta((1, 2, 3)) == b"\x03\x01\x02\x03"
     for bad in (b"", b"\x80\x80", b"\x03\x01\x02", b"\x04\x01\x02\x03\x04", b"\x03\x81\x01\x02"):
         with pytest.raises(CodecError):
