@@ -570,8 +570,19 @@ class Overlay(HashOverlay, Stamper):
         elif current is HASH:
             self._retire_fields(key)
         self._pending[key] = bytes(value)
-        self._pending_mod[key] = self.write_index
-        self._pending_rev[key] = next_meta(old, self.bump())
+        index = self.write_index
+        self._pending_mod[key] = index
+        # Stamper.bump and next_meta inlined: this is every durable write of a string.
+        if self._rev_at != index:
+            self.revision += 1
+            self._rev_at = index
+        revision = self.revision
+        if old is None:
+            self._pending_rev[key] = (revision, revision, 1)
+        elif old[1] != revision:
+            self._pending_rev[key] = (old[0], revision, old[2] + 1)
+        else:
+            self._pending_rev[key] = old
 
     def delete(self, key: bytes) -> bool:
         current = self.get(key)
