@@ -5,13 +5,15 @@ through the protocol on a KVMachine, refused inside MULTI and scripts, and
 described by COMMAND (GETKEYS finds KVD.TXN's keys wherever they are).
 """
 
+import random
+
 from kvd.kv.commands import Compare, Get, KvTxn, RevRead, TxnOp
 from kvd.resp.commands import Read, Write, parse_request, request_name
 from kvd.resp.connection import required_role
 from kvd.resp.auth import READWRITE
 from kvd.resp.errors import CommandError
 from tests.resp.test_protocol import MachineExecutor, connect, redis_py_replies
-from tests.resp.test_everyday import _kvd_replies
+from tests.resp.test_everyday import _kvd_replies, _redis_replies, redis_server  # noqa: F401
 
 
 def req(*args):
@@ -91,3 +93,33 @@ def _pack(*args):
     from tests.resp.test_protocol import packed
 
     return packed(*args)
+
+
+def test_txn_ops_answer_as_redis_answers_them_inside_multi(redis_server):  # noqa: F811
+    """
+    Redis has no KVD.TXN, but it has its ops: a KVD.TXN's THEN (or ELSE) replies are what a redis-server
+    answers for the same SET/DEL/GET inside MULTI/EXEC, and the state after is the same (random sequences,
+    wrong types included); KVD.GET without WITHREV is GET.
+    """
+    rng = random.Random(16)
+    proto, transport = connect(MachineExecutor())
+    keys = ["x", "y", "z", "h"]
+    _redis_replies(redis_server, [("FLUSHALL",)])
+    _kvd_replies(proto, transport, [("FLUSHALL",)])
+    for round_ in range(150):
+        if rng.random() < 0.1:  # a hash under one of the keys: GET answers WRONGTYPE in its place, SET replaces it
+            command = ("HSET", "h", "f", "1")
+            assert _redis_replies(redis_server, [command]) == _kvd_replies(proto, transport, [command])
+        ops = []
+        for _ in range(rng.randrange(1, 5)):
+            k = rng.choice(keys)
+            ops.append(rng.choice([("SET", k, rng.choice(["", "v", "w%d" % round_])), ("DEL", k), ("GET", k)]))
+        use_else = rng.random() < 0.3
+        head = ("KVD.TXN", "IF", "MISSING", "nope", "EXISTS", "nope", "THEN", "ELSE") if use_else else ("KVD.TXN", "THEN")
+        (kvd,) = _kvd_replies(proto, transport, [head + tuple(w for op in ops for w in op)])
+        theirs = _redis_replies(redis_server, [("MULTI",)] + ops + [("EXEC",)])
+        assert theirs[-1][0] == b"*", theirs
+        assert kvd[0] == b"*" and kvd[1][0] == (b":", b"0" if use_else else b"1"), (ops, kvd)
+        assert kvd[1][1] == theirs[-1], (ops, kvd, theirs)
+        assert _kvd_replies(proto, transport, [("KVD.GET", k) for k in keys]) == _redis_replies(
+            redis_server, [("GET", k) for k in keys])
