@@ -75,6 +75,15 @@ def test_refused_inside_multi_and_scripts():
     assert got[5][0] == b"-" and b"not allowed from script" in got[5][1]
 
 
+def test_revision_reads_run_inside_multi():
+    proto, transport = connect(MachineExecutor())
+    got = _kvd_replies(proto, transport, [("SET", "a", "0"), ("MULTI",), ("SET", "a", "1"), ("KVD.GET", "a", "WITHREV"),
+                                          ("KVD.REVISION",), ("EXEC",)])
+    assert got[1:5] == [(b"+", b"OK")] + [(b"+", b"QUEUED")] * 3
+    assert got[5] == (b"*", [(b"+", b"OK"), (b"*", [(b"$", b"1"), (b":", b"1"), (b":", b"2"), (b":", b"2")]),
+                             (b":", b"2")])
+
+
 def test_command_describes_them():
     proto, transport = connect(MachineExecutor())
     got = _kvd_replies(proto, transport, [
