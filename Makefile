@@ -78,8 +78,8 @@ test-docker: install
 # partition-leader bridge one-way membership; groups process, partitions).
 # One summary line per run; an anomaly keeps the history and node logs under
 # TORTURE_OUT.  Partitions need root and nft.  WORKLOAD=txn (MULTI/EXEC, WATCH
-# compare-and-set) or WORKLOAD=script (Lua scripts) runs multi-key ops instead; WORKLOAD=expiry
-# SET PX / GET with keys expiring all through the faults.
+# compare-and-set), WORKLOAD=script (Lua scripts) or WORKLOAD=kvtxn (KVD.TXN) runs multi-key ops instead;
+# WORKLOAD=expiry SET PX / GET with keys expiring all through the faults.
 DURATION ?= 300
 WORKLOAD ?= register
 NEMESIS ?= all

@@ -35,6 +35,11 @@ and two ways to be conditional:
 - ``cond`` (a script's own compare): ``(key, expected)`` evaluated on the
   state at the op's point; the writes take effect iff it holds.  ``ok``: the
   script said whether it did (``applied``), which must agree.
+- ``orelse`` (KVD.TXN, kvd.kv.txn): two branches.  ``conds`` (key, expected
+  value; None: the key is missing), all evaluated on the state at the op's
+  point, choose ``micro`` (all hold) or ``orelse`` (the ELSE ops), each
+  applied whole, its reads checked for an ``ok`` outcome; ``applied`` says
+  which branch the node answered it took, which must agree.
 
 Register operations of kvd.check.linear (the nemesis's read-backs, the
 final reads, the stale-read probe) are converted into one-micro-op TxnOps of
@@ -77,6 +82,8 @@ class TxnOp:
     invoke: float = 0.0
     complete: Optional[float] = None
     node: str = ""
+    conds: Tuple[Tuple[str, object], ...] = ()
+    orelse: Optional[Tuple[tuple, ...]] = None
 
     f = TXN
 
@@ -85,14 +92,23 @@ class TxnOp:
             raise ValueError("unknown outcome %r" % (self.outcome,))
         if self.outcome != INFO and (self.complete is None or self.complete < self.invoke):
             raise ValueError("op %d: a known outcome needs a completion time at or after its invocation" % self.index)
-        for m in self.micro:
+        for m in self.micro + (self.orelse or ()):
             if m[0] not in MICRO:
                 raise ValueError("op %d: unknown micro-operation %r" % (self.index, m))
-        if self.outcome == OK and (self.guard or self.cond is not None) and self.applied is None:
+        if self.conds and self.orelse is None:
+            raise ValueError("op %d: compares (conds) need an ELSE branch (orelse, maybe empty)" % self.index)
+        conditional = self.guard or self.cond is not None or self.orelse is not None
+        if self.outcome == OK and conditional and self.applied is None:
             raise ValueError("op %d: a conditional op that answered must say whether it applied" % self.index)
 
     def writes(self) -> bool:
-        return any(m[0] != "r" for m in self.micro)
+        return any(m[0] != "r" for m in self.micro + (self.orelse or ()))
+
+    def taken(self) -> Tuple[tuple, ...]:
+        """The micro-operations of the branch an ``ok`` op answered it took (both when it has one)."""
+        if self.orelse is None or self.outcome != OK:
+            return self.micro
+        return self.micro if self.applied else self.orelse
 
     def describe(self) -> str:
         parts = []
@@ -100,7 +116,12 @@ class TxnOp:
             parts.append("WATCH " + " ".join("%s=%r" % kv for kv in self.guard))
         if self.cond is not None:
             parts.append("IF %s==%r" % self.cond)
-        for m in self.micro:
+        if self.orelse is not None:
+            parts.append("IF " + " ".join("%s==%r" % kv for kv in self.conds))
+        for m in self.micro + ((("else",),) if self.orelse is not None else ()) + (self.orelse or ()):
+            if m[0] == "else":
+                parts.append("ELSE")
+                continue
             if m[0] == "r":
                 parts.append("GET %s%s" % (m[1], " -> %r" % (m[2],) if self.outcome == OK else ""))
             elif m[0] == "w":
@@ -155,12 +176,22 @@ def step(state, op: TxnOp):
             return False, state
         if not holds or (known and not op.applied):
             return True, state  # unknown and the guard fails here: a no-op; or aborted: a read, which fits
+    if op.orelse is not None:  # KVD.TXN: the compares choose a branch, applied whole
+        holds = all(values.get(k) == v for k, v in op.conds)
+        if known and holds != bool(op.applied):
+            return False, state
+        return _apply(values, op.micro if holds else op.orelse, True, known, state)
     do_writes = True
     if op.cond is not None:
         do_writes = values.get(op.cond[0]) == op.cond[1]
         if known and do_writes != bool(op.applied):
             return False, state
-    for m in op.micro:
+    return _apply(values, op.micro, do_writes, known, state)
+
+
+def _apply(values: dict, micro, do_writes: bool, known: bool, state):
+    """``micro`` on ``values`` (reads checked when ``known``, writes skipped unless ``do_writes``): as ``step``."""
+    for m in micro:
         f, key = m[0], m[1]
         if f == "r":
             if known and values.get(key) != m[2]:
@@ -191,13 +222,13 @@ def _never_written(ops: List[TxnOp]) -> Optional[str]:
     counters = {m[1] for op in ops for m in op.micro if m[0] == "incr"}
     written: Dict[str, set] = {}
     for op in ops:
-        for m in op.micro:
+        for m in op.micro + (op.orelse or ()):
             if m[0] == "w":
                 written.setdefault(m[1], set()).add(m[2])
     for op in ops:
         seen = list(op.guard)
         if op.outcome == OK:
-            seen += [(m[1], m[2]) for m in op.micro if m[0] == "r"]
+            seen += [(m[1], m[2]) for m in op.taken() if m[0] == "r"]
         for key, value in seen:
             if key not in counters and value is not None and value not in written.get(key, ()):
                 return "read of a value never written: %s=%r in %s" % (key, value, op.describe())

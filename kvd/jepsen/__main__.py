@@ -9,7 +9,8 @@ summary line per run; exit status 1 when any run found an anomaly.
 
 Workloads: register (GET, SET, SET IFEQ, DEL on single keys), txn (MULTI/EXEC
 across keys of a group, WATCH-based compare-and-set), script (EVAL/EVALSHA/
-EVAL_RO scripts reading and writing several keys); --keys is then the number
+EVAL_RO scripts reading and writing several keys), kvtxn (KVD.TXN compare-and-
+swap transfers between two keys, blind writes, reads); --keys is then the number
 of key groups and --ops-per-key the ops per group.
 
 Nemeses: kill-leader kill-random stop-leader pause-leader pause-random crash-all
@@ -70,10 +71,12 @@ def main(argv=None) -> int:
     p.add_argument("--keep", action="store_true", help="keep every run's directory")
     p.add_argument("--check-budget", type=float, default=120.0)
     p.add_argument("--think-ms", type=float, default=10.0, help="mean pause between a client's operations")
-    p.add_argument("--workload", choices=("register", "txn", "script", "expiry"), default="register",
-                   help="what the clients do (txn: MULTI/EXEC and WATCH CAS; script: Lua scripts; expiry: SET PX and GET)")
+    p.add_argument("--workload", choices=("register", "txn", "script", "kvtxn", "expiry"), default="register",
+                   help="what the clients do (txn: MULTI/EXEC and WATCH CAS; script: Lua scripts; "
+                        "kvtxn: KVD.TXN compare-and-swap transfers; expiry: SET PX and GET)")
     p.add_argument("--planted-split", action="store_true",
-                   help="txn/script ops run as separate commands, recorded as atomic; expiry writes recorded with a third of their ttl: a planted bug the checker must catch")
+                   help="txn/script/kvtxn ops run as separate commands, recorded as atomic; expiry writes recorded "
+                        "with a third of their ttl: a planted bug the checker must catch")
     p.add_argument("--planted-stale-reads", action="store_true", help="clients read with READONLY (stale reads allowed): a planted bug the checker must catch")
     p.add_argument("--snapshot-entries", type=int, default=400, help="nodes snapshot every this many entries (small: snapshots under faults)")
     p.add_argument("--fault-seconds", type=float, nargs=2, default=(2.0, 4.0), metavar=("MIN", "MAX"))
@@ -98,7 +101,7 @@ def main(argv=None) -> int:
 
     print("torture: %s workload, nemeses %s, %gs per run, %gs in all, %d nodes, %d clients, %d %s" % (
         args.workload, ",".join(names) or "none", args.run_seconds, args.duration, args.nodes, args.clients, args.keys,
-        "key groups" if args.workload in ("txn", "script") else "keys"), flush=True)
+        "key groups" if args.workload in ("txn", "script", "kvtxn") else "keys"), flush=True)
     deadline = time.monotonic() + args.duration
     runs = anomalies = 0
     try:

@@ -16,6 +16,13 @@ register holding a map):
   and returns the old values and the new count; a compare-and-set of two keys
   on the first's value, answering whether it applied and the old values; a
   read of the whole group.
+- ``kvtxn``: KVD.TXN (kvd.kv.txn), each one entry: a compare-and-swap
+  transfer of two keys (``IF VALUE a = <seen> VALUE b = <seen> THEN SET a ..
+  SET b .. GET c ELSE GET a GET b``; ``MISSING k`` for a key not seen yet),
+  a blind write of two or three keys, a read of the whole group.  The ELSE
+  branch reads the values that made the compare fail, so a failed transfer
+  is checked too; a transfer that applied half, or a read that sees half of
+  one, leaves no linearization (kvd.check.txn ``orelse``).
 
 Each group is ``<prefix><slot>-<generation>`` with keys ``.a .b .c`` (and
 ``.n``, the scripts' counter); a slot moves to a fresh generation after
@@ -33,8 +40,8 @@ is an anomaly).  A connection that saw anything but a clean answer is closed
 and replaced, so no WATCH or MULTI state outlives an op.
 
 ``split=True`` is a planted bug, to show the checker has teeth: the same ops
-are run as separate commands (no MULTI, no WATCH, no script) and recorded as
-if they had been atomic.
+are run as separate commands (no MULTI, no WATCH, no script, no KVD.TXN) and
+recorded as if they had been atomic.
 
 Imports: as the layer table in tests/test_layers.py allows.
 """
@@ -264,7 +271,10 @@ class GroupWorkload(ClientThreads):
                 self._count(kind, "applied")
             reads = iter(result["reads"])
             applied = result.get("applied") is not False
-            for m in spec["micro"]:
+            taken = spec["micro"]
+            if spec.get("orelse") is not None:  # KVD.TXN: the reads are those of the branch it took
+                taken, applied = (spec["micro"], True) if result.get("applied") else (spec["orelse"], False)
+            for m in taken:
                 if m[0] in ("r", "incr"):
                     self._seen(m[1], next(reads))
                 elif m[0] == "w" and applied and (spec.get("cond") is None or result.get("applied")):
@@ -359,7 +369,7 @@ class GroupWorkload(ClientThreads):
         def conditional(kind, row):
             if kind == "cas":
                 return "%d applied, %d aborted (EXEC nil), " % (row["applied"], row["aborted"])
-            if kind == "script-cas":
+            if kind in ("script-cas", "kvtxn-transfer"):
                 return "%d applied, %d compare failed, " % (row["applied"], row["aborted"])
             return ""
         return ", ".join("%s %d ok (%s%d failed, %d unknown)" % (kind, row["ok"], conditional(kind, row), row["fail"], row["info"])
@@ -529,7 +539,78 @@ class ScriptWorkload(GroupWorkload):
         return {"reads": [_text(v) for v in reply], "applied": None}
 
 
-WORKLOADS = {"txn": TxnWorkload, "script": ScriptWorkload}
+class KvTxnWorkload(GroupWorkload):
+    """KVD.TXN, one log entry each: compare-and-swap transfers between two keys, blind writes, reads."""
+
+    PREFIX = "k"
+    MIX = (("kvtxn-transfer", 0.5), ("kvtxn-write", 0.2), ("kvtxn-read", 0.3))
+
+    def _seen_or_missing(self, rng: random.Random, key: str):
+        with self.lock:
+            seen = list(self.recent.get(key, ()))
+        return rng.choice(seen) if seen else None
+
+    def spec(self, rng, group, kind, name, fresh) -> dict:
+        keys = self.keys_of(group)
+        if kind == "kvtxn-read":
+            return {"kind": kind, "micro": [["r", k, None] for k in keys]}
+        if kind == "kvtxn-write":
+            chosen = rng.sample(keys, rng.choice((2, 3)))
+            return {"kind": kind, "micro": [["w", k, fresh()] for k in chosen]}
+        a, b, c = rng.sample(keys, 3)
+        return {"kind": kind, "conds": [[a, self._seen_or_missing(rng, a)], [b, self._seen_or_missing(rng, b)]],
+                "micro": [["w", a, fresh()], ["w", b, fresh()], ["r", c, None]],
+                "orelse": [["r", a, None], ["r", b, None]]}
+
+    @staticmethod
+    def _words(ops) -> List[str]:
+        words: List[str] = []
+        for m in ops:
+            words += ["SET", m[1], m[2]] if m[0] == "w" else ["GET", m[1]]
+        return words
+
+    def run_atomic(self, conn: Connection, spec: dict, sent_write: list) -> dict:
+        words: List[str] = []
+        if spec.get("conds"):
+            words.append("IF")
+            for key, expected in spec["conds"]:
+                words += ["MISSING", key] if expected is None else ["VALUE", key, "=", expected]
+        words += ["THEN"] + self._words(spec["micro"])
+        if spec.get("orelse"):
+            words += ["ELSE"] + self._words(spec["orelse"])
+        sent_write[0] = True
+        reply = conn.call("KVD.TXN", *words)
+        if not (isinstance(reply, list) and len(reply) == 3 and reply[0] in (0, 1) and isinstance(reply[1], list)
+                and isinstance(reply[2], int)):
+            raise Unexpected("KVD.TXN answered %r" % (reply,))
+        succeeded = bool(reply[0])
+        ops = spec["micro"] if succeeded else spec.get("orelse") or []
+        if len(reply[1]) != len(ops) or (not succeeded and not spec.get("conds")):
+            raise Unexpected("KVD.TXN answered %r for %d ops" % (reply, len(ops)))
+        reads = []
+        for m, answer in zip(ops, reply[1]):
+            if isinstance(answer, ReplyError):
+                raise Unexpected("KVD.TXN's %s %s answered %s" % (m[0], m[1], answer.text))
+            if m[0] == "r":
+                reads.append(_text(answer))
+            else:
+                _ok(answer, "KVD.TXN's SET")
+        return {"reads": reads, "applied": succeeded if "orelse" in spec else None}
+
+    def run_split(self, conn: Connection, spec: dict, sent_write: list) -> dict:
+        """The planted bug: the compares, then each op, as separate commands, recorded as one KVD.TXN."""
+        holds = all(_text(conn.call("GET", key)) == expected for key, expected in spec.get("conds") or ())
+        reads = []
+        for m in spec["micro"] if holds else spec.get("orelse") or []:
+            if m[0] == "r":
+                reads.append(_text(conn.call("GET", m[1])))
+            else:
+                sent_write[0] = True
+                _ok(conn.call("SET", m[1], m[2]), "SET")
+        return {"reads": reads, "applied": holds if "orelse" in spec else None}
+
+
+WORKLOADS = {"txn": TxnWorkload, "script": ScriptWorkload, "kvtxn": KvTxnWorkload}
 
 
 def convergence(final: Dict[str, Optional[str]], replicas: Dict[str, Dict[str, Optional[str]]]) -> List[str]:
@@ -542,4 +623,4 @@ def convergence(final: Dict[str, Optional[str]], replicas: Dict[str, Dict[str, O
     return problems
 
 
-__all__ = ["GroupWorkload", "TxnWorkload", "ScriptWorkload", "WORKLOADS", "convergence", "group_of"]
+__all__ = ["GroupWorkload", "TxnWorkload", "ScriptWorkload", "KvTxnWorkload", "WORKLOADS", "convergence", "group_of"]

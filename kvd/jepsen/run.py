@@ -67,9 +67,9 @@ class RunConfig:
     snapshot_keep_entries: int = 100
     label: str = ""
     planted_stale_reads: bool = False  # clients read with READONLY: the checker must find stale reads
-    # "register" (GET/SET/SET IFEQ/DEL per key), "txn" (MULTI/EXEC, WATCH CAS) or "script" (EVAL/EVALSHA):
-    # the last two run on groups of keys (``keys`` groups, ``ops_per_key`` ops each) and are checked by kvd.check.txn;
-    # "expiry" (SET PX / GET, kvd.jepsen.expiry) is checked by kvd.check.expiry.
+    # "register" (GET/SET/SET IFEQ/DEL per key), "txn" (MULTI/EXEC, WATCH CAS), "script" (EVAL/EVALSHA) or
+    # "kvtxn" (KVD.TXN): the last three run on groups of keys (``keys`` groups, ``ops_per_key`` ops each) and are
+    # checked by kvd.check.txn; "expiry" (SET PX / GET, kvd.jepsen.expiry) is checked by kvd.check.expiry.
     workload: str = "register"
     # txn/script ops run as separate commands (the checker must find torn ops); expiry: writes recorded with a
     # third of their ttl (the checker must find reads "after expiry").

@@ -101,13 +101,20 @@ def to_txn_op(rec: dict) -> TxnOp:
     spec, ok = rec["value"], rec["outcome"] == OK
     result = rec.get("result") or {}
     reads = iter(result.get("reads") or ())
-    micro = tuple((m[0], m[1], next(reads, None) if ok else None) if m[0] in ("r", "incr") else tuple(m)
-                  for m in spec["micro"])
+
+    def filled(ops, answered: bool):
+        return tuple((m[0], m[1], next(reads, None) if answered else None) if m[0] in ("r", "incr") else tuple(m)
+                     for m in ops)
+
+    branches = spec.get("orelse") is not None  # KVD.TXN: the reads are the taken branch's
+    micro = filled(spec["micro"], ok and (not branches or result.get("applied") is True))
+    orelse = filled(spec["orelse"], ok and result.get("applied") is False) if branches else None
     guard = tuple((k, v) for k, v in spec.get("guard") or ())
     cond = tuple(spec["cond"]) if spec.get("cond") is not None else None
+    conds = tuple((k, v) for k, v in spec.get("conds") or ())
     return TxnOp(rec["index"], rec["process"], rec["key"], spec["kind"], micro, guard, cond,
                  result.get("applied") if ok else None, rec["outcome"], rec["invoke"], rec["complete"],
-                 rec.get("node", ""))
+                 rec.get("node", ""), conds, orelse)
 
 
 def to_op(rec: dict):

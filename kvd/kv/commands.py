@@ -4,11 +4,11 @@ The commands of the key/value machine and the codec of what goes in the log.
 
 Write commands (``Set``, ``Delete``, ``MSet``, ``IncrBy``, ``GetDel``,
 ``Append``, ``SetRange``, ``MSetNX``, ``Rename``, ``Copy``, ``FlushAll``,
-``Transaction``, ``Script``, ``HashWrite``, ``IncrByFloat``, ``Expire``, ``GetEx``, ``Tick``, ``Lease``) change the state and
-are proposed to Raft
+``Transaction``, ``Script``, ``HashWrite``, ``IncrByFloat``, ``Expire``, ``GetEx``, ``Tick``, ``Lease``, ``KvTxn``) change
+the state and are proposed to Raft
 inside an ``Envelope``; read ops (``Get``, ``MGet``, ``Exists``, ``Keys``,
 ``Scan``, ``DbSize``, ``StrLen``, ``GetRange``, ``RandomKey``, ``Versions``,
-``ScriptGet``, ``HashRead``, ``KeyType``, ``Ttl``, ``LeaseRead``) are served by ``KVMachine.read`` and never logged on their
+``ScriptGet``, ``HashRead``, ``KeyType``, ``Ttl``, ``LeaseRead``, ``RevRead``) are served by ``KVMachine.read`` and never logged on their
 own.  A ``Transaction`` (MULTI ... EXEC) is one entry holding write commands and
 read ops, applied in order at one index, with the versions of the keys its
 client WATCHed: if one of them changed, nothing is applied (nil).  A
@@ -88,6 +88,15 @@ after ``ifeq``; it excludes bits 4-6)::
     tag 44 LeaseRead  op:byte [id flags:byte]   (a read op)
                   op: 0 TTL id flags (bit 0: KEYS, the attached keys too), 1 LIST
 
+Revisions and KVD.TXN (kvd.kv.revisions, kvd.kv.txn)::
+
+    tag 69 KvTxn   n (cmp)...  n (op)...  n (op)...     IF compares THEN ops ELSE ops
+                  cmp: target:byte op:byte key:blob then value:blob (VALUE) or n:uint (VERSION, CREATE,
+                       MOD; EXISTS and MISSING have neither)
+                       target: 0 VALUE, 1 VERSION, 2 CREATE, 3 MOD, 4 EXISTS, 5 MISSING; op: 0 =, 1 !=, 2 <, 3 >
+                  op: 0 SET key:blob value:blob, 1 DEL key:blob, 2 GET key:blob
+    tag 45 RevRead op:byte [key:blob]   (a read op) op: 0 KVD.GET key WITHREV, 1 KVD.REVISION
+
 INCRBYFLOAT is tag 64, ``key:blob increment:blob``: the increment as the
 client sent it, parsed (and refused) when the entry is applied
 (kvd.kv.longdouble).  Inside a transaction tags 32-63 are read ops, so
@@ -115,6 +124,7 @@ __all__ = [
     "HashWrite", "HashRead", "KeyType", "HASH_WRITE_OPS", "HASH_READ_OPS", "KEY_TYPES", "SCAN_TYPES",
     "float_increment_error", "Expire", "GetEx", "Tick", "Ttl", "EXPIRE_OPS", "TTL_OPS",
     "EXPIRE_NX", "EXPIRE_XX", "EXPIRE_GT", "EXPIRE_LT", "Lease", "LeaseRead", "LEASE_OPS", "LEASE_READ_OPS",
+    "Compare", "TxnOp", "KvTxn", "RevRead", "TXN_TARGETS", "TXN_CMP_OPS", "TXN_OP_NAMES", "REV_READ_OPS",
 ]
 
 ENVELOPE_VERSION = 1
@@ -523,6 +533,82 @@ class Lease:
 LEASE_MAX_TTL_S = 9_000_000_000
 
 
+#: KvTxn's compare targets and operators, by their code in the log (tag 69).
+TXN_TARGETS = ("value", "version", "create", "mod", "exists", "missing")
+TXN_CMP_OPS = ("=", "!=", "<", ">")
+#: KvTxn's operations, by their code in the log.
+TXN_OP_NAMES = ("set", "del", "get")
+
+
+@dataclass(frozen=True)
+class Compare:
+    """
+    One compare of KVD.TXN (kvd.kv.txn): ``target`` of ``key`` ``op`` ``value`` (VALUE: bytes) or
+    ``number`` (VERSION, CREATE, MOD: an unsigned integer); EXISTS and MISSING take neither.
+    """
+
+    target: str
+    key: bytes
+    op: str = "="
+    value: bytes = b""
+    number: int = 0
+
+    def __post_init__(self):
+        if self.target not in TXN_TARGETS:
+            raise ValueError("target must be one of %s, not %r" % (", ".join(TXN_TARGETS), self.target))
+        if self.op not in TXN_CMP_OPS:
+            raise ValueError("op must be one of %s, not %r" % (" ".join(TXN_CMP_OPS), self.op))
+        _bytes("key", self.key)
+        _bytes("value", self.value)
+        _int("number", self.number, 0, U64_MAX)
+        if self.target != "value" and self.value:
+            raise ValueError("only a VALUE compare takes a value")
+        if self.target in ("value", "exists", "missing") and self.number:
+            raise ValueError("only VERSION, CREATE and MOD compares take a number")
+        if self.target in ("exists", "missing") and self.op != "=":
+            raise ValueError("EXISTS and MISSING take no operator")
+
+
+@dataclass(frozen=True)
+class TxnOp:
+    """One operation of KVD.TXN: SET key value, DEL key or GET key."""
+
+    op: str
+    key: bytes
+    value: bytes = b""
+
+    def __post_init__(self):
+        if self.op not in TXN_OP_NAMES:
+            raise ValueError("op must be one of %s, not %r" % (", ".join(TXN_OP_NAMES), self.op))
+        _bytes("key", self.key)
+        _bytes("value", self.value)
+        if self.op != "set" and self.value:
+            raise ValueError("only SET takes a value")
+
+
+@dataclass(frozen=True)
+class KvTxn:
+    """
+    KVD.TXN: if every compare holds, ``success``'s ops are applied, else ``failure``'s, in one log entry
+    (kvd.kv.txn); the answer is [1 or 0, [each op's reply], the store's revision after it].
+    """
+
+    compares: Tuple[Compare, ...] = ()
+    success: Tuple[TxnOp, ...] = ()
+    failure: Tuple[TxnOp, ...] = ()
+
+    def __post_init__(self):
+        for name, kind in (("compares", Compare), ("success", TxnOp), ("failure", TxnOp)):
+            items = getattr(self, name)
+            if isinstance(items, (bytes, str)):
+                raise TypeError("%s must be a sequence" % (name,))
+            items = tuple(items)
+            for item in items:
+                if not isinstance(item, kind):
+                    raise TypeError("each of %s must be a %s" % (name, kind.__name__))
+            object.__setattr__(self, name, items)
+
+
 SIMPLE_WRITES = (Set, Delete, MSet, IncrBy, GetDel, Append, SetRange, MSetNX, Rename, Copy, FlushAll, HashWrite,
                  IncrByFloat, Expire, GetEx, Tick)
 
@@ -559,8 +645,8 @@ class Transaction:
 
 
 WriteCommand = Union[Set, Delete, MSet, IncrBy, GetDel, Append, SetRange, MSetNX, Rename, Copy, FlushAll, Transaction,
-                     Script, HashWrite, IncrByFloat, Expire, GetEx, Tick, Lease]
-WRITE_COMMANDS = SIMPLE_WRITES + (Transaction, Script, Lease)
+                     Script, HashWrite, IncrByFloat, Expire, GetEx, Tick, Lease, KvTxn]
+WRITE_COMMANDS = SIMPLE_WRITES + (Transaction, Script, Lease, KvTxn)
 
 
 @dataclass(frozen=True)
@@ -797,11 +883,30 @@ class LeaseRead:
             raise ValueError("LIST takes nothing")
 
 
+#: RevRead's operations, by their code in the log (tag 45).
+REV_READ_OPS = ("getrev", "revision")
+
+
+@dataclass(frozen=True)
+class RevRead:
+    """KVD.GET key WITHREV (op "getrev": [value, create, mod, version], nil if missing) or KVD.REVISION."""
+
+    op: str
+    key: bytes = b""
+
+    def __post_init__(self):
+        if self.op not in REV_READ_OPS:
+            raise ValueError("op must be one of %s, not %r" % (", ".join(REV_READ_OPS), self.op))
+        _bytes("key", self.key)
+        if self.op == "revision" and self.key:
+            raise ValueError("KVD.REVISION names no key")
+
+
 ReadOp = Union[Get, MGet, Exists, Keys, Scan, DbSize, StrLen, GetRange, RandomKey, Versions, ScriptGet, HashRead,
-               KeyType, Ttl, LeaseRead]
+               KeyType, Ttl, LeaseRead, RevRead]
 #: The read ops a transaction may hold.
 TXN_READ_OPS = (Get, MGet, Exists, Keys, Scan, DbSize, StrLen, GetRange, RandomKey, HashRead, KeyType, Ttl,
-                LeaseRead)
+                LeaseRead, RevRead)
 READ_OPS = TXN_READ_OPS + (Versions, ScriptGet)
 
 
@@ -809,6 +914,8 @@ def read_keys(op) -> Tuple[bytes, ...]:
     """The keys a read op names (for the key length limit)."""
     if isinstance(op, (Get, StrLen, GetRange, HashRead, KeyType, Ttl)):
         return (op.key,)
+    if isinstance(op, RevRead):
+        return (op.key,) if op.op == "getrev" else ()
     if isinstance(op, (MGet, Exists, Versions)):
         return op.keys
     return ()
@@ -829,6 +936,7 @@ _TAG_STRLEN, _TAG_GETRANGE, _TAG_RANDOMKEY = 38, 39, 40
 _TAG_HASH_WRITE, _TAG_HASH_READ, _TAG_KEY_TYPE = 14, 41, 42
 _TAG_EXPIRE, _TAG_GETEX, _TAG_TICK, _TAG_TTL = 65, 66, 67, 43
 _TAG_LEASE, _TAG_LEASE_READ = 68, 44
+_TAG_KV_TXN, _TAG_REV_READ = 69, 45
 _FLAG_KEEPTTL, _FLAG_EXPIRE, _FLAG_EXPIRE_AT, _FLAG_LEASE = 0x10, 0x20, 0x40, 0x80
 _LEASE_READ_KEYS = 0x01
 _GETEX_EXPIRE, _GETEX_EXPIRE_AT, _GETEX_PERSIST = 0x01, 0x02, 0x04
@@ -948,6 +1056,9 @@ def _encode_command(w: Writer, cmd) -> None:
             for item in seq:
                 w.blob(item)
         w.uint(cmd.max_len)
+    elif isinstance(cmd, KvTxn):
+        w.byte(_TAG_KV_TXN)
+        _encode_kv_txn(w, cmd)
     elif isinstance(cmd, Transaction):
         w.byte(_TAG_TRANSACTION)
         w.uint(len(cmd.watched))
@@ -963,6 +1074,49 @@ def _encode_command(w: Writer, cmd) -> None:
                 _encode_command(w, op)
     else:
         raise TypeError("not a write command: %s" % (type(cmd).__name__,))
+
+
+def _encode_kv_txn(w: Writer, cmd: KvTxn) -> None:
+    w.uint(len(cmd.compares))
+    for c in cmd.compares:
+        w.byte(TXN_TARGETS.index(c.target))
+        w.byte(TXN_CMP_OPS.index(c.op))
+        w.blob(c.key)
+        if c.target == "value":
+            w.blob(c.value)
+        elif c.target in ("version", "create", "mod"):
+            w.uint(c.number)
+    for ops in (cmd.success, cmd.failure):
+        w.uint(len(ops))
+        for op in ops:
+            w.byte(TXN_OP_NAMES.index(op.op))
+            w.blob(op.key)
+            if op.op == "set":
+                w.blob(op.value)
+
+
+def _decode_kv_txn(r: Reader) -> KvTxn:
+    compares = []
+    for _ in range(r.count(3)):
+        target, op = r.byte(), r.byte()
+        if target >= len(TXN_TARGETS) or op >= len(TXN_CMP_OPS):
+            raise CodecError("invalid KVD.TXN compare %d %d" % (target, op))
+        target = TXN_TARGETS[target]
+        key = r.blob()
+        value = r.blob() if target == "value" else b""
+        number = r.uint() if target in ("version", "create", "mod") else 0
+        compares.append(Compare(target, key, TXN_CMP_OPS[op], value, number))
+    branches = []
+    for _ in range(2):
+        ops = []
+        for _ in range(r.count(2)):
+            op = r.byte()
+            if op >= len(TXN_OP_NAMES):
+                raise CodecError("invalid KVD.TXN op %d" % (op,))
+            key = r.blob()
+            ops.append(TxnOp(TXN_OP_NAMES[op], key, r.blob() if op == 0 else b""))
+        branches.append(tuple(ops))
+    return KvTxn(tuple(compares), branches[0], branches[1])
 
 
 def _encode_read(w: Writer, op) -> None:
@@ -1016,6 +1170,11 @@ def _encode_read(w: Writer, op) -> None:
         if op.op == "ttl":
             w.uint(op.id)
             w.byte(_LEASE_READ_KEYS if op.keys else 0)
+    elif isinstance(op, RevRead):
+        w.byte(_TAG_REV_READ)
+        w.byte(REV_READ_OPS.index(op.op))
+        if op.op == "getrev":
+            w.blob(op.key)
     else:
         raise TypeError("not a read op a transaction may hold: %s" % (type(op).__name__,))
 
@@ -1073,6 +1232,10 @@ def command_size(cmd: WriteCommand) -> int:
     if isinstance(cmd, Script):
         return (2 + _blob_size(cmd.body) + _uint_size(len(cmd.keys)) + sum(_blob_size(k) for k in cmd.keys)
                 + _uint_size(len(cmd.args)) + sum(_blob_size(a) for a in cmd.args) + _uint_size(cmd.max_len))
+    if isinstance(cmd, KvTxn):
+        w = Writer()
+        _encode_kv_txn(w, cmd)
+        return 1 + len(w.getvalue())
     if isinstance(cmd, Transaction):
         size = 1 + _uint_size(len(cmd.watched)) + _uint_size(len(cmd.ops))
         size += sum(_blob_size(k) + 1 + _uint_size(i) for k, _, i in cmd.watched)
@@ -1102,6 +1265,8 @@ def command_keys(cmd: WriteCommand) -> int:
             max(1, len(read_keys(op))) if isinstance(op, TXN_READ_OPS) else command_keys(op) for op in cmd.ops)
     if isinstance(cmd, Delete):
         return len(cmd.keys)
+    if isinstance(cmd, KvTxn):  # each compare reads a key, each op (of either branch) touches one
+        return max(1, len(cmd.compares) + len(cmd.success) + len(cmd.failure))
     if isinstance(cmd, (MSet, MSetNX)):
         return len(cmd.pairs)
     if isinstance(cmd, (Rename, Copy)):
@@ -1123,6 +1288,8 @@ def write_keys(cmd: WriteCommand) -> Tuple[bytes, ...]:
         return (cmd.src, cmd.dst)
     if isinstance(cmd, (FlushAll, Tick, Lease)):
         return ()
+    if isinstance(cmd, KvTxn):
+        return tuple(c.key for c in cmd.compares) + tuple(op.key for op in cmd.success + cmd.failure)
     if isinstance(cmd, Script):
         return cmd.keys
     if isinstance(cmd, Transaction):
@@ -1198,6 +1365,8 @@ def _decode_command(r: Reader, nested: bool = False) -> WriteCommand:
             return GetEx(key, expire, bool(flags & _GETEX_EXPIRE_AT), bool(flags & _GETEX_PERSIST))
         if tag == _TAG_TICK:
             return Tick()
+        if tag == _TAG_KV_TXN and not nested:
+            return _decode_kv_txn(r)
         if tag == _TAG_DELETE:
             return Delete(tuple(r.blob() for _ in range(r.count())))
         if tag == _TAG_MSET:
@@ -1278,6 +1447,11 @@ def _decode_read(r: Reader, tag: int):
         return HashRead(HASH_READ_OPS[op], key, tuple(r.blob() for _ in range(r.count())))
     if tag == _TAG_KEY_TYPE:
         return KeyType(r.blob())
+    if tag == _TAG_REV_READ:
+        op = r.byte()
+        if op >= len(REV_READ_OPS):
+            raise CodecError("invalid revision read op %d" % (op,))
+        return RevRead(REV_READ_OPS[op], r.blob() if op == 0 else b"")
     if tag == _TAG_TTL:
         op = r.byte()
         if op >= len(TTL_OPS):

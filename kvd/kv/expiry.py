@@ -242,6 +242,14 @@ class View:
     def mod_index(self, key: bytes) -> Optional[int]:
         return None if self._dead(key) else self.ks.mod_index(key)
 
+    def rev_meta(self, key: bytes):
+        """The key's (create revision, mod revision, version), kvd.kv.revisions; None if it is gone."""
+        return None if self._dead(key) else self.ks.rev_meta(key)
+
+    @property
+    def revision(self) -> int:
+        return self.ks.revision
+
     def hget(self, key: bytes, field: bytes):
         return None if self._dead(key) else self.ks.hget(key, field)
 

@@ -36,6 +36,11 @@ sets ``write_index`` before applying an entry).  ``deleted_at`` is the
 index of the last entry that deleted a key (FLUSHDB of a non-empty keyspace
 included).  See kvd.kv.commands for how a transaction's WATCH uses them.
 
+Revisions (kvd.kv.revisions): every keyspace also keeps the store's
+``revision`` and each key's meta (create revision, mod revision, version),
+``rev_meta``; a write with an explicit ``mod`` (a load) takes an explicit
+meta too.
+
 Imports: as the layer table in tests/test_layers.py allows.
 """
 
@@ -47,6 +52,7 @@ from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 from kvd.kv.glob import Pattern
 from kvd.kv.hashes import HASH, INLINE_FIELD, HashOverlay, PendingHash, field_key
+from kvd.kv.revisions import NO_META, Meta, Stamper, next_meta
 
 _MASK63 = (1 << 63) - 1
 MAX_CURSOR = _MASK63
@@ -205,33 +211,37 @@ def _hash_of(pairs) -> _MemHash:
     return h
 
 
-class Keyspace:
+class Keyspace(Stamper):
     """
     Keys to values, with SCAN and KEYS; no notion of sessions or logs.  A
     value is bytes (a string) or a hash (kvd.kv.hashes: ``get`` answers
     ``HASH``, the fields are read and written one by one).
     """
 
-    __slots__ = ("_data", "_index", "_mods", "write_index", "deleted_at")
+    __slots__ = ("_data", "_index", "_mods", "_revs", "write_index", "deleted_at", "revision", "_rev_at")
 
     def __init__(self, load: int = 512):
         self._data: Dict[bytes, bytes] = {}
         self._mods: Dict[bytes, int] = {}
+        self._revs: Dict[bytes, Meta] = {}
         self._index = _SortedChunks(load)
         self.write_index = 0
         self.deleted_at = 0
+        self.revision = 0
+        self._rev_at = -1
 
     @classmethod
     def from_items(cls, items: Iterable[tuple], load: int = 512) -> "Keyspace":
         """
-        Bulk-load (key, value) or (key, value, mod index) items; last value wins for repeated keys.
-        O(n) for input already in SCAN order.
+        Bulk-load (key, value), (key, value, mod index) or (key, value, mod index, meta) items; last value
+        wins for repeated keys.  O(n) for input already in SCAN order.
         """
         self = cls(load)
-        data, mods = self._data, self._mods
+        data, mods, revs = self._data, self._mods, self._revs
         for item in items:
             data[item[0]] = _hash_of(item[1]) if isinstance(item[1], list) else item[1]
             mods[item[0]] = item[2] if len(item) > 2 else 0
+            revs[item[0]] = item[3] if len(item) > 3 else NO_META
         entries = [_entry(k) for k in data]
         entries.sort()  # Timsort: linear when the input came from items_in_order()
         self._index = _SortedChunks.from_sorted(entries, load)
@@ -252,16 +262,34 @@ class Keyspace:
         """The log index of the last write of ``key``, None if it does not exist."""
         return self._mods.get(key)
 
-    def put(self, key: bytes, value: bytes, mod: Optional[int] = None) -> None:
-        if key not in self._data:
+    def rev_meta(self, key: bytes) -> Optional[Meta]:
+        """(create revision, mod revision, version) of ``key``, None if it does not exist."""
+        return self._revs.get(key)
+
+    def _stamp(self, key: bytes, existed: bool, mod: Optional[int], meta: Optional[Meta]) -> None:
+        """``key`` was written: its mod index and meta, this entry's unless given (a load)."""
+        if mod is None:
+            self._mods[key] = self.write_index
+            self._revs[key] = next_meta(self._revs.get(key) if existed else None, self.bump())
+        else:
+            self._mods[key] = mod
+            self._revs[key] = NO_META if meta is None else meta
+
+    def put(self, key: bytes, value: bytes, mod: Optional[int] = None, meta: Optional[Meta] = None) -> None:
+        existed = key in self._data
+        if not existed:
             self._index.add(_entry(key))
         self._data[key] = value
-        self._mods[key] = self.write_index if mod is None else mod
+        self._stamp(key, existed, mod, meta)
 
     # ------------------------------------------------------------ hashes (kvd.kv.hashes)
 
-    def set_mod(self, key: bytes, mod: int) -> None:
-        self._mods[key] = mod
+    def set_mod(self, key: bytes, mod: int, meta: Optional[Meta] = None) -> None:
+        self._stamp(key, True, mod, meta)
+
+    def set_rev(self, key: bytes, meta: Meta) -> None:
+        """Give the existing ``key`` this meta rather than the one its writes made: a load."""
+        self._revs[key] = meta
 
     def hget(self, key: bytes, field: bytes) -> Optional[bytes]:
         value = self._data.get(key)
@@ -271,19 +299,21 @@ class Keyspace:
         value = self._data.get(key)
         return len(value.fields) if isinstance(value, _MemHash) else 0
 
-    def hset(self, key: bytes, field: bytes, value: bytes, mod: Optional[int] = None) -> bool:
+    def hset(self, key: bytes, field: bytes, value: bytes, mod: Optional[int] = None,
+             meta: Optional[Meta] = None) -> bool:
         h = self._data.get(key)
         if not isinstance(h, _MemHash):
-            self.put(key, b"", mod)
+            self.put(key, b"", mod, meta)
             h = self._data[key] = _MemHash()
-        self._mods[key] = self.write_index if mod is None else mod
+        else:
+            self._stamp(key, True, mod, meta)
         return h.set(field, value)
 
     def hdel(self, key: bytes, field: bytes) -> bool:
         h = self._data.get(key)
         if not isinstance(h, _MemHash) or not h.delete(field):
             return False
-        self._mods[key] = self.write_index
+        self._stamp(key, True, None, None)
         if not h.fields:
             self.delete(key)
         return True
@@ -296,8 +326,10 @@ class Keyspace:
         """Every key gone (FLUSHDB): new empty containers, the old ones freed whole."""
         if self._data:
             self.deleted_at = self.write_index
+            self.bump()
         self._data = {}
         self._mods = {}
+        self._revs = {}
         self._index = _SortedChunks(self._index._load)
 
     def delete(self, key: bytes) -> bool:
@@ -305,8 +337,10 @@ class Keyspace:
             return False
         del self._data[key]
         del self._mods[key]
+        del self._revs[key]
         self._index.remove(_entry(key))
         self.deleted_at = self.write_index
+        self.bump()
         return True
 
     def scan(self, cursor: int, match: Optional[Pattern], count: int) -> Tuple[int, List[bytes]]:
@@ -343,22 +377,27 @@ class Keyspace:
 
     def items_in_order(self) -> Iterator[Tuple[bytes, object]]:
         """(key, value) pairs in SCAN order: a function of the key set alone (a hash's value: its (field, value) list)."""
-        for key, value, _ in self.records_in_order():
+        for key, value, _, _ in self.records_in_order():
             yield key, value
 
-    def records_in_order(self) -> Iterator[Tuple[bytes, object, int]]:
-        """(key, value, mod index) in SCAN order; a hash's value is the list of its (field, value) in field order."""
-        data, mods = self._data, self._mods
+    def records_in_order(self) -> Iterator[Tuple[bytes, object, int, Meta]]:
+        """
+        (key, value, mod index, meta) in SCAN order; a hash's value is the list of its (field, value) in
+        field order.
+        """
+        data, mods, revs = self._data, self._mods, self._revs
         for entry in self._index:
             key = entry[8:]
             value = data[key]
-            yield key, value.pairs() if isinstance(value, _MemHash) else value, mods[key]
+            yield key, value.pairs() if isinstance(value, _MemHash) else value, mods[key], revs[key]
 
     def check(self) -> None:
         """Assert the index matches the dict; for tests."""
         self._index.check()
         assert sorted(e[8:] for e in self._index) == sorted(self._data), "index and data disagree"
         assert self._mods.keys() == self._data.keys(), "mod indexes and data disagree"
+        assert self._revs.keys() == self._data.keys(), "revision metas and data disagree"
+        assert all(m[1] <= self.revision for m in self._revs.values()), "a key changed after the store's revision"
         for value in self._data.values():
             if isinstance(value, _MemHash):
                 value.index.check()
@@ -366,7 +405,7 @@ class Keyspace:
                 assert sorted(value.index) == sorted(field_key(f) for f in value.fields), "hash index and fields disagree"
 
 
-class Overlay(HashOverlay):
+class Overlay(HashOverlay, Stamper):
     """
     What a durable keyspace (kvd.store.state, and the simulator's model of
     it, kvd.sim.state) keeps in memory: the writes applied since its last
@@ -380,7 +419,12 @@ class Overlay(HashOverlay):
         self._pending: Dict[bytes, Optional[bytes]] = {}
         #: The mod index of each key written in ``_pending`` (absent for a deleted one).
         self._pending_mod: Dict[bytes, int] = {}
+        #: The meta (kvd.kv.revisions) of each key written in ``_pending`` (absent for a deleted one).
+        self._pending_rev: Dict[bytes, Meta] = {}
         self.write_index = 0
+        #: Kept with the applied index by subclasses (their state record), as ``deleted_at``.
+        self.revision = 0
+        self._rev_at = -1
         #: Kept with the applied index by subclasses (their state record); see Keyspace.
         self.deleted_at = 0
         self._count = count
@@ -395,9 +439,11 @@ class Overlay(HashOverlay):
         """The overlay's writes are on disk (or replaced by what is): forget them."""
         self._pending.clear()
         self._pending_mod.clear()
+        self._pending_rev.clear()
         self._drop_fields = set()
         self._field_writes = 0
         self._cleared = False
+        self._rev_at = -1
 
     def _stored(self, key: bytes) -> Optional[bytes]:
         raise NotImplementedError
@@ -405,6 +451,15 @@ class Overlay(HashOverlay):
     def _stored_mod(self, key: bytes) -> Optional[int]:
         """The stored key's mod index, None if it is not stored."""
         raise NotImplementedError
+
+    def _stored_rev(self, key: bytes) -> Optional[Meta]:
+        """The stored key's meta (kvd.kv.revisions), None if it is not stored."""
+        raise NotImplementedError
+
+    def _stored_with_meta(self, key: bytes) -> Tuple[object, Optional[Meta]]:
+        """(value or HASH, meta) of the stored key, (None, None) if it is not; subclasses may read once."""
+        value = self._stored(key)
+        return (None, None) if value is None else (value, self._stored_rev(key))
 
     def _stored_field(self, key: bytes, field: bytes) -> Optional[bytes]:
         """A field of the stored hash at ``key``."""
@@ -435,10 +490,14 @@ class Overlay(HashOverlay):
 
     def _hash_written(self, key: bytes, size: int) -> None:
         self._pending_mod[key] = self.write_index
+        # created by this entry (``_hash_created``) or stored: then the meta before is the stored one
+        old = self._pending_rev[key] if key in self._pending_rev else self._stored_rev(key)
+        self._pending_rev[key] = next_meta(old, self.bump())
         self._field_writes += 1
 
     def _hash_created(self, key: bytes) -> None:
         self._count += 1
+        self._pending_rev[key] = next_meta(None, self.bump())
 
     def _retire_fields(self, key: bytes) -> None:
         """The hash at ``key`` is deleted or replaced: its stored fields (if any) go at the next flush."""
@@ -452,6 +511,18 @@ class Overlay(HashOverlay):
         if self._cleared:
             return None
         return self._stored_mod(key)
+
+    def rev_meta(self, key: bytes) -> Optional[Meta]:
+        """(create revision, mod revision, version) of ``key``, None if it does not exist."""
+        if key in self._pending:
+            return None if self._pending[key] is None else self._pending_rev[key]
+        if self._cleared:
+            return None
+        return self._stored_rev(key)
+
+    def set_rev(self, key: bytes, meta: Meta) -> None:
+        """Give the (just written) ``key`` this meta rather than this entry's: a load (kvd.kv.machine copy_from)."""
+        self._pending_rev[key] = meta
 
     def __len__(self) -> int:
         return self._count
@@ -477,20 +548,41 @@ class Overlay(HashOverlay):
         """
         if self._count:
             self.deleted_at = self.write_index
+            self.bump()
         self._pending.clear()
         self._pending_mod.clear()
+        self._pending_rev.clear()
         self._drop_fields = set()  # the flush drops every stored field whole
         self._cleared = True
         self._count = 0
 
     def put(self, key: bytes, value: bytes) -> None:
-        current = self.get(key)
+        if key in self._pending:
+            current = self._pending[key]
+            current, old = (None, None) if current is None else (
+                HASH if isinstance(current, PendingHash) else current, self._pending_rev[key])
+        elif self._cleared:
+            current, old = None, None
+        else:
+            current, old = self._stored_with_meta(key)
         if current is None:
             self._count += 1
         elif current is HASH:
             self._retire_fields(key)
         self._pending[key] = bytes(value)
-        self._pending_mod[key] = self.write_index
+        index = self.write_index
+        self._pending_mod[key] = index
+        # Stamper.bump and next_meta inlined: this is every durable write of a string.
+        if self._rev_at != index:
+            self.revision += 1
+            self._rev_at = index
+        revision = self.revision
+        if old is None:
+            self._pending_rev[key] = (revision, revision, 1)
+        elif old[1] != revision:
+            self._pending_rev[key] = (old[0], revision, old[2] + 1)
+        else:
+            self._pending_rev[key] = old
 
     def delete(self, key: bytes) -> bool:
         current = self.get(key)
@@ -501,7 +593,9 @@ class Overlay(HashOverlay):
         self._count -= 1
         self._pending[key] = None
         self._pending_mod.pop(key, None)
+        self._pending_rev.pop(key, None)
         self.deleted_at = self.write_index
+        self.bump()
         return True
 
     def _merged_from(self, start: int) -> Iterator[Tuple[int, bytes]]:

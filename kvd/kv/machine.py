@@ -41,8 +41,13 @@ snapshots, and a durable keyspace keeps each script as a record beside the
 client sessions, under a client id no client can have (``SCRIPT_RECORD``
 and the script's SHA1).
 
-Leases (kvd.kv.leases) are replicated state too: in snapshots (version 6)
+Leases (kvd.kv.leases) are replicated state too: in snapshots (version 7)
 and, for a durable keyspace, records beside the sessions.
+
+Revisions (kvd.kv.revisions).  The keyspace counts the entries that changed
+a key (the store's revision) and keeps each key's create revision, mod
+revision and version; ``RevRead`` reads them, ``KvTxn`` (KVD.TXN,
+kvd.kv.txn) compares and writes keys by them in one entry.
 
 Imports: as the layer table in tests/test_layers.py allows.
 """
@@ -55,14 +60,14 @@ from typing import Dict
 
 from kvd.kv import longdouble
 from kvd.kv.codec import CodecError, Reader, Writer
-from kvd.kv import hashes
+from kvd.kv import hashes, txn
 from kvd.kv.commands import (
     INT64_MAX, INT64_MIN, READ_OPS, Append, Copy, DbSize, Delete, Exists, FlushAll, Get, GetDel, GetRange, HashRead,
     HashWrite, IncrBy, Keys, KeyType, MGet, MSet, MSetNX, RandomKey, ReadOp, Rename, Scan, Script, ScriptGet, Set,
     SetRange, StrLen, Transaction, Versions, WriteCommand, decode_envelope, parse_int64,
 )
 from kvd.kv.commands import (
-    EXPIRE_GT, EXPIRE_LT, EXPIRE_NX, EXPIRE_XX, Expire, GetEx, IncrByFloat, Tick, Ttl, read_keys,
+    EXPIRE_GT, EXPIRE_LT, EXPIRE_NX, EXPIRE_XX, Expire, GetEx, IncrByFloat, KvTxn, RevRead, Tick, Ttl, read_keys,
 )
 from kvd.kv.expiry import (
     READ_MARGIN_MS, RECLAIM_PER_ENTRY, RECLAIM_PER_TICK, TTL_RECORD, Expiries, View, decode_record, encode_record,
@@ -108,8 +113,10 @@ SNAPSHOT_MAGIC = b"KVDS"
 #: 3: the script cache after the keys (versions 1 and 2 are still read: no scripts);
 #: 4: each key with its type: a string's value, or a hash's fields (versions 1-3 are still read: strings only);
 #: 5: the keys' expiries after the scripts (kvd.kv.expiry; versions 1-4 are still read: none);
-#: 6: the leases and their keys after the expiries (kvd.kv.leases; versions 1-5 are still read: none).
-SNAPSHOT_VERSION = 6
+#: 6: the store's revision after deleted_at, each key's meta after its mod index (kvd.kv.revisions;
+#:    versions 1-5 are still read: revision 0, metas (0, 0, 0)).
+#: 7: the leases and their keys after the expiries (kvd.kv.leases; versions 1-6 are still read: none).
+SNAPSHOT_VERSION = 7
 _KIND_STRING, _KIND_HASH = 0, 1
 #: A durable keyspace keeps script SHA -> body under this prefix and the SHA, among the sessions: client ids
 #: are "node id/hex" (kvd.node.session), so none starts with a NUL byte, and the machine refuses one that does.
@@ -188,8 +195,8 @@ def _getrange(value: bytes, start: int, end: int) -> bytes:
     return value[start:end + 1]
 
 
-def _read_record(r: Reader) -> tuple:
-    """(key, value, mod) of a version 4 snapshot: a hash's value is its (field, value) list."""
+def _read_record(r: Reader, version: int) -> tuple:
+    """(key, value, mod[, meta]) of a version 4-6 snapshot: a hash's value is its (field, value) list."""
     key = r.blob()
     kind = r.byte()
     if kind == _KIND_STRING:
@@ -203,6 +210,8 @@ def _read_record(r: Reader) -> tuple:
             raise CodecError("snapshot repeats a hash field")
     else:
         raise CodecError("unknown key kind %d in snapshot" % (kind,))
+    if version >= 6:
+        return key, value, r.uint(), (r.uint(), r.uint(), r.uint())
     return key, value, r.uint()
 
 
@@ -398,6 +407,8 @@ class KVMachine:
             return hashes.write(ks, cmd)
         if isinstance(cmd, Lease):
             return self._lease(cmd)
+        if isinstance(cmd, KvTxn):
+            return txn.apply(ks, cmd)
         if isinstance(cmd, Set):
             if cmd.lease is not None:
                 if not isinstance(ks, View):
@@ -649,6 +660,15 @@ class KVMachine:
             return _type_name(ks.get(op.key))
         if isinstance(op, LeaseRead):
             return self._lease_read(op)
+        if isinstance(op, RevRead):
+            if op.op == "revision":
+                return ks.revision
+            value = ks.get(op.key)
+            if value is None:
+                return None
+            if value is HASH:
+                return WRONGTYPE
+            return [value] + list(ks.rev_meta(op.key))
         if isinstance(op, Ttl):
             if ks.get(op.key) is None:
                 return -2
@@ -709,11 +729,11 @@ class KVMachine:
 
             "KVDS" version applied_index clock_ms
             n_sessions (client_id last_stamp_ms ack_below n (seq result)...)...
-            deleted_at n_keys (key kind value mod_index)...    in SCAN order
+            deleted_at revision n_keys (key kind value mod_index create_rev mod_rev version)...  in SCAN order
                 kind 0: value a blob (a string); 1: n (field value)... in field order (a hash)
             n_scripts (sha body)...          in the order they were added (version 3)
             n_expiries (key expiry_ms)...    in key order (version 5)
-            n_leases (id ttl_ms expiry_ms)... in id order, n_attached (key id)... in key order (version 6)
+            n_leases (id ttl_ms expiry_ms)... in id order, n_attached (key id)... in key order (version 7)
             crc32 of all the above, 4 bytes big-endian
 
         Empty for a durable machine: its state is streamed from the disk.
@@ -730,8 +750,9 @@ class KVMachine:
             w.blob(client_id)
             w.raw(encode_session(session))
         w.uint(self._keyspace.deleted_at)
+        w.uint(self._keyspace.revision)
         w.uint(len(self._keyspace))
-        for key, value, mod in self._keyspace.records_in_order():
+        for key, value, mod, meta in self._keyspace.records_in_order():
             w.blob(key)
             if isinstance(value, list):
                 w.byte(_KIND_HASH)
@@ -743,6 +764,8 @@ class KVMachine:
                 w.byte(_KIND_STRING)
                 w.blob(value)
             w.uint(mod)
+            for number in meta:
+                w.uint(number)
         w.uint(len(self._scripts))
         for sha, script in self._scripts.items():
             w.blob(sha)
@@ -783,7 +806,7 @@ class KVMachine:
         r = Reader(body)
         r.raw(len(SNAPSHOT_MAGIC))
         version = r.byte()
-        if version not in (1, 2, 3, 4, 5, SNAPSHOT_VERSION):
+        if version not in (1, 2, 3, 4, 5, 6, SNAPSHOT_VERSION):
             raise CodecError("unknown snapshot version %d" % (version,))
         applied_index = r.uint()
         clock_ms = r.uint()
@@ -793,14 +816,16 @@ class KVMachine:
             client_id = r.blob()
             sessions[client_id] = _read_session(r)
         deleted_at = r.uint() if version >= 2 else 0
+        revision = r.uint() if version >= 6 else 0
         n_keys = r.count(2)
         if version >= 4:
-            keyspace = Keyspace.from_items(_read_record(r) for _ in range(n_keys))
+            keyspace = Keyspace.from_items(_read_record(r, version) for _ in range(n_keys))
         elif version >= 2:
             keyspace = Keyspace.from_items((r.blob(), r.blob(), r.uint()) for _ in range(n_keys))
         else:
             keyspace = Keyspace.from_items((r.blob(), r.blob()) for _ in range(n_keys))
         keyspace.deleted_at = deleted_at
+        keyspace.revision = revision
         scripts: Dict[bytes, bytes] = {}
         n_scripts = r.count(2) if version >= 3 else 0
         for _ in range(n_scripts):
@@ -814,7 +839,7 @@ class KVMachine:
             if key not in keyspace or at_ms > INT64_MAX:
                 raise CodecError("snapshot holds an expiry of a missing key, or out of range")
             expiries.append((key, at_ms))
-        leases = _read_leases(r, keyspace, dict(expiries)) if version >= 6 else Leases()
+        leases = _read_leases(r, keyspace, dict(expiries)) if version >= 7 else Leases()
         r.expect_end()
         if len(keyspace) != n_keys or len(sessions) != n_sessions or len(scripts) != n_scripts:
             raise CodecError("snapshot repeats a key, a client id or a script")
@@ -879,14 +904,16 @@ class KVMachine:
         """
         if len(self._keyspace) or self._sessions or self.applied_index:
             raise ValueError("copy_from needs an empty machine")
-        for key, value, mod in other._keyspace.records_in_order():
+        for key, value, mod, meta in other._keyspace.records_in_order():
             self._keyspace.write_index = mod
             if isinstance(value, list):
                 for field, item in value:
                     self._keyspace.hset(key, field, item)
             else:
                 self._keyspace.put(key, value)
+            self._keyspace.set_rev(key, meta)
         self._keyspace.deleted_at = other._keyspace.deleted_at
+        self._keyspace.revision = other._keyspace.revision
         self._sessions = OrderedDict(other._sessions)
         if self._dirty is not None:
             self._dirty.update(self._sessions)
@@ -948,7 +975,7 @@ def _lease_of(ks, key: bytes):
 
 
 def _read_leases(r: Reader, keyspace, expiries: dict) -> Leases:
-    """The leases of a version 6 snapshot, checked: every key attached exists, to one live lease, without an expiry."""
+    """The leases of a version 7 snapshot, checked: every key attached exists, to one live lease, without an expiry."""
     items = []
     for _ in range(r.count(3)):
         lease_id, ttl_ms, expiry_ms = r.uint(), r.uint(), r.uint()

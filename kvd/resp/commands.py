@@ -32,9 +32,10 @@ from kvd.kv.commands import (
     read_keys, write_keys,
 )
 from kvd.kv.commands import (
-    EXPIRE_GT, EXPIRE_LT, EXPIRE_NX, EXPIRE_XX, INT64_MAX, Expire, GetEx, IncrByFloat, Ttl,
+    EXPIRE_GT, EXPIRE_LT, EXPIRE_NX, EXPIRE_XX, INT64_MAX, Expire, GetEx, IncrByFloat, RevRead, Ttl,
 )
 from kvd.kv.commands import LEASE_MAX_TTL_S, Lease, LeaseRead
+from kvd.kv.txn import TxnSyntaxError, parse as parse_kv_txn
 from kvd.kv.results import OK, KVError
 from kvd.limits import LIMITS
 from kvd.resp.encoder import RespMap, RespPairs, SimpleString
@@ -460,6 +461,26 @@ def _parse_scan(args: List[bytes]) -> Parsed:
     return Read(Scan(int(cursor_text), match, count, type_))
 
 
+# ------------------------------------------------------------- revisions and KVD.TXN (kvd.kv.txn)
+
+
+def _parse_kvd_txn(args: List[bytes]) -> Parsed:
+    """KVD.TXN [IF cmp...] THEN [op...] [ELSE op...]: the grammar is kvd.kv.txn's docstring."""
+    try:
+        return Write(parse_kv_txn(args[1:]), "kvd.txn")
+    except TxnSyntaxError as e:
+        return Rejected("ERR", "KVD.TXN syntax error: %s" % (e,))
+
+
+def _parse_kvd_get(args: List[bytes]) -> Parsed:
+    """KVD.GET key [WITHREV]: GET, or [value, create revision, mod revision, version] (nil for a missing key)."""
+    if len(args) == 2:
+        return Read(Get(args[1]), "kvd.get")
+    if len(args) == 3 and args[2].upper() == b"WITHREV":
+        return Read(RevRead("getrev", args[1]), "kvd.get")
+    return SYNTAX_ERROR
+
+
 # ------------------------------------------------------------- hashes (kvd.kv.hashes)
 
 
@@ -658,6 +679,10 @@ _COMMANDS = [
     _spec("pttl", 2, _R, (1, 1, 1), lambda a: Read(Ttl("pttl", a[1]), "pttl")),
     _spec("expiretime", 2, _R, (1, 1, 1), lambda a: Read(Ttl("expiretime", a[1]), "expiretime")),
     _spec("pexpiretime", 2, _R, (1, 1, 1), lambda a: Read(Ttl("pexpiretime", a[1]), "pexpiretime")),
+    # Revisions (kvd.kv.revisions) and etcd's multi-key compare-and-swap (kvd.kv.txn): one log entry each.
+    _spec("kvd.txn", -2, "write denyoom noscript movablekeys", parse=_parse_kvd_txn),
+    _spec("kvd.get", -2, "readonly fast noscript", (1, 1, 1), _parse_kvd_get),
+    _spec("kvd.revision", 1, "readonly fast noscript", parse=lambda a: Read(RevRead("revision"), "kvd.revision")),
     # Hashes (kvd.kv.hashes): each write one log entry, each field its own record on disk.
     _spec("hset", -4, _W + " fast", (1, 1, 1), _parse_hset("hset")),
     _spec("hmset", -4, _W + " fast", (1, 1, 1), _parse_hset("hmset")),

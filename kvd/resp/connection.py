@@ -38,7 +38,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
-from kvd.kv.commands import Lease, ScriptGet, Transaction, command_keys, command_size, parse_int64
+from kvd.kv.commands import KvTxn, Lease, ScriptGet, Transaction, command_keys, command_size, parse_int64
 from kvd.kv.results import OK
 from kvd.resp.auth import (
     ADMIN, DEFAULT_USER, HELLO_NOAUTH_MESSAGE, NO_PASSWORD_MESSAGE, NOAUTH_MESSAGE, READONLY, READWRITE,
@@ -65,6 +65,8 @@ NOT_IN_MULTI = RespError("ERR", "Command not allowed inside a transaction")
 #: A transaction's entry holds writes (scripts too) and the reads it can replay: not SCRIPT EXISTS.
 SCRIPT_IN_MULTI = RespError("ERR", "kvd does not run SCRIPT EXISTS inside MULTI yet")
 LEASE_IN_MULTI = RespError("ERR", "KVD.LEASE GRANT, KEEPALIVE and REVOKE are not allowed inside MULTI")
+#: KVD.TXN is a transaction of its own (one log entry, kvd.kv.txn): a MULTI cannot hold one.
+KV_TXN_IN_MULTI = RespError("ERR", "KVD.TXN cannot run inside MULTI: it is a transaction of its own")
 #: Admin commands the executor answers that may be queued: answered in their place after the entry applies.
 QUEUEABLE_ADMIN = frozenset({"time", "info", "role", "config|get", "config|resetstat", "kvd.members", "kvd.cluster"})
 #: Local commands that may be queued (the others change how the connection talks or who it is).
@@ -207,6 +209,9 @@ class Connection:
         if isinstance(getattr(request, "command", None), Lease):  # one grant per entry keeps lease ids unique
             self.queued.flagged = True
             return LEASE_IN_MULTI
+        if isinstance(getattr(request, "command", None), KvTxn):
+            self.queued.flagged = True
+            return KV_TXN_IN_MULTI
         self.queued.add(request)
         return QUEUED
 

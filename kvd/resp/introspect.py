@@ -27,7 +27,8 @@ from __future__ import annotations
 import fnmatch
 from typing import Dict, List, Optional, Tuple
 
-from kvd.kv.commands import parse_int64
+from kvd.kv.commands import parse_int64, write_keys
+from kvd.kv.txn import TxnSyntaxError, parse as parse_kv_txn
 from kvd.resp.commands import COMMANDS, CommandSpec, spec_of
 from kvd.resp.encoder import RespMap, SimpleString
 from kvd.resp.errors import RespError
@@ -48,7 +49,7 @@ for _group, _names in {
     "connection": "ping hello auth echo select quit readonly readwrite client",
     "transactions": "multi exec discard watch unwatch",
     "scripting": "eval evalsha eval_ro evalsha_ro script",
-    "kvd": "kvd.members kvd.cluster kvd.join kvd.remove kvd.lease",
+    "kvd": "kvd.members kvd.cluster kvd.join kvd.remove kvd.lease kvd.txn kvd.get kvd.revision",
     # The hash commands (branch hashes), described ahead of their merge into the table.
     "hash": "hset hmset hsetnx hdel hincrby hincrbyfloat hget hmget hgetall hkeys hvals hexists hlen hstrlen hscan "
             "hrandfield",
@@ -149,6 +150,9 @@ SUMMARIES = {
     "kvd.members": "kvd: the cluster's members as JSON.", "kvd.cluster": "kvd: the cluster's id.",
     "kvd.join": "kvd: adds a node to the cluster.", "kvd.remove": "kvd: removes a node from the cluster.",
     "kvd.lease": "kvd: leases (etcd's): GRANT, KEEPALIVE, REVOKE, TTL, LIST; SET k v LEASE id attaches a key.",
+    "kvd.txn": "kvd: etcd-style multi-key compare-and-swap: IF compares THEN ops ELSE ops, one log entry.",
+    "kvd.get": "kvd: a string's value, WITHREV with its create revision, mod revision and version.",
+    "kvd.revision": "kvd: the store's revision (how many log entries changed a key).",
     "hset": "Creates or modifies the value of a field in a hash.", "hmset": "Sets the values of multiple fields.",
     "hsetnx": "Sets the value of a field in a hash only when the field doesn't exist.",
     "hdel": "Deletes one or more fields and their values from a hash.",
@@ -294,6 +298,11 @@ def getkeys(argv: List[bytes]) -> List[Tuple[bytes, str]]:
         raise RespError("ERR", "Invalid command specified")
     if not spec.arity_ok(len(argv)):
         raise RespError("ERR", "Invalid number of arguments specified for command")
+    if spec.name == "kvd.txn":  # keys anywhere in its grammar (kvd.kv.txn): the parsed transaction names them
+        try:
+            return [(key, "RW access update") for key in dict.fromkeys(write_keys(parse_kv_txn(argv[1:])))]
+        except TxnSyntaxError as e:
+            raise RespError("ERR", "KVD.TXN syntax error: %s" % (e,)) from None
     specs = key_specs(spec)
     if not specs:
         raise RespError("ERR", "The command has no key arguments")

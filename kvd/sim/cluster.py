@@ -33,7 +33,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Deque, Dict, FrozenSet, List, Optional
 
-from kvd.kv.commands import Delete, Envelope, Get, IncrBy, Lease, MSet, Set, encode_envelope
+from kvd.kv.commands import Compare, Delete, Envelope, Get, IncrBy, KvTxn, Lease, MSet, Set, TxnOp, encode_envelope
 from kvd.kv.machine import KVMachine
 from kvd.raft.core import ConfigChangeRejected, NotLeader, RaftSettings, ProposalDropped, RaftCore, Ready, bootstrap
 from kvd.raft.messages import Configuration, InstallSnapshot, Role
@@ -461,6 +461,11 @@ class SimClient:
             else:
                 a, b = self.rng.sample(REGISTER_KEYS, 2)
                 cmd, keys = MSet(((a, value), (b, value))), [a, b]
+                if self.seq % 2 == 0:
+                    # Every other one a KVD.TXN (kvd.kv.txn), drawn without the rng: both keys if a exists,
+                    # else b alone and a read of a, in one entry at one revision.
+                    cmd = KvTxn((Compare("exists", a),), (TxnOp("set", a, value), TxnOp("set", b, value)),
+                                (TxnOp("set", b, value), TxnOp("get", a)))
             self.begin({"kind": "write", "seq": self.seq, "cmd": cmd, "keys": keys})
 
     def begin(self, op: dict) -> None:

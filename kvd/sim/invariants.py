@@ -56,7 +56,7 @@ from typing import Dict, List, Optional, Tuple
 from hashlib import blake2b
 
 from kvd.kv.codec import CodecError
-from kvd.kv.commands import Delete, Get, IncrBy, Keys, Lease, MSet, Set, decode_envelope
+from kvd.kv.commands import Delete, Get, IncrBy, Keys, KvTxn, Lease, MSet, Set, decode_envelope
 from kvd.kv.glob import Pattern
 from kvd.kv.keyspace import Keyspace
 from kvd.kv.machine import KVMachine, encode_session
@@ -79,7 +79,10 @@ def _ent(e: Entry) -> Tuple[int, int, bytes]:
 
 
 def machine_digest(machine) -> bytes:
-    """The whole state of a KVMachine, in memory or durable: applied index, clock, sessions, scripts, keys and values."""
+    """
+    The whole state of a KVMachine, in memory or durable: applied index, clock, sessions, scripts, keys and
+    values, the store's revision and each key's (create, mod, version) (kvd.kv.revisions).
+    """
     h = blake2b(digest_size=16)
     h.update(b"%d %d;" % (machine.applied_index, machine.clock_ms))
     sessions = machine._sessions
@@ -94,8 +97,10 @@ def machine_digest(machine) -> bytes:
     else:
         # What is stored, expired keys not reclaimed yet included (reclaiming is replicated state too).
         items = [(key, keyspace.get(key)) for key in keyspace.keys(Pattern(b"*"))]
+    h.update(b"r%d;" % (keyspace.revision,))
     for key, value in items:
         h.update(b"%d:%s%d:%s" % (len(key), key, len(value), value))
+        h.update(b"m%d,%d,%d;" % keyspace.rev_meta(key))
     for key, at_ms in machine._expiries.items():  # the keys' expiries (kvd.kv.expiry)
         h.update(b"e%d:%s%d;" % (len(key), key, at_ms))
     if len(machine._leases):  # the leases (kvd.kv.leases): none in a run without them, the digest as before
@@ -409,6 +414,23 @@ class Checker:
             for k, v in cmd.pairs:
                 self._key(k).put(index, v)
             self.first_result[ident] = OK
+        elif isinstance(cmd, KvTxn):
+            # The registers know values, not revisions: the branch and the replies are checked here, the
+            # revision answered is the machine's own (the digests compare revisions across replicas).
+            assert all(c.target == "exists" for c in cmd.compares), "the workload's KVD.TXNs compare EXISTS"
+            holds = all(self.reference(c.key, index) is not None for c in cmd.compares)
+            replies = []
+            for op in cmd.success if holds else cmd.failure:
+                if op.op == "set":
+                    self._key(op.key).put(index, op.value)
+                    replies.append(OK)
+                elif op.op == "del":
+                    replies.append(0 if self.reference(op.key, index) is None else 1)
+                    self._key(op.key).put(index, None)
+                else:
+                    replies.append(self.reference(op.key, index))
+            revision = result[2] if isinstance(result, list) and len(result) == 3 else None
+            self.first_result[ident] = [1 if holds else 0, replies, revision]
         if repr(result) != repr(self.first_result[ident]):
             raise Violation(
                 "exactly once",

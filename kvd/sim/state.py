@@ -44,15 +44,17 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 from kvd.kv.hashes import PendingHash
 from kvd.kv.keyspace import Keyspace, Overlay, scan_position
+from kvd.kv.revisions import pack_meta, unpack_meta
 from kvd.sim.invariants import Violation
 
 FLUSH, INSTALL, STAGE_BEGIN, STAGE_RECORDS, STAGE_DONE = "flush", "install", "stage-begin", "stage-records", "stage-done"
-#: A hash is a KIND_HASH record (mod index, field count) followed by one KIND_FIELD record per field
-#: (field, value), as LmdbState keeps a header and one record per field.
+#: A hash is a KIND_HASH record (mod index, field count, meta) followed by one KIND_FIELD record per field
+#: (field, value), as LmdbState keeps a header and one record per field; a KIND_KV record is (mod index, meta,
+#: value), the meta (kvd.kv.revisions) packed as LmdbState packs it.
 KIND_STATE, KIND_SESSION, KIND_KV, KIND_HASH, KIND_FIELD = 1, 2, 3, 4, 5
 _HEAD = struct.Struct(">BI")
 _U32 = struct.Struct(">I")
-_STATE = struct.Struct(">QQQ")  # applied index, clock, deleted_at (kvd.kv.keyspace)
+_STATE = struct.Struct(">QQQQ")  # applied index, clock, deleted_at (kvd.kv.keyspace), revision
 _MOD = struct.Struct(">Q")  # a KIND_KV record's value starts with its key's mod index
 _TOKEN = b"sim-stream:"
 
@@ -81,27 +83,28 @@ class Slot:
         self.sessions: Dict[bytes, bytes] = {}
         #: The applied index it was received at (0: built by applying the log here).
         self.base = 0
-        #: (key, mod index) of the hash whose KIND_FIELD records a stream is writing.
-        self.receiving_hash: Optional[Tuple[bytes, int]] = None
+        #: (key, mod index, meta) of the hash whose KIND_FIELD records a stream is writing.
+        self.receiving_hash: Optional[tuple] = None
 
     def copy(self) -> "Slot":
         s = Slot()
         s.applied, s.clock, s.base = self.applied, self.clock, self.base
         s.keys = Keyspace.from_items(self.keys.records_in_order())
         s.keys.deleted_at = self.keys.deleted_at
+        s.keys.revision = self.keys.revision
         s.sessions = dict(self.sessions)
         return s
 
     def records(self) -> List[Tuple[int, bytes, bytes]]:
         """The slot as a stream's records, in a fixed order: equal slots give equal records."""
-        out = [(KIND_STATE, b"", _STATE.pack(self.applied, self.clock, self.keys.deleted_at))]
+        out = [(KIND_STATE, b"", _STATE.pack(self.applied, self.clock, self.keys.deleted_at, self.keys.revision))]
         out += [(KIND_SESSION, cid, self.sessions[cid]) for cid in sorted(self.sessions)]
-        for k, v, mod in self.keys.records_in_order():
+        for k, v, mod, meta in self.keys.records_in_order():
             if isinstance(v, list):
-                out.append((KIND_HASH, k, _MOD.pack(mod) + _MOD.pack(len(v))))
+                out.append((KIND_HASH, k, _MOD.pack(mod) + _MOD.pack(len(v)) + pack_meta(meta)))
                 out += [(KIND_FIELD, field, value) for field, value in v]
             else:
-                out.append((KIND_KV, k, _MOD.pack(mod) + v))
+                out.append((KIND_KV, k, _MOD.pack(mod) + pack_meta(meta) + v))
         return out
 
 
@@ -125,7 +128,7 @@ class StateImage:
     def apply(self, op: tuple, node_id: str, durable: bool) -> None:
         kind = op[0]
         if kind == FLUSH:
-            _, slot_no, applied, clock, kv, mods, deleted_at, sessions, cleared = op
+            _, slot_no, applied, clock, kv, mods, metas, deleted_at, revision, sessions, cleared = op
             slot = self.slots[slot_no]
             slot.applied, slot.clock = applied, clock
             if cleared:  # FLUSHDB: LmdbState drops the stored keys whole
@@ -140,14 +143,15 @@ class StateImage:
                         if item is None:
                             slot.keys.hdel(key, field)
                         else:
-                            slot.keys.hset(key, field, item, mods[key])
-                    slot.keys.set_mod(key, mods[key])
+                            slot.keys.hset(key, field, item, mods[key], metas[key])
+                    slot.keys.set_mod(key, mods[key], metas[key])
                     if slot.keys.hlen(key) != value.count:
                         raise Violation("state flush", "%s: hash %r has %d fields, its header says %d"
                                         % (node_id, key, slot.keys.hlen(key), value.count))
                 else:
-                    slot.keys.put(key, value, mods[key])
+                    slot.keys.put(key, value, mods[key], metas[key])
             slot.keys.deleted_at = deleted_at
+            slot.keys.revision = revision
             for cid, data in sessions.items():
                 if data is None:
                     slot.sessions.pop(cid, None)
@@ -174,17 +178,18 @@ class StateImage:
             slot = self.slots[slot_no]
             for kind_, key, value in records:
                 if kind_ == KIND_STATE:
-                    slot.applied, slot.clock, slot.keys.deleted_at = _STATE.unpack(value)
+                    slot.applied, slot.clock, slot.keys.deleted_at, slot.keys.revision = _STATE.unpack(value)
                     slot.base = slot.applied
                 elif kind_ == KIND_SESSION:
                     slot.sessions[key] = value
                 elif kind_ == KIND_HASH:
-                    slot.receiving_hash = (key, _MOD.unpack_from(value)[0])
+                    slot.receiving_hash = (key, _MOD.unpack_from(value)[0], unpack_meta(value, 2 * _MOD.size)[0])
                 elif kind_ == KIND_FIELD:
-                    hash_key, mod = slot.receiving_hash
-                    slot.keys.hset(hash_key, key, value, mod)
+                    hash_key, mod, meta = slot.receiving_hash
+                    slot.keys.hset(hash_key, key, value, mod, meta)
                 else:
-                    slot.keys.put(key, value[_MOD.size:], _MOD.unpack_from(value)[0])
+                    meta, pos = unpack_meta(value, _MOD.size)
+                    slot.keys.put(key, value[pos:], _MOD.unpack_from(value)[0], meta)
         elif kind == STAGE_DONE:
             _, slot_no, stream_id, crc = op
             self.staging = (slot_no, stream_id, True, crc)
@@ -251,6 +256,7 @@ class SimState(Overlay):
         self._forget_pending()
         self._count = len(live.keys)
         self.deleted_at = live.keys.deleted_at
+        self.revision = live.keys.revision
         self.loaded = True
         return live.applied, live.clock, sorted(live.sessions.items())
 
@@ -260,6 +266,9 @@ class SimState(Overlay):
 
     def _stored_mod(self, key: bytes) -> Optional[int]:
         return self._live.keys.mod_index(key)
+
+    def _stored_rev(self, key: bytes):
+        return self._live.keys.rev_meta(key)
 
     def _stored_field(self, key: bytes, field: bytes) -> Optional[bytes]:
         return self._live.keys.hget(key, field)
@@ -296,7 +305,7 @@ class SimState(Overlay):
         applied, clock, sessions = self._machine.durable_changes()
         kv = {k: v.copy() if isinstance(v, PendingHash) else v for k, v in self._pending.items()}
         ops.append((FLUSH, self.disk.visible.live, applied, clock, kv, dict(self._pending_mod),
-                    self.deleted_at, sessions, self._cleared))
+                    dict(self._pending_rev), self.deleted_at, self.revision, sessions, self._cleared))
 
     def committed(self) -> None:
         if not self._flushing:
@@ -321,6 +330,7 @@ class SimState(Overlay):
         self._staged_complete = None
         self._count = len(self._live.keys)
         self.deleted_at = self._live.keys.deleted_at
+        self.revision = self._live.keys.revision
 
     def settle_staging(self) -> None:
         self._staged_complete = None

@@ -39,12 +39,24 @@ indexes existed, are still read, with mod index 0.  The state record holds
 read as ``deleted_at`` 0, which is safe: every WATCH reads a later index).
 An older kvd reading layouts 2 and 3 takes them for corrupt records.
 
+Revisions (kvd.kv.revisions): a key's meta (create revision, mod revision,
+version) rides in the same record, after the mod index, as three varints
+(``meta``: a length byte and the varints, kvd.kv.revisions ``pack_meta``,
+4-10 bytes for a store below 2**21 revisions; layouts 6-9, the
+only ones written now); records of layouts 0-5 read as meta (0, 0, 0).
+The state record holds the store's revision after ``deleted_at`` (40
+bytes; records of 32 or 24 bytes read as revision 0).
+
     layout 0  value                          (key inline in the LMDB key)
     layout 1  klen(4) key value              (a long key)
     layout 2  mod(8) value
     layout 3  mod(8) klen(4) key value
     layout 4  mod(8) count(8)                a hash's header: its field count
     layout 5  mod(8) count(8) klen(4) key    (a long key)
+    layout 6  mod(8) meta value
+    layout 7  mod(8) meta klen(4) key value
+    layout 8  mod(8) count(8) meta           a hash's header
+    layout 9  mod(8) count(8) meta klen(4) key
 
 Hashes (kvd.kv.hashes).  A hash is its header record in ``kv.N`` (so SCAN,
 KEYS, DBSIZE, RANDOMKEY see it once, like any key) and one record per field
@@ -79,7 +91,9 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 import lmdb
 
 from kvd.kv.hashes import HASH, INLINE_FIELD, PendingHash, field_key
+from kvd.kv.codec import CodecError
 from kvd.kv.keyspace import Overlay, scan_position
+from kvd.kv.revisions import NO_META, Meta, meta_end, pack_meta, unpack_meta
 from kvd.store import checksum
 from kvd.store.lmdb import CorruptStorage
 from kvd.store.schema import CorruptRecord
@@ -88,7 +102,8 @@ from kvd.store.schema import CorruptRecord
 _INLINE_KEY = 480
 _DIGEST = 16
 
-_STATE = struct.Struct(">QQQQ")  # applied index, clock ms, key count, deleted_at
+_STATE = struct.Struct(">QQQQQ")  # applied index, clock ms, key count, deleted_at, revision
+_STATE_V2 = struct.Struct(">QQQQ")  # before revisions: no revision
 _STATE_V1 = struct.Struct(">QQQ")  # before mod indexes: no deleted_at
 _STAGING = struct.Struct(">BQB")  # slot, stream id, complete
 _RECORD_HEAD = struct.Struct(">BI")
@@ -136,10 +151,10 @@ def _field_record(field: bytes, value: bytes) -> bytes:
     return checksum.seal(b"\x01" + _U32.pack(len(field)) + field + value)
 
 
-def _header_record(key: bytes, mod: int, count: int) -> bytes:
+def _header_record(key: bytes, mod: int, count: int, meta: Meta) -> bytes:
     if len(key) <= _INLINE_KEY:
-        return checksum.seal(b"\x04" + _U64.pack(mod) + _U64.pack(count))
-    return checksum.seal(b"\x05" + _U64.pack(mod) + _U64.pack(count) + _U32.pack(len(key)) + key)
+        return checksum.seal(b"\x08" + _U64.pack(mod) + _U64.pack(count) + pack_meta(meta))
+    return checksum.seal(b"\x09" + _U64.pack(mod) + _U64.pack(count) + pack_meta(meta) + _U32.pack(len(key)) + key)
 
 
 def _state_key(slot: int) -> bytes:
@@ -158,10 +173,10 @@ def _position(dbkey: bytes) -> int:
     return int.from_bytes(dbkey[:8], "big")
 
 
-def _kv_record(key: bytes, value: bytes, mod: int) -> bytes:
+def _kv_record(key: bytes, value: bytes, mod: int, meta: Meta) -> bytes:
     if len(key) <= _INLINE_KEY:
-        return checksum.seal(b"\x02" + _U64.pack(mod) + value)
-    return checksum.seal(b"\x03" + _U64.pack(mod) + _U32.pack(len(key)) + key + value)
+        return checksum.seal(b"\x06" + _U64.pack(mod) + pack_meta(meta) + value)
+    return checksum.seal(b"\x07" + _U64.pack(mod) + pack_meta(meta) + _U32.pack(len(key)) + key + value)
 
 
 class LmdbState(Overlay):
@@ -209,11 +224,12 @@ class LmdbState(Overlay):
         with env.begin() as txn:
             raw = txn.get(META_SLOT, db=meta_db)
             self._slot = 0 if raw is None else self._unseal(raw, "state slot")[0]
-            applied, clock, count, deleted_at = self._read_state(txn, self._slot)
+            applied, clock, count, deleted_at, revision = self._read_state(txn, self._slot)
         if self._slot not in (0, 1):
             raise self._corrupt(StateError(f"state slot {self._slot} is neither 0 nor 1"))
         self._count = count
         self.deleted_at = deleted_at
+        self.revision = revision
         self._forget_pending()
         self._flushing = False
         self._writes_since_flush = 0
@@ -246,11 +262,12 @@ class LmdbState(Overlay):
         env = self._require_env()
         self._forget_pending()
         with env.begin() as txn:
-            applied, clock, count, deleted_at = self._read_state(txn, self._slot)
+            applied, clock, count, deleted_at, revision = self._read_state(txn, self._slot)
             sessions = [(bytes(k), self._unseal(v, f"session of client {bytes(k)!r}"))
                         for k, v in txn.cursor(db=self._sessions)]
         self._count = count
         self.deleted_at = deleted_at
+        self.revision = revision
         self.loaded = True
         return applied, clock, sessions
 
@@ -263,6 +280,16 @@ class LmdbState(Overlay):
         stored_key, value = self._decode_kv(dbkey, raw)
         return value if stored_key == key else None
 
+    def _stored_with_meta(self, key: bytes):
+        """(value or HASH, meta) of the stored key, (None, None) if not stored: one read where a put needs both."""
+        dbkey = lmdb_key(key)
+        with self._require_env().begin(db=self._kv) as txn:
+            raw = txn.get(dbkey)
+        if raw is None:
+            return None, None
+        stored_key, value, _, meta = self._decode_kv_full(dbkey, raw)
+        return (value, meta) if stored_key == key else (None, None)
+
     def _stored_mod(self, key: bytes) -> Optional[int]:
         dbkey = lmdb_key(key)
         with self._require_env().begin(db=self._kv) as txn:
@@ -271,6 +298,15 @@ class LmdbState(Overlay):
             return None
         stored_key, _, mod = self._decode_kv_mod(dbkey, raw)
         return mod if stored_key == key else None
+
+    def _stored_rev(self, key: bytes) -> Optional[Meta]:
+        dbkey = lmdb_key(key)
+        with self._require_env().begin(db=self._kv) as txn:
+            raw = txn.get(dbkey)
+        if raw is None:
+            return None
+        stored_key, _, _, meta = self._decode_kv_full(dbkey, raw)
+        return meta if stored_key == key else None
 
     def _stored_header(self, key: bytes) -> Optional[Tuple[int, int]]:
         """(mod index, field count) of the stored hash at ``key``, None if no hash is stored there."""
@@ -382,7 +418,7 @@ class LmdbState(Overlay):
             if value is None:
                 txn.delete(dbkey, db=kv)
             elif isinstance(value, PendingHash):
-                txn.put(dbkey, _header_record(key, self._pending_mod[key], value.count), db=kv)
+                txn.put(dbkey, _header_record(key, self._pending_mod[key], value.count, self._pending_rev[key]), db=kv)
                 prefix = hash_prefix(key)
                 for field, item in value.fields.items():
                     if item is None:
@@ -390,13 +426,13 @@ class LmdbState(Overlay):
                     else:
                         txn.put(prefix + field_key(field), _field_record(field, item), db=fields)
             else:
-                txn.put(dbkey, _kv_record(key, value, self._pending_mod[key]), db=kv)
+                txn.put(dbkey, _kv_record(key, value, self._pending_mod[key], self._pending_rev[key]), db=kv)
         for client_id, data in sessions.items():
             if data is None:
                 txn.delete(client_id, db=sess)
             else:
                 txn.put(client_id, checksum.seal(data), db=sess)
-        txn.put(_state_key(self._slot), checksum.seal(_STATE.pack(applied, clock, self._count, self.deleted_at)),
+        txn.put(_state_key(self._slot), checksum.seal(_STATE.pack(applied, clock, self._count, self.deleted_at, self.revision)),
                 db=self._meta)
 
     def committed(self) -> None:
@@ -499,37 +535,33 @@ class LmdbState(Overlay):
 
     # ------------------------------------------------------- internals
 
-    def _read_state(self, txn, slot: int) -> Tuple[int, int, int, int]:
-        """(applied index, clock ms, key count, deleted_at) of ``slot``."""
+    def _read_state(self, txn, slot: int) -> Tuple[int, int, int, int, int]:
+        """(applied index, clock ms, key count, deleted_at, revision) of ``slot``."""
         raw = txn.get(_state_key(slot), db=self._meta)
         if raw is None:
-            return 0, 0, 0, 0
+            return 0, 0, 0, 0, 0
         payload = self._unseal(raw, f"state record of slot {slot}")
         if len(payload) == _STATE_V1.size:
-            return _STATE_V1.unpack(payload) + (0,)
+            return _STATE_V1.unpack(payload) + (0, 0)
+        if len(payload) == _STATE_V2.size:
+            return _STATE_V2.unpack(payload) + (0,)
         if len(payload) != _STATE.size:
             raise self._corrupt(CorruptRecord(f"state record of slot {slot} has {len(payload)} bytes"))
         return _STATE.unpack(payload)
 
     def _decode_kv(self, dbkey: bytes, raw) -> Tuple[bytes, bytes]:
-        key, value, _ = self._decode_kv_mod(dbkey, raw)
+        key, value, _, _ = self._decode_kv_full(dbkey, raw, want_meta=False)
         return key, value
 
     def _decode_header(self, dbkey: bytes, raw, key: bytes) -> Optional[Tuple[int, int]]:
         """(mod index, field count) if the record at ``dbkey`` is the header of the hash at ``key``, else None."""
         record = self._unseal(raw, f"value at {bytes(dbkey[8:40])!r}")
-        layout = record[:1]
-        if layout == b"\x04" and len(record) == 17:
-            stored_key = bytes(dbkey[8:])
-        elif layout == b"\x05" and len(record) >= 21:
-            stored_key = record[21:]
-        elif layout in (b"\x04", b"\x05"):
-            raise self._corrupt(CorruptRecord(f"hash header at {bytes(dbkey[8:40])!r} is malformed"))
-        else:
+        if record[:1] not in (b"\x04", b"\x05", b"\x08", b"\x09"):
             return None
+        stored_key, _, mod, _ = self._decode_kv_full(dbkey, raw, record)
         if stored_key != key:
             return None
-        return _U64.unpack_from(record, 1)[0], _U64.unpack_from(record, 9)[0]
+        return mod, _U64.unpack_from(record, 9)[0]
 
     def _decode_field(self, dbkey: bytes, raw) -> Tuple[bytes, bytes]:
         """(field, value) of a field record."""
@@ -545,8 +577,51 @@ class LmdbState(Overlay):
 
     def _decode_kv_mod(self, dbkey: bytes, raw) -> Tuple[bytes, object, int]:
         """(key, value or HASH, mod index) of a value record (see the module docstring for its layouts)."""
-        record = self._unseal(raw, f"value at {bytes(dbkey[8:40])!r}")
+        return self._decode_kv_full(dbkey, raw, want_meta=False)[:3]
+
+    def _decode_kv_full(self, dbkey: bytes, raw, record: Optional[bytes] = None,
+                        want_meta: bool = True) -> Tuple[bytes, object, int, Meta]:
+        """
+        (key, value or HASH, mod index, meta) of a value record (see the module docstring for its layouts);
+        the meta is None unless ``want_meta`` (a read of the value skips it).
+        """
+        if record is None:
+            record = self._unseal(raw, f"value at {bytes(dbkey[8:40])!r}")
         layout = record[:1]
+        if layout in (b"\x06", b"\x07", b"\x08", b"\x09"):
+            return self._decode_with_meta(dbkey, record, layout, want_meta)
+        return self._decode_before_meta(dbkey, record, layout) + (NO_META,)
+
+    def _decode_with_meta(self, dbkey: bytes, record: bytes, layout: bytes,
+                          want_meta: bool) -> Tuple[bytes, object, int, Meta]:
+        """Layouts 6-9: the mod index, a hash's count, the meta (kvd.kv.revisions), then as layouts 2-5."""
+        head = 17 if layout in (b"\x08", b"\x09") else 9
+        try:
+            if len(record) <= head:
+                raise CodecError("record too short")
+            if want_meta:
+                meta, pos = unpack_meta(record, head)
+            else:
+                meta, pos = None, meta_end(record, head)
+                if pos > len(record):
+                    raise CodecError("truncated revision meta")
+        except CodecError:
+            raise self._corrupt(CorruptRecord(f"value record at {bytes(dbkey[8:40])!r} has a malformed revision"))
+        mod = _U64.unpack_from(record, 1)[0]
+        if layout == b"\x06":
+            return bytes(dbkey[8:]), record[pos:], mod, meta
+        if layout == b"\x08" and len(record) == pos:
+            return bytes(dbkey[8:]), HASH, mod, meta
+        if len(record) >= pos + 4:
+            (n,) = _U32.unpack_from(record, pos)
+            if layout == b"\x07":
+                return record[pos + 4:pos + 4 + n], record[pos + 4 + n:], mod, meta
+            if len(record) == pos + 4 + n:
+                return record[pos + 4:], HASH, mod, meta
+        raise self._corrupt(CorruptRecord(f"value record at {bytes(dbkey[8:40])!r} is malformed"))
+
+    def _decode_before_meta(self, dbkey: bytes, record: bytes, layout: bytes) -> Tuple[bytes, object, int]:
+        """Layouts 0-5, written before revisions."""
         if layout == b"\x04" and len(record) == 17:
             return bytes(dbkey[8:]), HASH, _U64.unpack_from(record, 1)[0]
         if layout == b"\x05" and len(record) >= 21:
@@ -604,7 +679,7 @@ class StateStream:
         self._txn = env.begin()
         slot = state._slot
         raw_state = self._txn.get(_state_key(slot), db=state._meta)
-        applied, _, self.key_count, _ = state._read_state(self._txn, slot)
+        applied, _, self.key_count, _, _ = state._read_state(self._txn, slot)
         if applied < min_index:
             self._txn.abort()
             raise StateError(f"the state on disk is at index {applied}, the snapshot at {min_index}")
@@ -617,7 +692,7 @@ class StateStream:
         self.done = False
 
     def _iter(self, raw_state, sessions_db, kv_db, fields_db) -> Iterator[bytes]:
-        yield _pack_record(KIND_STATE, b"", raw_state if raw_state is not None else checksum.seal(_STATE.pack(0, 0, 0, 0)))
+        yield _pack_record(KIND_STATE, b"", raw_state if raw_state is not None else checksum.seal(_STATE.pack(0, 0, 0, 0, 0)))
         for db, kind in ((sessions_db, KIND_SESSION), (kv_db, KIND_KV), (fields_db, KIND_FIELD)):
             for key, value in self._txn.cursor(db=db):
                 yield _pack_record(kind, key, value)

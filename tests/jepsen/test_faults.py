@@ -7,7 +7,8 @@ at least once; each run's history must be linearizable (the verdict
 must recover once healed.
 
 The multi-key workloads (issue 15) run the same way: MULTI/EXEC transactions
-with WATCH compare-and-set, and Lua scripts, under every process fault, every
+with WATCH compare-and-set, Lua scripts, and KVD.TXN compare-and-swap
+transfers (issue 16), under every process fault, every
 partition and a membership change, checked as one register per key group
 (kvd.check.txn); and a planted non-atomic client must be caught.
 
@@ -113,7 +114,10 @@ def test_a_stranger_attacking_the_peer_ports(tmp_path):
 MULTIKEY_KINDS = {
     "txn": ("read", "write", "rmw", "cas"),
     "script": ("script-rmw", "script-cas", "script-read"),
+    "kvtxn": ("kvtxn-transfer", "kvtxn-write", "kvtxn-read"),
 }
+#: The conditional op of each workload: it must both apply and not, often.
+CONDITIONAL = {"txn": "cas", "script": "script-cas", "kvtxn": "kvtxn-transfer"}
 
 
 def multikey_nemeses():
@@ -121,7 +125,7 @@ def multikey_nemeses():
     return list(PROCESS + (PARTITIONS if ok else ()) + MEMBERSHIP)
 
 
-@pytest.mark.parametrize("workload", ["txn", "script"])
+@pytest.mark.parametrize("workload", ["txn", "script", "kvtxn"])
 def test_multikey_workload_under_every_nemesis(tmp_path, workload):
     names = multikey_nemeses()
     result = run(tmp_path, names, workload=workload, keys=3, ops_per_key=150, fault_s=(1.5, 2.5), quiet_s=(1.0, 1.5))
@@ -130,13 +134,13 @@ def test_multikey_workload_under_every_nemesis(tmp_path, workload):
     # Not vacuous: every kind of op succeeded often, the conditional ones both ways, and faults hit the clients.
     for kind in MULTIKEY_KINDS[workload]:
         assert result.stats.get(kind, {}).get("ok", 0) >= 20, "%s: too few ok: %s" % (kind, details)
-    conditional = result.stats["cas" if workload == "txn" else "script-cas"]
+    conditional = result.stats[CONDITIONAL[workload]]
     assert conditional["applied"] >= 20, details
     assert conditional["aborted"] >= 5, details  # WATCH aborts (EXEC nil) / failed compares
     assert result.counts["fail"] + result.counts["info"] >= 1, details
 
 
-@pytest.mark.parametrize("workload", ["txn", "script"])
+@pytest.mark.parametrize("workload", ["txn", "script", "kvtxn"])
 def test_a_planted_non_atomic_multikey_bug_is_caught(tmp_path, workload):
     """
     The multi-key checker has teeth: the same ops run as separate commands (no MULTI, no WATCH, no script)

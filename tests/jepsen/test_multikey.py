@@ -6,7 +6,7 @@ they record for the checker (kvd.check.txn) -- no cluster needed.
 
 from kvd.check.linear import FAIL, INFO, OK
 from kvd.check.txn import TxnOp
-from kvd.jepsen.multikey import SHAS, ScriptWorkload, TxnWorkload
+from kvd.jepsen.multikey import SHAS, KvTxnWorkload, ScriptWorkload, TxnWorkload
 from kvd.jepsen.workload import History, to_op
 from kvd.resp.client import Indeterminate, ReplyError, Simple
 
@@ -122,3 +122,51 @@ def test_script_replies():
     # A script whose answer was lost: unknown.
     conn = FakeConn([Indeterminate("lost")])
     assert w.run_op(conn, "c0", "n1", "s0-0", spec)[0] == INFO
+
+
+# ------------------------------------------------------------------ kvtxn (KVD.TXN)
+
+
+def kvtxn(replies, spec, split=False):
+    w = KvTxnWorkload(None, History(), seed=1, split=split)
+    conn = FakeConn(replies)
+    outcome, error = w.run_op(conn, "c0", "n1", "k0-0", spec)
+    return w, conn, outcome, error, to_op(w.history.finished_ops()[-1])
+
+
+def transfer_spec():
+    return {"kind": "kvtxn-transfer", "conds": [["k0-0.a", "c1-1"], ["k0-0.b", None]],
+            "micro": [["w", "k0-0.a", "c0-1"], ["w", "k0-0.b", "c0-2"], ["r", "k0-0.c", None]],
+            "orelse": [["r", "k0-0.a", None], ["r", "k0-0.b", None]]}
+
+
+def test_a_kvtxn_transfer_that_applies_and_one_whose_compare_fails():
+    w, conn, outcome, error, op = kvtxn([[1, [OKR, OKR, b"c9"], 7]], transfer_spec())
+    assert conn.sent == [("KVD.TXN", "IF", "VALUE", "k0-0.a", "=", "c1-1", "MISSING", "k0-0.b", "THEN",
+                          "SET", "k0-0.a", "c0-1", "SET", "k0-0.b", "c0-2", "GET", "k0-0.c",
+                          "ELSE", "GET", "k0-0.a", "GET", "k0-0.b")]
+    assert (outcome, error) == (OK, "")
+    assert isinstance(op, TxnOp) and op.applied is True and op.conds == (("k0-0.a", "c1-1"), ("k0-0.b", None))
+    assert op.micro[2] == ("r", "k0-0.c", "c9") and op.orelse == (("r", "k0-0.a", None), ("r", "k0-0.b", None))
+    w, conn, outcome, error, op = kvtxn([[0, [b"c2-5", None], 7]], transfer_spec())
+    assert (outcome, op.applied) == (OK, False)
+    assert op.orelse == (("r", "k0-0.a", "c2-5"), ("r", "k0-0.b", None)) and op.micro[2] == ("r", "k0-0.c", None)
+    assert w.stats["kvtxn-transfer"] == {"ok": 1, "fail": 0, "info": 0, "aborted": 1, "applied": 0}
+    assert list(w.recent["k0-0.a"]) == ["c2-5"]  # the ELSE branch's reads are what the next compares try
+
+
+def test_kvtxn_outcomes():
+    # A timeout after sending: unknown; NOLEADER: failed; a reply of the wrong shape: unknown and unexpected.
+    _, _, outcome, error, _ = kvtxn([Indeterminate("timed out")], transfer_spec())
+    assert outcome == INFO
+    _, _, outcome, _, _ = kvtxn([ReplyError("NOLEADER no leader")], transfer_spec())
+    assert outcome == FAIL
+    _, _, outcome, error, _ = kvtxn([[1, [OKR], 7]], transfer_spec())
+    assert outcome == INFO and error.startswith("unexpected")
+    _, _, outcome, error, _ = kvtxn([[0, [], 7]], {"kind": "kvtxn-read", "micro": [["r", "k0-0.a", None]]})
+    assert outcome == INFO and error.startswith("unexpected")  # no compare, yet the ELSE branch ran
+
+
+def test_the_planted_split_kvtxn_runs_separate_commands():
+    w, conn, outcome, error, op = kvtxn([b"c1-1", None, OKR, OKR, b"x"], transfer_spec(), split=True)
+    assert [c[0] for c in conn.sent] == ["GET", "GET", "SET", "SET", "GET"] and op.applied is True

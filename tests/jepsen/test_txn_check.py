@@ -260,3 +260,46 @@ def test_a_history_file_of_multikey_ops_round_trips(tmp_path):
     with open(path, "w") as f:
         f.write(text)
     assert check_file([path]) == 1
+
+
+# ------------------------------------------------------------------ KVD.TXN (orelse)
+
+
+def kvtxn(h, start, end, conds, new, orelse_reads=None, applied=True, outcome=OK):
+    """A KVD.TXN transfer: IF conds THEN SET new ELSE GET (with what it read when ELSE ran)."""
+    micro = tuple(("w", "g." + k, v) for k, v in sorted(new.items()))
+    reads = orelse_reads or {}
+    orelse = tuple(("r", "g." + k, reads.get(k) if outcome == OK and not applied else None) for k in sorted(conds))
+    h.ops.append(TxnOp(len(h.ops), "p%d" % len(h.ops), "g", "kvtxn-transfer", micro, (), None,
+                       applied if outcome == OK else None, outcome, start, None if outcome == INFO else end, "",
+                       tuple(("g." + k, v) for k, v in sorted(conds.items())), orelse))
+    return h
+
+
+def test_kvtxn_transfers_pass_when_atomic_and_fail_when_torn():
+    h = H().write(0, 1, a="a1", b="b1")
+    kvtxn(h, 2, 3, {"a": "a1", "b": "b1"}, {"a": "a2", "b": "b2"})
+    kvtxn(h, 4, 5, {"a": "a1", "b": "b1"}, {"a": "a3", "b": "b3"}, {"a": "a2", "b": "b2"}, applied=False)
+    kvtxn(h, 6, 7, {"a": "a2", "b": None}, {"a": "a4"}, {"a": "a2", "b": "b2"}, applied=False)
+    h.read(8, 9, a="a2", b="b2")
+    assert h.check().verdict == VALID, h.check().report()
+    # Two transfers from the same values cannot both apply.
+    h2 = H().write(0, 1, a="a1", b="b1")
+    kvtxn(h2, 2, 4, {"a": "a1", "b": "b1"}, {"a": "a2", "b": "b2"})
+    kvtxn(h2, 3, 5, {"a": "a1", "b": "b1"}, {"a": "a3", "b": "b3"})
+    assert h2.check().verdict == INVALID
+    # An ELSE branch must have read the state that failed the compare.
+    h3 = H().write(0, 1, a="a1", b="b1")
+    kvtxn(h3, 2, 3, {"a": "a1", "b": "b1"}, {"a": "a2", "b": "b2"}, {"a": "a1", "b": "b1"}, applied=False)
+    assert h3.check().verdict == INVALID
+    # A read that sees half of a transfer.
+    h4 = H().write(0, 1, a="a1", b="b1")
+    kvtxn(h4, 2, 5, {"a": "a1", "b": "b1"}, {"a": "a2", "b": "b2"})
+    h4.read(3, 4, a="a2", b="b1")
+    assert h4.check().verdict == INVALID
+    # An unknown transfer may have happened, or not.
+    h5 = H().write(0, 1, a="a1", b="b1")
+    kvtxn(h5, 2, 3, {"a": "a1", "b": "b1"}, {"a": "a2", "b": "b2"}, outcome=INFO)
+    h5.read(4, 5, a="a2", b="b2")
+    assert h5.check().verdict == VALID
+    assert "IF g.a=='a1' g.b=='b1'" in h5.ops[1].describe() and "ELSE" in h5.ops[1].describe()

@@ -565,7 +565,7 @@ def test_restore_rejects_valid_checksum_over_bad_structure():
     body = b"KVDS\x01\x05\x00\x00\x02\x01k\x01v\x01k\x01v"  # the same key twice
     with pytest.raises(CodecError, match="repeats"):
         KVMachine().restore(body + zlib.crc32(body).to_bytes(4, "big"))
-    body = b"KVDS\x07\x00\x00\x00\x00"  # version 7: not yet
+    body = b"KVDS\x08\x00\x00\x00\x00"  # version 8: not yet
     with pytest.raises(CodecError, match="version"):
         KVMachine().restore(body + zlib.crc32(body).to_bytes(4, "big"))
 

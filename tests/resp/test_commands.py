@@ -326,6 +326,8 @@ def test_table_has_every_supported_command():
         b"pttl", b"expiretime", b"pexpiretime",
         # issue 16, leases
         b"kvd.lease",
+        # issue 16, revisions and KVD.TXN
+        b"kvd.txn", b"kvd.get", b"kvd.revision",
     }
 
 

@@ -40,7 +40,9 @@ def test_a_replica_that_deletes_a_lease_keys_at_its_own_pace_is_caught(monkeypat
         results.append(run_one(SimOptions(seed=seed, state="memory", leases=True)))
     # A seed whose lease dies only on a node that then installs a snapshot may pass; most do not.
     assert sum(1 for r in results if not r.ok) >= 3
-    assert {r.invariant for r in results if not r.ok} == {"lease deletion"}
+    # Caught by the lease check, or first by the replicas' digests, which hold the store's revision (kvd.kv.revisions).
+    found = {r.invariant for r in results if not r.ok}
+    assert "lease deletion" in found and found <= {"lease deletion", "durable state"}, found
 
 
 def test_a_machine_that_ignores_promote_is_caught(monkeypatch):
