@@ -79,6 +79,11 @@ in ms from the entry's stamp follows" and bit 6 "a Unix time in ms follows"
     tag 67 Tick    (no body: carries the leader's clock into the log)
     tag 43 Ttl     op:byte key:blob   (a read op) op: 0 TTL, 1 PTTL, 2 EXPIRETIME, 3 PEXPIRETIME
 
+Pub/sub (kvd.kv.events): PUBLISH goes through the log, so that every node
+delivers every message to its subscribers in log order::
+
+    tag 70 Publish channel:blob message:blob   (changes no key)
+
 INCRBYFLOAT is tag 64, ``key:blob increment:blob``: the increment as the
 client sent it, parsed (and refused) when the entry is applied
 (kvd.kv.longdouble).  Inside a transaction tags 32-63 are read ops, so
@@ -105,7 +110,7 @@ __all__ = [
     "write_keys", "MAX_STRING_BYTES", "Transaction", "Versions", "TXN_READ_OPS", "read_keys",
     "HashWrite", "HashRead", "KeyType", "HASH_WRITE_OPS", "HASH_READ_OPS", "KEY_TYPES", "SCAN_TYPES",
     "float_increment_error", "Expire", "GetEx", "Tick", "Ttl", "EXPIRE_OPS", "TTL_OPS",
-    "EXPIRE_NX", "EXPIRE_XX", "EXPIRE_GT", "EXPIRE_LT",
+    "EXPIRE_NX", "EXPIRE_XX", "EXPIRE_GT", "EXPIRE_LT", "Publish",
 ]
 
 ENVELOPE_VERSION = 1
@@ -475,8 +480,23 @@ class Tick:
     """
 
 
+@dataclass(frozen=True)
+class Publish:
+    """
+    PUBLISH: no change of any key; applying it hands the message to the machine's events (kvd.kv.events), which
+    each node delivers to its own subscribers, so that every subscriber sees messages in log order.
+    """
+
+    channel: bytes
+    message: bytes
+
+    def __post_init__(self):
+        _bytes("channel", self.channel)
+        _bytes("message", self.message)
+
+
 SIMPLE_WRITES = (Set, Delete, MSet, IncrBy, GetDel, Append, SetRange, MSetNX, Rename, Copy, FlushAll, HashWrite,
-                 IncrByFloat, Expire, GetEx, Tick)
+                 IncrByFloat, Expire, GetEx, Tick, Publish)
 
 
 @dataclass(frozen=True)
@@ -511,7 +531,7 @@ class Transaction:
 
 
 WriteCommand = Union[Set, Delete, MSet, IncrBy, GetDel, Append, SetRange, MSetNX, Rename, Copy, FlushAll, Transaction,
-                     Script, HashWrite, IncrByFloat, Expire, GetEx, Tick]
+                     Script, HashWrite, IncrByFloat, Expire, GetEx, Tick, Publish]
 WRITE_COMMANDS = SIMPLE_WRITES + (Transaction, Script)
 
 
@@ -755,6 +775,7 @@ _TAG_GET, _TAG_MGET, _TAG_EXISTS, _TAG_KEYS, _TAG_SCAN, _TAG_DBSIZE = 32, 33, 34
 _TAG_STRLEN, _TAG_GETRANGE, _TAG_RANDOMKEY = 38, 39, 40
 _TAG_HASH_WRITE, _TAG_HASH_READ, _TAG_KEY_TYPE = 14, 41, 42
 _TAG_EXPIRE, _TAG_GETEX, _TAG_TICK, _TAG_TTL = 65, 66, 67, 43
+_TAG_PUBLISH = 70
 _FLAG_KEEPTTL, _FLAG_EXPIRE, _FLAG_EXPIRE_AT = 0x10, 0x20, 0x40
 _GETEX_EXPIRE, _GETEX_EXPIRE_AT, _GETEX_PERSIST = 0x01, 0x02, 0x04
 _SCAN_MATCH, _SCAN_TYPE = 0x01, 0x02
@@ -807,6 +828,10 @@ def _encode_command(w: Writer, cmd) -> None:
             w.uint(cmd.expire)
     elif isinstance(cmd, Tick):
         w.byte(_TAG_TICK)
+    elif isinstance(cmd, Publish):
+        w.byte(_TAG_PUBLISH)
+        w.blob(cmd.channel)
+        w.blob(cmd.message)
     elif isinstance(cmd, Delete):
         w.byte(_TAG_DELETE)
         w.uint(len(cmd.keys))
@@ -955,6 +980,8 @@ def command_size(cmd: WriteCommand) -> int:
         return 2 + _blob_size(cmd.key) + (_uint_size(cmd.expire) if cmd.expire is not None else 0)
     if isinstance(cmd, Tick):
         return 1
+    if isinstance(cmd, Publish):
+        return 1 + _blob_size(cmd.channel) + _blob_size(cmd.message)
     if isinstance(cmd, Delete):
         return 1 + _uint_size(len(cmd.keys)) + sum(_blob_size(k) for k in cmd.keys)
     if isinstance(cmd, (MSet, MSetNX)):
@@ -998,7 +1025,7 @@ def command_keys(cmd: WriteCommand) -> int:
     How many keys ``cmd`` writes (repeats counted): what applying it costs.
     FlushAll names none: the keyspace drops its keys whole (``clear``).
     """
-    if isinstance(cmd, (FlushAll, Tick)):
+    if isinstance(cmd, (FlushAll, Tick, Publish)):
         return 0
     if isinstance(cmd, Transaction):
         # What applying it costs: each write's keys, each read's keys (at least one), each watched key.
@@ -1025,7 +1052,7 @@ def write_keys(cmd: WriteCommand) -> Tuple[bytes, ...]:
         return tuple(k for k, _ in cmd.pairs)
     if isinstance(cmd, (Rename, Copy)):
         return (cmd.src, cmd.dst)
-    if isinstance(cmd, (FlushAll, Tick)):
+    if isinstance(cmd, (FlushAll, Tick, Publish)):
         return ()
     if isinstance(cmd, Script):
         return cmd.keys
@@ -1093,6 +1120,8 @@ def _decode_command(r: Reader, nested: bool = False) -> WriteCommand:
             return GetEx(key, expire, bool(flags & _GETEX_EXPIRE_AT), bool(flags & _GETEX_PERSIST))
         if tag == _TAG_TICK:
             return Tick()
+        if tag == _TAG_PUBLISH:
+            return Publish(r.blob(), r.blob())
         if tag == _TAG_DELETE:
             return Delete(tuple(r.blob() for _ in range(r.count())))
         if tag == _TAG_MSET:

@@ -51,6 +51,7 @@ from hashlib import blake2b
 from typing import Dict, Iterator, List, Optional, Tuple
 
 from kvd.kv.codec import INT64_MAX, Reader, Writer
+from kvd.kv.events import expired as expired_event
 from kvd.kv.keyspace import _SortedChunks
 
 #: A durable keyspace keeps each expiry as a record among the client sessions, under this prefix.
@@ -191,14 +192,16 @@ class View:
     """
     The keyspace as commands see it at log time ``now_ms``: the keyspace's methods, expired keys absent.
     A write through the view first deletes an expired key it names (only entries write, at apply time).
+    ``events``: where the writes' key events go (kvd.kv.events; an expired key deleted is an "expired").
     """
 
-    __slots__ = ("ks", "exp", "now_ms")
+    __slots__ = ("ks", "exp", "now_ms", "events")
 
-    def __init__(self, ks, exp: Expiries, now_ms: int):
+    def __init__(self, ks, exp: Expiries, now_ms: int, events: Optional[list] = None):
         self.ks = ks
         self.exp = exp
         self.now_ms = now_ms
+        self.events = [] if events is None else events
 
     @property
     def write_index(self) -> int:
@@ -216,6 +219,7 @@ class View:
         if self._dead(key):
             self.exp.drop(key)
             self.ks.delete(key)
+            self.events.append(expired_event(key))
 
     # ------------------------------------------------------------- reads
     def get(self, key: bytes):
@@ -311,4 +315,5 @@ class View:
         for key in keys:
             self.exp.drop(key)
             self.ks.delete(key)
+            self.events.append(expired_event(key))
         return len(keys)

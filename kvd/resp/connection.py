@@ -182,6 +182,8 @@ class Connection:
         self.created = self.last_active = self.now()
         self.last_command = "NULL"  # Redis's cmd= before any
         self.io: Optional[Callable[[], Dict[str, Any]]] = None
+        #: Its channels and patterns (kvd.resp.pubsub.Subscriptions), from its first (P)SUBSCRIBE on.
+        self.subscriptions = None
 
     def refuses(self, request) -> Optional[RespError]:
         """The error for a request this connection must not run now (no AUTH yet, its role, inside MULTI), else None."""
@@ -231,14 +233,15 @@ class Connection:
     def client_info(self) -> bytes:
         """
         One line of Redis's CLIENT INFO / CLIENT LIST (7.2's fields, in its order).  Fields kvd has no
-        counterpart for take the value Redis shows when there is nothing: sub, psub, ssub 0 (no pub/sub),
+        counterpart for take the value Redis shows when there is nothing: ssub 0 (no shard channels),
         argv-mem, rbs, rbp, obl, oll 0 (no preallocated buffers, no reply list), redir -1 (no tracking).
         """
         now = self.now()
         io = self.io() if self.io is not None else {}
+        subs = self.subscriptions
         flags = "".join(flag for flag, on in (
             ("x", self.in_multi), ("d", self.watch_failed), ("c", io.get("closing", False)),
-            ("r", self.readonly)) if on) or "N"
+            ("r", self.readonly), ("P", subs is not None and subs.count > 0)) if on) or "N"
         multi_mem = self.queued.size if self.in_multi else 0
         qbuf, omem = io.get("qbuf", 0), io.get("omem", 0)
         fields = (
@@ -251,8 +254,8 @@ class Connection:
             (b"idle", b"%d" % max(0, int(now - self.last_active))),
             (b"flags", flags.encode()),
             (b"db", b"0"),
-            (b"sub", b"0"),
-            (b"psub", b"0"),
+            (b"sub", b"%d" % (len(subs.channels) if subs is not None else 0)),
+            (b"psub", b"%d" % (len(subs.patterns) if subs is not None else 0)),
             (b"ssub", b"0"),
             (b"multi", b"%d" % (len(self.queued.requests) if self.in_multi else -1)),
             (b"qbuf", b"%d" % qbuf),

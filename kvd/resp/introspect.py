@@ -52,6 +52,7 @@ for _group, _names in {
     # The hash commands (branch hashes), described ahead of their merge into the table.
     "hash": "hset hmset hsetnx hdel hincrby hincrbyfloat hget hmget hgetall hkeys hvals hexists hlen hstrlen hscan "
             "hrandfield",
+    "pubsub": "publish subscribe psubscribe unsubscribe punsubscribe pubsub",
 }.items():
     GROUPS.update((name, _group) for name in _names.split())
 
@@ -69,9 +70,9 @@ _EXTRA_CATEGORIES.update((name, ("keyspace",)) for name in (
 _ADMIN_BY_KVD = {"flushdb", "flushall"}
 #: Groups that are ACL categories of their commands (generic commands are not in one; server ones neither).
 _GROUP_CATEGORY = {"string": "string", "connection": "connection", "transactions": "transaction",
-                   "scripting": "scripting", "hash": "hash"}
+                   "scripting": "scripting", "hash": "hash", "pubsub": "pubsub"}
 #: Top-level commands Redis puts in no group category although their group has one.
-_NO_GROUP_CATEGORY = {"client", "script", "config"}
+_NO_GROUP_CATEGORY = {"client", "script", "config", "pubsub"}
 
 #: Key specs as Redis 7.0 has them: (flags, begin index, lastkey, keystep) per key argument group; or, for
 #: the scripts, (flags, begin index, None, None): the number of keys at that index, the keys after it.
@@ -168,6 +169,12 @@ SUMMARIES = {
     "pttl": "Get the time to live for a key in milliseconds.",
     "expiretime": "Get the expiration Unix timestamp for a key.",
     "pexpiretime": "Get the expiration Unix timestamp for a key in milliseconds.",
+    "publish": "Posts a message to a channel (through the log: every node's subscribers get it).",
+    "subscribe": "Listens for messages published to channels.",
+    "psubscribe": "Listens for messages published to channels that match one or more patterns.",
+    "unsubscribe": "Stops listening to messages posted to channels.",
+    "punsubscribe": "Stops listening to messages published to channels that match one or more patterns.",
+    "pubsub": "A container for Pub/Sub commands.",
 }
 
 
