@@ -71,6 +71,8 @@ class ServerInfo:
         #: The node's counters when CONFIG RESETSTAT last ran: INFO stats counts from there (the
         #: counters themselves go on: /metrics and the cluster view read them).
         self._stats_base: Dict[str, int] = {}
+        #: CONFIG GET notify-keyspace-events: the client port's pub/sub registry's flags (kvd.resp.pubsub).
+        self.notify_keyspace_events: Callable[[], str] = lambda: ""
 
     def reset_stats(self) -> None:
         """CONFIG RESETSTAT: INFO's stats section starts again from zero."""
@@ -213,7 +215,9 @@ class ServerInfo:
             "maxmemory": "0",
             "maxmemory-policy": "noeviction",
             "maxclients": str(getattr(self.client_port, "maxclients", 0)),
-            "client-output-buffer-limit": "normal 0 %d 0" % getattr(self.client_port, "output_limit", 0),
+            "client-output-buffer-limit": "normal 0 %d 0%s" % (
+                getattr(self.client_port, "output_limit", 0),
+                " " + self.client_port.pubsub_limit.text() if hasattr(self.client_port, "pubsub_limit") else ""),
             "timeout": "0",
             "tcp-keepalive": "0",
             "proto-max-bulk-len": str(c.value_max_bytes),
@@ -222,7 +226,7 @@ class ServerInfo:
             "slave-read-only": "yes",
             "lua-time-limit": "0",
             "busy-reply-threshold": "0",
-            "notify-keyspace-events": "",
+            "notify-keyspace-events": self.notify_keyspace_events(),
             "protected-mode": "no",
             "io-threads": "1",
         }

@@ -708,6 +708,8 @@ _COMMANDS = [
         _spec("pubsub|channels", -2, "pubsub loading stale", parse=_parse_pubsub_channels),
         _spec("pubsub|numsub", -2, "pubsub loading stale"),
         _spec("pubsub|numpat", 2, "pubsub loading stale"),
+        _spec("pubsub|shardchannels", -2, "pubsub loading stale"),  # kvd has no shard channels: none
+        _spec("pubsub|shardnumsub", -2, "pubsub loading stale"),
         _spec("pubsub|help", 2, "loading stale"),
     )),
     _spec("client", -2, "", subcommands=(

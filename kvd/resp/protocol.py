@@ -53,8 +53,10 @@ slot, so order is kept, but its reply is not written.
 
 Out-of-band messages (``push``): pub/sub's messages (kvd.resp.pubsub), and
 anything else a node streams to a connection, are written as RESP3 pushes
-(``>``) or, in RESP2, plain arrays, in order with the replies: at once when
-no reply is owed, else after the replies owed so far.  A connection with
+(``>``) or, in RESP2, plain arrays, in order with the replies: after every
+reply already made (a SUBSCRIBE's confirmation precedes its messages), ahead
+of the replies still running (Redis too pushes while a command runs, before
+its reply).  A connection with
 subscriptions is bounded by Redis's pubsub output limit (``PubSubLimit``,
 hard and soft) besides ``output_limit``.  In RESP2 a subscribed connection
 may only run (P)SUBSCRIBE, (P)UNSUBSCRIBE, PING and QUIT (Redis's error
@@ -142,7 +144,8 @@ class _Slot:
 #: What a RESP2 connection with subscriptions may run (Redis's pubsub context; kvd has no RESET nor shard channels).
 SUBSCRIBED_COMMANDS = frozenset({"subscribe", "psubscribe", "unsubscribe", "punsubscribe", "ping", "quit"})
 PUBSUB_COMMANDS = frozenset({"subscribe", "psubscribe", "unsubscribe", "punsubscribe", "pubsub|channels",
-                             "pubsub|numsub", "pubsub|numpat", "pubsub|help"})
+                             "pubsub|numsub", "pubsub|numpat", "pubsub|help", "pubsub|shardchannels",
+                             "pubsub|shardnumsub"})
 PUBSUB_HELP = [SimpleString(line) for line in (
     "PUBSUB <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
     "CHANNELS [<pattern>]",
@@ -152,6 +155,10 @@ PUBSUB_HELP = [SimpleString(line) for line in (
     "NUMSUB [<channel> ...]",
     "    Return the number of subscribers for the specified channels, excluding",
     "    pattern subscriptions(default: no channels).",
+    "SHARDCHANNELS [<pattern>]",
+    "    Return the currently active shard level channels matching a <pattern> (default: '*').",
+    "SHARDNUMSUB [<shardchannel> ...]",
+    "    Return the number of subscribers for the specified shard level channel(s)",
     "HELP",
     "    Prints this help.",
 )]
@@ -474,6 +481,10 @@ class RespProtocol(Protocol):
             return encode(hub.numpat(), resp3)
         if name == "pubsub|help":
             return encode(PUBSUB_HELP, resp3)
+        if name == "pubsub|shardchannels":  # kvd has no shard channels (Redis Cluster's SPUBLISH)
+            return encode([], resp3)
+        if name == "pubsub|shardnumsub":
+            return encode([item for shard in args for item in (shard, 0)], resp3)
         subs = self.connection.subscriptions
         if subs is None:
             subs = self.connection.subscriptions = Subscriptions(hub, self.push)
@@ -491,14 +502,17 @@ class RespProtocol(Protocol):
         if self._lost or self._closing:
             return
         data = encode(Push(tuple(items)), self.connection.protocol == 3)
-        if self._pending:
+        # After the last reply already made (a SUBSCRIBE's confirmation comes before its messages), before the
+        # replies still running (as Redis, which pushes while a command runs, before that command's reply).
+        pending = self._pending
+        last_made = next((i for i in range(len(pending) - 1, -1, -1) if pending[i].data is not None), None)
+        if last_made is None:
+            self._write(data)
+        else:
             slot = _Slot()
             slot.data, slot.pushed = data, True
-            self._pending.append(slot)
+            pending.insert(last_made + 1, slot)
             self._pushed_owed += len(data)
-            self._flush()
-        else:
-            self._write(data)
         if not self._lost and not self._closing:
             self._check_pubsub_limit()
 

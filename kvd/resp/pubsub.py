@@ -38,7 +38,9 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 from kvd.kv.events import INVALID_FLAGS, KeyEvent, Message, channels as event_channels, flags_text, parse_flags
 from kvd.kv.glob import Pattern, PatternTooCostly
+from kvd.kv.results import OK
 from kvd.resp.encoder import Push
+from kvd.resp.errors import RespError
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,19 @@ class PubSubLimit:
 
     def text(self) -> str:
         return "pubsub %d %d %d" % (self.hard, self.soft, int(self.soft_seconds))
+
+
+def config_set(hub: "PubSubHub", args) -> object:
+    """CONFIG SET notify-keyspace-events <flags> (the one parameter kvd lets a client change): OK or Redis's error."""
+    if len(args) != 2 or args[0].lower() != b"notify-keyspace-events":
+        raise RespError("ERR", "CONFIG SET is not supported but for notify-keyspace-events: kvd's settings are "
+                               "twistd kvd options (twistd kvd --help)")
+    try:
+        hub.set_notify(args[1])
+    except ValueError as e:
+        raise RespError("ERR", "CONFIG SET failed (possibly related to argument 'notify-keyspace-events') - %s"
+                        % (e,)) from None
+    return OK
 
 
 class _Pattern:
