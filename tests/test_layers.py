@@ -78,7 +78,7 @@ LAYERS = {
     "kvd.discovery": Layer(_set("__init__ cluster_view dns http metrics services"),
                            kvd=_set("kvd.discovery kvd.address kvd.resp.client"), third=_set("twisted prometheus_client")),
     # twistd's side: the one module that wires everything.
-    "kvd.tap": Layer(_set("tap"), kvd=_set("kvd.address kvd.node kvd.executor kvd.kv.machine kvd.resp.protocol kvd.resp.auth "
+    "kvd.tap": Layer(_set("tap"), kvd=_set("kvd.address kvd.node kvd.executor kvd.kv.machine kvd.kv.events kvd.resp.protocol kvd.resp.pubsub kvd.resp.auth "
                                            "kvd.store.lmdb kvd.store.state kvd.wire.peers kvd.wire.tls kvd.discovery.services kvd.limits"),
                      third=_set("twisted lmdb")),
     # mgmt.py's side: nodes only over their ports, never the node's code.
