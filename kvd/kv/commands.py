@@ -82,7 +82,8 @@ in ms from the entry's stamp follows" and bit 6 "a Unix time in ms follows"
 Pub/sub (kvd.kv.events): PUBLISH goes through the log, so that every node
 delivers every message to its subscribers in log order::
 
-    tag 70 Publish channel:blob message:blob   (changes no key)
+    tag 70 Publish flags:byte channel:blob message:blob   (changes no key)
+                  flags: bit 0 a shard channel's message (SPUBLISH)
 
 INCRBYFLOAT is tag 64, ``key:blob increment:blob``: the increment as the
 client sent it, parsed (and refused) when the entry is applied
@@ -489,10 +490,13 @@ class Publish:
 
     channel: bytes
     message: bytes
+    shard: bool = False  # SPUBLISH: for the subscribers of the shard channel (SSUBSCRIBE), a namespace apart
 
     def __post_init__(self):
         _bytes("channel", self.channel)
         _bytes("message", self.message)
+        if not isinstance(self.shard, bool):
+            raise TypeError("shard must be a bool")
 
 
 SIMPLE_WRITES = (Set, Delete, MSet, IncrBy, GetDel, Append, SetRange, MSetNX, Rename, Copy, FlushAll, HashWrite,
@@ -830,6 +834,7 @@ def _encode_command(w: Writer, cmd) -> None:
         w.byte(_TAG_TICK)
     elif isinstance(cmd, Publish):
         w.byte(_TAG_PUBLISH)
+        w.byte(1 if cmd.shard else 0)
         w.blob(cmd.channel)
         w.blob(cmd.message)
     elif isinstance(cmd, Delete):
@@ -981,7 +986,7 @@ def command_size(cmd: WriteCommand) -> int:
     if isinstance(cmd, Tick):
         return 1
     if isinstance(cmd, Publish):
-        return 1 + _blob_size(cmd.channel) + _blob_size(cmd.message)
+        return 2 + _blob_size(cmd.channel) + _blob_size(cmd.message)
     if isinstance(cmd, Delete):
         return 1 + _uint_size(len(cmd.keys)) + sum(_blob_size(k) for k in cmd.keys)
     if isinstance(cmd, (MSet, MSetNX)):
@@ -1121,7 +1126,10 @@ def _decode_command(r: Reader, nested: bool = False) -> WriteCommand:
         if tag == _TAG_TICK:
             return Tick()
         if tag == _TAG_PUBLISH:
-            return Publish(r.blob(), r.blob())
+            flags = r.byte()
+            if flags > 1:
+                raise CodecError("invalid PUBLISH flags %d" % (flags,))
+            return Publish(r.blob(), r.blob(), bool(flags))
         if tag == _TAG_DELETE:
             return Delete(tuple(r.blob() for _ in range(r.count())))
         if tag == _TAG_MSET:

@@ -16,7 +16,7 @@ snapshot restores state and produces none.
 
 Two kinds:
 
-* ``Message(channel, message)``: a PUBLISH;
+* ``Message(channel, message, shard)``: a PUBLISH (SPUBLISH: ``shard``);
 * ``KeyEvent(klass, event, key)``: a change of a key, as Redis 7 names it
   (``set``, ``del``, ``expire``, ``expired``, ``incrby``, ``append``,
   ``rename_from``/``rename_to``, ``hset``...), with its class letter of
@@ -39,10 +39,11 @@ from typing import List, NamedTuple, Optional, Tuple
 
 
 class Message(NamedTuple):
-    """A PUBLISH: ``message`` on ``channel``."""
+    """A PUBLISH: ``message`` on ``channel`` (a shard channel's for SPUBLISH)."""
 
     channel: bytes
     message: bytes
+    shard: bool = False
 
 
 class KeyEvent(NamedTuple):

@@ -416,7 +416,7 @@ class KVMachine:
                 ks.events.append(ev.string(b"set", k))
             return OK
         if isinstance(cmd, Publish):
-            ks.events.append(ev.Message(cmd.channel, cmd.message))
+            ks.events.append(ev.Message(cmd.channel, cmd.message, cmd.shard))
             return 0  # the node answers how many of its own clients received it (kvd.resp.pubsub)
         if isinstance(cmd, Expire):
             return self._expire(ks, cmd)

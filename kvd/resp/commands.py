@@ -535,12 +535,15 @@ def _parse_ping(args: List[bytes]) -> Parsed:
     return _odd_arity("ping") if len(args) > 2 else Admin("ping", tuple(args[1:]))
 
 
-def _parse_pubsub_channels(args: List[bytes]) -> Parsed:
-    # PUBSUB CHANNELS [pattern]: Redis's arity is -2, the handler refuses more than one pattern.
-    if len(args) > 3:
-        return CommandError("ERR", "unknown subcommand or wrong number of arguments for '%s'. Try PUBSUB HELP."
-                            % _text(args[1]))
-    return Admin("pubsub|channels", tuple(args[2:]))
+def _parse_pubsub_channels(name: str) -> Callable[[List[bytes]], Parsed]:
+    def parse(args: List[bytes]) -> Parsed:
+        # PUBSUB (SHARD)CHANNELS [pattern]: Redis's arity is -2, the handler refuses more than one pattern.
+        if len(args) > 3:
+            return CommandError("ERR", "unknown subcommand or wrong number of arguments for '%s'. Try PUBSUB HELP."
+                                % _text(args[1]))
+        return Admin(name, tuple(args[2:]))
+
+    return parse
 
 
 # --------------------------------------------------------------- table
@@ -704,11 +707,17 @@ _COMMANDS = [
     _spec("psubscribe", -2, "pubsub noscript loading stale"),
     _spec("unsubscribe", -1, "pubsub noscript loading stale"),
     _spec("punsubscribe", -1, "pubsub noscript loading stale"),
+    # Shard channels (Redis 7): a namespace apart, as a standalone Redis 7 has them (kvd is one shard).
+    _spec("spublish", 3, "pubsub loading stale fast", (1, 1, 1),
+          lambda a: Write(Publish(a[1], a[2], shard=True), "spublish")),
+    _spec("ssubscribe", -2, "pubsub noscript loading stale", (1, -1, 1)),
+    _spec("sunsubscribe", -1, "pubsub noscript loading stale", (1, -1, 1)),
     _spec("pubsub", -2, "", subcommands=(
-        _spec("pubsub|channels", -2, "pubsub loading stale", parse=_parse_pubsub_channels),
+        _spec("pubsub|channels", -2, "pubsub loading stale", parse=_parse_pubsub_channels("pubsub|channels")),
         _spec("pubsub|numsub", -2, "pubsub loading stale"),
         _spec("pubsub|numpat", 2, "pubsub loading stale"),
-        _spec("pubsub|shardchannels", -2, "pubsub loading stale"),  # kvd has no shard channels: none
+        _spec("pubsub|shardchannels", -2, "pubsub loading stale",
+              parse=_parse_pubsub_channels("pubsub|shardchannels")),
         _spec("pubsub|shardnumsub", -2, "pubsub loading stale"),
         _spec("pubsub|help", 2, "loading stale"),
     )),

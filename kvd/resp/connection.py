@@ -233,7 +233,7 @@ class Connection:
     def client_info(self) -> bytes:
         """
         One line of Redis's CLIENT INFO / CLIENT LIST (7.2's fields, in its order).  Fields kvd has no
-        counterpart for take the value Redis shows when there is nothing: ssub 0 (no shard channels),
+        counterpart for take the value Redis shows when there is nothing:
         argv-mem, rbs, rbp, obl, oll 0 (no preallocated buffers, no reply list), redir -1 (no tracking).
         """
         now = self.now()
@@ -241,7 +241,7 @@ class Connection:
         subs = self.subscriptions
         flags = "".join(flag for flag, on in (
             ("x", self.in_multi), ("d", self.watch_failed), ("c", io.get("closing", False)),
-            ("r", self.readonly), ("P", subs is not None and subs.count > 0)) if on) or "N"
+            ("r", self.readonly), ("P", subs is not None and subs.total > 0)) if on) or "N"
         multi_mem = self.queued.size if self.in_multi else 0
         qbuf, omem = io.get("qbuf", 0), io.get("omem", 0)
         fields = (
@@ -256,7 +256,7 @@ class Connection:
             (b"db", b"0"),
             (b"sub", b"%d" % (len(subs.channels) if subs is not None else 0)),
             (b"psub", b"%d" % (len(subs.patterns) if subs is not None else 0)),
-            (b"ssub", b"0"),
+            (b"ssub", b"%d" % (len(subs.shard_channels) if subs is not None else 0)),
             (b"multi", b"%d" % (len(self.queued.requests) if self.in_multi else -1)),
             (b"qbuf", b"%d" % qbuf),
             (b"qbuf-free", b"0"),

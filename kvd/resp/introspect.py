@@ -52,7 +52,7 @@ for _group, _names in {
     # The hash commands (branch hashes), described ahead of their merge into the table.
     "hash": "hset hmset hsetnx hdel hincrby hincrbyfloat hget hmget hgetall hkeys hvals hexists hlen hstrlen hscan "
             "hrandfield",
-    "pubsub": "publish subscribe psubscribe unsubscribe punsubscribe pubsub",
+    "pubsub": "publish subscribe psubscribe unsubscribe punsubscribe pubsub spublish ssubscribe sunsubscribe",
 }.items():
     GROUPS.update((name, _group) for name in _names.split())
 
@@ -106,6 +106,9 @@ KEY_SPECS: Dict[str, Tuple[_RANGE, ...]] = {
     "pexpireat": (("RW update", 1, 0, 1),), "persist": (("RW update", 1, 0, 1),), "ttl": (("RO access", 1, 0, 1),),
     "pttl": (("RO access", 1, 0, 1),), "expiretime": (("RO access", 1, 0, 1),),
     "pexpiretime": (("RO access", 1, 0, 1),),
+    # Shard channels: Redis 7.0 routes on the channel, which is no key.
+    "spublish": (("not_key", 1, 0, 1),), "ssubscribe": (("not_key", 1, -1, 1),),
+    "sunsubscribe": (("not_key", 1, -1, 1),),
 }
 
 #: COMMAND DOCS' summaries (Redis's words where kvd does what Redis does).
@@ -175,6 +178,9 @@ SUMMARIES = {
     "unsubscribe": "Stops listening to messages posted to channels.",
     "punsubscribe": "Stops listening to messages published to channels that match one or more patterns.",
     "pubsub": "A container for Pub/Sub commands.",
+    "spublish": "Post a message to a shard channel (kvd is one shard: every node's shard subscribers get it).",
+    "ssubscribe": "Listens for messages published to shard channels.",
+    "sunsubscribe": "Stops listening to messages posted to shard channels.",
 }
 
 

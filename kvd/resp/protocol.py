@@ -142,8 +142,10 @@ class _Slot:
 
 
 #: What a RESP2 connection with subscriptions may run (Redis's pubsub context; kvd has no RESET nor shard channels).
-SUBSCRIBED_COMMANDS = frozenset({"subscribe", "psubscribe", "unsubscribe", "punsubscribe", "ping", "quit"})
-PUBSUB_COMMANDS = frozenset({"subscribe", "psubscribe", "unsubscribe", "punsubscribe", "pubsub|channels",
+SUBSCRIBED_COMMANDS = frozenset({"subscribe", "psubscribe", "unsubscribe", "punsubscribe", "ssubscribe",
+                                 "sunsubscribe", "ping", "quit"})
+PUBSUB_COMMANDS = frozenset({"subscribe", "psubscribe", "unsubscribe", "punsubscribe", "ssubscribe", "sunsubscribe",
+                             "pubsub|channels",
                              "pubsub|numsub", "pubsub|numpat", "pubsub|help", "pubsub|shardchannels",
                              "pubsub|shardnumsub"})
 PUBSUB_HELP = [SimpleString(line) for line in (
@@ -424,9 +426,9 @@ class RespProtocol(Protocol):
                                                  and self._subscribed() and self.connection.protocol == 2):
                 slot.data = self._pubsub(request)
             elif isinstance(request, Write) and isinstance(request.command, Publish):
-                channel = request.command.channel
+                channel, shard = request.command.channel, request.command.shard
                 self._execute(slot, request, lambda result: result if isinstance(result, KVError)
-                              else self.hub.receivers(channel))
+                              else self.hub.receivers(channel, shard))
             elif is_local(request):
                 value = execute_local(request, self.connection)
                 if value is NO_REPLY:
@@ -455,7 +457,7 @@ class RespProtocol(Protocol):
 
     def _subscribed(self) -> bool:
         subs = self.connection.subscriptions
-        return subs is not None and subs.count > 0
+        return subs is not None and subs.total > 0
 
     def _subscribed_refuses(self, request) -> bool:
         """RESP2's pubsub context: a subscribed connection runs only SUBSCRIBED_COMMANDS."""
@@ -481,10 +483,13 @@ class RespProtocol(Protocol):
             return encode(hub.numpat(), resp3)
         if name == "pubsub|help":
             return encode(PUBSUB_HELP, resp3)
-        if name == "pubsub|shardchannels":  # kvd has no shard channels (Redis Cluster's SPUBLISH)
-            return encode([], resp3)
+        if name == "pubsub|shardchannels":
+            try:
+                return encode(hub.shard_channel_names(args[0] if args else None), resp3)
+            except PatternTooCostly as e:
+                return encode_error("ERR", str(e))
         if name == "pubsub|shardnumsub":
-            return encode([item for shard in args for item in (shard, 0)], resp3)
+            return encode(hub.shard_numsub(args), resp3)
         subs = self.connection.subscriptions
         if subs is None:
             subs = self.connection.subscriptions = Subscriptions(hub, self.push)

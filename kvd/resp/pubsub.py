@@ -92,6 +92,8 @@ class PubSubHub:
     def __init__(self, notify_flags: bytes = b""):
         self.channels: Dict[bytes, Dict[int, "Subscriptions"]] = {}
         self.patterns: Dict[bytes, _Pattern] = {}
+        #: Shard channels (SSUBSCRIBE, SPUBLISH): a namespace apart, without patterns.
+        self.shard_channels: Dict[bytes, Dict[int, "Subscriptions"]] = {}
         self.flags = 0
         self.set_notify(notify_flags)
         self.delivered = 0  # messages pushed to clients (INFO)
@@ -112,7 +114,10 @@ class PubSubHub:
         """The events of one applied entry (kvd.kv.events), in order, to this node's subscribers."""
         for event in events:
             if isinstance(event, Message):
-                self.publish(event.channel, event.message)
+                if event.shard:
+                    self.publish_shard(event.channel, event.message)
+                else:
+                    self.publish(event.channel, event.message)
             elif isinstance(event, KeyEvent) and self.flags:
                 for channel, message in event_channels(event, self.flags):
                     self.publish(channel, message)
@@ -131,8 +136,18 @@ class PubSubHub:
         self.delivered += n
         return n
 
-    def receivers(self, channel: bytes) -> int:
-        """How many subscriptions of this node a message on ``channel`` reaches (PUBLISH's reply)."""
+    def publish_shard(self, channel: bytes, message: bytes) -> int:
+        """SPUBLISH's delivery: to this node's subscribers of the shard channel; how many."""
+        subs = list(self.shard_channels.get(channel, {}).values())
+        for sub in subs:
+            sub.push((b"smessage", channel, message))
+        self.delivered += len(subs)
+        return len(subs)
+
+    def receivers(self, channel: bytes, shard: bool = False) -> int:
+        """How many subscriptions of this node a message on ``channel`` reaches (PUBLISH's, SPUBLISH's reply)."""
+        if shard:
+            return len(self.shard_channels.get(channel, ()))
         n = len(self.channels.get(channel, ()))
         for pattern in self.patterns.values():
             if pattern.matches(channel):
@@ -157,16 +172,30 @@ class PubSubHub:
     def numpat(self) -> int:
         return len(self.patterns)
 
-    # ------------------------------------------------- for Subscriptions
-    def _add(self, channel: bytes, sub: "Subscriptions") -> None:
-        self.channels.setdefault(channel, {})[id(sub)] = sub
+    def shard_channel_names(self, pattern: Optional[bytes] = None) -> List[bytes]:
+        names = list(self.shard_channels)
+        if pattern is None:
+            return names
+        matcher = _Pattern(pattern)
+        return [name for name in names if matcher.matches(name)]
 
-    def _remove(self, channel: bytes, sub: "Subscriptions") -> None:
-        subs = self.channels.get(channel)
+    def shard_numsub(self, names: Iterable[bytes]) -> list:
+        out: list = []
+        for name in names:
+            out += [name, len(self.shard_channels.get(name, ()))]
+        return out
+
+    # ------------------------------------------------- for Subscriptions
+    def _add(self, channel: bytes, sub: "Subscriptions", table: Optional[dict] = None) -> None:
+        (self.channels if table is None else table).setdefault(channel, {})[id(sub)] = sub
+
+    def _remove(self, channel: bytes, sub: "Subscriptions", table: Optional[dict] = None) -> None:
+        table = self.channels if table is None else table
+        subs = table.get(channel)
         if subs is not None:
             subs.pop(id(sub), None)
             if not subs:
-                del self.channels[channel]
+                del table[channel]
 
     def _add_pattern(self, source: bytes, sub: "Subscriptions") -> None:
         pattern = self.patterns.get(source)
@@ -193,10 +222,38 @@ class Subscriptions:
         self.push = push
         self.channels: Dict[bytes, None] = {}  # in subscription order: UNSUBSCRIBE without names goes in it
         self.patterns: Dict[bytes, None] = {}
+        self.shard_channels: Dict[bytes, None] = {}
 
     @property
     def count(self) -> int:
+        """What (P)SUBSCRIBE's confirmations count, as Redis: channels and patterns (not shard channels)."""
         return len(self.channels) + len(self.patterns)
+
+    @property
+    def total(self) -> int:
+        """Every subscription: while there is one, a RESP2 connection is in subscribed mode."""
+        return self.count + len(self.shard_channels)
+
+    def ssubscribe(self, names: Tuple[bytes, ...]) -> List[Push]:
+        out = []
+        for name in names:
+            if name not in self.shard_channels:
+                self.shard_channels[name] = None
+                self.hub._add(name, self, self.hub.shard_channels)
+            out.append(Push((b"ssubscribe", name, len(self.shard_channels))))
+        return out
+
+    def sunsubscribe(self, names: Tuple[bytes, ...]) -> List[Push]:
+        names = names or tuple(self.shard_channels)
+        if not names:
+            return [Push((b"sunsubscribe", None, 0))]
+        out = []
+        for name in names:
+            if name in self.shard_channels:
+                del self.shard_channels[name]
+                self.hub._remove(name, self, self.hub.shard_channels)
+            out.append(Push((b"sunsubscribe", name, len(self.shard_channels))))
+        return out
 
     def subscribe(self, names: Tuple[bytes, ...]) -> List[Push]:
         out = []
@@ -249,4 +306,6 @@ class Subscriptions:
             self.hub._remove(name, self)
         for source in self.patterns:
             self.hub._remove_pattern(source, self)
-        self.channels, self.patterns = {}, {}
+        for name in self.shard_channels:
+            self.hub._remove(name, self, self.hub.shard_channels)
+        self.channels, self.patterns, self.shard_channels = {}, {}, {}

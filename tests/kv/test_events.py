@@ -29,13 +29,20 @@ def test_publish_round_trips_with_tag_70_and_changes_no_key(m):
     env = Envelope(b"c", 1, 1, 5, Publish(b"ch", b"\x00msg"))
     data = encode_envelope(env)
     assert decode_envelope(data) == env
-    assert data[-len(b"\x02ch\x04\x00msg") - 1] == 70
+    assert data[-len(b"\x00\x02ch\x04\x00msg") - 1:] == b"\x46\x00\x02ch\x04\x00msg"  # tag 70, flags 0
     assert command_size(Publish(b"ch", b"\x00msg")) == len(data) - len(encode_envelope(Envelope(b"c", 1, 1, 5, Tick()))) + 1
     assert m(Publish(b"ch", b"hello")) == 0
     assert m.machine.events == [Message(b"ch", b"hello")]
     after = KVMachine()
     after.restore(m.machine.snapshot())
     assert after.key_count() == 0 and after.events == []  # events are output, never state
+
+
+def test_spublish_is_a_shard_channels_message(m):
+    env = Envelope(b"c", 1, 1, 5, Publish(b"ch", b"m", shard=True))
+    assert decode_envelope(encode_envelope(env)) == env
+    assert m(Publish(b"ch", b"m", shard=True)) == 0
+    assert m.machine.events == [Message(b"ch", b"m", True)]
 
 
 def test_events_are_those_of_the_last_entry_only(m):

@@ -172,9 +172,23 @@ SUBSCRIBED_MODE = [
     ("sub", "SUBSCRIBE", "c"), ("sub", "QUIT"),
 ]
 
+SHARD_CHANNELS = [
+    ("sub", "SUNSUBSCRIBE"), ("sub", "SSUBSCRIBE", "a", "b"), ("sub", "SUBSCRIBE", "a"), ("sub", "GET", "x"),
+    ("pub", "SPUBLISH", "a", "m"), ("pub", "PUBLISH", "a", "n"), ("pub", "SPUBLISH", "zz", "nobody"),
+    ("pub", "PUBSUB", "SHARDCHANNELS", "a"), ("pub", "PUBSUB", "SHARDCHANNELS", "x*"),
+    ("pub", "PUBSUB", "SHARDNUMSUB", "a", "z"), ("pub", "PUBSUB", "NUMSUB", "a"),
+    ("pub", "PUBSUB", "SHARDCHANNELS", "a", "b"), ("sub", "SUNSUBSCRIBE", "a"), ("sub", "UNSUBSCRIBE"),
+    ("sub", "GET", "x"), ("sub", "SUNSUBSCRIBE"), ("sub", "SUNSUBSCRIBE"), ("sub", "SSUBSCRIBE"),
+    ("sub", "GET", "x"), ("pub", "SPUBLISH", "b", "gone"),
+]
+
 
 def test_subscribed_mode_and_pubsub_match_a_real_redis_server(redis_port):
     compare(redis_port, SUBSCRIBED_MODE[:-1])
+
+
+def test_shard_channels_match_a_real_redis_server(redis_port):
+    compare(redis_port, SHARD_CHANNELS)
 
 
 def test_resp3_pushes_match_a_real_redis_server(redis_port):
@@ -183,6 +197,7 @@ def test_resp3_pushes_match_a_real_redis_server(redis_port):
         ("sub", "GET", "x"), ("sub", "SET", "k", "v"), ("pub", "PUBLISH", "a", "hello"), ("pub", "PUBLISH", "ab", "x"),
         ("sub", "PUBLISH", "a", "to myself"), ("sub", "PUBSUB", "NUMSUB", "a"), ("sub", "UNSUBSCRIBE"),
         ("sub", "PUNSUBSCRIBE"), ("sub", "UNSUBSCRIBE"), ("pub", "PUBLISH", "a", "nobody"),
+        ("sub", "SSUBSCRIBE", "s"), ("pub", "SPUBLISH", "s", "shard"), ("sub", "SUNSUBSCRIBE"),
     ], protocols={"sub": 3})
 
 
