@@ -345,7 +345,7 @@ class _SimEvents(Events):
         self.c.checker.on_machine_loaded(self.node.id, "install", machine)
 
     def applied(self, entry, result) -> None:
-        self.c.checker.on_apply(self.node.id, entry, result)
+        self.c.checker.on_apply(self.node.id, entry, result, getattr(self.node.machine, "events", ()))
 
     def storage_failed(self, error: Exception) -> None:
         # The simulated disk raises only the checker's Violations (kvd.sim.disk):
