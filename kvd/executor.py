@@ -49,6 +49,8 @@ class ClientExecutor:
         self.server_info = ServerInfo(node.view, node.clock.seconds, clients)
         if pubsub is not None:
             self.server_info.notify_keyspace_events = pubsub.notify_text
+            self.server_info.pubsub_counts = lambda: (len(pubsub.channels), len(pubsub.patterns),
+                                                      len(pubsub.shard_channels))
 
     def execute(self, request, connection):
         if isinstance(request, Write):

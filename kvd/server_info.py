@@ -73,6 +73,8 @@ class ServerInfo:
         self._stats_base: Dict[str, int] = {}
         #: CONFIG GET notify-keyspace-events: the client port's pub/sub registry's flags (kvd.resp.pubsub).
         self.notify_keyspace_events: Callable[[], str] = lambda: ""
+        #: INFO stats' pubsub_channels, pubsub_patterns, pubsubshard_channels (the registry's counts).
+        self.pubsub_counts: Callable[[], Tuple[int, int, int]] = lambda: (0, 0, 0)
 
     def reset_stats(self) -> None:
         """CONFIG RESETSTAT: INFO's stats section starts again from zero."""
@@ -164,7 +166,7 @@ class ServerInfo:
             ("kvd_linearizable_reads", reads),
             ("expired_keys", 0),
             ("evicted_keys", 0),
-        ]
+        ] + list(zip(("pubsub_channels", "pubsub_patterns", "pubsubshard_channels"), self.pubsub_counts()))
 
     def _replication(self, raft):
         leader = raft["raft_role"] == "leader"

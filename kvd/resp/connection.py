@@ -184,6 +184,11 @@ class Connection:
         self.io: Optional[Callable[[], Dict[str, Any]]] = None
         #: Its channels and patterns (kvd.resp.pubsub.Subscriptions), from its first (P)SUBSCRIBE on.
         self.subscriptions = None
+        #: Out-of-band messages to this connection, for whatever streams to it (pub/sub; an executor may use it):
+        #: ``push(items)`` writes them as a RESP3 push or a RESP2 array, in order with the replies
+        #: (kvd.resp.protocol ``RespProtocol.push``); ``on_lost`` callables run once the connection is gone.
+        self.push: Optional[Callable[[Any], None]] = None
+        self.on_lost: List[Callable[[], None]] = []
 
     def refuses(self, request) -> Optional[RespError]:
         """The error for a request this connection must not run now (no AUTH yet, its role, inside MULTI), else None."""

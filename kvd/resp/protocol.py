@@ -259,6 +259,7 @@ class RespProtocol(Protocol):
         self.connection.now = getattr(self.factory, "now", time.time)
         self.connection.created = self.connection.last_active = self.connection.now()
         self.connection.io = self._io_fields
+        self.connection.push = self.push
         self.connection.peer = _address(self.transport.getPeer())
         self.connection.local = _address(self.transport.getHost())
         self.transport.registerProducer(self, True)
@@ -271,6 +272,12 @@ class RespProtocol(Protocol):
         if self.connection.subscriptions is not None:
             self.connection.subscriptions.close()
         self._lost = True
+        for callback in self.connection.on_lost:
+            try:
+                callback()
+            except Exception:
+                self.log.failure("a stream of {connection!r} failed at its end", connection=self.connection)
+        self.connection.on_lost = []
         self._pending.clear()
         self._backlog.clear()
         self._producing = False

@@ -379,3 +379,45 @@ def test_publish_inside_multi_and_scripts_reaches_subscribers():
     k.send("p", "EVAL", "return redis.call('publish', 'ch', 'in script')", "0")
     assert k.take("s") == (b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$8\r\nin multi\r\n"
                            b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$9\r\nin script\r\n")
+
+
+def test_the_connection_push_api_streams_in_either_protocol_and_tells_the_end():
+    """What KVD.WATCH-like streams use: connection.push (RESP3 push, RESP2 array) and connection.on_lost."""
+    k = Kvd()
+    proto, transport = k.connect("a")
+    connection = proto.connection
+    connection.push([b"watch", b"k", 7])
+    assert k.take("a") == b"*3\r\n$5\r\nwatch\r\n$1\r\nk\r\n:7\r\n"
+    k.send("a", "HELLO", "3")
+    connection.push([b"watch", b"k", 8])
+    assert k.take("a") == b">3\r\n$5\r\nwatch\r\n$1\r\nk\r\n:8\r\n"
+    ended = []
+    connection.on_lost.append(lambda: ended.append(True))
+    proto.connectionLost(None)
+    assert ended == [True]
+    connection.push([b"watch", b"k", 9])  # after the end: dropped, no error
+    assert k.take("a") == b""
+
+
+def test_info_counts_channels_and_patterns():
+    from kvd.executor import ClientExecutor
+    from kvd.resp.pubsub import PubSubHub
+
+    class View:
+        config = None
+
+        def stats(self):
+            return {}
+
+    class Node:
+        view = View()
+        clock = type("Clock", (), {"seconds": staticmethod(lambda: 0.0)})
+
+    hub = PubSubHub()
+    executor = ClientExecutor(Node(), pubsub=hub)
+    subs = pubsub.Subscriptions(hub, lambda items: None)
+    subs.subscribe((b"a", b"b"))
+    subs.psubscribe((b"x*",))
+    subs.ssubscribe((b"s",))
+    stats = dict(executor.server_info._stats({}))
+    assert (stats["pubsub_channels"], stats["pubsub_patterns"], stats["pubsubshard_channels"]) == (2, 1, 1)
