@@ -94,7 +94,7 @@ def command_name(args: List[bytes]) -> Optional[str]:
     return spec.name
 
 
-#: CLIENT LIST TYPE's names (Redis's getClientTypeByName); kvd's connections are all "normal" ones.
+#: CLIENT LIST TYPE's names (Redis's getClientTypeByName); kvd's connections are "normal" or "pubsub" ones.
 CLIENT_TYPES = frozenset({b"normal", b"master", b"replica", b"slave", b"pubsub"})
 
 
@@ -382,13 +382,21 @@ def execute_local(request: Admin, connection: Connection) -> Any:
     raise ValueError("not a local command: %r" % (name,))
 
 
+def _subscribed(connection: Connection) -> bool:
+    subs = connection.subscriptions
+    return subs is not None and subs.total > 0
+
+
 def _client_list(args, connection: Connection) -> bytes:
     """CLIENT LIST [TYPE type] [ID id ...], parsed as Redis 7.0 does (one option, TYPE exactly alone)."""
     registry = connection.registry if connection.registry is not None else {connection.id: connection}
     if len(args) == 2 and args[0].lower() == b"type":
         if args[1].lower() not in CLIENT_TYPES:
             raise RespError("ERR", "Unknown client type '%s'" % args[1].decode("utf-8", "surrogateescape"))
-        chosen = sorted(registry) if args[1].lower() == b"normal" else []
+        wanted = args[1].lower()
+        # Redis's getClientType: a connection with a subscription is a pubsub client, the others normal ones.
+        chosen = [i for i in sorted(registry) if (wanted == b"pubsub") == _subscribed(registry[i])] \
+            if wanted in (b"normal", b"pubsub") else []
     elif len(args) > 1 and args[0].lower() == b"id":
         chosen = []
         for arg in args[1:]:

@@ -421,3 +421,14 @@ def test_info_counts_channels_and_patterns():
     subs.ssubscribe((b"s",))
     stats = dict(executor.server_info._stats({}))
     assert (stats["pubsub_channels"], stats["pubsub_patterns"], stats["pubsubshard_channels"]) == (2, 1, 1)
+
+
+def test_client_list_type_pubsub_lists_the_subscribed_connections():
+    k = Kvd()
+    k.connect("s")
+    k.connect("p")
+    k.send("s", "SSUBSCRIBE", "a")
+    pubsub_list = k.send("p", "CLIENT", "LIST", "TYPE", "pubsub")
+    normal_list = k.send("p", "CLIENT", "LIST", "TYPE", "normal")
+    assert pubsub_list.count(b"id=") == 1 and b"flags=P" in pubsub_list and b"ssub=1" in pubsub_list
+    assert normal_list.count(b"id=") == 1 and b"flags=N" in normal_list
