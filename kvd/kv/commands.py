@@ -4,7 +4,8 @@ The commands of the key/value machine and the codec of what goes in the log.
 
 Write commands (``Set``, ``Delete``, ``MSet``, ``IncrBy``, ``GetDel``,
 ``Append``, ``SetRange``, ``MSetNX``, ``Rename``, ``Copy``, ``FlushAll``,
-``Transaction``, ``Script``, ``HashWrite``, ``IncrByFloat``, ``Expire``, ``GetEx``, ``Tick``) change the state and are proposed to Raft
+``Transaction``, ``Script``, ``HashWrite``, ``IncrByFloat``, ``Expire``, ``GetEx``, ``Tick``, ``Publish``) change the
+state (``Tick`` and ``Publish`` only the log's time and the sessions) and are proposed to Raft
 inside an ``Envelope``; read ops (``Get``, ``MGet``, ``Exists``, ``Keys``,
 ``Scan``, ``DbSize``, ``StrLen``, ``GetRange``, ``RandomKey``, ``Versions``,
 ``ScriptGet``, ``HashRead``, ``KeyType``, ``Ttl``) are served by ``KVMachine.read`` and never logged on their

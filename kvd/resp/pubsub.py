@@ -3,6 +3,9 @@
 Pub/sub at the client port: a node's registry of channels and patterns
 (``PubSubHub``) and each connection's subscriptions (``Subscriptions``).
 
+Shard channels (SSUBSCRIBE, SUNSUBSCRIBE, SPUBLISH) are a namespace apart, as
+in a standalone Redis 7 (kvd is one shard): no patterns, and their own count.
+
 Messages travel through the log (PUBLISH is a ``Publish`` entry, kvd.kv.events):
 every node applies it and hands the machine's events to its hub
 (``deliver``), which pushes them to its own subscribers.  So a message
@@ -10,6 +13,8 @@ published through any node reaches the subscribers of every node, and every
 subscriber sees messages in log order.  PUBLISH answers the number of
 subscribers on the node that proposed it, counted when its entry's result
 comes back (Redis Cluster's semantics: a node counts its own clients only).
+The registry itself is no replicated state: nothing of it is in a snapshot
+or on disk, and a restarted node starts with no subscriber (as Redis).
 
 Keyspace notifications: the machine produces every key event
 (kvd.kv.events); the hub publishes those that its ``notify-keyspace-events``
