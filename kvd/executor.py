@@ -26,6 +26,7 @@ from kvd.kv.results import OK, KVError
 from kvd.resp.commands import Admin, Read, Write
 from kvd.resp.encoder import SimpleString
 from kvd.resp.errors import RespError
+from kvd.resp import pubsub
 from kvd.server_info import ServerInfo
 
 
@@ -38,10 +39,18 @@ def _evalshas(command) -> list:
 class ClientExecutor:
     log = Logger()
 
-    def __init__(self, node, clients=None):
-        """``clients``: the client port's open connections by id (RespFactory.connections), for INFO."""
+    def __init__(self, node, clients=None, pubsub=None):
+        """
+        ``clients``: the client port's open connections by id (RespFactory.connections), for INFO;
+        ``pubsub``: the port's pub/sub registry (kvd.resp.pubsub), whose notify-keyspace-events CONFIG sets.
+        """
         self.node = node
+        self.pubsub = pubsub
         self.server_info = ServerInfo(node.view, node.clock.seconds, clients)
+        if pubsub is not None:
+            self.server_info.notify_keyspace_events = pubsub.notify_text
+            self.server_info.pubsub_counts = lambda: (len(pubsub.channels), len(pubsub.patterns),
+                                                      len(pubsub.shard_channels))
 
     def execute(self, request, connection):
         if isinstance(request, Write):
@@ -105,7 +114,9 @@ class ClientExecutor:
         return self.server_info.config_get(args)
 
     def _admin_config_set(self, args):
-        raise RespError("ERR", "CONFIG SET is not supported: kvd's settings are twistd kvd options (twistd kvd --help)")
+        if self.pubsub is None:
+            raise RespError("ERR", "CONFIG SET is not supported: kvd's settings are twistd kvd options (twistd kvd --help)")
+        return pubsub.config_set(self.pubsub, args)
 
     def _admin_config_resetstat(self, args):
         self.server_info.reset_stats()

@@ -71,6 +71,10 @@ class ServerInfo:
         #: The node's counters when CONFIG RESETSTAT last ran: INFO stats counts from there (the
         #: counters themselves go on: /metrics and the cluster view read them).
         self._stats_base: Dict[str, int] = {}
+        #: CONFIG GET notify-keyspace-events: the client port's pub/sub registry's flags (kvd.resp.pubsub).
+        self.notify_keyspace_events: Callable[[], str] = lambda: ""
+        #: INFO stats' pubsub_channels, pubsub_patterns, pubsubshard_channels (the registry's counts).
+        self.pubsub_counts: Callable[[], Tuple[int, int, int]] = lambda: (0, 0, 0)
 
     def reset_stats(self) -> None:
         """CONFIG RESETSTAT: INFO's stats section starts again from zero."""
@@ -162,7 +166,7 @@ class ServerInfo:
             ("kvd_linearizable_reads", reads),
             ("expired_keys", 0),
             ("evicted_keys", 0),
-        ]
+        ] + list(zip(("pubsub_channels", "pubsub_patterns", "pubsubshard_channels"), self.pubsub_counts()))
 
     def _replication(self, raft):
         leader = raft["raft_role"] == "leader"
@@ -213,7 +217,9 @@ class ServerInfo:
             "maxmemory": "0",
             "maxmemory-policy": "noeviction",
             "maxclients": str(getattr(self.client_port, "maxclients", 0)),
-            "client-output-buffer-limit": "normal 0 %d 0" % getattr(self.client_port, "output_limit", 0),
+            "client-output-buffer-limit": "normal 0 %d 0%s" % (
+                getattr(self.client_port, "output_limit", 0),
+                " " + self.client_port.pubsub_limit.text() if hasattr(self.client_port, "pubsub_limit") else ""),
             "timeout": "0",
             "tcp-keepalive": "0",
             "proto-max-bulk-len": str(c.value_max_bytes),
@@ -222,7 +228,7 @@ class ServerInfo:
             "slave-read-only": "yes",
             "lua-time-limit": "0",
             "busy-reply-threshold": "0",
-            "notify-keyspace-events": "",
+            "notify-keyspace-events": self.notify_keyspace_events(),
             "protected-mode": "no",
             "io-threads": "1",
         }

@@ -93,6 +93,8 @@ class Options(usage.Options):
         ["tls-ca", None, None, "Client port TLS: the CA (PEM) of the members' client certificates; the cluster page verifies the other members' client ports with it (without it, it cannot ask them)."],
         ["maxmemory-clients", None, str(1024 * 1024 * 1024), "Bytes all client connections together may hold in partial requests and unread replies; past it, the connection that grows the total (holding 64 KiB or more) is disconnected. 0: no cap."],
         ["client-output-limit", None, str(64 * 1024 * 1024), "Bytes of replies a client may leave unread before it is disconnected; a bigger single reply answers an error instead."],
+        ["notify-keyspace-events", None, "", "Keyspace notifications this node publishes to its subscribers, Redis's flag letters (K keyspace, E keyevent, g generic, $ string, h hash, x expired, A all...); default none. CONFIG SET notify-keyspace-events changes it."],
+        ["pubsub-output-limit", None, "33554432 8388608 60", "Redis's client-output-buffer-limit for pub/sub: 'hard soft seconds'; a subscriber with more than hard bytes of messages unread, or more than soft for seconds, is disconnected (0 turns a bound off)."],
         ["peer-cert", None, None, "Peer TLS: this node's certificate (PEM); its subject CN must be the node id. With --peer-key and --peer-ca, every peer connection is mutual TLS 1.3."],
         ["peer-key", None, None, "Peer TLS: the private key of --peer-cert (PEM)."],
         ["peer-ca", None, None, "Peer TLS: the cluster CA (PEM) that signs every member's certificate."],
@@ -146,6 +148,18 @@ class Options(usage.Options):
             except ValueError:
                 raise usage.UsageError("--%s must be a whole number" % name)
         check_limits(self)
+        from kvd.kv.events import parse_flags
+        from kvd.resp.pubsub import PubSubLimit
+
+        if parse_flags(self["notify-keyspace-events"].encode()) is None:
+            raise usage.UsageError("--notify-keyspace-events: Invalid event class character. Use 'Ag$lshzxeKEtmdn'.")
+        try:
+            hard, soft, seconds = (int(part) for part in self["pubsub-output-limit"].split())
+            if min(hard, soft, seconds) < 0:
+                raise ValueError
+        except ValueError:
+            raise usage.UsageError("--pubsub-output-limit must be three whole numbers: 'hard soft seconds'")
+        self["pubsub-limit"] = PubSubLimit(hard, soft, seconds)
         try:
             self["request-timeout"] = float(self["request-timeout"])
         except ValueError:
@@ -348,6 +362,7 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
     from kvd.node import NodeService
     from kvd.node.stall import StallMeter
     from kvd.resp.protocol import RespFactory
+    from kvd.resp.pubsub import PubSubHub
     from kvd.store.lmdb import CorruptStorage, LmdbStorage, StorageError
     from kvd.store.state import LmdbState
     from kvd.wire.peers import PeerTransport
@@ -442,10 +457,14 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
     # Listeners start after the node (it must have opened its store first) and stop before it.
     peer_port = strports.service("tcp:%d:interface=%s" % (config.address.peer_port, interface), node.peers.listening_factory())
     peer_port.setServiceParent(top)
-    executor = ClientExecutor(node)
+    # Pub/sub: the node hands each applied entry's events (kvd.kv.events) to the client port's registry.
+    hub = PubSubHub(options["notify-keyspace-events"].encode())
+    node.on_events = hub.deliver
+    executor = ClientExecutor(node, pubsub=hub)
     client_factory = RespFactory(executor, value_max_bytes=config.value_max_bytes, users=options.get("client-users"),
                                  maxclients=options["maxclients"], output_limit=options["client-output-limit"],
-                                 maxmemory_clients=options["maxmemory-clients"])
+                                 maxmemory_clients=options["maxmemory-clients"], pubsub=hub,
+                                 pubsub_limit=options["pubsub-limit"])
     executor.server_info.clients = client_factory.connections
     executor.server_info.client_port = client_factory
     executor.server_info.client_tls = bool(options["tls-cert"])

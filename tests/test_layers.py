@@ -43,7 +43,7 @@ LAYERS = {
     # The protocol itself: pure.
     "kvd.raft": Layer(_set("__init__ core log messages progress quorum read_only storage"),
                       kvd=_set("kvd.raft kvd.limits"), std=PURE),
-    "kvd.kv": Layer(_set("__init__ codec commands expiry glob hashes keyspace leases longdouble machine results revisions txn"), kvd=_set("kvd.kv"), std=PURE),
+    "kvd.kv": Layer(_set("__init__ codec commands events expiry glob hashes keyspace leases longdouble machine results revisions txn"), kvd=_set("kvd.kv"), std=PURE),
     # Lua scripts: the one module of the machine with a third-party package (Lua 5.1 through lupa), and the
     # command table of the client port, so that redis.call parses as the port does.
     "kvd.kv.script": Layer(_set("script"), kvd=_set("kvd.kv kvd.resp.commands kvd.resp.encoder kvd.resp.errors"),
@@ -63,8 +63,10 @@ LAYERS = {
                        third=_set("lmdb crc32c")),
     "kvd.wire": Layer(_set("__init__ codec errors peers snapshots tls"), kvd=_set("kvd.wire kvd.raft.messages kvd.errors kvd.limits"),
                       third=_set("twisted zope OpenSSL cryptography")),
-    "kvd.resp": Layer(_set("__init__ auth commands connection encoder errors introspect parser protocol"),
-                      kvd=_set("kvd.resp kvd.kv.commands kvd.kv.results kvd.kv.txn kvd.errors kvd.limits"), third=_set("twisted zope")),
+    # pubsub matches patterns as KEYS does (glob) and turns the machine's events into messages (events).
+    "kvd.resp": Layer(_set("__init__ auth commands connection encoder errors introspect parser protocol pubsub"),
+                      kvd=_set("kvd.resp kvd.kv.commands kvd.kv.results kvd.kv.txn kvd.kv.glob kvd.kv.events kvd.errors kvd.limits"),
+                      third=_set("twisted zope")),
     # The package's one blocking client: the CLI, the fault suite and the cluster view use it without the node.
     "kvd.resp.client": Layer(_set("client")),
     "kvd.node": Layer(_set("__init__ membership reads service session settings stall view"),
@@ -76,7 +78,7 @@ LAYERS = {
     "kvd.discovery": Layer(_set("__init__ cluster_view dns http metrics services"),
                            kvd=_set("kvd.discovery kvd.address kvd.resp.client"), third=_set("twisted prometheus_client")),
     # twistd's side: the one module that wires everything.
-    "kvd.tap": Layer(_set("tap"), kvd=_set("kvd.address kvd.node kvd.executor kvd.kv.machine kvd.resp.protocol kvd.resp.auth "
+    "kvd.tap": Layer(_set("tap"), kvd=_set("kvd.address kvd.node kvd.executor kvd.kv.machine kvd.kv.events kvd.resp.protocol kvd.resp.pubsub kvd.resp.auth "
                                            "kvd.store.lmdb kvd.store.state kvd.wire.peers kvd.wire.tls kvd.discovery.services kvd.limits"),
                      third=_set("twisted lmdb")),
     # mgmt.py's side: nodes only over their ports, never the node's code.

@@ -4,8 +4,8 @@ The commands of the key/value machine and the codec of what goes in the log.
 
 Write commands (``Set``, ``Delete``, ``MSet``, ``IncrBy``, ``GetDel``,
 ``Append``, ``SetRange``, ``MSetNX``, ``Rename``, ``Copy``, ``FlushAll``,
-``Transaction``, ``Script``, ``HashWrite``, ``IncrByFloat``, ``Expire``, ``GetEx``, ``Tick``, ``Lease``, ``KvTxn``) change
-the state and are proposed to Raft
+``Transaction``, ``Script``, ``HashWrite``, ``IncrByFloat``, ``Expire``, ``GetEx``, ``Tick``, ``Lease``, ``KvTxn``,
+``Publish``) change the state (``Tick`` and ``Publish`` only the log's time and the sessions) and are proposed to Raft
 inside an ``Envelope``; read ops (``Get``, ``MGet``, ``Exists``, ``Keys``,
 ``Scan``, ``DbSize``, ``StrLen``, ``GetRange``, ``RandomKey``, ``Versions``,
 ``ScriptGet``, ``HashRead``, ``KeyType``, ``Ttl``, ``LeaseRead``, ``RevRead``) are served by ``KVMachine.read`` and never logged on their
@@ -97,6 +97,12 @@ Revisions and KVD.TXN (kvd.kv.revisions, kvd.kv.txn)::
                   op: 0 SET key:blob value:blob, 1 DEL key:blob, 2 GET key:blob
     tag 45 RevRead op:byte [key:blob]   (a read op) op: 0 KVD.GET key WITHREV, 1 KVD.REVISION
 
+Pub/sub (kvd.kv.events): PUBLISH goes through the log, so that every node
+delivers every message to its subscribers in log order::
+
+    tag 70 Publish flags:byte channel:blob message:blob   (changes no key)
+                  flags: bit 0 a shard channel's message (SPUBLISH)
+
 INCRBYFLOAT is tag 64, ``key:blob increment:blob``: the increment as the
 client sent it, parsed (and refused) when the entry is applied
 (kvd.kv.longdouble).  Inside a transaction tags 32-63 are read ops, so
@@ -124,7 +130,7 @@ __all__ = [
     "HashWrite", "HashRead", "KeyType", "HASH_WRITE_OPS", "HASH_READ_OPS", "KEY_TYPES", "SCAN_TYPES",
     "float_increment_error", "Expire", "GetEx", "Tick", "Ttl", "EXPIRE_OPS", "TTL_OPS",
     "EXPIRE_NX", "EXPIRE_XX", "EXPIRE_GT", "EXPIRE_LT", "Lease", "LeaseRead", "LEASE_OPS", "LEASE_READ_OPS",
-    "Compare", "TxnOp", "KvTxn", "RevRead", "TXN_TARGETS", "TXN_CMP_OPS", "TXN_OP_NAMES", "REV_READ_OPS",
+    "Compare", "TxnOp", "KvTxn", "RevRead", "TXN_TARGETS", "TXN_CMP_OPS", "TXN_OP_NAMES", "REV_READ_OPS", "Publish",
 ]
 
 ENVELOPE_VERSION = 1
@@ -609,8 +615,26 @@ class KvTxn:
             object.__setattr__(self, name, items)
 
 
+@dataclass(frozen=True)
+class Publish:
+    """
+    PUBLISH: no change of any key; applying it hands the message to the machine's events (kvd.kv.events), which
+    each node delivers to its own subscribers, so that every subscriber sees messages in log order.
+    """
+
+    channel: bytes
+    message: bytes
+    shard: bool = False  # SPUBLISH: for the subscribers of the shard channel (SSUBSCRIBE), a namespace apart
+
+    def __post_init__(self):
+        _bytes("channel", self.channel)
+        _bytes("message", self.message)
+        if not isinstance(self.shard, bool):
+            raise TypeError("shard must be a bool")
+
+
 SIMPLE_WRITES = (Set, Delete, MSet, IncrBy, GetDel, Append, SetRange, MSetNX, Rename, Copy, FlushAll, HashWrite,
-                 IncrByFloat, Expire, GetEx, Tick)
+                 IncrByFloat, Expire, GetEx, Tick, Publish)
 
 
 @dataclass(frozen=True)
@@ -645,7 +669,7 @@ class Transaction:
 
 
 WriteCommand = Union[Set, Delete, MSet, IncrBy, GetDel, Append, SetRange, MSetNX, Rename, Copy, FlushAll, Transaction,
-                     Script, HashWrite, IncrByFloat, Expire, GetEx, Tick, Lease, KvTxn]
+                     Script, HashWrite, IncrByFloat, Expire, GetEx, Tick, Lease, KvTxn, Publish]
 WRITE_COMMANDS = SIMPLE_WRITES + (Transaction, Script, Lease, KvTxn)
 
 
@@ -937,6 +961,7 @@ _TAG_HASH_WRITE, _TAG_HASH_READ, _TAG_KEY_TYPE = 14, 41, 42
 _TAG_EXPIRE, _TAG_GETEX, _TAG_TICK, _TAG_TTL = 65, 66, 67, 43
 _TAG_LEASE, _TAG_LEASE_READ = 68, 44
 _TAG_KV_TXN, _TAG_REV_READ = 69, 45
+_TAG_PUBLISH = 70
 _FLAG_KEEPTTL, _FLAG_EXPIRE, _FLAG_EXPIRE_AT, _FLAG_LEASE = 0x10, 0x20, 0x40, 0x80
 _LEASE_READ_KEYS = 0x01
 _GETEX_EXPIRE, _GETEX_EXPIRE_AT, _GETEX_PERSIST = 0x01, 0x02, 0x04
@@ -1000,6 +1025,11 @@ def _encode_command(w: Writer, cmd) -> None:
             w.uint(cmd.expire)
     elif isinstance(cmd, Tick):
         w.byte(_TAG_TICK)
+    elif isinstance(cmd, Publish):
+        w.byte(_TAG_PUBLISH)
+        w.byte(1 if cmd.shard else 0)
+        w.blob(cmd.channel)
+        w.blob(cmd.message)
     elif isinstance(cmd, Delete):
         w.byte(_TAG_DELETE)
         w.uint(len(cmd.keys))
@@ -1208,6 +1238,8 @@ def command_size(cmd: WriteCommand) -> int:
         return 1
     if isinstance(cmd, Lease):
         return 2 + (_uint_size(cmd.id) if cmd.id else 0) + (_uint_size(cmd.ttl) if cmd.ttl else 0)
+    if isinstance(cmd, Publish):
+        return 2 + _blob_size(cmd.channel) + _blob_size(cmd.message)
     if isinstance(cmd, Delete):
         return 1 + _uint_size(len(cmd.keys)) + sum(_blob_size(k) for k in cmd.keys)
     if isinstance(cmd, (MSet, MSetNX)):
@@ -1255,7 +1287,7 @@ def command_keys(cmd: WriteCommand) -> int:
     How many keys ``cmd`` writes (repeats counted): what applying it costs.
     FlushAll names none: the keyspace drops its keys whole (``clear``).
     """
-    if isinstance(cmd, (FlushAll, Tick)):
+    if isinstance(cmd, (FlushAll, Tick, Publish)):
         return 0
     if isinstance(cmd, Lease):  # its keys are deleted by later entries, in bounded steps (kvd.kv.leases)
         return 1
@@ -1286,7 +1318,7 @@ def write_keys(cmd: WriteCommand) -> Tuple[bytes, ...]:
         return tuple(k for k, _ in cmd.pairs)
     if isinstance(cmd, (Rename, Copy)):
         return (cmd.src, cmd.dst)
-    if isinstance(cmd, (FlushAll, Tick, Lease)):
+    if isinstance(cmd, (FlushAll, Tick, Lease, Publish)):
         return ()
     if isinstance(cmd, KvTxn):
         return tuple(c.key for c in cmd.compares) + tuple(op.key for op in cmd.success + cmd.failure)
@@ -1367,6 +1399,11 @@ def _decode_command(r: Reader, nested: bool = False) -> WriteCommand:
             return Tick()
         if tag == _TAG_KV_TXN and not nested:
             return _decode_kv_txn(r)
+        if tag == _TAG_PUBLISH:
+            flags = r.byte()
+            if flags > 1:
+                raise CodecError("invalid PUBLISH flags %d" % (flags,))
+            return Publish(r.blob(), r.blob(), bool(flags))
         if tag == _TAG_DELETE:
             return Delete(tuple(r.blob() for _ in range(r.count())))
         if tag == _TAG_MSET:

@@ -51,6 +51,7 @@ from hashlib import blake2b
 from typing import Dict, Iterator, List, Optional, Tuple
 
 from kvd.kv.codec import INT64_MAX, Reader, Writer
+from kvd.kv.events import expired as expired_event
 from kvd.kv.keyspace import _SortedChunks
 
 #: A durable keyspace keeps each expiry as a record among the client sessions, under this prefix.
@@ -191,16 +192,19 @@ class View:
     """
     The keyspace as commands see it at log time ``now_ms``: the keyspace's methods, expired keys absent.
     A write through the view first deletes an expired key it names (only entries write, at apply time).
+    ``events``: where the writes' key events go (kvd.kv.events; an expired key deleted is an "expired").
     """
 
-    __slots__ = ("ks", "exp", "now_ms", "leases")
+    __slots__ = ("ks", "exp", "now_ms", "leases", "events")
 
-    def __init__(self, ks, exp: Expiries, now_ms: int, leases=None):
+    def __init__(self, ks, exp: Expiries, now_ms: int, leases=None, events: Optional[list] = None):
         self.ks = ks
         self.exp = exp
         self.now_ms = now_ms
         #: The keys' leases (kvd.kv.leases): a key attached to a dead lease is absent like an expired one.
         self.leases = leases if leases is not None else _NO_LEASES
+        #: What applying produced for the node's subscribers (kvd.kv.events): a key found or reclaimed dead is "expired".
+        self.events = [] if events is None else events
 
     @property
     def write_index(self) -> int:
@@ -225,6 +229,7 @@ class View:
             self.exp.drop(key)
             self.leases.detach(key)
             self.ks.delete(key)
+            self.events.append(expired_event(key))
 
     # ------------------------------------------------------------- reads
     def get(self, key: bytes):
@@ -354,8 +359,11 @@ class View:
         for key in keys:
             self.exp.drop(key)
             self.ks.delete(key)
+            self.events.append(expired_event(key))
         if len(keys) < limit and len(self.leases):
-            return len(keys) + len(self.leases.reclaim(self.ks, self.now_ms, limit - len(keys)))
+            dead = self.leases.reclaim(self.ks, self.now_ms, limit - len(keys))
+            self.events.extend(expired_event(key) for key in dead)
+            return len(keys) + len(dead)
         return len(keys)
 
 

@@ -49,6 +49,12 @@ a key (the store's revision) and keeps each key's create revision, mod
 revision and version; ``RevRead`` reads them, ``KvTxn`` (KVD.TXN,
 kvd.kv.txn) compares and writes keys by them in one entry.
 
+Events (kvd.kv.events).  ``events`` is the list of what the entry applied
+last produced besides its result: PUBLISH's messages and the keyspace events
+of the keys it changed (expired keys reclaimed or found expired included),
+in order; the node drains it after each apply.  Events are an output, never
+state: no snapshot or durable record holds them.
+
 Imports: as the layer table in tests/test_layers.py allows.
 """
 
@@ -60,6 +66,7 @@ from typing import Dict
 
 from kvd.kv import longdouble
 from kvd.kv.codec import CodecError, Reader, Writer
+from kvd.kv import events as ev
 from kvd.kv import hashes, txn
 from kvd.kv.commands import (
     INT64_MAX, INT64_MIN, READ_OPS, Append, Copy, DbSize, Delete, Exists, FlushAll, Get, GetDel, GetRange, HashRead,
@@ -67,7 +74,8 @@ from kvd.kv.commands import (
     SetRange, StrLen, Transaction, Versions, WriteCommand, decode_envelope, parse_int64,
 )
 from kvd.kv.commands import (
-    EXPIRE_GT, EXPIRE_LT, EXPIRE_NX, EXPIRE_XX, Expire, GetEx, IncrByFloat, KvTxn, RevRead, Tick, Ttl, read_keys,
+    EXPIRE_GT, EXPIRE_LT, EXPIRE_NX, EXPIRE_XX, Expire, GetEx, IncrByFloat, KvTxn, Publish, RevRead, Tick, Ttl,
+    read_keys,
 )
 from kvd.kv.expiry import (
     READ_MARGIN_MS, RECLAIM_PER_ENTRY, RECLAIM_PER_TICK, TTL_RECORD, Expiries, View, decode_record, encode_record,
@@ -234,6 +242,8 @@ class KVMachine:
         self._leases = Leases(durable=self.durable)
         #: Client ids whose session changed since the durable keyspace last flushed (None: in memory).
         self._dirty = set() if self.durable else None
+        #: What the entry applied last produced (kvd.kv.events): messages and key events, in order.
+        self.events: list = []
         if self.durable:
             self._keyspace.bind(self)
 
@@ -260,7 +270,7 @@ class KVMachine:
 
     def view(self) -> View:
         """The keyspace as at the log's time: expired keys absent (kvd.kv.expiry)."""
-        return View(self._keyspace, self._expiries, self._clock_ms, self._leases)
+        return View(self._keyspace, self._expiries, self._clock_ms, self._leases, self.events)
 
     def expiry_count(self) -> int:
         """How many keys have an expiry (expired ones not reclaimed yet included)."""
@@ -319,6 +329,7 @@ class KVMachine:
 
     def apply_noop(self, index: int) -> None:
         self._advance(index)
+        self.events = []
 
     def apply(self, index: int, data: bytes) -> Result:
         """
@@ -327,6 +338,7 @@ class KVMachine:
         stop every replica at the same poisoned entry.
         """
         self._advance(index)
+        self.events = []
         try:
             env = decode_envelope(data)
         except CodecError as e:
@@ -404,7 +416,9 @@ class KVMachine:
                 results.append(result)
             return results
         if isinstance(cmd, HashWrite):
-            return hashes.write(ks, cmd)
+            result = hashes.write(ks, cmd)
+            _hash_events(ks, cmd, result)
+            return result
         if isinstance(cmd, Lease):
             return self._lease(cmd)
         if isinstance(cmd, KvTxn):
@@ -433,20 +447,34 @@ class KVMachine:
                 do_set = True
             if do_set:
                 ks.put(cmd.key, cmd.value)
+                ks.events.append(ev.string(b"set", cmd.key))
                 if not cmd.keepttl:
                     ks.set_expire(cmd.key, at_ms)
+                    if at_ms is not None:  # Redis 7.0: "expire" even for a time already past, then "expired"
+                        ks.events.append(ev.generic(b"expire", cmd.key))
+                        if ks.get(cmd.key) is None:
+                            ks.events.append(ev.expired(cmd.key))
                 if cmd.lease is not None:
                     ks.attach(cmd.key, cmd.lease)
             if cmd.get:
                 return old
             return OK if do_set else None
         if isinstance(cmd, Delete):
-            return sum(1 for k in dict.fromkeys(cmd.keys) if ks.delete(k))
+            deleted = 0
+            for k in dict.fromkeys(cmd.keys):
+                if ks.delete(k):
+                    deleted += 1
+                    ks.events.append(ev.generic(b"del", k))
+            return deleted
         if isinstance(cmd, MSet):
             for k, v in cmd.pairs:
                 ks.put(k, v)
                 ks.set_expire(k, None)
+                ks.events.append(ev.string(b"set", k))
             return OK
+        if isinstance(cmd, Publish):
+            ks.events.append(ev.Message(cmd.channel, cmd.message, cmd.shard))
+            return 0  # the node answers how many of its own clients received it (kvd.resp.pubsub)
         if isinstance(cmd, Expire):
             return self._expire(ks, cmd)
         if isinstance(cmd, GetEx):
@@ -464,11 +492,13 @@ class KVMachine:
             if not INT64_MIN <= value <= INT64_MAX:
                 return ERR_OVERFLOW
             ks.put(cmd.key, b"%d" % value)
+            ks.events.append(ev.string(b"incrby", cmd.key))
             return value
         if isinstance(cmd, GetDel):
             old = ks.get(cmd.key)
             if old is not None:
                 ks.delete(cmd.key)
+                ks.events.append(ev.generic(b"del", cmd.key))
             return old
         if isinstance(cmd, Append):
             old = ks.get(cmd.key)
@@ -476,10 +506,12 @@ class KVMachine:
                 if len(cmd.value) > cmd.max_len:
                     return ERR_STRING_TOO_LONG
                 ks.put(cmd.key, cmd.value)
+                ks.events.append(ev.string(b"append", cmd.key))
                 return len(cmd.value)
             if len(old) + len(cmd.value) > cmd.max_len:
                 return ERR_STRING_TOO_LONG
             ks.put(cmd.key, old + cmd.value)
+            ks.events.append(ev.string(b"append", cmd.key))
             return len(old) + len(cmd.value)
         if isinstance(cmd, SetRange):
             old = ks.get(cmd.key)
@@ -494,6 +526,7 @@ class KVMachine:
             else:
                 new = old[:cmd.offset] + cmd.value + old[end:]
             ks.put(cmd.key, new)
+            ks.events.append(ev.string(b"setrange", cmd.key))
             return len(new)
         if isinstance(cmd, MSetNX):
             if any(k in ks for k, _ in cmd.pairs):
@@ -501,6 +534,7 @@ class KVMachine:
             for k, v in cmd.pairs:
                 ks.put(k, v)
                 ks.set_expire(k, None)
+                ks.events.append(ev.string(b"set", k))
             return 1
         if isinstance(cmd, Rename):
             value = ks.get(cmd.src)
@@ -519,6 +553,8 @@ class KVMachine:
             ks.set_expire(cmd.dst, None if lease is not None else at_ms)
             if lease is not None:
                 ks.attach(cmd.dst, lease)
+            ks.events.append(ev.generic(b"rename_from", cmd.src))
+            ks.events.append(ev.generic(b"rename_to", cmd.dst))
             return 1 if cmd.nx else OK
         if isinstance(cmd, Copy):
             value = ks.get(cmd.src)
@@ -532,12 +568,16 @@ class KVMachine:
             ks.set_expire(cmd.dst, None if lease is not None else at_ms)
             if lease is not None:
                 ks.attach(cmd.dst, lease)
+            ks.events.append(ev.generic(b"copy_to", cmd.dst))
             return 1
         if isinstance(cmd, FlushAll):
             ks.clear()
             return OK
         if isinstance(cmd, IncrByFloat):
-            return _incrbyfloat(ks, cmd)
+            result = _incrbyfloat(ks, cmd)
+            if isinstance(result, bytes):
+                ks.events.append(ev.string(b"incrbyfloat", cmd.key))
+            return result
         raise TypeError("not a write command: %r" % (cmd,))
 
     def _lease(self, cmd: Lease) -> Result:
@@ -581,6 +621,7 @@ class KVMachine:
                 return 0
             ks.set_expire(cmd.key, None)
             _touch(ks, cmd.key)
+            ks.events.append(ev.generic(b"persist", cmd.key))
             return 1
         when = cmd.when
         if cmd.op in ("expire", "expireat"):
@@ -605,9 +646,11 @@ class KVMachine:
                 return 0
         if when <= self._clock_ms:
             ks.delete(cmd.key)
+            ks.events.append(ev.generic(b"del", cmd.key))
         else:
             ks.set_expire(cmd.key, when)
             _touch(ks, cmd.key)
+            ks.events.append(ev.generic(b"expire", cmd.key))
         return 1
 
     def _getex(self, ks, cmd: GetEx) -> Result:
@@ -625,9 +668,11 @@ class KVMachine:
         if at_ms is not None:
             ks.set_expire(cmd.key, at_ms)  # a time already past deletes the key
             _touch(ks, cmd.key)
+            _expire_event(ks, cmd.key)
         elif cmd.persist and ks.expire_at(cmd.key) is not None:
             ks.set_expire(cmd.key, None)
             _touch(ks, cmd.key)
+            ks.events.append(ev.generic(b"persist", cmd.key))
         return value
 
     # ---------------------------------------------------------- script cache
@@ -1008,6 +1053,24 @@ def _touch(ks, key: bytes) -> None:
             return
     else:
         ks.put(key, value)
+
+
+def _expire_event(ks, key: bytes) -> None:
+    """After an expiry was given to ``key``: Redis's "expire", or "del" when the time was past (the key is gone)."""
+    ks.events.append(ev.generic(b"expire" if ks.get(key) is not None else b"del", key))
+
+
+_HASH_EVENTS = {"hset": b"hset", "hmset": b"hset", "hsetnx": b"hset", "hdel": b"hdel", "hincrby": b"hincrby",
+                "hincrbyfloat": b"hincrbyfloat"}
+
+
+def _hash_events(ks, cmd: HashWrite, result) -> None:
+    """A hash write's key events as Redis 7's t_hash.c: none when nothing changed; HDEL of the last field: "del"."""
+    if isinstance(result, KVError) or (cmd.op in ("hsetnx", "hdel") and not result):
+        return
+    ks.events.append(ev.hash_(_HASH_EVENTS[cmd.op], cmd.key))
+    if cmd.op == "hdel" and ks.get(cmd.key) is None:
+        ks.events.append(ev.generic(b"del", cmd.key))
 
 
 def _invalid_expire(name: str) -> KVError:

@@ -126,6 +126,8 @@ class Buffer(HashOverlay):
         self.cleared = False
         self.max_bytes = MAX_WRITE_BYTES if max_bytes is None else max_bytes
         self.bytes = 0
+        #: The key events and messages of the script's writes (kvd.kv.events), the machine's once committed.
+        self.events: list = []
 
     def get(self, key: bytes):
         if key in self.writes:
@@ -211,6 +213,7 @@ class Buffer(HashOverlay):
                 self.base.put(key, value)
         for key, at_ms in self.expiries.items():
             self.base.set_expire(key, at_ms)
+        self.base.events.extend(self.events)  # after any "expired" of a key the script overwrote, as in Redis
 
 
 class _OverBudget(Exception):

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from typing import List, Sequence, Union
 
+from kvd.kv import events as ev
 from kvd.kv.codec import U64_MAX
 from kvd.kv.commands import TXN_CMP_OPS, Compare, KvTxn, TxnOp
 from kvd.kv.hashes import HASH, WRONGTYPE
@@ -137,9 +138,13 @@ def apply(ks, cmd: KvTxn):
         if op.op == "set":
             ks.put(op.key, op.value)
             ks.set_expire(op.key, None)
+            ks.events.append(ev.string(b"set", op.key))  # as SET's (kvd.kv.events)
             replies.append(OK)
         elif op.op == "del":
-            replies.append(1 if ks.delete(op.key) else 0)
+            deleted = ks.delete(op.key)
+            if deleted:
+                ks.events.append(ev.generic(b"del", op.key))
+            replies.append(1 if deleted else 0)
         else:
             value = ks.get(op.key)
             replies.append(WRONGTYPE if value is HASH else value)

@@ -26,6 +26,12 @@ from a node that is not this term's leader, a forged transfer vote: see
 ``RaftCore.step``) are counted in ``stats["refused"]`` and logged, at most
 one line per reason every ``REFUSED_LOG_INTERVAL_S``.
 
+Pub/sub (kvd.kv.events): after each entry is applied, the node hands the
+events it produced (published messages, keyspace events) to ``on_events``
+(the client port's registry, kvd.resp.pubsub), on every node alike; the
+entries a restart applies again (up to the commit index stored before it)
+deliver nothing, and neither does a snapshot.
+
 Everything that arrives in one reactor turn (client commands, peer
 messages, a tick) is folded into one Ready: one LMDB transaction, one sync
 and one append message per follower for the whole batch.
@@ -129,6 +135,12 @@ class NodeService(service.Service):
         self._reclaim_after = 0.0
         #: Peers streamed a snapshot, catching up: peer -> (stream index, match seen, when it last rose).
         self._catching_up = {}
+        #: Called with the events (kvd.kv.events: pub/sub messages, keyspace events) of each entry applied:
+        #: the client port's pub/sub registry (kvd.resp.pubsub), set by kvd.tap.
+        self.on_events: Optional[Callable[[list], None]] = None
+        #: Entries up to this index were committed before this process started: applying them again at a
+        #: restart replays them, and their events are not delivered a second time.
+        self.replayed_through = 0
 
     # ============================================================ lifecycle
     def startService(self):
@@ -143,6 +155,7 @@ class NodeService(service.Service):
             self.log.info("{node} bootstrapped a cluster of {n} from the initial member list", node=self.config.node_id, n=len(config.voters))
         if snapshot is not None and not durable:
             self.machine.restore(snapshot.data)
+        self.replayed_through = hard_state.commit
         self.make_core(hard_state, snapshot, entries)
         self.ticker = task.LoopingCall(self._tick)
         self.ticker.clock = self.clock
@@ -503,10 +516,23 @@ class NodeService(service.Service):
             self.stopService()
 
     def _applied(self, entry) -> None:
+        if self.on_events is not None and entry.index > self.replayed_through:
+            self._deliver_events(entry.index)
         if entry.kind is EntryKind.CONFIG:
             self.log.info("{node}: membership is now {members}", node=self.config.node_id, members=self.view.members_text())
             self._forget_removed_peers()
             self._dial_members()
+
+    def _deliver_events(self, index: int) -> None:
+        """Hand the entry's events to the subscribers; nothing a subscriber does may stop the Raft loop."""
+        events = getattr(self.machine, "events", None)
+        if not events:
+            return
+        try:
+            self.on_events(events)
+        except Exception:
+            self.log.failure("{node}: delivering the events of entry {index} failed", node=self.config.node_id,
+                             index=index)
 
     def _dial_members(self) -> None:
         """

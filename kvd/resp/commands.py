@@ -32,7 +32,7 @@ from kvd.kv.commands import (
     read_keys, write_keys,
 )
 from kvd.kv.commands import (
-    EXPIRE_GT, EXPIRE_LT, EXPIRE_NX, EXPIRE_XX, INT64_MAX, Expire, GetEx, IncrByFloat, RevRead, Ttl,
+    EXPIRE_GT, EXPIRE_LT, EXPIRE_NX, EXPIRE_XX, INT64_MAX, Expire, GetEx, IncrByFloat, Publish, RevRead, Ttl,
 )
 from kvd.kv.commands import LEASE_MAX_TTL_S, Lease, LeaseRead
 from kvd.kv.txn import TxnSyntaxError, parse as parse_kv_txn
@@ -595,6 +595,17 @@ def _parse_ping(args: List[bytes]) -> Parsed:
     return _odd_arity("ping") if len(args) > 2 else Admin("ping", tuple(args[1:]))
 
 
+def _parse_pubsub_channels(name: str) -> Callable[[List[bytes]], Parsed]:
+    def parse(args: List[bytes]) -> Parsed:
+        # PUBSUB (SHARD)CHANNELS [pattern]: Redis's arity is -2, the handler refuses more than one pattern.
+        if len(args) > 3:
+            return CommandError("ERR", "unknown subcommand or wrong number of arguments for '%s'. Try PUBSUB HELP."
+                                % _text(args[1]))
+        return Admin(name, tuple(args[2:]))
+
+    return parse
+
+
 # --------------------------------------------------------------- table
 
 
@@ -763,6 +774,26 @@ _COMMANDS = [
         _spec("script|flush", -2, "noscript stale", parse=_parse_script_flush),
         _spec("script|kill", 2, "noscript allow_busy"),
     )),
+    # Pub/sub (kvd.resp.pubsub): PUBLISH through the log, the subscriptions the connection's own.
+    _spec("publish", 3, "pubsub loading stale fast", parse=lambda a: Write(Publish(a[1], a[2]), "publish")),
+    _spec("subscribe", -2, "pubsub noscript loading stale"),
+    _spec("psubscribe", -2, "pubsub noscript loading stale"),
+    _spec("unsubscribe", -1, "pubsub noscript loading stale"),
+    _spec("punsubscribe", -1, "pubsub noscript loading stale"),
+    # Shard channels (Redis 7): a namespace apart, as a standalone Redis 7 has them (kvd is one shard).
+    _spec("spublish", 3, "pubsub loading stale fast", (1, 1, 1),
+          lambda a: Write(Publish(a[1], a[2], shard=True), "spublish")),
+    _spec("ssubscribe", -2, "pubsub noscript loading stale", (1, -1, 1)),
+    _spec("sunsubscribe", -1, "pubsub noscript loading stale", (1, -1, 1)),
+    _spec("pubsub", -2, "", subcommands=(
+        _spec("pubsub|channels", -2, "pubsub loading stale", parse=_parse_pubsub_channels("pubsub|channels")),
+        _spec("pubsub|numsub", -2, "pubsub loading stale"),
+        _spec("pubsub|numpat", 2, "pubsub loading stale"),
+        _spec("pubsub|shardchannels", -2, "pubsub loading stale",
+              parse=_parse_pubsub_channels("pubsub|shardchannels")),
+        _spec("pubsub|shardnumsub", -2, "pubsub loading stale"),
+        _spec("pubsub|help", 2, "loading stale"),
+    )),
     _spec("client", -2, "", subcommands=(
         _spec("client|setname", 3, "noscript loading stale", parse=_parse_client_setname),
         _spec("client|getname", 2, "noscript loading stale"),
@@ -860,7 +891,7 @@ def spec_of(name: str) -> Optional[CommandSpec]:
 _WRITE_NAMES = {"Set": "set", "MSet": "mset", "Delete": "del", "IncrBy": "incrby", "GetDel": "getdel",
                 "Append": "append", "SetRange": "setrange", "MSetNX": "msetnx", "Rename": "rename", "Copy": "copy",
                 "FlushAll": "flushall", "Script": "eval",
-                "IncrByFloat": "incrbyfloat", "GetEx": "getex", "Tick": "kvd.tick"}
+                "IncrByFloat": "incrbyfloat", "GetEx": "getex", "Tick": "kvd.tick", "Publish": "publish"}
 _READ_NAMES = {"Get": "get", "MGet": "mget", "Exists": "exists", "Keys": "keys", "Scan": "scan", "DbSize": "dbsize",
                "StrLen": "strlen", "GetRange": "getrange", "RandomKey": "randomkey", "ScriptGet": "script|exists",
                "KeyType": "type"}

@@ -97,7 +97,7 @@ def command_name(args: List[bytes]) -> Optional[str]:
     return spec.name
 
 
-#: CLIENT LIST TYPE's names (Redis's getClientTypeByName); kvd's connections are all "normal" ones.
+#: CLIENT LIST TYPE's names (Redis's getClientTypeByName); kvd's connections are "normal" or "pubsub" ones.
 CLIENT_TYPES = frozenset({b"normal", b"master", b"replica", b"slave", b"pubsub"})
 
 
@@ -185,6 +185,13 @@ class Connection:
         self.created = self.last_active = self.now()
         self.last_command = "NULL"  # Redis's cmd= before any
         self.io: Optional[Callable[[], Dict[str, Any]]] = None
+        #: Its channels and patterns (kvd.resp.pubsub.Subscriptions), from its first (P)SUBSCRIBE on.
+        self.subscriptions = None
+        #: Out-of-band messages to this connection, for whatever streams to it (pub/sub; an executor may use it):
+        #: ``push(items)`` writes them as a RESP3 push or a RESP2 array, in order with the replies
+        #: (kvd.resp.protocol ``RespProtocol.push``); ``on_lost`` callables run once the connection is gone.
+        self.push: Optional[Callable[[Any], None]] = None
+        self.on_lost: List[Callable[[], None]] = []
 
     def refuses(self, request) -> Optional[RespError]:
         """The error for a request this connection must not run now (no AUTH yet, its role, inside MULTI), else None."""
@@ -240,14 +247,15 @@ class Connection:
     def client_info(self) -> bytes:
         """
         One line of Redis's CLIENT INFO / CLIENT LIST (7.2's fields, in its order).  Fields kvd has no
-        counterpart for take the value Redis shows when there is nothing: sub, psub, ssub 0 (no pub/sub),
+        counterpart for take the value Redis shows when there is nothing:
         argv-mem, rbs, rbp, obl, oll 0 (no preallocated buffers, no reply list), redir -1 (no tracking).
         """
         now = self.now()
         io = self.io() if self.io is not None else {}
+        subs = self.subscriptions
         flags = "".join(flag for flag, on in (
             ("x", self.in_multi), ("d", self.watch_failed), ("c", io.get("closing", False)),
-            ("r", self.readonly)) if on) or "N"
+            ("r", self.readonly), ("P", subs is not None and subs.total > 0)) if on) or "N"
         multi_mem = self.queued.size if self.in_multi else 0
         qbuf, omem = io.get("qbuf", 0), io.get("omem", 0)
         fields = (
@@ -260,9 +268,9 @@ class Connection:
             (b"idle", b"%d" % max(0, int(now - self.last_active))),
             (b"flags", flags.encode()),
             (b"db", b"0"),
-            (b"sub", b"0"),
-            (b"psub", b"0"),
-            (b"ssub", b"0"),
+            (b"sub", b"%d" % (len(subs.channels) if subs is not None else 0)),
+            (b"psub", b"%d" % (len(subs.patterns) if subs is not None else 0)),
+            (b"ssub", b"%d" % (len(subs.shard_channels) if subs is not None else 0)),
             (b"multi", b"%d" % (len(self.queued.requests) if self.in_multi else -1)),
             (b"qbuf", b"%d" % qbuf),
             (b"qbuf-free", b"0"),
@@ -383,13 +391,21 @@ def execute_local(request: Admin, connection: Connection) -> Any:
     raise ValueError("not a local command: %r" % (name,))
 
 
+def _subscribed(connection: Connection) -> bool:
+    subs = connection.subscriptions
+    return subs is not None and subs.total > 0
+
+
 def _client_list(args, connection: Connection) -> bytes:
     """CLIENT LIST [TYPE type] [ID id ...], parsed as Redis 7.0 does (one option, TYPE exactly alone)."""
     registry = connection.registry if connection.registry is not None else {connection.id: connection}
     if len(args) == 2 and args[0].lower() == b"type":
         if args[1].lower() not in CLIENT_TYPES:
             raise RespError("ERR", "Unknown client type '%s'" % args[1].decode("utf-8", "surrogateescape"))
-        chosen = sorted(registry) if args[1].lower() == b"normal" else []
+        wanted = args[1].lower()
+        # Redis's getClientType: a connection with a subscription is a pubsub client, the others normal ones.
+        chosen = [i for i in sorted(registry) if (wanted == b"pubsub") == _subscribed(registry[i])] \
+            if wanted in (b"normal", b"pubsub") else []
     elif len(args) > 1 and args[0].lower() == b"id":
         chosen = []
         for arg in args[1:]:

@@ -16,6 +16,7 @@ Python values map onto RESP2 types as follows::
     list, tuple                      -> *N ...                array, nested freely
     RespMap                          -> %N ... (RESP3) or a flat *2N array (RESP2)
     RespPairs                        -> *N of *2 arrays (RESP3) or a flat *2N array (RESP2)
+    Push                             -> >N ... (RESP3 push: out of band) or *N ... (RESP2)
 
 The two protocols differ only where kvd uses it: RESP3 writes nil as ``_``
 and has a map type.
@@ -78,6 +79,13 @@ class RespPairs(RespMap):
     """HRANDFIELD ... WITHVALUES: an array of [field, value] arrays in RESP3, a flat array in RESP2."""
 
 
+@dataclass(frozen=True)
+class Push:
+    """An out-of-band message (pub/sub): RESP3's push type ``>N``, a plain array in RESP2."""
+
+    items: tuple
+
+
 def _line(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape").translate(_LINE_FIX)
 
@@ -114,6 +122,10 @@ def _encode(value: Any, out: List[bytes], resp3: bool = False) -> None:
         _encode(value.encode("utf-8", "surrogateescape"), out, resp3)
     elif isinstance(value, (bytearray, memoryview)):
         _encode(bytes(value), out)
+    elif isinstance(value, Push):
+        out.append(b">%d\r\n" % len(value.items) if resp3 else b"*%d\r\n" % len(value.items))
+        for item in value.items:
+            _encode(item, out, resp3)
     elif isinstance(value, RespPairs) and resp3:
         _encode([list(pair) for pair in value.pairs], out, resp3)
     elif isinstance(value, RespMap):

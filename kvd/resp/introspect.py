@@ -53,6 +53,7 @@ for _group, _names in {
     # The hash commands (branch hashes), described ahead of their merge into the table.
     "hash": "hset hmset hsetnx hdel hincrby hincrbyfloat hget hmget hgetall hkeys hvals hexists hlen hstrlen hscan "
             "hrandfield",
+    "pubsub": "publish subscribe psubscribe unsubscribe punsubscribe pubsub spublish ssubscribe sunsubscribe",
 }.items():
     GROUPS.update((name, _group) for name in _names.split())
 
@@ -70,9 +71,9 @@ _EXTRA_CATEGORIES.update((name, ("keyspace",)) for name in (
 _ADMIN_BY_KVD = {"flushdb", "flushall"}
 #: Groups that are ACL categories of their commands (generic commands are not in one; server ones neither).
 _GROUP_CATEGORY = {"string": "string", "connection": "connection", "transactions": "transaction",
-                   "scripting": "scripting", "hash": "hash"}
+                   "scripting": "scripting", "hash": "hash", "pubsub": "pubsub"}
 #: Top-level commands Redis puts in no group category although their group has one.
-_NO_GROUP_CATEGORY = {"client", "script", "config"}
+_NO_GROUP_CATEGORY = {"client", "script", "config", "pubsub"}
 
 #: Key specs as Redis 7.0 has them: (flags, begin index, lastkey, keystep) per key argument group; or, for
 #: the scripts, (flags, begin index, None, None): the number of keys at that index, the keys after it.
@@ -106,6 +107,9 @@ KEY_SPECS: Dict[str, Tuple[_RANGE, ...]] = {
     "pexpireat": (("RW update", 1, 0, 1),), "persist": (("RW update", 1, 0, 1),), "ttl": (("RO access", 1, 0, 1),),
     "pttl": (("RO access", 1, 0, 1),), "expiretime": (("RO access", 1, 0, 1),),
     "pexpiretime": (("RO access", 1, 0, 1),),
+    # Shard channels: Redis 7.0 routes on the channel, which is no key.
+    "spublish": (("not_key", 1, 0, 1),), "ssubscribe": (("not_key", 1, -1, 1),),
+    "sunsubscribe": (("not_key", 1, -1, 1),),
 }
 
 #: COMMAND DOCS' summaries (Redis's words where kvd does what Redis does).
@@ -173,6 +177,15 @@ SUMMARIES = {
     "pttl": "Get the time to live for a key in milliseconds.",
     "expiretime": "Get the expiration Unix timestamp for a key.",
     "pexpiretime": "Get the expiration Unix timestamp for a key in milliseconds.",
+    "publish": "Posts a message to a channel (through the log: every node's subscribers get it).",
+    "subscribe": "Listens for messages published to channels.",
+    "psubscribe": "Listens for messages published to channels that match one or more patterns.",
+    "unsubscribe": "Stops listening to messages posted to channels.",
+    "punsubscribe": "Stops listening to messages published to channels that match one or more patterns.",
+    "pubsub": "A container for Pub/Sub commands.",
+    "spublish": "Post a message to a shard channel (kvd is one shard: every node's shard subscribers get it).",
+    "ssubscribe": "Listens for messages published to shard channels.",
+    "sunsubscribe": "Stops listening to messages posted to shard channels.",
 }
 
 

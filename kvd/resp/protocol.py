@@ -51,6 +51,17 @@ been written.
 CLIENT REPLY OFF/SKIP (kvd.resp.connection): a silenced request keeps its
 slot, so order is kept, but its reply is not written.
 
+Out-of-band messages (``push``): pub/sub's messages (kvd.resp.pubsub), and
+anything else a node streams to a connection, are written as RESP3 pushes
+(``>``) or, in RESP2, plain arrays, in order with the replies: after every
+reply already made (a SUBSCRIBE's confirmation precedes its messages), ahead
+of the replies still running (Redis too pushes while a command runs, before
+its reply).  A connection with
+subscriptions is bounded by Redis's pubsub output limit (``PubSubLimit``,
+hard and soft) besides ``output_limit``.  In RESP2 a subscribed connection
+may only run (P)SUBSCRIBE, (P)UNSUBSCRIBE, PING and QUIT (Redis's error
+otherwise), and its PING answers ``["pong", message]``.
+
 Cross-protocol requests: a web page can make a browser POST to this port, and
 each line of the HTTP request would be a command.  As Redis does, a request
 that looks like HTTP (``POST``, ``Host:``, ``GET /path HTTP/1.1``) closes the
@@ -77,14 +88,16 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from kvd.errors import KvdError
-from kvd.kv.commands import Transaction, Versions, command_keys, command_size
+from kvd.kv.commands import Publish, Transaction, Versions, command_keys, command_size
 from kvd.kv.results import OK, KVError
 from kvd.limits import LIMITS
-from kvd.resp.commands import Admin, Read, Write, parse_request, shape_reply
-from kvd.resp.encoder import NIL_ARRAY, RespMap, encode, encode_error
+from kvd.resp.commands import Admin, Read, Write, parse_request, request_name, shape_reply
+from kvd.resp.encoder import NIL_ARRAY, Push, RespMap, SimpleString, encode, encode_error
 from kvd.resp.errors import Rejected, RespError
 from kvd.resp.parser import DEFAULT_MAX_BULK_BYTES, ProtocolError, RespParser
 from kvd.resp.connection import EXEC_ABORT, NO_REPLY, Connection, execute_local, is_local
+from kvd.resp.pubsub import PubSubHub, PubSubLimit, Subscriptions
+from kvd.kv.glob import PatternTooCostly
 
 DEFAULT_MAX_INFLIGHT = 1024
 DEFAULT_MAXCLIENTS = 10000
@@ -117,14 +130,40 @@ class _Parsed:
 
 
 class _Slot:
-    """The place of one reply in the pipeline."""
+    """The place of one reply in the pipeline (or of an out-of-band message written after the replies owed)."""
 
-    __slots__ = ("data", "close_after", "silent")
+    __slots__ = ("data", "close_after", "silent", "pushed")
 
     def __init__(self):
         self.data: Optional[bytes] = None
         self.close_after = False
         self.silent = False  # CLIENT REPLY OFF or SKIP: its reply is not written
+        self.pushed = False  # a message pushed while replies were owed: counted in the pubsub limit
+
+
+#: What a RESP2 connection with subscriptions may run (Redis's pubsub context; kvd has no RESET nor shard channels).
+SUBSCRIBED_COMMANDS = frozenset({"subscribe", "psubscribe", "unsubscribe", "punsubscribe", "ssubscribe",
+                                 "sunsubscribe", "ping", "quit"})
+PUBSUB_COMMANDS = frozenset({"subscribe", "psubscribe", "unsubscribe", "punsubscribe", "ssubscribe", "sunsubscribe",
+                             "pubsub|channels",
+                             "pubsub|numsub", "pubsub|numpat", "pubsub|help", "pubsub|shardchannels",
+                             "pubsub|shardnumsub"})
+PUBSUB_HELP = [SimpleString(line) for line in (
+    "PUBSUB <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+    "CHANNELS [<pattern>]",
+    "    Return the currently active channels matching a <pattern> (default: '*').",
+    "NUMPAT",
+    "    Return number of subscriptions to patterns.",
+    "NUMSUB [<channel> ...]",
+    "    Return the number of subscribers for the specified channels, excluding",
+    "    pattern subscriptions(default: no channels).",
+    "SHARDCHANNELS [<pattern>]",
+    "    Return the currently active shard level channels matching a <pattern> (default: '*').",
+    "SHARDNUMSUB [<shardchannel> ...]",
+    "    Return the number of subscribers for the specified shard level channel(s)",
+    "HELP",
+    "    Prints this help.",
+)]
 
 
 def reply_size(value, limit: int) -> int:
@@ -207,6 +246,8 @@ class RespProtocol(Protocol):
         # earlier read: a switch between the two waits for the running ones.
         self._running_kind: Optional[type] = None
         self._running = 0
+        self._pushed_owed = 0  # bytes of pushed messages waiting behind owed replies
+        self._over_soft_since: Optional[float] = None  # when the unread pushes went over the soft pubsub limit
 
     # ------------------------------------------------------- connection
 
@@ -218,6 +259,7 @@ class RespProtocol(Protocol):
         self.connection.now = getattr(self.factory, "now", time.time)
         self.connection.created = self.connection.last_active = self.connection.now()
         self.connection.io = self._io_fields
+        self.connection.push = self.push
         self.connection.peer = _address(self.transport.getPeer())
         self.connection.local = _address(self.transport.getHost())
         self.transport.registerProducer(self, True)
@@ -227,7 +269,15 @@ class RespProtocol(Protocol):
         connections = getattr(self.factory, "connections", None)
         if connections is not None:
             connections.pop(self.connection.id, None)
+        if self.connection.subscriptions is not None:
+            self.connection.subscriptions.close()
         self._lost = True
+        for callback in self.connection.on_lost:
+            try:
+                callback()
+            except Exception:
+                self.log.failure("a stream of {connection!r} failed at its end", connection=self.connection)
+        self.connection.on_lost = []
         self._pending.clear()
         self._backlog.clear()
         self._producing = False
@@ -370,12 +420,22 @@ class RespProtocol(Protocol):
                 slot.data = encode(refused)
                 if not control:
                     self.connection.flag()
+            elif self._subscribed_refuses(request):
+                slot.data = encode_error("ERR", "Can't execute '%s': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING "
+                                                "/ QUIT / RESET are allowed in this context" % request_name(request))
             elif in_multi and not control:
                 slot.data = encode(self.connection.queue(request))
             elif in_multi and request.name == "exec":
                 self._exec(slot)
             elif isinstance(request, Admin) and request.name == "watch" and not in_multi:
                 self._watch(slot, request.args)
+            elif isinstance(request, Admin) and (request.name in PUBSUB_COMMANDS or request.name == "ping"
+                                                 and self._subscribed() and self.connection.protocol == 2):
+                slot.data = self._pubsub(request)
+            elif isinstance(request, Write) and isinstance(request.command, Publish):
+                channel, shard = request.command.channel, request.command.shard
+                self._execute(slot, request, lambda result: result if isinstance(result, KVError)
+                              else self.hub.receivers(channel, shard))
             elif is_local(request):
                 value = execute_local(request, self.connection)
                 if value is NO_REPLY:
@@ -392,6 +452,102 @@ class RespProtocol(Protocol):
         if self.connection.auth_failures:
             self._auth_failed(slot)
         return slot
+
+    # ------------------------------------------------------------ pub/sub
+
+    @property
+    def hub(self) -> PubSubHub:
+        hub = getattr(self.factory, "pubsub", None)
+        if hub is None:  # a protocol built without a factory (tests): a registry of its own
+            hub = self.__dict__.setdefault("_own_hub", PubSubHub())
+        return hub
+
+    def _subscribed(self) -> bool:
+        subs = self.connection.subscriptions
+        return subs is not None and subs.total > 0
+
+    def _subscribed_refuses(self, request) -> bool:
+        """RESP2's pubsub context: a subscribed connection runs only SUBSCRIBED_COMMANDS."""
+        if self.connection.protocol != 2 or not self._subscribed():
+            return False
+        return not (isinstance(request, Admin) and request.name in SUBSCRIBED_COMMANDS)
+
+    def _pubsub(self, request: Admin) -> bytes:
+        """The reply bytes of a pub/sub command: one confirmation per channel for (P)(UN)SUBSCRIBE."""
+        resp3 = self.connection.protocol == 3
+        name, args = request.name, request.args
+        hub = self.hub
+        if name == "ping":  # RESP2, subscribed: Redis answers an array
+            return encode([b"pong", args[0] if args else b""])
+        if name == "pubsub|channels":
+            try:
+                return encode(hub.channel_names(args[0] if args else None), resp3)
+            except PatternTooCostly as e:
+                return encode_error("ERR", str(e))
+        if name == "pubsub|numsub":
+            return encode(hub.numsub(args), resp3)
+        if name == "pubsub|numpat":
+            return encode(hub.numpat(), resp3)
+        if name == "pubsub|help":
+            return encode(PUBSUB_HELP, resp3)
+        if name == "pubsub|shardchannels":
+            try:
+                return encode(hub.shard_channel_names(args[0] if args else None), resp3)
+            except PatternTooCostly as e:
+                return encode_error("ERR", str(e))
+        if name == "pubsub|shardnumsub":
+            return encode(hub.shard_numsub(args), resp3)
+        subs = self.connection.subscriptions
+        if subs is None:
+            subs = self.connection.subscriptions = Subscriptions(hub, self.push)
+        try:
+            confirmations = getattr(subs, name)(args)
+        except PatternTooCostly as e:
+            return encode_error("ERR", "%s; nothing was subscribed" % (e,))
+        return b"".join(encode(c, resp3) for c in confirmations)
+
+    def push(self, items) -> None:
+        """
+        Write an out-of-band message: ``items`` as a RESP3 push (``>``) or a RESP2 array, after the replies
+        owed so far (at once if none).  The connection's stream API (pub/sub, and whatever else streams).
+        """
+        if self._lost or self._closing:
+            return
+        data = encode(Push(tuple(items)), self.connection.protocol == 3)
+        # After the last reply already made (a SUBSCRIBE's confirmation comes before its messages), before the
+        # replies still running (as Redis, which pushes while a command runs, before that command's reply).
+        pending = self._pending
+        last_made = next((i for i in range(len(pending) - 1, -1, -1) if pending[i].data is not None), None)
+        if last_made is None:
+            self._write(data)
+        else:
+            slot = _Slot()
+            slot.data, slot.pushed = data, True
+            pending.insert(last_made + 1, slot)
+            self._pushed_owed += len(data)
+        if not self._lost and not self._closing:
+            self._check_pubsub_limit()
+
+    def _check_pubsub_limit(self) -> None:
+        """Redis's client-output-buffer-limit pubsub: unread pushes over hard, or over soft for long, disconnect."""
+        limit: PubSubLimit = getattr(self.factory, "pubsub_limit", None) or PubSubLimit()
+        held = (self._unsent if self._output_paused else 0) + self._pushed_owed
+        reason = None
+        if limit.hard and held > limit.hard:
+            reason = "over the hard limit of %d bytes" % limit.hard
+        elif limit.soft and held > limit.soft:
+            now = self.connection.now()
+            if self._over_soft_since is None:
+                self._over_soft_since = now
+            elif now - self._over_soft_since >= limit.soft_seconds:
+                reason = "over the soft limit of %d bytes for %d s" % (limit.soft, limit.soft_seconds)
+        else:
+            self._over_soft_since = None
+        if reason is not None:
+            self.log.warn(
+                "Subscriber {connection!r} closed: {held} bytes of messages wait for it to read, {reason} "
+                "(client-output-buffer-limit pubsub)", connection=self.connection, held=held, reason=reason)
+            self._abort()
 
     def _parse(self, args):
         # The parser's bulk limit is the node's --value-max-bytes: APPEND and SETRANGE carry it.
@@ -569,6 +725,8 @@ class RespProtocol(Protocol):
         pending = self._pending
         while pending and pending[0].data is not None:
             slot = pending.popleft()
+            if slot.pushed:
+                self._pushed_owed -= len(slot.data)
             if not slot.silent:
                 ready.append(slot.data)
             if slot.close_after:
@@ -657,8 +815,12 @@ class RespFactory(Factory):
     def __init__(self, executor, max_inflight: int = DEFAULT_MAX_INFLIGHT,
                  value_max_bytes: int = DEFAULT_MAX_BULK_BYTES, parser_factory=None, users=None,
                  maxclients: int = DEFAULT_MAXCLIENTS, output_limit: int = DEFAULT_OUTPUT_LIMIT,
-                 maxmemory_clients: int = DEFAULT_MAXMEMORY_CLIENTS):
+                 maxmemory_clients: int = DEFAULT_MAXMEMORY_CLIENTS, pubsub: Optional[PubSubHub] = None,
+                 pubsub_limit: Optional[PubSubLimit] = None):
         self.executor = executor
+        #: The node's pub/sub registry (kvd.resp.pubsub): the node hands it each applied entry's events.
+        self.pubsub = pubsub if pubsub is not None else PubSubHub()
+        self.pubsub_limit = pubsub_limit or PubSubLimit()
         self.users = users  # kvd.resp.auth.Users, or None: no authentication
         self.maxclients = maxclients
         self.output_limit = output_limit

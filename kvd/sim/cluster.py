@@ -369,7 +369,7 @@ class _SimEvents(Events):
         self.c.checker.on_machine_loaded(self.node.id, "install", machine)
 
     def applied(self, entry, result) -> None:
-        self.c.checker.on_apply(self.node.id, entry, result)
+        self.c.checker.on_apply(self.node.id, entry, result, getattr(self.node.machine, "events", ()))
         if self.c.opts.leases:
             self.c.checker.on_lease_state(self.node.id, self.node.machine)
 

@@ -13,8 +13,9 @@ Safety (Raft paper Figure 3, plus what kvd promises its clients):
 - **leader completeness**: a new leader's log holds every entry any node
   has committed;
 - **committed prefix / state-machine safety**: every node commits and
-  applies the same entry at each index, with the same result, and a node
-  restarted from its disk still agrees (nothing applied is lost);
+  applies the same entry at each index, with the same result and the same
+  events (kvd.kv.events: what each node delivers to its own subscribers),
+  and a node restarted from its disk still agrees (nothing applied is lost);
 - **durable state** (in kvd.sim.disk): the durable term and commit index
   never go back, the durable vote never changes within a term;
 - **persistence contract**: a granted vote (or a later term) and an
@@ -171,6 +172,8 @@ class Checker:
         self.commit_seen: Dict[str, int] = {}  # node -> commit index already checked
         self.applied: Dict[int, Tuple[int, int, bytes]] = {}
         self.results: Dict[int, str] = {}
+        #: The events (kvd.kv.events: messages, keyspace events) the first node to apply each index produced.
+        self.events: Dict[int, str] = {}
         self.keys: Dict[bytes, _KeyHistory] = {}
         self.first: Dict[Tuple[bytes, int], int] = {}  # (client, seq) -> index of its effective application
         self.first_result: Dict[Tuple[bytes, int], object] = {}
@@ -343,15 +346,20 @@ class Checker:
                     )
 
     # ------------------------------------------------------------ the state machine
-    def on_apply(self, node: str, e: Entry, result) -> None:
-        """Called for each entry a node applies, in order, with the machine's answer."""
+    def on_apply(self, node: str, e: Entry, result, events=()) -> None:
+        """
+        Called for each entry a node applies, in order, with the machine's answer and the events it produced
+        (pub/sub and keyspace notifications: every node delivers its own, so they must agree as the answers do).
+        """
         self.checks += 1
         mine = _ent(e)
         want = self.applied.get(e.index)
         rkey = repr(result)
+        ekey = repr(list(events))
         if want is None:
             self.applied[e.index] = mine
             self.results[e.index] = rkey
+            self.events[e.index] = ekey
             if e.kind is EntryKind.NORMAL:
                 self._reference_apply(e.index, e.data, result)
             return
@@ -364,6 +372,11 @@ class Checker:
             raise Violation(
                 "state-machine safety",
                 "%s answers %s at index %d where %s was answered" % (node, rkey, e.index, self.results[e.index]),
+            )
+        if self.events[e.index] != ekey:
+            raise Violation(
+                "state-machine safety",
+                "%s produces events %s at index %d where %s were produced" % (node, ekey, e.index, self.events[e.index]),
             )
 
     def clock_at(self, index: int) -> int:

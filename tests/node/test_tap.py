@@ -252,3 +252,23 @@ def test_a_failed_node_makes_the_process_exit_with_its_status(exit_code):
                           env=dict(os.environ, PYTHONPATH=repo))
     assert done.returncode == (exit_code or 0), done
     assert done.stdout == "twistd finished\n" and not done.stderr
+
+
+def test_pubsub_options_wire_the_registry_into_node_executor_and_port(tmp_path):
+    """--notify-keyspace-events and --pubsub-output-limit: checked, and one registry for the node, CONFIG and the port."""
+    from kvd.resp.pubsub import PubSubLimit
+
+    with pytest.raises(usage.UsageError, match="Invalid event class character"):
+        parse("--notify-keyspace-events", "Kq")
+    for bad in ("1 2", "a b c", "1 -2 3"):
+        with pytest.raises(usage.UsageError, match="pubsub-output-limit"):
+            parse("--pubsub-output-limit", bad)
+    o = parse("--listen", "127.0.0.1:7001", "--data-dir", str(tmp_path / "d"), "--notify-keyspace-events", "Ex",
+              "--pubsub-output-limit", "1000 100 5")
+    assert o["pubsub-limit"] == PubSubLimit(1000, 100, 5)
+    top = makeService(o, reactor=MemoryReactorClock())
+    node = next(s for s in top if hasattr(s, "on_events"))
+    hub = node.on_events.__self__
+    assert hub.notify_text() == "xE"
+    ports = [s for s in top if getattr(getattr(s, "factory", None), "pubsub", None) is not None]
+    assert [p.factory.pubsub for p in ports] == [hub] and ports[0].factory.pubsub_limit == PubSubLimit(1000, 100, 5)

@@ -321,6 +321,9 @@ def test_table_has_every_supported_command():
         # issue 15, hashes
         b"hset", b"hmset", b"hsetnx", b"hdel", b"hincrby", b"hincrbyfloat", b"hget", b"hmget", b"hgetall",
         b"hkeys", b"hvals", b"hexists", b"hlen", b"hstrlen", b"hscan", b"hrandfield",
+        # issue 16, pub/sub
+        b"publish", b"subscribe", b"psubscribe", b"unsubscribe", b"punsubscribe", b"pubsub",
+        b"spublish", b"ssubscribe", b"sunsubscribe",
         # issue 16, expiry
         b"setex", b"psetex", b"getex", b"expire", b"pexpire", b"expireat", b"pexpireat", b"persist", b"ttl",
         b"pttl", b"expiretime", b"pexpiretime",
