@@ -116,6 +116,7 @@ class _Pump:
         except Exception as e:  # a corrupt record, a storage error: the client sees a cut file and refuses it
             _log.error("backup stream failed: {error}", error="%s: %s" % (type(e).__name__, e))
             self._end()
+            self.request.unregisterProducer()
             self.request.channel.transport.abortConnection()
             return
         if piece:
@@ -167,27 +168,27 @@ class BackupResource(resource.Resource):
         if self.running:
             return self._refuse(request, 503, "a backup of this node is already running; try again when it is done")
         self.running = True
-        gone = request.notifyFinish()
-        gone.addErrback(lambda _: None)
+        gone = []  # the client went away while the point was being taken
+        request.notifyFinish().addErrback(lambda _: gone.append(True))
         point = self.point()
-        point.addCallback(lambda index: self._start(request, index))
-        point.addErrback(lambda failure: self._failed(request, failure))
+        point.addCallback(lambda index: self._start(request, index, gone))
+        point.addErrback(lambda failure: self._failed(request, failure, gone))
         return server.NOT_DONE_YET
 
-    def _failed(self, request, failure) -> None:
+    def _failed(self, request, failure, gone) -> None:
         self.running = False
-        if not request.finished and not request._disconnected:
+        if not gone and not request.finished:
             request.write(self._refuse(request, 503, "cannot take a consistent point now: %s" % failure.getErrorMessage()))
             request.finish()
 
-    def _start(self, request, index: int) -> None:
-        if request.finished or request._disconnected:
+    def _start(self, request, index: int, gone) -> None:
+        if gone or request.finished:
             self.running = False
             return
         try:
             snapshot, stream = self.source(index)
         except Exception as e:
-            self._failed(request, Failure(e))
+            self._failed(request, Failure(e), gone)
             return
         header = make_header(self.view.cluster_id, self.view.node_id, snapshot, stream.key_count, self.wall_ms())
         writer = BackupWriter(header, stream)
