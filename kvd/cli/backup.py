@@ -150,7 +150,8 @@ def _remove(path: str) -> None:
         pass
 
 
-def restore(home: Home, address: str, path: str, echo: Echo, cluster_id: Optional[str] = None) -> None:
+def restore(home: Home, address: str, path: str, echo: Echo, cluster_id: Optional[str] = None,
+            tick_ms: Optional[int] = None, election_ticks: Optional[int] = None) -> None:
     """Seed a new one-node cluster at ``address`` from the backup at ``path``, and start it."""
     from kvd.cli import server as cli_server
     from kvd.address import PEER_PORT_OFFSET
@@ -174,7 +175,8 @@ def restore(home: Home, address: str, path: str, echo: Echo, cluster_id: Optiona
     cli_server._check_ports_free(node_id, host, port)
     rec = home.new_record(id=node_id, host=host, client_port=port, peer_port=port + PEER_PORT_OFFSET,
                           cluster_id=cluster_id or "kvd-" + secrets.token_hex(4), kind="seed", expect=1,
-                          tick_ms=cli_server.DEFAULT_TICK_MS, election_ticks=cli_server.DEFAULT_ELECTION_TICKS)
+                          tick_ms=tick_ms or cli_server.DEFAULT_TICK_MS,
+                          election_ticks=election_ticks or cli_server.DEFAULT_ELECTION_TICKS)
     try:
         seed_from_backup(path, rec.data_dir, rec.cluster_id, rec.id, rec.member_address)
     except BackupError as e:  # the file changed under us since it was checked

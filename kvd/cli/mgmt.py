@@ -62,7 +62,7 @@ More options:
       --json            read, list: print JSON, for scripts.
       --timeout SECS    client commands: how long to wait for an answer (default 10).
       --tick-ms MS, --election-ticks N
-                        start, join: Raft timing (default 50 ms and 8 ticks; joiners copy the seed's).
+                        start, join, restore: Raft timing (default 50 ms and 8 ticks; joiners copy the seed's).
       --cluster-id ID   start, restore: name the cluster (default: a random kvd-xxxxxxxx).
       -f FILE           backup: the file to write (never overwritten; FILE.part until it is
                         complete and checked); restore: the backup to read.
@@ -144,7 +144,7 @@ COMMANDS = {
         "remove": _spec("host"),
         "rebuild": _spec("host", "seed"),
         "backup": _spec("host file"),
-        "restore": _spec("host file", "cluster_id"),
+        "restore": _spec("host file", "cluster_id" + TIMING),
         "recover": _spec("host", "force_new_cluster"),
     },
     "client": {
@@ -294,7 +294,7 @@ def run(role: str, command_name: str, host=None, key=None, value=None, expect=No
             if command_name == "backup":
                 cli_backup.backup(home, host, file, echo)
             elif command_name == "restore":
-                cli_backup.restore(home, host, file, echo, cluster_id=cluster_id)
+                cli_backup.restore(home, host, file, echo, cluster_id=cluster_id, tick_ms=tick_ms, election_ticks=election_ticks)
             else:
                 cli_backup.recover(home, host, echo, force_new_cluster=force_new_cluster)
         elif command_name == "list":
