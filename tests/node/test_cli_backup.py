@@ -116,7 +116,7 @@ def test_recover_refuses_without_the_flag_saying_what_may_be_lost(capsys, home):
 
 
 def test_recover_needs_a_node_of_this_kvd_home_with_data(capsys, home):
-    port = closed_port()
+    port = next(p for p in (closed_port() for _ in range(1000)) if p + 10000 <= 65535)  # its peer port too
     node = "127.0.0.1:%d" % port
     code, _, err = run_cli(capsys, "-r", "server", "-c", "recover", "-h", node, "--force-new-cluster")
     assert code == cli_errors.LOCAL_STATE
