@@ -34,6 +34,7 @@ from __future__ import annotations
 import base64
 import os
 import secrets
+import shutil
 import time
 from typing import Callable, Optional
 
@@ -179,8 +180,14 @@ def restore(home: Home, address: str, path: str, echo: Echo, cluster_id: Optiona
                           election_ticks=election_ticks or cli_server.DEFAULT_ELECTION_TICKS)
     try:
         seed_from_backup(path, rec.data_dir, rec.cluster_id, rec.id, rec.member_address)
-    except BackupError as e:  # the file changed under us since it was checked
-        raise CliError(USAGE, "refusing to restore: %s" % e) from None
+    except BaseException as e:
+        # Half a data dir is nobody's: remove it, so that the same restore can simply be run again.
+        shutil.rmtree(rec.directory, ignore_errors=True)
+        if isinstance(e, BackupError):  # the file changed under us since it was checked
+            raise CliError(USAGE, "refusing to restore: %s; nothing was changed" % e) from None
+        if isinstance(e, Exception):
+            raise CliError(LOCAL_STATE, "cannot write the data dir %s: %s: %s; nothing was kept" % (rec.data_dir, type(e).__name__, e)) from None
+        raise
     home.save(rec)
     home.save_seed(node_id, rec.cluster_id)
     pid = cli_server.launch(rec, echo)
@@ -209,6 +216,12 @@ def recover(home: Home, address: str, echo: Echo, force_new_cluster: bool = Fals
         if not port_free(rec.host, number):
             raise CliError(LOCAL_STATE, "the %s port %s:%d of %s is in use: is the node still running? recover works on a stopped node only"
                            % (what, rec.host, number, node_id))
+    # A member of its cluster still running here means the majority may not be lost at all.
+    alive = [r.id for r in home.records() if r.id != node_id and r.cluster_id == rec.cluster_id and r.running_pid() is not None]
+    if alive:
+        raise CliError(LOCAL_STATE, "%s of cluster %s still run%s here: a majority may not be lost; recover only when "
+                                    "the other members are gone for good (kill them first if they must go)"
+                       % (", ".join(alive), rec.cluster_id, "s" if len(alive) == 1 else ""))
     if not cli_server.has_data(rec):
         raise CliError(LOCAL_STATE, "node %s has no data in %s: nothing to recover" % (node_id, rec.data_dir))
     try:

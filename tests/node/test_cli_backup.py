@@ -124,3 +124,31 @@ def test_recover_needs_a_node_of_this_kvd_home_with_data(capsys, home):
                               cluster_id="kvd-x", kind="seed", expect=3))
     code, _, err = run_cli(capsys, "-r", "server", "-c", "recover", "-h", node, "--force-new-cluster")
     assert code == cli_errors.LOCAL_STATE and "no data" in err[0]
+
+
+def test_recover_refuses_while_another_member_runs_here(capsys, home, monkeypatch):
+    from kvd.cli import home as cli_home
+
+    port = next(p for p in (closed_port() for _ in range(1000)) if p + 10000 <= 65535)
+    survivor, other = "127.0.0.1:%d" % port, "127.0.0.1:1"
+    for node_id, client_port in ((survivor, port), (other, 1)):
+        home.save(home.new_record(id=node_id, host="127.0.0.1", client_port=client_port, peer_port=client_port + 10000,
+                                  cluster_id="kvd-x", kind="seed", expect=3))
+    monkeypatch.setattr(cli_home.NodeRecord, "running_pid", lambda rec: 4242 if rec.id == other else None)
+    code, _, err = run_cli(capsys, "-r", "server", "-c", "recover", "-h", survivor, "--force-new-cluster")
+    assert code == cli_errors.LOCAL_STATE and other in err[0] and "may not be lost" in err[0]
+
+
+def test_a_restore_that_fails_writing_keeps_no_half_data_dir(capsys, home, tmp_path, monkeypatch):
+    good = backup_file(tmp_path / "good.kvdb")
+
+    def disk_full(path, data_dir, *args, **kwargs):
+        os.makedirs(data_dir)
+        open(os.path.join(data_dir, "data.mdb"), "wb").close()
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store_backup, "seed_from_backup", disk_full)
+    port = next(p for p in (closed_port() for _ in range(1000)) if p + 10000 <= 65535)
+    code, _, err = run_cli(capsys, "-r", "server", "-c", "restore", "-f", good, "-h", "127.0.0.1:%d" % port)
+    assert code == cli_errors.LOCAL_STATE and "No space left" in err[0]
+    assert home.records() == [] and not os.listdir(os.path.join(home.root, "nodes"))
