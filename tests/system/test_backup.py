@@ -1,16 +1,20 @@
 """
 Backup, restore and recovery as a user runs them (mgmt.py and real twistd
-nodes): a loaded three-node cluster is backed up through a follower,
-restored into a new cluster on other ports and under another KVD_HOME, and
-the two hold the same keys, values, hashes, expiry times and scripts; a
-damaged backup is refused and starts nothing; then two of the three nodes
-are destroyed, the survivor is recovered as a one-node cluster (refused
-without the flag, and while it runs), takes writes, and a new node joins it.
+nodes): a loaded three-node cluster is backed up through a follower while a
+client writes (the backup holds a prefix of its writes, at least those
+acknowledged before it was asked), restored into a new cluster on other
+ports and under another KVD_HOME, and the two hold the same keys, values,
+hashes, expiry times and scripts; a damaged or cut backup is refused and
+starts nothing; then two of the three nodes are destroyed, the survivor is
+recovered as a one-node cluster (refused without the flag, and while it
+runs), takes writes, and a new node joins it.
 """
 
 import hashlib
 import os
+import re
 import shutil
+import threading
 
 import pytest
 import redis
@@ -107,10 +111,30 @@ def test_backup_restore_and_recovery_from_a_lost_majority(mgmt, second_home, tmp
     original = contents(client(port(b)))
     assert len(original["keys"]) == STRINGS + HASHES + TTLS and original["scripts"] == [True, True]
 
-    # Backup through a follower or the leader alike; never over an existing file.
+    # Backup through a follower or the leader alike, while a client writes one key after another: the backup
+    # holds a prefix of its writes, every one acknowledged before the backup was asked among them.
+    acked, stop = [], threading.Event()
+
+    def write_in_order():
+        writer = client(port(a))
+        for i in range(100_000):  # bounded; stopped once the backup is done
+            if stop.is_set():
+                return
+            writer.set(b"w:%d" % i, b"1")
+            acked.append(i)
+
+    thread = threading.Thread(target=write_in_order, daemon=True)
+    thread.start()
+    wait_for(lambda: len(acked) >= 20, 30, "the writer to get going")
     backup = str(tmp_path / "cluster.kvdb")
-    done = mgmt.ok("-r", "server", "-c", "backup", "-h", b, "-f", backup)
-    assert "checksum verified" in done.out and "%d keys" % len(original["keys"]) in done.out
+    before = len(acked)
+    try:
+        done = mgmt.ok("-r", "server", "-c", "backup", "-h", b, "-f", backup)
+    finally:
+        stop.set()
+        thread.join(30)
+    assert "checksum verified" in done.out
+    assert int(re.search(r"(\d+) keys", done.out).group(1)) >= len(original["keys"]) + before
     assert os.stat(backup).st_mode & 0o077 == 0  # it holds every key: the owner's only
     again = mgmt.run("-r", "server", "-c", "backup", "-h", b, "-f", backup)
     assert again.code == 2 and "never overwrites" in again.err
@@ -148,7 +172,11 @@ def test_backup_restore_and_recovery_from_a_lost_majority(mgmt, second_home, tmp
     view = wait_for(lambda: (lambda v: v if v["voters"] == 2 else None)(restored_home.cluster()), 60, "the joiner to become a voter")
     assert view["cluster_id"] != mgmt.cluster()["cluster_id"]
     for node in (d, e):
-        assert contents(client(port(node))) == original
+        restored = contents(client(port(node)))
+        written = sorted(int(k[2:]) for k in restored["keys"] if k.startswith(b"w:"))
+        assert written == list(range(len(written))) and len(written) >= before, (before, written[-3:])
+        restored["keys"] = {k: v for k, v in restored["keys"].items() if not k.startswith(b"w:")}
+        assert restored == original
     assert client(port(d)).get(b"after-backup") is None
     assert client(port(e)).set(b"new", b"write")
 
@@ -175,4 +203,5 @@ def test_backup_restore_and_recovery_from_a_lost_majority(mgmt, second_home, tmp
     assert joined["keys"][b"after-recovery"][2] == b"1" and joined["scripts"] == [True, True]
     # A write the survivor had in its log but never committed is kept by the recovery (and acknowledged to no one).
     unacknowledged = 1 if b"no-quorum" in joined["keys"] else 0
-    assert len(joined["keys"]) == len(original["keys"]) + 2 + unacknowledged
+    assert len([k for k in joined["keys"] if not k.startswith(b"w:")]) == len(original["keys"]) + 2 + unacknowledged
+    assert sum(1 for k in joined["keys"] if k.startswith(b"w:")) == len(acked)
