@@ -59,7 +59,7 @@ LAYERS = {
                      kvd=_set("kvd.sim kvd.raft kvd.kv kvd.replica"), std=PURE | {"traceback"}),
     "kvd.sim.__main__": Layer(_set("__main__"), kvd=_set("kvd.sim"), std=_set("__future__ argparse sys time")),
     # I/O at the edges, one room each.
-    "kvd.store": Layer(_set("__init__ bench checksum lmdb schema state state_bench upgrade writer"), kvd=_set("kvd.store kvd.raft.messages kvd.raft.storage kvd.kv.codec kvd.kv.commands kvd.kv.hashes kvd.kv.keyspace kvd.kv.machine kvd.kv.revisions"),
+    "kvd.store": Layer(_set("__init__ backup bench checksum lmdb schema state state_bench upgrade writer"), kvd=_set("kvd.store kvd.raft.messages kvd.raft.storage kvd.kv.codec kvd.kv.commands kvd.kv.hashes kvd.kv.keyspace kvd.kv.machine kvd.kv.revisions"),
                        third=_set("lmdb crc32c")),
     "kvd.wire": Layer(_set("__init__ codec errors peers snapshots tls"), kvd=_set("kvd.wire kvd.raft.messages kvd.errors kvd.limits"),
                       third=_set("twisted zope OpenSSL cryptography")),
@@ -75,8 +75,10 @@ LAYERS = {
     "kvd.executor": Layer(_set("executor"), kvd=_set("kvd.resp kvd.kv.results kvd.kv.commands kvd.server_info kvd.address"),
                           third=_set("twisted")),
     "kvd.server_info": Layer(_set("server_info"), kvd=_set("kvd.kv.glob kvd.resp.encoder")),
-    "kvd.discovery": Layer(_set("__init__ cluster_view dns http metrics services"),
-                           kvd=_set("kvd.discovery kvd.address kvd.resp.client"), third=_set("twisted prometheus_client")),
+    # backup: /v1/backup streams the backup file format (kvd.store.backup) and checks the CA's signature.
+    "kvd.discovery": Layer(_set("__init__ backup cluster_view dns http metrics services"),
+                           kvd=_set("kvd.discovery kvd.address kvd.resp.client kvd.store.backup"),
+                           third=_set("twisted zope prometheus_client cryptography")),
     # twistd's side: the one module that wires everything.
     "kvd.tap": Layer(_set("tap"), kvd=_set("kvd.address kvd.node kvd.executor kvd.kv.machine kvd.kv.events kvd.resp.protocol kvd.resp.pubsub kvd.resp.auth "
                                            "kvd.store.lmdb kvd.store.state kvd.wire.peers kvd.wire.tls kvd.discovery.services kvd.limits"),
@@ -84,6 +86,8 @@ LAYERS = {
     # mgmt.py's side: nodes only over their ports, never the node's code.
     "kvd.cli": Layer(_set("__init__ certs client docker docker_ops errors home mgmt route server"),
                      kvd=_set("kvd.cli kvd.address kvd.errors kvd.resp.client"), third=_set("click cryptography")),
+    # restore and recover write a stopped node's data dir: the one module of the CLI that uses the store.
+    "kvd.cli.backup": Layer(_set("backup"), kvd=_set("kvd.cli kvd.address kvd.errors kvd.store.backup"), third=_set("cryptography")),
     # The fault suite: a black box that reaches nodes through processes, sockets and packet filters.
     "kvd.check": Layer(_set("__init__ durability expiry linear txn"), kvd=_set("kvd.check")),
     # The stranger of the forge nemesis speaks the peer protocol's bytes itself.

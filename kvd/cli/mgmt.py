@@ -46,6 +46,9 @@ SEED_TABLE = [
 EXTRA_TABLE = [
     ("-r server -c remove -h <host>", "Remove a node from the cluster, then stop it"),
     ("-r server -c rebuild -h <host>", "Rebuild a node from the others: stop, remove, wipe its data, rejoin"),
+    ("-r server -c backup -h <host> -f <file>", "Write a checked backup of a node's applied state to a file"),
+    ("-r server -c restore -f <file> -h <host>", "Check a backup and start a new one-node cluster from it at <host>"),
+    ("-r server -c recover -h <host> --force-new-cluster", "Majority lost for good: a stopped survivor becomes a one-node cluster"),
 ]
 
 OPTIONS_TEXT = """\
@@ -59,8 +62,13 @@ More options:
       --json            read, list: print JSON, for scripts.
       --timeout SECS    client commands: how long to wait for an answer (default 10).
       --tick-ms MS, --election-ticks N
-                        start, join: Raft timing (default 50 ms and 8 ticks; joiners copy the seed's).
-      --cluster-id ID   start: name the cluster (default: a random kvd-xxxxxxxx).
+                        start, join, restore: Raft timing (default 50 ms and 8 ticks; joiners copy the seed's).
+      --cluster-id ID   start, restore: name the cluster (default: a random kvd-xxxxxxxx).
+      -f FILE           backup: the file to write (never overwritten; FILE.part until it is
+                        complete and checked); restore: the backup to read.
+      --force-new-cluster
+                        recover: yes, rewrite the survivor's membership to itself alone; writes
+                        the lost majority had and it had not received are lost for good.
       --dns HOST:PORT   client commands and list without -h: find a node through this DNS
                         server (a node's DNS port, client port + 20000; or set $KVD_DNS).
       --docker [PROJECT]
@@ -135,6 +143,9 @@ COMMANDS = {
         "restart": _spec("host"),
         "remove": _spec("host"),
         "rebuild": _spec("host", "seed"),
+        "backup": _spec("host file"),
+        "restore": _spec("host file", "cluster_id" + TIMING),
+        "recover": _spec("host", "force_new_cluster"),
     },
     "client": {
         "read": _spec("", "host key as_json timeout dns"),
@@ -157,6 +168,8 @@ OPTION_NAMES = {
     "cluster_id": "--cluster-id",
     "dns": "--dns",
     "token_file": "--token-file",
+    "file": "-f",
+    "force_new_cluster": "--force-new-cluster",
 }
 
 
@@ -183,7 +196,7 @@ def check_arguments(role: Optional[str], command: Optional[str], given: dict) ->
 
 
 def _placeholder(name: str) -> str:
-    return {"host": "-h <host>", "key": "-k <key>", "value": "-v <value>"}.get(name, OPTION_NAMES[name])
+    return {"host": "-h <host>", "key": "-k <key>", "value": "-v <value>", "file": "-f <file>"}.get(name, OPTION_NAMES[name])
 
 
 def _print_help(ctx: click.Context, _param, value) -> None:
@@ -207,6 +220,8 @@ def _print_help(ctx: click.Context, _param, value) -> None:
 @click.option("--cluster-id")
 @click.option("--dns", metavar="HOST:PORT")
 @click.option("--token-file", metavar="FILE")
+@click.option("-f", "--file", "file", metavar="<file>")
+@click.option("--force-new-cluster", is_flag=True)
 @click.option("--docker", "docker", metavar="[PROJECT]", is_flag=False, flag_value="", default=None)
 @click.option("--help", is_flag=True, is_eager=True, expose_value=False, callback=_print_help)
 def command(role, command_name, docker=None, **given) -> int:
@@ -233,6 +248,8 @@ def check_docker_arguments(role: str, command_name: str, given: dict) -> None:
         raise CliError(USAGE, "--dns does not go with --docker: nodes are found through the project's containers")
     if role == "server" and command_name == "rebuild":
         raise CliError(USAGE, "rebuild does not go with --docker yet: remove the node (its container and data volume go too), then join it again")
+    if role == "server" and command_name in ("backup", "restore", "recover"):
+        raise CliError(USAGE, "%s does not go with --docker yet: it works on nodes started from this KVD_HOME" % command_name)
 
 
 def run_docker(project: str, role: str, command_name: str, host=None, as_json=False, **given) -> int:
@@ -255,7 +272,7 @@ def run_docker(project: str, role: str, command_name: str, host=None, as_json=Fa
     return run(role, command_name, host=host, as_json=as_json, **given)
 
 
-def run(role: str, command_name: str, host=None, key=None, value=None, expect=None, seed=None, as_json=False, timeout=None, tick_ms=None, election_ticks=None, cluster_id=None, dns=None, token_file=None) -> int:
+def run(role: str, command_name: str, host=None, key=None, value=None, expect=None, seed=None, as_json=False, timeout=None, tick_ms=None, election_ticks=None, cluster_id=None, dns=None, token_file=None, file=None, force_new_cluster=False) -> int:
     """Do one checked command; return 0 or raise CliError."""
     # Imported here so that --help and usage errors never pay for redis.
     from kvd.cli import client as cli_client
@@ -271,6 +288,15 @@ def run(role: str, command_name: str, host=None, key=None, value=None, expect=No
             cli_server.join(home, host, echo, seed=seed, tick_ms=tick_ms, election_ticks=election_ticks, token=join_token(token_file))
         elif command_name == "rebuild":
             cli_server.rebuild(home, host, echo, seed=seed)
+        elif command_name in ("backup", "restore", "recover"):
+            from kvd.cli import backup as cli_backup
+
+            if command_name == "backup":
+                cli_backup.backup(home, host, file, echo)
+            elif command_name == "restore":
+                cli_backup.restore(home, host, file, echo, cluster_id=cluster_id, tick_ms=tick_ms, election_ticks=election_ticks)
+            else:
+                cli_backup.recover(home, host, echo, force_new_cluster=force_new_cluster)
         elif command_name == "list":
             if host is None and not home.records():
                 from kvd.cli import route as cli_route

@@ -10,6 +10,8 @@ balancers, Prometheus metrics and a live cluster page.
     GET /v1/health          200 when this node knows a live leader and has applied up to the
                             cluster's commit index within HEALTH_MAX_LAG entries
                             (?max_lag=N to choose), 503 otherwise; JSON says why
+    GET /v1/backup          this node's applied state as a backup file, to a request signed with
+                            the cluster CA's key (kvd.discovery.backup)
     GET /v1/cluster         JSON: every member's role, term, indexes, lag and up/down (the page polls it)
     GET /metrics            Prometheus text format
 
@@ -190,7 +192,7 @@ class _Tree(resource.Resource):
 
 
 def make_root(view, metrics=None, reactor=None, cluster_view: Optional[ClusterView] = None,
-              info_auth=None, info_tls_ca=None) -> resource.Resource:
+              info_auth=None, info_tls_ca=None, backup: Optional[resource.Resource] = None) -> resource.Resource:
     """The URL tree over a node's ``view`` (kvd.node.NodeView); ``info_auth``: (user, password) for the
     other members' client ports, when they require a password; ``info_tls_ca``: the CA of their TLS."""
     if cluster_view is None:
@@ -231,6 +233,8 @@ def make_root(view, metrics=None, reactor=None, cluster_view: Optional[ClusterVi
     status.putChild(b"node", JSONResource(node_info))
     v1.putChild(b"health", JSONResource(health))
     v1.putChild(b"cluster", JSONResource(cluster))
+    if backup is not None:
+        v1.putChild(b"backup", backup)
     return root
 
 
@@ -278,8 +282,8 @@ class QuietSite(server.Site):
         pass
 
 
-def make_site(view, metrics=None, reactor=None, info_auth=None, info_tls_ca=None) -> QuietSite:
-    root = make_root(view, metrics, reactor, info_auth=info_auth, info_tls_ca=info_tls_ca)
+def make_site(view, metrics=None, reactor=None, info_auth=None, info_tls_ca=None, backup=None) -> QuietSite:
+    root = make_root(view, metrics, reactor, info_auth=info_auth, info_tls_ca=info_tls_ca, backup=backup)
     site = QuietSite(root, timeout=HTTP_IDLE_TIMEOUT_S, reactor=reactor)
     site.displayTracebacks = False
     return site

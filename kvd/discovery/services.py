@@ -65,6 +65,20 @@ def make_metrics():
     return NodeMetrics()
 
 
+def make_backup(node, options, reactor):
+    """/v1/backup's resource (kvd.discovery.backup), checking requests against the peer CA (``--peer-ca``)."""
+    import time
+
+    from kvd.discovery.backup import BackupResource, CaVerifier
+
+    verifier = None
+    ca_path = options.get("peer-ca") if not options.get("insecure-peers") else None
+    if ca_path:
+        with open(ca_path, "rb") as f:
+            verifier = CaVerifier(f.read(), node.view.node_id, reactor.seconds)
+    return BackupResource(node.view, node.backup_point, node.open_snapshot_stream, verifier, lambda: int(time.time() * 1000))
+
+
 def _interface(bind: str) -> str:
     return (bind or "").strip("[]")
 
@@ -94,5 +108,5 @@ def add_services(top: service.MultiService, node, options, metrics, reactor) -> 
     elif http_port:
         users = options.get("client-users")  # kvd.resp.auth.Users: the cluster page asks the others with its password
         site = make_site(node.view, metrics, reactor, info_auth=getattr(users, "internal_credentials", None),
-                         info_tls_ca=options.get("client-tls-ca"))
+                         info_tls_ca=options.get("client-tls-ca"), backup=make_backup(node, options, reactor))
         OptionalPort("HTTP", lambda: reactor.listenTCP(http_port, site, interface=interface), http_port, "--http-port", options["http-port-required"]).setServiceParent(group)

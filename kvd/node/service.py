@@ -84,6 +84,9 @@ REFUSED_LOG_INTERVAL_S = 10.0
 #: How often at most the leader proposes a Tick to reclaim expired keys and leases (kvd.kv.expiry, kvd.kv.leases).
 RECLAIM_INTERVAL_S = 1.0
 
+#: Seconds a backup waits at most for the compaction that flushes the state (kvd.discovery.backup).
+BACKUP_FLUSH_WAIT_S = 30.0
+
 EXIT_STORAGE = 74
 EXIT_LOOP_FAILED = 70
 
@@ -467,6 +470,44 @@ class NodeService(service.Service):
         except Exception:
             stream.close()
             raise
+
+    def backup_point(self) -> defer.Deferred:
+        """
+        Make the state on disk linearizable for a backup (kvd.discovery.backup):
+        a ReadIndex read (DBSIZE) first, so this node has applied every write
+        acknowledged before the request; then a snapshot through the Ready loop,
+        whose compaction flushes the applied state to disk.  Fires with the
+        index the state on disk then has reached, at least that read's, once
+        the compaction has completed (polled on the clock, at most
+        ``BACKUP_FLUSH_WAIT_S``).
+        """
+        from kvd.kv.commands import DbSize
+
+        done = defer.Deferred()
+
+        def flush(_):
+            def fn(core):
+                if core.applied == core.latest_snapshot.index:
+                    done.callback(core.applied)  # the last compaction flushed everything applied
+                    return
+                snap = self.replica.compact_now(self._keep_entries())
+                if snap is None:
+                    done.callback(0)  # the machine lags the core: stream what the disk has
+                    return
+                self._snapshot_taken(snap)
+                self._when_compacted(done, snap.index, self.clock.seconds() + BACKUP_FLUSH_WAIT_S)
+
+            self.replica.input(fn)
+            self.schedule_drain()
+
+        self.read(DbSize()).addCallbacks(flush, done.errback)
+        return done
+
+    def _when_compacted(self, done: defer.Deferred, index: int, deadline: float) -> None:
+        if not self.replica.compacting or self.clock.seconds() >= deadline or self.failure is not None:
+            done.callback(index)
+            return
+        self.clock.callLater(0.01, self._when_compacted, done, index, deadline)
 
     def storage_failed(self, error: Exception) -> None:
         """Storage failed outside the Ready loop (a corrupt record found by a read): the same fail-stop."""
