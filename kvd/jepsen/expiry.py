@@ -34,9 +34,8 @@ import zlib
 from typing import Dict, List, Optional
 
 from kvd.check.expiry import FAIL, INFO, OK, READ, WRITE
-from kvd.errors import Code
-from kvd.jepsen.workload import ClientThreads, History
-from kvd.resp.client import Connection, Indeterminate, NotSent, ReplyError, Simple
+from kvd.jepsen.workload import ClientThreads, History, interpret, outcome_of
+from kvd.resp.client import Connection
 
 TTL_MIN_MS, TTL_MAX_MS = 300, 1500
 WRITE_SHARE = 0.2
@@ -47,27 +46,10 @@ def ttl_ms(key: str) -> int:
 
 
 def run_op(conn: Connection, f: str, key: str, value: Optional[str], ttl: Optional[int]):
-    """(outcome, result, error) of one op on a connection."""
-    try:
-        if f == WRITE:
-            reply = conn.call("SET", key, value, "PX", str(ttl))
-            if isinstance(reply, Simple) and reply == b"OK":
-                return OK, None, ""
-        else:
-            reply = conn.call("GET", key)
-            if reply is None or (isinstance(reply, bytes) and not isinstance(reply, Simple)):
-                return OK, (None if reply is None else reply.decode()), ""
-        return INFO, None, "unexpected reply %r" % (reply,)
-    except NotSent as e:
-        return FAIL, None, str(e)
-    except ReplyError as e:
-        if e.code in (Code.NOLEADER, Code.TRYAGAIN):
-            return FAIL, None, e.text
-        if e.code == Code.TIMEOUT:
-            return INFO, None, e.text
-        return INFO, None, "unexpected error: " + e.text
-    except Indeterminate as e:
-        return INFO, None, str(e)
+    """(outcome, result, error) of one op on a connection (errors as the register workload's)."""
+    if f == WRITE:
+        return outcome_of(lambda: conn.call("SET", key, value, "PX", str(ttl)), lambda reply: interpret(WRITE, reply))
+    return outcome_of(lambda: conn.call("GET", key), lambda reply: interpret(READ, reply))
 
 
 class ExpiryWorkload(ClientThreads):

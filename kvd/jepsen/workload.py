@@ -174,8 +174,13 @@ def interpret(f: str, reply):
 
 def execute(conn: Connection, f: str, key: str, value):
     """Run one operation on a connection: (outcome, result, error)."""
+    return outcome_of(lambda: conn.call(*command_for(f, key, value)), lambda reply: interpret(f, reply))
+
+
+def outcome_of(call, interpret_reply):
+    """``interpret_reply(call())``, or the (outcome, None, error) that the exception ``call`` raised means."""
     try:
-        return interpret(f, conn.call(*command_for(f, key, value)))
+        return interpret_reply(call())
     except NotSent as e:
         return FAIL, None, str(e)
     except ReplyError as e:
