@@ -43,7 +43,7 @@ LAYERS = {
     # The protocol itself: pure.
     "kvd.raft": Layer(_set("__init__ core log messages progress quorum read_only storage"),
                       kvd=_set("kvd.raft kvd.limits"), std=PURE),
-    "kvd.kv": Layer(_set("__init__ codec commands events expiry glob hashes keyspace leases longdouble machine results revisions txn"), kvd=_set("kvd.kv"), std=PURE),
+    "kvd.kv": Layer(_set("__init__ codec commands events expiry glob hashes keyspace leases longdouble machine results revisions txn watch"), kvd=_set("kvd.kv"), std=PURE),
     # Lua scripts: the one module of the machine with a third-party package (Lua 5.1 through lupa), and the
     # command table of the client port, so that redis.call parses as the port does.
     "kvd.kv.script": Layer(_set("script"), kvd=_set("kvd.kv kvd.resp.commands kvd.resp.encoder kvd.resp.errors"),
