@@ -23,7 +23,7 @@ class Fed(Clocked):
 
     def __init__(self, history=None):
         super().__init__(KVMachine())
-        self.history = history or WatchHistory()
+        self.history = history if history is not None else WatchHistory()
 
     def __call__(self, command, at=None):
         before = self.machine.view().revision
