@@ -6,12 +6,15 @@ its history of changes (kvd.kv.watch), and the commands' parsing.
     KVD.WATCH prefix [FROMREV n]      ->  ["watching", first revision], then pushes
     KVD.UNWATCH                       ->  ["unwatched", prefix]  (or ["unwatched", nil] when none)
 
-Each change under ``prefix`` (``""``: every key) is pushed, in log order, as
-``["watch", revision, kind, key, value]`` (kvd.resp.protocol ``push``: a
-RESP3 push or a RESP2 array), ``kind`` being ``put`` (``value`` the string),
-``hash`` (a hash changed; ``value`` nil: read it), ``del`` or ``flush``
-(every key deleted; ``key`` empty).  Changes of one revision (a MULTI, an
-MSET, a KVD.TXN) come together, each key once with its final state.
+Each revision that changed keys under ``prefix`` (``""``: every key) is
+pushed, in log order, as one message ``["watch", revision, [[kind, key,
+value], ...]]`` (kvd.resp.protocol ``push``: a RESP3 push or a RESP2
+array), ``kind`` being ``put`` (``value`` the string), ``hash`` (a hash
+changed; ``value`` nil: read it), ``del`` or ``flush`` (every key deleted;
+``key`` empty).  A revision of several keys (a MULTI, an MSET, a KVD.TXN)
+is one message, each key once with its final state: a client holds a
+revision whole or not at all (etcd batches a revision's events in one
+response alike), so resuming ``FROMREV last + 1`` is exact.
 
 Where a watch starts.  ``FROMREV n`` starts exactly at revision ``n``: the
 node replays what its history holds from ``n`` on, then streams live; a
@@ -76,8 +79,20 @@ def parse_watch_args(args) -> Tuple[bytes, Optional[int]]:
     return prefix, revision
 
 
-def _items(change: Change) -> tuple:
-    return (b"watch", change.revision, change.kind, change.key, change.value)
+def _batches(changes: List[Change], prefix: bytes, start: int):
+    """The changes under ``prefix`` from ``start`` on, one batch per revision: (revision, [[kind, key, value]...])."""
+    batch: list = []
+    revision = None
+    for change in changes:
+        if change.revision < start or not matches(change, prefix):
+            continue
+        if change.revision != revision:
+            if batch:
+                yield revision, batch
+            batch, revision = [], change.revision
+        batch.append([change.kind, change.key, change.value])
+    if batch:
+        yield revision, batch
 
 
 class Watch:
@@ -93,11 +108,10 @@ class Watch:
         self.ended = False  # closed, or cancelled by a reset: the connection is no longer watching
 
     def send(self, changes: List[Change]) -> None:
-        for change in changes:
-            if change.revision >= self.start and matches(change, self.prefix):
-                self.push(_items(change))
-                self.pushed += 1
-                self.last = change.revision
+        for revision, batch in _batches(changes, self.prefix, self.start):
+            self.push((b"watch", revision, batch))
+            self.pushed += 1
+            self.last = revision
 
     def close(self) -> None:
         self.ended = True

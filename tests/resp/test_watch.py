@@ -124,11 +124,11 @@ def test_a_watch_answers_its_start_then_pushes_each_change_under_its_prefix_in_o
     p.send("c", "MSET", "app:b", "2", "app:a", "3")
     p.send("c", "DEL", "app:b")
     p.send("c", "HSET", "app:h", "f", "v")
-    assert p.take("w") == [[b"watch", 1, b"put", b"app:a", b"1"], [b"watch", 3, b"put", b"app:b", b"2"],
-                           [b"watch", 3, b"put", b"app:a", b"3"], [b"watch", 4, b"del", b"app:b", None],
-                           [b"watch", 5, b"hash", b"app:h", None]]
+    assert p.take("w") == [[b"watch", 1, [[b"put", b"app:a", b"1"]]],
+                           [b"watch", 3, [[b"put", b"app:b", b"2"], [b"put", b"app:a", b"3"]]],
+                           [b"watch", 4, [[b"del", b"app:b", None]]], [b"watch", 5, [[b"hash", b"app:h", None]]]]
     p.send("c", "FLUSHALL")
-    assert p.take("w") == [[b"watch", 6, b"flush", b"", None]]
+    assert p.take("w") == [[b"watch", 6, [[b"flush", b"", None]]]]
 
 
 def test_fromrev_replays_the_history_then_goes_live_and_a_future_revision_waits():
@@ -138,15 +138,15 @@ def test_fromrev_replays_the_history_then_goes_live_and_a_future_revision_waits(
         p.send("c", "SET", "k%d" % i, "v%d" % i)
     p.connect("w")
     assert p.send("w", "KVD.WATCH", "", "FROMREV", "3") == [
-        [b"watching", 3], [b"watch", 3, b"put", b"k3", b"v3"], [b"watch", 4, b"put", b"k4", b"v4"]]
+        [b"watching", 3], [b"watch", 3, [[b"put", b"k3", b"v3"]]], [b"watch", 4, [[b"put", b"k4", b"v4"]]]]
     p.send("c", "SET", "k5", "v5")
-    assert p.take("w") == [[b"watch", 5, b"put", b"k5", b"v5"]]
+    assert p.take("w") == [[b"watch", 5, [[b"put", b"k5", b"v5"]]]]
     p.connect("future")
     assert p.send("future", "KVD.WATCH", "", "FROMREV", "7") == [[b"watching", 7]]
     p.send("c", "SET", "k6", "v6")
     assert p.take("future") == []
     p.send("c", "SET", "k7", "v7")
-    assert p.take("future") == [[b"watch", 7, b"put", b"k7", b"v7"]]
+    assert p.take("future") == [[b"watch", 7, [[b"put", b"k7", b"v7"]]]]
 
 
 def test_a_compacted_revision_answers_an_error_that_says_so_and_opens_no_watch():
@@ -159,7 +159,7 @@ def test_a_compacted_revision_answers_an_error_that_says_so_and_opens_no_watch()
         ("ERR!", b"ERR compacted: revision 2 is compacted, oldest available is 4")]
     assert len(p.factory.watches) == 0
     assert p.send("w", "GET", "k") == [b"v5"]  # not in watch mode
-    assert p.send("w", "KVD.WATCH", "", "FROMREV", "4")[:2] == [[b"watching", 4], [b"watch", 4, b"put", b"k", b"v4"]]
+    assert p.send("w", "KVD.WATCH", "", "FROMREV", "4")[:2] == [[b"watching", 4], [b"watch", 4, [[b"put", b"k", b"v4"]]]]
 
 
 def test_bad_arguments_answer_errors_and_the_connection_goes_on():
@@ -205,7 +205,7 @@ def test_resp3_gets_pushes_and_a_reset_cancels_every_watch():
     p.connect("c")
     assert p.send("w", "KVD.WATCH", "") == [[b"watching", 1]]
     p.send("c", "SET", "k", "v")
-    assert p.take("w") == [("push", [b"watch", 1, b"put", b"k", b"v"])]
+    assert p.take("w") == [("push", [b"watch", 1, [[b"put", b"k", b"v"]]])]
     p.factory.watches.reset(40, "a snapshot was installed at index 90: resume with FROMREV")
     assert p.take("w") == [("push", [b"watch-cancelled", b"",
                                      b"a snapshot was installed at index 90: resume with FROMREV"])]
@@ -246,4 +246,4 @@ def test_a_planted_skip_drops_the_first_replayed_change():
     p.send("c", "SET", "b", "2")
     p.factory.watches.planted = "skip"
     p.connect("w")
-    assert p.send("w", "KVD.WATCH", "", "FROMREV", "1") == [[b"watching", 1], [b"watch", 2, b"put", b"b", b"2"]]
+    assert p.send("w", "KVD.WATCH", "", "FROMREV", "1") == [[b"watching", 1], [b"watch", 2, [[b"put", b"b", b"2"]]]]

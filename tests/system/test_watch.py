@@ -22,15 +22,19 @@ def open_watch(node, *args):
 
 
 def changes(conn, n, timeout_s=20.0):
-    """The next ``n`` pushed changes, as (revision, kind, key, value); bounded by ``timeout_s`` in all."""
-    out = []
+    """
+    The changes of the next ``n`` pushed revisions, as (revision, kind, key, value); bounded by ``timeout_s``
+    in all.  Each push is one revision: ["watch", revision, [[kind, key, value]...]].
+    """
+    out, revisions = [], 0
     deadline = time.monotonic() + timeout_s
-    while len(out) < n:
+    while revisions < n:
         left = deadline - time.monotonic()
-        assert left > 0, "got %d of %d changes in %.0f s: %r" % (len(out), n, timeout_s, out)
+        assert left > 0, "got %d of %d revisions in %.0f s: %r" % (revisions, n, timeout_s, out)
         push = conn.receive(timeout=left)
         assert push[0] == b"watch", push
-        out.append(tuple(push[1:]))
+        revisions += 1
+        out.extend((push[1],) + tuple(change) for change in push[2])
     return out
 
 
