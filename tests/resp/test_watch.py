@@ -247,3 +247,12 @@ def test_a_planted_skip_drops_the_first_replayed_change():
     p.factory.watches.planted = "skip"
     p.connect("w")
     assert p.send("w", "KVD.WATCH", "", "FROMREV", "1") == [[b"watching", 1], [b"watch", 2, [[b"put", b"b", b"2"]]]]
+
+
+def test_a_watch_needs_only_the_read_role():
+    from kvd.resp.commands import Admin
+    from kvd.resp.connection import READONLY, required_role
+
+    assert required_role(Admin("kvd.watch", (b"",))) == READONLY
+    assert required_role(Admin("kvd.unwatch", ())) == READONLY
+    assert required_role(Admin("kvd.members", ())) != READONLY
