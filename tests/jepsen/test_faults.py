@@ -10,7 +10,10 @@ The multi-key workloads (issue 15) run the same way: MULTI/EXEC transactions
 with WATCH compare-and-set, Lua scripts, and KVD.TXN compare-and-swap
 transfers (issue 16), under every process fault, every
 partition and a membership change, checked as one register per key group
-(kvd.check.txn); and a planted non-atomic client must be caught.
+(kvd.check.txn); and a planted non-atomic client must be caught.  The watch
+workload (KVD.WATCH streams resumed FROMREV across nodes, kvd.check.watches)
+runs under every process fault and partition, and a planted node that drops
+a change when a watch resumes must be caught.
 
 Partitions need packet filters (nftables, as root); without them that test is
 skipped with the reason.  For long runs: `make torture DURATION=600 NEMESIS=all`.

@@ -256,3 +256,11 @@ def test_a_watch_needs_only_the_read_role():
     assert required_role(Admin("kvd.watch", (b"",))) == READONLY
     assert required_role(Admin("kvd.unwatch", ())) == READONLY
     assert required_role(Admin("kvd.members", ())) != READONLY
+
+
+def test_a_script_cannot_watch():
+    p = Port()
+    p.connect("c")
+    reply = p.send("c", "EVAL", "return redis.call('KVD.WATCH', '')", "0")
+    assert reply[0][0] == "ERR!" and b"script" in reply[0][1].lower(), reply
+    assert len(p.factory.watches) == 0
