@@ -80,6 +80,7 @@ test-docker: install
 # TORTURE_OUT.  Partitions need root and nft.  WORKLOAD=txn (MULTI/EXEC, WATCH
 # compare-and-set), WORKLOAD=script (Lua scripts) or WORKLOAD=kvtxn (KVD.TXN) runs multi-key ops instead;
 # WORKLOAD=expiry SET PX / GET with keys expiring all through the faults.
+# WORKLOAD=watch: KVD.WATCH streams resumed FROMREV across nodes while KVD.TXN writes (no gap, no duplicate).
 DURATION ?= 300
 WORKLOAD ?= register
 NEMESIS ?= all
