@@ -472,12 +472,6 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
     node.on_events = hub.deliver
     # KVD.WATCH: the node hands each revision's changes (kvd.kv.watch) to the port's watches (kvd.resp.watch).
     watches = WatchHub(WatchHistory(*options.get("watch-history-bounds", (DEFAULT_MAX_CHANGES, DEFAULT_MAX_BYTES))))
-    watches.planted = os.environ.get("KVD_TEST_PLANTED_WATCH_BUG") or None  # the fault suite's planted bug only
-    if watches.planted:
-        from twisted.logger import Logger
-
-        Logger(namespace="kvd.tap").warn("KVD_TEST_PLANTED_WATCH_BUG={bug}: this node runs a planted KVD.WATCH bug (tests only)",
-                      bug=watches.planted)
     node.watch_feed = watches
     executor = ClientExecutor(node, pubsub=hub)
     client_factory = RespFactory(executor, value_max_bytes=config.value_max_bytes, users=options.get("client-users"),

@@ -34,7 +34,7 @@ from kvd.check import watches as watch_check
 from kvd.check.linear import INFO, VALID, check
 from kvd.jepsen.cluster import ProcessCluster
 from kvd.jepsen.expiry import ExpiryWorkload
-from kvd.jepsen.watches import PLANTED_ENV, WatchWorkload
+from kvd.jepsen.watches import WatchWorkload
 from kvd.jepsen.multikey import WORKLOADS, convergence
 from kvd.jepsen.nemesis import PROBE_KEY, Nemesis, needs_netfilter, run_schedule
 from kvd.jepsen.netfilter import Netfilter
@@ -75,8 +75,8 @@ class RunConfig:
     # "watch" (KVD.WATCH streams across reconnects, kvd.jepsen.watches) by kvd.check.watches.
     workload: str = "register"
     # txn/script ops run as separate commands (the checker must find torn ops); expiry: writes recorded with a
-    # third of their ttl (the checker must find reads "after expiry"); watch: the nodes drop the first change of
-    # every FROMREV replay (the checker must find the gaps).
+    # third of their ttl (the checker must find reads "after expiry"); watch: the watchers drop the first push after
+    # every resume, as if a node left out the first change of every FROMREV replay (the checker must find the gaps).
     planted_split: bool = False
 
 
@@ -159,9 +159,6 @@ def run_once(cfg: RunConfig, index: int = 1) -> RunResult:
     try:
         if netfilter is not None:
             netfilter.setup()
-        if cfg.workload == "watch" and cfg.planted_split:
-            planted_env = os.environ.get(PLANTED_ENV)
-            os.environ[PLANTED_ENV] = "skip"  # every node started (and restarted) in this run plants it
         cluster = ProcessCluster(run_dir, cfg.nodes, rng, cfg.tick_ms, cfg.election_ticks, cfg.request_timeout_s,
                           cluster_id="jepsen-%d" % seed, snapshot_entries=cfg.snapshot_entries,
                           snapshot_keep_entries=cfg.snapshot_keep_entries)
@@ -216,11 +213,6 @@ def run_once(cfg: RunConfig, index: int = 1) -> RunResult:
     finally:
         if workload is not None:
             workload.stop()
-        if cfg.workload == "watch" and cfg.planted_split:
-            if planted_env is None:
-                os.environ.pop(PLANTED_ENV, None)
-            else:
-                os.environ[PLANTED_ENV] = planted_env
         if netfilter is not None:
             netfilter.close()
         if cluster is not None:

@@ -12,8 +12,8 @@ transfers (issue 16), under every process fault, every
 partition and a membership change, checked as one register per key group
 (kvd.check.txn); and a planted non-atomic client must be caught.  The watch
 workload (KVD.WATCH streams resumed FROMREV across nodes, kvd.check.watches)
-runs under every process fault and partition, and a planted node that drops
-a change when a watch resumes must be caught.
+runs under every process fault and partition, and a planted watcher that
+drops the first push after a resume (what a node dropping a change would show) must be caught.
 
 Partitions need packet filters (nftables, as root); without them that test is
 skipped with the reason.  For long runs: `make torture DURATION=600 NEMESIS=all`.
@@ -195,7 +195,7 @@ def test_watch_workload_under_faults(tmp_path):
 
 
 def test_a_planted_watch_bug_is_caught(tmp_path):
-    """Nodes that drop the first change of every FROMREV replay (KVD_TEST_PLANTED_WATCH_BUG): the gaps are caught."""
+    """Watchers that drop the first push after a resume (as if a node left out a replay's first change): caught."""
     result = run(tmp_path, ["pause-random"], workload="watch", keys=4, planted_split=True, seconds=12.0)
     assert result.verdict == "invalid", result.line("ci")
     assert result.kept and "gap: revision" in result.report

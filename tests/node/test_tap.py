@@ -283,6 +283,6 @@ def test_watch_history_option_bounds_the_nodes_watch_hub(tmp_path):
     top = makeService(o, reactor=MemoryReactorClock())
     node = next(s for s in top if hasattr(s, "watch_feed"))
     hub = node.watch_feed
-    assert (hub.history.max_changes, hub.history.max_bytes) == (50, 4096) and hub.planted is None
+    assert (hub.history.max_changes, hub.history.max_bytes) == (50, 4096)
     ports = [s for s in top if getattr(getattr(s, "factory", None), "watches", None) is not None]
     assert [p.factory.watches for p in ports] == [hub]

@@ -239,16 +239,6 @@ def test_a_watcher_that_does_not_read_is_disconnected_past_the_hard_limit():
     assert len(p.factory.watches) == 0
 
 
-def test_a_planted_skip_drops_the_first_replayed_change():
-    p = Port()
-    p.connect("c")
-    p.send("c", "SET", "a", "1")
-    p.send("c", "SET", "b", "2")
-    p.factory.watches.planted = "skip"
-    p.connect("w")
-    assert p.send("w", "KVD.WATCH", "", "FROMREV", "1") == [[b"watching", 1], [b"watch", 2, [[b"put", b"b", b"2"]]]]
-
-
 def test_a_watch_needs_only_the_read_role():
     from kvd.resp.commands import Admin
     from kvd.resp.connection import READONLY, required_role
