@@ -84,7 +84,7 @@ LAYERS = {
                                            "kvd.store.lmdb kvd.store.state kvd.wire.peers kvd.wire.tls kvd.discovery.services kvd.limits"),
                      third=_set("twisted lmdb")),
     # mgmt.py's side: nodes only over their ports, never the node's code.
-    "kvd.cli": Layer(_set("__init__ certs client docker docker_ops errors home mgmt route server"),
+    "kvd.cli": Layer(_set("__init__ certs client docker docker_ops errors home lock mgmt route server"),
                      kvd=_set("kvd.cli kvd.address kvd.errors kvd.resp.client"), third=_set("click cryptography")),
     # restore and recover write a stopped node's data dir: the one module of the CLI that uses the store.
     "kvd.cli.backup": Layer(_set("backup"), kvd=_set("kvd.cli kvd.address kvd.errors kvd.store.backup"), third=_set("cryptography")),
