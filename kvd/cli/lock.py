@@ -25,7 +25,10 @@ election"):
    another revision, means the lock is **lost**; so does no keepalive answered
    for a whole ttl since the last one was *sent* (the lease may have expired
    by the cluster's clock).  The command is then terminated (SIGTERM, then
-   SIGKILL after a grace period) and the exit code is 10.
+   SIGKILL after a grace period) and the exit code is 10.  When the command
+   exits, one more keepalive checks the lock was still ours: if not (the
+   holder was paused past the ttl, say), the exit code is 10 as well, never
+   the command's success.
 5. **Release**: ``KVD.TXN IF CREATE lock:NAME = <token> THEN DEL lock:NAME``
    (deletes the key only if it is still ours), then ``KVD.LEASE REVOKE``.
 
@@ -379,6 +382,13 @@ def run_locked(lock: Lock, argv: Sequence[str], timeout: Optional[float], say: C
         lost = _hold(lock, child)
         if lost is None:
             code = exit_code_of(child.returncode)
+            lost = _still_held(lock)
+            if lost is not None:
+                # It may have done its work after the lock was gone (say, all of it paused past the ttl):
+                # only its fenced writes were safe.  Never report that as a success.
+                say("the command exited %d, but the lock was lost before it did: %s" % (code, lost))
+                lock.give_up()
+                return LOCK_LOST
             if not lock.release():
                 say("release of %s not confirmed: it ends with the lease, within %ds" % (lock.key, lock.ttl))
             return code
@@ -410,6 +420,20 @@ def _hold(lock: Lock, child) -> Optional[str]:
             due = lock.clock() + min(interval, 0.5)  # try again soon, through the next node
         if lock.clock() >= lock.expires_by():
             return "no keepalive answered for %ds (the lease's ttl): it may have expired" % lock.ttl
+
+
+def _still_held(lock: Lock) -> Optional[str]:
+    """After the command exited: None if the lock is still ours (one keepalive says so), else why not."""
+    while True:
+        try:
+            lock.keepalive()
+            return None
+        except LockLost as e:
+            return str(e)
+        except (Unavailable, Unknown, ReplyError) as e:
+            if lock.clock() >= lock.expires_by():
+                return "no keepalive answered for %ds (the lease's ttl): %s" % (lock.ttl, e)
+            lock.sleep(0.2)
 
 
 def _terminate(child, grace_s: float) -> None:

@@ -283,6 +283,23 @@ def test_a_lost_lock_stops_the_command_and_exits_10(tmp_path):
     assert any("lock lost: the lease" in s for s in said)
 
 
+def test_a_command_that_finishes_after_its_lock_was_lost_is_not_a_success():
+    """Say the holder was paused past its ttl and the command ended as it resumed, before any keepalive."""
+    cluster = FakeCluster(time.monotonic)
+    lk = real_lock(cluster, ttl=30)
+    said = []
+
+    def spawn(argv, env):
+        child = subprocess.Popen(argv, env=env)
+        cluster._drop(lk.held.lease)
+        real_lock(cluster, "next").acquire()
+        return child
+
+    assert cli_lock.run_locked(lk, [sys.executable, "-c", "pass"], None, said.append, spawn=spawn) == LOCK_LOST
+    assert "the command exited 0, but the lock was lost before it did" in said[-1]
+    assert cluster.keys["lock:job"][0] == "next"  # and the next holder's key was left alone
+
+
 def test_a_command_that_ignores_sigterm_is_killed_after_the_grace_period():
     cluster = FakeCluster(time.monotonic)
     lk = real_lock(cluster, ttl=1)
