@@ -196,14 +196,19 @@ class Holding:
     holder: str
     lease: int
     token: int
+    reads: tuple = ()  # the values of ``Lock.reads`` in the entry that took the lock
 
 
 class Lock:
     """One process's lock on ``name``: acquire, keep alive, release (the recipe in the module docstring)."""
 
     def __init__(self, client, name: str, ttl: int = DEFAULT_TTL_S, holder: Optional[str] = None,
-                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+                 reads: Sequence[str] = ()):
         self.client = client
+        # Keys read in the entry that takes the lock: what the protected state was at the token's revision.
+        self.reads = tuple(reads)
+        self.unknown = False  # some attempt's outcome was unknown (it may have taken the lock)
         self.name = name
         self.key = key_of(name)
         self.ttl = int(ttl)
@@ -237,14 +242,18 @@ class Lock:
     def try_once(self) -> Optional[int]:
         """One attempt: the token if we hold the lock now (also after an earlier attempt's lost reply), else None."""
         self._ensure_lease()
-        replies = self.client.pipeline([("MULTI",), ("SET", self.key, self.holder, "NX", "LEASE", self.lease),
-                                        ("KVD.GET", self.key, "WITHREV"), ("EXEC",)])
+        try:
+            replies = self.client.pipeline([("MULTI",), self.take_command(), ("KVD.GET", self.key, "WITHREV")]
+                                           + [("GET", k) for k in self.reads] + [("EXEC",)])
+        except Unknown:
+            self.unknown = True
+            raise
         executed = replies[-1]
         if isinstance(executed, ReplyError):
             raise executed
-        if not isinstance(executed, list) or len(executed) != 2:
+        if not isinstance(executed, list) or len(executed) != 2 + len(self.reads):
             raise ReplyError("ERR unexpected EXEC reply %r" % (executed,))
-        set_reply, got = executed
+        set_reply, got = executed[:2]
         if isinstance(set_reply, ReplyError):
             if LEASE_NOT_FOUND in set_reply.text:
                 self.lease = None  # expired between the keepalive and the SET: the next try grants one
@@ -256,10 +265,14 @@ class Lock:
             return None  # taken and gone again between the SET and the read: cannot happen in one entry
         holder, token = _text(got[0]), int(got[1])
         if holder == self.holder:
-            self.held = Holding(self.name, self.holder, self.lease, token)
+            self.held = Holding(self.name, self.holder, self.lease, token, tuple(executed[2:]))
             return token
         self.seen = (holder, token)
         return None
+
+    def take_command(self) -> tuple:
+        """SET NX: the key is created by one holder only, so its create revision is that holder's alone."""
+        return ("SET", self.key, self.holder, "NX", "LEASE", self.lease)
 
     def acquire(self, timeout: Optional[float] = None) -> Holding:
         """Hold the lock, waiting up to ``timeout`` seconds (None: for ever); LockTimeout past it."""

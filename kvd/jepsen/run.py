@@ -29,10 +29,12 @@ from typing import Dict, List, Optional, Tuple
 
 from kvd.check.durability import check_durability
 from kvd.check import expiry as expiry_check
+from kvd.check import locks as locks_check
 from kvd.check import txn as txn_check
 from kvd.check.linear import INFO, VALID, check
 from kvd.jepsen.cluster import ProcessCluster
 from kvd.jepsen.expiry import ExpiryWorkload
+from kvd.jepsen.locks import LockWorkload
 from kvd.jepsen.multikey import WORKLOADS, convergence
 from kvd.jepsen.nemesis import PROBE_KEY, Nemesis, needs_netfilter, run_schedule
 from kvd.jepsen.netfilter import Netfilter
@@ -69,10 +71,12 @@ class RunConfig:
     planted_stale_reads: bool = False  # clients read with READONLY: the checker must find stale reads
     # "register" (GET/SET/SET IFEQ/DEL per key), "txn" (MULTI/EXEC, WATCH CAS), "script" (EVAL/EVALSHA) or
     # "kvtxn" (KVD.TXN): the last three run on groups of keys (``keys`` groups, ``ops_per_key`` ops each) and are
-    # checked by kvd.check.txn; "expiry" (SET PX / GET, kvd.jepsen.expiry) is checked by kvd.check.expiry.
+    # checked by kvd.check.txn; "expiry" (SET PX / GET, kvd.jepsen.expiry) is checked by kvd.check.expiry;
+    # "locks" (mgmt.py's lock recipe and fenced writes, kvd.jepsen.locks; ``keys`` locks) by kvd.check.locks.
     workload: str = "register"
     # txn/script ops run as separate commands (the checker must find torn ops); expiry: writes recorded with a
-    # third of their ttl (the checker must find reads "after expiry").
+    # third of their ttl (the checker must find reads "after expiry"); locks: taken with SET without NX (the
+    # checker must find two holders at one token).
     planted_split: bool = False
 
 
@@ -164,7 +168,7 @@ def run_once(cfg: RunConfig, index: int = 1) -> RunResult:
             workload = Workload(cluster, history, seed, cfg.clients, cfg.keys, cfg.ops_per_key, cfg.client_timeout_s,
                                 cfg.think_s, stale_reads=cfg.planted_stale_reads)
         else:
-            workload = dict(WORKLOADS, expiry=ExpiryWorkload)[cfg.workload](cluster, history, seed, cfg.clients, cfg.keys, cfg.ops_per_key,
+            workload = dict(WORKLOADS, expiry=ExpiryWorkload, locks=LockWorkload)[cfg.workload](cluster, history, seed, cfg.clients, cfg.keys, cfg.ops_per_key,
                                                cfg.client_timeout_s, cfg.think_s, split=cfg.planted_split)
         nemesis = Nemesis(cluster, history, rng, netfilter, min_members=min(3, cfg.nodes), max_members=max(5, cfg.nodes),
                           keys=lambda: list(workload.keys_used))
@@ -222,10 +226,12 @@ def run_once(cfg: RunConfig, index: int = 1) -> RunResult:
 
     if cfg.workload == "expiry":
         ops = [expiry_check.from_record(r) for r in history.finished_ops() if r["key"] != PROBE_KEY]
+    elif cfg.workload == "locks":
+        ops = [locks_check.from_record(r) for r in history.finished_ops() if r["key"] != PROBE_KEY]
     else:
         ops = [to_op(r) for r in history.finished_ops()]
-    if cfg.workload == "expiry":
-        result = expiry_check.check_history(ops)
+    if cfg.workload in ("expiry", "locks"):
+        result = (expiry_check if cfg.workload == "expiry" else locks_check).check_history(ops)
         phase("check")
         durability = convergence(final, replicas) if final else []
     elif cfg.workload == "register":
