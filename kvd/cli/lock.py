@@ -373,7 +373,8 @@ def exit_code_of(returncode: int) -> int:
 
 
 def run_locked(lock: Lock, argv: Sequence[str], timeout: Optional[float], say: Callable[[str], None],
-               grace_s: float = GRACE_S, spawn: Callable[..., subprocess.Popen] = subprocess.Popen) -> int:
+               grace_s: float = GRACE_S, spawn: Callable[..., subprocess.Popen] = subprocess.Popen,
+               taken: str = "acquired") -> int:
     """
     Acquire, run ``argv`` while keeping the lock, release: the command's exit
     code; LOCK_LOST (10) if the lock was lost meanwhile (the command was then
@@ -383,7 +384,7 @@ def run_locked(lock: Lock, argv: Sequence[str], timeout: Optional[float], say: C
         held = lock.acquire(timeout)
     except LockTimeout as e:
         raise CliError(TIMEOUT, str(e)) from None
-    say("acquired %s, token %d (holder %s, lease %d, ttl %ds)" % (lock.key, held.token, held.holder, held.lease, lock.ttl))
+    say("%s %s, token %d (holder %s, lease %d, ttl %ds)" % (taken, lock.key, held.token, held.holder, held.lease, lock.ttl))
     try:
         child = spawn(list(argv), env=child_env(held))
     except OSError as e:
