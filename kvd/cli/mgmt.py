@@ -367,12 +367,13 @@ def run_lock(command_name: str, host: str, name: str, value=None, ttl=None, time
     from kvd.resp.client import ReplyError
 
     ttl = ttl or cli_lock.DEFAULT_TTL_S
+    members = _member_addresses(host)  # and a wrong -h fails at once (exit 3), not after --timeout
     if command_name == "lock-status":
         nodes = cli_lock.Nodes([host], timeout or cli_client.DEFAULT_TIMEOUT_S)
     else:
         # Each request must end well within a third of the ttl, so the holder can try another node in time.
         nodes = cli_lock.Nodes([host], max(1.0, min(cli_client.DEFAULT_TIMEOUT_S, ttl / 3.0)))
-        nodes.add(_member_addresses(host))
+        nodes.add(members)
     try:
         if command_name == "lock-status":
             try:
@@ -390,6 +391,7 @@ def run_lock(command_name: str, host: str, name: str, value=None, ttl=None, time
             return 0
         lock = cli_lock.Lock(nodes, name, ttl, cli_lock.new_holder(value))
         say = lambda text: click.echo("%s: %s" % (command_name, text), err=True)
+        lock.on_busy = lambda holder, token: say("waiting: %s is held by %s at token %d" % (lock.key, holder, token))
         return cli_lock.run_locked(lock, argv, timeout, say, taken="elected for" if command_name == "leader" else "acquired")
     except ReplyError as e:  # the node refused a request (a password, a key of the wrong type...)
         raise cli_client.node_error(nodes.address, e.text) from None
@@ -398,13 +400,18 @@ def run_lock(command_name: str, host: str, name: str, value=None, ttl=None, time
 
 
 def _member_addresses(host: str) -> List[str]:
-    """Every member's client address (best effort: none when the node does not answer)."""
+    """Every member's client address; CliError UNREACHABLE when ``host`` takes no connection, else best effort."""
     from kvd.cli import client as cli_client
+    from kvd.cli.errors import UNREACHABLE
 
     try:
         with cli_client.NodeClient(host, timeout=3.0) as client:
             return [row["id"] for row in client.members() if isinstance(row, dict) and row.get("id")]
-    except (CliError, KeyError, TypeError):
+    except CliError as e:
+        if e.code == UNREACHABLE:
+            raise
+        return []
+    except (KeyError, TypeError):
         return []
 
 

@@ -155,7 +155,10 @@ def test_a_free_lock_is_taken_at_the_revision_that_created_its_key(cluster, cloc
 def test_a_second_holder_waits_and_gets_a_larger_token(cluster, clock):
     a, b = lock(cluster, clock, "a"), lock(cluster, clock, "b")
     first = a.acquire()
+    busy = []
+    b.on_busy = lambda *seen: busy.append(seen)
     assert b.try_once() is None and b.seen == ("a", first.token)
+    assert b.try_once() is None and busy == [("a", first.token)]  # said once
     assert a.release()
     assert "lock:job" not in cluster.keys and a.lease is None and not cluster.leases.get(first.lease)
     second = b.acquire(timeout=1)
@@ -374,3 +377,14 @@ def test_nodes_move_on_from_a_node_that_fails():
 def test_usage_errors(args, needs, capsys):
     assert mgmt.main(args) == USAGE
     assert needs in capsys.readouterr().err
+
+
+def test_a_node_that_takes_no_connection_fails_at_once(capsys):
+    from tests.system.conftest import free_client_ports
+
+    port = free_client_ports(1)[0]
+    started = time.monotonic()
+    for command in (["lock", "-k", "job", "--", "true"], ["lock-status", "-k", "job"]):
+        assert mgmt.main(["-r", "client", "-c", command[0], "-h", "127.0.0.1:%d" % port] + command[1:]) == 3
+        assert "cannot reach a node at 127.0.0.1:%d" % port in capsys.readouterr().err
+    assert time.monotonic() - started < 10
