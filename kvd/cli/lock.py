@@ -219,8 +219,6 @@ class Lock:
         self.renewed = 0.0  # when the last keepalive (or the grant) that was answered was sent
         self.held: Optional[Holding] = None
         self.seen: Optional[tuple] = None  # (holder, token) of the other holder last seen
-        # Called with (holder, token) the first time an attempt finds another holder (mgmt.py says it waits).
-        self.on_busy: Optional[Callable[[str, int], None]] = None
 
     # ------------------------------------------------------------ the lease
     def _ensure_lease(self) -> None:
@@ -269,8 +267,6 @@ class Lock:
         if holder == self.holder:
             self.held = Holding(self.name, self.holder, self.lease, token, tuple(executed[2:]))
             return token
-        if self.seen is None and self.on_busy is not None:
-            self.on_busy(holder, token)
         self.seen = (holder, token)
         return None
 

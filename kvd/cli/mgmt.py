@@ -391,7 +391,6 @@ def run_lock(command_name: str, host: str, name: str, value=None, ttl=None, time
             return 0
         lock = cli_lock.Lock(nodes, name, ttl, cli_lock.new_holder(value))
         say = lambda text: click.echo("%s: %s" % (command_name, text), err=True)
-        lock.on_busy = lambda holder, token: say("waiting: %s is held by %s at token %d" % (lock.key, holder, token))
         return cli_lock.run_locked(lock, argv, timeout, say, taken="elected for" if command_name == "leader" else "acquired")
     except ReplyError as e:  # the node refused a request (a password, a key of the wrong type...)
         raise cli_client.node_error(nodes.address, e.text) from None
