@@ -384,6 +384,9 @@ def run_locked(lock: Lock, argv: Sequence[str], timeout: Optional[float], say: C
         held = lock.acquire(timeout)
     except LockTimeout as e:
         raise CliError(TIMEOUT, str(e)) from None
+    except KeyboardInterrupt:  # Ctrl-C while waiting: give the lease back (and the lock, had an attempt won it)
+        lock.give_up()
+        raise
     say("%s %s, token %d (holder %s, lease %d, ttl %ds)" % (taken, lock.key, held.token, held.holder, held.lease, lock.ttl))
     try:
         child = spawn(list(argv), env=child_env(held))

@@ -162,6 +162,19 @@ def test_a_second_holder_waits_and_gets_a_larger_token(cluster, clock):
     assert second.token > first.token
 
 
+def test_an_interrupted_wait_gives_back_the_lease(cluster, clock):
+    lock(cluster, clock, "a").acquire()
+    b = lock(cluster, clock, "b")
+
+    def interrupted(_seconds):
+        raise KeyboardInterrupt
+
+    b.sleep = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        cli_lock.run_locked(b, ["true"], None, lambda s: None)
+    assert len(cluster.leases) == 1 and b.lease is None
+
+
 def test_timeout_names_the_holder_and_gives_back_the_lease(cluster, clock):
     a, b = lock(cluster, clock, "a"), lock(cluster, clock, "b")
     a.acquire()
