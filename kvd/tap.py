@@ -94,6 +94,7 @@ class Options(usage.Options):
         ["maxmemory-clients", None, str(1024 * 1024 * 1024), "Bytes all client connections together may hold in partial requests and unread replies; past it, the connection that grows the total (holding 64 KiB or more) is disconnected. 0: no cap."],
         ["client-output-limit", None, str(64 * 1024 * 1024), "Bytes of replies a client may leave unread before it is disconnected; a bigger single reply answers an error instead."],
         ["notify-keyspace-events", None, "", "Keyspace notifications this node publishes to its subscribers, Redis's flag letters (K keyspace, E keyevent, g generic, $ string, h hash, x expired, A all...); default none. CONFIG SET notify-keyspace-events changes it."],
+        ["watch-history", None, "100000 67108864", "KVD.WATCH's history on this node: 'changes bytes' it keeps for a watch to start FROMREV a past revision (older revisions answer 'compacted'; '0 0': none, every watch starts live)."],
         ["pubsub-output-limit", None, "33554432 8388608 60", "Redis's client-output-buffer-limit for pub/sub: 'hard soft seconds'; a subscriber with more than hard bytes of messages unread, or more than soft for seconds, is disconnected (0 turns a bound off)."],
         ["peer-cert", None, None, "Peer TLS: this node's certificate (PEM); its subject CN must be the node id. With --peer-key and --peer-ca, every peer connection is mutual TLS 1.3."],
         ["peer-key", None, None, "Peer TLS: the private key of --peer-cert (PEM)."],
@@ -160,6 +161,13 @@ class Options(usage.Options):
         except ValueError:
             raise usage.UsageError("--pubsub-output-limit must be three whole numbers: 'hard soft seconds'")
         self["pubsub-limit"] = PubSubLimit(hard, soft, seconds)
+        try:
+            changes, size = (int(part) for part in self["watch-history"].split())
+            if min(changes, size) < 0:
+                raise ValueError
+        except ValueError:
+            raise usage.UsageError("--watch-history must be two whole numbers: 'changes bytes'")
+        self["watch-history-bounds"] = (changes, size)
         try:
             self["request-timeout"] = float(self["request-timeout"])
         except ValueError:
@@ -363,6 +371,8 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
     from kvd.node.stall import StallMeter
     from kvd.resp.protocol import RespFactory
     from kvd.resp.pubsub import PubSubHub
+    from kvd.resp.watch import WatchHub
+    from kvd.kv.watch import DEFAULT_MAX_BYTES, DEFAULT_MAX_CHANGES, WatchHistory
     from kvd.store.lmdb import CorruptStorage, LmdbStorage, StorageError
     from kvd.store.state import LmdbState
     from kvd.wire.peers import PeerTransport
@@ -460,11 +470,20 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
     # Pub/sub: the node hands each applied entry's events (kvd.kv.events) to the client port's registry.
     hub = PubSubHub(options["notify-keyspace-events"].encode())
     node.on_events = hub.deliver
+    # KVD.WATCH: the node hands each revision's changes (kvd.kv.watch) to the port's watches (kvd.resp.watch).
+    watches = WatchHub(WatchHistory(*options.get("watch-history-bounds", (DEFAULT_MAX_CHANGES, DEFAULT_MAX_BYTES))))
+    watches.planted = os.environ.get("KVD_TEST_PLANTED_WATCH_BUG") or None  # the fault suite's planted bug only
+    if watches.planted:
+        from twisted.logger import Logger
+
+        Logger(namespace="kvd.tap").warn("KVD_TEST_PLANTED_WATCH_BUG={bug}: this node runs a planted KVD.WATCH bug (tests only)",
+                      bug=watches.planted)
+    node.watch_feed = watches
     executor = ClientExecutor(node, pubsub=hub)
     client_factory = RespFactory(executor, value_max_bytes=config.value_max_bytes, users=options.get("client-users"),
                                  maxclients=options["maxclients"], output_limit=options["client-output-limit"],
                                  maxmemory_clients=options["maxmemory-clients"], pubsub=hub,
-                                 pubsub_limit=options["pubsub-limit"])
+                                 pubsub_limit=options["pubsub-limit"], watches=watches)
     executor.server_info.clients = client_factory.connections
     executor.server_info.client_port = client_factory
     executor.server_info.client_tls = bool(options["tls-cert"])

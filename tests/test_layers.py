@@ -43,7 +43,7 @@ LAYERS = {
     # The protocol itself: pure.
     "kvd.raft": Layer(_set("__init__ core log messages progress quorum read_only storage"),
                       kvd=_set("kvd.raft kvd.limits"), std=PURE),
-    "kvd.kv": Layer(_set("__init__ codec commands events expiry glob hashes keyspace leases longdouble machine results revisions txn"), kvd=_set("kvd.kv"), std=PURE),
+    "kvd.kv": Layer(_set("__init__ codec commands events expiry glob hashes keyspace leases longdouble machine results revisions txn watch"), kvd=_set("kvd.kv"), std=PURE),
     # Lua scripts: the one module of the machine with a third-party package (Lua 5.1 through lupa), and the
     # command table of the client port, so that redis.call parses as the port does.
     "kvd.kv.script": Layer(_set("script"), kvd=_set("kvd.kv kvd.resp.commands kvd.resp.encoder kvd.resp.errors"),
@@ -63,9 +63,11 @@ LAYERS = {
                        third=_set("lmdb crc32c")),
     "kvd.wire": Layer(_set("__init__ codec errors peers snapshots tls"), kvd=_set("kvd.wire kvd.raft.messages kvd.errors kvd.limits"),
                       third=_set("twisted zope OpenSSL cryptography")),
-    # pubsub matches patterns as KEYS does (glob) and turns the machine's events into messages (events).
-    "kvd.resp": Layer(_set("__init__ auth commands connection encoder errors introspect parser protocol pubsub"),
-                      kvd=_set("kvd.resp kvd.kv.commands kvd.kv.results kvd.kv.txn kvd.kv.glob kvd.kv.events kvd.errors kvd.limits"),
+    # pubsub matches patterns as KEYS does (glob) and turns the machine's events into messages (events);
+    # watch streams the node's history of changes (kvd.kv.watch).
+    "kvd.resp": Layer(_set("__init__ auth commands connection encoder errors introspect parser protocol pubsub watch"),
+                      kvd=_set("kvd.resp kvd.kv.commands kvd.kv.results kvd.kv.txn kvd.kv.glob kvd.kv.events kvd.kv.watch "
+                               "kvd.errors kvd.limits"),
                       third=_set("twisted zope")),
     # The package's one blocking client: the CLI, the fault suite and the cluster view use it without the node.
     "kvd.resp.client": Layer(_set("client")),
@@ -80,7 +82,7 @@ LAYERS = {
                            kvd=_set("kvd.discovery kvd.address kvd.resp.client kvd.store.backup"),
                            third=_set("twisted zope prometheus_client cryptography")),
     # twistd's side: the one module that wires everything.
-    "kvd.tap": Layer(_set("tap"), kvd=_set("kvd.address kvd.node kvd.executor kvd.kv.machine kvd.kv.events kvd.resp.protocol kvd.resp.pubsub kvd.resp.auth "
+    "kvd.tap": Layer(_set("tap"), kvd=_set("kvd.address kvd.node kvd.executor kvd.kv.machine kvd.kv.events kvd.kv.watch kvd.resp.protocol kvd.resp.pubsub kvd.resp.watch kvd.resp.auth "
                                            "kvd.store.lmdb kvd.store.state kvd.wire.peers kvd.wire.tls kvd.discovery.services kvd.limits"),
                      third=_set("twisted lmdb")),
     # mgmt.py's side: nodes only over their ports, never the node's code.
@@ -89,11 +91,11 @@ LAYERS = {
     # restore and recover write a stopped node's data dir: the one module of the CLI that uses the store.
     "kvd.cli.backup": Layer(_set("backup"), kvd=_set("kvd.cli kvd.address kvd.errors kvd.store.backup"), third=_set("cryptography")),
     # The fault suite: a black box that reaches nodes through processes, sockets and packet filters.
-    "kvd.check": Layer(_set("__init__ durability expiry linear locks txn"), kvd=_set("kvd.check")),
+    "kvd.check": Layer(_set("__init__ durability expiry linear locks txn watches"), kvd=_set("kvd.check")),
     # The stranger of the forge nemesis speaks the peer protocol's bytes itself.
     "kvd.jepsen.attacker": Layer(_set("attacker"), kvd=_set("kvd.wire.codec kvd.raft.messages kvd.cli.certs")),
     # locks: the clients take locks with mgmt.py's own recipe (kvd.cli.lock), so the suite checks that code.
-    "kvd.jepsen": Layer(_set("__init__ __main__ cluster expiry locks multikey nemesis netfilter run workload"),
+    "kvd.jepsen": Layer(_set("__init__ __main__ cluster expiry locks multikey nemesis netfilter run watches workload"),
                         kvd=_set("kvd.jepsen kvd.check kvd.errors kvd.resp.client kvd.cli.certs kvd.cli.lock")),
     # Benchmarks: a black box too, driving a cluster of the fault suite's processes with redis-benchmark.
     "kvd.bench": Layer(_set("__init__ __main__ data etcd failover loads pipeline procs profile redis_server redispy watch"),

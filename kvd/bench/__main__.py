@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 from kvd.bench import etcd as etcd_bench
 from kvd.bench import data, failover, loads, procs, profile, redispy
@@ -104,15 +104,21 @@ def run_loads(args) -> dict:
                    "p99_ms": result.p99_ms, "p999_ms": result.p999_ms, "errors_shown": result.errors,
                    "seconds": result.seconds, "cpu_s_per_node_leader_first": [cpu[n.id] for n in ordered],
                    "cpu_s_per_10k_ops_leader_first": [_per_10k(cpu[n.id], requests) for n in ordered],
-                   "elections": elections}
+                   "elections": elections,
+                   # the whole cluster's CPU per write is what caps throughput when its members share few cores
+                   "cpu_s_per_10k_ops_all_nodes": _per_10k(_total(cpu.values()), requests)}
             if etcd is not None and load.etcd is not None:
                 url = etcd.leader_url() if load.target == "leader" else etcd.follower_url()
                 e_pids = {str(pid): pid for pid in etcd.pids()}
                 e_before = procs.snapshot(e_pids)
                 e = etcd_bench.wrk(url, load.etcd[0], max(2, int(round(result.seconds))), load.etcd[1], run_dir)
                 e_cpu = procs.used(e_before, procs.snapshot(e_pids), list(e_pids))
+                e_seconds = max(2, int(round(result.seconds)))
                 row["etcd"] = {"ops_per_s": e.ops_per_s, "p50_ms": e.p50_ms, "p99_ms": e.p99_ms, "errors": e.errors,
-                               "cpu_s_per_member": list(e_cpu.values())}
+                               "cpu_s_per_member": list(e_cpu.values()),
+                               # wrk reports a rate, not a count: the requests are rate x the seconds it ran
+                               "cpu_s_per_10k_ops_all_members": _per_10k(_total(e_cpu.values()),
+                                                                         int(e.ops_per_s * e_seconds))}
                 row["ratio_kvd_to_etcd"] = round(result.ops_per_s / e.ops_per_s, 2) if e.ops_per_s else None
             if redis is not None and load.target == "leader":
                 r_before = procs.snapshot({"redis": redis.pid})
@@ -135,9 +141,12 @@ def run_loads(args) -> dict:
                 + ("   ELECTIONS during the load: %d" % elections if elections else "")), flush=True)
             if "etcd" in row:
                 e = row["etcd"]
-                print("%-34s %9.0f ops/s   p50 %6s ms  p99 %6s ms                  kvd/etcd = %.2fx%s" % (
-                    "  etcd, the same load", e["ops_per_s"], _ms(e["p50_ms"]), _ms(e["p99_ms"]),
-                    row["ratio_kvd_to_etcd"] or 0, "   etcd errors: %d" % e["errors"] if e["errors"] else ""), flush=True)
+                print("%-34s %9.0f ops/s   p50 %6s ms  p99 %6s ms                  kvd/etcd = %.2fx"
+                      "   CPU s per 10K ops, all members: kvd %s, etcd %s%s" % (
+                          "  etcd, the same load", e["ops_per_s"], _ms(e["p50_ms"]), _ms(e["p99_ms"]),
+                          row["ratio_kvd_to_etcd"] or 0, _cpu(row["cpu_s_per_10k_ops_all_nodes"]),
+                          _cpu(e["cpu_s_per_10k_ops_all_members"]),
+                          "   etcd errors: %d" % e["errors"] if e["errors"] else ""), flush=True)
             if "redis_aof_always" in row:
                 r = row["redis_aof_always"]
                 print("%-34s %9.0f ops/s   p50 %6s ms  p99 %6s ms                  kvd/redis = %.3fx" % (
@@ -234,6 +243,16 @@ def run_redis_py(args) -> dict:
                         f.write("%s\t%s\t%s\n" % (label, test_id, error))
         print("failing tests written to %s" % args.failures)
     return out
+
+
+def _total(cpu_s) -> Optional[float]:
+    """The sum of per-process CPU seconds; None if one of them could not be read."""
+    values = list(cpu_s)
+    return None if any(c is None for c in values) else sum(values)
+
+
+def _cpu(value) -> str:
+    return "-" if value is None else "%.2f" % value
 
 
 def _per_10k(cpu_s, ops: int):

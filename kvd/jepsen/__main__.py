@@ -48,13 +48,17 @@ def check_file(argv) -> int:
     p.add_argument("--budget", type=float, default=300.0, help="seconds before the verdict is 'unknown'")
     args = p.parse_args(argv)
     with open(args.history) as f:
-        first = json.loads(f.readline() or "{}")
-    if first.get("type") == "run" and first.get("config", {}).get("workload") == "locks":
+        records = [json.loads(line) for line in f]
+    header = next((r for r in records if r.get("type") not in ("op", "nemesis")), {})
+    if header.get("config", {}).get("workload") == "watch":  # KVD.WATCH streams: kvd.check.watches
+        from kvd.check import watches
+
+        result = watches.check_history([r for r in records if r.get("type") == "op"])
+    elif header.get("config", {}).get("workload") == "locks":  # locks and fenced writes: kvd.check.locks
         from kvd.check import locks
 
-        with open(args.history) as f:
-            records = [json.loads(line) for line in f]
-        result = locks.check_history(locks.from_record(r) for r in records if r["type"] == "op" and r["key"] != "probe")
+        result = locks.check_history(locks.from_record(r) for r in records
+                                     if r.get("type") == "op" and r["key"] != "probe")
         print(result.report())
         return 0 if result.verdict == VALID else 1
     header, ops, events = read_history(args.history)
@@ -83,13 +87,16 @@ def main(argv=None) -> int:
     p.add_argument("--keep", action="store_true", help="keep every run's directory")
     p.add_argument("--check-budget", type=float, default=120.0)
     p.add_argument("--think-ms", type=float, default=10.0, help="mean pause between a client's operations")
-    p.add_argument("--workload", choices=("register", "txn", "script", "kvtxn", "expiry", "locks"), default="register",
+    p.add_argument("--workload", choices=("register", "txn", "script", "kvtxn", "expiry", "watch", "locks"),
+                   default="register",
                    help="what the clients do (txn: MULTI/EXEC and WATCH CAS; script: Lua scripts; "
                         "kvtxn: KVD.TXN compare-and-swap transfers; expiry: SET PX and GET; "
+                        "watch: KVD.WATCH streams resumed across nodes while KVD.TXN writes; "
                         "locks: locks on leases, writes fenced by their token)")
     p.add_argument("--planted-split", action="store_true",
                    help="txn/script/kvtxn ops run as separate commands, recorded as atomic; expiry writes recorded "
-                        "with a third of their ttl; locks taken with SET without NX: a planted bug the checker must catch")
+                        "with a third of their ttl; watch: the nodes drop the first change of every FROMREV replay; "
+                        "locks taken with SET without NX: a planted bug the checker must catch")
     p.add_argument("--planted-stale-reads", action="store_true", help="clients read with READONLY (stale reads allowed): a planted bug the checker must catch")
     p.add_argument("--snapshot-entries", type=int, default=400, help="nodes snapshot every this many entries (small: snapshots under faults)")
     p.add_argument("--fault-seconds", type=float, nargs=2, default=(2.0, 4.0), metavar=("MIN", "MAX"))

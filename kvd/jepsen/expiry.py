@@ -106,34 +106,20 @@ class ExpiryWorkload(ClientThreads):
     def _client(self, i: int) -> None:
         rng = random.Random(self.seed * 1000 + i)
         name = "c%d" % i
-        conns: Dict[str, Connection] = {}
         n = 0
-        try:
-            while not self.stopping.is_set():
-                targets = self.cluster.targets()
-                if not targets:
-                    time.sleep(0.1)
-                    continue
-                node = rng.choice(targets)
-                key = self._key(rng)
-                f = WRITE if rng.random() < WRITE_SHARE else READ
-                value = None
-                if f == WRITE:
-                    n += 1
-                    value = "%s-%d" % (name, n)
-                conn = conns.get(node.id)
-                if conn is None:
-                    conn = conns[node.id] = node.connection(self.timeout_s)
-                outcome = self.op(conn, name, node.id, key, f, value)
-                if outcome != OK:
-                    conns.pop(node.id).close()  # a connection that saw trouble is replaced
-                if outcome == FAIL:
-                    time.sleep(0.05)
-                elif self.think_s:
-                    time.sleep(rng.uniform(0, 2 * self.think_s))
-        finally:
-            for conn in conns.values():
-                conn.close()
+
+        def step(node, conn):
+            nonlocal n
+            key = self._key(rng)
+            f = WRITE if rng.random() < WRITE_SHARE else READ
+            value = None
+            if f == WRITE:
+                n += 1
+                value = "%s-%d" % (name, n)
+            outcome = self.op(conn, name, node.id, key, f, value)
+            return outcome, outcome == OK  # a connection that saw trouble is replaced
+
+        self.run_client(rng, step)
 
     def final_reads(self, attempts: int = 5, timeout_s: float = 5.0, settle_s: float = 15.0) -> Dict[str, Optional[str]]:
         """

@@ -204,41 +204,24 @@ class GroupWorkload(ClientThreads):
     def _client(self, i: int) -> None:
         rng = random.Random(self.seed * 1000 + 500 + i)
         name = "c%d" % i
-        conns: Dict[str, Connection] = {}
         counter = [0]
 
         def fresh() -> str:
             counter[0] += 1
             return "%s-%d" % (name, counter[0])
 
-        try:
-            while not self.stopping.is_set():
-                targets = self.cluster.targets()
-                if not targets:
-                    time.sleep(0.1)
-                    continue
-                node = rng.choice(targets)
-                group = self._group(rng)
-                spec = self.spec(rng, group, self._pick(rng), name, fresh)
-                conn = conns.get(node.id)
-                if conn is None:
-                    conn = conns[node.id] = node.connection(self.timeout_s)
-                outcome, error = self.run_op(conn, name, node.id, group, spec)
-                if outcome != OK or error:
-                    conn.close()
-                    conns.pop(node.id, None)
-                if error.startswith("unexpected"):
-                    with self.lock:
-                        self.unexpected.append("%s via %s: %s" % (spec["kind"], node.id, error))
-                if outcome == INFO:
-                    self._unknown(group)
-                if outcome == FAIL:
-                    time.sleep(0.05)
-                elif self.think_s:
-                    time.sleep(rng.uniform(0, 2 * self.think_s))
-        finally:
-            for conn in conns.values():
-                conn.close()
+        def step(node, conn):
+            group = self._group(rng)
+            spec = self.spec(rng, group, self._pick(rng), name, fresh)
+            outcome, error = self.run_op(conn, name, node.id, group, spec)
+            if error.startswith("unexpected"):
+                with self.lock:
+                    self.unexpected.append("%s via %s: %s" % (spec["kind"], node.id, error))
+            if outcome == INFO:
+                self._unknown(group)
+            return outcome, outcome == OK and not error
+
+        self.run_client(rng, step)
 
     def run_op(self, conn: Connection, process: str, node: str, group: str, spec: dict) -> Tuple[str, str]:
         """Run one op, recorded in the history: (outcome, error)."""

@@ -31,10 +31,12 @@ from kvd.check.durability import check_durability
 from kvd.check import expiry as expiry_check
 from kvd.check import locks as locks_check
 from kvd.check import txn as txn_check
+from kvd.check import watches as watch_check
 from kvd.check.linear import INFO, VALID, check
 from kvd.jepsen.cluster import ProcessCluster
 from kvd.jepsen.expiry import ExpiryWorkload
 from kvd.jepsen.locks import LockWorkload
+from kvd.jepsen.watches import PLANTED_ENV, WatchWorkload
 from kvd.jepsen.multikey import WORKLOADS, convergence
 from kvd.jepsen.nemesis import PROBE_KEY, Nemesis, needs_netfilter, run_schedule
 from kvd.jepsen.netfilter import Netfilter
@@ -72,11 +74,13 @@ class RunConfig:
     # "register" (GET/SET/SET IFEQ/DEL per key), "txn" (MULTI/EXEC, WATCH CAS), "script" (EVAL/EVALSHA) or
     # "kvtxn" (KVD.TXN): the last three run on groups of keys (``keys`` groups, ``ops_per_key`` ops each) and are
     # checked by kvd.check.txn; "expiry" (SET PX / GET, kvd.jepsen.expiry) is checked by kvd.check.expiry;
-    # "locks" (mgmt.py's lock recipe and fenced writes, kvd.jepsen.locks; ``keys`` locks) by kvd.check.locks.
+    # "watch" (KVD.WATCH streams across reconnects, kvd.jepsen.watches) by kvd.check.watches; "locks" (mgmt.py's
+    # lock recipe and fenced writes, kvd.jepsen.locks; ``keys`` locks) by kvd.check.locks.
     workload: str = "register"
     # txn/script ops run as separate commands (the checker must find torn ops); expiry: writes recorded with a
-    # third of their ttl (the checker must find reads "after expiry"); locks: taken with SET without NX (the
-    # checker must find two holders at one token).
+    # third of their ttl (the checker must find reads "after expiry"); watch: the nodes drop the first change of
+    # every FROMREV replay (the checker must find the gaps); locks: taken with SET without NX (the checker must
+    # find two holders at one token).
     planted_split: bool = False
 
 
@@ -159,6 +163,9 @@ def run_once(cfg: RunConfig, index: int = 1) -> RunResult:
     try:
         if netfilter is not None:
             netfilter.setup()
+        if cfg.workload == "watch" and cfg.planted_split:
+            planted_env = os.environ.get(PLANTED_ENV)
+            os.environ[PLANTED_ENV] = "skip"  # every node started (and restarted) in this run plants it
         cluster = ProcessCluster(run_dir, cfg.nodes, rng, cfg.tick_ms, cfg.election_ticks, cfg.request_timeout_s,
                           cluster_id="jepsen-%d" % seed, snapshot_entries=cfg.snapshot_entries,
                           snapshot_keep_entries=cfg.snapshot_keep_entries)
@@ -168,8 +175,9 @@ def run_once(cfg: RunConfig, index: int = 1) -> RunResult:
             workload = Workload(cluster, history, seed, cfg.clients, cfg.keys, cfg.ops_per_key, cfg.client_timeout_s,
                                 cfg.think_s, stale_reads=cfg.planted_stale_reads)
         else:
-            workload = dict(WORKLOADS, expiry=ExpiryWorkload, locks=LockWorkload)[cfg.workload](cluster, history, seed, cfg.clients, cfg.keys, cfg.ops_per_key,
-                                               cfg.client_timeout_s, cfg.think_s, split=cfg.planted_split)
+            workload = dict(WORKLOADS, expiry=ExpiryWorkload, watch=WatchWorkload, locks=LockWorkload)[cfg.workload](
+                cluster, history, seed, cfg.clients, cfg.keys, cfg.ops_per_key, cfg.client_timeout_s, cfg.think_s,
+                split=cfg.planted_split)
         nemesis = Nemesis(cluster, history, rng, netfilter, min_members=min(3, cfg.nodes), max_members=max(5, cfg.nodes),
                           keys=lambda: list(workload.keys_used))
         history.t0 = time.monotonic()
@@ -213,6 +221,11 @@ def run_once(cfg: RunConfig, index: int = 1) -> RunResult:
     finally:
         if workload is not None:
             workload.stop()
+        if cfg.workload == "watch" and cfg.planted_split:
+            if planted_env is None:
+                os.environ.pop(PLANTED_ENV, None)
+            else:
+                os.environ[PLANTED_ENV] = planted_env
         if netfilter is not None:
             netfilter.close()
         if cluster is not None:
@@ -228,10 +241,16 @@ def run_once(cfg: RunConfig, index: int = 1) -> RunResult:
         ops = [expiry_check.from_record(r) for r in history.finished_ops() if r["key"] != PROBE_KEY]
     elif cfg.workload == "locks":
         ops = [locks_check.from_record(r) for r in history.finished_ops() if r["key"] != PROBE_KEY]
+    elif cfg.workload == "watch":
+        ops = [r for r in history.finished_ops() if r["key"] != PROBE_KEY]
     else:
         ops = [to_op(r) for r in history.finished_ops()]
     if cfg.workload in ("expiry", "locks"):
         result = (expiry_check if cfg.workload == "expiry" else locks_check).check_history(ops)
+        phase("check")
+        durability = convergence(final, replicas) if final else []
+    elif cfg.workload == "watch":
+        result = watch_check.check_history(ops)
         phase("check")
         durability = convergence(final, replicas) if final else []
     elif cfg.workload == "register":

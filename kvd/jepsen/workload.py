@@ -196,8 +196,9 @@ def outcome_of(call, interpret_reply):
 class ClientThreads:
     """
     The clients of a workload: ``n_clients`` threads each running
-    ``self._client(i)`` until ``stopping`` is set.  Subclasses set
-    ``n_clients``, ``timeout_s``, ``stopping`` and ``threads``.
+    ``self._client(i)`` until ``stopping`` is set, most of them through
+    ``run_client``.  Subclasses set ``cluster``, ``n_clients``, ``timeout_s``,
+    ``think_s``, ``stopping`` and ``threads``.
     """
 
     THREAD_NAME = "client"
@@ -213,6 +214,36 @@ class ClientThreads:
             t = threading.Thread(target=self._client, args=(i,), name="kvdj-%s-%d" % (self.THREAD_NAME, i), daemon=True)
             self.threads.append(t)
             t.start()
+
+    def run_client(self, rng: random.Random, step, setup=()) -> None:
+        """
+        The loop of one client thread, until ``stopping``: pick a live node
+        (``rng``), reuse this thread's connection to it, run one operation
+        with ``step(node, conn)`` -> (outcome, keep the connection?), then
+        back off briefly after a refusal (a down node refuses at once: do not
+        spin on it) or think for up to ``2 * think_s``.
+        """
+        conns: Dict[str, Connection] = {}
+        try:
+            while not self.stopping.is_set():
+                targets = self.cluster.targets()
+                if not targets:
+                    time.sleep(0.1)
+                    continue
+                node = rng.choice(targets)
+                conn = conns.get(node.id)
+                if conn is None:
+                    conn = conns[node.id] = node.connection(self.timeout_s, setup)
+                outcome, keep = step(node, conn)
+                if not keep:
+                    conns.pop(node.id).close()
+                if outcome == FAIL:
+                    time.sleep(0.05)
+                elif self.think_s:
+                    time.sleep(rng.uniform(0, 2 * self.think_s))
+        finally:
+            for conn in conns.values():
+                conn.close()
 
     def stop(self) -> bool:
         """Stop the clients; True when every one has finished its last operation."""
@@ -282,50 +313,38 @@ class Workload(ClientThreads):
     def _client(self, i: int) -> None:
         rng = random.Random(self.seed * 1000 + i)
         name = "c%d" % i
-        conns: Dict[str, Connection] = {}
         n = 0
-        try:
-            while not self.stopping.is_set():
-                targets = self.cluster.targets()
-                if not targets:
-                    time.sleep(0.1)
-                    continue
-                node = rng.choice(targets)
-                key = self._key(rng)
-                f = self._pick(rng)
-                value = None
-                if f == WRITE:
-                    n += 1
-                    value = "%s-%d" % (name, n)
-                elif f == CAS:
-                    n += 1
-                    with self.lock:
-                        seen = list(self.recent[key])
-                    expected = rng.choice(seen) if seen else "%s-none" % name
-                    value = [expected, "%s-%d" % (name, n)]
-                conn = conns.get(node.id)
-                if conn is None:
-                    conn = conns[node.id] = node.connection(self.timeout_s, self.setup)
-                rec = self.history.invoke(name, key, f, value, node.id)
-                outcome, result, error = execute(conn, f, key, value)
-                self.history.complete(rec, outcome, result, error)
-                if error.startswith("unexpected"):
-                    with self.lock:
-                        self.unexpected.append("%s via %s: %s" % (f, node.id, error))
-                if outcome == INFO and f != READ:
-                    self._unknown_write(key)
-                if outcome == OK:
-                    if f == READ:
-                        self._saw(key, result)
-                    elif f == WRITE or (f == CAS and result):
-                        self._saw(key, value if f == WRITE else value[1])
-                if outcome == FAIL:
-                    time.sleep(0.05)  # a down node refuses at once: do not spin on it
-                elif self.think_s:
-                    time.sleep(rng.uniform(0, 2 * self.think_s))
-        finally:
-            for conn in conns.values():
-                conn.close()
+
+        def step(node, conn):
+            nonlocal n
+            key = self._key(rng)
+            f = self._pick(rng)
+            value = None
+            if f == WRITE:
+                n += 1
+                value = "%s-%d" % (name, n)
+            elif f == CAS:
+                n += 1
+                with self.lock:
+                    seen = list(self.recent[key])
+                expected = rng.choice(seen) if seen else "%s-none" % name
+                value = [expected, "%s-%d" % (name, n)]
+            rec = self.history.invoke(name, key, f, value, node.id)
+            outcome, result, error = execute(conn, f, key, value)
+            self.history.complete(rec, outcome, result, error)
+            if error.startswith("unexpected"):
+                with self.lock:
+                    self.unexpected.append("%s via %s: %s" % (f, node.id, error))
+            if outcome == INFO and f != READ:
+                self._unknown_write(key)
+            if outcome == OK:
+                if f == READ:
+                    self._saw(key, result)
+                elif f == WRITE or (f == CAS and result):
+                    self._saw(key, value if f == WRITE else value[1])
+            return outcome, True
+
+        self.run_client(rng, step, self.setup)
 
 
 def final_reads(cluster, history: History, keys: List[str], attempts: int = 5, timeout_s: float = 5.0) -> Dict[str, Optional[str]]:

@@ -20,7 +20,9 @@ Two kinds:
 * ``KeyEvent(klass, event, key)``: a change of a key, as Redis 7 names it
   (``set``, ``del``, ``expire``, ``expired``, ``incrby``, ``append``,
   ``rename_from``/``rename_to``, ``hset``...), with its class letter of
-  ``notify-keyspace-events`` (g generic, $ string, h hash, x expired).
+  ``notify-keyspace-events`` (g generic, $ string, h hash, x expired);
+* ``Flushed()``: FLUSHDB/FLUSHALL emptied a non-empty store (no channel
+  carries it; KVD.WATCH's history, kvd.kv.watch, does).
 
 Whether a key event is published, and on which channels, is each node's
 setting (``notify-keyspace-events``, Redis's flags; default "" as Redis):
@@ -44,6 +46,13 @@ class Message(NamedTuple):
     channel: bytes
     message: bytes
     shard: bool = False
+
+
+class Flushed(NamedTuple):
+    """
+    FLUSHDB/FLUSHALL deleted every key (of a non-empty store).  Redis publishes no keyspace event for it,
+    and the pub/sub hub ignores it; KVD.WATCH (kvd.kv.watch) needs it, since no event names the keys.
+    """
 
 
 class KeyEvent(NamedTuple):

@@ -571,6 +571,8 @@ class KVMachine:
             ks.events.append(ev.generic(b"copy_to", cmd.dst))
             return 1
         if isinstance(cmd, FlushAll):
+            if len(getattr(ks, "ks", ks)):  # a revision (kvd.kv.revisions): KVD.WATCH's history needs to know (kvd.kv.watch)
+                ks.events.append(ev.Flushed())
             ks.clear()
             return OK
         if isinstance(cmd, IncrByFloat):

@@ -32,6 +32,12 @@ events it produced (published messages, keyspace events) to ``on_events``
 entries a restart applies again (up to the commit index stored before it)
 deliver nothing, and neither does a snapshot.
 
+KVD.WATCH (kvd.kv.watch, kvd.resp.watch): after each entry that made a
+revision, the node hands what it changed to ``watch_feed``, replayed entries
+included (a revision is the same change whenever it is applied); the history
+starts at the revision loaded, and starts again, ending every open watch,
+when a snapshot is installed.
+
 Everything that arrives in one reactor turn (client commands, peer
 messages, a tick) is folded into one Ready: one LMDB transaction, one sync
 and one append message per follower for the whole batch.
@@ -54,6 +60,7 @@ from kvd.address import MemberAddress
 from kvd.errors import Code, KvdError
 from kvd.kv.commands import Lease, Tick
 from kvd.kv.results import OK
+from kvd.kv.watch import changes_of
 from kvd.node.settings import NodeSettings
 from kvd.node.membership import Membership
 from kvd.node.reads import LinearizableReads, Read
@@ -144,6 +151,10 @@ class NodeService(service.Service):
         #: Entries up to this index were committed before this process started: applying them again at a
         #: restart replays them, and their events are not delivered a second time.
         self.replayed_through = 0
+        #: KVD.WATCH's feed (kvd.resp.watch.WatchHub, set by kvd.tap): ``applied(revision, changes)`` after each
+        #: entry that made a revision, ``reset(revision, reason)`` when the history must start again.
+        self.watch_feed = None
+        self._watch_revision = 0  # the store's revision the feed has been given
 
     # ============================================================ lifecycle
     def startService(self):
@@ -159,6 +170,7 @@ class NodeService(service.Service):
         if snapshot is not None and not durable:
             self.machine.restore(snapshot.data)
         self.replayed_through = hard_state.commit
+        self._watch_reset("the node started")
         self.make_core(hard_state, snapshot, entries)
         self.ticker = task.LoopingCall(self._tick)
         self.ticker.clock = self.clock
@@ -557,6 +569,8 @@ class NodeService(service.Service):
             self.stopService()
 
     def _applied(self, entry) -> None:
+        if self.watch_feed is not None:
+            self._feed_watches(entry.index)
         if self.on_events is not None and entry.index > self.replayed_through:
             self._deliver_events(entry.index)
         if entry.kind is EntryKind.CONFIG:
@@ -574,6 +588,29 @@ class NodeService(service.Service):
         except Exception:
             self.log.failure("{node}: delivering the events of entry {index} failed", node=self.config.node_id,
                              index=index)
+
+    def _feed_watches(self, index: int) -> None:
+        """
+        The changes of the entry just applied, if it made a revision, to KVD.WATCH's history (kvd.kv.watch).
+        Entries a restart applies again are fed too: the history started at the revision loaded, and a
+        revision is the same change whenever it is applied.  Nothing a watcher does may stop the Raft loop.
+        """
+        view = self.machine.view()
+        revision = view.revision
+        if revision == self._watch_revision:
+            return
+        self._watch_revision = revision
+        try:
+            self.watch_feed.applied(revision, changes_of(self.machine.events, view.ks, revision))
+        except Exception:
+            self.log.failure("{node}: feeding the watches entry {index} failed", node=self.config.node_id, index=index)
+            self._watch_reset("feeding the watch history failed")
+
+    def _watch_reset(self, reason: str) -> None:
+        """KVD.WATCH's history starts again at the store's revision (a start, a snapshot); open watches end."""
+        self._watch_revision = self.machine.view().revision
+        if self.watch_feed is not None:
+            self.watch_feed.reset(self._watch_revision, reason)
 
     def _dial_members(self) -> None:
         """
@@ -607,6 +644,7 @@ class NodeService(service.Service):
 
     def _snapshot_installed(self, snapshot) -> None:
         self.stats["snapshots_installed"] = self.stats.get("snapshots_installed", 0) + 1
+        self._watch_reset("a snapshot was installed at index %d: resume with FROMREV" % snapshot.index)
         self.log.info("{node} installed a snapshot at index {index}", node=self.config.node_id, index=snapshot.index)
 
     def _soft_state_changed(self, role: Role, leader: Optional[str], term: int):

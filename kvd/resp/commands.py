@@ -694,6 +694,9 @@ _COMMANDS = [
     _spec("kvd.txn", -2, "write denyoom noscript movablekeys", parse=_parse_kvd_txn),
     _spec("kvd.get", -2, "readonly fast noscript", (1, 1, 1), _parse_kvd_get),
     _spec("kvd.revision", 1, "readonly fast noscript", parse=lambda a: Read(RevRead("revision"), "kvd.revision")),
+    # KVD.WATCH prefix [FROMREV n] (kvd.resp.watch): the connection's stream of changes, served by the port.
+    _spec("kvd.watch", -2, "readonly noscript loading stale"),
+    _spec("kvd.unwatch", 1, "readonly noscript loading stale"),
     # Hashes (kvd.kv.hashes): each write one log entry, each field its own record on disk.
     _spec("hset", -4, _W + " fast", (1, 1, 1), _parse_hset("hset")),
     _spec("hmset", -4, _W + " fast", (1, 1, 1), _parse_hset("hmset")),

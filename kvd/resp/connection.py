@@ -143,7 +143,7 @@ def required_role(request) -> str:
         return ADMIN if spec is not None and "admin" in spec.flags else READWRITE
     if isinstance(request, Read):
         return READONLY
-    if request.name.startswith("kvd."):
+    if request.name.startswith("kvd.") and request.name not in ("kvd.watch", "kvd.unwatch"):  # a watch reads
         return ADMIN
     spec = spec_of(request.name)
     if spec is not None and "admin" in spec.flags:
@@ -192,6 +192,8 @@ class Connection:
         #: (kvd.resp.protocol ``RespProtocol.push``); ``on_lost`` callables run once the connection is gone.
         self.push: Optional[Callable[[Any], None]] = None
         self.on_lost: List[Callable[[], None]] = []
+        #: Its open KVD.WATCH (kvd.resp.watch.Watch), or None; one per connection.
+        self.kv_watch = None
 
     def refuses(self, request) -> Optional[RespError]:
         """The error for a request this connection must not run now (no AUTH yet, its role, inside MULTI), else None."""

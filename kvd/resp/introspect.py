@@ -49,7 +49,7 @@ for _group, _names in {
     "connection": "ping hello auth echo select quit readonly readwrite client",
     "transactions": "multi exec discard watch unwatch",
     "scripting": "eval evalsha eval_ro evalsha_ro script",
-    "kvd": "kvd.members kvd.cluster kvd.join kvd.remove kvd.lease kvd.txn kvd.get kvd.revision",
+    "kvd": "kvd.members kvd.cluster kvd.join kvd.remove kvd.lease kvd.txn kvd.get kvd.revision kvd.watch kvd.unwatch",
     # The hash commands (branch hashes), described ahead of their merge into the table.
     "hash": "hset hmset hsetnx hdel hincrby hincrbyfloat hget hmget hgetall hkeys hvals hexists hlen hstrlen hscan "
             "hrandfield",
@@ -157,6 +157,8 @@ SUMMARIES = {
     "kvd.txn": "kvd: etcd-style multi-key compare-and-swap: IF compares THEN ops ELSE ops, one log entry.",
     "kvd.get": "kvd: a string's value, WITHREV with its create revision, mod revision and version.",
     "kvd.revision": "kvd: the store's revision (how many log entries changed a key).",
+    "kvd.watch": "kvd: etcd's watch: a stream of every change under a prefix, with its revision, FROMREV to resume.",
+    "kvd.unwatch": "kvd: ends the connection's KVD.WATCH.",
     "hset": "Creates or modifies the value of a field in a hash.", "hmset": "Sets the values of multiple fields.",
     "hsetnx": "Sets the value of a field in a hash only when the field doesn't exist.",
     "hdel": "Deletes one or more fields and their values from a hash.",

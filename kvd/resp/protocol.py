@@ -97,6 +97,7 @@ from kvd.resp.errors import Rejected, RespError
 from kvd.resp.parser import DEFAULT_MAX_BULK_BYTES, ProtocolError, RespParser
 from kvd.resp.connection import EXEC_ABORT, NO_REPLY, Connection, execute_local, is_local
 from kvd.resp.pubsub import PubSubHub, PubSubLimit, Subscriptions
+from kvd.resp.watch import WATCHING_COMMANDS, WatchHub, parse_watch_args
 from kvd.kv.glob import PatternTooCostly
 
 DEFAULT_MAX_INFLIGHT = 1024
@@ -420,6 +421,9 @@ class RespProtocol(Protocol):
                 slot.data = encode(refused)
                 if not control:
                     self.connection.flag()
+            elif self._watching_refuses(request):
+                slot.data = encode_error("ERR", "Can't execute '%s': only KVD.UNWATCH / PING / QUIT are allowed while "
+                                                "watching (KVD.WATCH)" % request_name(request))
             elif self._subscribed_refuses(request):
                 slot.data = encode_error("ERR", "Can't execute '%s': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING "
                                                 "/ QUIT / RESET are allowed in this context" % request_name(request))
@@ -427,6 +431,8 @@ class RespProtocol(Protocol):
                 slot.data = encode(self.connection.queue(request))
             elif in_multi and request.name == "exec":
                 self._exec(slot)
+            elif isinstance(request, Admin) and request.name in ("kvd.watch", "kvd.unwatch") and not in_multi:
+                self._kv_watch(slot, request)
             elif isinstance(request, Admin) and request.name == "watch" and not in_multi:
                 self._watch(slot, request.args)
             elif isinstance(request, Admin) and (request.name in PUBSUB_COMMANDS or request.name == "ping"
@@ -505,6 +511,53 @@ class RespProtocol(Protocol):
         except PatternTooCostly as e:
             return encode_error("ERR", "%s; nothing was subscribed" % (e,))
         return b"".join(encode(c, resp3) for c in confirmations)
+
+    # ------------------------------------------------------------ KVD.WATCH
+
+    @property
+    def watches(self) -> WatchHub:
+        hub = getattr(self.factory, "watches", None)
+        if hub is None:  # a protocol built without a factory (tests): a hub of its own
+            hub = self.__dict__.setdefault("_own_watches", WatchHub())
+        return hub
+
+    def _watching_refuses(self, request) -> bool:
+        """A connection with an open watch runs only WATCHING_COMMANDS (kvd.resp.watch)."""
+        watch = self.connection.kv_watch
+        if watch is None or watch.ended:
+            return False
+        return not (isinstance(request, Admin) and request.name in WATCHING_COMMANDS)
+
+    def _kv_watch(self, slot: _Slot, request: Admin) -> None:
+        """KVD.WATCH / KVD.UNWATCH (kvd.resp.watch): the reply goes in ``slot`` before the replay is pushed."""
+        resp3 = self.connection.protocol == 3
+        current = self.connection.kv_watch
+        if current is not None and current.ended:  # cancelled by the node (kvd.resp.watch): not watching
+            current = self.connection.kv_watch = None
+        if request.name == "kvd.unwatch":
+            if current is not None:
+                current.close()
+                self.connection.kv_watch = None
+            slot.data = encode([b"unwatched", current.prefix if current is not None else None], resp3)
+            return
+        if current is not None:
+            slot.data = encode_error("ERR", "this connection is watching already: KVD.UNWATCH first")
+            return
+        try:
+            prefix, from_revision = parse_watch_args(request.args)
+
+            def reply(start: int) -> None:
+                slot.data = encode([b"watching", start], resp3)  # pushes go after the last reply made
+
+            watch = self.watches.open(prefix, from_revision, self.push, reply)
+        except RespError as e:
+            slot.data = encode(e)
+            return
+        if self._lost:
+            watch.close()
+            return
+        self.connection.kv_watch = watch
+        self.connection.on_lost.append(watch.close)
 
     def push(self, items) -> None:
         """
@@ -816,8 +869,10 @@ class RespFactory(Factory):
                  value_max_bytes: int = DEFAULT_MAX_BULK_BYTES, parser_factory=None, users=None,
                  maxclients: int = DEFAULT_MAXCLIENTS, output_limit: int = DEFAULT_OUTPUT_LIMIT,
                  maxmemory_clients: int = DEFAULT_MAXMEMORY_CLIENTS, pubsub: Optional[PubSubHub] = None,
-                 pubsub_limit: Optional[PubSubLimit] = None):
+                 pubsub_limit: Optional[PubSubLimit] = None, watches: Optional[WatchHub] = None):
         self.executor = executor
+        #: The node's open KVD.WATCHes and their history (kvd.resp.watch): the node feeds it each revision.
+        self.watches = watches if watches is not None else WatchHub()
         #: The node's pub/sub registry (kvd.resp.pubsub): the node hands it each applied entry's events.
         self.pubsub = pubsub if pubsub is not None else PubSubHub()
         self.pubsub_limit = pubsub_limit or PubSubLimit()

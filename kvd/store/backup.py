@@ -37,14 +37,13 @@ from typing import BinaryIO, Callable, Iterator, Optional, Tuple
 
 from kvd.raft.messages import Configuration, Entry, EntryKind, HardState, Snapshot
 from kvd.store import checksum
-from kvd.store.schema import CorruptRecord
+from kvd.store.schema import CorruptRecord, stream_records
 
 MAGIC = b"KVDBACKUP"
 TRAILER_MAGIC = b"KVDBKEND"
 FORMAT_VERSION = 1
 _HEAD = struct.Struct(">HI")  # version, header length
 _TRAILER = struct.Struct(">8sQQI")  # magic, record count, body length, body crc
-_RECORD_HEAD = struct.Struct(">BI")
 _U32 = struct.Struct(">I")
 #: A header longer than this is not ours (it holds a few names and numbers).
 MAX_HEADER_BYTES = 1 << 20
@@ -212,19 +211,12 @@ class _RecordCounter:
     def feed(self, data: bytes) -> None:
         buffer = self._buffer
         buffer += data
-        pos, n, head = 0, len(buffer), _RECORD_HEAD.size
-        while n - pos >= head:
-            kind, klen = _RECORD_HEAD.unpack_from(buffer, pos)
-            if n - pos < head + klen + 4:
-                break
-            (vlen,) = _U32.unpack_from(buffer, pos + head + klen)
-            end = pos + head + klen + 4 + vlen
-            if end > n:
-                break
+        pos = 0
+        for kind, _key_start, value_start, end in stream_records(buffer):
             if kind not in (1, 2, 3, 4) or (kind == 1) != (self.count == 0):
                 raise BackupError(f"{self.name} is damaged: record {self.count} has kind {kind} out of place")
             try:
-                checksum.unseal(memoryview(buffer)[pos + head + klen + 4:end], f"record {self.count}")
+                checksum.unseal(memoryview(buffer)[value_start:end], f"record {self.count}")
             except CorruptRecord as e:
                 raise BackupError(f"{self.name} is damaged: {e}") from None
             self.count += 1

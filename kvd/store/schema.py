@@ -26,7 +26,7 @@ Imports: as the layer table in tests/test_layers.py allows.
 from __future__ import annotations
 
 import struct
-from typing import Optional
+from typing import Iterator, Optional, Tuple
 
 from kvd.raft.messages import Configuration, Entry, EntryKind, HardState, Snapshot
 
@@ -174,3 +174,36 @@ def decode_u32(value: bytes) -> int:
     if len(value) != _U32.size:
         raise CorruptRecord(f"u32 record of {len(value)} bytes")
     return _U32.unpack(bytes(value))[0]
+
+
+# ------------------------------------------------------ snapshot stream records
+# A streamed snapshot (kvd.store.state) and a backup file's body (kvd.store.backup)
+# are the same sequence of records: kind (u8), key length (u32), key, value length
+# (u32), value; each value sealed with its CRC32C.
+
+_STREAM_HEAD = struct.Struct(">BI")
+
+
+def pack_stream_record(kind: int, key, value) -> bytes:
+    return _STREAM_HEAD.pack(kind, len(key)) + bytes(key) + _U32.pack(len(value)) + bytes(value)
+
+
+def stream_records(buffer) -> Iterator[Tuple[int, int, int, int]]:
+    """
+    The whole records at the front of ``buffer`` (bytes that arrived so far),
+    as ``(kind, key_start, value_start, end)`` offsets; a partial record at the
+    end stops it, to be completed by the next bytes.  The caller drops
+    ``buffer[:end]`` of the last one once done with them.
+    """
+    pos, n, head = 0, len(buffer), _STREAM_HEAD.size
+    while n - pos >= head:
+        kind, klen = _STREAM_HEAD.unpack_from(buffer, pos)
+        if n - pos < head + klen + _U32.size:
+            return
+        (vlen,) = _U32.unpack_from(buffer, pos + head + klen)
+        value_start = pos + head + klen + _U32.size
+        end = value_start + vlen
+        if end > n:
+            return
+        yield kind, pos + head, value_start, end
+        pos = end

@@ -96,7 +96,7 @@ from kvd.kv.keyspace import Overlay, scan_position
 from kvd.kv.revisions import NO_META, Meta, meta_end, pack_meta, unpack_meta
 from kvd.store import checksum
 from kvd.store.lmdb import CorruptStorage
-from kvd.store.schema import CorruptRecord
+from kvd.store.schema import CorruptRecord, pack_stream_record, stream_records
 
 #: Key bytes stored in the LMDB key as they are; longer keys are cut there and digested.
 _INLINE_KEY = 480
@@ -106,7 +106,6 @@ _STATE = struct.Struct(">QQQQQ")  # applied index, clock ms, key count, deleted_
 _STATE_V2 = struct.Struct(">QQQQ")  # before revisions: no revision
 _STATE_V1 = struct.Struct(">QQQ")  # before mod indexes: no deleted_at
 _STAGING = struct.Struct(">BQB")  # slot, stream id, complete
-_RECORD_HEAD = struct.Struct(">BI")
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 
@@ -692,10 +691,10 @@ class StateStream:
         self.done = False
 
     def _iter(self, raw_state, sessions_db, kv_db, fields_db) -> Iterator[bytes]:
-        yield _pack_record(KIND_STATE, b"", raw_state if raw_state is not None else checksum.seal(_STATE.pack(0, 0, 0, 0, 0)))
+        yield pack_stream_record(KIND_STATE, b"", raw_state if raw_state is not None else checksum.seal(_STATE.pack(0, 0, 0, 0, 0)))
         for db, kind in ((sessions_db, KIND_SESSION), (kv_db, KIND_KV), (fields_db, KIND_FIELD)):
             for key, value in self._txn.cursor(db=db):
-                yield _pack_record(kind, key, value)
+                yield pack_stream_record(kind, key, value)
 
     def read(self, max_bytes: int) -> bytes:
         """Up to ``max_bytes`` more of the stream; b"" at its end (then ``count`` and ``crc`` are final)."""
@@ -717,10 +716,6 @@ class StateStream:
         if self._txn is not None:
             self._txn.abort()
             self._txn = None
-
-
-def _pack_record(kind: int, key, value) -> bytes:
-    return _RECORD_HEAD.pack(kind, len(key)) + bytes(key) + _U32.pack(len(value)) + bytes(value)
 
 
 class _StagingWriter:
@@ -769,19 +764,8 @@ class _StagingWriter:
         buffer = self._buffer
         buffer += data
         pos = 0
-        n = len(buffer)
-        head = _RECORD_HEAD.size
-        while n - pos >= head:
-            kind, klen = _RECORD_HEAD.unpack_from(buffer, pos)
-            if n - pos < head + klen + 4:
-                break
-            (vlen,) = _U32.unpack_from(buffer, pos + head + klen)
-            end = pos + head + klen + 4 + vlen
-            if end > n:
-                break
-            key = bytes(buffer[pos + head:pos + head + klen])
-            value = bytes(buffer[pos + head + klen + 4:end])
-            self._record(kind, key, value)
+        for kind, key_start, value_start, end in stream_records(buffer):
+            self._record(kind, bytes(buffer[key_start:value_start - 4]), bytes(buffer[value_start:end]))
             pos = end
         del buffer[:pos]
         if self._batch_bytes >= STAGE_TXN_BYTES:

@@ -272,3 +272,17 @@ def test_pubsub_options_wire_the_registry_into_node_executor_and_port(tmp_path):
     assert hub.notify_text() == "xE"
     ports = [s for s in top if getattr(getattr(s, "factory", None), "pubsub", None) is not None]
     assert [p.factory.pubsub for p in ports] == [hub] and ports[0].factory.pubsub_limit == PubSubLimit(1000, 100, 5)
+
+
+def test_watch_history_option_bounds_the_nodes_watch_hub(tmp_path):
+    """--watch-history 'changes bytes': checked, and the node feeds the one hub the client port serves."""
+    for bad in ("1", "a b", "1 -2"):
+        with pytest.raises(usage.UsageError, match="watch-history"):
+            parse("--watch-history", bad)
+    o = parse("--listen", "127.0.0.1:7001", "--data-dir", str(tmp_path / "d"), "--watch-history", "50 4096")
+    top = makeService(o, reactor=MemoryReactorClock())
+    node = next(s for s in top if hasattr(s, "watch_feed"))
+    hub = node.watch_feed
+    assert (hub.history.max_changes, hub.history.max_bytes) == (50, 4096) and hub.planted is None
+    ports = [s for s in top if getattr(getattr(s, "factory", None), "watches", None) is not None]
+    assert [p.factory.watches for p in ports] == [hub]

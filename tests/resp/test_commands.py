@@ -331,6 +331,8 @@ def test_table_has_every_supported_command():
         b"kvd.lease",
         # issue 16, revisions and KVD.TXN
         b"kvd.txn", b"kvd.get", b"kvd.revision",
+        # issue 16, watches (kvd.resp.watch)
+        b"kvd.watch", b"kvd.unwatch",
     }
 
 

@@ -33,6 +33,8 @@ def test_bench_loads_short_form(tmp_path):
     assert len(compared) == sum(1 for load in loads.LOADS if load.etcd)
     for row in compared:
         assert row["etcd"]["ops_per_s"] > 0 and row["etcd"]["errors"] == 0, row  # etcd accepted every put/range
+        # the whole cluster's CPU per 10K ops, kvd's and etcd's, side by side (what caps both on few cores)
+        assert row["cpu_s_per_10k_ops_all_nodes"] > 0 and row["etcd"]["cpu_s_per_10k_ops_all_members"] > 0, row
     # Redis with fsync always ran every load to the leader, and each node was sampled under every load.
     to_leader = [row for row in figures["loads"] if "follower" not in row["load"]]
     assert all(row["redis_aof_always"]["ops_per_s"] > 0 for row in to_leader), figures["loads"]
