@@ -79,7 +79,8 @@ test-docker: install
 # One summary line per run; an anomaly keeps the history and node logs under
 # TORTURE_OUT.  Partitions need root and nft.  WORKLOAD=txn (MULTI/EXEC, WATCH
 # compare-and-set), WORKLOAD=script (Lua scripts) or WORKLOAD=kvtxn (KVD.TXN) runs multi-key ops instead;
-# WORKLOAD=expiry SET PX / GET with keys expiring all through the faults.
+# WORKLOAD=expiry SET PX / GET with keys expiring all through the faults; WORKLOAD=locks mgmt.py's lock recipe
+# (leases, fencing tokens) with writes fenced by the token.
 # WORKLOAD=watch: KVD.WATCH streams resumed FROMREV across nodes while KVD.TXN writes (no gap, no duplicate).
 DURATION ?= 300
 WORKLOAD ?= register

@@ -86,16 +86,17 @@ LAYERS = {
                                            "kvd.store.lmdb kvd.store.state kvd.wire.peers kvd.wire.tls kvd.discovery.services kvd.limits"),
                      third=_set("twisted lmdb")),
     # mgmt.py's side: nodes only over their ports, never the node's code.
-    "kvd.cli": Layer(_set("__init__ certs client docker docker_ops errors home mgmt route server"),
+    "kvd.cli": Layer(_set("__init__ certs client docker docker_ops errors home lock mgmt route server"),
                      kvd=_set("kvd.cli kvd.address kvd.errors kvd.resp.client"), third=_set("click cryptography")),
     # restore and recover write a stopped node's data dir: the one module of the CLI that uses the store.
     "kvd.cli.backup": Layer(_set("backup"), kvd=_set("kvd.cli kvd.address kvd.errors kvd.store.backup"), third=_set("cryptography")),
     # The fault suite: a black box that reaches nodes through processes, sockets and packet filters.
-    "kvd.check": Layer(_set("__init__ durability expiry linear txn watches"), kvd=_set("kvd.check")),
+    "kvd.check": Layer(_set("__init__ durability expiry linear locks txn watches"), kvd=_set("kvd.check")),
     # The stranger of the forge nemesis speaks the peer protocol's bytes itself.
     "kvd.jepsen.attacker": Layer(_set("attacker"), kvd=_set("kvd.wire.codec kvd.raft.messages kvd.cli.certs")),
-    "kvd.jepsen": Layer(_set("__init__ __main__ cluster expiry multikey nemesis netfilter run watches workload"),
-                        kvd=_set("kvd.jepsen kvd.check kvd.errors kvd.resp.client kvd.cli.certs")),
+    # locks: the clients take locks with mgmt.py's own recipe (kvd.cli.lock), so the suite checks that code.
+    "kvd.jepsen": Layer(_set("__init__ __main__ cluster expiry locks multikey nemesis netfilter run watches workload"),
+                        kvd=_set("kvd.jepsen kvd.check kvd.errors kvd.resp.client kvd.cli.certs kvd.cli.lock")),
     # Benchmarks: a black box too, driving a cluster of the fault suite's processes with redis-benchmark.
     "kvd.bench": Layer(_set("__init__ __main__ data etcd failover loads pipeline procs profile redis_server redispy watch"),
                        kvd=_set("kvd.bench kvd.jepsen.cluster kvd.resp.client"), third=_set("redis pytest_timeout")),

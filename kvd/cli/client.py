@@ -65,6 +65,12 @@ def use_routes(routes: Dict[str, Tuple[str, int]]) -> None:
     _routes.update(routes)
 
 
+def dial_address(address: str) -> Tuple[str, int]:
+    """Where to connect for a node's address (its route, if it has one); a USAGE CliError for a bad address."""
+    host, port, normal = normalize_host(address)
+    return _routes.get(normal, (host, port))
+
+
 def routed(address: str) -> bool:
     """True when ``address`` (a node id) is dialled through a route."""
     return address in _routes

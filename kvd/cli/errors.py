@@ -25,18 +25,20 @@ PROCESS = 6
 SERVER_ERROR = 7
 LOCAL_STATE = 8
 NOT_INSTALLED = 9  # used by mgmt.py itself, before kvd can be imported
+LOCK_LOST = 10  # lock: the lock was lost while the command ran (the command was stopped)
 
 EXIT_CODES = [
     (OK, "success"),
-    (KEY_NOT_FOUND, "key not found (read -k, update, delete)"),
+    (KEY_NOT_FOUND, "key not found (read -k, update, delete); lock-status: the lock is free"),
     (USAGE, "bad arguments or usage"),
     (UNREACHABLE, "node unreachable (not running, wrong -h, or the network)"),
     (NO_QUORUM, "no leader / no quorum: the command was certainly not applied"),
-    (TIMEOUT, "timeout: no answer in time, the outcome of a write is unknown"),
+    (TIMEOUT, "timeout: no answer in time, the outcome of a write is unknown; lock: not acquired within --timeout"),
     (PROCESS, "a node process failed to start or to stop"),
     (SERVER_ERROR, "another error: the node refused the command, or an unexpected failure"),
     (LOCAL_STATE, "local state under KVD_HOME: unknown node, already running, other cluster"),
     (NOT_INSTALLED, "kvd's Python packages are not installed (run `make install`)"),
+    (LOCK_LOST, "lock, leader: the lock was lost while the command ran; the command was stopped"),
 ]
 
 

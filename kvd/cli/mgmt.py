@@ -16,6 +16,7 @@ Imports: as the layer table in tests/test_layers.py allows.
 
 from __future__ import annotations
 
+import json
 import sys
 import warnings
 from dataclasses import dataclass
@@ -49,6 +50,9 @@ EXTRA_TABLE = [
     ("-r server -c backup -h <host> -f <file>", "Write a checked backup of a node's applied state to a file"),
     ("-r server -c restore -f <file> -h <host>", "Check a backup and start a new one-node cluster from it at <host>"),
     ("-r server -c recover -h <host> --force-new-cluster", "Majority lost for good: a stopped survivor becomes a one-node cluster"),
+    ("-r client -c lock -k <name> -- <command...>", "Run a command while holding the lock <name> (a lease and a fencing token)"),
+    ("-r client -c leader -k <name> -v <me> -- <command...>", "Leader election: campaign for <name> as <me>, run the command once elected"),
+    ("-r client -c lock-status -k <name>", "Who holds the lock <name>, at which token, and the seconds its lease has left"),
 ]
 
 OPTIONS_TEXT = """\
@@ -60,7 +64,16 @@ More options:
       --token-file FILE join: the join token `start` wrote (KVD_HOME/tls/join-token), for a node
                         on another machine (or $KVD_JOIN_TOKEN); a local join needs none.
       --json            read, list: print JSON, for scripts.
-      --timeout SECS    client commands: how long to wait for an answer (default 10).
+      --timeout SECS    client commands: how long to wait for an answer (default 10);
+                        lock, leader: how long to wait for the lock (default: for ever; exit 5).
+      --ttl SECS        lock, leader: the lease's time to live (default 10): a holder that stops
+                        renewing it (crashed, paused, cut off) loses the lock that long after.
+      -- COMMAND...     lock, leader: the command to run while holding the lock, with
+                        KVD_LOCK_TOKEN (the fencing token), KVD_LOCK_KEY, KVD_LOCK_HOLDER and
+                        KVD_LOCK_LEASE in its environment; its exit code is mgmt.py's.  If the
+                        lock is lost meanwhile, the command gets SIGTERM (SIGKILL 5 s later) and
+                        mgmt.py exits 10.  Guard what the lock protects with the token: write it
+                        with KVD.TXN IF CREATE lock:<name> = $KVD_LOCK_TOKEN THEN SET ... (README).
       --tick-ms MS, --election-ticks N
                         start, join, restore: Raft timing (default 50 ms and 8 ticks; joiners copy the seed's).
       --cluster-id ID   start, restore: name the cluster (default: a random kvd-xxxxxxxx).
@@ -152,6 +165,9 @@ COMMANDS = {
         "write": _spec("key value", "host timeout dns"),
         "update": _spec("key value", "host timeout dns"),
         "delete": _spec("key", "host timeout dns"),
+        "lock": _spec("key argv", "host value ttl timeout dns"),
+        "leader": _spec("key value argv", "host ttl timeout dns"),
+        "lock-status": _spec("key", "host as_json timeout dns"),
     },
 }
 
@@ -170,6 +186,8 @@ OPTION_NAMES = {
     "token_file": "--token-file",
     "file": "-f",
     "force_new_cluster": "--force-new-cluster",
+    "ttl": "--ttl",
+    "argv": "-- <command>",
 }
 
 
@@ -196,7 +214,8 @@ def check_arguments(role: Optional[str], command: Optional[str], given: dict) ->
 
 
 def _placeholder(name: str) -> str:
-    return {"host": "-h <host>", "key": "-k <key>", "value": "-v <value>", "file": "-f <file>"}.get(name, OPTION_NAMES[name])
+    return {"host": "-h <host>", "key": "-k <key>", "value": "-v <value>", "file": "-f <file>",
+            "argv": "a command to run (after --)"}.get(name, OPTION_NAMES[name])
 
 
 def _print_help(ctx: click.Context, _param, value) -> None:
@@ -222,9 +241,12 @@ def _print_help(ctx: click.Context, _param, value) -> None:
 @click.option("--token-file", metavar="FILE")
 @click.option("-f", "--file", "file", metavar="<file>")
 @click.option("--force-new-cluster", is_flag=True)
+@click.option("--ttl", type=click.IntRange(min=1, max=86400))
+@click.argument("argv", nargs=-1, type=click.UNPROCESSED)
 @click.option("--docker", "docker", metavar="[PROJECT]", is_flag=False, flag_value="", default=None)
 @click.option("--help", is_flag=True, is_eager=True, expose_value=False, callback=_print_help)
 def command(role, command_name, docker=None, **given) -> int:
+    given["argv"] = tuple(given.get("argv") or ()) or None
     check_arguments(role, command_name, given)
     project = docker_project(docker)
     if project is not None:
@@ -272,7 +294,7 @@ def run_docker(project: str, role: str, command_name: str, host=None, as_json=Fa
     return run(role, command_name, host=host, as_json=as_json, **given)
 
 
-def run(role: str, command_name: str, host=None, key=None, value=None, expect=None, seed=None, as_json=False, timeout=None, tick_ms=None, election_ticks=None, cluster_id=None, dns=None, token_file=None, file=None, force_new_cluster=False) -> int:
+def run(role: str, command_name: str, host=None, key=None, value=None, expect=None, seed=None, as_json=False, timeout=None, tick_ms=None, election_ticks=None, cluster_id=None, dns=None, token_file=None, file=None, force_new_cluster=False, ttl=None, argv=None) -> int:
     """Do one checked command; return 0 or raise CliError."""
     # Imported here so that --help and usage errors never pay for redis.
     from kvd.cli import client as cli_client
@@ -312,6 +334,8 @@ def run(role: str, command_name: str, host=None, key=None, value=None, expect=No
         from kvd.cli.home import Home
 
         host = cli_route.find_member(Home(), dns)
+    if command_name in ("lock", "leader", "lock-status"):
+        return run_lock(command_name, host, key, value, ttl, timeout, argv, as_json)
     with cli_client.NodeClient(host, timeout=timeout or cli_client.DEFAULT_TIMEOUT_S) as client:
         if command_name == "read" and key is None:
             _echo_text(cli_client.format_pairs(cli_client.read_all(client), as_json))
@@ -333,6 +357,61 @@ def run(role: str, command_name: str, host=None, key=None, value=None, expect=No
             cli_client.delete_key(client, key)
             echo("OK")
     return 0
+
+
+def run_lock(command_name: str, host: str, name: str, value=None, ttl=None, timeout=None, argv=None, as_json=False) -> int:
+    """lock, leader, lock-status (kvd.cli.lock)."""
+    from kvd.cli import client as cli_client
+    from kvd.cli import lock as cli_lock
+    from kvd.cli.errors import KEY_NOT_FOUND, NO_QUORUM
+    from kvd.resp.client import ReplyError
+
+    ttl = ttl or cli_lock.DEFAULT_TTL_S
+    members = _member_addresses(host)  # and a wrong -h fails at once (exit 3), not after --timeout
+    if command_name == "lock-status":
+        nodes = cli_lock.Nodes([host], timeout or cli_client.DEFAULT_TIMEOUT_S)
+    else:
+        # Each request must end well within a third of the ttl, so the holder can try another node in time.
+        nodes = cli_lock.Nodes([host], max(1.0, min(cli_client.DEFAULT_TIMEOUT_S, ttl / 3.0)))
+        nodes.add(members)
+    try:
+        if command_name == "lock-status":
+            try:
+                held = cli_lock.status(nodes, name)
+            except (cli_lock.Unavailable, cli_lock.Unknown) as e:
+                raise CliError(NO_QUORUM, "lock-status of %s: %s" % (name, e)) from None
+            if held is None:
+                if as_json:
+                    click.echo(json.dumps({"lock": name, "key": cli_lock.key_of(name), "holder": None}))
+                raise CliError(KEY_NOT_FOUND, "lock %s is free (no key %s)" % (name, cli_lock.key_of(name)))
+            if as_json:
+                click.echo(json.dumps(held))
+            else:
+                _echo_text("holder: %s\ntoken: %d\nttl: %s" % (held["holder"], held["token"], held["ttl"]))
+            return 0
+        lock = cli_lock.Lock(nodes, name, ttl, cli_lock.new_holder(value))
+        say = lambda text: click.echo("%s: %s" % (command_name, text), err=True)
+        return cli_lock.run_locked(lock, argv, timeout, say, taken="elected for" if command_name == "leader" else "acquired")
+    except ReplyError as e:  # the node refused a request (a password, a key of the wrong type...)
+        raise cli_client.node_error(nodes.address, e.text) from None
+    finally:
+        nodes.close()
+
+
+def _member_addresses(host: str) -> List[str]:
+    """Every member's client address; CliError UNREACHABLE when ``host`` takes no connection, else best effort."""
+    from kvd.cli import client as cli_client
+    from kvd.cli.errors import UNREACHABLE
+
+    try:
+        with cli_client.NodeClient(host, timeout=3.0) as client:
+            return [row["id"] for row in client.members() if isinstance(row, dict) and row.get("id")]
+    except CliError as e:
+        if e.code == UNREACHABLE:
+            raise
+        return []
+    except (KeyError, TypeError):
+        return []
 
 
 def join_token(path: Optional[str]) -> Optional[str]:

@@ -12,7 +12,8 @@ clients saw.
 Modules: ``netfilter`` (partitions with nftables on the nodes' addresses),
 ``cluster`` (the node processes), ``workload`` (clients and the history),
 ``multikey`` (MULTI/EXEC, WATCH and Lua script clients on groups of keys,
-checked by kvd.check.txn),
+checked by kvd.check.txn), ``expiry`` (keys that expire, kvd.check.expiry),
+``locks`` (mgmt.py's lock recipe and fenced writes, kvd.check.locks),
 ``nemesis`` (the faults), ``run`` (one run from start to verdict),
 ``__main__`` (the torture loop).  The clients speak to the nodes through
 kvd.resp.client, the package's one Redis client, whose failures say exactly

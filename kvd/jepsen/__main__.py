@@ -11,7 +11,8 @@ Workloads: register (GET, SET, SET IFEQ, DEL on single keys), txn (MULTI/EXEC
 across keys of a group, WATCH-based compare-and-set), script (EVAL/EVALSHA/
 EVAL_RO scripts reading and writing several keys), kvtxn (KVD.TXN compare-and-
 swap transfers between two keys, blind writes, reads); --keys is then the number
-of key groups and --ops-per-key the ops per group.
+of key groups and --ops-per-key the ops per group.  expiry (SET PX, GET); locks
+(mgmt.py's lock recipe, writes fenced by the token; --keys locks).
 
 Nemeses: kill-leader kill-random stop-leader pause-leader pause-random crash-all
 partition-random partition-leader bridge one-way membership; groups: all,
@@ -53,6 +54,11 @@ def check_file(argv) -> int:
         from kvd.check import watches
 
         result = watches.check_history([r for r in records if r.get("type") == "op"])
+    elif header.get("config", {}).get("workload") == "locks":  # locks and fenced writes: kvd.check.locks
+        from kvd.check import locks
+
+        result = locks.check_history(locks.from_record(r) for r in records
+                                     if r.get("type") == "op" and r["key"] != "probe")
         print(result.report())
         return 0 if result.verdict == VALID else 1
     header, ops, events = read_history(args.history)
@@ -81,14 +87,16 @@ def main(argv=None) -> int:
     p.add_argument("--keep", action="store_true", help="keep every run's directory")
     p.add_argument("--check-budget", type=float, default=120.0)
     p.add_argument("--think-ms", type=float, default=10.0, help="mean pause between a client's operations")
-    p.add_argument("--workload", choices=("register", "txn", "script", "kvtxn", "expiry", "watch"), default="register",
+    p.add_argument("--workload", choices=("register", "txn", "script", "kvtxn", "expiry", "watch", "locks"),
+                   default="register",
                    help="what the clients do (txn: MULTI/EXEC and WATCH CAS; script: Lua scripts; "
                         "kvtxn: KVD.TXN compare-and-swap transfers; expiry: SET PX and GET; "
-                        "watch: KVD.WATCH streams resumed across nodes while KVD.TXN writes)")
+                        "watch: KVD.WATCH streams resumed across nodes while KVD.TXN writes; "
+                        "locks: locks on leases, writes fenced by their token)")
     p.add_argument("--planted-split", action="store_true",
                    help="txn/script/kvtxn ops run as separate commands, recorded as atomic; expiry writes recorded "
-                        "with a third of their ttl; watch: the nodes drop the first change of every FROMREV replay: "
-                        "a planted bug the checker must catch")
+                        "with a third of their ttl; watch: the nodes drop the first change of every FROMREV replay; "
+                        "locks taken with SET without NX: a planted bug the checker must catch")
     p.add_argument("--planted-stale-reads", action="store_true", help="clients read with READONLY (stale reads allowed): a planted bug the checker must catch")
     p.add_argument("--snapshot-entries", type=int, default=400, help="nodes snapshot every this many entries (small: snapshots under faults)")
     p.add_argument("--fault-seconds", type=float, nargs=2, default=(2.0, 4.0), metavar=("MIN", "MAX"))
@@ -113,7 +121,8 @@ def main(argv=None) -> int:
 
     print("torture: %s workload, nemeses %s, %gs per run, %gs in all, %d nodes, %d clients, %d %s" % (
         args.workload, ",".join(names) or "none", args.run_seconds, args.duration, args.nodes, args.clients, args.keys,
-        "key groups" if args.workload in ("txn", "script", "kvtxn") else "keys"), flush=True)
+        "key groups" if args.workload in ("txn", "script", "kvtxn") else "locks" if args.workload == "locks" else "keys"),
+        flush=True)
     deadline = time.monotonic() + args.duration
     runs = anomalies = 0
     try:

@@ -29,11 +29,13 @@ from typing import Dict, List, Optional, Tuple
 
 from kvd.check.durability import check_durability
 from kvd.check import expiry as expiry_check
+from kvd.check import locks as locks_check
 from kvd.check import txn as txn_check
 from kvd.check import watches as watch_check
 from kvd.check.linear import INFO, VALID, check
 from kvd.jepsen.cluster import ProcessCluster
 from kvd.jepsen.expiry import ExpiryWorkload
+from kvd.jepsen.locks import LockWorkload
 from kvd.jepsen.watches import WatchWorkload
 from kvd.jepsen.multikey import WORKLOADS, convergence
 from kvd.jepsen.nemesis import PROBE_KEY, Nemesis, needs_netfilter, run_schedule
@@ -72,11 +74,13 @@ class RunConfig:
     # "register" (GET/SET/SET IFEQ/DEL per key), "txn" (MULTI/EXEC, WATCH CAS), "script" (EVAL/EVALSHA) or
     # "kvtxn" (KVD.TXN): the last three run on groups of keys (``keys`` groups, ``ops_per_key`` ops each) and are
     # checked by kvd.check.txn; "expiry" (SET PX / GET, kvd.jepsen.expiry) is checked by kvd.check.expiry;
-    # "watch" (KVD.WATCH streams across reconnects, kvd.jepsen.watches) by kvd.check.watches.
+    # "watch" (KVD.WATCH streams across reconnects, kvd.jepsen.watches) by kvd.check.watches; "locks" (mgmt.py's
+    # lock recipe and fenced writes, kvd.jepsen.locks; ``keys`` locks) by kvd.check.locks.
     workload: str = "register"
     # txn/script ops run as separate commands (the checker must find torn ops); expiry: writes recorded with a
     # third of their ttl (the checker must find reads "after expiry"); watch: the watchers drop the first push after
-    # every resume, as if a node left out the first change of every FROMREV replay (the checker must find the gaps).
+    # every resume, as if a node left out the first change of every FROMREV replay (the checker must find the gaps);
+    # locks: taken with SET without NX (the checker must find two holders at one token).
     planted_split: bool = False
 
 
@@ -168,8 +172,9 @@ def run_once(cfg: RunConfig, index: int = 1) -> RunResult:
             workload = Workload(cluster, history, seed, cfg.clients, cfg.keys, cfg.ops_per_key, cfg.client_timeout_s,
                                 cfg.think_s, stale_reads=cfg.planted_stale_reads)
         else:
-            workload = dict(WORKLOADS, expiry=ExpiryWorkload, watch=WatchWorkload)[cfg.workload](cluster, history, seed, cfg.clients, cfg.keys, cfg.ops_per_key,
-                                               cfg.client_timeout_s, cfg.think_s, split=cfg.planted_split)
+            workload = dict(WORKLOADS, expiry=ExpiryWorkload, watch=WatchWorkload, locks=LockWorkload)[cfg.workload](
+                cluster, history, seed, cfg.clients, cfg.keys, cfg.ops_per_key, cfg.client_timeout_s, cfg.think_s,
+                split=cfg.planted_split)
         nemesis = Nemesis(cluster, history, rng, netfilter, min_members=min(3, cfg.nodes), max_members=max(5, cfg.nodes),
                           keys=lambda: list(workload.keys_used))
         history.t0 = time.monotonic()
@@ -226,12 +231,14 @@ def run_once(cfg: RunConfig, index: int = 1) -> RunResult:
 
     if cfg.workload == "expiry":
         ops = [expiry_check.from_record(r) for r in history.finished_ops() if r["key"] != PROBE_KEY]
+    elif cfg.workload == "locks":
+        ops = [locks_check.from_record(r) for r in history.finished_ops() if r["key"] != PROBE_KEY]
     elif cfg.workload == "watch":
         ops = [r for r in history.finished_ops() if r["key"] != PROBE_KEY]
     else:
         ops = [to_op(r) for r in history.finished_ops()]
-    if cfg.workload == "expiry":
-        result = expiry_check.check_history(ops)
+    if cfg.workload in ("expiry", "locks"):
+        result = (expiry_check if cfg.workload == "expiry" else locks_check).check_history(ops)
         phase("check")
         durability = convergence(final, replicas) if final else []
     elif cfg.workload == "watch":
