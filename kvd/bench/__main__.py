@@ -43,9 +43,10 @@ def _machine() -> str:
     return "%s, %d cores, Python %s" % (platform.platform(), os.cpu_count() or 0, platform.python_version())
 
 
-def _cluster(run_dir: str, tick_ms: int = 50, election_ticks: int = 8, node_args: Sequence[str] = ()) -> ProcessCluster:
+def _cluster(run_dir: str, tick_ms: int = 50, election_ticks: int = 8, node_args: Sequence[str] = (),
+             peer_tls: bool = True) -> ProcessCluster:
     cluster = ProcessCluster(run_dir, n=3, tick_ms=tick_ms, election_ticks=election_ticks, request_timeout_s=5.0,
-                             cluster_id="bench", extra_args=tuple(node_args))
+                             cluster_id="bench", extra_args=tuple(node_args), peer_tls=peer_tls)
     cluster.start(60.0)
     ok, why = cluster.wait_healthy(60.0)
     if not ok:
@@ -79,11 +80,11 @@ def run_loads(args) -> dict:
             raise RuntimeError("--redis %s" % problem)
         redis = redis_bench.RedisServer(os.path.join(run_dir, "redis"))
         redis.start()
-    cluster = _cluster(run_dir, args.tick_ms, args.election_ticks, _node_args(args))
+    cluster = _cluster(run_dir, args.tick_ms, args.election_ticks, _node_args(args), not args.insecure_peers)
     out = {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "commit": _commit(), "machine": _machine(),
-           "short": args.short, "loads": []}
-    print("kvd bench (%s) on %s; commit %s; 3 nodes, fsync on%s" % (
-        out["date"], out["machine"], out["commit"] or "?", "; SHORT form" if args.short else ""))
+           "short": args.short, "peers": "plaintext" if args.insecure_peers else "mutual TLS", "loads": []}
+    print("kvd bench (%s) on %s; commit %s; 3 nodes, fsync on, peers over %s%s" % (
+        out["date"], out["machine"], out["commit"] or "?", out["peers"], "; SHORT form" if args.short else ""))
     try:
         for load in loads.LOADS:
             leader = cluster.leader(20.0)
@@ -169,7 +170,7 @@ def run_loads(args) -> dict:
 
 def run_failover(args) -> dict:
     run_dir = tempfile.mkdtemp(prefix="kvd-bench-failover-")
-    cluster = _cluster(run_dir, args.tick_ms, args.election_ticks, _node_args(args))
+    cluster = _cluster(run_dir, args.tick_ms, args.election_ticks, _node_args(args), not args.insecure_peers)
     kills = 2 if args.short else args.kills
     rounds = 1 if args.short else args.membership_rounds
     print("kvd failover bench: %d leader kills (kill -9) under light load; 3 nodes, %d ms ticks, election after %d" % (
@@ -268,7 +269,7 @@ def run_soak(args) -> dict:
     """
     loads.redis_benchmark()
     run_dir = tempfile.mkdtemp(prefix="kvd-bench-soak-")
-    cluster = _cluster(run_dir, args.tick_ms, args.election_ticks, _node_args(args))
+    cluster = _cluster(run_dir, args.tick_ms, args.election_ticks, _node_args(args), not args.insecure_peers)
     seconds = 5.0 if args.short else float(args.soak_seconds)
     load = loads.Load("SET, 64 clients (soak)", "leader", ["-t", "set", "-c", "64"], 30000, 400)
     rounds: list = []
@@ -345,6 +346,9 @@ def main(argv=None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the run directory (node logs)")
     parser.add_argument("--tick-ms", type=int, default=50, help="the nodes' --tick-ms (default: twistd kvd's, 50)")
     parser.add_argument("--election-ticks", type=int, default=8, help="the nodes' --election-ticks (default: twistd kvd's, 8)")
+    parser.add_argument("--insecure-peers", action="store_true",
+                        help="kvd's nodes talk to each other in plaintext (twistd kvd --insecure-peers) instead of mutual "
+                        "TLS: what etcd's defaults, which the --etcd comparison runs, do; an A/B of what peer TLS costs")
     parser.add_argument("--node-arg", action="append", metavar="OPTION",
                         help="one more twistd kvd option for every node, repeatable: an A/B of a node option "
                         "(e.g. --node-arg=--storage-writes=reactor)")

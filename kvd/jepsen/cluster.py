@@ -124,6 +124,8 @@ class Node:
                          "--snapshot-entries", str(c.snapshot_entries), "--snapshot-keep-entries", str(c.snapshot_keep_entries)]
         if self.founder:
             args += ["--initial-cluster", ",".join(n.id for n in c.founders)]
+        if not c.peer_tls:
+            return args + ["--insecure-peers"] + c.extra_args
         # Peers over mutual TLS, as a real cluster runs: a CA per run, a certificate per node.
         certs = CertDir(os.path.join(c.dir, "tls"))
         certs.ensure_ca(c.cluster_id)
@@ -230,8 +232,12 @@ class Node:
 class ProcessCluster:
     def __init__(self, run_dir: str, n: int = 3, rng: Optional[random.Random] = None, tick_ms: int = 50,
                  election_ticks: int = 10, request_timeout_s: float = 3.0, cluster_id: str = "jepsen",
-                 snapshot_entries: int = 10000, snapshot_keep_entries: int = 1000, extra_args: Sequence[str] = ()):
+                 snapshot_entries: int = 10000, snapshot_keep_entries: int = 1000, extra_args: Sequence[str] = (),
+                 peer_tls: bool = True):
         self.dir = run_dir
+        #: Mutual TLS between the nodes (as a real cluster runs); False: plaintext peers (--insecure-peers), for a
+        #: benchmark that compares with a store whose peers run in plaintext by default (etcd).
+        self.peer_tls = peer_tls
         self.extra_args = list(extra_args)  # more twistd kvd options for every node (a benchmark's diagnostics)
         self.rng = rng or random.Random()
         self.tick_ms = tick_ms
