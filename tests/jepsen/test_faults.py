@@ -131,7 +131,7 @@ def multikey_nemeses():
 @pytest.mark.parametrize("workload", ["txn", "script", "kvtxn"])
 def test_multikey_workload_under_every_nemesis(tmp_path, workload):
     names = multikey_nemeses()
-    result = run(tmp_path, names, workload=workload, keys=3, ops_per_key=150, fault_s=(1.5, 2.5), quiet_s=(1.0, 1.5))
+    result = run(tmp_path, names, workload=workload, keys=3, ops_per_key=150, fault_s=(1.0, 1.5), quiet_s=(0.6, 1.0))
     assert_sound(result, names)
     details = result.line("ci")
     # Not vacuous: every kind of op succeeded often, the conditional ones both ways, and faults hit the clients.
@@ -164,7 +164,7 @@ def test_a_planted_non_atomic_multikey_bug_is_caught(tmp_path, workload):
 def test_expiry_workload_under_faults(tmp_path):
     ok, _ = Netfilter.available()
     names = list(PROCESS + (PARTITIONS if ok else ()))
-    result = run(tmp_path, names, workload="expiry", keys=8, ops_per_key=60, fault_s=(1.5, 2.5), quiet_s=(1.0, 1.5))
+    result = run(tmp_path, names, workload="expiry", keys=8, ops_per_key=60, fault_s=(1.0, 1.5), quiet_s=(0.6, 1.0))
     assert_sound(result, names)
     details = result.line("ci")
     # Not vacuous: values were found and keys were found gone, and faults hit the clients.
@@ -185,7 +185,7 @@ def test_watch_workload_under_faults(tmp_path):
     no duplicate, one history, every acknowledged write seen, every watcher caught up (kvd.check.watches)."""
     ok, _ = Netfilter.available()
     names = list(PROCESS + (PARTITIONS if ok else ()))
-    result = run(tmp_path, names, workload="watch", keys=4, fault_s=(1.5, 2.5), quiet_s=(1.0, 1.5))
+    result = run(tmp_path, names, workload="watch", keys=4, fault_s=(1.0, 1.5), quiet_s=(0.6, 1.0))
     assert_sound(result, names)
     details = result.line("ci")
     # Not vacuous: many writes acknowledged, many revisions pushed, and the watchers had to resume.
@@ -212,7 +212,7 @@ def test_a_planted_watch_bug_is_caught(tmp_path):
 def test_locks_workload_under_faults(tmp_path):
     ok, _ = Netfilter.available()
     names = list(PROCESS + (PARTITIONS if ok else ()))
-    result = run(tmp_path, names, workload="locks", keys=2, fault_s=(1.5, 2.5), quiet_s=(1.0, 1.5))
+    result = run(tmp_path, names, workload="locks", keys=2, fault_s=(1.0, 1.5), quiet_s=(0.6, 1.0))
     assert_sound(result, names)
     details = result.line("ci")
     # Not vacuous: locks changed hands often, were contended, and stale holders were fenced out.
