@@ -95,3 +95,56 @@ def test_a_revision_older_than_the_history_answers_compacted(cluster):
     watch.close()
     conn.close()
     writer.close()
+
+
+def test_a_watch_on_a_node_that_installs_a_snapshot_is_cancelled_and_resumes_elsewhere_without_gap(cluster):
+    """
+    A follower frozen while the leader compacts its log past it catches up by a snapshot: its history cannot
+    know what changed in between, so its watcher gets a cancel push, FROMREV there answers compacted, and the
+    resume on another node still sees every write once, in order.
+    """
+    import signal
+
+    c = cluster(extra=["--snapshot-entries", "40", "--snapshot-keep-entries", "5"])
+    leader = c.leader()
+    frozen, other = c.followers()
+    writer = Connection("127.0.0.1", leader.port, timeout=10.0)
+    watcher, _ = open_watch(frozen, "w:")
+    written = [(txn_set(writer, "w:a", "v%d" % i), b"put", b"w:a", b"v%d" % i) for i in range(5)]
+    seen = changes(watcher, 5)
+    assert seen == written
+    behind = frozen.info()["raft_applied_index"]
+    frozen.signal(signal.SIGSTOP)
+    try:
+        # Write until the leader has compacted its log past the frozen node's next entry (it keeps entries for a
+        # follower heard from within an election timeout, so it takes a few snapshots): bounded rounds.
+        for _ in range(50):
+            for _ in range(40):
+                i = len(written)
+                written.append((txn_set(writer, "w:a", "v%d" % i), b"put", b"w:a", b"v%d" % i))
+            if leader.info()["raft_first_index"] > behind + 1:
+                break
+        assert leader.info()["raft_first_index"] > behind + 1, "the leader never compacted past the frozen node"
+    finally:
+        frozen.signal(signal.SIGCONT)
+    deadline = time.monotonic() + 30
+    while True:  # what it pushes before the cancel continues the stream exactly
+        push = watcher.receive(timeout=max(0.1, deadline - time.monotonic()))
+        if push[0] == b"watch-cancelled":
+            assert push[1] == b"w:" and b"snapshot" in push[2], push
+            break
+        assert push[0] == b"watch" and push[1] == seen[-1][0] + 1, push
+        seen.extend((push[1],) + tuple(change) for change in push[2])
+    watcher.close()
+    last = seen[-1][0]
+    c.caught_up(frozen)
+    conn = Connection("127.0.0.1", frozen.port, timeout=10.0)
+    with pytest.raises(ReplyError) as e:
+        conn.call("KVD.WATCH", "w:", "FROMREV", last + 1)
+    assert "compacted" in e.value.text
+    conn.close()
+    resumed, start = open_watch(other, "w:", "FROMREV", last + 1)
+    assert start == last + 1
+    assert seen + changes(resumed, len(written) - len(seen)) == written
+    resumed.close()
+    writer.close()
