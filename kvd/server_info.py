@@ -75,6 +75,8 @@ class ServerInfo:
         self.notify_keyspace_events: Callable[[], str] = lambda: ""
         #: INFO stats' pubsub_channels, pubsub_patterns, pubsubshard_channels (the registry's counts).
         self.pubsub_counts: Callable[[], Tuple[int, int, int]] = lambda: (0, 0, 0)
+        #: INFO stats' kvd_watch* fields: the client port's KVD.WATCH hub (kvd.resp.watch ``WatchHub.info``).
+        self.watch_fields: Callable[[], List[Tuple[str, object]]] = lambda: []
 
     def reset_stats(self) -> None:
         """CONFIG RESETSTAT: INFO's stats section starts again from zero."""
@@ -166,7 +168,8 @@ class ServerInfo:
             ("kvd_linearizable_reads", reads),
             ("expired_keys", 0),
             ("evicted_keys", 0),
-        ] + list(zip(("pubsub_channels", "pubsub_patterns", "pubsubshard_channels"), self.pubsub_counts()))
+        ] + list(zip(("pubsub_channels", "pubsub_patterns", "pubsubshard_channels"), self.pubsub_counts())) + \
+            self.watch_fields()
 
     def _replication(self, raft):
         leader = raft["raft_role"] == "leader"

@@ -480,6 +480,7 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
                                  pubsub_limit=options["pubsub-limit"], watches=watches)
     executor.server_info.clients = client_factory.connections
     executor.server_info.client_port = client_factory
+    executor.server_info.watch_fields = watches.info
     executor.server_info.client_tls = bool(options["tls-cert"])
     executor.server_info.peer_security = "insecure" if tls is None else "mutual-tls"
     executor.server_info.stall = stall

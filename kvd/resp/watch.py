@@ -129,6 +129,13 @@ class WatchHub:
     def __len__(self) -> int:
         return len(self._watches)
 
+    def info(self) -> List[Tuple[str, int]]:
+        """INFO stats' fields: open watches, those a reset ended, and what the history holds (from ``oldest``)."""
+        h = self.history
+        return [("kvd_watches", len(self._watches)), ("kvd_watches_cancelled", self.cancelled),
+                ("kvd_watch_history_revision", h.revision), ("kvd_watch_history_oldest", h.oldest),
+                ("kvd_watch_history_changes", len(h)), ("kvd_watch_history_bytes", h.bytes)]
+
     # ---------------------------------------------------------------- the node's side
     def applied(self, revision: int, changes: List[Change]) -> None:
         """The entry that made ``revision`` changed ``changes`` (kvd.kv.watch ``changes_of``): keep, then push."""

@@ -286,3 +286,5 @@ def test_watch_history_option_bounds_the_nodes_watch_hub(tmp_path):
     assert (hub.history.max_changes, hub.history.max_bytes) == (50, 4096)
     ports = [s for s in top if getattr(getattr(s, "factory", None), "watches", None) is not None]
     assert [p.factory.watches for p in ports] == [hub]
+    stats = dict(ports[0].factory.executor.server_info._stats({}))  # INFO stats reads the same hub
+    assert stats["kvd_watches"] == 0 and stats["kvd_watch_history_oldest"] == hub.history.oldest

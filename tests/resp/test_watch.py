@@ -210,6 +210,9 @@ def test_resp3_gets_pushes_and_a_reset_cancels_every_watch():
     assert p.take("w") == [("push", [b"watch-cancelled", b"",
                                      b"a snapshot was installed at index 90: resume with FROMREV"])]
     assert len(p.factory.watches) == 0 and p.factory.watches.history.oldest == 41
+    assert dict(p.factory.watches.info()) == {  # INFO stats' fields (kvd.server_info)
+        "kvd_watches": 0, "kvd_watches_cancelled": 1, "kvd_watch_history_revision": 40,
+        "kvd_watch_history_oldest": 41, "kvd_watch_history_changes": 0, "kvd_watch_history_bytes": 0}
     assert p.send("w", "PING") == [b"PONG"]  # no longer watching: anything runs, a new watch may start
     assert p.send("w", "KVD.WATCH", "", "FROMREV", "1") == [
         ("ERR!", b"ERR compacted: revision 1 is compacted, oldest available is 41")]
