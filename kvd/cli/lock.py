@@ -380,13 +380,20 @@ def run_locked(lock: Lock, argv: Sequence[str], timeout: Optional[float], say: C
     code; LOCK_LOST (10) if the lock was lost meanwhile (the command was then
     terminated); CliError TIMEOUT (5) if not acquired within ``timeout``.
     """
+    stopping = _stop_on_signals()
     try:
         held = lock.acquire(timeout)
     except LockTimeout as e:
         raise CliError(TIMEOUT, str(e)) from None
+    except Signalled as e:  # SIGTERM/SIGHUP while waiting (a supervisor stopping us): as Ctrl-C, then exit 128+N
+        lock.give_up()
+        return 128 + e.signum
     except KeyboardInterrupt:  # Ctrl-C while waiting: give the lease back (and the lock, had an attempt won it)
         lock.give_up()
         raise
+    finally:
+        for sig, previous in stopping.items():
+            signal.signal(sig, previous)
     say("%s %s, token %d (holder %s, lease %d, ttl %ds)" % (taken, lock.key, held.token, held.holder, held.lease, lock.ttl))
     try:
         child = spawn(list(argv), env=child_env(held))
@@ -462,6 +469,29 @@ def _terminate(child, grace_s: float) -> None:
     except subprocess.TimeoutExpired:
         child.kill()
         child.wait()
+
+
+class Signalled(KeyboardInterrupt):
+    """SIGTERM or SIGHUP arrived while the lock was being waited for."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop_on_signals() -> dict:
+    """While waiting for the lock, SIGTERM and SIGHUP stop the wait (``Signalled``) so the lease is given back."""
+    previous = {}
+
+    def stop(signum, _frame):
+        raise Signalled(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        try:
+            previous[sig] = signal.signal(sig, stop)
+        except ValueError:  # not the main thread (tests)
+            pass
+    return previous
 
 
 def _forward_signals(child) -> dict:

@@ -187,6 +187,26 @@ def test_lock_status_and_a_lock_not_acquired_in_time(cluster, runners, tmp_path)
     assert free.returncode == 1 and "lock job is free" in free.stderr
 
 
+def test_a_waiter_stopped_by_sigterm_gives_its_lease_back(cluster, runners, tmp_path):
+    """A supervisor's SIGTERM while mgmt.py lock waits: it exits 143 and revokes its lease (no lease left to expire)."""
+    c = cluster(3)
+    log, go = tmp_path / "log", tmp_path / "go"
+    a = runners(lock_cmd(c.nodes[0], "job", log, "hold", go, holder="alpha", ttl=30))
+    wait_for(lambda: events(log), 30, "the holder to hold the lock")
+    leases = c.nodes[1].client()
+    held = set(leases.execute_command("KVD.LEASE", "LIST"))
+    assert len(held) == 1
+    waiter = runners(lock_cmd(c.nodes[1], "job", tmp_path / "late", "count", holder="beta", ttl=30))
+    wait_for(lambda: len(leases.execute_command("KVD.LEASE", "LIST")) == 2, 30, "the waiter to take a lease")
+    waiter.proc.send_signal(signal.SIGTERM)
+    code, err = waiter.wait(30)
+    assert code == 128 + signal.SIGTERM, err
+    assert set(leases.execute_command("KVD.LEASE", "LIST")) == held  # the waiter's lease is gone at once, not in 30 s
+    assert not (tmp_path / "late").exists()  # its command never ran
+    go.write_text("go")
+    assert a.wait(30)[0] == 0
+
+
 def test_the_leader_keeps_its_lock_through_a_crash_of_the_clusters_leader(cluster, runners, tmp_path):
     c = cluster(3)
     old = c.leader()
