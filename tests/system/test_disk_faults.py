@@ -196,6 +196,8 @@ def test_a_full_disk_fail_stops_the_node_with_one_line_and_a_non_zero_exit(tmp_p
             if process.poll() is not None:
                 break
         wait_for(lambda: process.poll() is not None, 30, "the victim to exit")
+        # The watch's next poll after the exit (the fill may end within one poll interval of the start).
+        wait_for(lambda: any(status != 200 for status in watch.seen), 10, "the health watch to see the failure")
         watch.done.set()
         watch.join(10)
         # Healthy until the failure, then never again: 503 (if a poll fell in the instant before the
