@@ -25,6 +25,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Tuple
@@ -111,20 +112,42 @@ def py_spy() -> str:
     return found
 
 
+#: Seconds to wait for py-spy to start sampling every node before a load begins.
+ATTACH_S = 10.0
+
+
+def _sampling(log_path: str) -> bool:
+    """Whether py-spy's output says it has started ("py-spy> Sampling process ...")."""
+    try:
+        with open(log_path, errors="replace") as f:
+            return "Sampling process" in f.read()
+    except OSError:
+        return False
+
+
 class Recording:
     """py-spy recording each of ``pids`` (name -> pid) until ``stop``."""
 
     def __init__(self, pids: Dict[str, int], run_dir: str, label: str):
         self.outputs: Dict[str, str] = {}
         self.procs: Dict[str, subprocess.Popen] = {}
+        said: Dict[str, str] = {}
         tool = py_spy()
         for name, pid in pids.items():
             out = os.path.join(run_dir, "profile-%s-%s.raw" % (label, name.replace(":", "_").replace("/", "_")))
             self.outputs[name] = out
-            self.procs[name] = subprocess.Popen(
-                [tool, "record", "--pid", str(pid), "--rate", str(RATE_HZ), "--nonblocking", "--format", "raw",
-                 "--output", out, "--duration", "3600"],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            said[name] = out + ".log"
+            with open(said[name], "w") as log:
+                self.procs[name] = subprocess.Popen(
+                    [tool, "record", "--pid", str(pid), "--rate", str(RATE_HZ), "--nonblocking", "--format", "raw",
+                     "--output", out, "--duration", "3600"],
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        # py-spy takes a moment to attach: the load starts once each says it is sampling (or has exited), so a
+        # short load is not over before its profile begins (bounded: ATTACH_S).
+        deadline = time.monotonic() + ATTACH_S
+        for name, proc in self.procs.items():
+            while time.monotonic() < deadline and proc.poll() is None and not _sampling(said[name]):
+                time.sleep(0.02)
 
     def stop(self, timeout_s: float = 30.0) -> Dict[str, Profile]:
         for proc in self.procs.values():
