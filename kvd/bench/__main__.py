@@ -62,6 +62,19 @@ def _node_args(args) -> Tuple[str, ...]:
     return extra
 
 
+def _chosen_loads(args) -> list:
+    """The loads ``--loads`` names (1-based numbers in LOADS' order), all of them by default."""
+    if not getattr(args, "loads", None):
+        return list(loads.LOADS)
+    try:
+        numbers = [int(n) for n in args.loads.split(",") if n.strip()]
+    except ValueError:
+        raise SystemExit("--loads takes numbers from 1 to %d, comma-separated" % len(loads.LOADS))
+    if not numbers or any(not 1 <= n <= len(loads.LOADS) for n in numbers):
+        raise SystemExit("--loads takes numbers from 1 to %d, comma-separated" % len(loads.LOADS))
+    return [loads.LOADS[n - 1] for n in numbers]
+
+
 def run_loads(args) -> dict:
     loads.redis_benchmark()  # fail early, with the install line
     run_dir = tempfile.mkdtemp(prefix="kvd-bench-")
@@ -86,7 +99,7 @@ def run_loads(args) -> dict:
     print("kvd bench (%s) on %s; commit %s; 3 nodes, fsync on, peers over %s%s" % (
         out["date"], out["machine"], out["commit"] or "?", out["peers"], "; SHORT form" if args.short else ""))
     try:
-        for load in loads.LOADS:
+        for load in _chosen_loads(args):
             leader = cluster.leader(20.0)
             if leader is None:
                 raise RuntimeError("no leader before %r" % load.name)
@@ -342,6 +355,8 @@ def main(argv=None) -> int:
     parser.add_argument("--profile", action="store_true",
                         help="loads: sample every node with py-spy during each load and print where the time goes "
                         "(installs py-spy from PyPI if missing; sampling costs the nodes a little CPU)")
+    parser.add_argument("--loads", metavar="N,M",
+                        help="loads: run only these loads, numbered from 1 in the order of the table (default: all)")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON, to compare commits")
     parser.add_argument("--keep", action="store_true", help="keep the run directory (node logs)")
     parser.add_argument("--tick-ms", type=int, default=50, help="the nodes' --tick-ms (default: twistd kvd's, 50)")
