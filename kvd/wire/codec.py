@@ -7,8 +7,8 @@ Every Raft message travels as one one-way AMP command, ``Raft``
 (``requiresAnswer = False``), whose single argument is the message packed
 with ``struct`` (``encode_binary``: a tag, the term, the node ids, then the
 message's fields; entries and snapshots in their compact binary layouts).
-Three request/response commands (``Hello``, ``Forward``, ``Join``) serve the
-connection handshake and follower-to-leader forwarding.
+Four request/response commands (``Hello``, ``Forward``, ``ForwardBatch``,
+``Join``) serve the connection handshake and follower-to-leader forwarding.
 
 AMP caps every value at 65,535 bytes.  A message whose box would break the
 cap (a batch holding a 1 MiB entry, a big snapshot) is packed into one
@@ -49,7 +49,7 @@ from kvd.raft.messages import MAX_INDEX, MAX_NODE_ID_LENGTH, MAX_TERM, Configura
 from kvd.wire.errors import ForwardError, HelloRefused, ProtocolViolation
 
 #: Bumped whenever a command or an argument encoding below changes incompatibly.
-PROTOCOL_VERSION = 2  # 2: every Raft message in one binary argument of the Raft command
+PROTOCOL_VERSION = 3  # 2: every Raft message in one binary argument of the Raft command; 3: ForwardBatch
 
 #: The largest value AMP can carry.
 MAX_VALUE_LENGTH = amp.MAX_VALUE_LENGTH
@@ -360,6 +360,23 @@ class Forward(amp.Command):
     errors = {ForwardError: b"FORWARD_ERROR"}
 
 
+class ForwardBatch(amp.Command):
+    """
+    Several forwarded client commands in one box (``encode_forward_batch``),
+    answered by one box of their outcomes in the same order
+    (``encode_forward_outcomes``).  A follower under load forwards what its
+    clients sent in one reactor turn at once: the leader then parses one box
+    and answers one, where it took a box each way per command.  The outcomes
+    travel as chunks named by ``results_blob`` when they are too big for one
+    value; a batch itself always fits in one (``FORWARD_BATCH_BYTES``).
+    """
+
+    commandName = b"ForwardBatch"
+    arguments = [(b"payloads", amp.String())]
+    response = [(b"results", amp.String()), (b"results_blob", amp.Integer(optional=True))]
+    errors = {ForwardError: b"FORWARD_ERROR"}
+
+
 class Join(amp.Command):
     """A node asks to be added to the cluster (carried for the CLI)."""
 
@@ -367,6 +384,99 @@ class Join(amp.Command):
     arguments = [(b"node_id", amp.Unicode()), (b"address", amp.Unicode())]
     response = [(b"result", amp.String())]
     errors = {ForwardError: b"FORWARD_ERROR"}
+
+
+# ------------------------------------------------------ forward batches
+
+#: Most payload bytes in one ForwardBatch: it and its item headers stay under AMP's value cap.
+FORWARD_BATCH_BYTES = 48 * 1024
+#: A payload bigger than this is forwarded alone (``Forward``, chunked if need be).
+FORWARD_BATCH_ITEM_BYTES = 8 * 1024
+_OUTCOME_OK = 0
+_OUTCOME_ERROR = 1
+_U16 = struct.Struct(">H")
+
+
+def encode_forward_batch(payloads) -> bytes:
+    """A u32 count, then each payload as a u32 length and its bytes."""
+    parts = [_U32.pack(len(payloads))]
+    for payload in payloads:
+        parts.append(_U32.pack(len(payload)))
+        parts.append(payload)
+    return b"".join(parts)
+
+
+def decode_forward_batch(value: bytes) -> List[bytes]:
+    """Inverse of ``encode_forward_batch``; ``ValueError`` for a value that is not one."""
+    view = memoryview(value)
+    if len(view) < _U32.size:
+        raise ValueError("forward batch shorter than its count")
+    (count,) = _U32.unpack_from(view)
+    offset = _U32.size
+    if count * _U32.size > len(view) - offset:
+        raise ValueError(f"forward batch too short for {count} payloads")
+    payloads = []
+    for _ in range(count):
+        if len(view) - offset < _U32.size:
+            raise ValueError("forward batch truncated in a length")
+        (length,) = _U32.unpack_from(view, offset)
+        offset += _U32.size
+        if len(view) - offset < length:
+            raise ValueError("forward batch truncated in a payload")
+        payloads.append(bytes(view[offset : offset + length]))
+        offset += length
+    if offset != len(view):
+        raise ValueError(f"{len(view) - offset} bytes after the last payload of a forward batch")
+    return payloads
+
+
+def encode_forward_outcomes(outcomes) -> bytes:
+    """
+    A u32 count, then per outcome a u8 kind: 0 and a u32-length result, or 1,
+    a u16-length error code and a u32-length UTF-8 message (a ``ForwardError``).
+    """
+    parts = [_U32.pack(len(outcomes))]
+    for outcome in outcomes:
+        if isinstance(outcome, ForwardError):
+            code = outcome.code.value.encode("ascii")
+            message = outcome.message.encode("utf-8")
+            parts += [_U8.pack(_OUTCOME_ERROR), _U16.pack(len(code)), code, _U32.pack(len(message)), message]
+        else:
+            parts += [_U8.pack(_OUTCOME_OK), _U32.pack(len(outcome)), outcome]
+    return b"".join(parts)
+
+
+def decode_forward_outcomes(value: bytes) -> List[Any]:
+    """Inverse of ``encode_forward_outcomes``: bytes or ``ForwardError`` each; ``ValueError`` if malformed."""
+    view = memoryview(value)
+
+    def take(n: int) -> memoryview:
+        nonlocal offset
+        if len(view) - offset < n:
+            raise ValueError("forward outcomes truncated")
+        offset += n
+        return view[offset - n : offset]
+
+    offset = 0
+    (count,) = _U32.unpack(take(_U32.size))
+    if count > len(view):  # every outcome takes at least one byte
+        raise ValueError(f"forward outcomes too short for {count} outcomes")
+    outcomes: List[Any] = []
+    for _ in range(count):
+        (kind,) = _U8.unpack(take(1))
+        if kind == _OUTCOME_OK:
+            (length,) = _U32.unpack(take(_U32.size))
+            outcomes.append(bytes(take(length)))
+        elif kind == _OUTCOME_ERROR:
+            (length,) = _U16.unpack(take(_U16.size))
+            code = bytes(take(length)).decode("ascii")
+            (length,) = _U32.unpack(take(_U32.size))
+            outcomes.append(ForwardError(code, bytes(take(length)).decode("utf-8", "replace")))
+        else:
+            raise ValueError(f"unknown forward outcome kind {kind}")
+    if offset != len(view):
+        raise ValueError(f"{len(view) - offset} bytes after the last forward outcome")
+    return outcomes
 
 
 # ------------------------------------------------------ message <-> AMP

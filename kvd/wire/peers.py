@@ -56,12 +56,19 @@ from kvd.wire.codec import (
     PROTOCOL_VERSION,
     Chunk,
     ChunkAssembler,
+    FORWARD_BATCH_BYTES,
+    FORWARD_BATCH_ITEM_BYTES,
     Forward,
+    ForwardBatch,
     Frame,
     Hello,
     Join,
     MessageDecoder,
     bytes_frames,
+    decode_forward_batch,
+    decode_forward_outcomes,
+    encode_forward_batch,
+    encode_forward_outcomes,
     message_frames,
     pack_bytes_blob,
 )
@@ -351,7 +358,10 @@ class PeerServerProtocol(_PeerProtocol):
     """The listening end: authenticates the caller, receives its messages, serves Forward and Join."""
 
     accepts_messages = True
-    request_commands = frozenset({Hello.commandName, Forward.commandName, Join.commandName}) | STREAM_COMMANDS
+    request_commands = (
+        frozenset({Hello.commandName, Forward.commandName, ForwardBatch.commandName, Join.commandName})
+        | STREAM_COMMANDS
+    )
 
     def __init__(self, factory: "PeerServerFactory") -> None:
         super().__init__(
@@ -475,15 +485,54 @@ class PeerServerProtocol(_PeerProtocol):
         return result
 
     def _forward_result(self, result: bytes) -> Dict[str, Any]:
-        if not isinstance(result, bytes):
-            raise ForwardError(errors.INTERNAL, f"forward handler returned {type(result).__name__}, not bytes")
-        if len(result) > self.factory.max_forward_bytes:
-            raise ForwardError(errors.TOOBIG, f"result of {len(result)} bytes is over the forwarding limit")
+        result = self._checked_result(result)
         if len(result) <= MAX_VALUE_LENGTH:
             return {"result": result}
         # The chunks precede the answer on the same stream, so they are
         # staged by the time the caller reads it.
         return {"result": b"", "result_blob": self.send_big_bytes(result)}
+
+    def _checked_result(self, result: bytes) -> bytes:
+        if not isinstance(result, bytes):
+            raise ForwardError(errors.INTERNAL, f"forward handler returned {type(result).__name__}, not bytes")
+        if len(result) > self.factory.max_forward_bytes:
+            raise ForwardError(errors.TOOBIG, f"result of {len(result)} bytes is over the forwarding limit")
+        return result
+
+    @ForwardBatch.responder
+    def forward_batch(self, payloads: bytes) -> Deferred:
+        """Each payload to the forward handler in order; one answer once every one has its outcome."""
+        handler = self.factory.forward_handler
+        if handler is None:
+            return fail(ForwardError(errors.INTERNAL, f"node {self.local_id} does not accept forwarded commands"))
+        try:
+            items = decode_forward_batch(payloads)
+        except ValueError as e:
+            return fail(ForwardError(errors.INTERNAL, f"malformed forward batch: {e}"))
+        src = self.peer_id
+        outcomes: List[Any] = [None] * len(items)
+        waiting = [len(items)]
+        answer: Deferred = Deferred()
+
+        def settle(outcome, i: int) -> None:
+            outcomes[i] = outcome.value if isinstance(outcome, Failure) else outcome
+            waiting[0] -= 1
+            if not waiting[0]:
+                answer.callback(outcomes)
+
+        for i, payload in enumerate(items):
+            d = maybeDeferred(handler, src, payload)
+            d.addCallbacks(self._checked_result, self._handler_failed, errbackArgs=("forward",))
+            d.addBoth(settle, i)
+        if not items:
+            answer.callback(outcomes)
+        return answer.addCallback(self._batch_outcomes)
+
+    def _batch_outcomes(self, outcomes: List[Any]) -> Dict[str, Any]:
+        value = encode_forward_outcomes(outcomes)
+        if len(value) <= MAX_VALUE_LENGTH:
+            return {"results": value}
+        return {"results": b"", "results_blob": self.send_big_bytes(value)}
 
     def _handler_failed(self, failure: Failure, what: str) -> Failure:
         if failure.check(ForwardError):
@@ -591,6 +640,10 @@ class PeerClientProtocol(_PeerProtocol):
         self.link = link
         self._up = False
         self._hello_timer = None
+        # Forwarded payloads waiting for the end of the reactor turn (``call_forward``).
+        self._batch: List[Tuple[bytes, Deferred]] = []
+        self._batch_bytes = 0
+        self._batch_call = None
 
     @property
     def peer_label(self) -> str:
@@ -632,6 +685,13 @@ class PeerClientProtocol(_PeerProtocol):
 
     def connectionLost(self, reason: Failure) -> None:
         self._cancel_hello_timer()
+        if self._batch_call is not None and self._batch_call.active():
+            self._batch_call.cancel()
+        self._batch_call = None
+        batch, self._batch, self._batch_bytes = self._batch, [], 0
+        for _, waiter in batch:
+            # Never sent: certainly not applied.
+            waiter.errback(ForwardError(errors.TRYAGAIN, f"connection to {self.link.node_id!r} lost before forwarding"))
         if self._up:
             self._up = False
             self.log.info(
@@ -702,6 +762,63 @@ class PeerClientProtocol(_PeerProtocol):
         return self.write_frames(frames, bounded=True)
 
     def call_forward(self, payload: bytes) -> Deferred:
+        """
+        Forward ``payload``; it waits for the end of this reactor turn with
+        whatever else is forwarded meanwhile, and they go as one ForwardBatch
+        (one alone goes as a Forward).  A payload too big to batch goes at
+        once, after what is waiting: one client's commands keep their order.
+        """
+        if len(payload) > FORWARD_BATCH_ITEM_BYTES:
+            self.send_forward_batch()
+            return self._call_forward_alone(payload)
+        if self._batch_bytes + len(payload) > FORWARD_BATCH_BYTES:
+            self.send_forward_batch()
+        waiter: Deferred = Deferred()
+        self._batch.append((payload, waiter))
+        self._batch_bytes += len(payload)
+        if self._batch_call is None:
+            self._batch_call = self.link.owner.reactor.callLater(0, self.send_forward_batch)
+        return waiter
+
+    def send_forward_batch(self) -> None:
+        """Send what is waiting to be forwarded now."""
+        if self._batch_call is not None:
+            if self._batch_call.active():
+                self._batch_call.cancel()
+            self._batch_call = None
+        batch, self._batch, self._batch_bytes = self._batch, [], 0
+        if len(batch) == 1:
+            payload, waiter = batch[0]
+            self._call_forward_alone(payload).chainDeferred(waiter)
+        elif batch:
+            waiters = [waiter for _, waiter in batch]
+            answer = self.callRemote(ForwardBatch, payloads=encode_forward_batch([p for p, _ in batch]))
+            answer.addCallbacks(self._batch_answered, self._batch_failed, (waiters,), None, (waiters,))
+
+    def _batch_answered(self, answer: Dict[str, Any], waiters: List[Deferred]) -> None:
+        blob = answer.get("results_blob")
+        value = answer["results"] if blob is None else self._decoder.assembler.claim(blob)
+        try:
+            outcomes = decode_forward_outcomes(value)
+            if len(outcomes) != len(waiters):
+                raise ValueError(f"{len(outcomes)} outcomes for a batch of {len(waiters)}")
+        except ValueError as e:
+            # The leader ran them, or some: their outcome is unknown here.
+            self._batch_failed(Failure(ForwardError(errors.TIMEOUT, f"unreadable answer to a forward batch: {e}")),
+                               waiters)
+            return
+        for waiter, outcome in zip(waiters, outcomes):
+            if isinstance(outcome, ForwardError):
+                waiter.errback(outcome)
+            else:
+                waiter.callback(outcome)
+
+    @staticmethod
+    def _batch_failed(failure: Failure, waiters: List[Deferred]) -> None:
+        for waiter in waiters:
+            waiter.errback(failure)
+
+    def _call_forward_alone(self, payload: bytes) -> Deferred:
         if len(payload) <= MAX_VALUE_LENGTH:
             answer = self.callRemote(Forward, payload=payload)
         else:

@@ -371,3 +371,25 @@ def test_node_ids_must_be_present_and_bounded():
     invalid_utf8 = codec.encode_binary(m.TimeoutNow(term=1, src="a", dst="b")).replace(b"\x00\x01a", b"\x00\x01\xff")
     with pytest.raises(ProtocolViolation, match="utf-8"):
         codec.decode_message(b"Raft", {b"m": invalid_utf8})
+
+
+def test_forward_batch_and_outcomes_round_trip():
+    payloads = [b"", b"SET k v", bytes(range(256)) * 10]
+    assert codec.decode_forward_batch(codec.encode_forward_batch(payloads)) == payloads
+    outcomes = [b"+OK", ForwardError("NOLEADER", "no leader in term 3"), b"", ForwardError("TRYAGAIN", "\u00e9")]
+    assert codec.decode_forward_outcomes(codec.encode_forward_outcomes(outcomes)) == outcomes
+
+
+@pytest.mark.parametrize("decode, value", [
+    (codec.decode_forward_batch, b"\x00\x00"),
+    (codec.decode_forward_batch, b"\x00\x00\x00\x02\x00\x00\x00\x01a"),
+    (codec.decode_forward_batch, b"\x00\x00\x00\x01\x00\x00\x00\x01ab"),
+    (codec.decode_forward_batch, b"\xff\xff\xff\xff"),
+    (codec.decode_forward_outcomes, b"\x00\x00\x00\x01\x07"),
+    (codec.decode_forward_outcomes, b"\x00\x00\x00\x01\x00\x00\x00\x00\x09ab"),
+    (codec.decode_forward_outcomes, b"\x00\x00\x00\x02\x00\x00\x00\x00\x00"),
+    (codec.decode_forward_outcomes, b"\xff\xff\xff\xff"),
+])
+def test_malformed_forward_batches_and_outcomes_are_refused(decode, value):
+    with pytest.raises(ValueError):
+        decode(value)

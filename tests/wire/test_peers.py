@@ -350,6 +350,7 @@ def test_forward_error_maps_both_ways(reactor, a):
     b = Node("b", reactor, forward_handler=lambda src, payload: fail(refusal))
     pump = link_up(reactor, a, b)
     failures = _failure_of(a.transport.forward("b", b"x"))
+    reactor.advance(0)  # the end of the reactor turn sends what waits to be forwarded
     pump.flush()
     assert len(failures) == 1
     assert failures[0].value == ForwardError("NOLEADER", "leader unknown: term 7")
@@ -366,6 +367,7 @@ def test_unexpected_handler_exception_becomes_internal(reactor, a):
     pump = link_up(reactor, a, b)
     with LogCapture() as logs:
         failures = _failure_of(a.transport.forward("b", b"x"))
+        reactor.advance(0)  # the end of the reactor turn sends what waits to be forwarded
         pump.flush()
     assert failures[0].value.code == errors.INTERNAL
     assert any(f.check(KeyError) for f in logs.failures())
@@ -385,6 +387,7 @@ def test_forward_times_out_and_ignores_the_late_answer(reactor, a):
     b = Node("b", reactor, forward_handler=lambda src, payload: pending)
     pump = link_up(reactor, a, b)
     failures = _failure_of(a.transport.forward("b", b"x"))
+    reactor.advance(0)  # the end of the reactor turn sends what waits to be forwarded
     pump.flush()
     reactor.advance(a.transport.forward_timeout_s - 0.01)
     assert failures == []
@@ -400,12 +403,106 @@ def test_connection_lost_during_forward_is_timeout(reactor, a):
     b = Node("b", reactor, forward_handler=lambda src, payload: Deferred())
     pump = link_up(reactor, a, b)
     failures = _failure_of(a.transport.forward("b", b"x"))
+    reactor.advance(0)  # the end of the reactor turn sends what waits to be forwarded
     pump.flush()
     pump.cut()
     assert failures[0].value.code == errors.TIMEOUT
     assert "outcome unknown" in failures[0].value.message
     # The timeout timer was cancelled, so it cannot fire a second outcome.
     assert [c for c in reactor.getDelayedCalls() if c.func.__name__ == "on_timeout"] == []
+
+
+def test_forwards_of_one_reactor_turn_go_as_one_batch(reactor, a):
+    """Forwards made in one turn leave as one ForwardBatch box; each gets its own outcome, in order."""
+
+    def handler(src, payload):
+        seen.append(payload)
+        if payload == b"bad":
+            return fail(ForwardError("NOLEADER", "leader unknown: term 7"))
+        return succeed(b"ok:" + payload)
+
+    seen = []
+    b = Node("b", reactor, forward_handler=handler)
+    pump = link_up(reactor, a, b)
+    payloads = [b"SET k%d v" % i for i in range(4)] + [b"bad", b"SET k9 v"]
+    outcomes = []
+    for payload in payloads:
+        a.transport.forward("b", payload).addBoth(outcomes.append)
+    assert pump.client_transport.value() == b""  # waiting for the end of the turn
+    reactor.advance(0)
+    wire = pump.client_transport.value()
+    assert wire.count(b"_command") == 1 and b"ForwardBatch" in wire
+    pump.flush()
+    assert seen == payloads
+    assert outcomes[:4] + outcomes[5:] == [b"ok:" + p for p in payloads if p != b"bad"]
+    assert isinstance(outcomes[4], Failure) and outcomes[4].value == ForwardError("NOLEADER", "leader unknown: term 7")
+    assert not pump.closed
+
+
+def test_a_big_forward_follows_the_batch_waiting_before_it(reactor, a, b):
+    """A payload too big to batch goes at once, but after the commands forwarded before it."""
+    pump = link_up(reactor, a, b)
+    big = b"x" * (codec.FORWARD_BATCH_ITEM_BYTES + 1)
+    results = []
+    for payload in (b"one", b"two", big):
+        a.transport.forward("b", payload).addCallback(results.append)
+    pump.flush()  # no turn has ended: the big one pushed the batch out first
+    assert [p for _, p in b.forwarded] == [b"one", b"two", big]
+    assert results == [b"ok:one", b"ok:two", b"ok:" + big]
+
+
+def test_a_full_batch_leaves_before_the_turn_ends(reactor, a, b):
+    """Payloads that would take a batch over FORWARD_BATCH_BYTES start the next one."""
+    pump = link_up(reactor, a, b)
+    payload = b"p" * (codec.FORWARD_BATCH_ITEM_BYTES - 100)
+    count = codec.FORWARD_BATCH_BYTES // len(payload) + 2
+    results = []
+    for _ in range(count):
+        a.transport.forward("b", payload).addCallback(results.append)
+    assert pump.client_transport.value().count(b"_command") == 1  # the first full batch
+    reactor.advance(0)
+    pump.flush()
+    assert results == [b"ok:" + payload] * count
+
+
+def test_batch_outcomes_too_big_for_one_value_come_as_chunks(reactor, a, b):
+    """The outcomes of a batch over AMP's 64 KiB value cap travel as chunks; nothing stays staged."""
+    results = []
+    b = Node("b", reactor, forward_handler=lambda src, payload: succeed(payload * 5000))
+    pump = link_up(reactor, a, b)
+    for payload in (b"0123456789", b"abcdefghij"):
+        a.transport.forward("b", payload).addCallback(results.append)
+    reactor.advance(0)
+    pump.flush()
+    assert results == [b"0123456789" * 5000, b"abcdefghij" * 5000]
+    assert client_protocol(a)._decoder.assembler.staged_bytes == 0
+
+
+def test_connection_lost_before_or_after_a_batch_left(reactor, a):
+    """Lost before the batch was sent: TRYAGAIN (certainly not applied); after: TIMEOUT (unknown)."""
+    b = Node("b", reactor, forward_handler=lambda src, payload: Deferred())
+    pump = link_up(reactor, a, b)
+    unsent = [_failure_of(a.transport.forward("b", p)) for p in (b"x", b"y")]
+    pump.cut()
+    assert [f[0].value.code for f in unsent] == [errors.TRYAGAIN] * 2
+    reactor.advance(0)  # the cancelled send does not fire
+    assert a.transport.dial("b")
+    reactor.advance(a.transport.retry_policy(1) + 1)
+    pump = accept(reactor, b.server)
+    sent = [_failure_of(a.transport.forward("b", p)) for p in (b"x", b"y")]
+    reactor.advance(0)
+    pump.flush()
+    pump.cut()
+    assert [f[0].value.code for f in sent] == [errors.TIMEOUT] * 2
+
+
+def test_a_malformed_forward_batch_is_refused_without_dropping_the_link(reactor, a, b):
+    """A ForwardBatch that does not parse fails as INTERNAL; the handler never sees it."""
+    pump = link_up(reactor, a, b)
+    failures = _failure_of(client_protocol(a).callRemote(codec.ForwardBatch, payloads=b"\x00\x00\x00\x05ab"))
+    pump.flush()
+    assert failures[0].value.code == errors.INTERNAL and "malformed forward batch" in failures[0].value.message
+    assert b.forwarded == [] and not pump.closed
 
 
 def test_join_round_trip(reactor, a, b):
