@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.node.test_executor -*-
 """
 Serves the Redis port's requests from the node: writes go through Raft,
-reads through ReadIndex (or locally on a READONLY connection), and the
+reads through ReadIndex (or locally on a READONLY connection, or for a
+read that asks so itself: KVD.GET ... SERIALIZABLE), and the
 admin commands (INFO, ROLE, KVD.*) read the node's state.
 
 A failure is a kvd.errors.KvdError, which the RESP layer writes as
@@ -59,7 +60,8 @@ class ClientExecutor:
             return self.node.submit(request.command)
         if isinstance(request, Read):
             # WATCH's versions are read linearizably even on a READONLY connection.
-            linearizable = not connection.readonly or isinstance(request.op, Versions)
+            local = connection.readonly or request.serializable
+            linearizable = not local or isinstance(request.op, Versions)
             return self.node.read(request.op, linearizable=linearizable)
         if isinstance(request, Admin):
             handler = getattr(self, "_admin_" + request.name.replace(".", "_").replace("|", "_"), None)

@@ -77,6 +77,7 @@ def _chosen_loads(args) -> list:
 
 def run_loads(args) -> dict:
     loads.redis_benchmark()  # fail early, with the install line
+    chosen = _chosen_loads(args)  # and on a wrong --loads, before anything is started
     run_dir = tempfile.mkdtemp(prefix="kvd-bench-")
     etcd = None
     if args.etcd:
@@ -98,8 +99,10 @@ def run_loads(args) -> dict:
            "short": args.short, "peers": "plaintext" if args.insecure_peers else "mutual TLS", "loads": []}
     print("kvd bench (%s) on %s; commit %s; 3 nodes, fsync on, peers over %s%s" % (
         out["date"], out["machine"], out["commit"] or "?", out["peers"], "; SHORT form" if args.short else ""))
+    width = max([34] + [len(load.name) for load in chosen])  # the name column of the printed lines
+    etcd_seen = {}  # (connections, mode) -> ops/s of each etcd load run so far
     try:
-        for load in _chosen_loads(args):
+        for load in chosen:
             leader = cluster.leader(20.0)
             if leader is None:
                 raise RuntimeError("no leader before %r" % load.name)
@@ -134,6 +137,9 @@ def run_loads(args) -> dict:
                                "cpu_s_per_10k_ops_all_members": _per_10k(_total(e_cpu.values()),
                                                                          int(e.ops_per_s * e_seconds))}
                 row["ratio_kvd_to_etcd"] = round(result.ops_per_s / e.ops_per_s, 2) if e.ops_per_s else None
+                etcd_seen[load.etcd] = e.ops_per_s
+                if load.etcd_linearizable is not None:
+                    row.update(_versus_etcd_linearizable(result.ops_per_s, etcd_seen.get(load.etcd_linearizable)))
             if redis is not None and load.target == "leader":
                 r_before = procs.snapshot({"redis": redis.pid})
                 r = loads.run(redis.host, redis.port, load, args.short)
@@ -146,25 +152,25 @@ def run_loads(args) -> dict:
                     name: {"%s/%s" % key: round(1e6 * n / profile.RATE_HZ / requests, 1)
                            for key, n in profiles[name].samples.items()} for name in pids}
             out["loads"].append(row)
-            print("%-34s %9.0f ops/s   p50 %6s ms  p99 %6s ms  p999 %6s ms   CPU s/node (leader first) %s"
+            print("%-*s %9.0f ops/s   p50 %6s ms  p99 %6s ms  p999 %6s ms   CPU s/node (leader first) %s"
                   "   per 10K ops %s%s" % (
-                load.name, result.ops_per_s, _ms(result.p50_ms), _ms(result.p99_ms), _ms(result.p999_ms),
+                width, load.name, result.ops_per_s, _ms(result.p50_ms), _ms(result.p99_ms), _ms(result.p999_ms),
                 " ".join("-" if c is None else "%.1f" % c for c in row["cpu_s_per_node_leader_first"]),
                 " ".join("-" if c is None else "%.1f" % c for c in row["cpu_s_per_10k_ops_leader_first"]),
                 ("   errors shown: %d" % result.errors if result.errors else "")
                 + ("   ELECTIONS during the load: %d" % elections if elections else "")), flush=True)
             if "etcd" in row:
                 e = row["etcd"]
-                print("%-34s %9.0f ops/s   p50 %6s ms  p99 %6s ms                  kvd/etcd = %.2fx"
+                print("%-*s %9.0f ops/s   p50 %6s ms  p99 %6s ms                  kvd/etcd = %.2fx%s"
                       "   CPU s per 10K ops, all members: kvd %s, etcd %s%s" % (
-                          "  etcd, the same load", e["ops_per_s"], _ms(e["p50_ms"]), _ms(e["p99_ms"]),
-                          row["ratio_kvd_to_etcd"] or 0, _cpu(row["cpu_s_per_10k_ops_all_nodes"]),
+                          width, "  etcd, the same load", e["ops_per_s"], _ms(e["p50_ms"]), _ms(e["p99_ms"]),
+                          row["ratio_kvd_to_etcd"] or 0, _linearizable_note(row), _cpu(row["cpu_s_per_10k_ops_all_nodes"]),
                           _cpu(e["cpu_s_per_10k_ops_all_members"]),
                           "   etcd errors: %d" % e["errors"] if e["errors"] else ""), flush=True)
             if "redis_aof_always" in row:
                 r = row["redis_aof_always"]
-                print("%-34s %9.0f ops/s   p50 %6s ms  p99 %6s ms                  kvd/redis = %.3fx" % (
-                    "  Redis, one node, AOF fsync always", r["ops_per_s"], _ms(r["p50_ms"]), _ms(r["p99_ms"]),
+                print("%-*s %9.0f ops/s   p50 %6s ms  p99 %6s ms                  kvd/redis = %.3fx" % (
+                    width, "  Redis, one node, AOF fsync always", r["ops_per_s"], _ms(r["p50_ms"]), _ms(r["p99_ms"]),
                     row["ratio_kvd_to_redis"] or 0), flush=True)
             if profiles is not None:
                 print("  where the time goes (py-spy, us per request; reactor and writer threads):")
@@ -257,6 +263,25 @@ def run_redis_py(args) -> dict:
                         f.write("%s\t%s\t%s\n" % (label, test_id, error))
         print("failing tests written to %s" % args.failures)
     return out
+
+
+def _versus_etcd_linearizable(kvd_ops_per_s: float, etcd_ops_per_s: Optional[float]) -> dict:
+    """
+    A local read load's figures against etcd's linearizable reads measured earlier in the same run (None when
+    that load did not run, as with ``--loads`` without it): issue 14's "READONLY reads >= 10x etcd" either way.
+    """
+    ratio = round(kvd_ops_per_s / etcd_ops_per_s, 2) if etcd_ops_per_s else None
+    return {"etcd_linearizable_ops_per_s": etcd_ops_per_s, "ratio_kvd_to_etcd_linearizable": ratio}
+
+
+def _linearizable_note(row: dict) -> str:
+    """The printed etcd line's second ratio, for a local read load (kvd.bench.loads ``etcd_linearizable``)."""
+    if "ratio_kvd_to_etcd_linearizable" not in row:
+        return ""
+    if row["ratio_kvd_to_etcd_linearizable"] is None:
+        return " (etcd's linearizable GET: not run)"
+    return " (to etcd's linearizable GET, %.0f ops/s: %.2fx)" % (
+        row["etcd_linearizable_ops_per_s"], row["ratio_kvd_to_etcd_linearizable"])
 
 
 def _total(cpu_s) -> Optional[float]:

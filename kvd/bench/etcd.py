@@ -3,7 +3,8 @@ The peer kvd is measured beside: a three-member etcd cluster (Debian's
 ``etcd-server``, its defaults: fsync on) on loopback, driven through its
 HTTP/JSON gateway by ``wrk`` (a C load generator) with a Lua script that puts
 100-byte values under random keys among 100,000 (or reads them, linearizably,
-etcd's default), as issue 14's table measured it.
+etcd's default, or serializably: the member's own state, as kvd's READONLY),
+as issue 14's table measured it.
 
 Each member is started by PID and killed at the end; every wait is bounded.
 """
@@ -46,8 +47,9 @@ request = function()
   local key = b64("key:" .. math.random(0, 99999))
   local path = "/v3/kv/%s"
   local body
-  if MODE == "range" then
-    body = '{"key":"' .. key .. '"}'
+  if MODE == "range" or MODE == "range-serializable" then
+    local serializable = MODE == "range-serializable" and ',"serializable":true' or ""
+    body = '{"key":"' .. key .. '"' .. serializable .. '}'
     path = string.format(path, "range")
   else
     body = '{"key":"' .. key .. '","value":"' .. b64value .. '"}'
@@ -159,7 +161,13 @@ _NON2XX = re.compile(r"Non-2xx or 3xx responses:\s+(\d+)")
 _SOCKERR = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
 
 
+#: What the Lua script sends: a put, a linearizable range, or a serializable one (``"serializable": true``).
+MODES = ("put", "range", "range-serializable")
+
+
 def wrk(url: str, connections: int, seconds: int, mode: str, run_dir: str) -> WrkResult:
+    if mode not in MODES:
+        raise ValueError("etcd load mode %r is not one of %s" % (mode, ", ".join(MODES)))
     script = os.path.join(run_dir, "etcd-%s.lua" % mode)
     with open(script, "w") as f:
         f.write('MODE = "%s"\n' % mode + PUT_LUA)

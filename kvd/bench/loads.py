@@ -6,7 +6,12 @@ p99 and p99.9 are read.
 
 A load is (name, which node, redis-benchmark arguments, requests in the
 full and in the short form).  Keys are random among 100,000 (``-r``),
-values 100 bytes (``-d``), as issue 14's table measured.
+values 100 bytes (``-d``), as issue 14's table measured.  The arguments
+are ``-t`` and redis-benchmark's own commands, or a command of kvd's after
+the options (redis-benchmark runs one given on its command line, with
+``__rand_int__`` replaced as in its own keys ``key:__rand_int__``): the
+READONLY read is ``KVD.GET ... SERIALIZABLE``, since redis-benchmark cannot
+send READONLY on each of its connections first.
 """
 
 from __future__ import annotations
@@ -25,7 +30,10 @@ class Load:
     args: Sequence[str]
     requests: int
     short_requests: int
-    etcd: Optional[tuple] = None  # (wrk connections, "put" or "range") for the same load on etcd, if it has one
+    etcd: Optional[tuple] = None  # (wrk connections, a kvd.bench.etcd mode) for the same load on etcd, if it has one
+    #: A local read's other etcd figure: the ``etcd`` of the run's linearizable read load, which it is divided by
+    #: too, since issue 14's "READONLY reads >= 10x etcd" may mean etcd's serializable reads or its default ones.
+    etcd_linearizable: Optional[tuple] = None
 
 
 LOADS = [
@@ -34,6 +42,9 @@ LOADS = [
     Load("SET, 64 clients", "leader", ["-t", "set", "-c", "64"], 40000, 800, (64, "put")),
     Load("SET, 64 clients, to a follower", "follower", ["-t", "set", "-c", "64"], 20000, 800, (64, "put")),
     Load("GET (linearizable), 64 clients", "leader", ["-t", "get", "-c", "64"], 60000, 800, (64, "range")),
+    Load("GET READONLY (serializable), 64 clients, to a follower", "follower",
+         ["-c", "64", "KVD.GET", "key:__rand_int__", "SERIALIZABLE"], 100000, 2000, (64, "range-serializable"),
+         etcd_linearizable=(64, "range")),
     Load("SET, 50 clients pipelined x16", "leader", ["-t", "set", "-c", "50", "-P", "16"], 100000, 1600),
 ]
 

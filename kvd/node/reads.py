@@ -4,7 +4,8 @@ Linearizable reads by ReadIndex (Raft thesis §6.4): a read asks the leader
 for the commit index after confirming it still leads (a heartbeat round that
 starts after the read arrived), waits until this node has applied that
 index, then reads its own state machine.  Followers serve reads this way
-too.  ``READONLY`` connections skip all of it and read the local state.
+too.  ``READONLY`` connections (and a read that asks so itself, KVD.GET ...
+SERIALIZABLE) skip all of it and read the local state.
 
 A request lost on the way to the leader (the link was not up yet, the
 leader restarted) is asked again on the next tick and as soon as the link
@@ -57,7 +58,7 @@ class LinearizableReads:
         self.read_seq = 0
 
     def read(self, op, linearizable: bool = True) -> defer.Deferred:
-        """Serve a read op; linearizable by ReadIndex unless the client asked for READONLY."""
+        """Serve a read op; linearizable by ReadIndex unless the client asked for READONLY or SERIALIZABLE."""
         node = self.node
         if not linearizable:
             return defer.maybeDeferred(node.machine.read, op)

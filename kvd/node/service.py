@@ -292,7 +292,7 @@ class NodeService(service.Service):
         return self.session.forwarded(src, payload)
 
     def read(self, op, linearizable: bool = True) -> defer.Deferred:
-        """Serve a read op; linearizable by ReadIndex unless the client asked for READONLY (kvd.node.reads)."""
+        """Serve a read op; linearizable by ReadIndex unless the client asked for READONLY or SERIALIZABLE (kvd.node.reads)."""
         if self.failure is not None:
             return defer.fail(self._failed_error())
         return self.reads.read(op, linearizable)

@@ -57,11 +57,16 @@ class Write:
 
 @dataclass(frozen=True)
 class Read:
-    """A read op; ``name`` and ``reply`` as for ``Write``."""
+    """
+    A read op; ``name`` and ``reply`` as for ``Write``.  ``serializable``: the request itself asks to be
+    answered from the node's own applied state, as any read on a READONLY connection is (KVD.GET ...
+    SERIALIZABLE, etcd's per-request Range option), for clients that cannot send READONLY first.
+    """
 
     op: ReadOp
     name: Optional[str] = None
     reply: Optional[str] = None
+    serializable: bool = False
 
 
 def _as_bool(result):
@@ -472,13 +477,20 @@ def _parse_kvd_txn(args: List[bytes]) -> Parsed:
         return Rejected("ERR", "KVD.TXN syntax error: %s" % (e,))
 
 
+_KVD_GET_OPTIONS = (b"WITHREV", b"SERIALIZABLE")
+
+
 def _parse_kvd_get(args: List[bytes]) -> Parsed:
-    """KVD.GET key [WITHREV]: GET, or [value, create revision, mod revision, version] (nil for a missing key)."""
-    if len(args) == 2:
-        return Read(Get(args[1]), "kvd.get")
-    if len(args) == 3 and args[2].upper() == b"WITHREV":
-        return Read(RevRead("getrev", args[1]), "kvd.get")
-    return SYNTAX_ERROR
+    """
+    KVD.GET key [WITHREV] [SERIALIZABLE], the options in any order, each at most once: GET, or WITHREV
+    [value, create revision, mod revision, version] (nil for a missing key); SERIALIZABLE reads this node's
+    own state, as on a READONLY connection.
+    """
+    options = [a.upper() for a in args[2:]]
+    if len(set(options)) != len(options) or any(o not in _KVD_GET_OPTIONS for o in options):
+        return SYNTAX_ERROR
+    op = RevRead("getrev", args[1]) if b"WITHREV" in options else Get(args[1])
+    return Read(op, "kvd.get", serializable=b"SERIALIZABLE" in options)
 
 
 # ------------------------------------------------------------- hashes (kvd.kv.hashes)

@@ -155,7 +155,8 @@ SUMMARIES = {
     "kvd.join": "kvd: adds a node to the cluster.", "kvd.remove": "kvd: removes a node from the cluster.",
     "kvd.lease": "kvd: leases (etcd's): GRANT, KEEPALIVE, REVOKE, TTL, LIST; SET k v LEASE id attaches a key.",
     "kvd.txn": "kvd: etcd-style multi-key compare-and-swap: IF compares THEN ops ELSE ops, one log entry.",
-    "kvd.get": "kvd: a string's value, WITHREV with its create revision, mod revision and version.",
+    "kvd.get": "kvd: a string's value, WITHREV with its create revision, mod revision and version; "
+               "SERIALIZABLE from this node's own state (as READONLY).",
     "kvd.revision": "kvd: the store's revision (how many log entries changed a key).",
     "kvd.watch": "kvd: etcd's watch: a stream of every change under a prefix, with its revision, FROMREV to resume.",
     "kvd.unwatch": "kvd: ends the connection's KVD.WATCH.",

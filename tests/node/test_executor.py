@@ -80,6 +80,30 @@ def test_readonly_connection_reads_locally(cluster):
     assert ask(clock, proto, t, b"READONLY\r\nGET k\r\n") == b"+OK\r\n$1\r\nv\r\n"
 
 
+def test_serializable_get_reads_locally_without_readonly(cluster):
+    """
+    KVD.GET ... SERIALIZABLE is READONLY for one request: no ReadIndex round (answered at once, counted as no
+    linearizable read), served by a follower cut off from the leader; the connection's other reads stay linearizable.
+    """
+    clock, network = cluster
+    follower = next(n for n in network.nodes.values() if not n.core.is_leader())
+    proto, t = client_of(follower)
+    assert ask(clock, proto, t, b"SET k v\r\n") == b"+OK\r\n"
+    run(clock, 1)
+    linearizable_reads = follower.stats["reads"]
+    assert ask(clock, proto, t, b"KVD.GET k SERIALIZABLE\r\n", seconds=0) == b"$1\r\nv\r\n"
+    assert follower.stats["reads"] == linearizable_reads
+    assert ask(clock, proto, t, b"KVD.GET k\r\n") == b"$1\r\nv\r\n"
+    assert follower.stats["reads"] == linearizable_reads + 1
+    network.isolate(follower.config.node_id)
+    run(clock, 5)
+    assert follower.core.leader is None
+    assert ask(clock, proto, t, b"KVD.GET k serializable\r\nKVD.GET k SERIALIZABLE WITHREV\r\n", seconds=0) == (
+        b"$1\r\nv\r\n*4\r\n$1\r\nv\r\n:1\r\n:1\r\n:1\r\n")
+    reply = ask(clock, proto, t, b"KVD.GET k\r\n", seconds=10)
+    assert reply.startswith((b"-NOLEADER", b"-TIMEOUT")), reply
+
+
 def test_join_before_and_after_bootstrap_errors(cluster):
     """KVD.JOIN sent to a follower after bootstrap points at the leader; a bad address is refused."""
     clock, network = cluster

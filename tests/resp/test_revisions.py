@@ -1,16 +1,21 @@
 """
-KVD.TXN, KVD.GET [WITHREV] and KVD.REVISION at the client port: parsed by
-the command table (kvd.resp.commands, the grammar of kvd.kv.txn), answered
-through the protocol on a KVMachine, refused inside MULTI and scripts, and
-described by COMMAND (GETKEYS finds KVD.TXN's keys wherever they are).
+KVD.TXN, KVD.GET [WITHREV] [SERIALIZABLE] and KVD.REVISION at the client
+port: parsed by the command table (kvd.resp.commands, the grammar of
+kvd.kv.txn), answered through the protocol on a KVMachine, refused inside
+MULTI and scripts, and described by COMMAND (GETKEYS finds KVD.TXN's keys
+wherever they are).  A SERIALIZABLE read reaches the node as a READONLY
+connection's read does (tests/node/test_executor.py: on a cut-off follower).
 """
 
 import random
 
+from twisted.internet import defer
+
+from kvd.executor import ClientExecutor
 from kvd.kv.commands import Compare, Get, KvTxn, RevRead, TxnOp
 from kvd.resp.commands import Read, Write, parse_request, request_name
-from kvd.resp.connection import required_role
-from kvd.resp.auth import READWRITE
+from kvd.resp.connection import Connection, required_role
+from kvd.resp.auth import READONLY, READWRITE
 from kvd.resp.errors import CommandError
 from tests.resp.test_protocol import MachineExecutor, connect, redis_py_replies
 from tests.resp.test_everyday import _kvd_replies, _redis_replies, redis_server  # noqa: F401
@@ -25,6 +30,10 @@ def test_parse():
         KvTxn((Compare("version", b"k", "=", number=0),), (TxnOp("set", b"k", b"v"),)), "kvd.txn")
     assert req("kvd.get", "k") == Read(Get(b"k"), "kvd.get")
     assert req("KVD.GET", "k", "withrev") == Read(RevRead("getrev", b"k"), "kvd.get")
+    assert req("KVD.GET", "k", "serializable") == Read(Get(b"k"), "kvd.get", serializable=True)
+    for options in (("WITHREV", "SERIALIZABLE"), ("Serializable", "withrev")):
+        assert req("KVD.GET", "k", *options) == Read(RevRead("getrev", b"k"), "kvd.get", serializable=True)
+    assert required_role(req("KVD.GET", "k", "SERIALIZABLE")) == READONLY  # a reader may read locally, as READONLY
     assert req("KVD.REVISION") == Read(RevRead("revision"), "kvd.revision")
     assert request_name(req("KVD.TXN", "THEN")) == "kvd.txn"
     assert required_role(req("KVD.TXN", "THEN")) == READWRITE
@@ -34,6 +43,9 @@ def test_parse():
         (("KVD.TXN", "THEN", "SET", "k"), "ERR KVD.TXN syntax error: THEN op 1 (SET): too few arguments"),
         (("KVD.GET", "k", "WITHREVS"), "ERR syntax error"),
         (("KVD.GET", "k", "WITHREV", "x"), "ERR syntax error"),
+        (("KVD.GET", "k", "SERIALISABLE"), "ERR syntax error"),
+        (("KVD.GET", "k", "SERIALIZABLE", "SERIALIZABLE"), "ERR syntax error"),
+        (("KVD.GET", "k", "WITHREV", "SERIALIZABLE", "WITHREV"), "ERR syntax error"),
         (("KVD.REVISION", "x"), "ERR wrong number of arguments for 'kvd.revision' command"),
     ]:
         got = req(*args)
@@ -60,6 +72,41 @@ def test_replies_on_the_wire():
     assert replies[:6] == [[1, [b"OK", b"OK"], 1], [0, [b"1", None], 1], [b"1", 1, 1, 1], None, b"1", 1]
     assert str(replies[7]).startswith("WRONGTYPE") and str(replies[8]).startswith("WRONGTYPE KVD.TXN compare VALUE h")
     assert replies[9] == [0, [], 2]
+
+
+def test_serializable_replies_on_the_wire():
+    proto, transport = connect(MachineExecutor())
+    got = _kvd_replies(proto, transport, [("SET", "a", "1"), ("KVD.GET", "a", "SERIALIZABLE"),
+                                          ("KVD.GET", "a", "SERIALIZABLE", "WITHREV"), ("KVD.GET", "nope", "SERIALIZABLE"),
+                                          ("KVD.GET", "a", "STALE")])
+    assert got[1:4] == [(b"$", b"1"), (b"*", [(b"$", b"1"), (b":", b"1"), (b":", b"1"), (b":", b"1")]), (b"$", None)]
+    assert got[4] == (b"-", b"ERR syntax error")
+
+
+class ReadRecorder(MachineExecutor):
+    """The node's executor (kvd.executor.ClientExecutor) on a KVMachine, recording how each read was asked for."""
+
+    execute = ClientExecutor.execute
+
+    def __init__(self):
+        super().__init__()
+        self.node = self
+        self.linearizable = []
+
+    def read(self, op, linearizable=True):
+        self.linearizable.append(linearizable)
+        return defer.succeed(self.machine.read(op))
+
+
+def test_serializable_is_a_local_read_as_on_a_readonly_connection():
+    executor, connection = ReadRecorder(), Connection(1)
+    for args in (("KVD.GET", "k"), ("KVD.GET", "k", "SERIALIZABLE"), ("KVD.GET", "k", "WITHREV", "SERIALIZABLE"),
+                 ("GET", "k")):
+        executor.execute(req(*args), connection)
+    assert executor.linearizable == [True, False, False, True]  # the option is the request's, not the connection's
+    connection.readonly = True
+    executor.execute(req("KVD.GET", "k"), connection)
+    assert executor.linearizable[-1] is False
 
 
 def test_refused_inside_multi_and_scripts():

@@ -35,6 +35,12 @@ def test_bench_loads_short_form(tmp_path):
         assert row["etcd"]["ops_per_s"] > 0 and row["etcd"]["errors"] == 0, row  # etcd accepted every put/range
         # the whole cluster's CPU per 10K ops, kvd's and etcd's, side by side (what caps both on few cores)
         assert row["cpu_s_per_10k_ops_all_nodes"] > 0 and row["etcd"]["cpu_s_per_10k_ops_all_members"] > 0, row
+    # The local read (KVD.GET ... SERIALIZABLE, redis-benchmark's custom command) answered every request, and is
+    # set against both of etcd's reads: its serializable range and the linearizable GET load's range of this run.
+    (local,) = [row for row in compared if "ratio_kvd_to_etcd_linearizable" in row]
+    assert local["load"] == next(load.name for load in loads.LOADS if load.etcd_linearizable), local
+    assert local["errors_shown"] == 0 and local["ratio_kvd_to_etcd"] > 0, local
+    assert local["ratio_kvd_to_etcd_linearizable"] > 0 and local["etcd_linearizable_ops_per_s"] > 0, local
     # Redis with fsync always ran every load to the leader, and each node was sampled under every load.
     to_leader = [row for row in figures["loads"] if "follower" not in row["load"]]
     assert all(row["redis_aof_always"]["ops_per_s"] > 0 for row in to_leader), figures["loads"]
