@@ -30,7 +30,7 @@ from __future__ import annotations
 import heapq
 import os
 from dataclasses import replace
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from twisted.internet import defer, task
 from twisted.python.failure import Failure
@@ -136,6 +136,11 @@ class ClientSession:
         if node.core.is_leader():
             # The common case on the leader, without the retry machinery.
             d = self.propose_here(env, deadline).addErrback(self._retry_if_not_applied, env, deadline)
+        elif node.core.leader not in (None, node.config.node_id) and not node.stopping:
+            # The common case on a follower: one forward to the known leader,
+            # the retry machinery only once that fails.
+            d = self._forward(node.core.leader, env, deadline).addCallback(decode_result_bytes)
+            d.addErrback(self._retry_after_forward, env, deadline)
         else:
             d = self._submit_with_retries(env, deadline)
 
@@ -161,11 +166,24 @@ class ClientSession:
             return failure
         return self._submit_with_retries(env, deadline)
 
-    @defer.inlineCallbacks
-    def _submit_with_retries(self, env: Envelope, deadline: float):
+    def _retry_after_forward(self, failure: Failure, env: Envelope, deadline: float):
+        """The first forward failed: what ``_submit_with_retries`` does after a failed attempt, then its loop."""
+        error = failure.value
+        if isinstance(error, KvdError):
+            if error.code not in RETRYABLE:
+                raise KvdError(error.code, error.message)
+            last = error
+        else:
+            last = KvdError(Code.TIMEOUT, "lost the connection to the leader (%s)" % error.__class__.__name__)
         node = self.node
-        maybe_applied = False
-        last = KvdError(Code.NOLEADER, "no leader")
+        wait = task.deferLater(node.clock, node.config.tick_s, lambda: None)
+        return wait.addCallback(lambda _: self._submit_with_retries(env, deadline, maybe_applied=True, last=last))
+
+    @defer.inlineCallbacks
+    def _submit_with_retries(self, env: Envelope, deadline: float, maybe_applied: bool = False,
+                             last: Optional[KvdError] = None):
+        node = self.node
+        last = last or KvdError(Code.NOLEADER, "no leader")
         while node.clock.seconds() < deadline and not node.stopping:
             try:
                 leader = yield node.when_leader(deadline)
