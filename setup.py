@@ -20,6 +20,7 @@ setup(
         "txaio>=23.1,<27",
         "click>=8.1,<9",
         "redis>=4.5,<9",
+        "hiredis>=3.0,<4",
         "prometheus_client>=0.16,<1",
         "pyOpenSSL>=23.2,<28",
         "cryptography>=42,<52",

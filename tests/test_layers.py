@@ -65,10 +65,11 @@ LAYERS = {
                       third=_set("twisted zope OpenSSL cryptography")),
     # pubsub matches patterns as KEYS does (glob) and turns the machine's events into messages (events);
     # watch streams the node's history of changes (kvd.kv.watch).
-    "kvd.resp": Layer(_set("__init__ auth commands connection encoder errors introspect parser protocol pubsub watch"),
+    # parser reads complete requests with hiredis's C reader; parser_bench times it against the Python code alone.
+    "kvd.resp": Layer(_set("__init__ auth commands connection encoder errors introspect parser parser_bench protocol pubsub watch"),
                       kvd=_set("kvd.resp kvd.kv.commands kvd.kv.results kvd.kv.txn kvd.kv.glob kvd.kv.events kvd.kv.watch "
                                "kvd.errors kvd.limits"),
-                      third=_set("twisted zope")),
+                      third=_set("twisted zope hiredis")),
     # The package's one blocking client: the CLI, the fault suite and the cluster view use it without the node.
     "kvd.resp.client": Layer(_set("client")),
     "kvd.node": Layer(_set("__init__ membership reads service session settings stall view"),

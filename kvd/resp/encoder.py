@@ -96,6 +96,11 @@ def encode_error(prefix: str, message: str) -> bytes:
 
 def encode(value: Any, resp3: bool = False) -> bytes:
     """The RESP2 (or RESP3) bytes of one reply; TypeError for anything that is not a reply."""
+    # SET's and GET's replies at once, without the list that nested replies need.
+    if value is OK:
+        return b"+OK\r\n"
+    if type(value) is bytes:
+        return b"$%d\r\n%s\r\n" % (len(value), value)
     out: List[bytes] = []
     _encode(value, out, resp3)
     return b"".join(out)

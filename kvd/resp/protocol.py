@@ -169,6 +169,8 @@ PUBSUB_HELP = [SimpleString(line) for line in (
 
 def reply_size(value, limit: int) -> int:
     """About how many bytes ``value`` encodes to; stops counting once past ``limit``."""
+    if not isinstance(value, (list, tuple, RespMap)):  # one value (most replies): no stack
+        return len(value) + 16 if isinstance(value, (bytes, bytearray, memoryview, str)) else 24
     size = 0
     stack = [value]
     while stack and size <= limit:

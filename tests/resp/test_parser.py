@@ -5,7 +5,8 @@ import random
 import pytest
 from redis.connection import PythonRespSerializer
 
-from kvd.resp.parser import ProtocolError, RespParser, split_inline_args
+import kvd.resp.parser
+from kvd.resp.parser import ProtocolError, PyRespParser, RespParser, split_inline_args
 
 
 def feed_bytewise(parser, data):
@@ -325,3 +326,133 @@ def test_fuzz_never_raises():
                 else:
                     assert isinstance(item, list) and item and all(isinstance(a, bytes) for a in item)
         assert parser.failed == seen_fatal
+
+
+# ------------------------------------------------------------- hiredis
+
+needs_hiredis = pytest.mark.skipif(not RespParser.use_hiredis, reason="hiredis cannot be imported")
+
+
+@pytest.fixture
+def hiredis_reads(monkeypatch):
+    """The bytes hiredis's results were used for, one number per attempt."""
+    used = []
+    read = kvd.resp.parser._hiredis_requests
+
+    def spy(buf, pos, max_args):
+        requests, size = read(buf, pos, max_args)
+        used.append(size)
+        return requests, size
+
+    monkeypatch.setattr(kvd.resp.parser, "_hiredis_requests", spy)
+    return used
+
+
+def set_request(i):
+    return b"*3\r\n$3\r\nSET\r\n$16\r\nkey:%012d\r\n$100\r\n%s\r\n" % (i, b"v" * 100)
+
+
+@needs_hiredis
+def test_hiredis_reads_complete_requests(hiredis_reads):
+    """A read of whole requests is hiredis's; a request cut by the read's end is the Python code's."""
+    pipeline = b"".join(set_request(i) for i in range(16))
+    parser = RespParser()
+    assert parser.feed(pipeline) == [[b"SET", b"key:%012d" % i, b"v" * 100] for i in range(16)]
+    assert hiredis_reads == [len(pipeline)]
+    assert parser.feed(set_request(16) + set_request(17)[:20]) == [[b"SET", b"key:000000000016", b"v" * 100]]
+    assert hiredis_reads[-1] == len(set_request(16)) and parser.buffered <= 20
+    # The rest of the cut request completes in Python, and hiredis reads the requests after it.
+    assert parser.feed(set_request(17)[20:] + set_request(18)) == [
+        [b"SET", b"key:000000000017", b"v" * 100], [b"SET", b"key:000000000018", b"v" * 100]]
+    assert hiredis_reads[-1] == len(set_request(18))
+
+
+@needs_hiredis
+@pytest.mark.parametrize("data", [
+    b"*1\r\n+PING\r\n",  # a simple string where a bulk must be
+    b"*1\r\n(123\r\n",  # RESP3 big number
+    b"*1\r\n=8\r\ntxt:PING\r\n",  # RESP3 verbatim string
+    b"*2\r\n$3\r\nGET\r\n:1\r\n",
+    b"*2\r\n$3\r\nGET\r\n#t\r\n",
+    b"*2\r\n$3\r\nGET\r\n*1\r\n$1\r\nk\r\n",  # nested array
+    b"*1\r\n$-1\r\n",
+    b"*1\r\n$4\r\nPINGxx*1\r\n$4\r\nPING\r\n",  # hiredis does not look at the CRLF after a bulk
+    b"~1\r\n$4\r\nPING\r\n",  # RESP3 set: inline lines to Redis
+    b">1\r\n$4\r\nPING\r\n",
+    b"%1\r\n$1\r\na\r\n$1\r\nb\r\n",
+    b"%1\r\n*0\r\n$1\r\nb\r\n",  # a map keyed by a list: Python refuses it inside hiredis
+    b"*1\r\n$4\r\nPING\r\n*-1\r\n*0\r\n*1\r\n$4\r\nPING\r\n",
+    b"*1\r\n$4\r\nPING\r\nPING\r\n*1\r\n$4\r\nPING\r\n",
+])
+def test_what_hiredis_reads_beyond_redis_requests_means_what_it_means_to_redis(data):
+    """hiredis reads replies, a wider grammar: whatever it returns differently from the Python code is not used."""
+    expected = PyRespParser().feed(data)
+    assert RespParser().feed(data) == expected
+    assert feed_bytewise(RespParser(), data) == expected
+
+
+def test_lists_fit_refuses_huge_and_many_declared_lists():
+    """The check before hiredis reads: no aggregate header of 100 or more, nor more slots than bytes."""
+    def fits(data):
+        return kvd.resp.parser._lists_fit(bytearray(data), 0, len(data))
+
+    assert fits(b"".join(set_request(i) for i in range(16)))
+    for header in (b"*", b"~", b">", b"%", b"|"):
+        assert not fits(b"*2\r\n$3\r\nGET\r\n" + header + b"4294967295\r\n")
+        assert not fits(header + b"100\r\n" + b"$1\r\nx\r\n" * 100)
+    assert not fits(b"*10\r\n*10\r\n*10\r\n$1\r\nx\r\n")  # 10-99 slots: one list per 100 bytes
+    assert fits(b"*10\r\n" + b"$10\r\n0123456789\r\n" * 10)
+
+
+@needs_hiredis
+def test_nested_lists_cost_a_bounded_multiple_of_their_bytes(hiredis_reads):
+    """A read of nothing but list headers makes hiredis allocate some 40 bytes per byte at most."""
+    import tracemalloc
+
+    data = b"*9\r\n" * 16000  # 64,000 bytes, every header nested in the one before
+    tracemalloc.start()
+    try:
+        parser = RespParser()
+        tracemalloc.reset_peak()
+        assert parser.feed(data) == [fatal("expected '$', got '*'")]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert hiredis_reads == [0]  # read by hiredis, its result not used
+    assert peak < 40 * len(data)
+
+
+@needs_hiredis
+def test_hiredis_and_python_parsers_agree():
+    """On random pipelines, valid and broken, split anywhere: the same requests, errors, state and buffer."""
+    rng = random.Random(7)
+    pieces = [b"*", b"$", b"\r\n", b"\n", b"1", b"-1", b"3", b"0", b"99", b"abc", b'"', b" ", b"\x00", b"PING",
+              b"+", b":", b"~", b">", b"%", b"|", b"(", b"=", b"#t", b"_"]
+
+    def request():
+        return b"*%d\r\n" % rng.randint(0, 5) if rng.random() < 0.1 else b"".join(
+            [b"*%d\r\n" % 3] + [b"$%d\r\n%s\r\n" % (len(a), a) for a in (b"SET", b"k", rng.randbytes(rng.randint(0, 40)))])
+
+    def chunk():
+        kind = rng.random()
+        if kind < 0.5:
+            return request()
+        if kind < 0.6:
+            return b"PING\r\n"
+        if kind < 0.8:
+            broken = bytearray(request())
+            at = rng.randrange(len(broken))
+            broken[at:at + 1] = rng.choice(pieces)
+            return bytes(broken)
+        return b"".join(rng.choice(pieces) for _ in range(rng.randint(1, 6)))
+
+    def run(parser_class, data, cuts, limits):
+        parser = parser_class(**limits)
+        items = [item for start, end in zip([0] + cuts, cuts + [len(data)]) for item in parser.feed(data[start:end])]
+        return items, parser.failed, parser.buffered
+
+    for _ in range(3000):
+        data = b"".join(chunk() for _ in range(rng.randint(1, 8)))
+        limits = rng.choice([{}, dict(max_args=2), dict(max_bulk_bytes=16, max_request_bytes=40)])
+        cuts = sorted(rng.sample(range(len(data) + 1), min(len(data) + 1, rng.randint(0, 3))))
+        assert run(RespParser, data, cuts, limits) == run(PyRespParser, data, cuts, limits), (data, cuts, limits)
