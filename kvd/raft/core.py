@@ -216,6 +216,9 @@ class RaftCore:
 
         # ReadIndex (thesis §6.4): reads wait for a heartbeat round that starts after they arrive.
         self.read_only = ReadOnly()
+        #: Ticks of time this node has lived through, those its embedder
+        #: coalesced included (``tick``): the clock a leader measures its lease on.
+        self.now = 0
 
         # Outputs gathered for the next Ready, under the names Ready gives them.
         self.messages: List[Message] = []
@@ -240,7 +243,18 @@ class RaftCore:
     def is_leader(self) -> bool:
         return self.role is Role.LEADER
 
-    def tick(self) -> None:
+    def tick(self, elapsed: int = 1) -> None:
+        """
+        One tick of the election and heartbeat timers.  ``elapsed``: how many
+        ticks of time have passed since the last call, more than one when the
+        embedder was too busy to call in time and coalesced them (kvd.replica).
+        The timers advance by one all the same (messages that waited behind
+        the stall still count before an election fires), but the lease clock
+        ``now`` advances by all: a leader that lost ticks must not believe
+        its lease is younger than it is.  A late tick lengthens the
+        followers' promise instead, which is the safe side.
+        """
+        self.now += elapsed
         if self.role is Role.LEADER:
             self._tick_leader()
         else:
