@@ -217,6 +217,7 @@ class NodeService(service.Service):
         options = RaftSettings(
             election_ticks=self.config.election_ticks,
             heartbeat_ticks=self.config.heartbeat_ticks,
+            lease_reads=self.config.lease_reads,
         )
         self.core = RaftCore(self.config.node_id, options, self.rng, hard_state, snapshot, entries)
         self.replica = Replica(self.core, self.storage, _Peers(self), self.machine, _NodeEvents(self))
