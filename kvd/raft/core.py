@@ -809,13 +809,21 @@ class RaftCore:
             pr.inflight.popleft()  # an ack may have been lost; let one more through
         if pr.match < self.log.last_index():
             self._send_append(m.src, allow_empty=True)
-        ctx = m.ctx
-        if self.options.lease_reads:
-            ctx, sent = unstamp(ctx)
-            if sent is not None and sent <= self.now:  # no reply answers a heartbeat not sent yet
-                pr.heartbeat_acked = max(sent, pr.heartbeat_acked if pr.heartbeat_acked is not None else sent)
+        ctx = self._note_lease_ack(pr, m.ctx) if self.options.lease_reads else m.ctx
         if self.read_only.ack(m.src, ctx):
             self._maybe_release_reads()
+
+    def _note_lease_ack(self, pr: Progress, ctx: bytes) -> bytes:
+        """
+        Record the send tick a heartbeat reply vouches for (``stamp``), the
+        latest one only (replies may come out of order), and none from the
+        future (no reply answers a heartbeat not sent yet); return the
+        round's context for ReadIndex.
+        """
+        ctx, sent = unstamp(ctx)
+        if sent is not None and sent <= self.now and (pr.heartbeat_acked is None or sent > pr.heartbeat_acked):
+            pr.heartbeat_acked = sent
+        return ctx
 
     def _maybe_commit(self) -> bool:
         """Advance the commit index to what a majority of voters hold (Raft §5.3, §5.4.2)."""
