@@ -27,7 +27,8 @@ describes it), so inputs wait in an inbox; once the write has completed they
 all run, in order, and share the next Ready (one write for everything that
 arrived during the last, as etcd-io/raft batches behind an asynchronous
 write); ticks that could not run in time are coalesced into one, as a real
-event loop does.
+event loop does, which tells the core how many it stands for (its lease
+clock counts them all: ``RaftCore.tick``).
 ``hold()``/``release()`` stop the loop in the same way (the simulator's
 pauses).  Inputs never run the loop by themselves: the embedder calls
 ``drain()`` when it wants the Ready (the node once per reactor turn, so that
@@ -152,7 +153,7 @@ class Replica:
         #: The storage error that stopped the loop for good, if any.
         self.failed: Optional[Exception] = None
         self.inbox: Deque[Callable[[RaftCore], None]] = deque()
-        self._tick_queued = False
+        self._ticks_queued = 0  # ticks coalesced into the one waiting in the inbox
         self._draining = False
         #: ``drain`` stopped after a full run of applied entries: call it again soon.
         self.more = False
@@ -182,18 +183,20 @@ class Replica:
         fn(self.core)
         self.events.stepped(self.core)
 
-    def tick(self) -> None:
+    def tick(self, elapsed: int = 1) -> None:
+        """``elapsed`` ticks of time have passed (more than one: the embedder itself was late)."""
         if self.failed is not None:
             return
         if not self.busy:
-            self._guarded(self._run, RaftCore.tick)
-        elif not self._tick_queued:
-            self._tick_queued = True
+            self._guarded(self._run, lambda core: core.tick(elapsed))
+            return
+        if not self._ticks_queued:
             self.inbox.append(self._queued_tick)
+        self._ticks_queued += elapsed
 
     def _queued_tick(self, core: RaftCore) -> None:
-        self._tick_queued = False
-        core.tick()
+        elapsed, self._ticks_queued = self._ticks_queued, 0
+        core.tick(elapsed)
 
     def step(self, message: Message) -> None:
         self.input(lambda core: core.step(message))

@@ -103,6 +103,7 @@ class Options(usage.Options):
     ]
 
     optFlags = [
+        ["lease-reads", None, "Linearizable reads served by the leader's lease, without a heartbeat round per batch (Raft thesis 6.4.1). Safe only while the nodes' clocks run at the same rate (within 1/(election-ticks - 2)) and no node's process is paused or starved: a paused leader can serve a stale read. Give it to every node."],
         ["insecure-peers", None, "Plaintext peer connections: anyone who reaches the peer port and knows the cluster id can act as any member. For tests and trusted networks only."],
     ]
 
@@ -201,6 +202,8 @@ class Options(usage.Options):
             raise usage.UsageError("--storage-writes must be 'thread' or 'reactor'")
         if self["heartbeat-ticks"] < 1 or self["election-ticks"] <= self["heartbeat-ticks"]:
             raise usage.UsageError("need 1 <= --heartbeat-ticks < --election-ticks")
+        if self["lease-reads"] and self["election-ticks"] < self["heartbeat-ticks"] + 3:
+            raise usage.UsageError("--lease-reads needs --election-ticks >= --heartbeat-ticks + 3 (the lease is election-ticks - 2)")
         address = self["address"]
         self["node-id"] = self["node-id"] or address.client
         self["bind"] = resolve_bind(self["bind"] or address.host)
@@ -345,6 +348,7 @@ def node_config(options: Options):
         tick_s=options["tick-ms"] / 1000.0,
         election_ticks=options["election-ticks"],
         heartbeat_ticks=options["heartbeat-ticks"],
+        lease_reads=bool(options["lease-reads"]),
         sync=options["sync"] == "fsync",
         snapshot_entries=options["snapshot-entries"],
         snapshot_keep_entries=options["snapshot-keep-entries"],

@@ -96,6 +96,7 @@ def test_inputs_wait_while_a_write_is_outstanding_and_ticks_coalesce():
     storage.complete()
     assert not replica.inbox and replica.core.term == 3
     assert replica.core.election_elapsed <= 1
+    assert replica.core.now == 50  # but the lease clock counts every one (RaftCore.tick)
 
 
 def test_a_completion_of_a_ready_no_longer_outstanding_is_ignored():

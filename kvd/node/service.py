@@ -179,7 +179,8 @@ class NodeService(service.Service):
         self.replayed_through = hard_state.commit
         self._watch_reset("the node started")
         self.make_core(hard_state, snapshot, entries)
-        self.ticker = task.LoopingCall(self._tick)
+        # withCount: a reactor that was late tells how many ticks it missed (the lease clock counts them: RaftCore.tick).
+        self.ticker = task.LoopingCall.withCount(self._tick)
         self.ticker.clock = self.clock
         self.ticker.start(self.config.tick_s, now=False)
         self.log.info(
@@ -223,6 +224,7 @@ class NodeService(service.Service):
         options = RaftSettings(
             election_ticks=self.config.election_ticks,
             heartbeat_ticks=self.config.heartbeat_ticks,
+            lease_reads=self.config.lease_reads,
         )
         self.core = RaftCore(self.config.node_id, options, self.rng, hard_state, snapshot, entries)
         self.replica = Replica(self.core, self.storage, _Peers(self), self.machine, _NodeEvents(self))
@@ -339,8 +341,8 @@ class NodeService(service.Service):
         return self.membership.join_received(node_id, address)
 
     # ============================================================ inputs
-    def _tick(self):
-        self.replica.tick()
+    def _tick(self, count: int):
+        self.replica.tick(count)
         self._drain()
         state = getattr(self.storage, "state", None)
         if state is not None and self.failure is None:

@@ -24,6 +24,7 @@ class NodeSettings:
     tick_s: float = 0.1
     election_ticks: int = 10
     heartbeat_ticks: int = 1
+    lease_reads: bool = False  # --lease-reads: linearizable reads by the leader's lease (RaftSettings.lease_reads)
     sync: bool = True
     snapshot_entries: int = 10000
     snapshot_keep_entries: int = 1000

@@ -237,5 +237,8 @@ class NodeView:
             "raft_elections": stats["elections"],
             "raft_proposals": stats["proposals"],
             "raft_reads": stats["reads"],
+            # lease: --lease-reads (the leader answers reads by its lease while it holds one); readindex: a round each
+            "raft_read_mode": "lease" if core.options.lease_reads else "readindex",
+            "raft_lease_reads": core.lease_reads_served,
             "raft_snapshots": stats["snapshots"],
         }

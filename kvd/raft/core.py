@@ -75,7 +75,7 @@ from kvd.raft.messages import (
 )
 from kvd.raft.progress import Progress, ProgressState
 from kvd.raft.quorum import VoteResult, has_quorum, quorum_index, vote_result
-from kvd.raft.read_only import ReadOnly
+from kvd.raft.read_only import ReadOnly, stamp, unstamp
 
 
 class NotLeader(Exception):
@@ -116,12 +116,44 @@ class RaftSettings:
     # follower that learns of thousands of commits at once applies them in steps,
     # and its embedder serves the network between two (kvd.replica).
     apply_entries_max: int = 256
+    # Lease reads (thesis §6.4.1, etcd's ReadOnlyLeaseBased): a leader answers a
+    # read at once, without a heartbeat round, while it holds a lease
+    # (``lease_ticks``).  Safe only if the nodes' clocks run at the same rate
+    # within the margin below, hence off by default.  Every node of the cluster
+    # should have it: the followers keep the promise the lease stands on
+    # (``RaftCore._in_leader_lease``).
+    lease_reads: bool = False
+
+    @property
+    def lease_ticks(self) -> int:
+        """
+        How long a quorum's acknowledgement of a heartbeat lets the leader
+        serve reads alone, counted on its own clock from when it *sent* that
+        heartbeat (the acknowledgement may arrive much later).
+
+        A voter that acknowledges grants no vote for ``election_ticks`` of
+        its own ticks after it received the heartbeat (check-quorum's leader
+        lease, ``_in_leader_lease``), and no leader can be elected without
+        one of the voters that acknowledged: so none exists before
+        ``election_ticks - 1`` tick periods have passed since the sending
+        (the voter's first tick may come right after it reset its count).
+        One tick less than that leaves a margin for the clocks: the lease
+        holds as long as no voter's ticks run faster than the leader's by
+        more than ``1 / (election_ticks - 2)`` (1/6, 17%, with 8; 1/8 with 10).
+        """
+        return self.election_ticks - 2
 
     def validate(self) -> None:
         if self.heartbeat_ticks < 1 or self.election_ticks <= self.heartbeat_ticks:
             raise ValueError("need 1 <= heartbeat_ticks < election_ticks")
         if self.inflight_max < 1 or self.append_bytes_max < 1 or self.apply_entries_max < 1:
             raise ValueError("inflight_max, append_bytes_max and apply_entries_max must be positive")
+        if self.lease_reads and not self.check_quorum:
+            # As etcd: without check-quorum, voters do not refuse votes while
+            # they hear from a leader, and nothing bounds when another is elected.
+            raise ValueError("lease_reads needs check_quorum")
+        if self.lease_reads and self.lease_ticks <= self.heartbeat_ticks:
+            raise ValueError("lease_reads needs election_ticks >= heartbeat_ticks + 3, or the lease lapses between heartbeats")
 
 
 @dataclass
@@ -216,6 +248,20 @@ class RaftCore:
 
         # ReadIndex (thesis §6.4): reads wait for a heartbeat round that starts after they arrive.
         self.read_only = ReadOnly()
+        # Lease reads (``RaftSettings.lease_reads``, see ``_lease_holds``).
+        #: Ticks of time this node has lived through, those its embedder
+        #: coalesced included (``tick``): the clock a leader measures its lease on.
+        self.now = 0
+        #: Ticks since this node last heard from a leader, whatever the term, on
+        #: the election timer's count.  Zero at start: a node that restarts may
+        #: have acknowledged a leader's heartbeat just before it stopped, and the
+        #: promise that went with it (``_in_leader_lease``) outlives the process.
+        self.heard_elapsed = 0
+        #: A TimeoutNow went out in this term: its target may be elected at any
+        #: moment (its votes skip the followers' promise), so no lease until the term ends.
+        self.lease_forfeited = False
+        #: Reads this leader answered by its lease, without a heartbeat round.
+        self.lease_reads_served = 0
 
         # Outputs gathered for the next Ready, under the names Ready gives them.
         self.messages: List[Message] = []
@@ -240,7 +286,19 @@ class RaftCore:
     def is_leader(self) -> bool:
         return self.role is Role.LEADER
 
-    def tick(self) -> None:
+    def tick(self, elapsed: int = 1) -> None:
+        """
+        One tick of the election and heartbeat timers.  ``elapsed``: how many
+        ticks of time have passed since the last call, more than one when the
+        embedder was too busy to call in time and coalesced them (kvd.replica).
+        The timers advance by one all the same (messages that waited behind
+        the stall still count before an election fires), but the lease clock
+        ``now`` advances by all: a leader that lost ticks must not believe
+        its lease is younger than it is.  A late tick lengthens the
+        followers' promise instead, which is the safe side.
+        """
+        self.now += elapsed
+        self.heard_elapsed += 1
         if self.role is Role.LEADER:
             self._tick_leader()
         else:
@@ -308,7 +366,7 @@ class RaftCore:
         self.lead_transferee = target
         self.transfer_elapsed = 0
         if self.progress[target].match == self.log.last_index():
-            self._send(TimeoutNow(self.term, self.id, target))
+            self._send_timeout_now(target)
         else:
             self._send_append(target)
         return target
@@ -402,6 +460,7 @@ class RaftCore:
                 for n, p in sorted(self.progress.items())
             },
             "refused": dict(self.refused),
+            "lease_reads_served": self.lease_reads_served,
         }
 
     # ------------------------------------------------------------ Ready
@@ -581,6 +640,11 @@ class RaftCore:
             return m.src == self.lead_transferee
         return m.src in self.config.voters and self.log.is_up_to_date(m.last_log_index, m.last_log_term)
 
+    def _send_timeout_now(self, target: NodeId) -> None:
+        """Tell ``target`` to campaign now.  It can win at once, so this term's lease is given up for good."""
+        self.lease_forfeited = True
+        self._send(TimeoutNow(self.term, self.id, target))
+
     def _handle_vote_request(self, m) -> None:
         pre = isinstance(m, PreVote)
         reply = PreVoteReply if pre else RequestVoteReply
@@ -598,6 +662,12 @@ class RaftCore:
             or (self.vote is None and self.leader is None)
             or (isinstance(m, PreVote) and m.term > self.term)
         )
+        if can_vote and self.options.lease_reads and self._in_leader_lease():
+            # A request of our own term (``step`` only holds back higher ones):
+            # we may have reached it by a stray message after acknowledging a
+            # leader of an older term; the promise holds whatever the term,
+            # except for a transfer vote (its leader gave its lease up).
+            can_vote = isinstance(m, RequestVote) and m.transfer
         return can_vote and self.log.is_up_to_date(m.last_log_index, m.last_log_term)
 
     def _step_leader(self, m: Message) -> None:
@@ -631,6 +701,7 @@ class RaftCore:
     def _step_follower(self, m: Message) -> None:
         if isinstance(m, (AppendEntries, Heartbeat, InstallSnapshot)):
             self.election_elapsed = 0
+            self.heard_elapsed = 0
             self.leader = m.src
             if isinstance(m, AppendEntries):
                 self._handle_append(m)
@@ -719,7 +790,7 @@ class RaftCore:
             elif was_paused or pr.state is ProgressState.REPLICATE:
                 self._send_all_available(m.src)
             if self.role is Role.LEADER and m.src == self.lead_transferee and pr.match == self.log.last_index():
-                self._send(TimeoutNow(self.term, self.id, m.src))
+                self._send_timeout_now(m.src)
                 if self._removed_and_committed():
                     self._become_follower(self.term, None)  # the hand-over of a removed leader is done
         elif was_paused and not pr.is_paused():
@@ -738,8 +809,21 @@ class RaftCore:
             pr.inflight.popleft()  # an ack may have been lost; let one more through
         if pr.match < self.log.last_index():
             self._send_append(m.src, allow_empty=True)
-        if self.read_only.ack(m.src, m.ctx):
+        ctx = self._note_lease_ack(pr, m.ctx) if self.options.lease_reads else m.ctx
+        if self.read_only.ack(m.src, ctx):
             self._maybe_release_reads()
+
+    def _note_lease_ack(self, pr: Progress, ctx: bytes) -> bytes:
+        """
+        Record the send tick a heartbeat reply vouches for (``stamp``), the
+        latest one only (replies may come out of order), and none from the
+        future (no reply answers a heartbeat not sent yet); return the
+        round's context for ReadIndex.
+        """
+        ctx, sent = unstamp(ctx)
+        if sent is not None and sent <= self.now and (pr.heartbeat_acked is None or sent > pr.heartbeat_acked):
+            pr.heartbeat_acked = sent
+        return ctx
 
     def _maybe_commit(self) -> bool:
         """Advance the commit index to what a majority of voters hold (Raft §5.3, §5.4.2)."""
@@ -802,6 +886,8 @@ class RaftCore:
                 self._send_append(peer, allow_empty=True)  # carries the new commit index
 
     def _broadcast_heartbeat(self, ctx: bytes = b"") -> None:
+        if self.options.lease_reads:
+            ctx = stamp(ctx, self.now)  # echoed in the replies: which send time an acknowledgement vouches for
         for peer in sorted(self.progress):
             commit = min(self.progress[peer].match, self.commit)
             self._send(Heartbeat(self.term, self.id, peer, commit, ctx))
@@ -857,6 +943,10 @@ class RaftCore:
     # The state of the reads lives in self.read_only (kvd.raft.read_only);
     # when a round may start and what answers it are decided here.
     def _leader_read(self, ctx: bytes, requester: NodeId) -> None:
+        if self.options.lease_reads and self._committed_in_term() and self._lease_holds():
+            self.lease_reads_served += 1
+            self._answer_read(ctx, requester, self.commit)
+            return
         self.read_only.queue(ctx, requester)
         self._maybe_start_read_round()
 
@@ -876,15 +966,46 @@ class RaftCore:
             return False
         index, requests = released
         for ctx, requester in requests:
-            if requester == self.id:
-                self.read_states.append(ReadState(index, ctx))
-            else:
-                self._send(ReadIndexReply(self.term, self.id, requester, ctx, index))
+            self._answer_read(ctx, requester, index)
         self._maybe_start_read_round()
         return True
 
+    def _answer_read(self, ctx: bytes, requester: NodeId, index: int) -> None:
+        if requester == self.id:
+            self.read_states.append(ReadState(index, ctx))
+        else:
+            self._send(ReadIndexReply(self.term, self.id, requester, ctx, index))
+
     def _committed_in_term(self) -> bool:
         return self.noop_index > 0 and self.commit >= self.noop_index
+
+    def _lease_holds(self) -> bool:
+        """
+        May this leader answer a read with its commit index now, without a
+        heartbeat round (thesis §6.4.1)?  Yes while a quorum of voters
+        (counting us) has acknowledged a heartbeat we sent less than
+        ``lease_ticks`` ago on our clock: each of them grants no vote for
+        ``election_ticks`` of its own clock after receiving it
+        (``_in_leader_lease``), and any new leader needs one of them, so none
+        exists yet (``RaftSettings.lease_ticks`` has the arithmetic and the
+        clock margin).  The commit index is then the cluster's, once an entry
+        of our term has committed (as for ReadIndex).
+
+        Each heartbeat carries our tick at sending and each reply echoes it
+        (``stamp``), so an acknowledgement vouches for a known send time
+        however long either message took; a lost or late reply can only make
+        the lease look older.  Never while a leadership transfer is under way
+        or after a TimeoutNow in this term: the target's transfer votes skip
+        the followers' promise, so it can be elected at any moment (etcd's
+        lease reads do not check this; etcd-io/raft#99).
+        """
+        if self.lead_transferee is not None or self.lease_forfeited:
+            return False
+        since = self.now - self.options.lease_ticks
+        fresh = {self.id} | {
+            node for node, pr in self.progress.items() if pr.heartbeat_acked is not None and pr.heartbeat_acked > since
+        }
+        return has_quorum(self.config.voters, fresh)
 
     # ============================================================ membership
     def _can_change_config(self) -> bool:
@@ -966,7 +1087,7 @@ class RaftCore:
             return True
         target = max(voters, key=lambda v: self.progress[v].match)
         if self.progress[target].match == self.log.last_index():
-            self._send(TimeoutNow(self.term, self.id, target))
+            self._send_timeout_now(target)
             return True
         if self.lead_transferee is None:
             self.lead_transferee = target
@@ -996,7 +1117,20 @@ class RaftCore:
         return self.id not in config.members and self.id in self._config_at(self.commit).voters
 
     def _in_leader_lease(self) -> bool:
-        return self.options.check_quorum and self.leader is not None and self.election_elapsed < self.options.election_ticks
+        """
+        Thesis §4.2.3: a node that heard from a live leader within the
+        minimum election timeout grants no vote (check-quorum's leader lease).
+        With lease reads it is also a promise that a leader's lease stands
+        on (``_lease_holds``), so it is kept by the time since *any* leader
+        was heard (``heard_elapsed``): not dropped when a stray message of a
+        higher term makes us forget the leader, nor when the process
+        restarts.  A leader is always in its own lease.
+        """
+        if not self.options.check_quorum:
+            return False
+        if self.options.lease_reads and self.role is not Role.LEADER:
+            return self.heard_elapsed < self.options.election_ticks
+        return self.leader is not None and self.election_elapsed < self.options.election_ticks
 
     def _campaign(self, pre: bool, transfer: bool = False) -> None:
         if not self._promotable():
@@ -1058,6 +1192,7 @@ class RaftCore:
         self.votes = {}
         self.progress = {}
         self.lead_transferee = None
+        self.lease_forfeited = False
         self.noop_index = 0
         self.pending_config_index = 0
         self.read_only.reset()

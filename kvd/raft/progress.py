@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from typing import Deque
+from typing import Deque, Optional
 
 
 class ProgressState(enum.Enum):
@@ -41,6 +41,9 @@ class Progress:
         self.inflight_max = inflight_max
         self.recent_active = False  # heard from within the current CheckQuorum window
         self.idle_ticks = 0  # leader ticks since this follower was last heard from
+        # Lease reads: the leader's tick (``RaftCore.now``) when it sent the latest
+        # heartbeat this follower acknowledged; None before the first.
+        self.heartbeat_acked: Optional[int] = None
 
     def __repr__(self) -> str:
         return "Progress(%s match=%d next=%d inflight=%d)" % (self.state.value, self.match, self.next, len(self.inflight))

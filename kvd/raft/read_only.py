@@ -19,6 +19,11 @@ This module only holds that state.  The core decides when a round may start
 (once an entry of its term has committed, so its commit index is not
 stale), sends the heartbeats and answers the reads.
 
+With lease reads (thesis §6.4.1, ``RaftSettings.lease_reads``) the leader
+skips the round while it holds a lease, which it measures from when it sent
+the heartbeats a quorum acknowledged: each heartbeat's context then also
+carries the leader's tick at sending (``stamp``), echoed like the round's.
+
 Imports: as the layer table in tests/test_layers.py allows.
 """
 
@@ -28,6 +33,19 @@ from typing import List, NamedTuple, Optional, Sequence, Set, Tuple
 
 from kvd.raft.messages import NodeId
 from kvd.raft.quorum import has_quorum
+
+
+def stamp(ctx: bytes, tick: int) -> bytes:
+    """A heartbeat's context under lease reads: the round's ``ctx`` (b"" if none) and the leader's tick at sending."""
+    return b"%s@%d" % (ctx, tick)
+
+
+def unstamp(ctx: bytes) -> Tuple[bytes, Optional[int]]:
+    """The round's context and the tick of an echoed ``stamp``; (ctx, None) if it carries none."""
+    head, sep, tick = ctx.rpartition(b"@")
+    if not sep or not tick.isdigit():
+        return ctx, None
+    return head, int(tick)
 
 
 class ReadRequest(NamedTuple):

@@ -1,6 +1,6 @@
 """
 python -m kvd.sim --seed S [--runs N] [--nodes K] [--faults a,b,...] [--state memory|durable|mixed] [--ticks T]
-                   [--budget-s SECONDS] [--trace]
+                   [--leases] [--lease-reads] [--budget-s SECONDS] [--trace]
 
 Runs seeds S .. S+N-1 through the simulator; prints every failing seed with
 the violated invariant and the last events before it, and exits 1 if any
@@ -43,6 +43,9 @@ def main(argv=None) -> int:
     p.add_argument("--liveness-ticks", type=int, default=SimOptions.liveness_ticks, help="bound on the healed phase")
     p.add_argument("--budget-s", type=float, default=0.0, help="stop starting new seeds after this many seconds")
     p.add_argument("--leases", action="store_true", help="drive leases too, with skewed node clocks (kvd.sim.leases)")
+    p.add_argument("--lease-reads", action="store_true",
+                   help="every node serves linearizable reads by its leader's lease (RaftSettings.lease_reads); "
+                        "the skew fault keeps the clocks within the lease's margin")
     p.add_argument("--trace", action="store_true", help="print the whole trace of every run")
     p.add_argument("--quiet", action="store_true", help="print only failures and the summary")
     args = p.parse_args(argv)
@@ -63,6 +66,7 @@ def main(argv=None) -> int:
             liveness_ticks=args.liveness_ticks,
             trace_keep=0 if args.trace else 30,
             leases=args.leases,
+            lease_reads=args.lease_reads,
         )
         result = run_one(opts)
         runs += 1
@@ -77,8 +81,9 @@ def main(argv=None) -> int:
         if not args.trace:
             for line in result.trace[-30:]:
                 print("    " + line)
-        print("    replay: python -m kvd.sim --seed %d --nodes %d --faults %s --state %s --ticks %d --trace"
-              % (seed, args.nodes, ",".join(sorted(args.faults)) or "none", args.state, args.ticks))
+        flags = "".join(" --" + f.replace("_", "-") for f in ("leases", "lease_reads") if getattr(args, f))
+        print("    replay: python -m kvd.sim --seed %d --nodes %d --faults %s --state %s --ticks %d%s --trace"
+              % (seed, args.nodes, ",".join(sorted(args.faults)) or "none", args.state, args.ticks, flags))
         sys.stdout.flush()
     elapsed = time.monotonic() - started
     print(

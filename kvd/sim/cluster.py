@@ -22,6 +22,11 @@ reopened at a restart, snapshots streamed by kvd.sim.streams), with faults
 aimed at it: crashes of the receiver in the middle of a stream, compactions
 of the sender while it streams; ``mixed`` (the default) draws one per seed.
 
+Lease reads (``SimOptions.lease_reads``, RaftSettings.lease_reads) run
+under the same faults.  Their clock assumption is kept: the skew fault draws
+tick rates within the lease's margin; a paused node's ticks coalesce and the
+loop counts them (``RaftCore.tick``), as the node's timer does.
+
 Imports: as the layer table in tests/test_layers.py allows.
 """
 
@@ -47,6 +52,11 @@ from kvd.sim.streams import SimStreams
 
 TICK = 100  # time units per tick
 ALL_FAULTS = ("loss", "dup", "reorder", "partition", "crash", "membership", "snapshot", "slowdisk", "skew", "pause")
+#: The tick periods the skew fault draws a node's from: clocks up to twice as slow or 30% fast.
+TICK_PERIODS = (TICK, TICK, TICK * 7 // 10, TICK * 3 // 2, TICK * 2)
+#: The same with lease reads, within their margin (RaftSettings.lease_ticks: with 10 election ticks, no
+#: node's ticks may run more than 1/8 faster than the leader's): 95 against 105 is 10.5% faster.
+LEASE_TICK_PERIODS = (TICK, TICK, TICK * 95 // 100, TICK * 105 // 100, TICK * 97 // 100)
 STATE_MODES = ("memory", "durable", "mixed")
 REGISTER_KEYS = (b"x", b"y", b"z")
 COUNTER_KEY = b"ctr"
@@ -73,6 +83,9 @@ class SimOptions:
     flush_skip: Optional[float] = None
     #: Drive leases (kvd.sim.leases): a lease client, nodes' stamps skewed by their clocks, a new leader's PROMOTE.
     leases: bool = False
+    #: Lease reads (RaftSettings.lease_reads) on every node.  Their clock assumption holds: the skew fault
+    #: draws tick rates within the lease's margin (``LEASE_TICK_PERIODS``).
+    lease_reads: bool = False
 
 
 @dataclass
@@ -118,6 +131,7 @@ class Swarm:
             inflight_max=rng.choice([1, 2, 8, 64]),
             # Small, so that applying in steps between network turns (kvd.replica ``more``) is exercised.
             apply_entries_max=4,
+            lease_reads=opts.lease_reads,
         )
         return cls(
             enabled=f,
@@ -210,6 +224,7 @@ class SimNode:
         flushes, staging = self.disk.lost_flushes, self.disk.lost_staging
         lost = self.disk.crash()
         self.up = False
+        self.count_lease_reads()
         self.replica = None
         self.core = None
         self.machine = None
@@ -221,6 +236,11 @@ class SimNode:
                 c.stats["sender_crashes_mid_stream"] += 1
             c.stats["crashes_mid_stream"] += c.streams.node_down(self.id)
         c.event(self.id, "crash", "lost %d unsynced writes" % lost)
+
+    def count_lease_reads(self) -> None:
+        """Add the reads this core answered by its lease to the run's stats (before the core goes)."""
+        if self.cluster.opts.lease_reads:
+            self.cluster.stats["lease_reads"] += self.core.lease_reads_served
 
     def drain(self) -> None:
         """Run the loop; then, as the node does after each drain, drop a received stream the core did not take."""
@@ -576,6 +596,8 @@ class SimCluster:
         self.added_at: Dict[str, int] = {}  # node -> index of the entry that made it a learner
         self.stats = {"crashes": 0, "partitions": 0, "config_changes": 0, "compactions": 0, "transfers": 0,
                       "leaders": 0, "installs": 0, "acks": 0, "reads": 0}
+        if opts.lease_reads:
+            self.stats["lease_reads"] = 0
         if self.durable:
             self.stats.update(durable=1, streams=0, streams_done=0, streams_broken=0, stream_pieces=0, stream_retries_ignored=0,
                               staging_busy=0, crashes_mid_stream=0, sender_crashes_mid_stream=0, compactions_during_stream=0,
@@ -605,7 +627,7 @@ class SimCluster:
         disk.keep_snapshot_data = not (self.durable and self.opts.stream_any_snapshot)  # kvd.store.lmdb keeps none then
         node = self.nodes[node_id] = SimNode(self, node_id, disk)
         if self.swarm.skew:
-            node.tick_period = self.rng_disk.choice([TICK, TICK, TICK * 7 // 10, TICK * 3 // 2, TICK * 2])
+            node.tick_period = self.rng_disk.choice(LEASE_TICK_PERIODS if self.opts.lease_reads else TICK_PERIODS)
             if self.opts.leases:
                 node.clock_offset = self.rng_leases.randint(-MAX_SKEW, MAX_SKEW)
         # Timers of different nodes are not aligned.
@@ -769,6 +791,7 @@ class SimCluster:
             node = self.nodes[n]
             if node.up:
                 self.checker.final_state(n, node.machine.applied_index, node.machine)
+                node.count_lease_reads()
 
     def describe(self) -> str:
         parts = []

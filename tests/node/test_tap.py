@@ -5,7 +5,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 
 from kvd.address import AddressError, MemberAddress, split_host_port
-from kvd.tap import Options, makeService, parse_initial_cluster
+from kvd.tap import Options, makeService, node_config, parse_initial_cluster
 
 
 def parse(*argv):
@@ -41,6 +41,15 @@ def test_bad_options_are_usage_errors():
         parse("--sync", "sometimes")
     with pytest.raises(usage.UsageError, match="heartbeat"):
         parse("--heartbeat-ticks", "10", "--election-ticks", "5")
+
+
+def test_lease_reads_are_off_unless_asked():
+    """``--lease-reads`` sets NodeSettings.lease_reads (tests/node/test_lease_reads.py); a lease no longer than a heartbeat is refused."""
+    assert node_config(parse()).lease_reads is False
+    assert node_config(parse("--lease-reads")).lease_reads is True
+    with pytest.raises(usage.UsageError, match="lease-reads"):
+        parse("--lease-reads", "--election-ticks", "3", "--heartbeat-ticks", "1")
+    assert node_config(parse("--lease-reads", "--election-ticks", "4", "--heartbeat-ticks", "1")).lease_reads
 
 
 def test_config_file_and_command_line(tmp_path):

@@ -137,6 +137,30 @@ def loop_acks_before_write_completes():
     return patched(Replica, "_write", _write)
 
 
+# ------------------------------------------------------------ lease reads (tests/sim/test_lease_reads.py)
+def lease_too_long():
+    """A lease of three election timeouts: longer than the followers promise to refuse votes."""
+    from kvd.raft.core import RaftSettings
+
+    return patched(RaftSettings, "lease_ticks", property(lambda self: 3 * self.election_ticks))
+
+
+def lease_clock_loses_coalesced_ticks():
+    """The leader measures its lease on its timers' count, which a stalled (paused) loop coalesces: its clock runs slow."""
+    original = RaftCore.tick
+
+    def tick(self, elapsed=1):
+        original(self, 1)
+
+    return patched(RaftCore, "tick", tick)
+
+
+LEASE_MUTATIONS = {
+    "lease_too_long": lease_too_long,
+    "lease_clock_loses_coalesced_ticks": lease_clock_loses_coalesced_ticks,
+}
+
+
 MUTATIONS = {
     "commit_by_counting": commit_by_counting,
     "two_votes_per_term": two_votes_per_term,
