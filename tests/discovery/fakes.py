@@ -41,6 +41,8 @@ class FakeCore:
         self.log = FakeLog(1, 12)
         self.latest_snapshot = SimpleNamespace(index=0)
         self.progress: Dict[str, dict] = {}
+        self.options = SimpleNamespace(lease_reads=False)
+        self.lease_reads_served = 0
 
     def is_leader(self):
         return self.role == "leader"
