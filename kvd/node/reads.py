@@ -79,6 +79,7 @@ class LinearizableReads:
             return
         self.read_seq += 1
         r.ctx, r.asked_at = b"%s/%d" % (node.session.client_id, self.read_seq), node.clock.seconds()
+        node.catch_up_lease_clock()
         node.replica.read_index(r.ctx, r)
         node.schedule_drain()
 

@@ -67,7 +67,7 @@ from kvd.node.reads import LinearizableReads, Read
 from kvd.node.session import ClientSession, Proposal
 from kvd.node.view import NodeView
 from kvd.raft.core import ConfigChangeRejected, NotLeader, RaftSettings, ProposalDropped, RaftCore, bootstrap
-from kvd.raft.messages import Configuration, EntryKind, Role
+from kvd.raft.messages import Configuration, EntryKind, ReadIndexRequest, Role
 from kvd.replica import Events, Overtaken, Replica, Superseded
 
 
@@ -122,6 +122,7 @@ class NodeService(service.Service):
         self.peers = None
         self.ticker: Optional[task.LoopingCall] = None
         self.drain_call = None
+        self._lease_clock_at = 0.0  # when the lease clock last counted the time (catch_up_lease_clock)
         self._scrub_applied_before = 0  # the applied index at the last tick's scrub (busy ticks scrub less)
         # Proposals and reads in flight live in the replica, in the order they
         # were made, so that one sweep per tick expires them (no timer per
@@ -182,6 +183,7 @@ class NodeService(service.Service):
         # withCount: a reactor that was late tells how many ticks it missed (the lease clock counts them: RaftCore.tick).
         self.ticker = task.LoopingCall.withCount(self._tick)
         self.ticker.clock = self.clock
+        self._lease_clock_at = self.clock.seconds()
         self.ticker.start(self.config.tick_s, now=False)
         self.log.info(
             "{node} started: term {term}, {n} log entries, members {members}",
@@ -342,6 +344,7 @@ class NodeService(service.Service):
 
     # ============================================================ inputs
     def _tick(self, count: int):
+        self._lease_clock_at = self.clock.seconds()
         self.replica.tick(count)
         self._drain()
         state = getattr(self.storage, "state", None)
@@ -398,10 +401,25 @@ class NodeService(service.Service):
             p.deferred.errback(KvdError(Code.TIMEOUT, "not committed in time (the entry may still commit)"))
         self.reads.expire(now)
 
+    def catch_up_lease_clock(self) -> None:
+        """
+        Before an input that may be answered by the leader's lease (a read, a
+        follower's ReadIndexRequest): count the ticks the timer has not run
+        yet (``RaftCore.catch_up``), as after a pause of this process.
+        """
+        if not self.config.lease_reads or self.replica is None:
+            return
+        due = int((self.clock.seconds() - self._lease_clock_at) / self.config.tick_s)
+        if due > 0:
+            self._lease_clock_at += due * self.config.tick_s
+            self.replica.input(lambda core: core.catch_up(due))
+
     def message_received(self, message) -> None:
         """A Raft message from a peer (already validated by the transport)."""
         if self.core is None:
             return
+        if isinstance(message, ReadIndexRequest):
+            self.catch_up_lease_clock()
         commit = getattr(message, "commit", None)
         # Only from the leader this node follows: a forged or stray commit
         # index must not make /v1/health report this node behind for good.

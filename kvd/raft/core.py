@@ -286,6 +286,20 @@ class RaftCore:
     def is_leader(self) -> bool:
         return self.role is Role.LEADER
 
+    def catch_up(self, elapsed: int) -> None:
+        """
+        ``elapsed`` ticks of time have passed that the embedder's timer has
+        not delivered yet: a process that was paused (SIGSTOP, a VM pause)
+        handles what piled up on its sockets before its timer runs.  The
+        lease clock ``now`` counts them at once, so no read is answered on a
+        lease that ran out during the pause; the election and heartbeat
+        timers wait for the tick.  The tick's own count may include them
+        again: ``now`` then runs ahead, which only shortens the leases of
+        heartbeats already sent (the safe side).
+        """
+        if elapsed > 0:
+            self.now += elapsed
+
     def tick(self, elapsed: int = 1) -> None:
         """
         One tick of the election and heartbeat timers.  ``elapsed``: how many

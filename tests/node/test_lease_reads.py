@@ -60,3 +60,22 @@ def test_a_leader_cut_off_never_answers_with_an_overwritten_value(lease_cluster)
     assert len(outcome) == 1 and outcome[0] != b"old"
     assert isinstance(outcome[0].value, KvdError)
 
+
+
+def test_a_leader_paused_past_its_lease_does_not_answer_by_it_before_its_timer_runs(lease_cluster):
+    """
+    A process paused (SIGSTOP, a VM pause) handles the requests that piled up before its timer runs: the
+    node counts the time that passed (RaftCore.catch_up) before a read, so the lease that ran out in the
+    pause answers nothing; the read takes a ReadIndex round.
+    """
+    clock, network = lease_cluster
+    (leader,) = leaders(network)
+    assert answer(clock, leader.submit(Set(b"k", b"v1"))) is OK
+    served = leader.core.lease_reads_served
+    assert answer(clock, leader.read(Get(b"k"))) == b"v1"
+    assert leader.core.lease_reads_served == served + 1  # the lease holds
+    # The pause: time moves on and no timer of any node runs.
+    clock.rightNow += leader.config.tick_s * (leader.core.options.election_ticks + 4)
+    read = leader.read(Get(b"k"))
+    assert leader.core.lease_reads_served == served + 1  # not by the lease
+    assert answer(clock, read) == b"v1"  # but by a heartbeat round, once the others answer

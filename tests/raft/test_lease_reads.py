@@ -168,6 +168,22 @@ def test_ticks_the_embedder_coalesced_count_toward_the_lease():
     assert states == [] and rounds(sent)
 
 
+def test_time_caught_up_before_the_tick_counts_toward_the_lease():
+    """A paused leader counts the ticks its timer has not run yet before a read: its lease is gone, its timers wait."""
+    env, lead, _ = lease_env()
+    core = env.core(lead)
+    states, _ = read_at(env, lead, b"fresh")
+    assert [s.ctx for s in states] == [b"fresh"]  # the lease holds
+    elapsed = core.election_elapsed
+    core.catch_up(LEASE)
+    assert core.election_elapsed == elapsed and core.role is Role.LEADER
+    states, sent = read_at(env, lead, b"after-pause")
+    assert states == [] and rounds(sent)  # a ReadIndex round instead
+    core.catch_up(0)
+    core.catch_up(-3)  # never backwards
+    assert core.now >= LEASE
+
+
 # ================================================================ when there is no lease
 def test_no_lease_read_while_a_transfer_is_under_way():
     """The target may be elected the moment it is told to campaign: a transferring leader goes through a round."""
