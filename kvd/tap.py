@@ -374,6 +374,7 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
     from kvd.node import NodeService
     from kvd.node.stall import StallMeter
     from kvd.resp.protocol import RespFactory
+    from kvd.resp.budget import TurnBudget
     from kvd.resp.pubsub import PubSubHub
     from kvd.resp.watch import WatchHub
     from kvd.kv.watch import DEFAULT_MAX_BYTES, DEFAULT_MAX_CHANGES, WatchHistory
@@ -482,6 +483,8 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
                                  maxclients=options["maxclients"], output_limit=options["client-output-limit"],
                                  maxmemory_clients=options["maxmemory-clients"], pubsub=hub,
                                  pubsub_limit=options["pubsub-limit"], watches=watches)
+    # A pipelined burst from many clients is dispatched over several turns, ticks and heartbeats between them.
+    client_factory.budget = TurnBudget(reactor.callLater)
     executor.server_info.clients = client_factory.connections
     executor.server_info.client_port = client_factory
     executor.server_info.watch_fields = watches.info

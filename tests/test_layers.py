@@ -66,7 +66,7 @@ LAYERS = {
     # pubsub matches patterns as KEYS does (glob) and turns the machine's events into messages (events);
     # watch streams the node's history of changes (kvd.kv.watch).
     # parser reads complete requests with hiredis's C reader; parser_bench times it against the Python code alone.
-    "kvd.resp": Layer(_set("__init__ auth commands connection encoder errors introspect parser parser_bench protocol pubsub watch"),
+    "kvd.resp": Layer(_set("__init__ auth budget commands connection encoder errors introspect parser parser_bench protocol pubsub watch"),
                       kvd=_set("kvd.resp kvd.kv.commands kvd.kv.results kvd.kv.txn kvd.kv.glob kvd.kv.events kvd.kv.watch "
                                "kvd.errors kvd.limits"),
                       third=_set("twisted zope hiredis")),
@@ -83,7 +83,7 @@ LAYERS = {
                            kvd=_set("kvd.discovery kvd.address kvd.resp.client kvd.store.backup"),
                            third=_set("twisted zope prometheus_client cryptography")),
     # twistd's side: the one module that wires everything.
-    "kvd.tap": Layer(_set("tap"), kvd=_set("kvd.address kvd.node kvd.executor kvd.kv.machine kvd.kv.events kvd.kv.watch kvd.resp.protocol kvd.resp.pubsub kvd.resp.watch kvd.resp.auth "
+    "kvd.tap": Layer(_set("tap"), kvd=_set("kvd.address kvd.node kvd.executor kvd.kv.machine kvd.kv.events kvd.kv.watch kvd.resp.protocol kvd.resp.budget kvd.resp.pubsub kvd.resp.watch kvd.resp.auth "
                                            "kvd.store.lmdb kvd.store.state kvd.wire.peers kvd.wire.tls kvd.discovery.services kvd.limits"),
                      third=_set("twisted lmdb")),
     # mgmt.py's side: nodes only over their ports, never the node's code.

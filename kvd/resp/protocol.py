@@ -95,6 +95,7 @@ from kvd.resp.commands import Admin, Read, Write, parse_request, request_name, s
 from kvd.resp.encoder import NIL_ARRAY, Push, RespMap, SimpleString, encode, encode_error
 from kvd.resp.errors import Rejected, RespError
 from kvd.resp.parser import DEFAULT_MAX_BULK_BYTES, ProtocolError, RespParser
+from kvd.resp.budget import TurnBudget
 from kvd.resp.connection import EXEC_ABORT, NO_REPLY, Connection, execute_local, is_local
 from kvd.resp.pubsub import PubSubHub, PubSubLimit, Subscriptions
 from kvd.resp.watch import WATCHING_COMMANDS, WatchHub, parse_watch_args
@@ -347,11 +348,20 @@ class RespProtocol(Protocol):
                     continue
                 if self._must_wait(self._backlog[0]):
                     break
+                budget = self.factory.budget
+                if budget is not None and not budget.take():
+                    budget.park(self)
+                    break
                 self._dispatch(self._backlog.popleft())
             self._flush()
         finally:
             self._dispatching = False
         self._update_input()
+
+    def resume_after_budget(self):
+        """A new reactor turn: go on with what waited for the turn budget (kvd.resp.budget)."""
+        if not self._lost:
+            self._pump()
 
     def _must_wait(self, item) -> bool:
         if isinstance(item, list):
@@ -888,6 +898,8 @@ class RespFactory(Factory):
         self._ids = itertools.count(1)
         self.now = time.time  # CLIENT INFO's age= and idle=
         self.connections: Dict[int, Connection] = {}  # open connections by id (INFO clients)
+        #: Requests dispatched per reactor turn over all connections (kvd.resp.budget); None: no bound.
+        self.budget: Optional[TurnBudget] = None
 
     def buildProtocol(self, addr):
         if len(self.connections) >= self.maxclients:
