@@ -67,6 +67,19 @@ def too_many_keys(command) -> KvdError:
                               "run: split it" % (command_keys(command), LIMITS.command_keys))
 
 
+def _failed_attempt(error: BaseException) -> KvdError:
+    """
+    What a failed attempt to run a write leaves the retry loop: the error to
+    try again after, or raised when no retry can help.  Any other exception
+    is a link to the leader that broke mid-request.
+    """
+    if isinstance(error, KvdError):
+        if error.code not in RETRYABLE:
+            raise KvdError(error.code, error.message)
+        return error
+    return KvdError(Code.TIMEOUT, "lost the connection to the leader (%s)" % error.__class__.__name__)
+
+
 class Proposal:
     """A command proposed on this node: the replica's token until it is applied or certainly lost."""
 
@@ -168,13 +181,7 @@ class ClientSession:
 
     def _retry_after_forward(self, failure: Failure, env: Envelope, deadline: float):
         """The first forward failed: what ``_submit_with_retries`` does after a failed attempt, then its loop."""
-        error = failure.value
-        if isinstance(error, KvdError):
-            if error.code not in RETRYABLE:
-                raise KvdError(error.code, error.message)
-            last = error
-        else:
-            last = KvdError(Code.TIMEOUT, "lost the connection to the leader (%s)" % error.__class__.__name__)
+        last = _failed_attempt(failure.value)
         node = self.node
         wait = task.deferLater(node.clock, node.config.tick_s, lambda: None)
         return wait.addCallback(lambda _: self._submit_with_retries(env, deadline, maybe_applied=True, last=last))
@@ -197,15 +204,10 @@ class ClientSession:
                     maybe_applied = True
                     result = decode_result_bytes((yield self._forward(leader, env, deadline)))
                 return result
-            except KvdError as e:
-                if e.outcome is Outcome.UNKNOWN:
+            except Exception as e:
+                if not isinstance(e, KvdError) or e.outcome is Outcome.UNKNOWN:
                     maybe_applied = True
-                last = e
-                if e.code not in RETRYABLE:
-                    raise KvdError(e.code, e.message)
-            except Exception as e:  # the link to the leader broke mid-request
-                last = KvdError(Code.TIMEOUT, "lost the connection to the leader (%s)" % e.__class__.__name__)
-                maybe_applied = True
+                last = _failed_attempt(e)
             yield task.deferLater(node.clock, node.config.tick_s, lambda: None)
         if maybe_applied or last.code is Code.TIMEOUT:
             raise KvdError(Code.TIMEOUT, "the outcome is unknown: %s" % last.message)
