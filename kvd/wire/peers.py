@@ -685,11 +685,7 @@ class PeerClientProtocol(_PeerProtocol):
 
     def connectionLost(self, reason: Failure) -> None:
         self._cancel_hello_timer()
-        if self._batch_call is not None and self._batch_call.active():
-            self._batch_call.cancel()
-        self._batch_call = None
-        batch, self._batch, self._batch_bytes = self._batch, [], 0
-        for _, waiter in batch:
+        for _, waiter in self._take_batch():
             # Never sent: certainly not applied.
             waiter.errback(ForwardError(errors.TRYAGAIN, f"connection to {self.link.node_id!r} lost before forwarding"))
         if self._up:
@@ -782,11 +778,7 @@ class PeerClientProtocol(_PeerProtocol):
 
     def send_forward_batch(self) -> None:
         """Send what is waiting to be forwarded now."""
-        if self._batch_call is not None:
-            if self._batch_call.active():
-                self._batch_call.cancel()
-            self._batch_call = None
-        batch, self._batch, self._batch_bytes = self._batch, [], 0
+        batch = self._take_batch()
         if len(batch) == 1:
             payload, waiter = batch[0]
             self._call_forward_alone(payload).chainDeferred(waiter)
@@ -794,6 +786,14 @@ class PeerClientProtocol(_PeerProtocol):
             waiters = [waiter for _, waiter in batch]
             answer = self.callRemote(ForwardBatch, payloads=encode_forward_batch([p for p, _ in batch]))
             answer.addCallbacks(self._batch_answered, self._batch_failed, (waiters,), None, (waiters,))
+
+    def _take_batch(self) -> List[Tuple[bytes, Deferred]]:
+        """What waits to be forwarded, no longer waiting (its end-of-turn send cancelled)."""
+        if self._batch_call is not None and self._batch_call.active():
+            self._batch_call.cancel()
+        self._batch_call = None
+        batch, self._batch, self._batch_bytes = self._batch, [], 0
+        return batch
 
     def _batch_answered(self, answer: Dict[str, Any], waiters: List[Deferred]) -> None:
         blob = answer.get("results_blob")
