@@ -39,7 +39,7 @@ from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import error as net_error
-from twisted.internet.defer import Deferred, fail, gatherResults, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, fail, gatherResults, maybeDeferred, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
@@ -510,26 +510,14 @@ class PeerServerProtocol(_PeerProtocol):
         except ValueError as e:
             return fail(ForwardError(errors.INTERNAL, f"malformed forward batch: {e}"))
         src = self.peer_id
-        outcomes: List[Any] = [None] * len(items)
-        waiting = [len(items)]
-        answer: Deferred = Deferred()
-
-        def settle(outcome, i: int) -> None:
-            outcomes[i] = outcome.value if isinstance(outcome, Failure) else outcome
-            waiting[0] -= 1
-            if not waiting[0]:
-                answer.callback(outcomes)
-
-        for i, payload in enumerate(items):
+        answers = []
+        for payload in items:
             d = maybeDeferred(handler, src, payload)
-            d.addCallbacks(self._checked_result, self._handler_failed, errbackArgs=("forward",))
-            d.addBoth(settle, i)
-        if not items:
-            answer.callback(outcomes)
-        return answer.addCallback(self._batch_outcomes)
+            answers.append(d.addCallbacks(self._checked_result, self._handler_failed, errbackArgs=("forward",)))
+        return DeferredList(answers, consumeErrors=True).addCallback(self._batch_outcomes)
 
-    def _batch_outcomes(self, outcomes: List[Any]) -> Dict[str, Any]:
-        value = encode_forward_outcomes(outcomes)
+    def _batch_outcomes(self, results: List[Tuple[bool, Any]]) -> Dict[str, Any]:
+        value = encode_forward_outcomes([outcome if ok else outcome.value for ok, outcome in results])
         if len(value) <= MAX_VALUE_LENGTH:
             return {"results": value}
         return {"results": b"", "results_blob": self.send_big_bytes(value)}
