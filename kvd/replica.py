@@ -13,7 +13,13 @@ For each Ready, in the order the core's persistence contract prescribes
 3. when it has completed: ``persisted_messages`` out (votes, acknowledgements),
    the snapshot restored into the machine, committed entries applied and
    their proposals answered, read states recorded, ``core.advance``;
-4. reads whose index is applied are served.
+4. reads whose index is applied are served, and ``events.finished`` told.
+
+A Ready with nothing that must be durable (a leader's commit: only the commit
+index moved) issues its write first, and sends its ``messages`` after it: a
+write that completes at once (the storage keeps a commit index alone for the
+next transaction) has run 3 and 4 by then, so the clients that commit answers
+go before the followers hear of it, which no rule of Raft orders.
 
 The core hands out a bounded run of committed entries per Ready
 (``RaftSettings.apply_entries_max``).  After a Ready that applied a full run,
@@ -117,6 +123,9 @@ class Events:
 
     def advanced(self, core: RaftCore, rd: Ready) -> None:
         """``core.advance(rd)`` returned: the Ready is done (``rd.soft_state`` tells a role change)."""
+
+    def finished(self, core: RaftCore, rd: Ready) -> None:
+        """The Ready is done: its proposals answered and its reads served (replies may be flushed now)."""
 
     def proposal_done(self, token: Any, result: Any, index: int) -> None:
         """The proposal committed at ``index`` and was applied with ``result``."""
@@ -303,12 +312,22 @@ class Replica:
                 break
             rd = core.ready()
             self.events.ready(core, rd)
-            if rd.messages:
-                self.transport.send_many(rd.messages)
-            if rd.hard_state is not None or rd.entries or rd.snapshot is not None:
+            if rd.must_sync:
+                if rd.messages:
+                    self.transport.send_many(rd.messages)
                 self._write(rd)
+            elif rd.hard_state is not None:
+                # Only the commit index moved: a leader's commit.  Its write need not
+                # be durable (the storage may complete it at once), and its messages
+                # carry the new commit index to the followers, which only speeds up
+                # their applying: the clients this commit answers go first (kvd.push).
+                self._write(rd)
+                if rd.messages:
+                    self.transport.send_many(rd.messages)
             else:
                 self._finish(rd)
+                if rd.messages:
+                    self.transport.send_many(rd.messages)
                 if len(rd.committed) >= core.options.apply_entries_max and core.has_ready():
                     self.more = True  # the embedder lets its network in, then drains again
                     break
@@ -374,6 +393,7 @@ class Replica:
         core.advance(rd)
         events.advanced(core, rd)
         self._serve_reads()
+        events.finished(core, rd)
 
     def _apply(self, entry: Entry) -> None:
         if entry.index <= self.machine.applied_index:

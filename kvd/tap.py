@@ -485,6 +485,8 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
                                  pubsub_limit=options["pubsub-limit"], watches=watches)
     # A pipelined burst from many clients is dispatched over several turns, ticks and heartbeats between them.
     client_factory.budget = TurnBudget(reactor.callLater)
+    # Replies leave as soon as the Ready that answers them is done, before the followers hear of the commit.
+    node.on_replies = client_factory.push_replies
     executor.server_info.clients = client_factory.connections
     executor.server_info.client_port = client_factory
     executor.server_info.watch_fields = watches.info

@@ -54,6 +54,8 @@ LAYERS = {
     # The one table of size limits, read by every layer a command crosses: pure, and imports nothing of kvd.
     "kvd.limits": Layer(_set("limits"), std=PURE),
     "kvd.address": Layer(_set("address")),
+    # Hands a connection's buffered bytes to the kernel at once, through any protocol wrappers: peers and client port.
+    "kvd.push": Layer(_set("push")),
     # The simulator runs the real core and loop on simulated time and disks.
     "kvd.sim": Layer(_set("__init__ cluster disk invariants leases network state streams"),
                      kvd=_set("kvd.sim kvd.raft kvd.kv kvd.replica"), std=PURE | {"traceback"}),
@@ -61,14 +63,14 @@ LAYERS = {
     # I/O at the edges, one room each.
     "kvd.store": Layer(_set("__init__ backup bench checksum lmdb schema state state_bench upgrade writer"), kvd=_set("kvd.store kvd.raft.messages kvd.raft.storage kvd.kv.codec kvd.kv.commands kvd.kv.hashes kvd.kv.keyspace kvd.kv.machine kvd.kv.revisions"),
                        third=_set("lmdb crc32c")),
-    "kvd.wire": Layer(_set("__init__ codec errors peers snapshots tls"), kvd=_set("kvd.wire kvd.raft.messages kvd.errors kvd.limits"),
+    "kvd.wire": Layer(_set("__init__ codec errors peers snapshots tls"), kvd=_set("kvd.wire kvd.raft.messages kvd.errors kvd.limits kvd.push"),
                       third=_set("twisted zope OpenSSL cryptography")),
     # pubsub matches patterns as KEYS does (glob) and turns the machine's events into messages (events);
     # watch streams the node's history of changes (kvd.kv.watch).
     # parser reads complete requests with hiredis's C reader; parser_bench times it against the Python code alone.
     "kvd.resp": Layer(_set("__init__ auth budget commands connection encoder errors introspect parser parser_bench protocol pubsub watch"),
                       kvd=_set("kvd.resp kvd.kv.commands kvd.kv.results kvd.kv.txn kvd.kv.glob kvd.kv.events kvd.kv.watch "
-                               "kvd.errors kvd.limits"),
+                               "kvd.errors kvd.limits kvd.push"),
                       third=_set("twisted zope hiredis")),
     # The package's one blocking client: the CLI, the fault suite and the cluster view use it without the node.
     "kvd.resp.client": Layer(_set("client")),

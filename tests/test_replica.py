@@ -413,3 +413,71 @@ def test_a_compaction_failing_later_fail_stops_the_loop():
     error = OSError(28, "No space left on device")
     storage.compacted[0][1](error)
     assert events.storage_errors == [error] and replica.failed is error and replica.busy
+
+
+class AtOnce(LaterStorage):
+    """Writes (and compactions) complete inside the call, as a storage without a writer thread's do."""
+
+    def write(self, hard_state, entries, snapshot, sync, done):
+        self.writes.append((hard_state, list(entries), snapshot, sync, done))
+        done()
+
+
+def test_a_commit_answers_its_clients_before_the_followers_hear_of_it():
+    """
+    A leader's commit Ready persists nothing: its proposals are answered (and
+    ``finished`` told, when the node pushes the replies out) before its
+    messages, the new commit index for the followers, are sent.
+    """
+    config = Configuration.make(voters=["a", "b", "c"], addresses={n: n for n in "abc"})
+    order = []
+
+    class Wire(Recorder):
+        def __init__(self, node):
+            super().__init__()
+            self.node = node
+
+        def send_many(self, messages):
+            super().send_many(messages)
+            if self.node == "a":
+                order.append(("sent", sorted({type(m).__name__ for m in messages})))
+
+    class Told(Heard):
+        def proposal_done(self, token, result, index):
+            super().proposal_done(token, result, index)
+            order.append(("answered", token))
+
+        def finished(self, core, rd):
+            order.append(("finished", None))
+
+    replicas = {}
+    for node in "abc":
+        hs, entries = bootstrap(config)
+        core = RaftCore(node, RaftSettings(), random.Random(ord(node)), hs, None, entries)
+        replicas[node] = Replica(core, AtOnce(), Wire(node), KVMachine(), Told() if node == "a" else Heard())
+
+    def settle():
+        for _ in range(50):
+            moved = False
+            for replica in replicas.values():
+                replica.drain()
+                sent, replica.transport.sent = replica.transport.sent, []
+                for m in sent:
+                    replicas[m.dst].step(m)
+                    moved = True
+            if not moved:
+                return
+        raise AssertionError("the messages never settled")
+
+    replicas["a"].input(lambda core: core.campaign())
+    settle()
+    assert replicas["a"].core.is_leader
+    order.clear()
+    replicas["a"].propose(encode_envelope(Envelope(b"c", 1, 1, 0, Set(b"k", b"v"))), "client")
+    settle()
+    answered = order.index(("answered", "client"))
+    assert order[answered + 1] == ("finished", None)
+    # The next send after the answer is the commit index going out to the followers.
+    after = [entry for entry in order[answered:] if entry[0] == "sent"]
+    assert after and after[0][1] == ["AppendEntries"]
+    assert all(replica.machine.applied_index == replicas["a"].machine.applied_index for replica in replicas.values())

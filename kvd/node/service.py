@@ -77,10 +77,12 @@ from kvd.replica import Events, Overtaken, Replica, Superseded
 SCRUB_RECORDS_PER_TICK = 250
 #: ... but a tenth of that in a tick after which more than ``SCRUB_BUSY_ENTRIES``
 #: entries were applied: under a full write load the scrub took about 6% of the
-#: leader's reactor thread (py-spy, SET from 64 clients), time the writes need.  A
-#: node that is always busy still checks a million keys in about 40 minutes.
+#: leader's reactor thread (py-spy, SET from 64 clients), time the writes need,
+#: and as much under one client's writes (about 20 entries a tick), where it
+#: stood between every node and its share of the two cores.  A node that is
+#: always busy still checks a million keys in about 40 minutes.
 SCRUB_RECORDS_PER_BUSY_TICK = 25
-SCRUB_BUSY_ENTRIES = 50
+SCRUB_BUSY_ENTRIES = 0
 
 #: A follower that is up and lags at most this many snapshot intervals keeps the
 #: log from being compacted past it (beyond that it is sent a snapshot).
@@ -156,6 +158,8 @@ class NodeService(service.Service):
         #: Called with the events (kvd.kv.events: pub/sub messages, keyspace events) of each entry applied:
         #: the client port's pub/sub registry (kvd.resp.pubsub), set by kvd.tap.
         self.on_events: Optional[Callable[[list], None]] = None
+        #: Called once a Ready has answered its proposals and reads: the client port pushes those replies out.
+        self.on_replies: Optional[Callable[[], None]] = None
         #: Entries up to this index were committed before this process started: applying them again at a
         #: restart replays them, and their events are not delivered a second time.
         self.replayed_through = 0
@@ -838,6 +842,10 @@ class _NodeEvents(Events):
     def advanced(self, core, rd) -> None:
         if rd.soft_state is not None:
             self.node._soft_state_changed(*rd.soft_state)
+
+    def finished(self, core, rd) -> None:
+        if self.node.on_replies is not None:
+            self.node.on_replies()
 
     def proposal_done(self, token: Proposal, result, index: int) -> None:
         token.deferred.callback(result)

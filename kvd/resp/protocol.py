@@ -95,6 +95,7 @@ from kvd.resp.commands import Admin, Read, Write, parse_request, request_name, s
 from kvd.resp.encoder import NIL_ARRAY, Push, RespMap, SimpleString, encode, encode_error
 from kvd.resp.errors import Rejected, RespError
 from kvd.resp.parser import DEFAULT_MAX_BULK_BYTES, ProtocolError, RespParser
+from kvd.push import push_now
 from kvd.resp.budget import TurnBudget
 from kvd.resp.connection import EXEC_ABORT, NO_REPLY, Connection, execute_local, is_local
 from kvd.resp.pubsub import PubSubHub, PubSubLimit, Subscriptions
@@ -818,6 +819,7 @@ class RespProtocol(Protocol):
         if not self._account():
             return
         self.transport.write(data)
+        self.factory.unpushed[self] = None
 
     def _account(self) -> bool:
         """Report the bytes held for this connection; False when it was evicted for the total of all."""
@@ -900,6 +902,19 @@ class RespFactory(Factory):
         self.connections: Dict[int, Connection] = {}  # open connections by id (INFO clients)
         #: Requests dispatched per reactor turn over all connections (kvd.resp.budget); None: no bound.
         self.budget: Optional[TurnBudget] = None
+        #: Connections written to since ``push_replies`` last ran, in order.
+        self.unpushed: Dict[RespProtocol, None] = {}
+
+    def push_replies(self) -> None:
+        """
+        Hand every reply written since the last call to the kernel now (kvd.push),
+        not at the reactor's next turn: the node calls it once a Ready has
+        answered its proposals and reads, before it sends the followers the
+        commit index (kvd.replica).
+        """
+        unpushed, self.unpushed = self.unpushed, {}
+        for protocol in unpushed:
+            push_now(protocol.transport)
 
     def buildProtocol(self, addr):
         if len(self.connections) >= self.maxclients:

@@ -47,6 +47,7 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from kvd.limits import LIMITS
+from kvd.push import push_now
 from kvd.raft.messages import InstallSnapshot, Message
 from kvd.wire import errors
 from kvd.wire.codec import (
@@ -217,28 +218,8 @@ class _PeerProtocol(amp.AMP):
         return not self._dropping and self.transport is not None
 
     def push_now(self) -> None:
-        """
-        Hand what is buffered to the kernel now rather than at the reactor's next
-        turn.  The Ready loop sends a batch and then writes to disk, blocking the
-        reactor: Twisted would send the batch only after that write, so the
-        followers' own writes waited for the leader's (a whole disk write per
-        round trip, measured at one client).  Called through the TCP transport's
-        IWriteDescriptor.doWrite, as the reactor would; a connection that is
-        closing, or an error, is left to the reactor.
-        """
-        tcp = self.transport
-        if tcp is not None and getattr(tcp, "wrappedProtocol", None) is not None:
-            # Under TLS, Twisted's BufferingTLSTransport holds small writes until its
-            # callLater(0): encrypt them now (its flush), then push the TCP buffer.
-            aggregator = getattr(tcp, "_aggregator", None)
-            if aggregator is not None and not getattr(tcp, "disconnecting", False):
-                aggregator.flush()
-            tcp = tcp.transport
-        if tcp is None or not getattr(tcp, "connected", False) or getattr(tcp, "disconnecting", True):
-            return
-        if getattr(tcp, "_writeDisconnecting", False) or not (getattr(tcp, "_tempDataLen", 0) or getattr(tcp, "dataBuffer", b"")):
-            return
-        tcp.doWrite()  # an error comes back as a value: the buffer stays, and the reactor meets it again
+        """Hand what is buffered to the kernel now (kvd.push): a batch leaves before the Ready's disk write."""
+        push_now(self.transport)
 
     def write_frames(self, frames: List[Frame], bounded: bool) -> bool:
         """

@@ -708,40 +708,6 @@ def test_a_connected_link_is_left_alone_when_the_peer_dials_us(reactor, a, b):
     assert a.transport._links["b"] is link and a.transport.is_connected("b")
 
 
-def test_push_now_hands_a_tcp_buffer_to_the_kernel_and_leaves_a_closing_connection_alone():
-    """What send_many does after a batch (see the TLS test for the TLS half): the bytes are in the socket at once."""
-    import socket
-    from types import SimpleNamespace
-
-    from twisted.internet import tcp
-    from twisted.internet.protocol import Protocol
-    from twisted.internet.testing import MemoryReactor
-
-    from kvd.wire.peers import _PeerProtocol
-
-    ours, theirs = socket.socketpair()
-    try:
-        ours.setblocking(False)
-        theirs.setblocking(False)
-        connection = tcp.Connection(ours, Protocol(), reactor=MemoryReactor())
-        connection.connected = 1
-        holder = SimpleNamespace(transport=connection)
-        connection.write(b"batch")
-        with pytest.raises(BlockingIOError):
-            theirs.recv(100)  # Twisted waits for the reactor's next turn
-        _PeerProtocol.push_now(holder)
-        assert theirs.recv(100) == b"batch"
-        _PeerProtocol.push_now(holder)  # nothing buffered: nothing to do
-        connection.write(b"late")
-        connection.disconnecting = True  # closing: the reactor's business
-        _PeerProtocol.push_now(holder)
-        with pytest.raises(BlockingIOError):
-            theirs.recv(100)
-    finally:
-        ours.close()
-        theirs.close()
-
-
 def test_redial_skips_the_backoff_of_a_down_link_and_leaves_a_connected_one(reactor, a, b):
     """A node that became a member is dialled at once (the node redials every member on a configuration change)."""
     assert a.transport.dial("b")
