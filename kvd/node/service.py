@@ -124,6 +124,7 @@ class NodeService(service.Service):
         self.peers = None
         self.ticker: Optional[task.LoopingCall] = None
         self.drain_call = None
+        self._commit_notice_call = None  # the timer of a deferred commit notice (_send_commit_notice)
         self._lease_clock_at = 0.0  # when the lease clock last counted the time (catch_up_lease_clock)
         self._scrub_applied_before = 0  # the applied index at the last tick's scrub (busy ticks scrub less)
         # Proposals and reads in flight live in the replica, in the order they
@@ -231,6 +232,7 @@ class NodeService(service.Service):
             election_ticks=self.config.election_ticks,
             heartbeat_ticks=self.config.heartbeat_ticks,
             lease_reads=self.config.lease_reads,
+            defer_commit_notice=self.config.commit_notice_s > 0,
         )
         self.core = RaftCore(self.config.node_id, options, self.rng, hard_state, snapshot, entries)
         self.replica = Replica(self.core, self.storage, _Peers(self), self.machine, _NodeEvents(self))
@@ -273,8 +275,9 @@ class NodeService(service.Service):
                 pass
         if self.ticker is not None and self.ticker.running:
             self.ticker.stop()
-        if self.drain_call is not None and self.drain_call.active():
-            self.drain_call.cancel()
+        for call in (self.drain_call, self._commit_notice_call):
+            if call is not None and call.active():
+                call.cancel()
         self._fail_all(KvdError(Code.TRYAGAIN, "the node is shutting down"))
         if self.peers is not None:
             yield defer.maybeDeferred(self.peers.stop)
@@ -475,6 +478,8 @@ class NodeService(service.Service):
         self.replica.drain()
         if self.replica.more:
             self.schedule_drain()  # the rest of the committed entries, after this turn's I/O
+        if self.core.commit_notice_pending and self._commit_notice_call is None:
+            self._commit_notice_call = self.clock.callLater(self.config.commit_notice_s, self._send_commit_notice)
         state = getattr(self.storage, "state", None)
         if state is not None and not self.replica.inbox and self.replica.writing is None:
             state.settle_staging()  # a received snapshot the core did not take is dropped now
@@ -482,6 +487,13 @@ class NodeService(service.Service):
             return
         self._log_refused()
         self._maybe_snapshot()
+
+    def _send_commit_notice(self) -> None:
+        """A commit index no append has carried within ``commit_notice_s`` goes out now (RaftSettings.defer_commit_notice)."""
+        self._commit_notice_call = None
+        if self.replica is not None and self.core.commit_notice_pending:
+            self.replica.input(lambda core: core.send_commit_notice())
+            self._drain()
 
     def _log_refused(self) -> None:
         """Log what the core refused since the last line of that reason (rate-limited: a flood is one line)."""

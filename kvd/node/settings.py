@@ -25,6 +25,7 @@ class NodeSettings:
     election_ticks: int = 10
     heartbeat_ticks: int = 1
     lease_reads: bool = False  # --lease-reads: linearizable reads by the leader's lease (RaftSettings.lease_reads)
+    commit_notice_s: float = 0.002  # --commit-notice-ms: RaftSettings.defer_commit_notice's timer; 0: no deferral
     sync: bool = True
     snapshot_entries: int = 10000
     snapshot_keep_entries: int = 1000

@@ -123,6 +123,13 @@ class RaftSettings:
     # should have it: the followers keep the promise the lease stands on
     # (``RaftCore._in_leader_lease``).
     lease_reads: bool = False
+    # A new commit index is not sent at once to the followers that hold the
+    # whole log (an empty append to each, and an acknowledgement back from each:
+    # as many messages as the write itself took).  The next append or heartbeat
+    # carries it, or ``send_commit_notice`` when the embedder's short timer
+    # fires first (``commit_notice_pending``).  Only the followers' applying
+    # waits (a ReadIndex round's heartbeats carry the commit index too).
+    defer_commit_notice: bool = False
 
     @property
     def lease_ticks(self) -> int:
@@ -269,6 +276,8 @@ class RaftCore:
         self.read_states: List[ReadState] = []
         self.received_snapshot: Optional[Snapshot] = None
         self.broadcast_pending = False
+        #: A commit index not yet sent to every follower (``RaftSettings.defer_commit_notice``).
+        self.commit_notice_pending = False
         self.prev_hard = HardState(self.term, self.vote, self.commit)
         self.prev_soft: Tuple[Role, Optional[NodeId], int] = (self.role, None, self.term)
         self.outstanding: Optional[Ready] = None
@@ -541,7 +550,10 @@ class RaftCore:
         if self.role is Role.LEADER and rd.entries:
             # Our own entries are durable now and count toward a majority.
             if self._maybe_commit():
-                self.broadcast_pending = True
+                if self.options.defer_commit_notice:
+                    self.commit_notice_pending = bool(self.progress)
+                else:
+                    self.broadcast_pending = True
 
     # ============================================================ stepping
     def step(self, m: Message) -> None:
@@ -800,7 +812,7 @@ class RaftCore:
                 pr.become_probe()
                 pr.become_replicate()
             if self._maybe_commit():
-                self._broadcast_append()
+                self._commit_advanced()
             elif was_paused or pr.state is ProgressState.REPLICATE:
                 self._send_all_available(m.src)
             if self.role is Role.LEADER and m.src == self.lead_transferee and pr.match == self.log.last_index():
@@ -889,7 +901,25 @@ class RaftCore:
         pr.become_snapshot(snap.index)
         return True
 
+    def _commit_advanced(self) -> None:
+        """Tell the followers of a new commit index: at once, or with what they are sent next (``defer_commit_notice``)."""
+        if not self.options.defer_commit_notice:
+            self._broadcast_append()
+            return
+        for peer in sorted(self.progress):
+            pr = self.progress[peer]
+            if not pr.is_paused() and pr.next <= self.log.last_index():
+                self._send_all_available(peer)  # entries go now anyway, and carry the commit index
+        self.commit_notice_pending = bool(self.progress)
+
+    def send_commit_notice(self) -> None:
+        """The embedder's timer for ``defer_commit_notice``: send a commit index no append has carried yet."""
+        if self.role is Role.LEADER and self.commit_notice_pending:
+            self._broadcast_append()
+        self.commit_notice_pending = False
+
     def _broadcast_append(self) -> None:
+        self.commit_notice_pending = False  # every follower that can be sent anything gets the commit index
         for peer in sorted(self.progress):
             pr = self.progress[peer]
             if pr.is_paused():
@@ -1207,6 +1237,7 @@ class RaftCore:
         self.progress = {}
         self.lead_transferee = None
         self.lease_forfeited = False
+        self.commit_notice_pending = False
         self.noop_index = 0
         self.pending_config_index = 0
         self.read_only.reset()

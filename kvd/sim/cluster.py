@@ -86,6 +86,9 @@ class SimOptions:
     #: Lease reads (RaftSettings.lease_reads) on every node.  Their clock assumption holds: the skew fault
     #: draws tick rates within the lease's margin (``LEASE_TICK_PERIODS``).
     lease_reads: bool = False
+    #: RaftSettings.defer_commit_notice on every node (the node's default): a leader sends a new commit
+    #: index with its next append or heartbeat, or at its next tick (the node's short timer) if none went.
+    defer_commit_notice: bool = False
 
 
 @dataclass
@@ -132,6 +135,7 @@ class Swarm:
             # Small, so that applying in steps between network turns (kvd.replica ``more``) is exercised.
             apply_entries_max=4,
             lease_reads=opts.lease_reads,
+            defer_commit_notice=opts.defer_commit_notice,
         )
         return cls(
             enabled=f,
@@ -264,6 +268,10 @@ class SimNode:
     def tick(self) -> None:
         if not self.up:
             return
+        if self.replica.core.commit_notice_pending:
+            # The node's timer (kvd.node.service _send_commit_notice), at tick granularity.
+            self.cluster.stats["commit_notices"] = self.cluster.stats.get("commit_notices", 0) + 1
+            self.replica.input(lambda core: core.send_commit_notice())
         self.replica.tick()
         self.drain()
 

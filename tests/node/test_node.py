@@ -298,3 +298,23 @@ def test_the_session_acknowledges_below_its_lowest_unanswered_write_in_logarithm
     assert session._ack_below() == 2
     session.outstanding_seqs.discard(2)
     assert session._ack_below() == 4 and session._lowest[0] == 4
+
+
+def test_followers_learn_a_commit_from_the_next_append_or_the_notice_timer(cluster):
+    """RaftSettings.defer_commit_notice: no empty append at once; the node's timer sends one after commit_notice_s."""
+    clock, network = cluster
+    (leader,) = leaders(network)
+    followers = [n for n in network.nodes.values() if n is not leader]
+    network.sent.clear()
+    d = leader.submit(Set(b"k", b"v"))
+    for _ in range(20):
+        clock.advance(0)  # every message of the write, without letting time pass
+    assert d.called and d.result is OK
+    index = leader.core.commit
+    empty = lambda: [m for m in network.sent if type(m).__name__ == "AppendEntries" and not m.entries]
+    assert empty() == [] and all(f.core.commit < index for f in followers)
+    clock.advance(leader.config.commit_notice_s)
+    for _ in range(5):
+        clock.advance(0)
+    assert sorted(m.dst for m in empty() if m.commit == index) == sorted(f.config.node_id for f in followers)
+    assert all(f.core.commit == index for f in followers)
