@@ -1,6 +1,6 @@
 """
 python -m kvd.sim --seed S [--runs N] [--nodes K] [--faults a,b,...] [--state memory|durable|mixed] [--ticks T]
-                   [--leases] [--lease-reads] [--budget-s SECONDS] [--trace]
+                   [--leases] [--lease-reads] [--lease-reads-mixed] [--budget-s SECONDS] [--trace]
 
 Runs seeds S .. S+N-1 through the simulator; prints every failing seed with
 the violated invariant and the last events before it, and exits 1 if any
@@ -46,6 +46,9 @@ def main(argv=None) -> int:
     p.add_argument("--lease-reads", action="store_true",
                    help="every node serves linearizable reads by its leader's lease (RaftSettings.lease_reads); "
                         "the skew fault keeps the clocks within the lease's margin")
+    p.add_argument("--lease-reads-mixed", action="store_true",
+                   help="lease reads on some nodes only, drawn per node (a forgotten option, a rolling restart): "
+                        "the leaders that have it serve reads by lease; implies --lease-reads")
     p.add_argument("--trace", action="store_true", help="print the whole trace of every run")
     p.add_argument("--quiet", action="store_true", help="print only failures and the summary")
     args = p.parse_args(argv)
@@ -66,7 +69,8 @@ def main(argv=None) -> int:
             liveness_ticks=args.liveness_ticks,
             trace_keep=0 if args.trace else 30,
             leases=args.leases,
-            lease_reads=args.lease_reads,
+            lease_reads=args.lease_reads or args.lease_reads_mixed,
+            lease_reads_mixed=args.lease_reads_mixed,
         )
         result = run_one(opts)
         runs += 1
@@ -81,7 +85,7 @@ def main(argv=None) -> int:
         if not args.trace:
             for line in result.trace[-30:]:
                 print("    " + line)
-        flags = "".join(" --" + f.replace("_", "-") for f in ("leases", "lease_reads") if getattr(args, f))
+        flags = "".join(" --" + f.replace("_", "-") for f in ("leases", "lease_reads", "lease_reads_mixed") if getattr(args, f))
         print("    replay: python -m kvd.sim --seed %d --nodes %d --faults %s --state %s --ticks %d%s --trace"
               % (seed, args.nodes, ",".join(sorted(args.faults)) or "none", args.state, args.ticks, flags))
         sys.stdout.flush()
