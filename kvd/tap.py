@@ -104,7 +104,7 @@ class Options(usage.Options):
     ]
 
     optFlags = [
-        ["lease-reads", None, "Linearizable reads served by the leader's lease, without a heartbeat round per batch (Raft thesis 6.4.1). Safe only while the nodes' clocks run at the same rate (within 1/(election-ticks - 2)) and no node's process is paused or starved: a paused leader can serve a stale read. Give it to every node."],
+        ["lease-reads", None, "Linearizable reads served by the leader's lease, without a heartbeat round per batch (Raft thesis 6.4.1). Safe only while the nodes' clocks run at the same rate (within 1/(election-ticks - 2)) and no node's process is paused or starved: a paused leader can serve a stale read. Every node keeps the followers' promise the lease stands on, with or without it; give it to every node, as any may lead."],
         ["insecure-peers", None, "Plaintext peer connections: anyone who reaches the peer port and knows the cluster id can act as any member. For tests and trusted networks only."],
     ]
 

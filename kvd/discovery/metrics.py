@@ -8,7 +8,7 @@ nodes in one process (tests) do not mix.  Two kinds of numbers:
 
 - read from the node at scrape time (a custom collector): role, term, commit,
   applied and last index, members, leader changes, elections, proposals and
-  reads, snapshots taken and installed, per-peer connection state, and on
+  reads (those answered by a lease too), snapshots taken and installed, per-peer connection state, and on
   the leader each peer's match index and replication lag, log size;
 - counted as things happen, by thin wrappers installed in kvd.tap around the
   storage (sync latency), the state machine (apply latency, commits) and the
@@ -274,7 +274,11 @@ class _NodeCollector:
             ("kvd_raft_state_changes", "Changes of this node's role, term or leader.", stats.get("leader_changes", 0)),
             ("kvd_raft_elections", "Elections this node started (it became a candidate).", stats.get("elections", 0)),
             ("kvd_raft_proposals", "Client commands this node proposed as leader.", stats.get("proposals", 0)),
-            ("kvd_raft_reads", "Linearizable reads this node served (ReadIndex).", stats.get("reads", 0)),
+            ("kvd_raft_reads", "Linearizable reads clients asked this node for (each by a ReadIndex round, or by the leader's lease with --lease-reads).",
+             stats.get("reads", 0)),
+            # From the core, as INFO raft's raft_lease_reads: the leader counts a follower's read it answers too.
+            ("kvd_raft_lease_reads", "Read indexes this node answered as leader by its lease, without a heartbeat round (--lease-reads).",
+             view.lease_reads()),
             ("kvd_raft_snapshots_taken", "Snapshots this node took of its state machine.", stats.get("snapshots", 0)),
             ("kvd_raft_snapshots_installed", "Snapshots this node installed from a leader.", stats.get("snapshots_installed", 0)),
         ]

@@ -172,6 +172,10 @@ class NodeView:
         """Event counters since the node started (leader changes, elections, proposals, reads, snapshots)."""
         return dict(self._node.stats)
 
+    def lease_reads(self) -> int:
+        """Read indexes this node answered as leader by its lease, without a heartbeat round (--lease-reads)."""
+        return self._node.core.lease_reads_served
+
     def key_count(self) -> int:
         return self._node.machine.key_count()
 
@@ -239,6 +243,6 @@ class NodeView:
             "raft_reads": stats["reads"],
             # lease: --lease-reads (the leader answers reads by its lease while it holds one); readindex: a round each
             "raft_read_mode": "lease" if core.options.lease_reads else "readindex",
-            "raft_lease_reads": core.lease_reads_served,
+            "raft_lease_reads": self.lease_reads(),
             "raft_snapshots": stats["snapshots"],
         }

@@ -119,9 +119,10 @@ class RaftSettings:
     # Lease reads (thesis §6.4.1, etcd's ReadOnlyLeaseBased): a leader answers a
     # read at once, without a heartbeat round, while it holds a lease
     # (``lease_ticks``).  Safe only if the nodes' clocks run at the same rate
-    # within the margin below, hence off by default.  Every node of the cluster
-    # should have it: the followers keep the promise the lease stands on
-    # (``RaftCore._in_leader_lease``).
+    # within the margin below, hence off by default.  Only the leader's option
+    # matters: every node keeps the promise the lease stands on whenever
+    # check_quorum is on (``RaftCore._in_leader_lease``), with or without it,
+    # so a cluster where some nodes lack it is as safe as one where all have it.
     lease_reads: bool = False
     # A new commit index is not sent at once to the followers that hold the
     # whole log (an empty append to each, and an acknowledgement back from each:
@@ -177,6 +178,10 @@ class Ready:
     must_sync: bool = False
     soft_state: Optional[Tuple[Role, Optional[NodeId], int]] = None  # (role, leader, term) when changed
 
+
+#: ``bootstrap`` writes term 1, and the first election is for the next one:
+#: no node has heard from a leader of a term below this.
+FIRST_ELECTED_TERM = 2
 
 # Messages only the leader of a term sends (step's ``second_leader`` rule).
 _FROM_LEADER = (AppendEntries, Heartbeat, InstallSnapshot, ReadIndexReply)
@@ -260,10 +265,8 @@ class RaftCore:
         #: coalesced included (``tick``): the clock a leader measures its lease on.
         self.now = 0
         #: Ticks since this node last heard from a leader, whatever the term, on
-        #: the election timer's count.  Zero at start: a node that restarts may
-        #: have acknowledged a leader's heartbeat just before it stopped, and the
-        #: promise that went with it (``_in_leader_lease``) outlives the process.
-        self.heard_elapsed = 0
+        #: the election timer's count (``_in_leader_lease``).
+        self.heard_elapsed = self._heard_elapsed_at_start(options)
         #: A TimeoutNow went out in this term: its target may be elected at any
         #: moment (its votes skip the followers' promise), so no lease until the term ends.
         self.lease_forfeited = False
@@ -286,6 +289,22 @@ class RaftCore:
         self.refused: Dict[str, int] = {}
         self.last_refused: Optional[Tuple[str, str, str, object]] = None
         self._become_follower(self.term, None)
+
+    def _heard_elapsed_at_start(self, options: RaftSettings) -> int:
+        """
+        Zero, as if a leader had just been heard, if this node may have
+        acknowledged a leader's heartbeat just before it stopped: the promise
+        that went with it (``_in_leader_lease``) outlives the process, so a
+        restarted node grants no vote for an election timeout.  Every node
+        keeps it, with or without lease reads: a node cannot tell whether the
+        process before it promised (it may have run with the option), and the
+        leader that counted on it cannot tell a restart.  A node still in the
+        bootstrap term (or a joiner, in term 0) heard no leader, whose first is
+        elected in term ``FIRST_ELECTED_TERM``; an acknowledgement goes out only
+        once its term is durable (``persisted_messages``), so its start costs
+        no wait, neither for a new cluster's first election nor for a joiner.
+        """
+        return 0 if self.term >= FIRST_ELECTED_TERM else options.election_ticks
 
     # ============================================================ public API
     @property
@@ -688,7 +707,7 @@ class RaftCore:
             or (self.vote is None and self.leader is None)
             or (isinstance(m, PreVote) and m.term > self.term)
         )
-        if can_vote and self.options.lease_reads and self._in_leader_lease():
+        if can_vote and self._in_leader_lease():
             # A request of our own term (``step`` only holds back higher ones):
             # we may have reached it by a stray message after acknowledging a
             # leader of an older term; the promise holds whatever the term,
@@ -1164,17 +1183,24 @@ class RaftCore:
         """
         Thesis §4.2.3: a node that heard from a live leader within the
         minimum election timeout grants no vote (check-quorum's leader lease).
-        With lease reads it is also a promise that a leader's lease stands
-        on (``_lease_holds``), so it is kept by the time since *any* leader
-        was heard (``heard_elapsed``): not dropped when a stray message of a
-        higher term makes us forget the leader, nor when the process
-        restarts.  A leader is always in its own lease.
+        It is also the promise a leader's lease reads stand on
+        (``_lease_holds``), so it is kept by the time since *any* leader was
+        heard (``heard_elapsed``): not dropped when a stray message of a
+        higher term makes us forget the leader, nor when the process restarts
+        (``_heard_elapsed_at_start``).  Every node keeps it, whatever its own
+        ``lease_reads``: the leader's option alone decides whether reads are
+        served by lease, so a node that lacks the option (forgotten, or in a
+        rolling restart) does not break the lease of one that has it.  It
+        costs no election time: a follower's ``heard_elapsed`` runs with its
+        election timer, which also starts over when it hears a leader, and a
+        candidate's own has run at least an election timeout when it
+        campaigns.  A leader is always in its own lease.
         """
         if not self.options.check_quorum:
             return False
-        if self.options.lease_reads and self.role is not Role.LEADER:
-            return self.heard_elapsed < self.options.election_ticks
-        return self.leader is not None and self.election_elapsed < self.options.election_ticks
+        if self.role is Role.LEADER:
+            return True
+        return self.heard_elapsed < self.options.election_ticks
 
     def _campaign(self, pre: bool, transfer: bool = False) -> None:
         if not self._promotable():

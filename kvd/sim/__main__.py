@@ -1,6 +1,7 @@
 """
 python -m kvd.sim --seed S [--runs N] [--nodes K] [--faults a,b,...] [--state memory|durable|mixed] [--ticks T]
-                   [--leases] [--lease-reads] [--defer-commit-notice] [--budget-s SECONDS] [--trace]
+                   [--leases] [--lease-reads] [--lease-reads-mixed] [--defer-commit-notice] [--budget-s SECONDS]
+                   [--trace]
 
 Runs seeds S .. S+N-1 through the simulator; prints every failing seed with
 the violated invariant and the last events before it, and exits 1 if any
@@ -46,6 +47,9 @@ def main(argv=None) -> int:
     p.add_argument("--lease-reads", action="store_true",
                    help="every node serves linearizable reads by its leader's lease (RaftSettings.lease_reads); "
                         "the skew fault keeps the clocks within the lease's margin")
+    p.add_argument("--lease-reads-mixed", action="store_true",
+                   help="lease reads on some nodes only, drawn per node (a forgotten option, a rolling restart): "
+                        "the leaders that have it serve reads by lease; implies --lease-reads")
     p.add_argument("--defer-commit-notice", action="store_true",
                    help="every node's leader sends a new commit index with its next append or heartbeat, or at its "
                         "next tick (RaftSettings.defer_commit_notice, the node's default)")
@@ -69,7 +73,8 @@ def main(argv=None) -> int:
             liveness_ticks=args.liveness_ticks,
             trace_keep=0 if args.trace else 30,
             leases=args.leases,
-            lease_reads=args.lease_reads,
+            lease_reads=args.lease_reads or args.lease_reads_mixed,
+            lease_reads_mixed=args.lease_reads_mixed,
             defer_commit_notice=args.defer_commit_notice,
         )
         result = run_one(opts)
@@ -85,7 +90,7 @@ def main(argv=None) -> int:
         if not args.trace:
             for line in result.trace[-30:]:
                 print("    " + line)
-        flags = "".join(" --" + f.replace("_", "-") for f in ("leases", "lease_reads", "defer_commit_notice") if getattr(args, f))
+        flags = "".join(" --" + f.replace("_", "-") for f in ("leases", "lease_reads", "lease_reads_mixed", "defer_commit_notice") if getattr(args, f))
         print("    replay: python -m kvd.sim --seed %d --nodes %d --faults %s --state %s --ticks %d%s --trace"
               % (seed, args.nodes, ",".join(sorted(args.faults)) or "none", args.state, args.ticks, flags))
         sys.stdout.flush()

@@ -25,7 +25,10 @@ of the sender while it streams; ``mixed`` (the default) draws one per seed.
 Lease reads (``SimOptions.lease_reads``, RaftSettings.lease_reads) run
 under the same faults.  Their clock assumption is kept: the skew fault draws
 tick rates within the lease's margin; a paused node's ticks coalesce and the
-loop counts them (``RaftCore.tick``), as the node's timer does.
+loop counts them (``RaftCore.tick``), as the node's timer does.  With
+``SimOptions.lease_reads_mixed`` only some nodes have the option (drawn per
+node, as an operator who forgot it on some, or a rolling restart, leaves it):
+the leaders that have it serve reads by lease on the others' promise.
 
 Imports: as the layer table in tests/test_layers.py allows.
 """
@@ -35,7 +38,7 @@ from __future__ import annotations
 import heapq
 import random
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Deque, Dict, FrozenSet, List, Optional
 
 from kvd.kv.commands import Compare, Delete, Envelope, Get, IncrBy, KvTxn, Lease, MSet, Set, TxnOp, encode_envelope
@@ -86,6 +89,9 @@ class SimOptions:
     #: Lease reads (RaftSettings.lease_reads) on every node.  Their clock assumption holds: the skew fault
     #: draws tick rates within the lease's margin (``LEASE_TICK_PERIODS``).
     lease_reads: bool = False
+    #: With ``lease_reads``: each node (a joiner too) has the option with probability 1/2, drawn per seed;
+    #: a node keeps its draw across restarts.
+    lease_reads_mixed: bool = False
     #: RaftSettings.defer_commit_notice on every node (the node's default): a leader sends a new commit
     #: index with its next append or heartbeat, or at its next tick (the node's short timer) if none went.
     defer_commit_notice: bool = False
@@ -180,6 +186,7 @@ class SimNode:
         self.machine: Optional[KVMachine] = None
         self.state: Optional[SimState] = None  # the durable keyspace, in the durable mode
         self.tick_period = TICK  # a node whose clock runs slow or fast ticks at another rate
+        self.lease_reads = cluster.opts.lease_reads  # its own option (SimOptions.lease_reads_mixed)
         self.clock_offset = 0  # how far its clock, which stamps its entries, is from the simulation's (leases runs)
         self.promotes = 0
 
@@ -210,7 +217,7 @@ class SimNode:
             c.checker.on_machine_loaded(self.id, "restart", self.machine)
         if c.durable and self.disk.image.staging is not None and not self.disk.image.staging[2]:
             c.stats["restarts_with_half_staged_stream"] += 1  # a crash left a stream half-written: the next begin clears it
-        self.core = RaftCore(self.id, c.swarm.raft, random.Random(c.rng_cores.getrandbits(64)),
+        self.core = RaftCore(self.id, replace(c.swarm.raft, lease_reads=self.lease_reads), random.Random(c.rng_cores.getrandbits(64)),
                              restored.hard_state, restored.snapshot, restored.entries)
         self.incarnation += 1
         self.replica = Replica(self.core, self.disk, _SimTransport(c), self.machine, _SimEvents(self))
@@ -578,6 +585,10 @@ class SimCluster:
         self.flush_skip = self.rng_flush.choice([0.0, 0.5, 0.9]) if opts.flush_skip is None else opts.flush_skip
         # The lease workload's draws (clock skews, its client): apart, so that a seed without leases runs as before.
         self.rng_leases = random.Random(master.getrandbits(64) ^ 0x1EA5E)
+        # Which nodes have lease reads in a mixed run: apart too, and last, so that the draws above are as before.
+        self.rng_mixed = random.Random(master.getrandbits(64))
+        if opts.lease_reads_mixed and not opts.lease_reads:
+            raise ValueError("lease_reads_mixed needs lease_reads")
         self.swarm = Swarm.draw(self.rng_swarm, opts)
         if opts.state not in STATE_MODES:
             raise ValueError("state must be one of %s" % ", ".join(STATE_MODES))
@@ -606,6 +617,8 @@ class SimCluster:
                       "leaders": 0, "installs": 0, "acks": 0, "reads": 0}
         if opts.lease_reads:
             self.stats["lease_reads"] = 0
+        if opts.lease_reads_mixed:
+            self.stats["nodes_without_lease_reads"] = 0
         if self.durable:
             self.stats.update(durable=1, streams=0, streams_done=0, streams_broken=0, stream_pieces=0, stream_retries_ignored=0,
                               staging_busy=0, crashes_mid_stream=0, sender_crashes_mid_stream=0, compactions_during_stream=0,
@@ -634,6 +647,10 @@ class SimCluster:
         disk = SimDisk(node_id, random.Random(self.rng_disk.getrandbits(64)), delay, self.schedule)
         disk.keep_snapshot_data = not (self.durable and self.opts.stream_any_snapshot)  # kvd.store.lmdb keeps none then
         node = self.nodes[node_id] = SimNode(self, node_id, disk)
+        if self.opts.lease_reads_mixed:
+            node.lease_reads = self.rng_mixed.random() < 0.5
+            self.stats["nodes_without_lease_reads"] += not node.lease_reads
+            self.event(node_id, "option", "lease reads %s" % ("on" if node.lease_reads else "off"))
         if self.swarm.skew:
             node.tick_period = self.rng_disk.choice(LEASE_TICK_PERIODS if self.opts.lease_reads else TICK_PERIODS)
             if self.opts.leases:

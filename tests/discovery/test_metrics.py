@@ -32,6 +32,7 @@ def test_a_follower_exports_its_raft_numbers():
     assert value(s, "kvd_raft_has_leader") == 1 and value(s, "kvd_raft_is_leader") == 0
     assert value(s, "kvd_raft_leader_changes_total") == 2 and value(s, "kvd_raft_elections_total") == 1
     assert value(s, "kvd_raft_proposals_total") == 7 and value(s, "kvd_raft_reads_total") == 3
+    assert value(s, "kvd_raft_lease_reads_total") == 0
     assert value(s, "kvd_raft_snapshots_taken_total") == 1 and value(s, "kvd_raft_snapshots_installed_total") == 0
     assert value(s, "kvd_raft_peer_connected", peer="127.0.0.1:7002") == 1
     assert value(s, "kvd_raft_peer_connected", peer="127.0.0.1:7003") == 0
@@ -39,6 +40,17 @@ def test_a_follower_exports_its_raft_numbers():
     assert value(s, "kvd_raft_voters") == 3 and value(s, "kvd_raft_learners") == 1
     assert value(s, "kvd_node_info", node_id="127.0.0.1:7001", cluster_id="test", client_address="127.0.0.1:7001") == 1
     assert not any(name == "kvd_raft_peer_lag_entries" for name, _ in s)  # a follower knows no progress
+
+
+def test_the_reads_a_leader_answered_by_its_lease_are_counted_at_scrape_time():
+    """kvd_raft_lease_reads_total is the core's count (INFO raft's raft_lease_reads), read at each scrape."""
+    node = FakeNode()
+    metrics = NodeMetrics(process=False).attach(node.view)
+    node.core.lease_reads_served = 5
+    assert value(scrape(metrics), "kvd_raft_lease_reads_total") == 5
+    node.core.lease_reads_served = 9
+    assert value(scrape(metrics), "kvd_raft_lease_reads_total") == 9
+    assert node.view.info()["raft_lease_reads"] == 9
 
 
 def test_the_leader_exports_replication_lag_per_peer():

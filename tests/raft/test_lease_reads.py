@@ -3,9 +3,9 @@ Lease reads (RaftSettings.lease_reads; thesis §6.4.1) rule by rule: a leader
 that holds a lease answers a read at once; it falls back to a ReadIndex
 round when the lease has lapsed, while a leadership transfer is under way or
 after a TimeoutNow of its term, and (as ReadIndex) before an entry of its term
-has committed; the followers keep the promise the lease stands on across a
-term change and a restart.  The simulator runs them under faults
-(tests/sim/test_lease_reads.py).
+has committed; every node keeps the promise the lease stands on, across a
+term change and a restart, whether it has the option or not.  The simulator
+runs them under faults (tests/sim/test_lease_reads.py).
 """
 
 import pytest
@@ -24,6 +24,7 @@ from kvd.raft.messages import (
 )
 from kvd.raft.read_only import stamp, unstamp
 from tests.raft.harness import Env
+from tests.sim.mutations import promise_kept_only_with_lease_reads
 
 ELECTION = 10
 LEASE = ELECTION - 2
@@ -235,23 +236,29 @@ def test_no_read_before_an_entry_of_the_term_has_committed():
 
 
 # ================================================================ the followers' promise
+def plain_opts() -> RaftSettings:
+    return lease_opts(lease_reads=False)
+
+
 def vote_replies(env, node):
     return [m.granted for m in env.nodes[node].drain() if isinstance(m, RequestVoteReply)]
 
 
-def test_a_restarted_node_grants_no_vote_for_an_election_timeout():
+@pytest.mark.parametrize("lease_reads", [True, False])
+def test_a_restarted_node_grants_no_vote_for_an_election_timeout(lease_reads):
     """
     It may have acknowledged a leader's heartbeat just before it stopped: the
-    promise outlives the process.  Without lease reads it votes at once.
+    promise outlives the process, with or without the option (the process
+    before it may have had it, and the leader that counted on it cannot tell
+    a restart).
     """
-    for lease_reads in (False, True):  # the lease-read cluster last: it goes on below
-        env, lead, (f1, f2) = lease_env(**({} if lease_reads else {"lease_reads": False}))
-        env.nodes[f1].restart()
-        b = env.core(f1)
-        assert b.leader is None
-        ask = RequestVote(b.term + 1, f2, f1, b.log.last_index(), b.log.last_term())
-        b.step(ask)
-        assert vote_replies(env, f1) == ([] if lease_reads else [True]), lease_reads
+    env, lead, (f1, f2) = lease_env(lease_reads=lease_reads)
+    env.nodes[f1].restart()
+    b = env.core(f1)
+    assert b.leader is None
+    ask = RequestVote(b.term + 1, f2, f1, b.log.last_index(), b.log.last_term())
+    b.step(ask)
+    assert vote_replies(env, f1) == []
     for _ in range(ELECTION - 1):
         b.tick()
     b.step(ask)
@@ -261,22 +268,95 @@ def test_a_restarted_node_grants_no_vote_for_an_election_timeout():
     assert vote_replies(env, f1) == [True]
 
 
-def test_the_promise_is_kept_across_a_term_learnt_from_a_stray_message():
+def test_a_node_still_in_its_bootstrap_term_votes_at_once():
+    """
+    No leader exists before term 2, so a node restarted in the bootstrap term
+    promised nothing: a new cluster's first election waits for no one.
+    """
+    env = Env(options=lease_opts())
+    env.nodes["b"].restart()
+    env.nodes["c"].restart()
+    env.elect("a")  # the votes come at once
+    assert env.core("a").term == 2
+
+
+@pytest.mark.parametrize("lease_reads", [True, False])
+def test_the_promise_is_kept_across_a_term_learnt_from_a_stray_message(lease_reads):
     """
     A follower that hears of a higher term from a message that is not a
     vote request (here a late pre-vote refusal) forgets its leader, but still
     refuses that term's candidates until an election timeout has passed since
-    it heard from the leader; without lease reads it would grant at once.
+    it heard from the leader, with or without the option.
     """
-    for lease_reads, granted in ((True, False), (False, True)):
-        options = lease_opts() if lease_reads else RaftSettings(election_ticks=ELECTION, heartbeat_ticks=1)
-        env = Env(options=options)
-        env.tick(ELECTION, only=["b", "c"])  # past the promise of a fresh start
-        env.elect("a")
-        b = env.core("b")
-        term = b.term
-        b.step(PreVoteReply(term + 1, "c", "b", False))
-        assert b.term == term + 1 and b.leader is None
-        b.step(RequestVote(term + 1, "c", "b", b.log.last_index(), b.log.last_term()))
-        replies = [m for m in env.nodes["b"].drain() if isinstance(m, RequestVoteReply)]
-        assert [m.granted for m in replies] == [granted], lease_reads
+    env = Env(options=lease_opts(lease_reads=lease_reads))
+    env.elect("a")
+    b = env.core("b")
+    term = b.term
+    b.step(PreVoteReply(term + 1, "c", "b", False))
+    assert b.term == term + 1 and b.leader is None
+    b.step(RequestVote(term + 1, "c", "b", b.log.last_index(), b.log.last_term()))
+    assert vote_replies(env, "b") == [False]
+
+
+def mixed_env():
+    """Three nodes, only ``a`` with lease reads (an operator forgot the option on the others), ``a`` elected."""
+    env = Env(options=plain_opts())
+    env.nodes["a"].options = lease_opts()
+    env.nodes["a"].restart()  # the same durable state, now with the option
+    env.elect("a")
+    env.tick()  # a heartbeat round, acknowledged: the lease holds
+    return env
+
+
+def restart_a_follower_under_the_lease():
+    """
+    In ``mixed_env``, ``b`` acknowledges the leader's heartbeat, then restarts;
+    ``c`` asks for its vote at once (as a node cut off from the leader for a
+    while would), and ``a`` is cut off.  Ticks on until another leader is
+    elected, asking ``a`` for a read each tick; returns (the tick ``a`` answered
+    a read by its lease while another leader existed, or None; the tick the
+    other leader was elected).  Had ``b`` granted its vote, ``c`` could commit
+    writes that ``a`` does not see while it still answers reads by its lease.
+    """
+    env = mixed_env()
+    env.isolate("a")
+    env.nodes["b"].restart()
+    env.core("c").campaign()
+    env.deliver()
+    for tick in range(1, 2 * ELECTION + 1):
+        states, _ = read_at(env, "a", b"r%d" % tick)
+        if [n for n in env.leaders() if n != "a"]:
+            return (tick if states else None), tick
+        env.tick()
+    raise AssertionError("no other leader elected within two election timeouts")
+
+
+def test_in_a_mixed_cluster_no_leader_is_elected_while_the_lease_holds():
+    """``b`` lacks the option and keeps the promise all the same: ``c`` is elected only once ``a``'s lease has lapsed."""
+    stale, elected = restart_a_follower_under_the_lease()
+    assert stale is None and elected > LEASE, (stale, elected)
+
+
+def test_the_mixed_scenario_catches_the_old_rule():
+    """Planted, the rule before: only a node with the option kept the promise; ``b`` votes at once and ``a``'s lease is stale."""
+    with promise_kept_only_with_lease_reads():
+        stale, elected = restart_a_follower_under_the_lease()
+    assert stale == elected == 1, (stale, elected)
+
+
+def test_a_failed_leader_is_replaced_within_the_usual_time_without_the_option():
+    """
+    The promise costs no election time: followers that stop hearing from their
+    leader elect another after one randomized election timeout (at most twice
+    ``election_ticks``) and a round of votes, as check-quorum's lease allows.
+    """
+    env = Env(options=plain_opts())
+    env.elect("a")
+    env.tick()
+    env.isolate("a")
+    for tick in range(1, 2 * ELECTION + 1):
+        env.tick(only=["b", "c"])
+        if [n for n in env.leaders() if n != "a"]:
+            break
+    assert [n for n in env.leaders() if n != "a"], "no leader %d ticks after the old one was cut off" % tick
+    assert tick < 2 * ELECTION

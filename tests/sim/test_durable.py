@@ -48,7 +48,7 @@ def test_the_durable_runs_reach_the_storage_faults(durable_runs):
                 "restarts_with_half_staged_stream", "skipped_flushes"):
         assert totals[key] > 0, (key, totals)
     assert totals["stream_pieces"] >= 3 * totals["streams_done"]  # streams travel as several pieces
-    assert totals["crashes_mid_stream"] >= 5 and totals["compactions_during_stream"] >= 5 and totals["lost_flushes"] >= 50, totals
+    assert totals["crashes_mid_stream"] >= 5 and totals["compactions_during_stream"] >= 5 and totals["lost_flushes"] >= 40, totals
 
 
 def test_a_mixed_run_draws_memory_or_durable_per_seed():
@@ -203,8 +203,8 @@ def test_a_flush_skipped_but_counted_as_written_is_caught():
     assert r.invariant in {"durable state", "state-machine safety", "exactly once", "linearizable read"}, (r.invariant, r.detail)
 
 
-#: A durable seed in which the simulator finds the token sent as snapshot data (3, 8 and 12 of the first 13 do).
-SEED_TOKEN = 3
+#: A durable seed in which the simulator finds the token sent as snapshot data (9 and 10 of the first 40 do).
+SEED_TOKEN = 9
 
 
 def test_the_simulator_finds_the_token_sent_as_snapshot_data():
@@ -217,7 +217,8 @@ def test_the_simulator_finds_the_token_sent_as_snapshot_data():
     receiver fail-stopped, and again at each retry).  The simulator, modelling
     that rule, finds it (the first seeds that do are searched again whenever
     the schedule moves: the loop batching the inputs that waited behind a
-    write, the snapshot records growing by each key's mod index); with the
+    write, the snapshot records growing by each key's mod index, every node
+    keeping the promise lease reads stand on); with the
     node's rules as they are now, the seed passes.
     """
     r = run_one(SimOptions(seed=SEED_TOKEN, state="durable", stream_any_snapshot=False, flush_skip=0.0))
