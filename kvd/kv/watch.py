@@ -62,7 +62,13 @@ class Change(NamedTuple):
 
     @property
     def size(self) -> int:
-        return CHANGE_OVERHEAD + len(self.key) + (len(self.value) if self.value is not None else 0)
+        return _size(self)
+
+
+def _size(change: tuple) -> int:
+    """What a change (a Change, or the plain tuple the history keeps) counts toward the bytes bound."""
+    _, _, key, value = change
+    return CHANGE_OVERHEAD + len(key) + (len(value) if value is not None else 0)
 
 
 class Compacted(Exception):
@@ -123,7 +129,11 @@ class WatchHistory:
             raise ValueError("the watch history's bounds must not be negative")
         self.max_changes = max_changes
         self.max_bytes = max_bytes
-        self._changes: Deque[Change] = deque()
+        # Plain tuples, not Change: a tuple of ints and bytes is one the cyclic
+        # garbage collector stops tracking, a NamedTuple never is.  A hundred
+        # thousand changes kept here made most of what every full collection
+        # walked (60-110 ms each, more than once a second on a loaded leader).
+        self._changes: Deque[tuple] = deque()
         self.bytes = 0
         self.revision = revision  # the store's revision the history has reached
         self.oldest = revision + 1  # the first revision ``since`` answers exactly
@@ -144,7 +154,7 @@ class WatchHistory:
             raise ValueError("revision %d recorded after %d" % (revision, self.revision))
         self.revision = revision
         for change in changes:
-            self._changes.append(change)
+            self._changes.append(tuple(change))
             self.bytes += change.size
         self._trim()
 
@@ -156,11 +166,11 @@ class WatchHistory:
             self.oldest = self.revision + 1
             return
         while changes and (len(changes) > self.max_changes or self.bytes > self.max_bytes):
-            first = changes[0].revision
+            first = changes[0][0]
             if first == self.revision:
                 break  # the newest revision stays whole, whatever it costs
-            while changes and changes[0].revision == first:
-                self.bytes -= changes.popleft().size
+            while changes and changes[0][0] == first:
+                self.bytes -= _size(changes.popleft())
             self.oldest = first + 1
 
     def since(self, revision: int, prefix: bytes = b"") -> List[Change]:
@@ -170,7 +180,8 @@ class WatchHistory:
         if revision > self.revision:
             return []
         out = []
-        for change in reversed(self._changes):  # the recent end is what a resuming watch asks for
+        for stored in reversed(self._changes):  # the recent end is what a resuming watch asks for
+            change = Change._make(stored)
             if change.revision < revision:
                 break
             if matches(change, prefix):

@@ -187,3 +187,15 @@ def test_a_random_mix_of_every_write_is_rebuilt_from_the_history_alone(seed):
         assert _replay(m.history.since(1)) == {k: (v if v is HASH else bytes(v)) for k, v in truth.items()}
     revisions = [c.revision for c in m.history.since(1)]
     assert revisions == sorted(revisions) and set(revisions) == set(range(1, m.history.revision + 1))
+
+
+def test_the_history_keeps_records_the_garbage_collector_does_not_track():
+    """A full collection walks every tracked object: a hundred thousand changes kept as NamedTuples made most of a leader's."""
+    import gc
+
+    history = WatchHistory(max_changes=1000)
+    for revision in range(1, 101):
+        history.record(revision, [Change(revision, PUT, b"k%d" % revision, b"v"), Change(revision, DELETE, b"d", None)])
+    gc.collect()
+    assert not any(gc.is_tracked(stored) for stored in history._changes)
+    assert history.since(100) == [Change(100, PUT, b"k100", b"v"), Change(100, DELETE, b"d", None)]

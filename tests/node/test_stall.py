@@ -143,3 +143,36 @@ def test_the_tracer_logs_where_the_thread_was_during_a_stall_and_nothing_without
         assert events[0]["ran"] >= 0  # Linux: the kernel's account of the gap is there
     finally:
         tracer.stop()
+
+
+def test_the_gc_meter_counts_collections_and_their_pauses():
+    from kvd.node.stall import GcMeter
+
+    times = iter([1.0, 1.004, 2.0, 2.062])
+    meter = GcMeter(clock=lambda: next(times))
+    meter._callback("start", {"generation": 0})
+    meter._callback("stop", {"generation": 0, "collected": 0, "uncollectable": 0})
+    meter._callback("start", {"generation": 2})
+    meter._callback("stop", {"generation": 2, "collected": 5, "uncollectable": 0})
+    assert meter.collections == [1, 0, 1]
+    fields = dict(meter.info_fields())
+    assert fields["gc_collections"] == "1,0,1"
+    assert fields["gc_full_pause_max_ms"] == "62.0" and fields["gc_pause_max_ms"] == "62.0" and fields["gc_pause_total_ms"] == "66"
+
+
+def test_the_gc_meter_hears_real_collections_while_its_service_runs():
+    import gc
+
+    clock, meter = started()
+    before = sum(meter.gc.collections)
+    gc.collect()
+    assert meter.gc.collections[2] >= 1 and sum(meter.gc.collections) > before
+    meter.stopService()
+    counted = list(meter.gc.collections)
+    gc.collect()
+    assert meter.gc.collections == counted  # uninstalled with the service
+    view = SimpleNamespace(info=lambda: {"raft_node_id": "n1"}, config=SimpleNamespace(address=SimpleNamespace(client_port=7001)))
+    info = ServerInfo(view, clock.seconds)
+    info.stall = meter
+    fields = parse_info(info.info((b"server",)))
+    assert fields["gc_collections"] == ",".join(str(n) for n in counted) and "gc_frozen_objects" in fields
