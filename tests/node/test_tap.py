@@ -297,3 +297,18 @@ def test_watch_history_option_bounds_the_nodes_watch_hub(tmp_path):
     assert [p.factory.watches for p in ports] == [hub]
     stats = dict(ports[0].factory.executor.server_info._stats({}))  # INFO stats reads the same hub
     assert stats["kvd_watches"] == 0 and stats["kvd_watch_history_oldest"] == hub.history.oldest
+
+
+def test_the_running_node_freezes_its_start_up_objects_and_raises_the_young_gc_threshold():
+    import gc
+
+    from kvd import tap
+
+    before = gc.get_threshold()
+    try:
+        tap._tune_gc()
+        assert gc.get_threshold() == (tap.GC_YOUNG_THRESHOLD,) + before[1:]
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
