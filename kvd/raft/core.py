@@ -114,8 +114,9 @@ class RaftSettings:
     snapshot_retry_ticks: int = 0  # 0: 2 * election_ticks
     # Committed entries handed out per Ready (etcd's MaxCommittedSizePerReady): a
     # follower that learns of thousands of commits at once applies them in steps,
-    # and its embedder serves the network between two (kvd.replica).
-    apply_entries_max: int = 256
+    # and its embedder serves the network between two (kvd.replica).  64: a run
+    # is a few milliseconds of a loaded leader's reactor (256 was tens).
+    apply_entries_max: int = 64
     # Lease reads (thesis §6.4.1, etcd's ReadOnlyLeaseBased): a leader answers a
     # read at once, without a heartbeat round, while it holds a lease
     # (``lease_ticks``).  Safe only if the nodes' clocks run at the same rate

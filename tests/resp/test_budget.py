@@ -84,3 +84,19 @@ def test_without_a_budget_a_burst_is_dispatched_at_once():
     proto, out = connect(RespFactory(executor))
     proto.dataReceived(b"".join(packed("SET", "k", str(i)) for i in range(300)))
     assert executor.seq == 300 and out.value() == b"+OK\r\n" * 300
+
+
+def test_a_turn_also_ends_once_its_time_is_spent_however_few_it_dispatched():
+    now = [0.0]
+    clock = Clock()
+    budget = TurnBudget(clock.callLater, per_turn=100, turn_s=0.005, clock=lambda: now[0])
+    assert budget.take() and budget.take()  # the first take starts the turn's time
+    now[0] = 0.004
+    assert budget.take()
+    now[0] = 0.0051
+    assert not budget.take() and not budget.take()  # spent: park until the next turn
+    clock.advance(0)
+    assert budget.left == 100
+    assert budget.take()  # a new turn: a new deadline, from now
+    now[0] = 0.010
+    assert budget.take()
