@@ -434,7 +434,10 @@ class KVMachine:
                 at_ms = _expire_time(cmd.expire, cmd.expire_at, self._clock_ms)
                 if at_ms is None:
                     return _invalid_expire("set")
-            old = ks.get(cmd.key)
+            # A plain SET needs nothing of the old value (the put reads the key's revisions itself):
+            # on a durable state each read is an LMDB lookup and a checksum of the whole value.
+            needs_old = cmd.get or cmd.cond is not None or cmd.ifeq is not None
+            old = ks.get(cmd.key) if needs_old else None
             if old is HASH and (cmd.get or cmd.ifeq is not None):
                 return WRONGTYPE
             if cmd.cond == "NX":
