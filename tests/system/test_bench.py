@@ -28,7 +28,10 @@ def test_bench_loads_short_form(tmp_path):
     assert [row["load"] for row in figures["loads"]] == [load.name for load in loads.LOADS]
     for row in figures["loads"]:
         assert row["ops_per_s"] > 0 and row["p50_ms"] is not None and len(row["cpu_s_per_node_leader_first"]) == 3
-        assert all(c is None or c > 0 for c in row["cpu_s_per_10k_ops_leader_first"]), row
+        # Every node's CPU is measured; one that did not serve the load (the leader under reads sent to a
+        # follower) may round to 0.0 s in the short form, but the nodes that served it used some.
+        per_node = row["cpu_s_per_10k_ops_leader_first"]
+        assert all(c is None or c >= 0 for c in per_node) and max(c or 0 for c in per_node) > 0, row
     compared = [row for row in figures["loads"] if "etcd" in row]
     assert len(compared) == sum(1 for load in loads.LOADS if load.etcd)
     for row in compared:
